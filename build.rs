@@ -1,0 +1,73 @@
+//! Build script: bindgen on the engine ABI header (the Rust side cannot drift from the C header) and
+//! the C mock adapter (plus two deliberately broken variants) that the tests load.
+
+use std::env;
+use std::path::{Path, PathBuf};
+
+const HEADER: &str = "ffi/tpprof_engine.h";
+const MOCK_SRC: &str = "ffi/adapters/mock/mock_adapter.c";
+
+fn main() {
+    println!("cargo:rerun-if-changed={HEADER}");
+    println!("cargo:rerun-if-changed={MOCK_SRC}");
+    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    generate_bindings(&out);
+    build_mock_adapters(&out);
+}
+
+/// Runs bindgen on the ABI header into OUT_DIR/tpprof_engine_sys.rs.
+fn generate_bindings(out: &Path) {
+    let bindings = bindgen::Builder::default()
+        .header(HEADER)
+        .allowlist_function("tpprof_.*")
+        .allowlist_type("tpprof_.*")
+        .allowlist_var("TPPROF_.*")
+        .default_enum_style(bindgen::EnumVariation::Consts)
+        .prepend_enum_name(false)
+        .layout_tests(true)
+        .generate();
+    match bindings {
+        Ok(b) => b.write_to_file(out.join("tpprof_engine_sys.rs")).expect("write bindings to OUT_DIR"),
+        Err(e) => {
+            eprintln!(
+                "error: bindgen could not parse {HEADER}: {e}\n\
+                 bindgen needs libclang: on Debian/Ubuntu `apt-get install libclang-dev`, or set \
+                 LIBCLANG_PATH to the directory holding libclang.so"
+            );
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Builds the mock adapter as a shared library, plus a wrong-ABI and a missing-symbol variant for the
+/// loader's error tests. Their paths reach the crate as compile-time env vars.
+fn build_mock_adapters(out: &Path) {
+    let variants: [(&str, &str, &[&str]); 3] = [
+        ("TPPROF_MOCK_ADAPTER", "libtpprof_mock.so", &[]),
+        ("TPPROF_MOCK_ADAPTER_BAD_ABI", "libtpprof_mock_bad_abi.so", &["-DTPPROF_MOCK_BAD_ABI"]),
+        ("TPPROF_MOCK_ADAPTER_NO_GENERATE", "libtpprof_mock_no_generate.so", &["-DTPPROF_MOCK_NO_GENERATE"]),
+    ];
+    let compiler = cc::Build::new().get_compiler();
+    for (var, name, defines) in variants {
+        let lib = out.join(name);
+        let mut cmd = compiler.to_command();
+        cmd.args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", "-Iffi"])
+            .args(defines)
+            .arg("-o")
+            .arg(&lib)
+            .arg(MOCK_SRC)
+            .arg("-lpthread");
+        let status = cmd.status();
+        match status {
+            Ok(s) if s.success() => println!("cargo:rustc-env={var}={}", lib.display()),
+            Ok(s) => {
+                eprintln!("error: compiling {MOCK_SRC} into {} failed ({s}); command: {cmd:?}", lib.display());
+                std::process::exit(1);
+            }
+            Err(e) => {
+                eprintln!("error: could not run the C compiler for {MOCK_SRC}: {e}; install gcc (apt-get install build-essential) or set CC");
+                std::process::exit(1);
+            }
+        }
+    }
+}

@@ -1,0 +1,288 @@
+/*
+ * mock_adapter.c — a scripted engine on the tpprof ABI, so tests know the truth they measure against.
+ *
+ * Options (a flat JSON object of numbers and strings; unknown keys are ignored):
+ *   topology            "all_ranks" (default) | "one_process"
+ *   vocab_size          token ids are produced in [0, vocab_size)            (default 32000)
+ *   prefill_us_per_token busy-wait per prompt token before the first token  (default 0)
+ *   token_us            busy-wait per decode step (one step = one token for every sample) (default 0)
+ *   create_ms           busy-wait in create(), like loading weights         (default 0)
+ *   alloc_bytes         host bytes malloc'ed and touched in create()        (default 0)
+ *   alloc_rank          only this rank allocates; -1 = every rank            (default -1)
+ *   fail_create_rank    create() fails on this rank                           (default -1)
+ *   fail_rank, fail_at_token  generate() fails on rank fail_rank at decode step fail_at_token
+ *   crash_rank, crash_at_token  the process aborts (SIGABRT) on crash_rank at that step
+ *   eos_at_step         with exact_length == 0, every sample ends with EOS at this step (default -1)
+ *   callback_thread     1: tokens are produced (and on_token called) from a worker thread
+ *
+ * Timing is scripted with busy-waits against CLOCK_MONOTONIC deadlines measured from the previous
+ * token, so a measured gap can be longer than the script on a loaded machine but never shorter.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "tpprof_engine.h"
+
+#include <ctype.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#ifdef TPPROF_MOCK_BAD_ABI
+#define MOCK_ABI_VERSION (TPPROF_ABI_VERSION + 41u)
+#else
+#define MOCK_ABI_VERSION TPPROF_ABI_VERSION
+#endif
+
+struct tpprof_engine {
+    int rank;
+    int one_process;
+    long vocab;
+    double prefill_us_per_token;
+    double token_us;
+    long fail_rank, fail_at_token, crash_rank, crash_at_token, eos_at_step;
+    int callback_thread;
+    unsigned char *alloc;
+    size_t alloc_bytes;
+};
+
+/* ---- a minimal reader for flat JSON objects of numbers and strings ---- */
+
+/* Points at the value of "key" in json, or NULL. */
+static const char *json_value(const char *json, const char *key) {
+    size_t klen = strlen(key);
+    for (const char *p = json; (p = strchr(p, '"')) != NULL; p++) {
+        if (strncmp(p + 1, key, klen) == 0 && p[1 + klen] == '"') {
+            const char *v = p + 2 + klen;
+            while (isspace((unsigned char)*v)) v++;
+            if (*v != ':') continue;
+            v++;
+            while (isspace((unsigned char)*v)) v++;
+            return v;
+        }
+    }
+    return NULL;
+}
+
+static double opt_num(const char *json, const char *key, double dflt) {
+    const char *v = json_value(json, key);
+    if (v == NULL) return dflt;
+    char *end = NULL;
+    double d = strtod(v, &end);
+    return end == v ? dflt : d;
+}
+
+static int opt_str_eq(const char *json, const char *key, const char *want) {
+    const char *v = json_value(json, key);
+    if (v == NULL || *v != '"') return 0;
+    size_t n = strlen(want);
+    return strncmp(v + 1, want, n) == 0 && v[1 + n] == '"';
+}
+
+/* ---- timing ---- */
+
+static double now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
+static void busy_until(double deadline_us) {
+    while (now_us() < deadline_us) {
+    }
+}
+
+static void set_err(char *err, size_t errlen, const char *msg) {
+    if (err != NULL && errlen > 0) snprintf(err, errlen, "%s", msg);
+}
+
+/* ---- the ABI ---- */
+
+uint32_t tpprof_abi_version(void) { return MOCK_ABI_VERSION; }
+
+const char *tpprof_engine_info(void) {
+    return "{\"name\":\"mock\",\"version\":\"1\",\"description\":\"scripted delays and allocations for tests\"}";
+}
+
+int32_t tpprof_create(const tpprof_init *init, tpprof_engine **out, char *err, size_t errlen) {
+    if (init == NULL || out == NULL) {
+        set_err(err, errlen, "mock: create() got a NULL argument");
+        return TPPROF_ERR_INVALID_ARGUMENT;
+    }
+    const char *o = init->options_json != NULL ? init->options_json : "{}";
+    if ((long)opt_num(o, "fail_create_rank", -1) == init->rank) {
+        snprintf(err, errlen, "mock: injected failure in create() on rank %d", init->rank);
+        return TPPROF_ERR_RUNTIME;
+    }
+    tpprof_engine *e = calloc(1, sizeof *e);
+    if (e == NULL) {
+        set_err(err, errlen, "mock: out of host memory");
+        return TPPROF_ERR_OUT_OF_MEMORY;
+    }
+    e->rank = init->rank;
+    e->one_process = opt_str_eq(o, "topology", "one_process");
+    e->vocab = (long)opt_num(o, "vocab_size", 32000);
+    e->prefill_us_per_token = opt_num(o, "prefill_us_per_token", 0);
+    e->token_us = opt_num(o, "token_us", 0);
+    e->fail_rank = (long)opt_num(o, "fail_rank", -1);
+    e->fail_at_token = (long)opt_num(o, "fail_at_token", -1);
+    e->crash_rank = (long)opt_num(o, "crash_rank", -1);
+    e->crash_at_token = (long)opt_num(o, "crash_at_token", -1);
+    e->eos_at_step = (long)opt_num(o, "eos_at_step", -1);
+    e->callback_thread = (int)opt_num(o, "callback_thread", 0);
+    if (e->vocab <= 0) {
+        free(e);
+        set_err(err, errlen, "mock: vocab_size must be > 0");
+        return TPPROF_ERR_INVALID_ARGUMENT;
+    }
+    double alloc = opt_num(o, "alloc_bytes", 0);
+    long alloc_rank = (long)opt_num(o, "alloc_rank", -1);
+    if (alloc > 0 && (alloc_rank < 0 || alloc_rank == init->rank)) {
+        e->alloc_bytes = (size_t)alloc;
+        e->alloc = malloc(e->alloc_bytes);
+        if (e->alloc == NULL) {
+            free(e);
+            snprintf(err, errlen, "mock: could not allocate %.0f host bytes", alloc);
+            return TPPROF_ERR_OUT_OF_MEMORY;
+        }
+        memset(e->alloc, 0xA5, e->alloc_bytes); /* touch every page so RSS shows it */
+    }
+    double create_ms = opt_num(o, "create_ms", 0);
+    if (create_ms > 0) busy_until(now_us() + create_ms * 1e3);
+    *out = e;
+    return TPPROF_OK;
+}
+
+int32_t tpprof_get_topology(const tpprof_engine *e) {
+    return e->one_process ? TPPROF_TOPOLOGY_ONE_PROCESS : TPPROF_TOPOLOGY_ALL_RANKS;
+}
+
+struct gen_job {
+    tpprof_engine *e;
+    const tpprof_prompt *prompts;
+    size_t n;
+    uint32_t max_new;
+    int32_t exact;
+    tpprof_on_token_fn on_token;
+    void *user;
+    char *err;
+    size_t errlen;
+    int32_t status;
+};
+
+static void token_of(const struct gen_job *j, size_t s, uint32_t step, int32_t *tok, int32_t *finish, int *done) {
+    const tpprof_engine *e = j->e;
+    *tok = (int32_t)(((long)s * 31 + (long)step * 7 + 1) % e->vocab);
+    *finish = TPPROF_FINISH_NONE;
+    *done = 0;
+    if (!j->exact && e->eos_at_step >= 0 && (long)step == e->eos_at_step) {
+        *finish = TPPROF_FINISH_EOS;
+        *done = 1;
+    } else if (step + 1 == j->max_new) {
+        *finish = TPPROF_FINISH_LENGTH;
+        *done = 1;
+    }
+}
+
+static void *run_job(void *arg) {
+    struct gen_job *j = arg;
+    tpprof_engine *e = j->e;
+    int *done = calloc(j->n > 0 ? j->n : 1, sizeof *done);
+    if (done == NULL) {
+        set_err(j->err, j->errlen, "mock: out of host memory");
+        j->status = TPPROF_ERR_OUT_OF_MEMORY;
+        return NULL;
+    }
+    /* Prefill: each sample in turn, time proportional to its length, then its first token. */
+    double t = now_us();
+    for (size_t s = 0; s < j->n; s++) {
+        for (size_t i = 0; i < j->prompts[s].len; i++) {
+            if (j->prompts[s].tokens[i] < 0 || j->prompts[s].tokens[i] >= e->vocab) {
+                snprintf(j->err, j->errlen, "mock: sample %zu token %zu = %d outside [0, %ld)", s, i,
+                         j->prompts[s].tokens[i], e->vocab);
+                j->status = TPPROF_ERR_INVALID_ARGUMENT;
+                free(done);
+                return NULL;
+            }
+        }
+        t += e->prefill_us_per_token * (double)j->prompts[s].len;
+        busy_until(t);
+        int32_t tok, fin;
+        token_of(j, s, 0, &tok, &fin, &done[s]);
+        j->on_token(j->user, (uint32_t)s, 0, tok, fin);
+        t = now_us();
+    }
+    /* Decode: one step = one token for every running sample. */
+    for (uint32_t step = 1; step < j->max_new; step++) {
+        if ((long)step == e->fail_at_token && e->fail_rank == e->rank) {
+            snprintf(j->err, j->errlen, "mock: injected failure at decode step %u on rank %d", step, e->rank);
+            j->status = TPPROF_ERR_RUNTIME;
+            break;
+        }
+        if ((long)step == e->crash_at_token && e->crash_rank == e->rank) {
+            fprintf(stderr, "mock: injected crash at decode step %u on rank %d\n", step, e->rank);
+            fflush(stderr);
+            abort();
+        }
+        int any = 0;
+        for (size_t s = 0; s < j->n; s++) any |= !done[s];
+        if (!any) break;
+        t += e->token_us;
+        busy_until(t);
+        for (size_t s = 0; s < j->n; s++) {
+            if (done[s]) continue;
+            int32_t tok, fin;
+            token_of(j, s, step, &tok, &fin, &done[s]);
+            j->on_token(j->user, (uint32_t)s, step, tok, fin);
+        }
+        t = now_us();
+    }
+    free(done);
+    return NULL;
+}
+
+/* The missing-symbol variant hides tpprof_generate, so the loader's symbol check has something to find. */
+#ifdef TPPROF_MOCK_NO_GENERATE
+#define MOCK_GENERATE_VISIBILITY __attribute__((visibility("hidden")))
+#else
+#define MOCK_GENERATE_VISIBILITY
+#endif
+
+MOCK_GENERATE_VISIBILITY int32_t tpprof_generate(tpprof_engine *e, const tpprof_prompt *prompts, size_t n,
+                                                 uint32_t max_new_tokens, int32_t exact_length,
+                                                 tpprof_on_token_fn on_token, void *user, char *err,
+                                                 size_t errlen) {
+    if (on_token == NULL || (n > 0 && prompts == NULL) || max_new_tokens == 0) {
+        set_err(err, errlen, "mock: generate() needs prompts, an on_token callback and max_new_tokens > 0");
+        return TPPROF_ERR_INVALID_ARGUMENT;
+    }
+    struct gen_job j = {e, prompts, n, max_new_tokens, exact_length, on_token, user, err, errlen, TPPROF_OK};
+    if (e->callback_thread) {
+        pthread_t th;
+        if (pthread_create(&th, NULL, run_job, &j) != 0) {
+            set_err(err, errlen, "mock: pthread_create failed");
+            return TPPROF_ERR_RUNTIME;
+        }
+        pthread_join(th, NULL);
+    } else {
+        run_job(&j);
+    }
+    return j.status;
+}
+
+int32_t tpprof_memory(const tpprof_engine *e, tpprof_memory_stats *stats, char *err, size_t errlen) {
+    (void)err;
+    (void)errlen;
+    stats->weights_bytes = TPPROF_UNKNOWN;
+    stats->kv_cache_bytes = TPPROF_UNKNOWN;
+    stats->workspace_bytes = TPPROF_UNKNOWN;
+    stats->comm_bytes = TPPROF_UNKNOWN;
+    stats->host_bytes = e->alloc_bytes;
+    return TPPROF_OK;
+}
+
+void tpprof_destroy(tpprof_engine *e) {
+    if (e == NULL) return;
+    free(e->alloc);
+    free(e);
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job from a fresh clone: install build dependencies, build tpprof, and profile the built-in
+# cpu engine (`small` preset) tensor-parallel on 2 ranks. Prints the summary and writes the JSON.
+# Extra arguments go to `tpprof run` (e.g. --generated-tokens 128).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source launch/deps.sh
+cargo build --release
+exec launch/tpprof-mpirun -n 2 --tpprof target/release/tpprof -- run --engine cpu --model small \
+  --prompt-tokens 256 --generated-tokens 64 "$@"

@@ -1,0 +1,103 @@
+//! Command line: clap parses raw arguments here; `RunConfig::from_args` validates them into a
+//! `RunConfig` before any MPI, GPU or file work starts.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "tpprof", version, about = "MPI-aware profiler for tensor-parallel LLM inference",
+          long_about = "MPI-aware profiler for tensor-parallel LLM inference.\n\n\
+                        Start one rank per GPU: `mpirun -n 2 tpprof run --model small`.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an engine over a workload on every rank and write one JSON from rank 0.
+    Run(Box<RunArgs>),
+    /// Print the human summary of a saved result JSON.
+    Report(ReportArgs),
+    /// List the built-in model presets.
+    Models,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A JSON written by `tpprof run`.
+    pub file: PathBuf,
+}
+
+/// Raw `run` arguments. Numbers are parsed as signed integers so that a negative value gets our
+/// own one-line error instead of being mistaken for a flag.
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Engine: `cpu` (built-in reference), `mock` (the test adapter built with tpprof), or the path
+    /// of an adapter shared library (`./libmy_engine.so`, or `adapter:PATH`).
+    #[arg(long, default_value = "cpu")]
+    pub engine: String,
+
+    /// Model of the built-in engines: a preset (`tpprof models`), or a Qwen2 config.json / a
+    /// directory holding one (random weights with that shape).
+    #[arg(long, default_value = "tiny")]
+    pub model: String,
+
+    /// Engine options as a JSON object, passed to adapters verbatim (e.g. '{"token_us": 500}').
+    #[arg(long, default_value = "{}")]
+    pub engine_options: String,
+
+    /// Number of samples (sequences) generated together.
+    #[arg(long, allow_hyphen_values = true)]
+    pub batch: Option<i64>,
+
+    /// Tokens per prompt (seeded random ids within the vocabulary).
+    #[arg(long, default_value_t = 128, allow_hyphen_values = true)]
+    pub prompt_tokens: i64,
+
+    /// Tokens to generate per sample.
+    #[arg(long, default_value_t = 32, allow_hyphen_values = true)]
+    pub generated_tokens: i64,
+
+    /// Prompts from a file instead: JSON Lines, one JSON array of token ids per line.
+    #[arg(long, conflicts_with = "prompt_tokens")]
+    pub prompts: Option<PathBuf>,
+
+    /// Seed for the random prompts and the built-in engines' weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Vocabulary size for random prompts and range checks (default: the model's; for adapters the
+    /// engine options' "vocab_size", else 32000).
+    #[arg(long, allow_hyphen_values = true)]
+    pub vocab_size: Option<i64>,
+
+    /// Let an EOS token end a sample early (the default generates exactly --generated-tokens).
+    #[arg(long)]
+    pub allow_eos: bool,
+
+    /// Where rank 0 writes the JSON (default: tpprof-<engine>-<model>-n<ranks>-<UTC time>.json).
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+
+    /// Replace an existing --out file.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Put the generated token ids into the JSON.
+    #[arg(long)]
+    pub record_tokens: bool,
+
+    /// GPU ordinals per local rank, comma-separated (default: GPU = local rank).
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Option<Vec<i64>>,
+
+    /// Memory sampling interval in milliseconds.
+    #[arg(long, default_value_t = 10, allow_hyphen_values = true)]
+    pub mem_interval_ms: i64,
+
+    /// Abort the whole job (every rank, non-zero exit) if it has not finished after this many seconds.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+}

@@ -1,0 +1,269 @@
+//! The MPI world: init, local rank (shared-memory split), byte gathers, agreement on errors, and the
+//! watchdog. Every collective the profiler itself runs lives here, on a duplicate of MPI_COMM_WORLD
+//! so that engine traffic (the cpu engine's all-reduces, an adapter's MPI) never matches ours.
+
+pub mod tp_comm;
+
+use std::time::Duration;
+
+use mpi::collective::CommunicatorCollectives;
+use mpi::datatype::PartitionMut;
+use mpi::topology::{Communicator, Rank, SimpleCommunicator};
+use mpi::traits::Root;
+use mpi::Threading;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("MPI was already initialised in this process")]
+    AlreadyInitialised,
+    #[error("the MPI library provides thread level {0:?}, tpprof needs MPI_THREAD_MULTIPLE (engines call back from their own threads); use an MPI built with thread support")]
+    ThreadLevel(Threading),
+}
+
+/// The rank the launcher gave this process, read from its environment before MPI_Init (used only to
+/// decide who prints a command-line error).
+pub fn launcher_rank() -> Option<i32> {
+    ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
+/// Failures on one or more ranks, as every rank learns them from `World::agree`.
+#[derive(Debug, Clone)]
+pub struct RankFailures(pub Vec<(i32, String)>);
+
+impl std::fmt::Display for RankFailures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|(r, m)| format!("rank {r}: {m}")).collect();
+        write!(f, "{}", parts.join("; "))
+    }
+}
+
+impl RankFailures {
+    pub fn first_rank(&self) -> i32 {
+        self.0.first().map(|(r, _)| *r).unwrap_or(0)
+    }
+}
+
+pub struct World {
+    /// Our own duplicate of MPI_COMM_WORLD.
+    comm: SimpleCommunicator,
+    pub rank: i32,
+    pub size: i32,
+    pub local_rank: i32,
+    pub local_size: i32,
+    pub host: String,
+    // Last: fields drop in order, and dropping the universe calls MPI_Finalize.
+    _universe: mpi::environment::Universe,
+}
+
+impl World {
+    /// MPI_Init_thread(MPI_THREAD_MULTIPLE); a singleton run without mpirun works too.
+    pub fn init() -> Result<World, ClusterError> {
+        let (universe, level) =
+            mpi::initialize_with_threading(Threading::Multiple).ok_or(ClusterError::AlreadyInitialised)?;
+        if level < Threading::Multiple {
+            return Err(ClusterError::ThreadLevel(level));
+        }
+        let world = universe.world();
+        let comm = world.duplicate();
+        let rank = comm.rank();
+        let local = comm.split_shared(rank);
+        let host = mpi::environment::processor_name().unwrap_or_else(|_| "unknown".into());
+        Ok(World {
+            rank,
+            size: comm.size(),
+            local_rank: local.rank(),
+            local_size: local.size(),
+            host,
+            comm,
+            _universe: universe,
+        })
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// A fresh duplicate of the world communicator, for an engine's own traffic.
+    pub fn duplicate(&self) -> SimpleCommunicator {
+        self.comm.duplicate()
+    }
+
+    /// Every rank's bytes, on every rank (MPI_Allgather of lengths, then MPI_Allgatherv).
+    pub fn all_gather_bytes(&self, mine: &[u8]) -> Vec<Vec<u8>> {
+        let mine = &framed(mine);
+        let n = self.size as usize;
+        let mut lens = vec![0u64; n];
+        self.comm.all_gather_into(&(mine.len() as u64), &mut lens[..]);
+        let (counts, displs) = partition(&lens);
+        let mut all = vec![0u8; lens.iter().sum::<u64>() as usize];
+        {
+            let mut part = PartitionMut::new(&mut all[..], counts.clone(), &displs[..]);
+            self.comm.all_gather_varcount_into(mine, &mut part);
+        }
+        split(&all, &counts, &displs)
+    }
+
+    /// Every rank's bytes at rank 0 (MPI_Gather of lengths, then MPI_Gatherv); None elsewhere.
+    pub fn gather_bytes(&self, mine: &[u8]) -> Option<Vec<Vec<u8>>> {
+        let mine = &framed(mine);
+        let root = self.comm.process_at_rank(0);
+        let len = mine.len() as u64;
+        if !self.is_root() {
+            root.gather_into(&len);
+            root.gather_varcount_into(mine);
+            return None;
+        }
+        let mut lens = vec![0u64; self.size as usize];
+        root.gather_into_root(&len, &mut lens[..]);
+        let (counts, displs) = partition(&lens);
+        let mut all = vec![0u8; lens.iter().sum::<u64>() as usize];
+        {
+            let mut part = PartitionMut::new(&mut all[..], counts.clone(), &displs[..]);
+            root.gather_varcount_into_root(mine, &mut part);
+        }
+        Some(split(&all, &counts, &displs))
+    }
+
+    /// Rank 0's bytes on every rank.
+    pub fn broadcast_bytes(&self, mine: &[u8]) -> Vec<u8> {
+        let root = self.comm.process_at_rank(0);
+        let mut len = mine.len() as u64;
+        root.broadcast_into(&mut len);
+        let mut buf = if self.is_root() { mine.to_vec() } else { vec![0u8; len as usize] };
+        if len > 0 {
+            root.broadcast_into(&mut buf[..]);
+        }
+        buf
+    }
+
+    /// Every rank brings its local outcome; every rank leaves with the same verdict: Ok only if all
+    /// ranks were Ok, else every failure with its rank. This is how one failing rank stops the others
+    /// instead of leaving them waiting in a later collective.
+    pub fn agree<T>(&self, local: Result<T, String>) -> Result<T, RankFailures> {
+        let msg = match &local {
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                let mut m = vec![1u8];
+                m.extend_from_slice(e.as_bytes());
+                m
+            }
+        };
+        let all = self.all_gather_bytes(&msg);
+        let failures: Vec<(i32, String)> = all
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(r, m)| (r as i32, String::from_utf8_lossy(&m[1..]).into_owned()))
+            .collect();
+        if failures.is_empty() {
+            local.map_err(|_| unreachable_failure())
+        } else {
+            Err(RankFailures(failures))
+        }
+    }
+
+    /// A barrier that sleeps instead of spinning while it waits, so a rank that finished early (or
+    /// only observes, in ONE_PROCESS mode) does not steal a core from the ranks still generating.
+    pub fn idle_barrier(&self) {
+        let mut req = self.comm.immediate_barrier();
+        loop {
+            match req.test() {
+                Ok(_) => return,
+                Err(r) => {
+                    req = r;
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+        }
+    }
+
+    /// Ends the whole job from any thread: MPI_Abort on MPI_COMM_WORLD.
+    pub fn abort_all(code: i32) -> ! {
+        // SAFETY: MPI_Abort is callable from any thread once MPI is initialised with
+        // MPI_THREAD_MULTIPLE (World::init guarantees it); it does not return.
+        unsafe {
+            mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, code);
+        }
+        std::process::exit(code)
+    }
+
+    /// Starts a thread that aborts the job after `after`, naming the cause on stderr.
+    pub fn start_watchdog(&self, after: Duration) {
+        let rank = self.rank;
+        std::thread::Builder::new()
+            .name("tpprof-watchdog".into())
+            .spawn(move || {
+                std::thread::sleep(after);
+                eprintln!(
+                    "error: rank {rank}: the run did not finish within --timeout {:.1} s; aborting every rank",
+                    after.as_secs_f64()
+                );
+                World::abort_all(1);
+            })
+            .expect("spawn the watchdog thread");
+    }
+
+    pub fn mpi_library_version() -> String {
+        mpi::environment::library_version()
+            .map(|s| s.trim().lines().next().unwrap_or("").trim().to_string())
+            .unwrap_or_else(|_| "unknown".into())
+    }
+}
+
+fn unreachable_failure() -> RankFailures {
+    RankFailures(vec![(-1, "internal: agreement lost a failure".into())])
+}
+
+fn partition(lens: &[u64]) -> (Vec<Rank>, Vec<Rank>) {
+    let counts: Vec<Rank> = lens.iter().map(|&l| l as Rank).collect();
+    let displs: Vec<Rank> = counts
+        .iter()
+        .scan(0, |acc, &c| {
+            let d = *acc;
+            *acc += c;
+            Some(d)
+        })
+        .collect();
+    (counts, displs)
+}
+
+/// Every message travels with one leading byte: an empty Rust slice's pointer is 0x1, which Open MPI
+/// reads as MPI_IN_PLACE, so no buffer handed to MPI may be empty.
+fn framed(mine: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(mine.len() + 1);
+    v.push(0xA5);
+    v.extend_from_slice(mine);
+    v
+}
+
+/// Cuts the gathered bytes back into per-rank messages, dropping each leading frame byte.
+fn split(all: &[u8], counts: &[Rank], displs: &[Rank]) -> Vec<Vec<u8>> {
+    counts
+        .iter()
+        .zip(displs)
+        .map(|(&c, &d)| all[d as usize + 1..(d + c) as usize].to_vec())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_is_prefix_sum() {
+        let (c, d) = partition(&[3, 1, 5]);
+        assert_eq!(c, vec![3, 1, 5]);
+        assert_eq!(d, vec![0, 3, 4]);
+        let all = [framed(b"ab"), framed(b""), framed(b"defg")].concat();
+        assert_eq!(split(&all, &c, &d), vec![b"ab".to_vec(), vec![], b"defg".to_vec()]);
+    }
+
+    #[test]
+    fn failures_name_ranks() {
+        let f = RankFailures(vec![(1, "boom".into()), (3, "bang".into())]);
+        assert_eq!(f.to_string(), "rank 1: boom; rank 3: bang");
+        assert_eq!(f.first_rank(), 1);
+    }
+}

@@ -1,0 +1,176 @@
+//! Engines: the `Engine` trait every engine implements (built-in ones and adapters loaded through
+//! ffi/tpprof_engine.h), and how a `--engine` argument names one.
+
+pub mod adapter;
+pub mod builtin;
+pub mod config;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::TokenSink;
+
+/// Who runs the engine (see `tpprof_topology` in the header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Topology {
+    /// Every rank runs the engine.
+    AllRanks,
+    /// Rank 0 drives every local GPU; the other ranks only observe theirs.
+    OneProcess,
+}
+
+/// Why a sample stopped (values of `tpprof_finish_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// Still running, or the engine never said (a sample cut short without a reason).
+    None,
+    Length,
+    Eos,
+    Stop,
+    Error,
+}
+
+impl FinishReason {
+    pub fn from_abi(v: i32) -> FinishReason {
+        match v {
+            1 => FinishReason::Length,
+            2 => FinishReason::Eos,
+            3 => FinishReason::Stop,
+            4 => FinishReason::Error,
+            _ => FinishReason::None,
+        }
+    }
+}
+
+/// What an engine knows of its own memory on this rank; None where it cannot tell.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineMemory {
+    pub weights_bytes: Option<u64>,
+    pub kv_cache_bytes: Option<u64>,
+    pub workspace_bytes: Option<u64>,
+    pub comm_bytes: Option<u64>,
+    pub host_bytes: Option<u64>,
+}
+
+/// Identity of the engine, for the JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineInfo {
+    /// `cpu`, `mock`, or what an adapter's tpprof_engine_info() calls itself.
+    pub name: String,
+    pub version: String,
+    /// `builtin` or `adapter`.
+    pub kind: String,
+    /// The adapter's path, for adapters.
+    pub path: Option<String>,
+    /// Whatever else the engine reports (an adapter's whole info object; a built-in model config).
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Adapter(#[from] adapter::AdapterError),
+    #[error(transparent)]
+    Cpu(#[from] builtin::cpu::CpuError),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What every engine does for the profiler. `generate` calls `sink.on_token` once per token, as
+/// soon as the token is known on the host; the sink timestamps it.
+pub trait Engine {
+    fn info(&self) -> EngineInfo;
+    fn topology(&self) -> Topology;
+    fn generate(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32, exact_length: bool, sink: &TokenSink)
+        -> Result<(), EngineError>;
+    fn memory(&self) -> Result<EngineMemory, EngineError>;
+    /// Vocabulary size, when the engine knows it (random prompts and range checks use it).
+    fn vocab_size(&self) -> Option<u32>;
+    /// Longest prompt + generation the engine accepts, when it knows it.
+    fn max_context(&self) -> Option<u32>;
+}
+
+/// A parsed `--engine` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineSpec {
+    Cpu,
+    /// An adapter shared library; `mock` resolves to the mock adapter built with tpprof.
+    Adapter(PathBuf),
+}
+
+pub const BUILTIN_ENGINES: &[&str] = &["cpu"];
+
+impl EngineSpec {
+    pub fn parse(s: &str) -> Result<EngineSpec, String> {
+        if s == "cpu" {
+            return Ok(EngineSpec::Cpu);
+        }
+        if s == "cuda" {
+            return Err("engine `cuda` is not built into this tpprof yet (it arrives with the CUDA engine); use --engine cpu".into());
+        }
+        if s == "mock" {
+            return Ok(EngineSpec::Adapter(PathBuf::from(env!("TPPROF_MOCK_ADAPTER"))));
+        }
+        let path = s.strip_prefix("adapter:").unwrap_or(s);
+        if path.contains('/') || path.ends_with(".so") {
+            return Ok(EngineSpec::Adapter(PathBuf::from(path)));
+        }
+        Err(format!(
+            "unknown engine `{s}`: use one of {}, mock, or the path of an adapter library (./libx.so or adapter:PATH)",
+            BUILTIN_ENGINES.join(", ")
+        ))
+    }
+
+    /// A short name for file names and the summary.
+    pub fn label(&self) -> String {
+        match self {
+            EngineSpec::Cpu => "cpu".into(),
+            EngineSpec::Adapter(p) => {
+                let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("adapter");
+                stem.trim_start_matches("lib").trim_start_matches("tpprof_").to_string()
+            }
+        }
+    }
+}
+
+/// `tpprof models`: the built-in presets with their shapes.
+pub fn print_models() {
+    println!("{:<12} {:>7} {:>7} {:>6} {:>6} {:>4} {:>7} {:>8} {:>10}", "preset", "vocab", "hidden", "inter", "layers", "heads", "kv_heads", "max_pos", "params");
+    for name in config::Config::preset_names() {
+        if let Ok(c) = config::Config::preset(name) {
+            println!(
+                "{:<12} {:>7} {:>7} {:>6} {:>6} {:>4} {:>7} {:>8} {:>10}",
+                name, c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
+                c.num_attention_heads, c.num_key_value_heads, c.max_position_embeddings, c.param_count()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_names_parse() {
+        assert_eq!(EngineSpec::parse("cpu").unwrap(), EngineSpec::Cpu);
+        assert!(matches!(EngineSpec::parse("mock").unwrap(), EngineSpec::Adapter(_)));
+        assert_eq!(EngineSpec::parse("./libx.so").unwrap(), EngineSpec::Adapter("./libx.so".into()));
+        assert_eq!(EngineSpec::parse("adapter:libx").unwrap(), EngineSpec::Adapter("libx".into()));
+        let e = EngineSpec::parse("tensorrt").unwrap_err();
+        assert!(e.contains("unknown engine `tensorrt`"), "{e}");
+        assert_eq!(EngineSpec::parse("/a/libtpprof_mock.so").unwrap().label(), "mock");
+    }
+
+    #[test]
+    fn finish_reasons_follow_the_abi() {
+        assert_eq!(FinishReason::from_abi(1), FinishReason::Length);
+        assert_eq!(FinishReason::from_abi(2), FinishReason::Eos);
+        assert_eq!(FinishReason::from_abi(99), FinishReason::None);
+    }
+}

@@ -1,0 +1,27 @@
+//! The `tpprof` binary: parse, then hand over to the library. Exit codes: 0 ok, 1 the run failed,
+//! 2 bad input, 3 the run finished but a sample got fewer tokens than requested.
+
+use clap::Parser;
+use tpprof::cli::{Cli, Command};
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Under mpirun every rank parses the same arguments: only rank 0 shows the message.
+            if tpprof::cluster::launcher_rank().unwrap_or(0) == 0 || e.use_stderr() == false {
+                let _ = e.print();
+            }
+            std::process::exit(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let code = match cli.command {
+        Command::Run(args) => tpprof::run::main(*args),
+        Command::Report(args) => tpprof::report::summary::main(&args),
+        Command::Models => {
+            tpprof::engine::print_models();
+            0
+        }
+    };
+    std::process::exit(code);
+}

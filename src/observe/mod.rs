@@ -1,0 +1,5 @@
+//! Observers that run beside the engine on every rank: the GPU probe and binding (NVML), and the
+//! memory sampler thread (host RSS always, NVML per-process and per-device memory when a GPU is bound).
+
+pub mod gpu;
+pub mod memory;

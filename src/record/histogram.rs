@@ -1,0 +1,191 @@
+//! Latency histograms in ns (HdrHistogram, 3 significant digits), their V2 serialization for the
+//! gather to rank 0, exact merging there, and the percentile summary written to the JSON.
+//! Percentiles are computed only after merging: they never get averaged.
+
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+pub const SIGNIFICANT_DIGITS: u8 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistogramError {
+    #[error("histogram bytes are not base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    #[error("histogram bytes are not HdrHistogram V2: {0:?}")]
+    Decode(hdrhistogram::serialization::DeserializeError),
+    #[error("could not merge histograms: {0:?}")]
+    Merge(hdrhistogram::AdditionError),
+}
+
+#[derive(Clone, Debug)]
+pub struct LatencyHistogram(Histogram<u64>);
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LatencyHistogram {
+    pub fn new() -> LatencyHistogram {
+        // Auto-resizing from 1 ns: any latency fits; 3 digits = 0.1 % resolution.
+        LatencyHistogram(Histogram::new(SIGNIFICANT_DIGITS).expect("3 significant digits is valid"))
+    }
+
+    pub fn record(&mut self, ns: u64) {
+        // record() grows the auto-resizing histogram; saturating_record() would clamp to its current
+        // top instead. The fallback only triggers past the largest trackable value (~u64::MAX / 2).
+        if self.0.record(ns).is_err() {
+            self.0.saturating_record(ns);
+        }
+    }
+
+    pub fn hist(&self) -> &Histogram<u64> {
+        &self.0
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.len()
+    }
+
+    pub fn min_ns(&self) -> u64 {
+        self.0.min()
+    }
+
+    pub fn max_ns(&self) -> u64 {
+        self.0.max()
+    }
+
+    pub fn add(&mut self, other: &LatencyHistogram) -> Result<(), HistogramError> {
+        self.0.add(&other.0).map_err(HistogramError::Merge)
+    }
+
+    /// V2 bytes (uncompressed), base64.
+    pub fn to_base64(&self) -> String {
+        let mut bytes = Vec::new();
+        V2Serializer::new().serialize(&self.0, &mut bytes).expect("serializing into a Vec cannot fail");
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    pub fn from_base64(s: &str) -> Result<LatencyHistogram, HistogramError> {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(s)?;
+        let mut h: Histogram<u64> = Deserializer::new().deserialize(&mut &bytes[..]).map_err(HistogramError::Decode)?;
+        h.auto(true);
+        Ok(LatencyHistogram(h))
+    }
+
+    pub fn summary(&self) -> HistogramSummary {
+        let h = &self.0;
+        let q = |x: f64| if h.is_empty() { 0 } else { h.value_at_quantile(x) };
+        HistogramSummary {
+            count: h.len(),
+            min_ns: if h.is_empty() { 0 } else { h.min() },
+            p50_ns: q(0.50),
+            p90_ns: q(0.90),
+            p99_ns: q(0.99),
+            p999_ns: q(0.999),
+            max_ns: if h.is_empty() { 0 } else { h.max() },
+            mean_ns: if h.is_empty() { 0.0 } else { h.mean() },
+            hdr_v2_base64: self.to_base64(),
+        }
+    }
+}
+
+/// Percentiles of a histogram (ns; every value is the highest value equivalent to the recorded ones
+/// at 3 significant digits, so a reported percentile is never below what was recorded), with the
+/// histogram itself as base64 HdrHistogram V2 for anyone who wants other percentiles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistogramSummary {
+    pub count: u64,
+    pub min_ns: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+    pub mean_ns: f64,
+    pub hdr_v2_base64: String,
+}
+
+/// The same percentiles in milliseconds, for the summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PercentilesMs {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub count: u64,
+}
+
+impl From<&HistogramSummary> for PercentilesMs {
+    fn from(s: &HistogramSummary) -> Self {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        PercentilesMs {
+            p50: ms(s.p50_ns),
+            p90: ms(s.p90_ns),
+            p99: ms(s.p99_ns),
+            p999: ms(s.p999_ns),
+            max: ms(s.max_ns),
+            mean: s.mean_ns / 1e6,
+            count: s.count,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_exact_merge() {
+        let mut a = LatencyHistogram::new();
+        let mut b = LatencyHistogram::new();
+        let mut all = LatencyHistogram::new();
+        for i in 1..=1000u64 {
+            a.record(i * 1_000);
+            all.record(i * 1_000);
+        }
+        for i in 1..=10u64 {
+            b.record(i * 7_000_000);
+            all.record(i * 7_000_000);
+        }
+        let a2 = LatencyHistogram::from_base64(&a.to_base64()).unwrap();
+        let b2 = LatencyHistogram::from_base64(&b.to_base64()).unwrap();
+        let mut merged = LatencyHistogram::new();
+        merged.add(&a2).unwrap();
+        merged.add(&b2).unwrap();
+        let (m, t) = (merged.summary(), all.summary());
+        assert_eq!((m.count, m.p50_ns, m.p99_ns, m.p999_ns, m.max_ns), (t.count, t.p50_ns, t.p99_ns, t.p999_ns, t.max_ns));
+        assert_eq!(m.count, 1010);
+        // Merged percentiles differ from the average of per-rank percentiles: the point of merging.
+        assert_ne!(m.p99_ns, (a.summary().p99_ns + b.summary().p99_ns) / 2);
+    }
+
+    #[test]
+    fn percentiles_are_never_below_the_recorded_value() {
+        let mut h = LatencyHistogram::new();
+        for _ in 0..100 {
+            h.record(1_234_567);
+        }
+        let s = h.summary();
+        assert!(s.p50_ns >= 1_234_567 && s.p50_ns <= 1_234_567 + 1_235, "{}", s.p50_ns);
+        assert_eq!(PercentilesMs::from(&s).count, 100);
+    }
+
+    #[test]
+    fn empty_histogram_summarises_to_zero_count() {
+        let s = LatencyHistogram::new().summary();
+        assert_eq!((s.count, s.p50_ns, s.max_ns), (0, 0, 0));
+        assert!(LatencyHistogram::from_base64(&s.hdr_v2_base64).unwrap().count() == 0);
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(LatencyHistogram::from_base64("not base64!").is_err());
+        assert!(LatencyHistogram::from_base64("AAAA").is_err());
+    }
+}

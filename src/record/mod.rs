@@ -1,0 +1,245 @@
+//! Token recording: the sink every engine reports tokens to (timestamped on entry, no allocation,
+//! one uncontended lock), and the analysis that turns the events into per-sample records and the
+//! TTFT / decode-latency HdrHistograms.
+
+pub mod histogram;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::engine::FinishReason;
+use histogram::LatencyHistogram;
+
+/// One token as the engine reported it; `t_ns` is the host monotonic clock (CLOCK_MONOTONIC via
+/// `Instant`) at entry into the callback, in ns since the sink's epoch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenEvent {
+    pub sample: u32,
+    pub step: u32,
+    pub token: i32,
+    pub finish: i32,
+    pub t_ns: u64,
+}
+
+/// Where engines report tokens. Thread-safe; the hot path takes a timestamp, one uncontended lock
+/// and writes into preallocated storage. Tokens beyond the capacity are counted, not stored (an
+/// engine that produces more than it was asked for is reported, and the hot path never allocates).
+pub struct TokenSink {
+    epoch: Instant,
+    events: Mutex<Vec<TokenEvent>>,
+    overflow: AtomicU64,
+    submit_ns: AtomicU64,
+}
+
+impl TokenSink {
+    pub fn new(capacity: usize) -> TokenSink {
+        TokenSink::new_with_epoch(Instant::now(), capacity)
+    }
+
+    /// A sink whose timestamps count from `epoch` (shared with the memory sampler).
+    pub fn new_with_epoch(epoch: Instant, capacity: usize) -> TokenSink {
+        TokenSink {
+            epoch,
+            events: Mutex::new(Vec::with_capacity(capacity)),
+            overflow: AtomicU64::new(0),
+            submit_ns: AtomicU64::new(0),
+        }
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// The instant the engine was handed the prompts: TTFT counts from here.
+    pub fn mark_submit(&self) {
+        self.submit_ns.store(self.now_ns(), Ordering::Release);
+    }
+
+    pub fn submit_ns(&self) -> u64 {
+        self.submit_ns.load(Ordering::Acquire)
+    }
+
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    /// Called once per generated token, from any thread.
+    pub fn on_token(&self, sample: u32, step: u32, token: i32, finish: i32) {
+        let t_ns = self.now_ns();
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if events.len() < events.capacity() {
+            events.push(TokenEvent { sample, step, token, finish, t_ns });
+        } else {
+            self.overflow.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The recorded events and the number that did not fit.
+    pub fn into_events(self) -> (Vec<TokenEvent>, u64) {
+        let events = self.events.into_inner().unwrap_or_else(|p| p.into_inner());
+        (events, self.overflow.into_inner())
+    }
+}
+
+/// What one sample got.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleRecord {
+    pub requested: u32,
+    pub generated: u32,
+    pub finish_reason: FinishReason,
+    /// ns since the epoch; None if the sample got no token.
+    pub first_token_ns: Option<u64>,
+    pub last_token_ns: Option<u64>,
+    pub tokens: Vec<i32>,
+}
+
+/// Everything derived from one rank's token events.
+pub struct Recording {
+    pub samples: Vec<SampleRecord>,
+    pub ttft: LatencyHistogram,
+    pub decode: LatencyHistogram,
+    pub submit_ns: u64,
+    /// Problems in the event stream (unknown sample, steps out of order, more tokens than asked).
+    pub anomalies: Vec<String>,
+}
+
+impl Recording {
+    /// Sorts the events per sample and derives TTFT (first token − submit) and the decode
+    /// latencies (gap between consecutive tokens of a sample).
+    pub fn analyse(events: &[TokenEvent], overflow: u64, submit_ns: u64, requested: &[u32]) -> Recording {
+        let mut anomalies = Vec::new();
+        if overflow > 0 {
+            anomalies.push(format!("the engine reported {overflow} tokens more than requested"));
+        }
+        let mut per_sample: Vec<Vec<TokenEvent>> = vec![Vec::new(); requested.len()];
+        for ev in events {
+            match per_sample.get_mut(ev.sample as usize) {
+                Some(v) => v.push(*ev),
+                None => anomalies.push(format!("token for unknown sample {} (batch has {})", ev.sample, requested.len())),
+            }
+        }
+        let mut ttft = LatencyHistogram::new();
+        let mut decode = LatencyHistogram::new();
+        let mut samples = Vec::with_capacity(requested.len());
+        for (s, evs) in per_sample.iter_mut().enumerate() {
+            // Engines may call back from several threads: order by step, then time.
+            evs.sort_by_key(|e| (e.step, e.t_ns));
+            for (i, e) in evs.iter().enumerate() {
+                if e.step as usize != i {
+                    anomalies.push(format!("sample {s}: token {i} arrived with step {} (missing or repeated steps)", e.step));
+                    break;
+                }
+            }
+            if evs.len() > requested[s] as usize {
+                anomalies.push(format!("sample {s}: {} tokens for {} requested", evs.len(), requested[s]));
+            }
+            if let Some(first) = evs.first() {
+                ttft.record(first.t_ns.saturating_sub(submit_ns));
+            }
+            for w in evs.windows(2) {
+                decode.record(w[1].t_ns.saturating_sub(w[0].t_ns));
+            }
+            let finish = evs.last().map(|e| FinishReason::from_abi(e.finish)).unwrap_or(FinishReason::None);
+            samples.push(SampleRecord {
+                requested: requested[s],
+                generated: evs.len() as u32,
+                finish_reason: finish,
+                first_token_ns: evs.first().map(|e| e.t_ns),
+                last_token_ns: evs.last().map(|e| e.t_ns),
+                tokens: evs.iter().map(|e| e.token).collect(),
+            });
+        }
+        Recording { samples, ttft, decode, submit_ns, anomalies }
+    }
+
+    pub fn generated_tokens(&self) -> u64 {
+        self.samples.iter().map(|s| s.generated as u64).sum()
+    }
+
+    /// Time of the last token of any sample (ns since the epoch).
+    pub fn last_token_ns(&self) -> Option<u64> {
+        self.samples.iter().filter_map(|s| s.last_token_ns).max()
+    }
+
+    /// Time the last sample got its first token: the end of the prefill phase.
+    pub fn prefill_end_ns(&self) -> Option<u64> {
+        self.samples.iter().filter_map(|s| s.first_token_ns).max()
+    }
+}
+
+/// FNV-1a over the token ids: ranks compare their samples without shipping every id.
+pub fn token_digest(tokens: &[i32]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for t in tokens {
+        for b in t.to_le_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(sample: u32, step: u32, t_ns: u64, finish: i32) -> TokenEvent {
+        TokenEvent { sample, step, token: step as i32, finish, t_ns }
+    }
+
+    #[test]
+    fn ttft_and_gaps_come_from_timestamps() {
+        let events = vec![ev(0, 0, 1_000, 0), ev(1, 0, 1_500, 0), ev(0, 1, 3_000, 0), ev(1, 1, 3_500, 1), ev(0, 2, 6_000, 1)];
+        let r = Recording::analyse(&events, 0, 400, &[3, 2]);
+        assert!(r.anomalies.is_empty(), "{:?}", r.anomalies);
+        assert_eq!(r.ttft.count(), 2);
+        assert_eq!(r.decode.count(), 3);
+        assert_eq!(r.ttft.max_ns(), r.ttft.hist().highest_equivalent(1_100));
+        assert_eq!(r.decode.min_ns(), r.decode.hist().lowest_equivalent(2_000));
+        assert_eq!(r.decode.max_ns(), r.decode.hist().highest_equivalent(3_000));
+        assert_eq!(r.samples[0].generated, 3);
+        assert_eq!(r.samples[0].finish_reason, FinishReason::Length);
+        assert_eq!(r.samples[1].tokens, vec![0, 1]);
+        assert_eq!(r.generated_tokens(), 5);
+        assert_eq!(r.prefill_end_ns(), Some(1_500));
+        assert_eq!(r.last_token_ns(), Some(6_000));
+    }
+
+    #[test]
+    fn out_of_order_callbacks_are_sorted_and_faults_reported() {
+        let events = vec![ev(0, 1, 2_000, 0), ev(0, 0, 1_000, 0), ev(0, 3, 4_000, 0), ev(5, 0, 1, 0)];
+        let r = Recording::analyse(&events, 2, 0, &[2]);
+        assert_eq!(r.samples[0].tokens, vec![0, 1, 3]);
+        let all = r.anomalies.join("\n");
+        assert!(all.contains("2 tokens more than requested"), "{all}");
+        assert!(all.contains("unknown sample 5"), "{all}");
+        assert!(all.contains("arrived with step 3"), "{all}");
+        assert!(all.contains("3 tokens for 2 requested"), "{all}");
+    }
+
+    #[test]
+    fn a_sample_without_tokens_is_visible() {
+        let r = Recording::analyse(&[], 0, 0, &[4]);
+        assert_eq!(r.samples[0].generated, 0);
+        assert_eq!(r.samples[0].finish_reason, FinishReason::None);
+        assert_eq!(r.ttft.count(), 0);
+    }
+
+    #[test]
+    fn sink_counts_overflow_without_growing() {
+        let sink = TokenSink::new(2);
+        for i in 0..5 {
+            sink.on_token(0, i, 1, 0);
+        }
+        let (events, overflow) = sink.into_events();
+        assert_eq!((events.len(), overflow), (2, 3));
+        assert!(events[0].t_ns <= events[1].t_ns);
+    }
+
+    #[test]
+    fn digest_depends_on_every_token() {
+        assert_ne!(token_digest(&[1, 2, 3]), token_digest(&[1, 2, 4]));
+        assert_eq!(token_digest(&[7]), token_digest(&[7]));
+    }
+}

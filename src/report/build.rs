@@ -1,0 +1,155 @@
+//! Rank 0 turns every rank's `RankReport` (gathered over MPI) and its own recording into the
+//! `RunReport`: histograms merged exactly, the seed-compatible summary, per-sample results.
+
+use super::*;
+use crate::observe::memory::GpuMemory;
+use crate::record::histogram::LatencyHistogram;
+use crate::record::Recording;
+use crate::workload::Workload;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// The part of the report that is known before the engine runs.
+pub struct Header {
+    pub config: ConfigReport,
+    pub environment: Environment,
+    pub engine: Option<EngineInfo>,
+    pub topology: Option<Topology>,
+}
+
+impl Header {
+    /// A report for a run that failed on one or more ranks.
+    pub fn failed(self, failures: &[(i32, String)], ranks: Vec<RankReport>) -> RunReport {
+        let failures: Vec<Failure> = failures.iter().map(|(rank, reason)| Failure { rank: *rank, reason: reason.clone() }).collect();
+        RunReport {
+            schema: SCHEMA.into(),
+            status: Status {
+                state: State::Failed,
+                failed_rank: failures.first().map(|f| f.rank),
+                reason: failures.first().map(|f| f.reason.clone()),
+                failures,
+            },
+            config: self.config,
+            environment: self.environment,
+            engine: self.engine,
+            topology: self.topology,
+            summary: None,
+            latency: None,
+            ranks,
+            samples: Vec::new(),
+        }
+    }
+
+    /// The report of a run that finished on every rank. `root` is rank 0's own recording (rank 0 is
+    /// always an engine rank); `ranks` are all ranks' reports in rank order.
+    pub fn finished(self, workload: &Workload, root: &Recording, ranks: Vec<RankReport>) -> Result<RunReport, String> {
+        let mut ttft = LatencyHistogram::new();
+        let mut decode = LatencyHistogram::new();
+        for r in ranks.iter().filter(|r| r.role == Role::Engine) {
+            let merge = |into: &mut LatencyHistogram, s: &HistogramSummary| -> Result<(), String> {
+                let h = LatencyHistogram::from_base64(&s.hdr_v2_base64).map_err(|e| format!("rank {}: {e}", r.rank))?;
+                into.add(&h).map_err(|e| format!("rank {}: {e}", r.rank))
+            };
+            merge(&mut ttft, &r.ttft)?;
+            merge(&mut decode, &r.decode)?;
+        }
+        let (ttft, decode) = (ttft.summary(), decode.summary());
+
+        let samples = sample_reports(workload, root, &ranks, self.config.record_tokens);
+        let generated: u64 = samples.iter().map(|s| s.generated as u64).sum();
+        let requested: u64 = samples.iter().map(|s| s.requested as u64).sum();
+        let total_ns = root.last_token_ns().map(|t| t.saturating_sub(root.submit_ns)).unwrap_or(0);
+        let total_s = total_ns as f64 / 1e9;
+        let (peak_memory_gib, peak_memory_source) = peaks(&ranks);
+        let prefill_ns = root.prefill_end_ns().map(|t| t.saturating_sub(root.submit_ns));
+        let decode_ns = match (root.prefill_end_ns(), root.last_token_ns()) {
+            (Some(a), Some(b)) if b > a => Some(b - a),
+            _ => None,
+        };
+        let decode_tokens = generated.saturating_sub(samples.iter().filter(|s| s.generated > 0).count() as u64);
+        let summary = Summary {
+            total_time_s: total_s,
+            throughput_tok_s: if total_s > 0.0 { generated as f64 / total_s } else { 0.0 },
+            generated_tokens: generated,
+            requested_tokens: requested,
+            prompt_tokens: workload.prompt_tokens(),
+            peak_memory_gib,
+            peak_memory_source,
+            ttft_ms: PercentilesMs::from(&ttft),
+            itl_ms: PercentilesMs::from(&decode),
+            prefill_tok_s: prefill_ns.filter(|&n| n > 0).map(|n| workload.prompt_tokens() as f64 / (n as f64 / 1e9)),
+            decode_tok_s: decode_ns.map(|n| decode_tokens as f64 / (n as f64 / 1e9)),
+            engine_load_s: ranks.iter().map(|r| r.timing.create_s).fold(0.0, f64::max),
+        };
+
+        let mut problems = Vec::new();
+        let short: Vec<String> = samples
+            .iter()
+            .filter(|s| s.generated < s.requested)
+            .map(|s| format!("sample {} got {} of {} tokens ({:?})", s.index, s.generated, s.requested, s.finish_reason))
+            .collect();
+        problems.extend(short);
+        if samples.iter().any(|s| !s.ranks_agree) {
+            problems.push("tensor-parallel ranks disagree on the generated tokens".into());
+        }
+        for r in &ranks {
+            problems.extend(r.anomalies.iter().map(|a| format!("rank {}: {a}", r.rank)));
+        }
+        let status = Status {
+            state: if problems.is_empty() { State::Ok } else { State::Incomplete },
+            failed_rank: None,
+            reason: (!problems.is_empty()).then(|| problems.join("; ")),
+            failures: Vec::new(),
+        };
+        Ok(RunReport {
+            schema: SCHEMA.into(),
+            status,
+            config: self.config,
+            environment: self.environment,
+            engine: self.engine,
+            topology: self.topology,
+            summary: Some(summary),
+            latency: Some(Latency { ttft, decode }),
+            ranks,
+            samples,
+        })
+    }
+}
+
+fn sample_reports(workload: &Workload, root: &Recording, ranks: &[RankReport], record_tokens: bool) -> Vec<SampleReport> {
+    root.samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mine = ranks.first().and_then(|r| r.samples.get(i));
+            let agree = ranks
+                .iter()
+                .filter(|r| r.role == Role::Engine)
+                .all(|r| r.samples.get(i).map(|x| Some(x) == mine).unwrap_or(false));
+            SampleReport {
+                index: i as u32,
+                prompt_tokens: workload.prompts.get(i).map(|p| p.len() as u32).unwrap_or(0),
+                requested: s.requested,
+                generated: s.generated,
+                finish_reason: s.finish_reason,
+                ttft_ms: s.first_token_ns.map(|t| t.saturating_sub(root.submit_ns) as f64 / 1e6),
+                ranks_agree: agree,
+                tokens: record_tokens.then(|| s.tokens.clone()),
+            }
+        })
+        .collect()
+}
+
+/// Per-rank peak: the GPU process peak when every rank measured one, else the host RSS peak
+/// (the larger of the sampled peak and the kernel's VmHWM). Never a 0 that looks like a GPU figure.
+fn peaks(ranks: &[RankReport]) -> (Vec<f64>, MemorySource) {
+    let all_gpu = !ranks.is_empty() && ranks.iter().all(|r| matches!(r.memory.gpu, GpuMemory::Measured { .. }));
+    let gib = ranks
+        .iter()
+        .map(|r| match (&r.memory.gpu, all_gpu) {
+            (GpuMemory::Measured { process_peak, .. }, true) => process_peak.bytes as f64 / GIB,
+            _ => r.memory.host.peak_rss.bytes.max(r.memory.host.vm_hwm_bytes.unwrap_or(0)) as f64 / GIB,
+        })
+        .collect();
+    (gib, if all_gpu { MemorySource::GpuNvmlProcess } else { MemorySource::HostRss })
+}

@@ -1,0 +1,187 @@
+//! The result JSON: its types (results/schema.json describes the same), how rank 0 assembles it from
+//! every rank's report, the atomic writer, and the human summary.
+
+pub mod build;
+pub mod summary;
+pub mod writer;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{EngineInfo, EngineMemory, FinishReason, Topology};
+use crate::observe::gpu::GpuInfo;
+use crate::observe::memory::MemoryReport;
+use crate::record::histogram::{HistogramSummary, PercentilesMs};
+use crate::workload::PromptSource;
+
+/// The schema identifier written into every JSON; bump on incompatible change.
+pub const SCHEMA: &str = "tpprof.run/1";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Every sample got what was requested.
+    Ok,
+    /// The run finished but a sample got fewer tokens than requested (EOS, engine fault).
+    Incomplete,
+    /// A rank failed; see failures.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub rank: i32,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub state: State,
+    /// The first failing rank, when failed.
+    pub failed_rank: Option<i32>,
+    /// One line: what went wrong (failed) or what is missing (incomplete).
+    pub reason: Option<String>,
+    pub failures: Vec<Failure>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigReport {
+    pub command_line: Vec<String>,
+    pub engine: String,
+    pub model: String,
+    /// The model's Qwen2 config (built-in engines).
+    pub model_config: Option<serde_json::Value>,
+    pub engine_options: serde_json::Value,
+    pub world_size: i32,
+    pub batch: u32,
+    pub prompts: PromptSource,
+    pub generated_tokens: u32,
+    pub exact_length: bool,
+    pub seed: u64,
+    pub vocab_size: u32,
+    pub devices: Option<Vec<i32>>,
+    pub mem_interval_ms: u64,
+    pub record_tokens: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Environment {
+    pub tpprof_version: String,
+    pub started_at: String,
+    pub mpi_library: String,
+    pub hosts: Vec<String>,
+    /// GPU driver and CUDA driver versions of rank 0's host, or why there is no GPU.
+    pub gpu_driver: Option<String>,
+    pub cuda_driver: Option<String>,
+    pub gpu_note: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Runs the engine and records tokens.
+    Engine,
+    /// ONE_PROCESS topology, rank > 0: only observes its GPU.
+    Observer,
+}
+
+/// One rank's view of one sample (ranks compare these to catch diverging tensor-parallel ranks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankSample {
+    pub generated: u32,
+    pub finish_reason: FinishReason,
+    pub token_digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankTiming {
+    /// Engine creation (weights, communicators), seconds.
+    pub create_s: f64,
+    /// Submit to last token, seconds (engine ranks).
+    pub generate_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankReport {
+    pub rank: i32,
+    pub host: String,
+    pub local_rank: i32,
+    pub pid: u32,
+    pub role: Role,
+    pub gpu: Option<GpuInfo>,
+    pub memory: MemoryReport,
+    pub engine_memory: Option<EngineMemory>,
+    pub timing: RankTiming,
+    pub tokens_generated: u64,
+    pub ttft: HistogramSummary,
+    pub decode: HistogramSummary,
+    pub samples: Vec<RankSample>,
+    pub anomalies: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleReport {
+    pub index: u32,
+    pub prompt_tokens: u32,
+    pub requested: u32,
+    pub generated: u32,
+    pub finish_reason: FinishReason,
+    pub ttft_ms: Option<f64>,
+    /// Every engine rank produced the same token ids for this sample.
+    pub ranks_agree: bool,
+    pub tokens: Option<Vec<i32>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemorySource {
+    /// NVML per-process used memory of the rank's process on its GPU.
+    GpuNvmlProcess,
+    /// The rank's host resident set peak (VmHWM): there is no GPU.
+    HostRss,
+}
+
+/// Seed-compatible figures first (total_time_s, throughput_tok_s, generated_tokens, prompt_tokens,
+/// peak_memory_gib), then the richer ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Rank 0: submit to last token of any sample.
+    pub total_time_s: f64,
+    /// generated_tokens / total_time_s, as the customer's scripts define it.
+    pub throughput_tok_s: f64,
+    pub generated_tokens: u64,
+    pub requested_tokens: u64,
+    pub prompt_tokens: u64,
+    /// Per rank, in rank order, GiB (2^30 bytes).
+    pub peak_memory_gib: Vec<f64>,
+    pub peak_memory_source: MemorySource,
+    /// Merged over engine ranks.
+    pub ttft_ms: PercentilesMs,
+    pub itl_ms: PercentilesMs,
+    /// prompt tokens / (submit → last sample's first token).
+    pub prefill_tok_s: Option<f64>,
+    /// tokens after each sample's first / (last sample's first token → last token).
+    pub decode_tok_s: Option<f64>,
+    /// Slowest rank's engine creation, seconds.
+    pub engine_load_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub ttft: HistogramSummary,
+    pub decode: HistogramSummary,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub schema: String,
+    pub status: Status,
+    pub config: ConfigReport,
+    pub environment: Environment,
+    pub engine: Option<EngineInfo>,
+    pub topology: Option<Topology>,
+    pub summary: Option<Summary>,
+    /// Histograms merged exactly over the engine ranks.
+    pub latency: Option<Latency>,
+    pub ranks: Vec<RankReport>,
+    pub samples: Vec<SampleReport>,
+}

@@ -1,0 +1,108 @@
+//! The human summary of a run: printed by rank 0 at the end of `tpprof run`, and by `tpprof report`.
+
+use std::fmt::Write as _;
+
+use super::*;
+use crate::cli::ReportArgs;
+use crate::observe::memory::GpuMemory;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// `tpprof report FILE`.
+pub fn main(args: &ReportArgs) -> i32 {
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", args.file.display());
+            return 2;
+        }
+    };
+    match serde_json::from_str::<RunReport>(&text) {
+        Ok(r) if r.schema == SCHEMA => {
+            print!("{}", render(&r));
+            0
+        }
+        Ok(r) => {
+            eprintln!("error: {} has schema `{}`, this tpprof reads `{SCHEMA}`", args.file.display(), r.schema);
+            2
+        }
+        Err(e) => {
+            eprintln!("error: {} is not a tpprof result JSON ({e})", args.file.display());
+            2
+        }
+    }
+}
+
+fn row(out: &mut String, name: &str, p: &PercentilesMs) {
+    let _ = writeln!(
+        out,
+        "  {name:<10} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>8}",
+        p.p50, p.p90, p.p99, p.p999, p.max, p.mean, p.count
+    );
+}
+
+pub fn render(r: &RunReport) -> String {
+    let mut out = String::new();
+    let c = &r.config;
+    let engine = r.engine.as_ref().map(|e| format!("{} ({})", e.name, e.kind)).unwrap_or_else(|| c.engine.clone());
+    let prompt = match &c.prompts {
+        crate::workload::PromptSource::Random { tokens_per_prompt, .. } => format!("{tokens_per_prompt}"),
+        crate::workload::PromptSource::File { path } => format!("prompts from {path}"),
+    };
+    let _ = writeln!(
+        out,
+        "tpprof {}: engine {engine}, model {}, {} rank(s) on {} host(s), batch {}, {prompt} → {} tokens{}",
+        r.environment.tpprof_version,
+        c.model,
+        c.world_size,
+        r.environment.hosts.len(),
+        c.batch,
+        c.generated_tokens,
+        if c.exact_length { " (exact length)" } else { "" }
+    );
+    let state = match r.status.state {
+        State::Ok => "ok".to_string(),
+        State::Incomplete => "INCOMPLETE".to_string(),
+        State::Failed => format!("FAILED on rank {}", r.status.failed_rank.unwrap_or(-1)),
+    };
+    let _ = writeln!(out, "status: {state}{}", r.status.reason.as_ref().map(|s| format!(": {s}")).unwrap_or_default());
+    if let Some(s) = &r.summary {
+        let _ = writeln!(
+            out,
+            "tokens: {}/{} generated, {} prompt tokens; total {:.3} s, throughput {:.2} tok/s (generated ÷ total)",
+            s.generated_tokens, s.requested_tokens, s.prompt_tokens, s.total_time_s, s.throughput_tok_s
+        );
+        let opt = |v: Option<f64>| v.map(|x| format!("{x:.1} tok/s")).unwrap_or_else(|| "n/a".into());
+        let _ = writeln!(out, "prefill {}, decode {}, engine load {:.3} s", opt(s.prefill_tok_s), opt(s.decode_tok_s), s.engine_load_s);
+        let _ = writeln!(out, "  {:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}", "ms", "p50", "p90", "p99", "p99.9", "max", "mean", "count");
+        row(&mut out, "TTFT", &s.ttft_ms);
+        row(&mut out, "ITL", &s.itl_ms);
+    }
+    if !r.ranks.is_empty() {
+        let _ = writeln!(out, "  {:<5} {:<16} {:<9} {:<24} {:>10} {:>10} {:>10}", "rank", "host", "role", "device", "peak GiB", "ITL p50", "ITL p99");
+        for k in &r.ranks {
+            let device = k.gpu.as_ref().map(|g| format!("GPU{} {}", g.ordinal, g.name)).unwrap_or_else(|| "no GPU".into());
+            let (peak, src) = match &k.memory.gpu {
+                GpuMemory::Measured { process_peak, .. } => (process_peak.bytes as f64 / GIB, "gpu"),
+                GpuMemory::Unavailable { .. } => (k.memory.host.peak_rss.bytes.max(k.memory.host.vm_hwm_bytes.unwrap_or(0)) as f64 / GIB, "host"),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<5} {:<16} {:<9} {:<24} {:>6.3} {:<4}{:>9.3} {:>10.3}",
+                k.rank,
+                truncate(&k.host, 16),
+                format!("{:?}", k.role).to_lowercase(),
+                truncate(&device, 24),
+                peak,
+                src,
+                k.decode.p50_ns as f64 / 1e6,
+                k.decode.p99_ns as f64 / 1e6
+            );
+        }
+    }
+    out
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n { s.to_string() } else { s.chars().take(n - 1).collect::<String>() + "…" }
+}

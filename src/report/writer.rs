@@ -1,0 +1,90 @@
+//! Writes the JSON atomically: checked before the run (exists? writable?), written into a temp file
+//! in the target directory and renamed over the target only at the end. A failed run never replaces
+//! an existing file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::RunReport;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0} already exists: pass --force to replace it, or choose another --out")]
+    Exists(PathBuf),
+    #[error("cannot write {path}: {reason}")]
+    Unwritable { path: PathBuf, reason: String },
+}
+
+/// The output file, claimed before the run starts.
+pub struct OutputFile {
+    path: PathBuf,
+    force: bool,
+    temp: tempfile::NamedTempFile,
+}
+
+/// What happened to the JSON at the end.
+#[derive(Debug, PartialEq)]
+pub enum Written {
+    Yes(PathBuf),
+    /// A failed run's report was not written over an existing file.
+    KeptExisting(PathBuf),
+}
+
+impl OutputFile {
+    pub fn claim(path: &Path, force: bool) -> Result<OutputFile, WriteError> {
+        if path.exists() && !force {
+            return Err(WriteError::Exists(path.to_path_buf()));
+        }
+        if path.is_dir() {
+            return Err(WriteError::Unwritable { path: path.to_path_buf(), reason: "it is a directory".into() });
+        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("tpprof");
+        let temp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .tempfile_in(&dir)
+            .map_err(|e| WriteError::Unwritable { path: path.to_path_buf(), reason: format!("cannot create a file in {}: {e}", dir.display()) })?;
+        Ok(OutputFile { path: path.to_path_buf(), force, temp })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn write(self, report: &RunReport) -> Result<Written, WriteError> {
+        let failed = report.status.state == super::State::Failed;
+        if failed && self.path.exists() {
+            return Ok(Written::KeptExisting(self.path));
+        }
+        let err = |e: String| WriteError::Unwritable { path: self.path.clone(), reason: e };
+        let mut temp = self.temp;
+        let json = serde_json::to_vec_pretty(report).map_err(|e| err(e.to_string()))?;
+        temp.write_all(&json).and_then(|_| temp.write_all(b"\n")).and_then(|_| temp.as_file().sync_all()).map_err(|e| err(e.to_string()))?;
+        let persisted = if self.force { temp.persist(&self.path).map(|_| ()) } else { temp.persist_noclobber(&self.path).map(|_| ()) };
+        persisted.map_err(|e| err(e.error.to_string()))?;
+        Ok(Written::Yes(self.path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_to_overwrite_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.json");
+        std::fs::write(&p, "old").unwrap();
+        assert!(matches!(OutputFile::claim(&p, false), Err(WriteError::Exists(_))));
+        assert!(OutputFile::claim(&p, true).is_ok());
+        assert!(OutputFile::claim(&dir.path().join("missing/r.json"), false).unwrap_err().to_string().contains("cannot create a file in"));
+        assert!(OutputFile::claim(dir.path(), true).unwrap_err().to_string().contains("directory"));
+        // The claim leaves no stray files behind when dropped.
+        let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(entries.len(), 1);
+    }
+}

@@ -1,0 +1,600 @@
+//! `tpprof run`, top to bottom. Every step that can fail on one rank ends in `World::agree`, so a
+//! failing rank stops every rank at the same point instead of leaving them in a later collective.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::cli::RunArgs;
+use crate::cluster::tp_comm::MpiComm;
+use crate::cluster::{RankFailures, World};
+use crate::engine::adapter::{AdapterEngine, InitParams};
+use crate::engine::builtin::Cpu;
+use crate::engine::config::Config;
+use crate::engine::{Engine, EngineSpec, Topology};
+use crate::observe::gpu::{GpuInfo, HostGpus};
+use crate::observe::memory::MemorySampler;
+use crate::record::{token_digest, Recording, TokenSink};
+use crate::report::build::Header;
+use crate::report::writer::{OutputFile, Written};
+use crate::report::{ConfigReport, Environment, RankReport, RankSample, RankTiming, Role, RunReport, State};
+use crate::workload::Workload;
+
+/// Vocabulary assumed for adapters that do not say theirs (valid for every Qwen2.5 tokenizer).
+pub const DEFAULT_ADAPTER_VOCAB: u32 = 32000;
+
+/// Exit codes.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_BAD_INPUT: i32 = 2;
+pub const EXIT_INCOMPLETE: i32 = 3;
+
+/// Validated `run` arguments: everything checkable before MPI, GPU or file work.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub engine: EngineSpec,
+    pub model: String,
+    /// The built-in engines' model shape.
+    pub model_config: Option<Config>,
+    pub engine_options: String,
+    pub batch: Option<u32>,
+    pub prompt_tokens: u32,
+    pub generated_tokens: u32,
+    pub prompts_file: Option<PathBuf>,
+    pub seed: u64,
+    pub vocab_size: Option<u32>,
+    pub exact_length: bool,
+    pub out: Option<PathBuf>,
+    pub force: bool,
+    pub record_tokens: bool,
+    pub devices: Option<Vec<i32>>,
+    pub mem_interval: Duration,
+    pub timeout: Option<Duration>,
+}
+
+fn positive(name: &str, v: i64) -> Result<u32, String> {
+    if v < 1 || v > u32::MAX as i64 {
+        return Err(format!("--{name} must be a whole number ≥ 1 (got {v})"));
+    }
+    Ok(v as u32)
+}
+
+impl RunConfig {
+    pub fn from_args(a: &RunArgs) -> Result<RunConfig, String> {
+        let engine = EngineSpec::parse(&a.engine)?;
+        let model_config = match engine {
+            EngineSpec::Cpu => Some(load_model(&a.model)?),
+            EngineSpec::Adapter(_) => None,
+        };
+        match serde_json::from_str::<serde_json::Value>(&a.engine_options) {
+            Ok(v) if v.is_object() => {}
+            _ => return Err(format!("--engine-options must be a JSON object, e.g. '{{\"token_us\": 500}}' (got {})", a.engine_options)),
+        }
+        let devices = match &a.devices {
+            None => None,
+            Some(d) => Some(
+                d.iter()
+                    .map(|&x| i32::try_from(x).ok().filter(|x| *x >= 0).ok_or(format!("--devices takes GPU ordinals ≥ 0 (got {x})")))
+                    .collect::<Result<Vec<i32>, String>>()?,
+            ),
+        };
+        let timeout = match a.timeout {
+            Some(t) if !(t > 0.0 && t.is_finite()) => return Err(format!("--timeout must be a positive number of seconds (got {t})")),
+            Some(t) => Some(Duration::from_secs_f64(t)),
+            None => None,
+        };
+        Ok(RunConfig {
+            engine,
+            model: a.model.clone(),
+            model_config,
+            engine_options: a.engine_options.clone(),
+            batch: a.batch.map(|b| positive("batch", b)).transpose()?,
+            prompt_tokens: positive("prompt-tokens", a.prompt_tokens)?,
+            generated_tokens: positive("generated-tokens", a.generated_tokens)?,
+            prompts_file: a.prompts.clone(),
+            seed: a.seed,
+            vocab_size: a.vocab_size.map(|v| positive("vocab-size", v)).transpose()?,
+            exact_length: !a.allow_eos,
+            out: a.out.clone(),
+            force: a.force,
+            record_tokens: a.record_tokens,
+            devices,
+            mem_interval: Duration::from_millis(positive("mem-interval-ms", a.mem_interval_ms)? as u64),
+            timeout,
+        })
+    }
+
+    fn model_label(&self) -> String {
+        match &self.engine {
+            EngineSpec::Cpu => std::path::Path::new(&self.model).file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string(),
+            EngineSpec::Adapter(_) => "adapter".into(),
+        }
+    }
+}
+
+fn load_model(model: &str) -> Result<Config, String> {
+    let p = std::path::Path::new(model);
+    if p.exists() {
+        return Config::from_json_file(p).map_err(|e| e.to_string());
+    }
+    Config::preset(model).map_err(|e| e.to_string())
+}
+
+/// A failure that ends the run, with the exit code it deserves.
+struct Stop {
+    code: i32,
+    failures: RankFailures,
+}
+
+impl Stop {
+    fn input(f: RankFailures) -> Stop {
+        Stop { code: EXIT_BAD_INPUT, failures: f }
+    }
+    fn failed(f: RankFailures) -> Stop {
+        Stop { code: EXIT_FAILED, failures: f }
+    }
+}
+
+/// `tpprof run`: returns the process exit code.
+pub fn main(args: RunArgs) -> i32 {
+    let world = match World::init() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    init_logging(world.rank);
+    let mut job = Job::new(&world, args);
+    let code = job.run();
+    // Engine, sampler and communicators go before MPI_Finalize (when `world` drops).
+    drop(job);
+    code
+}
+
+/// The state of one run on one rank.
+struct Job<'w> {
+    world: &'w World,
+    args: RunArgs,
+    config: Option<RunConfig>,
+    out: Option<OutputFile>,
+    header: Option<Header>,
+}
+
+impl<'w> Job<'w> {
+    fn new(world: &'w World, args: RunArgs) -> Job<'w> {
+        Job { world, args, config: None, out: None, header: None }
+    }
+
+    fn run(&mut self) -> i32 {
+        match self.try_run() {
+            Ok(code) => code,
+            Err(stop) => self.fail(stop),
+        }
+    }
+
+    /// Writes the failed report (rank 0) and names the cause in one line.
+    fn fail(&mut self, stop: Stop) -> i32 {
+        if self.world.is_root() {
+            eprintln!("error: {}", stop.failures);
+            if let (Some(out), Some(header)) = (self.out.take(), self.header.take()) {
+                let report = header.failed(&stop.failures.0, Vec::new());
+                match out.write(&report) {
+                    Ok(Written::Yes(p)) => eprintln!("the failed run's report is in {}", p.display()),
+                    Ok(Written::KeptExisting(p)) => eprintln!("{} was left as it was", p.display()),
+                    Err(e) => eprintln!("error: {e}"),
+                }
+            }
+        }
+        stop.code
+    }
+
+    fn try_run(&mut self) -> Result<i32, Stop> {
+        let world = self.world;
+        let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+
+        // 1. Arguments, model shape against the world size, output file (rank 0).
+        let config = world.agree(self.validate()).map_err(Stop::input)?;
+        self.config = Some(config.clone());
+        let claimed = if world.is_root() { self.claim_output(&config, &started_at) } else { Ok(()) };
+        world.agree(claimed).map_err(Stop::input)?;
+        if let Some(t) = config.timeout {
+            world.start_watchdog(t);
+        }
+
+        // 2. GPU binding; two ranks on one GPU is an error.
+        let host_gpus = HostGpus::probe();
+        let gpu = world.agree(host_gpus.bind(world.local_rank, config.devices.as_deref())).map_err(Stop::input)?;
+        world.agree(check_unique_gpus(world, gpu.as_ref())).map_err(Stop::input)?;
+        let local_devices = local_device_list(world, gpu.as_ref());
+        let no_gpu_reason = match &host_gpus {
+            HostGpus::Absent { reason } => reason.clone(),
+            HostGpus::Present { .. } => String::new(),
+        };
+        self.header = Some(self.header_for(&config, &host_gpus, started_at));
+
+        // 3. Observers first, so engine creation is measured too.
+        let epoch = Instant::now();
+        let sampler = MemorySampler::start(epoch, config.mem_interval, gpu.clone(), no_gpu_reason);
+        let mut guard = SamplerGuard(Some(sampler));
+
+        // 4. The engine.
+        tracing::info!("creating engine {:?}", config.engine);
+        let t_create = Instant::now();
+        let engine_comm = world.duplicate();
+        let engine: Result<Box<dyn Engine>, String> = match &config.engine {
+            EngineSpec::Cpu => {
+                let cfg = config.model_config.as_ref().expect("validated: cpu has a model");
+                Cpu::new(cfg, &config.model, config.seed, Box::new(MpiComm::new(engine_comm)))
+                    .map(|e| Box::new(e) as Box<dyn Engine>)
+                    .map_err(|e| e.to_string())
+            }
+            EngineSpec::Adapter(path) => {
+                drop(engine_comm);
+                let init = InitParams {
+                    rank: world.rank,
+                    world_size: world.size,
+                    local_rank: world.local_rank,
+                    local_world_size: world.local_size,
+                    devices: &local_devices,
+                    options_json: &config.engine_options,
+                    rendezvous: &[],
+                };
+                AdapterEngine::load(path, &init).map(|e| Box::new(e) as Box<dyn Engine>).map_err(|e| e.to_string())
+            }
+        };
+        let mut engine = world.agree(engine).map_err(Stop::failed)?;
+        let create_s = t_create.elapsed().as_secs_f64();
+        let topology = engine.topology();
+        if let Some(h) = &mut self.header {
+            h.engine = Some(engine.info());
+            h.topology = Some(topology);
+        }
+
+        // 5. The workload: built on rank 0, broadcast, so every rank feeds identical prompts.
+        let vocab = config.vocab_size.or(engine.vocab_size()).or_else(|| options_vocab(&config.engine_options)).unwrap_or(DEFAULT_ADAPTER_VOCAB);
+        let workload = self.workload(&config, vocab, engine.max_context())?;
+        if let Some(h) = &mut self.header {
+            h.config.vocab_size = vocab;
+            h.config.batch = workload.prompts.len() as u32;
+            h.config.prompts = workload.source.clone();
+        }
+
+        // 6. Generate (every rank in ALL_RANKS; rank 0 only in ONE_PROCESS).
+        let role = if topology == Topology::OneProcess && !world.is_root() { Role::Observer } else { Role::Engine };
+        let requested = vec![workload.generated_tokens; workload.prompts.len()];
+        let sink = TokenSink::new_with_epoch(epoch, requested.iter().map(|&r| r as usize).sum::<usize>() + 64);
+        let generated = match role {
+            Role::Engine => {
+                tracing::info!("generating {} sample(s)", workload.prompts.len());
+                engine.generate(&workload.prompts, workload.generated_tokens, config.exact_length, &sink).map_err(|e| e.to_string())
+            }
+            Role::Observer => Ok(()),
+        };
+        let end_ns = sink.now_ns();
+        world.idle_barrier();
+        world.agree(generated).map_err(Stop::failed)?;
+
+        // 7. This rank's report, gathered at rank 0.
+        let engine_memory = engine.memory().ok();
+        let memory = guard.stop();
+        let submit_ns = sink.submit_ns();
+        let (events, overflow) = sink.into_events();
+        let rec = Recording::analyse(&events, overflow, submit_ns, &requested);
+        let rank_report = RankReport {
+            rank: world.rank,
+            host: world.host.clone(),
+            local_rank: world.local_rank,
+            pid: std::process::id(),
+            role,
+            gpu,
+            memory,
+            engine_memory,
+            timing: RankTiming {
+                create_s,
+                generate_s: (role == Role::Engine).then(|| rec.last_token_ns().unwrap_or(end_ns).saturating_sub(submit_ns) as f64 / 1e9),
+            },
+            tokens_generated: rec.generated_tokens(),
+            ttft: rec.ttft.summary(),
+            decode: rec.decode.summary(),
+            samples: rec
+                .samples
+                .iter()
+                .map(|s| RankSample { generated: s.generated, finish_reason: s.finish_reason, token_digest: token_digest(&s.tokens) })
+                .collect(),
+            anomalies: rec.anomalies.clone(),
+        };
+        let bytes = serde_json::to_vec(&rank_report).expect("a RankReport always serializes");
+        let gathered = world.gather_bytes(&bytes);
+        drop(engine);
+        let Some(gathered) = gathered else { return Ok(EXIT_OK) };
+
+        // 8. Rank 0: one JSON, one summary.
+        let ranks: Vec<RankReport> = gathered
+            .iter()
+            .enumerate()
+            .map(|(r, b)| serde_json::from_slice(b).map_err(|e| (r as i32, format!("unreadable rank report: {e}"))))
+            .collect::<Result<_, _>>()
+            .map_err(|f| Stop::failed(RankFailures(vec![f])))?;
+        let header = self.header.take().expect("header set above");
+        let report = header.finished(&workload, &rec, ranks).map_err(|e| Stop::failed(RankFailures(vec![(0, e)])))?;
+        self.finish(report, config.exact_length)
+    }
+
+    fn finish(&mut self, report: RunReport, exact_length: bool) -> Result<i32, Stop> {
+        let out = self.out.take().expect("rank 0 claimed the output");
+        print!("{}", crate::report::summary::render(&report));
+        match out.write(&report) {
+            Ok(Written::Yes(p)) | Ok(Written::KeptExisting(p)) => println!("JSON: {}", p.display()),
+            Err(e) => return Err(Stop::failed(RankFailures(vec![(0, e.to_string())]))),
+        }
+        Ok(match report.status.state {
+            State::Ok => EXIT_OK,
+            State::Incomplete if exact_length => EXIT_INCOMPLETE,
+            State::Incomplete => EXIT_OK,
+            State::Failed => EXIT_FAILED,
+        })
+    }
+
+    fn validate(&self) -> Result<RunConfig, String> {
+        let c = RunConfig::from_args(&self.args)?;
+        if let Some(m) = &c.model_config {
+            m.check_tensor_parallel(self.world.size as usize).map_err(|e| e.to_string())?;
+        }
+        Ok(c)
+    }
+
+    fn claim_output(&mut self, c: &RunConfig, started_at: &str) -> Result<(), String> {
+        let path = c.out.clone().unwrap_or_else(|| {
+            let stamp: String = started_at.chars().filter(|ch| ch.is_ascii_alphanumeric()).collect();
+            PathBuf::from(format!("tpprof-{}-{}-n{}-{stamp}.json", c.engine.label(), c.model_label(), self.world.size))
+        });
+        let out = OutputFile::claim(&path, c.force).map_err(|e| e.to_string())?;
+        self.out = Some(out);
+        Ok(())
+    }
+
+    fn header_for(&self, c: &RunConfig, gpus: &HostGpus, started_at: String) -> Header {
+        let hosts_raw = self.world.all_gather_bytes(self.world.host.as_bytes());
+        let mut hosts: Vec<String> = hosts_raw.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
+        hosts.dedup();
+        let (gpu_driver, cuda_driver, gpu_note) = match gpus {
+            HostGpus::Present { driver_version, cuda_driver_version, .. } => (Some(driver_version.clone()), Some(cuda_driver_version.clone()), None),
+            HostGpus::Absent { reason } => (None, None, Some(reason.clone())),
+        };
+        Header {
+            config: ConfigReport {
+                command_line: std::env::args().collect(),
+                engine: self.args.engine.clone(),
+                model: c.model.clone(),
+                model_config: c.model_config.as_ref().map(|m| serde_json::to_value(m).unwrap_or_default()),
+                engine_options: serde_json::from_str(&c.engine_options).unwrap_or_default(),
+                world_size: self.world.size,
+                batch: c.batch.unwrap_or(1),
+                prompts: crate::workload::PromptSource::Random { seed: c.seed, tokens_per_prompt: c.prompt_tokens },
+                generated_tokens: c.generated_tokens,
+                exact_length: c.exact_length,
+                seed: c.seed,
+                vocab_size: 0,
+                devices: c.devices.clone(),
+                mem_interval_ms: c.mem_interval.as_millis() as u64,
+                record_tokens: c.record_tokens,
+            },
+            environment: Environment {
+                tpprof_version: crate::VERSION.into(),
+                started_at,
+                mpi_library: World::mpi_library_version(),
+                hosts,
+                gpu_driver,
+                cuda_driver,
+                gpu_note,
+            },
+            engine: None,
+            topology: None,
+        }
+    }
+
+    /// Rank 0 builds (or reads) the prompts and checks them; every rank gets them by broadcast.
+    fn workload(&self, c: &RunConfig, vocab: u32, max_context: Option<u32>) -> Result<Workload, Stop> {
+        let world = self.world;
+        let local = if world.is_root() { build_workload(c, vocab, max_context).map(Some) } else { Ok(None) };
+        let mine = world.agree(local).map_err(Stop::input)?;
+        let bytes = mine.as_ref().map(encode_prompts).unwrap_or_default();
+        let prompts = decode_prompts(&world.broadcast_bytes(&bytes));
+        let source = mine.map(|w| w.source).unwrap_or(crate::workload::PromptSource::Random { seed: c.seed, tokens_per_prompt: c.prompt_tokens });
+        Ok(Workload { prompts, generated_tokens: c.generated_tokens, source })
+    }
+}
+
+fn build_workload(c: &RunConfig, vocab: u32, max_context: Option<u32>) -> Result<Workload, String> {
+    let w = match &c.prompts_file {
+        Some(p) => {
+            let w = Workload::from_file(p, vocab, c.generated_tokens).map_err(|e| e.to_string())?;
+            if let Some(b) = c.batch {
+                if b as usize != w.prompts.len() {
+                    return Err(format!("--batch {b} but {} holds {} prompts: drop --batch or make them agree", p.display(), w.prompts.len()));
+                }
+            }
+            w
+        }
+        None => Workload::random(c.batch.unwrap_or(1), c.prompt_tokens, vocab, c.seed, c.generated_tokens),
+    };
+    if let Some(max) = max_context {
+        let need = w.longest_prompt() as u64 + c.generated_tokens as u64;
+        if need > max as u64 {
+            return Err(format!(
+                "prompt ({} tokens) + generation ({} tokens) = {need} exceeds the model's context of {max} tokens: shorten one of them or use a model with a longer max_position_embeddings",
+                w.longest_prompt(),
+                c.generated_tokens
+            ));
+        }
+    }
+    Ok(w)
+}
+
+fn encode_prompts(w: &Workload) -> Vec<u8> {
+    let mut b = Vec::with_capacity(8 + w.prompt_tokens() as usize * 4);
+    b.extend_from_slice(&(w.prompts.len() as u64).to_le_bytes());
+    for p in &w.prompts {
+        b.extend_from_slice(&(p.len() as u64).to_le_bytes());
+        p.iter().for_each(|t| b.extend_from_slice(&t.to_le_bytes()));
+    }
+    b
+}
+
+fn decode_prompts(b: &[u8]) -> Vec<Vec<i32>> {
+    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes")) as usize;
+    let n = u64_at(0);
+    let mut at = 8;
+    (0..n)
+        .map(|_| {
+            let len = u64_at(at);
+            at += 8;
+            let p = b[at..at + len * 4].chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+            at += len * 4;
+            p
+        })
+        .collect()
+}
+
+fn options_vocab(options: &str) -> Option<u32> {
+    serde_json::from_str::<serde_json::Value>(options).ok()?.get("vocab_size")?.as_u64().map(|v| v as u32)
+}
+
+/// Two ranks on one GPU would share its memory and compute: refuse, naming both ranks.
+fn check_unique_gpus(world: &World, gpu: Option<&GpuInfo>) -> Result<(), String> {
+    let mine = gpu.map(|g| format!("{}|{}", world.host, g.uuid)).unwrap_or_default();
+    let all = world.all_gather_bytes(mine.as_bytes());
+    for (r, a) in all.iter().enumerate() {
+        if r as i32 != world.rank && !a.is_empty() && *a == mine.as_bytes() {
+            return Err(format!(
+                "ranks {} and {} are bound to the same GPU ({}): use one rank per GPU, or give each local rank its own ordinal with --devices",
+                world.rank.min(r as i32),
+                world.rank.max(r as i32),
+                gpu.map(|g| g.uuid.as_str()).unwrap_or("")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// This rank's GPU first, then the other local ranks' GPUs in local-rank order (the ABI's devices).
+fn local_device_list(world: &World, gpu: Option<&GpuInfo>) -> Vec<i32> {
+    let Some(g) = gpu else { return Vec::new() };
+    let all = world.all_gather_bytes(&[world.host.as_bytes(), b"|", &g.ordinal.to_le_bytes()].concat());
+    let mut others: Vec<i32> = all
+        .iter()
+        .filter_map(|b| {
+            let (host, ord) = b.split_at(b.len() - 4);
+            (host.strip_suffix(b"|") == Some(world.host.as_bytes())).then(|| i32::from_le_bytes(ord.try_into().expect("4 bytes")))
+        })
+        .filter(|&o| o != g.ordinal)
+        .collect();
+    others.insert(0, g.ordinal);
+    others
+}
+
+/// Stops the memory sampler on every path out of the run.
+struct SamplerGuard(Option<MemorySampler>);
+
+impl SamplerGuard {
+    fn stop(&mut self) -> crate::observe::memory::MemoryReport {
+        self.0.take().expect("stopped once").stop()
+    }
+}
+
+impl Drop for SamplerGuard {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.stop();
+        }
+    }
+}
+
+/// Logs go to stderr, prefixed `[rank N]`; rank 0 shows progress (info), the others warnings only.
+/// TPPROF_LOG (an EnvFilter directive, e.g. `debug`) overrides.
+fn init_logging(rank: i32) {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let default = if rank == 0 { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TPPROF_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_level(false)
+        .without_time()
+        .with_span_events(FmtSpan::NONE)
+        .event_format(RankFormat(rank))
+        .try_init();
+}
+
+struct RankFormat(i32);
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for RankFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "[rank {}] ", self.0)?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_survive_the_wire_format() {
+        let w = Workload::random(3, 5, 100, 1, 2);
+        assert_eq!(decode_prompts(&encode_prompts(&w)), w.prompts);
+    }
+
+    #[test]
+    fn bad_lengths_are_one_line_errors() {
+        use clap::Parser;
+        let parse = |extra: &[&str]| {
+            let mut v = vec!["tpprof", "run"];
+            v.extend_from_slice(extra);
+            match crate::cli::Cli::try_parse_from(v).unwrap().command {
+                crate::cli::Command::Run(a) => RunConfig::from_args(&a),
+                _ => unreachable!(),
+            }
+        };
+        assert!(parse(&[]).is_ok());
+        assert_eq!(parse(&["--generated-tokens", "0"]).unwrap_err(), "--generated-tokens must be a whole number ≥ 1 (got 0)");
+        assert!(parse(&["--prompt-tokens", "-5"]).unwrap_err().contains("--prompt-tokens must be"));
+        assert!(parse(&["--batch", "0"]).unwrap_err().contains("--batch"));
+        assert!(parse(&["--engine", "trt"]).unwrap_err().contains("unknown engine `trt`"));
+        assert!(parse(&["--model", "huge"]).unwrap_err().contains("huge"));
+        assert!(parse(&["--engine-options", "[1]"]).unwrap_err().contains("JSON object"));
+        assert!(parse(&["--devices", "0,-1"]).unwrap_err().contains("ordinals ≥ 0"));
+        assert!(parse(&["--timeout", "0"]).unwrap_err().contains("--timeout"));
+        assert!(!parse(&[]).unwrap().to_owned().out.is_some());
+    }
+
+    #[test]
+    fn context_limit_is_checked() {
+        let a = RunArgs { ..default_args() };
+        let mut c = RunConfig::from_args(&a).unwrap();
+        c.prompt_tokens = 100;
+        c.generated_tokens = 30;
+        let e = build_workload(&c, 50, Some(120)).unwrap_err();
+        assert!(e.contains("= 130 exceeds the model's context of 120"), "{e}");
+        assert!(build_workload(&c, 50, Some(130)).is_ok());
+    }
+
+    fn default_args() -> RunArgs {
+        use clap::Parser;
+        match crate::cli::Cli::try_parse_from(["tpprof", "run"]).unwrap().command {
+            crate::cli::Command::Run(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+}

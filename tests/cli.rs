@@ -1,0 +1,374 @@
+//! Integration tests: the real `tpprof` binary under `mpirun -n 1/2/4` (and as a singleton) against
+//! the mock adapter and the cpu engine. Every JSON is checked against results/schema.json; the
+//! assertions are counts, statuses and invariants, never exact timings.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// One mpirun at a time: the tests share a small machine, and the mock's timing test must not
+/// compete with a dozen other jobs.
+static MPI: Mutex<()> = Mutex::new(());
+
+const BIN: &str = env!("CARGO_BIN_EXE_tpprof");
+const MOCK: &str = env!("TPPROF_MOCK_ADAPTER");
+
+struct Run {
+    out: Output,
+    json: Option<Value>,
+    elapsed: Duration,
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Run {
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+    fn code(&self) -> i32 {
+        self.out.status.code().unwrap_or(-1)
+    }
+    fn json(&self) -> &Value {
+        self.json.as_ref().unwrap_or_else(|| panic!("no JSON written\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr()))
+    }
+    /// The lines tpprof printed as errors (mpirun adds its own chatter around them).
+    fn error_lines(&self) -> Vec<String> {
+        self.stderr().lines().filter(|l| l.starts_with("error:")).map(str::to_string).collect()
+    }
+}
+
+fn mpirun(n: usize) -> Command {
+    let mut c = Command::new("timeout");
+    c.args(["-k", "5", "120", "mpirun", "-n", &n.to_string(), "--oversubscribe", "--bind-to", "none"]);
+    c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1");
+    c
+}
+
+/// Runs `tpprof run ARGS --out <tmp>/r.json` on n ranks (n = 0: singleton, no mpirun).
+fn run(n: usize, args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.json");
+    run_to(n, args, &path, dir)
+}
+
+fn run_to(n: usize, args: &[&str], path: &Path, dir: tempfile::TempDir) -> Run {
+    let _guard = MPI.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cmd = if n == 0 { Command::new(BIN) } else { mpirun(n) };
+    if n > 0 {
+        cmd.arg(BIN);
+    }
+    cmd.arg("run").args(args).arg("--out").arg(path);
+    let t = Instant::now();
+    let out = cmd.output().expect("run tpprof");
+    let elapsed = t.elapsed();
+    let json = std::fs::read_to_string(path).ok().map(|s| serde_json::from_str(&s).expect("the JSON parses"));
+    if let Some(j) = &json {
+        check_schema(j);
+    }
+    Run { out, json, elapsed, _dir: dir, path: path.to_path_buf() }
+}
+
+fn check_schema(j: &Value) {
+    let schema: Value = serde_json::from_str(include_str!("../results/schema.json")).unwrap();
+    let v = jsonschema::validator_for(&schema).expect("schema.json is a valid JSON Schema");
+    let errors: Vec<String> = v.iter_errors(j).map(|e| format!("{} at {}", e, e.instance_path)).collect();
+    assert!(errors.is_empty(), "JSON does not match results/schema.json:\n{}", errors.join("\n"));
+}
+
+fn ok(r: &Run) -> &Value {
+    assert_eq!(r.code(), 0, "exit code\nstdout:\n{}\nstderr:\n{}", r.stdout(), r.stderr());
+    let j = r.json();
+    assert_eq!(j["status"]["state"], "ok", "{}", j["status"]);
+    j
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not an integer: {v}"))
+}
+
+/// The invariants every successful run must hold.
+fn check_counts(j: &Value, ranks: usize, batch: u64, gen: u64) {
+    let s = &j["summary"];
+    assert_eq!(u(&s["generated_tokens"]), batch * gen);
+    assert_eq!(u(&s["requested_tokens"]), batch * gen);
+    assert_eq!(j["ranks"].as_array().unwrap().len(), ranks);
+    let peaks = s["peak_memory_gib"].as_array().unwrap();
+    assert_eq!(peaks.len(), ranks);
+    assert!(peaks.iter().all(|p| p.as_f64().unwrap() > 0.0), "every rank reports a peak: {peaks:?}");
+    for sample in j["samples"].as_array().unwrap() {
+        assert_eq!(u(&sample["generated"]), gen);
+        assert_eq!(u(&sample["requested"]), gen);
+        assert_eq!(sample["finish_reason"], "length");
+        assert_eq!(sample["ranks_agree"], true);
+    }
+    let mut engine_ranks = 0;
+    for r in j["ranks"].as_array().unwrap() {
+        if r["role"] == "engine" {
+            engine_ranks += 1;
+            assert_eq!(u(&r["ttft"]["count"]), batch, "one TTFT per sample");
+            assert_eq!(u(&r["decode"]["count"]), batch * (gen - 1), "one gap per token after the first");
+            assert_eq!(u(&r["tokens_generated"]), batch * gen);
+        }
+        assert!(u(&r["memory"]["samples"]) >= 1);
+    }
+    assert_eq!(u(&j["latency"]["ttft"]["count"]), engine_ranks * batch, "merged = sum over engine ranks");
+    assert_eq!(u(&j["latency"]["decode"]["count"]), engine_ranks * batch * (gen - 1));
+    assert_eq!(u(&s["itl_ms"]["count"]), engine_ranks * batch * (gen - 1));
+}
+
+fn tokens(j: &Value) -> Vec<Vec<i64>> {
+    j["samples"].as_array().unwrap().iter().map(|s| s["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect()).collect()
+}
+
+#[test]
+fn cpu_engine_tokens_agree_across_tp_degrees() {
+    let args = ["--engine", "cpu", "--model", "tiny", "--batch", "2", "--prompt-tokens", "24", "--generated-tokens", "12", "--seed", "5", "--record-tokens"];
+    let mut seen = Vec::new();
+    for n in [1, 2, 4] {
+        let r = run(n, &args);
+        let j = ok(&r);
+        check_counts(j, n, 2, 12);
+        assert_eq!(j["config"]["world_size"], n as u64);
+        assert_eq!(j["summary"]["peak_memory_source"], "host_rss");
+        assert!(j["ranks"][0]["memory"]["gpu"]["state"] == "unavailable" || j["ranks"][0]["gpu"].is_object());
+        assert!(j["ranks"][0]["engine_memory"]["weights_bytes"].as_u64().unwrap() > 0);
+        assert!(r.stdout().contains("status: ok"), "{}", r.stdout());
+        seen.push(tokens(j));
+    }
+    assert_eq!(seen[0], seen[1], "TP=1 vs TP=2");
+    assert_eq!(seen[0], seen[2], "TP=1 vs TP=4");
+    assert!(seen[0][0] != seen[0][1], "different prompts give different continuations");
+}
+
+#[test]
+fn singleton_without_mpirun_works() {
+    let r = run(0, &["--model", "tiny", "--prompt-tokens", "8", "--generated-tokens", "4"]);
+    check_counts(ok(&r), 1, 1, 4);
+}
+
+#[test]
+fn mock_latency_is_what_the_histogram_reports() {
+    // 2 ms per decode step, 20 µs per prompt token (100 tokens → 2 ms prefill).
+    let token_us = 2000.0;
+    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"token_us": 2000, "prefill_us_per_token": 20}"#, "--prompt-tokens", "100", "--generated-tokens", "60"]);
+    let j = ok(&r);
+    check_counts(j, 2, 1, 60);
+    for rank in j["ranks"].as_array().unwrap() {
+        let p50_us = u(&rank["decode"]["p50_ns"]) as f64 / 1e3;
+        let min_us = u(&rank["decode"]["min_ns"]) as f64 / 1e3;
+        // Never below the script (busy-waits end after their deadline; HdrHistogram reports the top
+        // of a value's bucket), and p50 within a tolerance a loaded 2-core machine survives.
+        assert!(min_us >= token_us * 0.999, "min {min_us} µs below the scripted {token_us} µs");
+        assert!(p50_us <= token_us * 1.5 + 500.0, "p50 {p50_us} µs far above the scripted {token_us} µs");
+        let ttft_us = u(&rank["ttft"]["min_ns"]) as f64 / 1e3;
+        assert!(ttft_us >= 2000.0 * 0.999, "TTFT {ttft_us} µs below the scripted 2000 µs prefill");
+    }
+    let itl = j["summary"]["itl_ms"]["p50"].as_f64().unwrap();
+    assert!(itl >= 2.0 * 0.999 && itl <= 3.5, "merged ITL p50 {itl} ms");
+}
+
+#[test]
+fn mock_allocation_shows_in_each_ranks_peak() {
+    let size: u64 = 256 << 20;
+    let opts = format!(r#"{{"alloc_bytes": {size}}}"#);
+    let r = run(2, &["--engine", "mock", "--engine-options", &opts, "--prompt-tokens", "4", "--generated-tokens", "4", "--mem-interval-ms", "5"]);
+    let j = ok(&r);
+    for rank in j["ranks"].as_array().unwrap() {
+        let peak = u(&rank["memory"]["host"]["peak_rss"]["bytes"]);
+        let hwm = u(&rank["memory"]["host"]["vm_hwm_bytes"]);
+        assert!(peak >= size && hwm >= size, "rank {}: sampled {peak} / VmHWM {hwm} < allocated {size}", rank["rank"]);
+        assert_eq!(u(&rank["engine_memory"]["host_bytes"]), size);
+        assert_eq!(u(&rank["memory"]["interval_ms"]), 5);
+    }
+    for p in j["summary"]["peak_memory_gib"].as_array().unwrap() {
+        assert!(p.as_f64().unwrap() >= 0.25);
+    }
+}
+
+#[test]
+fn one_process_topology_has_observer_ranks() {
+    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"topology": "one_process", "token_us": 200}"#, "--batch", "3", "--prompt-tokens", "4", "--generated-tokens", "5"]);
+    let j = ok(&r);
+    check_counts(j, 2, 3, 5);
+    assert_eq!(j["topology"], "one_process");
+    assert_eq!(j["ranks"][0]["role"], "engine");
+    assert_eq!(j["ranks"][1]["role"], "observer");
+    assert_eq!(u(&j["ranks"][1]["tokens_generated"]), 0);
+    assert!(u(&j["ranks"][1]["memory"]["host"]["peak_rss"]["bytes"]) > 0);
+}
+
+#[test]
+fn tokens_from_an_engine_thread_are_recorded() {
+    let r = run(1, &["--engine", "mock", "--engine-options", r#"{"callback_thread": 1}"#, "--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "7"]);
+    check_counts(ok(&r), 1, 2, 7);
+}
+
+#[test]
+fn eos_is_reported_not_hidden() {
+    let opts = r#"{"eos_at_step": 5}"#;
+    // Exact length (default): the engine must ignore EOS.
+    let r = run(1, &["--engine", "mock", "--engine-options", opts, "--prompt-tokens", "4", "--generated-tokens", "10"]);
+    check_counts(ok(&r), 1, 1, 10);
+    // --allow-eos: the short sample is visible in status and samples.
+    let r = run(1, &["--engine", "mock", "--engine-options", opts, "--prompt-tokens", "4", "--generated-tokens", "10", "--allow-eos"]);
+    assert_eq!(r.code(), 0);
+    let j = r.json();
+    assert_eq!(j["status"]["state"], "incomplete");
+    assert!(j["status"]["reason"].as_str().unwrap().contains("sample 0 got 6 of 10 tokens"));
+    assert_eq!(j["samples"][0]["finish_reason"], "eos");
+    assert_eq!(u(&j["summary"]["generated_tokens"]), 6);
+    assert!(r.stdout().contains("INCOMPLETE"));
+}
+
+#[test]
+fn prompts_file_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.jsonl");
+    std::fs::write(&p, "[1, 2, 3, 4]\n[5, 6]\n[7]\n").unwrap();
+    let r = run(2, &["--model", "tiny", "--prompts", p.to_str().unwrap(), "--generated-tokens", "3"]);
+    let j = ok(&r);
+    check_counts(j, 2, 3, 3);
+    assert_eq!(u(&j["summary"]["prompt_tokens"]), 7);
+    assert_eq!(j["config"]["prompts"]["kind"], "file");
+}
+
+#[test]
+fn report_prints_a_saved_result() {
+    let r = run(1, &["--engine", "mock", "--prompt-tokens", "4", "--generated-tokens", "3"]);
+    ok(&r);
+    let out = Command::new(BIN).arg("report").arg(&r.path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("status: ok") && text.contains("TTFT") && text.contains("ITL"), "{text}");
+    let bad = Command::new(BIN).args(["report", "Cargo.toml"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).starts_with("error: Cargo.toml is not a tpprof result JSON"));
+}
+
+/// Bad input: a one-line error naming the cause, non-zero exit on every rank, within seconds, and
+/// no JSON (or a `failed` one).
+fn rejected(n: usize, args: &[&str], code: i32, needle: &str) -> Run {
+    let r = run(n, args);
+    assert_eq!(r.code(), code, "exit code for {args:?}\nstderr:\n{}", r.stderr());
+    let errors = r.error_lines();
+    assert_eq!(errors.len(), 1, "exactly one error line for {args:?}, got:\n{}", r.stderr());
+    assert!(errors[0].contains(needle), "error for {args:?} should mention {needle:?}: {}", errors[0]);
+    assert!(r.elapsed < Duration::from_secs(60), "took {:?}", r.elapsed);
+    if let Some(j) = &r.json {
+        assert_eq!(j["status"]["state"], "failed");
+    }
+    assert!(!r.stderr().contains("panicked"), "{}", r.stderr());
+    r
+}
+
+#[test]
+fn bad_arguments_are_one_line_errors() {
+    rejected(2, &["--engine", "tensorrt"], 2, "unknown engine `tensorrt`");
+    rejected(2, &["--model", "gigantic"], 2, "gigantic");
+    rejected(2, &["--generated-tokens", "0"], 2, "--generated-tokens must be a whole number ≥ 1 (got 0)");
+    rejected(1, &["--prompt-tokens", "-3"], 2, "--prompt-tokens must be a whole number ≥ 1 (got -3)");
+    rejected(2, &["--batch", "0"], 2, "--batch");
+    rejected(2, &["--engine-options", "not json"], 2, "--engine-options must be a JSON object");
+    rejected(3, &["--model", "tiny"], 2, "does not divide");
+    rejected(1, &["--model", "tiny", "--prompt-tokens", "2000", "--generated-tokens", "100"], 2, "exceeds the model's context of 2048");
+}
+
+#[test]
+fn bad_adapters_are_one_line_errors() {
+    rejected(2, &["--engine", "/nonexistent/libnothing.so"], 1, "does not exist");
+    rejected(2, &["--engine", concat!("adapter:", env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")], 1, "could not load adapter");
+    rejected(2, &["--engine", env!("TPPROF_MOCK_ADAPTER_BAD_ABI")], 1, "ABI version 42");
+    rejected(2, &["--engine", env!("TPPROF_MOCK_ADAPTER_NO_GENERATE")], 1, "does not export `tpprof_generate`");
+}
+
+#[test]
+fn bad_prompt_files_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let range = dir.path().join("range.jsonl");
+    std::fs::write(&range, "[1, 2]\n[3, 999999]\n").unwrap();
+    rejected(2, &["--model", "tiny", "--prompts", range.to_str().unwrap()], 2, "line 2: token id 999999");
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "[1, 2]\nhello\n").unwrap();
+    rejected(2, &["--model", "tiny", "--prompts", bad.to_str().unwrap()], 2, "line 2: not an array of integers");
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "[]\n").unwrap();
+    rejected(1, &["--model", "tiny", "--prompts", empty.to_str().unwrap()], 2, "empty prompt");
+    rejected(1, &["--model", "tiny", "--prompts", "/nonexistent/p.jsonl"], 2, "cannot read prompts file");
+}
+
+#[test]
+fn engine_failures_stop_every_rank_with_a_failed_json() {
+    let r = rejected(2, &["--engine", "mock", "--engine-options", r#"{"fail_create_rank": 1}"#], 1, "rank 1: ");
+    assert!(r.error_lines()[0].contains("injected failure in create() on rank 1"));
+    assert_eq!(r.json()["status"]["failed_rank"], 1);
+
+    let r = rejected(4, &["--engine", "mock", "--engine-options", r#"{"fail_rank": 2, "fail_at_token": 5, "token_us": 100}"#, "--generated-tokens", "20"], 1, "rank 2: ");
+    assert!(r.error_lines()[0].contains("injected failure at decode step 5 on rank 2"));
+    let j = r.json();
+    assert_eq!(j["status"]["failed_rank"], 2);
+    assert!(j["summary"].is_null());
+}
+
+#[test]
+fn a_crashing_rank_ends_the_job() {
+    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"crash_rank": 1, "crash_at_token": 3, "token_us": 1000}"#, "--generated-tokens", "50"]);
+    assert_ne!(r.code(), 0);
+    assert!(r.elapsed < Duration::from_secs(60), "took {:?}", r.elapsed);
+    assert!(r.json.is_none(), "no JSON from a crashed job");
+}
+
+#[test]
+fn a_hung_engine_is_stopped_by_the_timeout() {
+    // 10 s per token, 1 s budget.
+    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"token_us": 10000000}"#, "--generated-tokens", "5", "--timeout", "1"]);
+    assert_ne!(r.code(), 0);
+    assert!(r.elapsed < Duration::from_secs(30), "took {:?}", r.elapsed);
+    assert!(r.stderr().contains("did not finish within --timeout 1.0 s"), "{}", r.stderr());
+}
+
+#[test]
+fn existing_results_are_never_overwritten_by_accident() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keep.json");
+    std::fs::write(&path, "earlier result").unwrap();
+    let args = ["--engine", "mock", "--prompt-tokens", "4", "--generated-tokens", "3"];
+    let d2 = tempfile::tempdir().unwrap();
+    let r = run_to(2, &args, &path, d2);
+    assert_eq!(r.code(), 2);
+    assert_eq!(r.error_lines().len(), 1);
+    assert!(r.error_lines()[0].contains("already exists: pass --force"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "earlier result");
+
+    // --force, but the run fails: the earlier file stays.
+    let failing = ["--engine", "mock", "--engine-options", r#"{"fail_create_rank": 0}"#, "--force"];
+    let r = run_to(2, &failing, &path, tempfile::tempdir().unwrap());
+    assert_eq!(r.code(), 1);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "earlier result");
+
+    // --force and success: replaced.
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    let r = run_to(2, &forced, &path, tempfile::tempdir().unwrap());
+    ok(&r);
+    // No temp files left beside it.
+    let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, vec!["keep.json".to_string()]);
+}
+
+#[test]
+fn unwritable_output_is_refused_before_running() {
+    let r = run_to(2, &["--engine", "mock"], Path::new("/nonexistent-dir/r.json"), tempfile::tempdir().unwrap());
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert_eq!(r.error_lines().len(), 1, "{}", r.stderr());
+    assert!(r.error_lines()[0].contains("cannot write /nonexistent-dir/r.json"), "{}", r.stderr());
+    assert!(r.json.is_none());
+}
