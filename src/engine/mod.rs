@@ -116,9 +116,11 @@ impl EngineSpec {
         if s == "mock" {
             return Ok(EngineSpec::Adapter(PathBuf::from(env!("TPPROF_MOCK_ADAPTER"))));
         }
-        let path = s.strip_prefix("adapter:").unwrap_or(s);
-        if path.contains('/') || path.ends_with(".so") {
+        if let Some(path) = s.strip_prefix("adapter:") {
             return Ok(EngineSpec::Adapter(PathBuf::from(path)));
+        }
+        if s.contains('/') || s.ends_with(".so") {
+            return Ok(EngineSpec::Adapter(PathBuf::from(s)));
         }
         Err(format!(
             "unknown engine `{s}`: use one of {}, mock, or the path of an adapter library (./libx.so or adapter:PATH)",

@@ -208,14 +208,14 @@ mod tests {
     fn sampler_sees_a_known_allocation() {
         let epoch = Instant::now();
         let s = MemorySampler::start(epoch, Duration::from_millis(1), None, "test: no GPU".into());
-        let before = read_rss_bytes(4096).unwrap();
+        // Other tests run in this process too, so only a lower bound is certain: the allocation itself.
         let size = 64 << 20;
-        let v = vec![1u8; size];
+        let v = std::hint::black_box(vec![1u8; size]);
         std::thread::sleep(Duration::from_millis(30));
         let r = s.stop();
         drop(v);
         assert!(r.samples >= 2);
-        assert!(r.host.peak_rss.bytes >= before + size as u64 * 9 / 10, "{} vs {}", r.host.peak_rss.bytes, before);
+        assert!(r.host.peak_rss.bytes >= size as u64, "{} < {size}", r.host.peak_rss.bytes);
         assert!(r.host.vm_hwm_bytes.unwrap() >= r.host.peak_rss.bytes / 2);
         assert_eq!(r.gpu, GpuMemory::Unavailable { reason: "test: no GPU".into() });
         assert_eq!(r.interval_ms, 1);

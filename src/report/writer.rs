@@ -81,8 +81,8 @@ mod tests {
         std::fs::write(&p, "old").unwrap();
         assert!(matches!(OutputFile::claim(&p, false), Err(WriteError::Exists(_))));
         assert!(OutputFile::claim(&p, true).is_ok());
-        assert!(OutputFile::claim(&dir.path().join("missing/r.json"), false).unwrap_err().to_string().contains("cannot create a file in"));
-        assert!(OutputFile::claim(dir.path(), true).unwrap_err().to_string().contains("directory"));
+        assert!(OutputFile::claim(&dir.path().join("missing/r.json"), false).err().unwrap().to_string().contains("cannot create a file in"));
+        assert!(OutputFile::claim(dir.path(), true).err().unwrap().to_string().contains("directory"));
         // The claim leaves no stray files behind when dropped.
         let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(entries.len(), 1);
