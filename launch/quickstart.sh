@@ -3,8 +3,11 @@
 # cpu engine (`small` preset) tensor-parallel on 2 ranks. Prints the summary and writes the JSON.
 # Extra arguments go to `tpprof run` (e.g. --generated-tokens 128).
 set -euo pipefail
+here="$PWD"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source launch/deps.sh
 cargo build --release
-exec launch/tpprof-mpirun -n 2 --tpprof target/release/tpprof -- run --engine cpu --model small \
+repo="$PWD"
+cd "$here"   # the JSON lands where you called from
+exec "$repo/launch/tpprof-mpirun" -n 2 --tpprof "$repo/target/release/tpprof" -- run --engine cpu --model small \
   --prompt-tokens 256 --generated-tokens 64 "$@"
