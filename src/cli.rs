@@ -22,6 +22,8 @@ pub enum Command {
     Report(ReportArgs),
     /// List the built-in model presets.
     Models,
+    /// Check the cuda engine against the cpu reference (logits and greedy tokens), under mpirun.
+    Verify(crate::verify::VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -34,10 +36,15 @@ pub struct ReportArgs {
 /// own one-line error instead of being mistaken for a flag.
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
-    /// Engine: `cpu` (built-in reference), `mock` (the test adapter built with tpprof), or the path
-    /// of an adapter shared library (`./libmy_engine.so`, or `adapter:PATH`).
-    #[arg(long, default_value = "cpu")]
+    /// Engine: `auto` (`cuda` where every rank has a GPU, else `cpu`), `cuda` (built-in, NCCL tensor
+    /// parallel), `cpu` (built-in reference, MPI tensor parallel), `mock` (the test adapter built with
+    /// tpprof), or the path of an adapter shared library (`./libmy_engine.so`, or `adapter:PATH`).
+    #[arg(long, default_value = "auto")]
     pub engine: String,
+
+    /// Weights and activations of the cuda engine: fp16 or bf16.
+    #[arg(long, default_value = "fp16")]
+    pub dtype: String,
 
     /// Model of the built-in engines: a preset (`tpprof models`), or a Qwen2 config.json / a
     /// directory holding one (random weights with that shape).

@@ -11,6 +11,7 @@ pub mod observe;
 pub mod record;
 pub mod report;
 pub mod run;
+pub mod verify;
 pub mod workload;
 
 /// The version written into every JSON.

@@ -18,6 +18,7 @@ fn main() {
     let code = match cli.command {
         Command::Run(args) => tpprof::run::main(*args),
         Command::Report(args) => tpprof::report::summary::main(&args),
+        Command::Verify(args) => tpprof::verify::main(args),
         Command::Models => {
             tpprof::engine::print_models();
             0

@@ -35,6 +35,7 @@ pub struct RunConfig {
     pub model: String,
     /// The built-in engines' model shape.
     pub model_config: Option<Config>,
+    pub dtype: String,
     pub engine_options: String,
     pub batch: Option<u32>,
     pub prompt_tokens: u32,
@@ -61,10 +62,10 @@ fn positive(name: &str, v: i64) -> Result<u32, String> {
 impl RunConfig {
     pub fn from_args(a: &RunArgs) -> Result<RunConfig, String> {
         let engine = EngineSpec::parse(&a.engine)?;
-        let model_config = match engine {
-            EngineSpec::Cpu => Some(load_model(&a.model)?),
-            EngineSpec::Adapter(_) => None,
-        };
+        let model_config = if engine.is_builtin() { Some(load_model(&a.model)?) } else { None };
+        if !matches!(a.dtype.as_str(), "fp16" | "float16" | "f16" | "bf16" | "bfloat16") {
+            return Err(format!("unknown --dtype `{}`: use fp16 or bf16", a.dtype));
+        }
         match serde_json::from_str::<serde_json::Value>(&a.engine_options) {
             Ok(v) if v.is_object() => {}
             _ => return Err(format!("--engine-options must be a JSON object, e.g. '{{\"token_us\": 500}}' (got {})", a.engine_options)),
@@ -86,6 +87,7 @@ impl RunConfig {
             engine,
             model: a.model.clone(),
             model_config,
+            dtype: a.dtype.clone(),
             engine_options: a.engine_options.clone(),
             batch: a.batch.map(|b| positive("batch", b)).transpose()?,
             prompt_tokens: positive("prompt-tokens", a.prompt_tokens)?,
@@ -105,8 +107,8 @@ impl RunConfig {
 
     fn model_label(&self) -> String {
         match &self.engine {
-            EngineSpec::Cpu => std::path::Path::new(&self.model).file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string(),
             EngineSpec::Adapter(_) => "adapter".into(),
+            _ => std::path::Path::new(&self.model).file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string(),
         }
     }
 }
@@ -218,16 +220,27 @@ impl<'w> Job<'w> {
         let sampler = MemorySampler::start(epoch, config.mem_interval, gpu.clone(), no_gpu_reason);
         let mut guard = SamplerGuard(Some(sampler));
 
-        // 4. The engine.
-        tracing::info!("creating engine {:?}", config.engine);
+        // 4. The engine (`auto` becomes cuda where every rank has a GPU).
+        let spec = config.engine.resolve(gpu.is_some());
+        let labels = world.all_gather_bytes(spec.label().as_bytes());
+        if labels.iter().any(|l| *l != labels[0]) {
+            let which: Vec<String> = labels.iter().enumerate().map(|(r, l)| format!("rank {r}: {}", String::from_utf8_lossy(l))).collect();
+            return Err(Stop::input(RankFailures(vec![(0, format!("--engine auto chose different engines on different ranks ({}): some ranks have no GPU; pass --engine explicitly", which.join(", ")))])));
+        }
+        tracing::info!("creating engine {}", spec.label());
         let t_create = Instant::now();
+        let rendezvous = self.rendezvous(&spec, gpu.as_ref())?;
         let engine_comm = world.duplicate();
-        let engine: Result<Box<dyn Engine>, String> = match &config.engine {
-            EngineSpec::Cpu => {
-                let cfg = config.model_config.as_ref().expect("validated: cpu has a model");
+        let engine: Result<Box<dyn Engine>, String> = match &spec {
+            EngineSpec::Cpu | EngineSpec::Auto => {
+                let cfg = config.model_config.as_ref().expect("validated: built-in engines have a model");
                 Cpu::new(cfg, &config.model, config.seed, Box::new(MpiComm::new(engine_comm)))
                     .map(|e| Box::new(e) as Box<dyn Engine>)
                     .map_err(|e| e.to_string())
+            }
+            EngineSpec::Cuda => {
+                drop(engine_comm);
+                self.cuda_engine(&config, gpu.as_ref(), &rendezvous)
             }
             EngineSpec::Adapter(path) => {
                 drop(engine_comm);
@@ -238,7 +251,7 @@ impl<'w> Job<'w> {
                     local_world_size: world.local_size,
                     devices: &local_devices,
                     options_json: &config.engine_options,
-                    rendezvous: &[],
+                    rendezvous: &rendezvous,
                 };
                 AdapterEngine::load(path, &init).map(|e| Box::new(e) as Box<dyn Engine>).map_err(|e| e.to_string())
             }
@@ -260,8 +273,14 @@ impl<'w> Job<'w> {
             h.config.prompts = workload.source.clone();
         }
 
-        // 6. Generate (every rank in ALL_RANKS; rank 0 only in ONE_PROCESS).
+        // 6. Prepare (buffers, warm-up, graphs: before the clock), then generate (every rank in
+        //    ALL_RANKS; rank 0 only in ONE_PROCESS).
         let role = if topology == Topology::OneProcess && !world.is_root() { Role::Observer } else { Role::Engine };
+        let prepared = match role {
+            Role::Engine => engine.prepare(&workload.prompts, workload.generated_tokens).map_err(|e| e.to_string()),
+            Role::Observer => Ok(()),
+        };
+        world.agree(prepared).map_err(Stop::failed)?;
         let requested = vec![workload.generated_tokens; workload.prompts.len()];
         let sink = TokenSink::new_with_epoch(epoch, requested.iter().map(|&r| r as usize).sum::<usize>() + 64);
         let generated = match role {
@@ -297,6 +316,12 @@ impl<'w> Job<'w> {
             tokens_generated: rec.generated_tokens(),
             ttft: rec.ttft.summary(),
             decode: rec.decode.summary(),
+            device_decode: engine.device_step_ns().map(|v| {
+                let mut h = crate::record::histogram::LatencyHistogram::new();
+                v.iter().for_each(|&ns| h.record(ns));
+                h.summary()
+            }),
+            engine_stats: engine.run_stats(),
             samples: rec
                 .samples
                 .iter()
@@ -366,6 +391,7 @@ impl<'w> Job<'w> {
             config: ConfigReport {
                 command_line: std::env::args().collect(),
                 engine: self.args.engine.clone(),
+                dtype: c.dtype.clone(),
                 model: c.model.clone(),
                 model_config: c.model_config.as_ref().map(|m| serde_json::to_value(m).unwrap_or_default()),
                 engine_options: serde_json::from_str(&c.engine_options).unwrap_or_default(),
@@ -392,6 +418,37 @@ impl<'w> Job<'w> {
             engine: None,
             topology: None,
         }
+    }
+
+    /// Rendezvous bytes every rank's engine gets: the cuda engine's NCCL unique id, created on rank
+    /// 0 and broadcast over MPI.
+    fn rendezvous(&self, spec: &EngineSpec, gpu: Option<&GpuInfo>) -> Result<Vec<u8>, Stop> {
+        let world = self.world;
+        if *spec != EngineSpec::Cuda {
+            return Ok(Vec::new());
+        }
+        let local = match gpu {
+            None => Err(format!("--engine cuda needs a GPU on every rank, and this rank has none ({})", self.header.as_ref().and_then(|h| h.environment.gpu_note.clone()).unwrap_or_default())),
+            Some(_) => Ok(()),
+        };
+        world.agree(local).map_err(Stop::input)?;
+        let id = if world.is_root() { crate::engine::builtin::cuda_rendezvous().map(Some) } else { Ok(None) };
+        let id = world.agree(id).map_err(Stop::failed)?;
+        Ok(world.broadcast_bytes(&id.unwrap_or_default()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_engine(&self, c: &RunConfig, gpu: Option<&GpuInfo>, id: &[u8]) -> Result<Box<dyn Engine>, String> {
+        let cfg = c.model_config.as_ref().expect("validated: built-in engines have a model");
+        let ordinal = gpu.map(|g| g.ordinal as usize).ok_or("no GPU bound")?;
+        crate::engine::builtin::Cuda::new(cfg, &c.model, &c.dtype, c.seed, ordinal, self.world.rank as usize, self.world.size as usize, id)
+            .map(|e| Box::new(e) as Box<dyn Engine>)
+            .map_err(|e| e.to_string())
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn cuda_engine(&self, _c: &RunConfig, _gpu: Option<&GpuInfo>, _id: &[u8]) -> Result<Box<dyn Engine>, String> {
+        Err(crate::engine::builtin::NO_CUDA.into())
     }
 
     /// Rank 0 builds (or reads) the prompts and checks them; every rank gets them by broadcast.

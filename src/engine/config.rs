@@ -2,8 +2,8 @@
 //!
 //! Field names are exactly those of a Hugging Face Qwen2 `config.json`, so a real model's config
 //! file can be read as is (its many other fields are ignored). Only shapes and the few numeric
-//! constants the forward pass needs are kept: the built-in engines generate their weights, they
-//! never load a checkpoint.
+//! constants the forward pass needs are kept. The weights come from elsewhere: the built-in
+//! engines' seeded generator, or a safetensors checkpoint (`engine::safetensors`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -139,8 +139,7 @@ impl TryFrom<RawConfig> for Config {
     }
 }
 
-/// One row of the preset table. Real model shapes (e.g. Qwen2.5-0.5B … 32B, whose config.json
-/// values can be copied here) are added as further rows; nothing else needs to change.
+/// One row of the preset table: a name and the shape a Hugging Face config.json would give.
 struct Preset {
     name: &'static str,
     config: Config,
@@ -187,6 +186,15 @@ const PRESETS: &[Preset] = &[
     //   name     vocab   hidden inter layers heads kv  max_pos rope_theta    eps   tied  eos
     row("tiny",   512,    64,    192,  2,     8,    4,  2048,   10_000.0,     1e-6, true, Some(0)),
     row("small",  32000,  512,   1536, 8,     8,    4,  8192,   1_000_000.0,  1e-6, true, Some(0)),
+    // Real shapes: the config.json of Qwen/Qwen2.5-{0.5B,1.5B,7B,14B,32B}-Instruct (the base
+    // models differ: eos 151643, and 14B/32B base have rms_norm_eps 1e-5 and 131072 positions).
+    // eos 151645 is <|im_end|>. Random weights unless the engine is given a checkpoint.
+    //   name           vocab   hidden inter  layers heads kv max_pos rope_theta    eps   tied   eos
+    row("qwen2.5-0.5b", 151936, 896,   4864,  24,    14,   2, 32768,  1_000_000.0, 1e-6, true,  Some(151645)),
+    row("qwen2.5-1.5b", 151936, 1536,  8960,  28,    12,   2, 32768,  1_000_000.0, 1e-6, true,  Some(151645)),
+    row("qwen2.5-7b",   152064, 3584,  18944, 28,    28,   4, 32768,  1_000_000.0, 1e-6, false, Some(151645)),
+    row("qwen2.5-14b",  152064, 5120,  13824, 48,    40,   8, 32768,  1_000_000.0, 1e-6, false, Some(151645)),
+    row("qwen2.5-32b",  152064, 5120,  27648, 64,    40,   8, 32768,  1_000_000.0, 1e-6, false, Some(151645)),
 ];
 
 /// The preset names, in table order, derived from [`PRESETS`] at compile time.
@@ -413,17 +421,63 @@ mod tests {
 
     #[test]
     fn presets_are_valid_and_named() {
-        assert_eq!(Config::preset_names(), &["tiny", "small"]);
+        assert_eq!(
+            Config::preset_names(),
+            &[
+                "tiny",
+                "small",
+                "qwen2.5-0.5b",
+                "qwen2.5-1.5b",
+                "qwen2.5-7b",
+                "qwen2.5-14b",
+                "qwen2.5-32b"
+            ]
+        );
         for name in Config::preset_names() {
             let cfg = Config::preset(name).unwrap();
             cfg.validate().unwrap();
+            // Round trip through the config.json form, as a checkpoint directory would hold it.
+            let back = Config::from_json_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+            assert_eq!(back, cfg, "{name}");
+        }
+        for name in ["tiny", "small"] {
             for w in [1, 2, 4] {
-                cfg.check_tensor_parallel(w).unwrap();
+                Config::preset(name)
+                    .unwrap()
+                    .check_tensor_parallel(w)
+                    .unwrap();
             }
         }
         let tiny = Config::preset("tiny").unwrap();
         assert_eq!(tiny.head_dim(), 8);
         assert_eq!(tiny.tensor_parallel_sizes(), vec![1, 2, 4]);
+    }
+
+    /// The Qwen2.5 presets reproduce the published sizes (model cards: 0.49B, 1.54B, 7.61B,
+    /// 14.7B, 32.5B — the last rounds 32.76B down; the exact counts below are computed from the
+    /// shapes, every weight, bias and norm included, the tied embedding counted once).
+    #[test]
+    fn qwen25_param_counts_and_tensor_parallel_sizes() {
+        let count = |name: &str| Config::preset(name).unwrap().param_count();
+        assert_eq!(count("qwen2.5-0.5b"), 494_032_768);
+        assert_eq!(count("qwen2.5-1.5b"), 1_543_714_304);
+        assert_eq!(count("qwen2.5-7b"), 7_615_616_512);
+        assert_eq!(count("qwen2.5-14b"), 14_770_033_664);
+        assert_eq!(count("qwen2.5-32b"), 32_763_876_352);
+        let sizes = |name: &str| Config::preset(name).unwrap().tensor_parallel_sizes();
+        assert_eq!(sizes("qwen2.5-0.5b"), vec![1, 2]); // 14 heads / 2 kv heads
+        assert_eq!(sizes("qwen2.5-1.5b"), vec![1, 2]); // 12 / 2
+        assert_eq!(sizes("qwen2.5-7b"), vec![1, 2, 4]); // 28 / 4
+        assert_eq!(sizes("qwen2.5-14b"), vec![1, 2, 4, 8]); // 40 / 8
+        assert_eq!(sizes("qwen2.5-32b"), vec![1, 2, 4, 8]);
+        for name in ["qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b"] {
+            let cfg = Config::preset(name).unwrap();
+            assert_eq!(cfg.head_dim(), 128, "{name}");
+            assert!(
+                !cfg.tie_word_embeddings && cfg.vocab_size == 152_064,
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod builtin;
 pub mod config;
+pub mod safetensors;
 
 use std::path::PathBuf;
 
@@ -93,25 +94,44 @@ pub trait Engine {
     fn vocab_size(&self) -> Option<u32>;
     /// Longest prompt + generation the engine accepts, when it knows it.
     fn max_context(&self) -> Option<u32>;
+    /// Work before the clock starts (buffers sized for the workload, warm-up, graph capture), as a
+    /// serving engine does at start-up. Every rank calls it.
+    fn prepare(&mut self, _prompts: &[Vec<i32>], _max_new_tokens: u32) -> Result<(), EngineError> {
+        Ok(())
+    }
+    /// Device time of each decode step (ns), for engines that measure it with device events.
+    fn device_step_ns(&self) -> Option<Vec<u64>> {
+        None
+    }
+    /// Engine-specific figures of the last run (e.g. the cuda engine's decode floor).
+    fn run_stats(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// A parsed `--engine` argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EngineSpec {
+    /// `cuda` where this rank has a GPU (and the cuda engine is built in), else `cpu`.
+    Auto,
     Cpu,
+    Cuda,
     /// An adapter shared library; `mock` resolves to the mock adapter built with tpprof.
     Adapter(PathBuf),
 }
 
-pub const BUILTIN_ENGINES: &[&str] = &["cpu"];
+pub const BUILTIN_ENGINES: &[&str] = &["cpu", "cuda"];
 
 impl EngineSpec {
     pub fn parse(s: &str) -> Result<EngineSpec, String> {
+        if s == "auto" {
+            return Ok(EngineSpec::Auto);
+        }
         if s == "cpu" {
             return Ok(EngineSpec::Cpu);
         }
         if s == "cuda" {
-            return Err("engine `cuda` is not built into this tpprof yet (it arrives with the CUDA engine); use --engine cpu".into());
+            return if cfg!(feature = "cuda") { Ok(EngineSpec::Cuda) } else { Err(builtin::NO_CUDA.into()) };
         }
         if s == "mock" {
             return Ok(EngineSpec::Adapter(PathBuf::from(env!("TPPROF_MOCK_ADAPTER"))));
@@ -123,15 +143,30 @@ impl EngineSpec {
             return Ok(EngineSpec::Adapter(PathBuf::from(s)));
         }
         Err(format!(
-            "unknown engine `{s}`: use one of {}, mock, or the path of an adapter library (./libx.so or adapter:PATH)",
+            "unknown engine `{s}`: use one of auto, {}, mock, or the path of an adapter library (./libx.so or adapter:PATH)",
             BUILTIN_ENGINES.join(", ")
         ))
+    }
+
+    /// Resolves `auto` on a rank that has (or has not) a GPU.
+    pub fn resolve(&self, has_gpu: bool) -> EngineSpec {
+        match self {
+            EngineSpec::Auto if has_gpu && cfg!(feature = "cuda") => EngineSpec::Cuda,
+            EngineSpec::Auto => EngineSpec::Cpu,
+            other => other.clone(),
+        }
+    }
+
+    pub fn is_builtin(&self) -> bool {
+        !matches!(self, EngineSpec::Adapter(_))
     }
 
     /// A short name for file names and the summary.
     pub fn label(&self) -> String {
         match self {
+            EngineSpec::Auto => "auto".into(),
             EngineSpec::Cpu => "cpu".into(),
+            EngineSpec::Cuda => "cuda".into(),
             EngineSpec::Adapter(p) => {
                 let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("adapter");
                 stem.trim_start_matches("lib").trim_start_matches("tpprof_").to_string()

@@ -54,6 +54,19 @@ impl Header {
             merge(&mut decode, &r.decode)?;
         }
         let (ttft, decode) = (ttft.summary(), decode.summary());
+        let mut device = LatencyHistogram::new();
+        let mut has_device = false;
+        for r in ranks.iter().filter(|r| r.role == Role::Engine) {
+            if let Some(s) = &r.device_decode {
+                let h = LatencyHistogram::from_base64(&s.hdr_v2_base64).map_err(|e| format!("rank {}: {e}", r.rank))?;
+                device.add(&h).map_err(|e| format!("rank {}: {e}", r.rank))?;
+                has_device = true;
+            }
+        }
+        let floor_ms = ranks
+            .iter()
+            .filter_map(|r| r.engine_stats.as_ref()?.get("floor_step_ms")?.as_f64())
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
 
         let samples = sample_reports(workload, root, &ranks, self.config.record_tokens);
         let generated: u64 = samples.iter().map(|s| s.generated as u64).sum();
@@ -80,6 +93,8 @@ impl Header {
             prefill_tok_s: prefill_ns.filter(|&n| n > 0).map(|n| workload.prompt_tokens() as f64 / (n as f64 / 1e9)),
             decode_tok_s: decode_ns.map(|n| decode_tokens as f64 / (n as f64 / 1e9)),
             engine_load_s: ranks.iter().map(|r| r.timing.create_s).fold(0.0, f64::max),
+            itl_over_floor: floor_ms.filter(|&f| f > 0.0 && decode.count > 0).map(|f| (decode.p50_ns as f64 / 1e6) / f),
+            device_step_ms: has_device.then(|| PercentilesMs::from(&device.summary())),
         };
 
         let mut problems = Vec::new();

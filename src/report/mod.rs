@@ -47,6 +47,8 @@ pub struct Status {
 pub struct ConfigReport {
     pub command_line: Vec<String>,
     pub engine: String,
+    /// Element type of the cuda engine (fp16 / bf16); the cpu engine computes in f32.
+    pub dtype: String,
     pub model: String,
     /// The model's Qwen2 config (built-in engines).
     pub model_config: Option<serde_json::Value>,
@@ -114,6 +116,10 @@ pub struct RankReport {
     pub tokens_generated: u64,
     pub ttft: HistogramSummary,
     pub decode: HistogramSummary,
+    /// Device time of each decode step (CUDA events), for engines that measure it.
+    pub device_decode: Option<HistogramSummary>,
+    /// Engine-specific figures of the run (the cuda engine: copy bandwidth, decode floor, ...).
+    pub engine_stats: Option<serde_json::Value>,
     pub samples: Vec<RankSample>,
     pub anomalies: Vec<String>,
 }
@@ -163,6 +169,11 @@ pub struct Summary {
     pub decode_tok_s: Option<f64>,
     /// Slowest rank's engine creation, seconds.
     pub engine_load_s: f64,
+    /// Decode ITL p50 ÷ the decode floor (bytes a rank must read per step ÷ its measured copy
+    /// bandwidth; the slowest rank's floor), for engines that report a floor.
+    pub itl_over_floor: Option<f64>,
+    /// Device decode step time (CUDA events) merged over ranks, for engines that measure it.
+    pub device_step_ms: Option<PercentilesMs>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

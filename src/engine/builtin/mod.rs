@@ -67,3 +67,99 @@ impl Engine for Cpu {
         Some(self.config.max_position_embeddings as u32)
     }
 }
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+/// The `cuda` engine behind the `Engine` trait.
+#[cfg(feature = "cuda")]
+pub struct Cuda {
+    engine: cuda::CudaEngine,
+    config: Config,
+    model: String,
+}
+
+#[cfg(feature = "cuda")]
+impl Cuda {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(config: &Config, model: &str, dtype: &str, seed: u64, ordinal: usize, rank: usize, world: usize, nccl_id: &[u8]) -> Result<Cuda, EngineError> {
+        let dtype = cuda::gpu::Dtype::parse(dtype).map_err(EngineError::Other)?;
+        let engine = cuda::CudaEngine::new(config, dtype, seed, ordinal, rank, world, nccl_id).map_err(|e| EngineError::Other(e.to_string()))?;
+        Ok(Cuda { engine, config: config.clone(), model: model.to_string() })
+    }
+
+    pub fn inner(&mut self) -> &mut cuda::CudaEngine {
+        &mut self.engine
+    }
+}
+
+/// Rank 0's NCCL unique id for the cuda engine (broadcast over MPI by the caller).
+pub fn cuda_rendezvous() -> Result<Vec<u8>, String> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::nccl_unique_id().map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err(NO_CUDA.into())
+    }
+}
+
+/// The message of a build without the `cuda` feature.
+pub const NO_CUDA: &str = "this tpprof was built without the `cuda` feature: rebuild with default features (cargo build --release) or use --engine cpu";
+
+#[cfg(feature = "cuda")]
+impl Engine for Cuda {
+    fn info(&self) -> EngineInfo {
+        EngineInfo {
+            name: "cuda".into(),
+            version: crate::VERSION.into(),
+            kind: "builtin".into(),
+            path: None,
+            details: serde_json::json!({
+                "model": self.model,
+                "dtype": self.engine.dtype().name(),
+                "device": self.engine.device_name(),
+                "arch": self.engine.arch(),
+                "weights": "seeded random (the cpu engine's recipe, generated on the GPU)",
+                "kernels": "NVRTC-compiled CUDA C; cuBLAS GEMMs (f32 accumulation); NCCL all-reduce",
+            }),
+        }
+    }
+
+    fn topology(&self) -> Topology {
+        Topology::AllRanks
+    }
+
+    fn prepare(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32) -> Result<(), EngineError> {
+        self.engine.prepare(prompts, max_new_tokens as usize).map_err(|e| EngineError::Other(e.to_string()))
+    }
+
+    fn generate(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32, exact_length: bool, sink: &TokenSink) -> Result<(), EngineError> {
+        sink.mark_submit();
+        self.engine
+            .generate(prompts, max_new_tokens as usize, exact_length, &mut |s, step, tok, fin| sink.on_token(s as u32, step as u32, tok, fin))
+            .map_err(|e| EngineError::Other(e.to_string()))
+    }
+
+    fn memory(&self) -> Result<EngineMemory, EngineError> {
+        let (w, kv, ws, comm) = self.engine.memory();
+        Ok(EngineMemory { weights_bytes: Some(w), kv_cache_bytes: Some(kv), workspace_bytes: Some(ws), comm_bytes: Some(comm), host_bytes: None })
+    }
+
+    fn vocab_size(&self) -> Option<u32> {
+        Some(self.config.vocab_size as u32)
+    }
+
+    fn max_context(&self) -> Option<u32> {
+        Some(self.config.max_position_embeddings as u32)
+    }
+
+    fn device_step_ns(&self) -> Option<Vec<u64>> {
+        Some(self.engine.step_times().device_ms.iter().map(|ms| (*ms as f64 * 1e6) as u64).collect())
+    }
+
+    fn run_stats(&self) -> Option<serde_json::Value> {
+        self.engine.last_run().cloned()
+    }
+}

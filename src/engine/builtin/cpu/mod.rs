@@ -1,10 +1,14 @@
-//! The built-in `cpu` engine: a readable, tensor-parallel Qwen2 decoder with synthetic weights,
-//! greedy decoding and a per-sample KV cache. It is the numerical reference for other engines.
+//! The built-in `cpu` engine: a readable, tensor-parallel Qwen2 decoder with greedy decoding and
+//! a per-sample KV cache. It is the numerical reference for other engines.
 //!
-//! Each MPI rank builds a [`CpuEngine`] with its own [`TpComm`]; weights are generated per full
-//! tensor element (see [`weights`]), so for a fixed seed the generated tokens are the same at
-//! every world size. Threads: the GEMMs use `matrixmultiply`, whose thread count is set by the
-//! environment variable `MATMUL_NUM_THREADS` (default: physical cores, at most 4).
+//! Each MPI rank builds a [`CpuEngine`] with its own [`TpComm`]. Its weights come from a
+//! [`WeightSource`]: the seeded generator ([`CpuEngine::new`]), which defines every element of
+//! every full tensor (see [`weights`]), so for a fixed seed the generated tokens are the same at
+//! every world size; or a Hugging Face safetensors checkpoint ([`CpuEngine::from_safetensors`]),
+//! of which each rank reads only its shard.
+//!
+//! Threads: the GEMMs use `matrixmultiply`, whose thread count is set by the environment
+//! variable `MATMUL_NUM_THREADS` (default: physical cores, at most 4).
 
 pub mod comm;
 pub mod model;
@@ -14,9 +18,10 @@ pub mod weights;
 pub use comm::{CommError, SingleRank, ThreadComm, TpComm};
 pub use model::{Scratch, Segment, Transformer};
 pub use ops::ShapeError;
-pub use weights::{init_value, tensor_id, Shard, WeightKind};
+pub use weights::{init_value, tensor_id, SeededWeights, Shard, WeightKind, WeightSource};
 
 use crate::engine::config::{Config, ConfigError};
+use crate::engine::safetensors::{SafetensorsDir, WeightsError};
 
 /// `finish` value of a token that is not a sample's last.
 pub const FINISH_NONE: i32 = 0;
@@ -31,6 +36,9 @@ pub const FINISH_EOS: i32 = 2;
 pub enum CpuError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A checkpoint tensor is missing, of the wrong shape or dtype, or unreadable.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
     #[error("communicator reports rank {rank} of world {world}")]
     BadCommunicator { rank: usize, world: usize },
     #[error("sample {sample}: empty prompt")]
@@ -87,15 +95,32 @@ pub struct CpuEngine {
 }
 
 impl CpuEngine {
-    /// Checks the config against the communicator's world size and generates this rank's shard.
+    /// Checks the config against the communicator's world size and generates this rank's shard
+    /// of the seeded weights.
     pub fn new(cfg: &Config, seed: u64, comm: Box<dyn TpComm>) -> Result<Self, CpuError> {
+        CpuEngine::with_weights(cfg, &SeededWeights { seed }, comm)
+    }
+
+    /// The model of a Hugging Face checkpoint directory (its config.json gives the shape); this
+    /// rank reads only its shard of each tensor, converted to f32.
+    pub fn from_safetensors(dir: &SafetensorsDir, comm: Box<dyn TpComm>) -> Result<Self, CpuError> {
+        CpuEngine::with_weights(dir.config(), dir, comm)
+    }
+
+    /// Checks the config against the communicator's world size and takes this rank's shard of
+    /// every weight from `weights`.
+    pub fn with_weights(
+        cfg: &Config,
+        weights: &dyn WeightSource,
+        comm: Box<dyn TpComm>,
+    ) -> Result<Self, CpuError> {
         let (rank, world) = (comm.rank(), comm.world());
         if world == 0 || rank >= world {
             return Err(CpuError::BadCommunicator { rank, world });
         }
         cfg.validate()?;
         cfg.check_tensor_parallel(world)?;
-        let model = Transformer::new(cfg, Shard { rank, world }, seed);
+        let model = Transformer::load(cfg, Shard { rank, world }, weights)?;
         Ok(CpuEngine {
             cfg: cfg.clone(),
             comm,
@@ -229,6 +254,16 @@ impl CpuEngine {
         Ok(())
     }
 
+    /// This rank's logits (its vocabulary shard) for the last position of `prompt`, and the greedy
+    /// token: what `tpprof verify` compares other engines against. Collective: every rank calls it.
+    pub fn prefill_logits(&mut self, prompt: &[i32]) -> Result<(Vec<f32>, i32), CpuError> {
+        self.validate(&GenerateRequest { prompts: std::slice::from_ref(&prompt.to_vec()), max_new_tokens: 1, exact_length: true })?;
+        self.model.reset_kv_cache(&[prompt.len() + 1]);
+        let seg = Segment { sample: 0, start: 0, rows: prompt.len() };
+        let token = self.next_tokens(prompt, &[seg])?[0];
+        Ok((self.scratch.logits().to_vec(), token))
+    }
+
     /// Bytes this rank holds now (the KV cache and workspace of the latest generate call).
     pub fn memory(&self) -> CpuMemory {
         CpuMemory {
@@ -242,6 +277,7 @@ impl CpuEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::safetensors::SafetensorsDir;
     use std::time::Instant;
 
     type Emitted = Vec<(usize, usize, i32, i32)>;
@@ -482,6 +518,169 @@ mod tests {
         let r0 = rank0.join().unwrap();
         assert_eq!(r0, r1);
         assert!(r0.weights_bytes < m.weights_bytes);
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Safetensors checkpoints
+    // ------------------------------------------------------------------------------------------
+
+    /// Loads the checkpoint in `dir` at world `w` (each rank opens the directory itself, as an
+    /// MPI rank would) and runs the request; returns every rank's emissions and weight bytes.
+    fn run_checkpoint_world(
+        dir: &std::path::Path,
+        w: usize,
+        prompts: &[Vec<i32>],
+        max_new: usize,
+    ) -> Vec<(Emitted, u64)> {
+        let handles: Vec<_> = ThreadComm::group(w)
+            .into_iter()
+            .map(|comm| {
+                let (dir, prompts) = (dir.to_path_buf(), prompts.to_vec());
+                std::thread::spawn(move || {
+                    let st = SafetensorsDir::open(&dir).unwrap();
+                    let mut engine = CpuEngine::from_safetensors(&st, Box::new(comm)).unwrap();
+                    drop(st); // the engine holds its own f32 copy of its shard
+                    let bytes = engine.memory().weights_bytes;
+                    (run(&mut engine, &prompts, max_new, true).unwrap(), bytes)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    /// The round trip: the seeded model's full tensors written as an f32 Hugging Face checkpoint
+    /// and loaded shard by shard give exactly the seeded engine's tokens at world 1, 2 and 4:
+    /// one file, the same split over two files with an index, and an untied LM head (with an
+    /// uneven vocabulary split).
+    #[test]
+    fn safetensors_checkpoint_same_tokens_as_seeded_at_world_1_2_4() {
+        let tied = Config::preset("tiny").unwrap();
+        let mut untied = tied.clone();
+        untied.tie_word_embeddings = false;
+        untied.vocab_size = 509;
+        let tmp = tempfile::tempdir().unwrap();
+        for (label, cfg, files) in [
+            ("one-file", &tied, 1),
+            ("two-files", &tied, 2),
+            ("untied", &untied, 3),
+        ] {
+            let seed = 21;
+            let dir = tmp.path().join(label);
+            weights::write_checkpoint(cfg, seed, &dir, files).unwrap();
+            let st = SafetensorsDir::open(&dir).unwrap();
+            assert_eq!(st.config(), cfg, "{label}");
+            assert_eq!(st.files().count(), files, "{label}");
+            assert_eq!(st.contains("lm_head.weight"), !cfg.tie_word_embeddings);
+
+            let p = prompts(cfg.vocab_size);
+            let reference = run_world(cfg, seed, 1, &p, 12).remove(0);
+            for w in [1, 2, 4] {
+                let seeded_bytes: Vec<u64> = ThreadComm::group(w)
+                    .into_iter()
+                    .map(|c| {
+                        let cfg = cfg.clone();
+                        std::thread::spawn(move || {
+                            CpuEngine::new(&cfg, seed, Box::new(c))
+                                .unwrap()
+                                .memory()
+                                .weights_bytes
+                        })
+                    })
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .collect();
+                for (rank, (got, bytes)) in run_checkpoint_world(&dir, w, &p, 12)
+                    .into_iter()
+                    .enumerate()
+                {
+                    assert_eq!(got, reference, "{label}: world {w} rank {rank}");
+                    // Each rank holds exactly its shard, as with generated weights.
+                    assert_eq!(bytes, seeded_bytes[rank], "{label}: world {w} rank {rank}");
+                }
+            }
+        }
+    }
+
+    /// Published checkpoints are bf16: such a file loads (converted to f32) and is consistent
+    /// across world sizes.
+    #[test]
+    fn bf16_checkpoint_same_tokens_at_world_1_2_4() {
+        use crate::engine::safetensors::{write_safetensors, Dtype};
+        let cfg = Config::preset("tiny").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        weights::write_checkpoint(&cfg, 4, tmp.path(), 1).unwrap();
+        let tensors: Vec<_> = weights::full_tensors(&cfg, &SeededWeights { seed: 4 })
+            .unwrap()
+            .into_iter()
+            .map(|(name, t)| (name, t.convert(Dtype::BF16)))
+            .collect();
+        write_safetensors(tmp.path().join("model.safetensors"), &tensors).unwrap();
+        let st = SafetensorsDir::open(tmp.path()).unwrap();
+        assert_eq!(st.meta("model.norm.weight").unwrap().dtype, "BF16");
+        drop(st);
+        let p = prompts(cfg.vocab_size);
+        let reference = run_checkpoint_world(tmp.path(), 1, &p, 8).remove(0).0;
+        for w in [2, 4] {
+            for (rank, (got, _)) in run_checkpoint_world(tmp.path(), w, &p, 8)
+                .into_iter()
+                .enumerate()
+            {
+                assert_eq!(got, reference, "world {w} rank {rank}");
+            }
+        }
+    }
+
+    /// A checkpoint that does not match its config.json fails at load, naming the tensor.
+    #[test]
+    fn checkpoint_mismatch_errors_name_the_tensor() {
+        let cfg = Config::preset("tiny").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        weights::write_checkpoint(&cfg, 1, tmp.path(), 1).unwrap();
+        // A wider MLP in config.json than in the tensors.
+        let mut wider = cfg.clone();
+        wider.intermediate_size = 256;
+        std::fs::write(
+            tmp.path().join("config.json"),
+            serde_json::to_string(&wider).unwrap(),
+        )
+        .unwrap();
+        let st = SafetensorsDir::open(tmp.path()).unwrap();
+        let err = CpuEngine::from_safetensors(&st, Box::new(SingleRank))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with("tensor model.layers.0.mlp.gate_proj.weight in ")
+                && err.ends_with(
+                    "model.safetensors has shape [192, 64], expected [256, 64] (from config.json)"
+                ),
+            "{err}"
+        );
+        // An untied config over a tied checkpoint: no lm_head.weight.
+        let mut untied = cfg.clone();
+        untied.tie_word_embeddings = false;
+        std::fs::write(
+            tmp.path().join("config.json"),
+            serde_json::to_string(&untied).unwrap(),
+        )
+        .unwrap();
+        let st = SafetensorsDir::open(tmp.path()).unwrap();
+        let err = CpuEngine::from_safetensors(&st, Box::new(SingleRank))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with("tensor lm_head.weight not found in ")
+                && err.ends_with("model.safetensors"),
+            "{err}"
+        );
+        // The world size is still checked against the checkpoint's config.
+        let err = CpuEngine::from_safetensors(&st, Box::new(ThreadComm::group(3).remove(0)))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.starts_with("world size 3 does not divide"), "{err}");
     }
 
     /// Timing for the report, not a pass/fail test: `cargo test --release -- --ignored --nocapture`.

@@ -13,6 +13,9 @@
 //!
 //! Layout: activations are (rows, features) row-major, one row per token. Linear weights are
 //! stored (in_local, out_local) so y = x · W is one sgemm with M = rows (see weights.rs).
+//!
+//! Weights: every block's `new` asks a [`WeightSource`] for exactly its shard (the seeded
+//! generator or a safetensors checkpoint; see weights.rs).
 
 use std::ops::Range;
 
@@ -21,9 +24,10 @@ use super::ops::{
     apply_rope, rms_norm, rope_cos_sin, rope_inv_freq, sgemm, silu_mul, softmax_prefix, MatMut,
     MatRef,
 };
-use super::weights::{self, projection_scale, tensor_id, Shard, WeightKind};
+use super::weights::{SeededWeights, Shard, WeightKind, WeightSource};
 use super::CpuError;
 use crate::engine::config::Config;
+use crate::engine::safetensors::WeightsError;
 
 /// Queries are processed in blocks of at most this many rows, so a long prefill never holds a
 /// full len × len score matrix: the score buffer is (QUERY_BLOCK, kv_len).
@@ -97,6 +101,11 @@ pub struct MlpScratch {
 }
 
 impl Scratch {
+    /// Logits of the last LM-head pass: (segments, vocab_local), row-major.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+
     /// Bytes currently allocated for activations.
     pub fn bytes(&self) -> u64 {
         let f32_bufs = [
@@ -134,32 +143,33 @@ pub struct ColumnParallelLinear {
 }
 
 impl ColumnParallelLinear {
-    /// Keeps output features `out_range` of the full (out, in) tensor `kind` of `layer`;
-    /// `bias` names the bias tensor, if the layer has one.
+    /// Keeps output features `out_range` of the full (out_features, in_features) tensor `kind`
+    /// of `layer`; `bias` names the bias tensor, if the layer has one.
     pub fn new(
-        seed: u64,
+        weights: &dyn WeightSource,
         layer: usize,
-        kind: WeightKind,
-        bias: Option<WeightKind>,
-        in_features: usize,
+        (kind, bias): (WeightKind, Option<WeightKind>),
+        (out_features, in_features): (usize, usize),
         out_range: Range<usize>,
-    ) -> Self {
-        let scale = projection_scale(in_features);
-        let weight = weights::linear_weight(
-            seed,
-            tensor_id(layer, kind),
+    ) -> Result<Self, WeightsError> {
+        let weight = weights.linear(
+            layer,
+            kind,
+            out_features,
             in_features,
-            0..in_features,
             out_range.clone(),
-            scale,
-        );
-        let bias = bias.map(|b| weights::bias(seed, tensor_id(layer, b), out_range.clone()));
-        ColumnParallelLinear {
+            0..in_features,
+        )?;
+        let bias = match bias {
+            Some(b) => Some(weights.bias(layer, b, out_features, out_range.clone())?),
+            None => None,
+        };
+        Ok(ColumnParallelLinear {
             weight,
             bias,
             in_features,
             out_local: out_range.len(),
-        }
+        })
     }
 
     /// x: (rows, in_features) → out: (rows, out_local).
@@ -198,30 +208,29 @@ pub struct RowParallelLinear {
 }
 
 impl RowParallelLinear {
-    /// Keeps input features `in_range` of the full (out, in) tensor `kind` of `layer` (no bias:
-    /// Qwen2's o_proj and down_proj have none, and a bias would have to be added once, not per rank).
+    /// Keeps input features `in_range` of the full (out_features, in_features) tensor `kind` of
+    /// `layer` (no bias: Qwen2's o_proj and down_proj have none, and a bias would have to be
+    /// added once, not per rank).
     pub fn new(
-        seed: u64,
+        weights: &dyn WeightSource,
         layer: usize,
         kind: WeightKind,
-        in_features: usize,
+        (out_features, in_features): (usize, usize),
         in_range: Range<usize>,
-        out_features: usize,
-    ) -> Self {
-        let scale = projection_scale(in_features);
-        let weight = weights::linear_weight(
-            seed,
-            tensor_id(layer, kind),
+    ) -> Result<Self, WeightsError> {
+        let weight = weights.linear(
+            layer,
+            kind,
+            out_features,
             in_features,
-            in_range.clone(),
             0..out_features,
-            scale,
-        );
-        RowParallelLinear {
+            in_range.clone(),
+        )?;
+        Ok(RowParallelLinear {
             weight,
             in_local: in_range.len(),
             out_features,
-        }
+        })
     }
 
     /// x: (rows, in_local) → out: (rows, out_features), summed over all ranks.
@@ -264,19 +273,13 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    pub fn new(cfg: &Config, seed: u64) -> Self {
-        let table = weights::table_rows(
-            seed,
-            tensor_id(0, WeightKind::Embedding),
-            cfg.hidden_size,
-            0..cfg.vocab_size,
-            weights::EMBEDDING_SCALE,
-        );
-        Embedding {
-            table,
-            vocab: cfg.vocab_size,
-            hidden: cfg.hidden_size,
-        }
+    pub fn new(cfg: &Config, weights: &dyn WeightSource) -> Result<Self, WeightsError> {
+        let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
+        Ok(Embedding {
+            table: weights.table(WeightKind::Embedding, vocab, hidden, 0..vocab)?,
+            vocab,
+            hidden,
+        })
     }
 
     /// tokens: (rows) → out: (rows, hidden).
@@ -311,11 +314,17 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    pub fn new(cfg: &Config, seed: u64, tensor_id: u64) -> Self {
-        RmsNorm {
-            weight: weights::norm_weight(seed, tensor_id, cfg.hidden_size),
+    /// The norm weight `kind` of `layer` (`layer` is ignored for the final norm).
+    pub fn new(
+        cfg: &Config,
+        weights: &dyn WeightSource,
+        layer: usize,
+        kind: WeightKind,
+    ) -> Result<Self, WeightsError> {
+        Ok(RmsNorm {
+            weight: weights.norm(layer, kind, cfg.hidden_size)?,
             eps: cfg.rms_norm_eps as f32,
-        }
+        })
     }
 
     /// x: (rows, hidden) → out: (rows, hidden).
@@ -381,44 +390,32 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(cfg: &Config, shard: Shard, seed: u64, layer: usize) -> Self {
+    pub fn new(
+        cfg: &Config,
+        shard: Shard,
+        weights: &dyn WeightSource,
+        layer: usize,
+    ) -> Result<Self, WeightsError> {
         let (hidden, d) = (cfg.hidden_size, cfg.head_dim());
+        let (q_dim, kv_dim) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
         let heads = shard.range(cfg.num_attention_heads);
         let kv_heads = shard.range(cfg.num_key_value_heads);
         let q_cols = heads.start * d..heads.end * d;
         let kv_cols = kv_heads.start * d..kv_heads.end * d;
         use WeightKind::*;
-        Attention {
-            q_proj: ColumnParallelLinear::new(
-                seed,
-                layer,
-                QProj,
-                Some(QBias),
-                hidden,
-                q_cols.clone(),
-            ),
-            k_proj: ColumnParallelLinear::new(
-                seed,
-                layer,
-                KProj,
-                Some(KBias),
-                hidden,
-                kv_cols.clone(),
-            ),
-            v_proj: ColumnParallelLinear::new(seed, layer, VProj, Some(VBias), hidden, kv_cols),
-            o_proj: RowParallelLinear::new(
-                seed,
-                layer,
-                OProj,
-                cfg.num_attention_heads * d,
-                q_cols,
-                hidden,
-            ),
+        let column = |kinds, out_features, cols| {
+            ColumnParallelLinear::new(weights, layer, kinds, (out_features, hidden), cols)
+        };
+        Ok(Attention {
+            q_proj: column((QProj, Some(QBias)), q_dim, q_cols.clone())?,
+            k_proj: column((KProj, Some(KBias)), kv_dim, kv_cols.clone())?,
+            v_proj: column((VProj, Some(VBias)), kv_dim, kv_cols)?,
+            o_proj: RowParallelLinear::new(weights, layer, OProj, (hidden, q_dim), q_cols)?,
             heads_local: heads.len(),
             kv_heads_local: kv_heads.len(),
             head_dim: d,
             cache: Vec::new(),
-        }
+        })
     }
 
     /// One empty cache per sample, sample i sized for `positions[i]` tokens.
@@ -527,15 +524,23 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(cfg: &Config, shard: Shard, seed: u64, layer: usize) -> Self {
+    pub fn new(
+        cfg: &Config,
+        shard: Shard,
+        weights: &dyn WeightSource,
+        layer: usize,
+    ) -> Result<Self, WeightsError> {
         let (hidden, inter) = (cfg.hidden_size, cfg.intermediate_size);
         let cols = shard.range(inter);
         use WeightKind::*;
-        Mlp {
-            gate_proj: ColumnParallelLinear::new(seed, layer, GateProj, None, hidden, cols.clone()),
-            up_proj: ColumnParallelLinear::new(seed, layer, UpProj, None, hidden, cols.clone()),
-            down_proj: RowParallelLinear::new(seed, layer, DownProj, inter, cols, hidden),
-        }
+        let column = |kind| {
+            ColumnParallelLinear::new(weights, layer, (kind, None), (inter, hidden), cols.clone())
+        };
+        Ok(Mlp {
+            gate_proj: column(GateProj)?,
+            up_proj: column(UpProj)?,
+            down_proj: RowParallelLinear::new(weights, layer, DownProj, (hidden, inter), cols)?,
+        })
     }
 
     /// x: (rows, hidden) → out: (rows, hidden), summed over ranks.
@@ -571,17 +576,23 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    pub fn new(cfg: &Config, shard: Shard, seed: u64, layer: usize) -> Self {
-        DecoderLayer {
-            input_layernorm: RmsNorm::new(cfg, seed, tensor_id(layer, WeightKind::InputNorm)),
-            self_attn: Attention::new(cfg, shard, seed, layer),
+    pub fn new(
+        cfg: &Config,
+        shard: Shard,
+        weights: &dyn WeightSource,
+        layer: usize,
+    ) -> Result<Self, WeightsError> {
+        Ok(DecoderLayer {
+            input_layernorm: RmsNorm::new(cfg, weights, layer, WeightKind::InputNorm)?,
+            self_attn: Attention::new(cfg, shard, weights, layer)?,
             post_attention_layernorm: RmsNorm::new(
                 cfg,
-                seed,
-                tensor_id(layer, WeightKind::PostAttentionNorm),
-            ),
-            mlp: Mlp::new(cfg, shard, seed, layer),
-        }
+                weights,
+                layer,
+                WeightKind::PostAttentionNorm,
+            )?,
+            mlp: Mlp::new(cfg, shard, weights, layer)?,
+        })
     }
 
     /// x: (rows, hidden) residual stream, updated in place. Scratch buffers other than `x`.
@@ -636,24 +647,23 @@ pub struct LmHead {
 }
 
 impl LmHead {
-    pub fn new(cfg: &Config, shard: Shard, seed: u64) -> Self {
+    pub fn new(
+        cfg: &Config,
+        shard: Shard,
+        weights: &dyn WeightSource,
+    ) -> Result<Self, WeightsError> {
         let vocab = shard.range(cfg.vocab_size);
-        let weight = (!cfg.tie_word_embeddings).then(|| {
-            // A projection like the others: logits of order 1 for a normed input.
-            let scale = projection_scale(cfg.hidden_size);
-            weights::table_rows(
-                seed,
-                tensor_id(0, WeightKind::LmHead),
-                cfg.hidden_size,
-                vocab.clone(),
-                scale,
-            )
-        });
-        LmHead {
+        let weight = if cfg.tie_word_embeddings {
+            None
+        } else {
+            let (n, h) = (cfg.vocab_size, cfg.hidden_size);
+            Some(weights.table(WeightKind::LmHead, n, h, vocab.clone())?)
+        };
+        Ok(LmHead {
             weight,
             vocab,
             hidden: cfg.hidden_size,
-        }
+        })
     }
 
     /// h: (m, hidden) → logits: (m, vocab_local) = h · W_localᵀ.
@@ -745,18 +755,30 @@ pub struct Transformer {
 }
 
 impl Transformer {
-    /// Generates this rank's weights; `cfg` must already pass `check_tensor_parallel(world)`.
+    /// Generates this rank's seeded weights; `cfg` must already pass
+    /// `check_tensor_parallel(world)`.
     pub fn new(cfg: &Config, shard: Shard, seed: u64) -> Self {
-        Transformer {
-            embed_tokens: Embedding::new(cfg, seed),
+        Transformer::load(cfg, shard, &SeededWeights { seed })
+            .expect("the seeded generator serves every tensor of a valid config")
+    }
+
+    /// Takes this rank's shard of every weight from `weights`; `cfg` must already pass
+    /// `check_tensor_parallel(world)`.
+    pub fn load(
+        cfg: &Config,
+        shard: Shard,
+        weights: &dyn WeightSource,
+    ) -> Result<Self, WeightsError> {
+        Ok(Transformer {
+            embed_tokens: Embedding::new(cfg, weights)?,
             layers: (0..cfg.num_hidden_layers)
-                .map(|l| DecoderLayer::new(cfg, shard, seed, l))
-                .collect(),
-            norm: RmsNorm::new(cfg, seed, tensor_id(0, WeightKind::FinalNorm)),
-            lm_head: LmHead::new(cfg, shard, seed),
+                .map(|l| DecoderLayer::new(cfg, shard, weights, l))
+                .collect::<Result<_, _>>()?,
+            norm: RmsNorm::new(cfg, weights, 0, WeightKind::FinalNorm)?,
+            lm_head: LmHead::new(cfg, shard, weights)?,
             inv_freq: rope_inv_freq(cfg.head_dim(), cfg.rope_theta),
             hidden: cfg.hidden_size,
-        }
+        })
     }
 
     /// Empties every layer's KV caches: one per sample, sample i sized for `positions[i]` tokens.
@@ -935,7 +957,7 @@ mod tests {
     #[test]
     fn argmax_ties_go_to_the_smallest_id() {
         let cfg = Config::preset("tiny").unwrap();
-        let head = LmHead::new(&cfg, Shard::FULL, 1);
+        let head = LmHead::new(&cfg, Shard::FULL, &SeededWeights { seed: 1 }).unwrap();
         let mut logits = vec![0.0f32; 2 * 512];
         logits[5] = 2.0;
         logits[9] = 2.0;

@@ -33,8 +33,23 @@
 //! | untied LM head (vocab, hidden) | `init_value * scale`, `scale = (1 / sqrt(hidden_size as f64)) as f32` |
 //!
 //! Tensor ids: see [`tensor_id`].
+//!
+//! # Where a rank's weights come from
+//!
+//! The model's blocks do not call the generator directly: each asks a [`WeightSource`] for its
+//! shard. [`SeededWeights`] is the recipe above. A [`SafetensorsDir`] reads a Hugging Face
+//! checkpoint. [`write_checkpoint`] writes the seeded model as such a checkpoint, so the two sources
+//! can be checked against each other.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
+use std::path::Path;
+
+use crate::engine::config::Config;
+use crate::engine::safetensors::{
+    write_index, write_safetensors, HostTensor, SafetensorsDir, Sharding, WeightsError, INDEX_FILE,
+    SINGLE_FILE,
+};
 
 /// splitmix64's golden-ratio increment.
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -109,6 +124,29 @@ impl WeightKind {
             WeightKind::GateProj => 0x19,
             WeightKind::UpProj => 0x1A,
             WeightKind::DownProj => 0x1B,
+        }
+    }
+
+    /// The tensor's name in a Hugging Face Qwen2 checkpoint (`layer` is ignored for
+    /// model-level tensors), e.g. `model.layers.3.self_attn.q_proj.weight`.
+    pub fn hf_name(self, layer: usize) -> String {
+        let per_layer = |suffix: &str| format!("model.layers.{layer}.{suffix}");
+        match self {
+            WeightKind::Embedding => "model.embed_tokens.weight".into(),
+            WeightKind::FinalNorm => "model.norm.weight".into(),
+            WeightKind::LmHead => "lm_head.weight".into(),
+            WeightKind::InputNorm => per_layer("input_layernorm.weight"),
+            WeightKind::QProj => per_layer("self_attn.q_proj.weight"),
+            WeightKind::QBias => per_layer("self_attn.q_proj.bias"),
+            WeightKind::KProj => per_layer("self_attn.k_proj.weight"),
+            WeightKind::KBias => per_layer("self_attn.k_proj.bias"),
+            WeightKind::VProj => per_layer("self_attn.v_proj.weight"),
+            WeightKind::VBias => per_layer("self_attn.v_proj.bias"),
+            WeightKind::OProj => per_layer("self_attn.o_proj.weight"),
+            WeightKind::PostAttentionNorm => per_layer("post_attention_layernorm.weight"),
+            WeightKind::GateProj => per_layer("mlp.gate_proj.weight"),
+            WeightKind::UpProj => per_layer("mlp.up_proj.weight"),
+            WeightKind::DownProj => per_layer("mlp.down_proj.weight"),
         }
     }
 
@@ -252,6 +290,283 @@ pub fn norm_weight(seed: u64, tensor_id: u64, n: usize) -> Vec<f32> {
     (0..n)
         .map(|j| 1.0f32 + 0.1f32 * value_from_key(key, j as u64))
         .collect()
+}
+
+// ----------------------------------------------------------------------------------------------
+// Weight sources
+// ----------------------------------------------------------------------------------------------
+
+/// Where the cpu engine's blocks get their weight shards. Shapes are Hugging Face's: a linear
+/// weight is `(out_features, in_features)`, the embedding and LM head `(vocab, hidden)`. Every
+/// method returns only this rank's part, in the layout the block computes with.
+pub trait WeightSource {
+    /// The block `out_range` × `in_range` of linear weight `kind` of `layer` (one of the two
+    /// ranges is the whole dimension), stored **(in_local, out_local)** row-major.
+    fn linear(
+        &self,
+        layer: usize,
+        kind: WeightKind,
+        out_features: usize,
+        in_features: usize,
+        out_range: Range<usize>,
+        in_range: Range<usize>,
+    ) -> Result<Vec<f32>, WeightsError>;
+
+    /// Elements `range` of the bias vector `kind` (of length `len`) of `layer`.
+    fn bias(
+        &self,
+        layer: usize,
+        kind: WeightKind,
+        len: usize,
+        range: Range<usize>,
+    ) -> Result<Vec<f32>, WeightsError>;
+
+    /// The whole RMSNorm weight `kind` (of length `len`) of `layer` (replicated on every rank).
+    fn norm(&self, layer: usize, kind: WeightKind, len: usize) -> Result<Vec<f32>, WeightsError>;
+
+    /// Rows `rows` of the `(n_rows, cols)` table `kind` (Embedding or LmHead), stored
+    /// (rows.len(), cols) row-major.
+    fn table(
+        &self,
+        kind: WeightKind,
+        n_rows: usize,
+        cols: usize,
+        rows: Range<usize>,
+    ) -> Result<Vec<f32>, WeightsError>;
+}
+
+/// The seeded synthetic weights of the module docs (never fails).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeededWeights {
+    pub seed: u64,
+}
+
+impl WeightSource for SeededWeights {
+    fn linear(
+        &self,
+        layer: usize,
+        kind: WeightKind,
+        _out_features: usize,
+        in_features: usize,
+        out_range: Range<usize>,
+        in_range: Range<usize>,
+    ) -> Result<Vec<f32>, WeightsError> {
+        Ok(linear_weight(
+            self.seed,
+            tensor_id(layer, kind),
+            in_features,
+            in_range,
+            out_range,
+            projection_scale(in_features),
+        ))
+    }
+
+    fn bias(
+        &self,
+        layer: usize,
+        kind: WeightKind,
+        _len: usize,
+        range: Range<usize>,
+    ) -> Result<Vec<f32>, WeightsError> {
+        Ok(bias(self.seed, tensor_id(layer, kind), range))
+    }
+
+    fn norm(&self, layer: usize, kind: WeightKind, len: usize) -> Result<Vec<f32>, WeightsError> {
+        Ok(norm_weight(self.seed, tensor_id(layer, kind), len))
+    }
+
+    fn table(
+        &self,
+        kind: WeightKind,
+        _n_rows: usize,
+        cols: usize,
+        rows: Range<usize>,
+    ) -> Result<Vec<f32>, WeightsError> {
+        // The embedding is small on purpose (see EMBEDDING_SCALE); an untied LM head is a
+        // projection like the others, giving logits of order 1 for a normed input.
+        let scale = match kind {
+            WeightKind::Embedding => EMBEDDING_SCALE,
+            _ => projection_scale(cols),
+        };
+        Ok(table_rows(self.seed, tensor_id(0, kind), cols, rows, scale))
+    }
+}
+
+/// A checkpoint read shard by shard: column-parallel blocks read a row range of the
+/// `(out, in)` tensor, row-parallel ones a column range (see [`Sharding`]).
+impl WeightSource for SafetensorsDir {
+    fn linear(
+        &self,
+        layer: usize,
+        kind: WeightKind,
+        out_features: usize,
+        in_features: usize,
+        out_range: Range<usize>,
+        in_range: Range<usize>,
+    ) -> Result<Vec<f32>, WeightsError> {
+        let shard = if in_range == (0..in_features) {
+            Sharding::Rows(out_range.clone())
+        } else {
+            Sharding::Cols(in_range.clone())
+        };
+        let name = kind.hf_name(layer);
+        let t = self.read_f32(&name, &[out_features, in_features], shard)?; // (out_local, in_local)
+        if t.len() != out_range.len() * in_range.len() {
+            // Both ranges partial: not a layout the engine uses.
+            return Err(WeightsError::Shard {
+                tensor: name,
+                path: self.dir().to_path_buf(),
+                shape: vec![out_features, in_features],
+                shard: Sharding::Rows(out_range),
+            });
+        }
+        Ok(transpose(&t, out_range.len(), in_range.len()))
+    }
+
+    fn bias(
+        &self,
+        layer: usize,
+        kind: WeightKind,
+        len: usize,
+        range: Range<usize>,
+    ) -> Result<Vec<f32>, WeightsError> {
+        self.read_f32(&kind.hf_name(layer), &[len], Sharding::Rows(range))
+    }
+
+    fn norm(&self, layer: usize, kind: WeightKind, len: usize) -> Result<Vec<f32>, WeightsError> {
+        self.read_f32(&kind.hf_name(layer), &[len], Sharding::Full)
+    }
+
+    fn table(
+        &self,
+        kind: WeightKind,
+        n_rows: usize,
+        cols: usize,
+        rows: Range<usize>,
+    ) -> Result<Vec<f32>, WeightsError> {
+        self.read_f32(&kind.hf_name(0), &[n_rows, cols], Sharding::Rows(rows))
+    }
+}
+
+/// (rows, cols) row-major → (cols, rows) row-major, in cache-sized tiles.
+fn transpose(t: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut out = vec![0.0f32; t.len()];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = t[r * cols + c];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every tensor of the FULL model `cfg` from `source`, named and shaped as in a Hugging Face
+/// Qwen2 checkpoint (f32; `lm_head.weight` only when the embeddings are untied), in model order.
+pub fn full_tensors(
+    cfg: &Config,
+    source: &dyn WeightSource,
+) -> Result<Vec<(String, HostTensor)>, WeightsError> {
+    use WeightKind::*;
+    let (h, d, inter, vocab) = (
+        cfg.hidden_size,
+        cfg.head_dim(),
+        cfg.intermediate_size,
+        cfg.vocab_size,
+    );
+    let (q, kv) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
+    let mut out = Vec::new();
+    let mut push = |name: String, shape: Vec<usize>, values: Vec<f32>| {
+        out.push((name, HostTensor::from_f32(shape, &values)));
+    };
+    push(
+        Embedding.hf_name(0),
+        vec![vocab, h],
+        source.table(Embedding, vocab, h, 0..vocab)?,
+    );
+    for layer in 0..cfg.num_hidden_layers {
+        push(
+            InputNorm.hf_name(layer),
+            vec![h],
+            source.norm(layer, InputNorm, h)?,
+        );
+        // (out, in) linear weights: the source gives (in, out), so transpose back.
+        let linears = [
+            (QProj, q, h),
+            (KProj, kv, h),
+            (VProj, kv, h),
+            (OProj, h, q),
+            (GateProj, inter, h),
+            (UpProj, inter, h),
+            (DownProj, h, inter),
+        ];
+        for (kind, o, i) in linears {
+            let w = source.linear(layer, kind, o, i, 0..o, 0..i)?; // (in, out)
+            push(kind.hf_name(layer), vec![o, i], transpose(&w, i, o));
+        }
+        for (kind, n) in [(QBias, q), (KBias, kv), (VBias, kv)] {
+            push(
+                kind.hf_name(layer),
+                vec![n],
+                source.bias(layer, kind, n, 0..n)?,
+            );
+        }
+        push(
+            PostAttentionNorm.hf_name(layer),
+            vec![h],
+            source.norm(layer, PostAttentionNorm, h)?,
+        );
+    }
+    push(FinalNorm.hf_name(0), vec![h], source.norm(0, FinalNorm, h)?);
+    if !cfg.tie_word_embeddings {
+        push(
+            LmHead.hf_name(0),
+            vec![vocab, h],
+            source.table(LmHead, vocab, h, 0..vocab)?,
+        );
+    }
+    Ok(out)
+}
+
+/// Writes the FULL seeded model `cfg` as a Hugging Face checkpoint in `dir` (created if needed):
+/// `config.json` and f32 tensors, in `model.safetensors` when `files` is 1, else split in model
+/// order over `model-0000i-of-0000n.safetensors` with a `model.safetensors.index.json`.
+/// The cpu engine loading it produces the same tokens as `CpuEngine::new(cfg, seed, ..)`.
+pub fn write_checkpoint(
+    cfg: &Config,
+    seed: u64,
+    dir: &Path,
+    files: usize,
+) -> Result<(), WeightsError> {
+    let write_err = |path: &Path, e: String| WeightsError::Write {
+        path: path.to_path_buf(),
+        reason: e,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e.to_string()))?;
+    let config_path = dir.join("config.json");
+    let json =
+        serde_json::to_string_pretty(cfg).map_err(|e| write_err(&config_path, e.to_string()))?;
+    std::fs::write(&config_path, json).map_err(|e| write_err(&config_path, e.to_string()))?;
+
+    let tensors = full_tensors(cfg, &SeededWeights { seed })?;
+    let files = files.clamp(1, tensors.len().max(1));
+    if files == 1 {
+        return write_safetensors(dir.join(SINGLE_FILE), &tensors);
+    }
+    let mut weight_map = BTreeMap::new();
+    let per_file = tensors.len().div_ceil(files);
+    let n_files = tensors.len().div_ceil(per_file);
+    for (i, chunk) in tensors.chunks(per_file).enumerate() {
+        let name = format!("model-{:05}-of-{:05}.safetensors", i + 1, n_files);
+        for (tensor, _) in chunk {
+            weight_map.insert(tensor.clone(), name.clone());
+        }
+        write_safetensors(dir.join(&name), chunk)?;
+    }
+    write_index(dir.join(INDEX_FILE), &weight_map)
 }
 
 #[cfg(test)]

@@ -1,0 +1,52 @@
+//! activation.cu — SwiGLU gating of the MLP: out = silu(gate) * up, from the fused gate/up GEMM.
+//
+// Numerics mirror the cpu engine (ops.rs silu / silu_mul): silu(x) = x / (1 + expf(-x)) with IEEE
+// expf and division (no fast-math), then one f32 multiply by up, then rounding to T.
+
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// silu_mul: gate_up is (n_rows, 2*inter) row-major, gate = columns [0, inter), up = [inter, 2*inter);
+// out is (n_rows, inter): out[r, c] = T( silu(gate[r, c]) * up[r, c] ).
+//
+// Launch (1-D grid-stride over n_rows*inter, any configuration is correct):
+//   block = 256 (any size), grid = clamp(ceil(n_rows*inter / 256), 1, 65535), shared = 0.
+// The element index e is split into (r, c) once per thread; the grid stride is then applied
+// incrementally, so there is no 64-bit division per element.
+template <typename T>
+__device__ __forceinline__ void silu_mul_impl(const T* __restrict__ gate_up, T* __restrict__ out, int n_rows, int inter) {
+    if (n_rows <= 0 || inter <= 0) return;
+    const long long n = (long long)n_rows * inter;
+    long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= n) return;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    const long long stride_r = stride / inter;
+    const int stride_c = (int)(stride % inter);
+    long long r = e / inter;
+    int c = (int)(e % inter);
+    for (; e < n; e += stride) {
+        // Invariant: e == r * inter + c, 0 <= c < inter.
+        const T* row = gate_up + r * 2 * (long long)inter;
+        const float g = to_f32(row[c]);
+        const float u = to_f32(row[inter + c]);
+        const float silu = g / (1.0f + expf(-g));
+        out[e] = from_f32<T>(silu * u);
+        c += stride_c;
+        r += stride_r;
+        if (c >= inter) { c -= inter; r += 1; }
+    }
+}
+
+extern "C" __global__ void silu_mul_f16(const __half* gate_up, __half* out, int n_rows, int inter) {
+    silu_mul_impl<__half>(gate_up, out, n_rows, inter);
+}
+
+extern "C" __global__ void silu_mul_bf16(const __nv_bfloat16* gate_up, __nv_bfloat16* out, int n_rows, int inter) {
+    silu_mul_impl<__nv_bfloat16>(gate_up, out, n_rows, inter);
+}

@@ -1,0 +1,99 @@
+//! norm.cu — residual add + RMSNorm, and the embedding gather into the f32 residual stream.
+//
+// The residual stream is kept in f32 (as in the cpu engine); only the normalized activations
+// that feed GEMMs are rounded to T (__half or __nv_bfloat16).
+
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sum over the block; every thread gets the result. blockDim.x must be a multiple of 32 (full
+// warps for the shuffles), at most 1024. `red` is a 32-float shared buffer; the leading
+// __syncthreads makes back-to-back calls on the same buffer safe.
+__device__ __forceinline__ float block_sum(float v, float* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    return warp_sum(lane < n_warps ? red[lane] : 0.0f);
+}
+
+// add_rmsnorm: per row r (resid and out are (n_rows, hidden) row-major):
+//   if delta != nullptr: resid[r, :] += to_f32(delta[r, :])      (written back to resid)
+//   out[r, j] = T( (resid[r, j] * inv_rms) * weight[j] ),  inv_rms = 1 / sqrtf(sum_j resid² / hidden + eps)
+// Numerics: f32 throughout, like the cpu engine (sum of squares in f32: per-thread FMA partials,
+// then a shuffle tree, which is more accurate than the CPU's sequential sum; the result differs
+// from the CPU only by summation order). 1/sqrtf is IEEE (no fast-math): __fdiv_rn, __fsqrt_rn.
+//
+// Launch: grid = (n_rows, 1, 1), block = 256 (any multiple of 32 up to 1024), shared = 0.
+// In place is fine for resid; out must not alias resid or delta.
+template <typename T>
+__device__ __forceinline__ void add_rmsnorm_impl(float* __restrict__ resid, const T* __restrict__ delta,
+                                                 const float* __restrict__ weight, T* __restrict__ out,
+                                                 int n_rows, int hidden, float eps) {
+    __shared__ float red[32];
+    const int r = blockIdx.x;
+    if (r >= n_rows) return;  // block-uniform
+    float* x = resid + (long long)r * hidden;
+    const T* dl = delta ? delta + (long long)r * hidden : nullptr;
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < hidden; j += blockDim.x) {
+        float v = x[j];
+        if (dl) {
+            v = __fadd_rn(v, to_f32(dl[j]));
+            x[j] = v;
+        }
+        ss = fmaf(v, v, ss);
+    }
+    ss = block_sum(ss, red);
+    const float mean_square = __fdiv_rn(ss, (float)hidden);
+    const float inv_rms = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(mean_square, eps)));
+    T* o = out + (long long)r * hidden;
+    // Each thread re-reads exactly the elements it wrote above (same j mapping): no sync needed.
+    for (int j = threadIdx.x; j < hidden; j += blockDim.x) {
+        o[j] = from_f32<T>(__fmul_rn(__fmul_rn(x[j], inv_rms), weight[j]));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm_f16(float* resid, const __half* delta, const float* weight,
+                                                                   __half* out, int n_rows, int hidden, float eps) {
+    add_rmsnorm_impl<__half>(resid, delta, weight, out, n_rows, hidden, eps);
+}
+
+extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm_bf16(float* resid, const __nv_bfloat16* delta, const float* weight,
+                                                                    __nv_bfloat16* out, int n_rows, int hidden, float eps) {
+    add_rmsnorm_impl<__nv_bfloat16>(resid, delta, weight, out, n_rows, hidden, eps);
+}
+
+// embedding: out[r, j] = to_f32(table[tokens[r] * hidden + j]) (f32 residual stream, (n_rows, hidden)).
+// tokens[r] must be in [0, vocab) (not checked). Offsets in long long (vocab * hidden > 2^31).
+// Launch: grid = (n_rows, 1, 1), block = 256 (any size), shared = 0.
+template <typename T>
+__device__ __forceinline__ void embedding_impl(const T* __restrict__ table, const int* __restrict__ tokens,
+                                               float* __restrict__ out, int n_rows, int hidden) {
+    const int r = blockIdx.x;
+    if (r >= n_rows) return;
+    const T* src = table + (long long)tokens[r] * hidden;
+    float* dst = out + (long long)r * hidden;
+    for (int j = threadIdx.x; j < hidden; j += blockDim.x) dst[j] = to_f32(src[j]);
+}
+
+extern "C" __global__ void embedding_f16(const __half* table, const int* tokens, float* out, int n_rows, int hidden) {
+    embedding_impl<__half>(table, tokens, out, n_rows, hidden);
+}
+
+extern "C" __global__ void embedding_bf16(const __nv_bfloat16* table, const int* tokens, float* out, int n_rows, int hidden) {
+    embedding_impl<__nv_bfloat16>(table, tokens, out, n_rows, hidden);
+}

@@ -1,0 +1,492 @@
+//! The Qwen2 decoder on one GPU of a tensor-parallel group: weights (this rank's shard), the
+//! activation and KV-cache buffers, prefill (chunked attention through cuBLAS) and the decode step
+//! (one CUDA graph: embedding → layers → LM head → global argmax → next token, all on the device).
+//!
+//! Sharding is the cpu engine's, exactly: q/k/v/gate/up column-parallel, o/down row-parallel with an
+//! all-reduce (NCCL), LM head vocab-parallel with a global argmax (NCCL all-gather of (max, index)).
+//! Weights use the cpu engine's counter-based recipe (cpu/weights.rs), generated on the device by
+//! init.cu, so both engines hold the same numbers (rounded to fp16/bf16 here).
+
+use crate::engine::builtin::cpu::weights::{projection_scale, tensor_id, Shard, WeightKind, EMBEDDING_SCALE};
+use crate::engine::config::Config;
+
+use super::gpu::{Arg, Buf, Dtype, El, Gpu, Nccl};
+use super::CudaError;
+
+const T_BYTES: usize = 2;
+/// Prefill attention works on chunks of at most this many queries...
+const MAX_Q_CHUNK: usize = 1024;
+/// ...and keeps its score + probability buffers for one chunk under this many bytes.
+const SCORES_BUDGET: usize = 1 << 30;
+
+/// This rank's dimensions.
+#[derive(Debug, Clone)]
+pub struct Dims {
+    pub hidden: usize,
+    pub hq: usize,
+    pub hkv: usize,
+    pub d: usize,
+    pub inter: usize,
+    pub vocab: usize,
+    pub v0: usize,
+    pub v1: usize,
+    pub layers: usize,
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Dims {
+    pub fn new(cfg: &Config, rank: usize, world: usize) -> Dims {
+        let shard = Shard { rank, world };
+        let v = shard.range(cfg.vocab_size);
+        Dims {
+            hidden: cfg.hidden_size,
+            hq: cfg.num_attention_heads / world,
+            hkv: cfg.num_key_value_heads / world,
+            d: cfg.head_dim(),
+            inter: cfg.intermediate_size / world,
+            vocab: cfg.vocab_size,
+            v0: v.start,
+            v1: v.end,
+            layers: cfg.num_hidden_layers,
+            rank,
+            world,
+        }
+    }
+    fn qkv(&self) -> usize {
+        (self.hq + 2 * self.hkv) * self.d
+    }
+    fn group(&self) -> usize {
+        self.hq / self.hkv
+    }
+    fn v_local(&self) -> usize {
+        self.v1 - self.v0
+    }
+}
+
+struct LayerWeights {
+    in_norm: Buf,   // (hidden) f32
+    w_qkv: Buf,     // (qkv_local, hidden): q rows, then k rows, then v rows
+    b_qkv: Buf,     // (qkv_local) f32
+    w_o: Buf,       // (hidden, hq_local*d): row-parallel
+    post_norm: Buf, // (hidden) f32
+    w_gu: Buf,      // (2*inter_local, hidden): gate rows, then up rows
+    w_down: Buf,    // (hidden, inter_local): row-parallel
+}
+
+pub struct Weights {
+    embed: Buf,             // (vocab, hidden), full table on every rank
+    lm_head: Option<Buf>,   // (v_local, hidden) when untied; else rows [v0, v1) of embed
+    final_norm: Buf,        // (hidden) f32
+    layers: Vec<LayerWeights>,
+    pub bytes: usize,
+    /// Bytes one decode step reads from the weights (every layer, the LM head shard, B embedding rows).
+    pub read_per_step: usize,
+}
+
+/// Generates one weight shard on the device with the cpu engine's recipe.
+#[allow(clippy::too_many_arguments)]
+fn init_t(gpu: &Gpu, dst: u64, rows: usize, cols: usize, row0: usize, col0: usize, full_cols: usize, seed: u64, tid: u64, scale: f32, offset: f32) -> Result<(), CudaError> {
+    let n = rows * cols;
+    let grid = n.div_ceil(256).clamp(1, 65535) as u32;
+    gpu.launch("init_weight", (grid, 1, 1), 256, 0, &[
+        Arg::Ptr(dst), Arg::I32(rows as i32), Arg::I32(cols as i32), Arg::I64(row0 as i64), Arg::I64(col0 as i64),
+        Arg::I64(full_cols as i64), Arg::U64(seed), Arg::U64(tid), Arg::F32(scale), Arg::F32(offset),
+    ])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn init_f32(gpu: &Gpu, dst: u64, cols: usize, col0: usize, full_cols: usize, seed: u64, tid: u64, scale: f32, offset: f32) -> Result<(), CudaError> {
+    let grid = cols.div_ceil(256).clamp(1, 65535) as u32;
+    gpu.launch("init_f32", (grid, 1, 1), 256, 0, &[
+        Arg::Ptr(dst), Arg::I32(1), Arg::I32(cols as i32), Arg::I64(0), Arg::I64(col0 as i64),
+        Arg::I64(full_cols as i64), Arg::U64(seed), Arg::U64(tid), Arg::F32(scale), Arg::F32(offset),
+    ])
+}
+
+impl Weights {
+    /// Seeded random weights, generated on the device: decode speed does not depend on the values.
+    pub fn random(gpu: &mut Gpu, cfg: &Config, dims: &Dims, seed: u64) -> Result<Weights, CudaError> {
+        let (h, d) = (dims.hidden, dims.d);
+        let (hq_full, hkv_full, inter_full) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size);
+        let r = dims.rank;
+        let start = gpu.allocated;
+        let t = |n: usize| n * T_BYTES;
+        let proj_h = projection_scale(h);
+        let mut layers = Vec::with_capacity(dims.layers);
+        for l in 0..dims.layers {
+            let id = |k| tensor_id(l, k);
+            let in_norm = gpu.alloc(h * 4)?;
+            init_f32(gpu, in_norm.ptr, h, 0, h, seed, id(WeightKind::InputNorm), 0.1, 1.0)?;
+            let post_norm = gpu.alloc(h * 4)?;
+            init_f32(gpu, post_norm.ptr, h, 0, h, seed, id(WeightKind::PostAttentionNorm), 0.1, 1.0)?;
+
+            let (q_rows, kv_rows) = (dims.hq * d, dims.hkv * d);
+            let w_qkv = gpu.alloc(t(dims.qkv() * h))?;
+            init_t(gpu, w_qkv.ptr, q_rows, h, r * q_rows, 0, h, seed, id(WeightKind::QProj), proj_h, 0.0)?;
+            init_t(gpu, w_qkv.at(t(q_rows * h)), kv_rows, h, r * kv_rows, 0, h, seed, id(WeightKind::KProj), proj_h, 0.0)?;
+            init_t(gpu, w_qkv.at(t((q_rows + kv_rows) * h)), kv_rows, h, r * kv_rows, 0, h, seed, id(WeightKind::VProj), proj_h, 0.0)?;
+            let b_qkv = gpu.alloc(dims.qkv() * 4)?;
+            init_f32(gpu, b_qkv.ptr, q_rows, r * q_rows, hq_full * d, seed, id(WeightKind::QBias), 0.02, 0.0)?;
+            init_f32(gpu, b_qkv.ptr + (q_rows * 4) as u64, kv_rows, r * kv_rows, hkv_full * d, seed, id(WeightKind::KBias), 0.02, 0.0)?;
+            init_f32(gpu, b_qkv.ptr + ((q_rows + kv_rows) * 4) as u64, kv_rows, r * kv_rows, hkv_full * d, seed, id(WeightKind::VBias), 0.02, 0.0)?;
+
+            let w_o = gpu.alloc(t(h * q_rows))?;
+            init_t(gpu, w_o.ptr, h, q_rows, 0, r * q_rows, hq_full * d, seed, id(WeightKind::OProj), projection_scale(hq_full * d), 0.0)?;
+
+            let i = dims.inter;
+            let w_gu = gpu.alloc(t(2 * i * h))?;
+            init_t(gpu, w_gu.ptr, i, h, r * i, 0, h, seed, id(WeightKind::GateProj), proj_h, 0.0)?;
+            init_t(gpu, w_gu.at(t(i * h)), i, h, r * i, 0, h, seed, id(WeightKind::UpProj), proj_h, 0.0)?;
+            let w_down = gpu.alloc(t(h * i))?;
+            init_t(gpu, w_down.ptr, h, i, 0, r * i, inter_full, seed, id(WeightKind::DownProj), projection_scale(inter_full), 0.0)?;
+            layers.push(LayerWeights { in_norm, w_qkv, b_qkv, w_o, post_norm, w_gu, w_down });
+        }
+        let embed = gpu.alloc(t(dims.vocab * h))?;
+        init_t(gpu, embed.ptr, dims.vocab, h, 0, 0, h, seed, tensor_id(0, WeightKind::Embedding), EMBEDDING_SCALE, 0.0)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            let b = gpu.alloc(t(dims.v_local() * h))?;
+            init_t(gpu, b.ptr, dims.v_local(), h, dims.v0, 0, h, seed, tensor_id(0, WeightKind::LmHead), proj_h, 0.0)?;
+            Some(b)
+        };
+        let final_norm = gpu.alloc(h * 4)?;
+        init_f32(gpu, final_norm.ptr, h, 0, h, seed, tensor_id(0, WeightKind::FinalNorm), 0.1, 1.0)?;
+        gpu.sync()?;
+        let per_layer = t(dims.qkv() * h + h * dims.hq * d + 3 * dims.inter * h) + (dims.qkv() + 2 * h) * 4;
+        Ok(Weights {
+            embed,
+            lm_head,
+            final_norm,
+            layers,
+            bytes: gpu.allocated - start,
+            read_per_step: dims.layers * per_layer + t(dims.v_local() * h) + h * 4,
+        })
+    }
+
+    fn lm_head_ptr(&self, dims: &Dims) -> u64 {
+        match &self.lm_head {
+            Some(b) => b.ptr,
+            None => self.embed.at(dims.v0 * dims.hidden * T_BYTES),
+        }
+    }
+}
+
+/// Activation, KV-cache and scratch buffers for `slots` samples of up to `max_len` positions and
+/// prefill passes of up to `max_rows` tokens.
+pub struct Buffers {
+    pub slots: usize,
+    pub max_len: usize,
+    q_chunk: usize,
+    n_splits: usize,
+    split_len: usize,
+    resid: Buf,
+    xnorm: Buf,
+    qkv: Buf,
+    q: Buf,
+    attn: Buf,
+    o: Buf,
+    gu: Buf,
+    act: Buf,
+    down: Buf,
+    k_cache: Buf,
+    v_cache: Buf,
+    scores: Buf,
+    probs: Buf,
+    part_ml: Buf,
+    part_acc: Buf,
+    logits: Buf,
+    pair: Buf,
+    gathered: Buf,
+    pub tokens: Buf,
+    dec_pos: Buf,
+    dec_slot: Buf,
+    row_pos: Buf,
+    row_slot: Buf,
+    prompt: Buf,
+    pub kv_bytes: usize,
+    pub workspace_bytes: usize,
+}
+
+impl Buffers {
+    pub fn new(gpu: &mut Gpu, dims: &Dims, slots: usize, max_len: usize, max_rows: usize, sm_count: usize) -> Result<Buffers, CudaError> {
+        let (h, d) = (dims.hidden, dims.d);
+        let t = |n: usize| n * T_BYTES;
+        let rows = max_rows.max(slots);
+        let q_chunk = (SCORES_BUDGET / (dims.hkv * max_len * (4 + T_BYTES))).clamp(16, MAX_Q_CHUNK);
+        // Enough (kv head, split, sample) blocks to fill the GPU twice over at the longest context.
+        let target = (2 * sm_count).max(1);
+        let mut split_len = 64usize;
+        while split_len < 2048 && dims.hkv * slots * max_len.div_ceil(split_len) > target * 4 {
+            split_len *= 2;
+        }
+        let n_splits = max_len.div_ceil(split_len);
+        let start = gpu.allocated;
+        let kv_elems = dims.layers * slots * dims.hkv * max_len * d;
+        let k_cache = gpu.alloc(t(kv_elems))?;
+        let v_cache = gpu.alloc(t(kv_elems))?;
+        let kv_bytes = gpu.allocated - start;
+        let ws_start = gpu.allocated;
+        let b = Buffers {
+            slots,
+            max_len,
+            q_chunk,
+            n_splits,
+            split_len,
+            resid: gpu.alloc(rows * h * 4)?,
+            xnorm: gpu.alloc(t(rows * h))?,
+            qkv: gpu.alloc(rows * dims.qkv() * 4)?,
+            q: gpu.alloc(t(dims.hq * rows * d))?,
+            attn: gpu.alloc(t(rows * dims.hq * d))?,
+            o: gpu.alloc(t(rows * h))?,
+            gu: gpu.alloc(t(rows * 2 * dims.inter))?,
+            act: gpu.alloc(t(rows * dims.inter))?,
+            down: gpu.alloc(t(rows * h))?,
+            k_cache,
+            v_cache,
+            scores: gpu.alloc(dims.hkv * q_chunk * max_len * 4)?,
+            probs: gpu.alloc(t(dims.hkv * q_chunk * max_len))?,
+            part_ml: gpu.alloc(slots * dims.hq * n_splits * 2 * 4)?,
+            part_acc: gpu.alloc(slots * dims.hq * n_splits * d * 4)?,
+            logits: gpu.alloc(slots * dims.v_local() * 4)?,
+            pair: gpu.alloc(slots * 2 * 4)?,
+            gathered: gpu.alloc(dims.world * slots * 2 * 4)?,
+            tokens: gpu.alloc(slots * 4)?,
+            dec_pos: gpu.alloc(slots * 4)?,
+            dec_slot: gpu.upload(&(0..slots as i32).collect::<Vec<i32>>())?,
+            row_pos: gpu.alloc(rows * 4)?,
+            row_slot: gpu.alloc(rows * 4)?,
+            prompt: gpu.alloc(rows * 4)?,
+            kv_bytes,
+            workspace_bytes: 0,
+        };
+        let mut b = b;
+        b.workspace_bytes = gpu.allocated - ws_start;
+        Ok(b)
+    }
+
+    /// KV-cache bytes one decode step reads at context length `len` (every layer, K and V).
+    pub fn kv_read_bytes(&self, dims: &Dims, len: usize, samples: usize) -> usize {
+        2 * dims.layers * samples * dims.hkv * len * dims.d * T_BYTES
+    }
+}
+
+/// One forward pass over `n` rows. Prefill: one sample's prompt (rows = its tokens). Decode: one
+/// row per sample (row b = slot b). `last_rows` selects the rows that reach the LM head.
+pub struct Model<'a> {
+    pub gpu: &'a Gpu,
+    pub nccl: &'a Nccl,
+    pub dims: &'a Dims,
+    pub w: &'a Weights,
+    pub b: &'a Buffers,
+    pub dtype: Dtype,
+    pub eps: f32,
+    pub theta: f32,
+}
+
+enum Pass {
+    /// One sample's prompt of `n` tokens at positions 0..n, into cache slot `slot`.
+    Prefill { n: usize, slot: usize },
+    /// One new token for each of `n` samples (slot = row), positions in dec_pos.
+    Decode { n: usize },
+}
+
+impl Pass {
+    fn rows(&self) -> usize {
+        match *self {
+            Pass::Prefill { n, .. } | Pass::Decode { n } => n,
+        }
+    }
+}
+
+impl Model<'_> {
+    fn t(&self) -> El {
+        El::T(self.dtype)
+    }
+
+    /// Uploads a prompt's tokens and positions for `prefill` (host work; not capturable).
+    pub fn stage_prompt(&self, prompt: &[i32], slot: usize) -> Result<(), CudaError> {
+        let n = prompt.len();
+        let pos: Vec<i32> = (0..n as i32).collect();
+        let slots = vec![slot as i32; n];
+        self.gpu.write(&self.b.prompt, 0, prompt)?;
+        self.gpu.write(&self.b.row_pos, 0, &pos)?;
+        self.gpu.write(&self.b.row_slot, 0, &slots)?;
+        Ok(())
+    }
+
+    /// Sets each sample's next position (its prompt length) before decoding.
+    pub fn stage_decode(&self, prompt_lens: &[usize]) -> Result<(), CudaError> {
+        let pos: Vec<i32> = prompt_lens.iter().map(|&n| n as i32).collect();
+        self.gpu.write(&self.b.dec_pos, 0, &pos)
+    }
+
+    /// Prefill of a staged prompt (stage_prompt) of `n` tokens into `slot`; leaves the first token in
+    /// tokens[slot] and this rank's logits of it in `logits` row 0.
+    pub fn prefill(&self, n: usize, slot: usize) -> Result<(), CudaError> {
+        let d = self.dims;
+        self.gpu.launch("embedding", (n as u32, 1, 1), 256, 0, &[
+            Arg::Ptr(self.w.embed.ptr), Arg::Ptr(self.b.prompt.ptr), Arg::Ptr(self.b.resid.ptr), Arg::I32(n as i32), Arg::I32(d.hidden as i32),
+        ])?;
+        self.layers(&Pass::Prefill { n, slot })?;
+        // Only the last prompt token reaches the LM head.
+        let last = n - 1;
+        self.final_head(last, 1, Some(self.b.tokens.at(slot * 4)), false)
+    }
+
+    /// One decode step for `n` samples: tokens (device) at dec_pos → next tokens, dec_pos advanced.
+    /// Pure device work on fixed buffers: capturable into a CUDA graph.
+    pub fn decode_step(&self, n: usize) -> Result<(), CudaError> {
+        let d = self.dims;
+        self.gpu.launch("embedding", (n as u32, 1, 1), 256, 0, &[
+            Arg::Ptr(self.w.embed.ptr), Arg::Ptr(self.b.tokens.ptr), Arg::Ptr(self.b.resid.ptr), Arg::I32(n as i32), Arg::I32(d.hidden as i32),
+        ])?;
+        self.layers(&Pass::Decode { n })?;
+        self.final_head(0, n, None, true)
+    }
+
+    fn layers(&self, pass: &Pass) -> Result<(), CudaError> {
+        let d = self.dims;
+        let n = pass.rows();
+        let t = self.t();
+        let (row_pos, row_slot) = match pass {
+            Pass::Prefill { .. } => (self.b.row_pos.ptr, self.b.row_slot.ptr),
+            Pass::Decode { .. } => (self.b.dec_pos.ptr, self.b.dec_slot.ptr),
+        };
+        for (l, lw) in self.w.layers.iter().enumerate() {
+            // resid += previous layer's MLP output; xnorm = input_norm(resid)
+            let delta = if l == 0 { 0 } else { self.b.down.ptr };
+            self.add_rmsnorm(self.b.resid.ptr, delta, lw.in_norm.ptr, self.b.xnorm.ptr, n)?;
+            // qkv = xnorm · W_qkvᵀ (f32 out), then bias + RoPE, q → (hq, n, d), k/v → cache
+            self.gpu.gemm_nt(n, d.qkv(), d.hidden, (self.b.xnorm.ptr, t, d.hidden), (lw.w_qkv.ptr, t, d.hidden), (self.b.qkv.ptr, El::F32, d.qkv()), 1.0, None)?;
+            let (kc, vc) = self.cache_layer(l);
+            self.gpu.launch("qkv_rope", (n as u32, (d.hq + 2 * d.hkv) as u32, 1), 64, 0, &[
+                Arg::Ptr(self.b.qkv.ptr), Arg::Ptr(lw.b_qkv.ptr), Arg::Ptr(self.b.q.ptr), Arg::Ptr(kc), Arg::Ptr(vc),
+                Arg::Ptr(row_slot), Arg::Ptr(row_pos), Arg::I32(n as i32), Arg::I32(d.hq as i32), Arg::I32(d.hkv as i32),
+                Arg::I32(d.d as i32), Arg::I32(self.b.max_len as i32), Arg::F32(self.theta),
+            ])?;
+            match pass {
+                Pass::Prefill { n, slot } => self.prefill_attention(*n, *slot, kc, vc)?,
+                Pass::Decode { n } => self.decode_attention(*n, kc, vc)?,
+            }
+            // o = attn · W_oᵀ (partial over this rank's heads), summed over ranks
+            self.gpu.gemm_nt(n, d.hidden, d.hq * d.d, (self.b.attn.ptr, t, d.hq * d.d), (lw.w_o.ptr, t, d.hq * d.d), (self.b.o.ptr, t, d.hidden), 1.0, None)?;
+            self.nccl.all_reduce(self.b.o.ptr, n * d.hidden, self.dtype)?;
+            self.add_rmsnorm(self.b.resid.ptr, self.b.o.ptr, lw.post_norm.ptr, self.b.xnorm.ptr, n)?;
+            // MLP: down(silu(gate) * up), summed over ranks
+            self.gpu.gemm_nt(n, 2 * d.inter, d.hidden, (self.b.xnorm.ptr, t, d.hidden), (lw.w_gu.ptr, t, d.hidden), (self.b.gu.ptr, t, 2 * d.inter), 1.0, None)?;
+            let total = n * d.inter;
+            self.gpu.launch("silu_mul", (total.div_ceil(256).clamp(1, 65535) as u32, 1, 1), 256, 0, &[
+                Arg::Ptr(self.b.gu.ptr), Arg::Ptr(self.b.act.ptr), Arg::I32(n as i32), Arg::I32(d.inter as i32),
+            ])?;
+            self.gpu.gemm_nt(n, d.hidden, d.inter, (self.b.act.ptr, t, d.inter), (lw.w_down.ptr, t, d.inter), (self.b.down.ptr, t, d.hidden), 1.0, None)?;
+            self.nccl.all_reduce(self.b.down.ptr, n * d.hidden, self.dtype)?;
+        }
+        Ok(())
+    }
+
+    /// resid[row0..row0+n] += down; xnorm = final_norm(resid); logits = xnorm · LM headᵀ; global
+    /// argmax → tokens (into `token_dst`, or `tokens` with positions advanced when `advance`).
+    fn final_head(&self, row0: usize, n: usize, token_dst: Option<u64>, advance: bool) -> Result<(), CudaError> {
+        let d = self.dims;
+        let t = self.t();
+        let h = d.hidden;
+        self.add_rmsnorm(self.b.resid.at(row0 * h * 4), self.b.down.at(row0 * h * T_BYTES), self.w.final_norm.ptr, self.b.xnorm.ptr, n)?;
+        let v = d.v_local();
+        self.gpu.gemm_nt(n, v, h, (self.b.xnorm.ptr, t, h), (self.w.lm_head_ptr(d), t, h), (self.b.logits.ptr, El::F32, v), 1.0, None)?;
+        self.gpu.launch("argmax_rows", (n as u32, 1, 1), 1024, 0, &[
+            Arg::Ptr(self.b.logits.ptr), Arg::I32(n as i32), Arg::I32(v as i32), Arg::I32(d.v0 as i32), Arg::Ptr(self.b.pair.ptr),
+        ])?;
+        let gathered = if d.world > 1 {
+            self.nccl.all_gather_bytes(self.b.pair.ptr, self.b.gathered.ptr, n * 2 * 4)?;
+            self.b.gathered.ptr
+        } else {
+            self.b.pair.ptr
+        };
+        let dst = token_dst.unwrap_or(self.b.tokens.ptr);
+        let pos = if advance { self.b.dec_pos.ptr } else { 0 };
+        self.gpu.launch("select_tokens", ((n as u32).div_ceil(128), 1, 1), 128, 0, &[
+            Arg::Ptr(gathered), Arg::I32(d.world as i32), Arg::I32(n as i32), Arg::Ptr(dst), Arg::Ptr(pos),
+        ])
+    }
+
+    fn add_rmsnorm(&self, resid: u64, delta: u64, w: u64, out: u64, n: usize) -> Result<(), CudaError> {
+        self.gpu.launch("add_rmsnorm", (n as u32, 1, 1), 256, 0, &[
+            Arg::Ptr(resid), Arg::Ptr(delta), Arg::Ptr(w), Arg::Ptr(out), Arg::I32(n as i32), Arg::I32(self.dims.hidden as i32), Arg::F32(self.eps),
+        ])
+    }
+
+    /// Layer l's K and V caches: (slots, hkv, max_len, d) each.
+    fn cache_layer(&self, l: usize) -> (u64, u64) {
+        let per = self.b.slots * self.dims.hkv * self.b.max_len * self.dims.d * T_BYTES;
+        (self.b.k_cache.at(l * per), self.b.v_cache.at(l * per))
+    }
+
+    /// Causal attention of one prompt (slot row_slot[0]) in query chunks: per chunk and per query
+    /// head of a GQA group, S = Q·Kᵀ/√d (cuBLAS, f32, batched over kv heads), masked softmax, O = P·V.
+    /// The score buffer holds one chunk: hkv × q_chunk × kv_len f32 (bounded by SCORES_BUDGET).
+    fn prefill_attention(&self, n: usize, slot: usize, kc: u64, vc: u64) -> Result<(), CudaError> {
+        let dm = self.dims;
+        let (d, hkv, group) = (dm.d, dm.hkv, dm.group());
+        let t = self.t();
+        let scale = 1.0 / (d as f32).sqrt();
+        let slot_stride = hkv * self.b.max_len * d; // elements between kv heads' caches
+        // The prompt's cache: slot `slot` of the layer's (slots, hkv, max_len, d) cache.
+        let (kc, vc) = (kc + (slot * slot_stride * T_BYTES) as u64, vc + (slot * slot_stride * T_BYTES) as u64);
+        let mut q0 = 0;
+        while q0 < n {
+            let qc = self.b.q_chunk.min(n - q0);
+            let kv_len = q0 + qc;
+            for j in 0..group {
+                // Query head h = g*group + j of every kv head g; q is (hq, n, d).
+                let q_ptr = self.b.q.at(((j * n) + q0) * d * T_BYTES);
+                self.gpu.gemm_nt(
+                    qc, kv_len, d,
+                    (q_ptr, t, d),
+                    (kc, t, d),
+                    (self.b.scores.ptr, El::F32, kv_len),
+                    scale,
+                    Some((hkv, (group * n * d) as i64, (self.b.max_len * d) as i64, (qc * kv_len) as i64)),
+                )?;
+                self.gpu.launch("causal_softmax", ((hkv * qc) as u32, 1, 1), 256, 0, &[
+                    Arg::Ptr(self.b.scores.ptr), Arg::Ptr(self.b.probs.ptr), Arg::I32((hkv * qc) as i32), Arg::I32(qc as i32), Arg::I32(kv_len as i32), Arg::I32(q0 as i32),
+                ])?;
+                // attn rows q0.., columns of head h: row-major (n, hq*d)
+                let o_ptr = self.b.attn.at((q0 * dm.hq * d + j * d) * T_BYTES);
+                self.gpu.gemm_nn(
+                    qc, d, kv_len,
+                    (self.b.probs.ptr, t, kv_len),
+                    (vc, t, d),
+                    (o_ptr, t, dm.hq * d),
+                    1.0,
+                    Some((hkv, (qc * kv_len) as i64, (self.b.max_len * d) as i64, (group * d) as i64)),
+                )?;
+            }
+            q0 += qc;
+        }
+        Ok(())
+    }
+
+    /// Flash-decoding over each sample's cache: partial softmax per (kv head, split, sample), then a
+    /// combine into attn (n, hq*d).
+    fn decode_attention(&self, n: usize, kc: u64, vc: u64) -> Result<(), CudaError> {
+        let dm = self.dims;
+        let group = dm.group();
+        // decode_attn_partial's dynamic shared memory (kernels/attention.cu): group × (head_dim + 35) f32.
+        let shared = (group * (dm.d + 35) * 4) as u32;
+        self.gpu.launch("decode_attn_partial", (dm.hkv as u32, self.b.n_splits as u32, n as u32), 128, shared, &[
+            Arg::Ptr(self.b.q.ptr), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(self.b.dec_pos.ptr), Arg::Ptr(self.b.part_ml.ptr), Arg::Ptr(self.b.part_acc.ptr),
+            Arg::I32(n as i32), Arg::I32(dm.hq as i32), Arg::I32(dm.hkv as i32), Arg::I32(dm.d as i32), Arg::I32(self.b.max_len as i32),
+            Arg::I32(self.b.split_len as i32), Arg::F32(1.0 / (dm.d as f32).sqrt()),
+        ])?;
+        self.gpu.launch("decode_attn_combine", (dm.hq as u32, n as u32, 1), 128, 0, &[
+            Arg::Ptr(self.b.part_ml.ptr), Arg::Ptr(self.b.part_acc.ptr), Arg::Ptr(self.b.attn.ptr), Arg::I32(n as i32), Arg::I32(dm.hq as i32), Arg::I32(dm.d as i32), Arg::I32(self.b.n_splits as i32),
+        ])
+    }
+
+    /// This rank's logits of the last LM-head pass, rows × v_local.
+    pub fn read_logits(&self, rows: usize) -> Result<Vec<f32>, CudaError> {
+        self.gpu.read::<f32>(self.b.logits.ptr, rows * self.dims.v_local())
+    }
+}

@@ -1,0 +1,193 @@
+//! `tpprof verify`: the cuda engine checked against the cpu reference engine with identical weights
+//! (the same seed: both engines generate them with one recipe), on every rank of a tensor-parallel
+//! group. Per prompt: the last position's logits (each rank compares its vocabulary shard,
+//! `|cuda − cpu| ≤ atol + rtol·|cpu|`), then the greedy tokens of both engines step by step.
+//! Fresh random weights every run (the seed defaults to the clock and is printed).
+
+use clap::Args;
+
+use crate::cluster::tp_comm::MpiComm;
+use crate::cluster::World;
+use crate::engine::builtin::cpu::{CpuEngine, GenerateRequest};
+use crate::engine::config::Config;
+use crate::observe::gpu::HostGpus;
+
+#[derive(Debug, Args, Clone)]
+pub struct VerifyArgs {
+    /// Model preset or Qwen2 config.json (random weights).
+    #[arg(long, default_value = "tiny")]
+    pub model: String,
+    /// fp16 or bf16.
+    #[arg(long, default_value = "fp16")]
+    pub dtype: String,
+    /// Weight and prompt seed (default: from the clock, printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Number of prompts.
+    #[arg(long, default_value_t = 3)]
+    pub prompts: usize,
+    /// Tokens per prompt.
+    #[arg(long, default_value_t = 48)]
+    pub prompt_tokens: usize,
+    /// Greedy steps compared per prompt.
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    /// Absolute tolerance (default: 1e-2 for fp16, 5e-2 for bf16).
+    #[arg(long)]
+    pub atol: Option<f32>,
+    /// Relative tolerance (default: as atol).
+    #[arg(long)]
+    pub rtol: Option<f32>,
+}
+
+/// One rank's comparison of one prompt's logits.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+struct Compared {
+    n: usize,
+    bad: usize,
+    max_abs: f32,
+    max_ref: f32,
+    worst: Option<(usize, f32, f32)>,
+    first_bad: Vec<(usize, f32, f32)>,
+}
+
+fn compare(cpu: &[f32], gpu: &[f32], v0: usize, atol: f32, rtol: f32) -> Compared {
+    let mut c = Compared { n: cpu.len(), ..Default::default() };
+    for (i, (&r, &g)) in cpu.iter().zip(gpu).enumerate() {
+        let diff = (g - r).abs();
+        c.max_ref = c.max_ref.max(r.abs());
+        if diff > c.max_abs || diff.is_nan() {
+            c.max_abs = if diff.is_nan() { f32::INFINITY } else { diff };
+            c.worst = Some((v0 + i, r, g));
+        }
+        if !(diff <= atol + rtol * r.abs()) {
+            c.bad += 1;
+            if c.first_bad.len() < 5 {
+                c.first_bad.push((v0 + i, r, g));
+            }
+        }
+    }
+    if cpu.len() != gpu.len() {
+        c.bad += cpu.len().abs_diff(gpu.len());
+    }
+    c
+}
+
+pub fn main(args: VerifyArgs) -> i32 {
+    let world = match World::init() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let code = match run(&world, &args) {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            if world.is_root() {
+                eprintln!("error: {e}");
+            }
+            2
+        }
+    };
+    code
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run(_world: &World, _args: &VerifyArgs) -> Result<bool, String> {
+    Err(crate::engine::builtin::NO_CUDA.into())
+}
+
+#[cfg(feature = "cuda")]
+fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
+    use crate::engine::builtin::cuda::{gpu::Dtype, CudaEngine};
+
+    let dtype = Dtype::parse(&args.dtype)?;
+    let cfg = {
+        let p = std::path::Path::new(&args.model);
+        if p.exists() { Config::from_json_file(p) } else { Config::preset(&args.model) }.map_err(|e| e.to_string())
+    };
+    let cfg = world.agree(cfg.and_then(|c| c.check_tensor_parallel(world.size as usize).map(|_| c).map_err(|e| e.to_string()))).map_err(|f| f.to_string())?;
+    let seed_local = args.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
+    let seed = u64::from_le_bytes(world.broadcast_bytes(&seed_local.to_le_bytes())[..8].try_into().expect("8 bytes"));
+    let (atol, rtol) = match dtype {
+        Dtype::F16 => (args.atol.unwrap_or(1e-2), args.rtol.or(args.atol).unwrap_or(1e-2)),
+        Dtype::Bf16 => (args.atol.unwrap_or(5e-2), args.rtol.or(args.atol).unwrap_or(5e-2)),
+    };
+    let gpu = world.agree(HostGpus::probe().bind(world.local_rank, None).and_then(|g| g.ok_or_else(|| "this rank has no GPU".to_string()))).map_err(|f| f.to_string())?;
+    let id = if world.is_root() { crate::engine::builtin::cuda::nccl_unique_id().map(Some).map_err(|e| e.to_string()) } else { Ok(None) };
+    let id = world.agree(id).map_err(|f| f.to_string())?.unwrap_or_default();
+    let id = world.broadcast_bytes(&id);
+    let cpu = CpuEngine::new(&cfg, seed, Box::new(MpiComm::new(world.duplicate()))).map_err(|e| e.to_string());
+    let mut cpu = world.agree(cpu).map_err(|f| f.to_string())?;
+    let cuda = CudaEngine::new(&cfg, dtype, seed, gpu.ordinal as usize, world.rank as usize, world.size as usize, &id).map_err(|e| e.to_string());
+    let mut cuda = world.agree(cuda).map_err(|f| f.to_string())?;
+    let v0 = crate::engine::builtin::cpu::Shard { rank: world.rank as usize, world: world.size as usize }.range(cfg.vocab_size).start;
+
+    if world.is_root() {
+        println!(
+            "verify: cuda ({}, {}) vs cpu (f32), model {}, {} rank(s), seed {seed}, |cuda-cpu| <= {atol} + {rtol}*|cpu|",
+            dtype.name(), cuda.device_name(), args.model, world.size
+        );
+    }
+    let prompts = crate::workload::Workload::random(args.prompts as u32, args.prompt_tokens as u32, cfg.vocab_size as u32, seed ^ 0x5eed, args.steps as u32).prompts;
+    let mut ok = true;
+    for (i, p) in prompts.iter().enumerate() {
+        // Logits of the last prompt position, this rank's shard.
+        let (lc, _) = cpu.prefill_logits(p).map_err(|e| e.to_string())?;
+        let (lg, _) = cuda.prefill_logits(p).map_err(|e| e.to_string())?;
+        let mine = compare(&lc, &lg, v0, atol, rtol);
+        let all: Vec<Compared> = world
+            .all_gather_bytes(&serde_json::to_vec(&mine).expect("serializes"))
+            .iter()
+            .map(|b| serde_json::from_slice(b).expect("our own JSON"))
+            .collect();
+        // Greedy tokens of both engines.
+        let req = GenerateRequest { prompts: std::slice::from_ref(p), max_new_tokens: args.steps, exact_length: true };
+        let mut tc = Vec::new();
+        cpu.generate(&req, &mut |_, _, t, _| tc.push(t)).map_err(|e| e.to_string())?;
+        let mut tg = Vec::new();
+        cuda.generate(std::slice::from_ref(p), args.steps, true, &mut |_, _, t, _| tg.push(t)).map_err(|e| e.to_string())?;
+        let same = tc.iter().zip(&tg).take_while(|(a, b)| a == b).count();
+        let bad: usize = all.iter().map(|c| c.bad).sum();
+        let n: usize = all.iter().map(|c| c.n).sum();
+        let max_abs = all.iter().map(|c| c.max_abs).fold(0.0, f32::max);
+        let max_ref = all.iter().map(|c| c.max_ref).fold(0.0, f32::max);
+        let pass = bad == 0 && same == args.steps;
+        ok &= pass;
+        if world.is_root() {
+            println!(
+                "prompt {i} ({} tokens): logits {}/{} within tolerance, max |diff| {max_abs:.3e} (max |cpu| {max_ref:.3e}); greedy tokens identical for {same}/{} steps {}",
+                p.len(), n - bad, n, args.steps, if pass { "PASS" } else { "FAIL" }
+            );
+            for (r, c) in all.iter().enumerate() {
+                for (idx, a, b) in &c.first_bad {
+                    println!("  rank {r}: token {idx}: cpu {a:.6} cuda {b:.6}");
+                }
+            }
+            if same < args.steps {
+                println!("  cpu : {:?}\n  cuda: {:?}", tc, tg);
+            }
+        }
+    }
+    if world.is_root() {
+        println!("verify: {}", if ok { "PASS" } else { "FAIL" });
+    }
+    Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tolerance_is_absolute_plus_relative() {
+        let c = compare(&[1.0, -2.0, 0.0], &[1.005, -2.03, 0.02], 100, 0.01, 0.01);
+        assert_eq!(c.bad, 2, "{c:?}");
+        assert_eq!(c.first_bad.iter().map(|b| b.0).collect::<Vec<_>>(), vec![101, 102]);
+        assert!((c.max_abs - 0.03).abs() < 1e-6);
+        let nan = compare(&[1.0], &[f32::NAN], 0, 1.0, 1.0);
+        assert_eq!(nan.bad, 1);
+    }
+}
