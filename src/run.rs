@@ -522,8 +522,9 @@ fn options_vocab(options: &str) -> Option<u32> {
 fn check_unique_gpus(world: &World, gpu: Option<&GpuInfo>) -> Result<(), String> {
     let mine = gpu.map(|g| format!("{}|{}", world.host, g.uuid)).unwrap_or_default();
     let all = world.all_gather_bytes(mine.as_bytes());
+    // Reported by the higher rank of each pair only, so the message appears once.
     for (r, a) in all.iter().enumerate() {
-        if r as i32 != world.rank && !a.is_empty() && *a == mine.as_bytes() {
+        if (r as i32) < world.rank && !a.is_empty() && *a == mine.as_bytes() {
             return Err(format!(
                 "ranks {} and {} are bound to the same GPU ({}): use one rank per GPU, or give each local rank its own ordinal with --devices",
                 world.rank.min(r as i32),

@@ -134,7 +134,7 @@ impl EngineSpec {
             return if cfg!(feature = "cuda") { Ok(EngineSpec::Cuda) } else { Err(builtin::NO_CUDA.into()) };
         }
         if s == "mock" {
-            return Ok(EngineSpec::Adapter(PathBuf::from(env!("TPPROF_MOCK_ADAPTER"))));
+            return Ok(EngineSpec::Adapter(mock_adapter_path()));
         }
         if let Some(path) = s.strip_prefix("adapter:") {
             return Ok(EngineSpec::Adapter(PathBuf::from(path)));
@@ -175,13 +175,27 @@ impl EngineSpec {
     }
 }
 
+/// The mock adapter built with this tpprof; when the binary was moved (e.g. carried to a GPU
+/// machine), a `libtpprof_mock.so` beside the executable.
+fn mock_adapter_path() -> PathBuf {
+    let built = PathBuf::from(env!("TPPROF_MOCK_ADAPTER"));
+    if built.exists() {
+        return built;
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("libtpprof_mock.so")))
+        .filter(|p| p.exists())
+        .unwrap_or(built)
+}
+
 /// `tpprof models`: the built-in presets with their shapes.
 pub fn print_models() {
-    println!("{:<12} {:>7} {:>7} {:>6} {:>6} {:>4} {:>7} {:>8} {:>10}", "preset", "vocab", "hidden", "inter", "layers", "heads", "kv_heads", "max_pos", "params");
+    println!("{:<14} {:>7} {:>7} {:>6} {:>6} {:>4} {:>7} {:>8} {:>10}", "preset", "vocab", "hidden", "inter", "layers", "heads", "kv_heads", "max_pos", "params");
     for name in config::Config::preset_names() {
         if let Ok(c) = config::Config::preset(name) {
             println!(
-                "{:<12} {:>7} {:>7} {:>6} {:>6} {:>4} {:>7} {:>8} {:>10}",
+                "{:<14} {:>7} {:>7} {:>6} {:>6} {:>4} {:>7} {:>8} {:>10}",
                 name, c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
                 c.num_attention_heads, c.num_key_value_heads, c.max_position_embeddings, c.param_count()
             );

@@ -29,6 +29,8 @@ EXPECTED = {
     "attention.cu": [("causal_softmax", True), ("decode_attn_partial", True), ("decode_attn_combine", True)],
     "sampling.cu": [("argmax_rows", False), ("select_tokens", False)],
     "activation.cu": [("silu_mul", True)],
+    "gemv.cu": [("gemv", True)],
+    "decode.cu": [(f"decode_attn_fast_g{g}", True) for g in range(1, 9)],
 }
 
 

@@ -27,6 +27,21 @@ pub const MODULES: &[Module] = &[
         kernels: &[("causal_softmax", true), ("decode_attn_partial", true), ("decode_attn_combine", true)],
     },
     Module { name: "activation", source: include_str!("kernels/activation.cu"), kernels: &[("silu_mul", true)] },
+    Module { name: "gemv", source: include_str!("kernels/gemv.cu"), kernels: &[("gemv", true)] },
+    Module {
+        name: "decode",
+        source: include_str!("kernels/decode.cu"),
+        kernels: &[
+            ("decode_attn_fast_g1", true),
+            ("decode_attn_fast_g2", true),
+            ("decode_attn_fast_g3", true),
+            ("decode_attn_fast_g4", true),
+            ("decode_attn_fast_g5", true),
+            ("decode_attn_fast_g6", true),
+            ("decode_attn_fast_g7", true),
+            ("decode_attn_fast_g8", true),
+        ],
+    },
     Module { name: "sampling", source: include_str!("kernels/sampling.cu"), kernels: &[("argmax_rows", false), ("select_tokens", false)] },
 ];
 
@@ -90,6 +105,8 @@ pub struct CudaEngine {
     steps: StepTimes,
     prepared: Option<(usize, usize, usize)>,
     use_graph: bool,
+    use_gemv: bool,
+    fast_attention: bool,
     last_run: Option<serde_json::Value>,
 }
 
@@ -132,7 +149,13 @@ impl CudaEngine {
         let dims = Dims::new(cfg, rank, world);
         let copy_bandwidth = copy_bandwidth(&mut gpu)?;
         let weights = Weights::random(&mut gpu, cfg, &dims, seed)?;
+        // Switches for A/B measurements: TPPROF_CUDA_GRAPH=0 (eager decode launches);
+        // TPPROF_CUDA_GEMV=1 (gemv.cu for the decode GEMMs: measured slower than cuBLAS on the H200,
+        // 18.3 vs 15.5 ms per step for qwen2.5-14b TP=1, so off by default);
+        // TPPROF_CUDA_ATTN=tiled (attention.cu's decode kernel instead of decode.cu's).
         let use_graph = std::env::var("TPPROF_CUDA_GRAPH").map(|v| v != "0").unwrap_or(true);
+        let use_gemv = std::env::var("TPPROF_CUDA_GEMV").map(|v| v == "1").unwrap_or(false);
+        let fast_attention = std::env::var("TPPROF_CUDA_ATTN").map(|v| v != "tiled").unwrap_or(true);
         Ok(CudaEngine {
             cfg: cfg.clone(),
             dtype,
@@ -147,6 +170,8 @@ impl CudaEngine {
             steps: StepTimes::default(),
             prepared: None,
             use_graph,
+            use_gemv,
+            fast_attention,
             last_run: None,
         })
     }
@@ -162,6 +187,9 @@ impl CudaEngine {
             dtype: self.dtype,
             eps: self.cfg.rms_norm_eps as f32,
             theta: self.cfg.rope_theta as f32,
+            use_gemv: self.use_gemv,
+            fast_attention: self.fast_attention,
+            probe: None,
         })
     }
 
@@ -292,11 +320,44 @@ impl CudaEngine {
         }
         let decode_s = t1.elapsed().as_secs_f64();
         self.gpu.sync()?;
+        let breakdown = self.breakdown(prompts, max_new, ran)?;
         self.steps.device_ms = (0..ran)
             .map(|i| events[2 * i].elapsed_ms(&events[2 * i + 1]).map_err(|e| CudaError::Driver(format!("cuEventElapsedTime: {e}"))))
             .collect::<Result<_, _>>()?;
-        self.last_run = Some(self.run_stats(prompts, max_new, prefill_s, decode_s));
+        let mut stats = self.run_stats(prompts, max_new, prefill_s, decode_s);
+        stats["decode_breakdown_us_per_step"] = breakdown;
+        self.last_run = Some(stats);
         Ok(())
+    }
+
+    /// Where a decode step's time goes: after the timed run, `TPPROF_CUDA_BREAKDOWN` (default 4)
+    /// more steps, eager, with a CUDA event at every op boundary, over the last positions of the run
+    /// (same context length; the run's own tokens were already reported). Mean µs per step per op.
+    fn breakdown(&self, prompts: &[Vec<i32>], max_new: usize, ran: usize) -> Result<serde_json::Value, CudaError> {
+        let steps: usize = std::env::var("TPPROF_CUDA_BREAKDOWN").ok().and_then(|v| v.parse().ok()).unwrap_or(4).min(ran);
+        if steps == 0 {
+            return Ok(serde_json::Value::Null);
+        }
+        let per_step = 16 * self.dims.layers + 16;
+        let probe = model::Probe::new(&self.gpu, steps * per_step)?;
+        let mut m = self.model()?;
+        m.stage_decode(&prompts.iter().map(|p| p.len() + max_new - 1 - steps).collect::<Vec<_>>())?;
+        m.probe = Some(&probe);
+        for _ in 0..steps {
+            m.decode_step(prompts.len())?;
+        }
+        self.gpu.sync()?;
+        let totals = probe.totals_us()?;
+        let mut obj = serde_json::Map::new();
+        let mut sum = 0.0;
+        for (op, us) in totals {
+            if op != model::Op::End {
+                obj.insert(op.name().into(), json!(us / steps as f64));
+                sum += us / steps as f64;
+            }
+        }
+        obj.insert("total".into(), json!(sum));
+        Ok(serde_json::Value::Object(obj))
     }
 
     /// This rank's logits (its vocab shard) for the last token of `prompt`, and the greedy token.
@@ -349,6 +410,8 @@ impl CudaEngine {
             "arch": self.gpu.arch,
             "dtype": self.dtype.name(),
             "cuda_graph": self.graph.is_some(),
+            "decode_gemv": self.use_gemv,
+            "decode_attention": if self.fast_attention { "decode.cu" } else { "attention.cu (tiled)" },
             "copy_bandwidth_gb_s": self.copy_bandwidth / 1e9,
             "weights_read_per_step_bytes": self.weights.read_per_step,
             "kv_read_per_step_bytes_at_mean_context": kv,

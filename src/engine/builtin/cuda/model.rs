@@ -272,6 +272,71 @@ impl Buffers {
     }
 }
 
+/// The decode step's parts, for the per-op time breakdown (see `Probe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Embedding,
+    Norm,
+    QkvGemm,
+    QkvRope,
+    Attention,
+    OGemm,
+    AllReduce,
+    GateUpGemm,
+    Silu,
+    DownGemm,
+    LmHead,
+    Argmax,
+    End,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Embedding => "embedding",
+            Op::Norm => "rmsnorm",
+            Op::QkvGemm => "qkv_gemm",
+            Op::QkvRope => "qkv_bias_rope",
+            Op::Attention => "attention",
+            Op::OGemm => "o_gemm",
+            Op::AllReduce => "nccl_all_reduce",
+            Op::GateUpGemm => "gate_up_gemm",
+            Op::Silu => "silu_mul",
+            Op::DownGemm => "down_gemm",
+            Op::LmHead => "lm_head_gemm",
+            Op::Argmax => "argmax_gather_select",
+            Op::End => "end",
+        }
+    }
+}
+
+/// CUDA events recorded at every op boundary of an eager decode step; the time between an op's
+/// event and the next one is that op's (events add a little launch overhead of their own).
+pub struct Probe {
+    pool: Vec<cudarc::driver::CudaEvent>,
+    marks: std::cell::RefCell<Vec<(Op, usize)>>,
+}
+
+impl Probe {
+    pub fn new(gpu: &Gpu, events: usize) -> Result<Probe, CudaError> {
+        Ok(Probe { pool: (0..events).map(|_| gpu.event()).collect::<Result<_, _>>()?, marks: Default::default() })
+    }
+
+    /// Microseconds per op, summed over the recorded steps (call after the stream synchronized).
+    pub fn totals_us(&self) -> Result<Vec<(Op, f64)>, CudaError> {
+        let marks = self.marks.borrow();
+        let mut out: Vec<(Op, f64)> = Vec::new();
+        for w in marks.windows(2) {
+            let ms = self.pool[w[0].1].elapsed_ms(&self.pool[w[1].1]).map_err(|e| CudaError::Driver(format!("cuEventElapsedTime: {e}")))?;
+            match out.iter_mut().find(|(op, _)| *op == w[0].0) {
+                Some((_, t)) => *t += ms as f64 * 1e3,
+                None => out.push((w[0].0, ms as f64 * 1e3)),
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// One forward pass over `n` rows. Prefill: one sample's prompt (rows = its tokens). Decode: one
 /// row per sample (row b = slot b). `last_rows` selects the rows that reach the LM head.
 pub struct Model<'a> {
@@ -283,7 +348,22 @@ pub struct Model<'a> {
     pub dtype: Dtype,
     pub eps: f32,
     pub theta: f32,
+    /// Decode-sized linear layers (≤ GEMV_MAX_ROWS rows) through gemv.cu instead of cuBLAS.
+    pub use_gemv: bool,
+    /// decode.cu's attention where it applies (head_dim 8..128, group ≤ 8), else attention.cu's.
+    pub fast_attention: bool,
+    /// When set, an event at every op boundary (eager steps only, never in a graph).
+    pub probe: Option<&'a Probe>,
 }
+
+/// decode.cu's kernels by GQA group size.
+const DECODE_FAST: [&str; 8] = [
+    "decode_attn_fast_g1", "decode_attn_fast_g2", "decode_attn_fast_g3", "decode_attn_fast_g4",
+    "decode_attn_fast_g5", "decode_attn_fast_g6", "decode_attn_fast_g7", "decode_attn_fast_g8",
+];
+
+/// gemv.cu's GEMV_MAX_ROWS.
+const GEMV_MAX_ROWS: usize = 8;
 
 enum Pass {
     /// One sample's prompt of `n` tokens at positions 0..n, into cache slot `slot`.
@@ -301,8 +381,35 @@ impl Pass {
 }
 
 impl Model<'_> {
+    fn mark(&self, op: Op) -> Result<(), CudaError> {
+        if let Some(p) = self.probe {
+            let mut marks = p.marks.borrow_mut();
+            let i = marks.len();
+            let ev = p.pool.get(i).ok_or_else(|| CudaError::Internal("probe event pool exhausted".into()))?;
+            ev.record(&self.gpu.stream).map_err(|e| CudaError::Driver(format!("cuEventRecord: {e}")))?;
+            marks.push((op, i));
+        }
+        Ok(())
+    }
+
     fn t(&self) -> El {
         El::T(self.dtype)
+    }
+
+    /// y (n × out) = x (n × in) · Wᵀ for a Hugging Face (out, in) weight; y is f32 or T. A few rows
+    /// (decode) go through gemv.cu, which reads W once at close to copy bandwidth; more rows
+    /// (prefill) through cuBLAS.
+    fn linear(&self, n: usize, out: usize, k: usize, x: u64, w: u64, y: u64, y_el: El) -> Result<(), CudaError> {
+        let aligned = (x | w) % 16 == 0 && k % 8 == 0;
+        if self.use_gemv && n <= GEMV_MAX_ROWS && aligned {
+            let blocks = out.div_ceil(8) as u32;
+            return self.gpu.launch("gemv", (blocks, 1, 1), 256, 0, &[
+                Arg::Ptr(w), Arg::Ptr(x), Arg::Ptr(y), Arg::I32(out as i32), Arg::I32(k as i32), Arg::I32(n as i32),
+                Arg::I32(k as i32), Arg::I32(out as i32), Arg::I32((y_el == El::F32) as i32),
+            ]);
+        }
+        let t = self.t();
+        self.gpu.gemm_nt(n, out, k, (x, t, k), (w, t, k), (y, y_el, out), 1.0, None)
     }
 
     /// Uploads a prompt's tokens and positions for `prefill` (host work; not capturable).
@@ -339,11 +446,13 @@ impl Model<'_> {
     /// Pure device work on fixed buffers: capturable into a CUDA graph.
     pub fn decode_step(&self, n: usize) -> Result<(), CudaError> {
         let d = self.dims;
+        self.mark(Op::Embedding)?;
         self.gpu.launch("embedding", (n as u32, 1, 1), 256, 0, &[
             Arg::Ptr(self.w.embed.ptr), Arg::Ptr(self.b.tokens.ptr), Arg::Ptr(self.b.resid.ptr), Arg::I32(n as i32), Arg::I32(d.hidden as i32),
         ])?;
         self.layers(&Pass::Decode { n })?;
-        self.final_head(0, n, None, true)
+        self.final_head(0, n, None, true)?;
+        self.mark(Op::End)
     }
 
     fn layers(&self, pass: &Pass) -> Result<(), CudaError> {
@@ -357,30 +466,41 @@ impl Model<'_> {
         for (l, lw) in self.w.layers.iter().enumerate() {
             // resid += previous layer's MLP output; xnorm = input_norm(resid)
             let delta = if l == 0 { 0 } else { self.b.down.ptr };
+            self.mark(Op::Norm)?;
             self.add_rmsnorm(self.b.resid.ptr, delta, lw.in_norm.ptr, self.b.xnorm.ptr, n)?;
             // qkv = xnorm · W_qkvᵀ (f32 out), then bias + RoPE, q → (hq, n, d), k/v → cache
-            self.gpu.gemm_nt(n, d.qkv(), d.hidden, (self.b.xnorm.ptr, t, d.hidden), (lw.w_qkv.ptr, t, d.hidden), (self.b.qkv.ptr, El::F32, d.qkv()), 1.0, None)?;
+            self.mark(Op::QkvGemm)?;
+            self.linear(n, d.qkv(), d.hidden, self.b.xnorm.ptr, lw.w_qkv.ptr, self.b.qkv.ptr, El::F32)?;
             let (kc, vc) = self.cache_layer(l);
+            self.mark(Op::QkvRope)?;
             self.gpu.launch("qkv_rope", (n as u32, (d.hq + 2 * d.hkv) as u32, 1), 64, 0, &[
                 Arg::Ptr(self.b.qkv.ptr), Arg::Ptr(lw.b_qkv.ptr), Arg::Ptr(self.b.q.ptr), Arg::Ptr(kc), Arg::Ptr(vc),
                 Arg::Ptr(row_slot), Arg::Ptr(row_pos), Arg::I32(n as i32), Arg::I32(d.hq as i32), Arg::I32(d.hkv as i32),
                 Arg::I32(d.d as i32), Arg::I32(self.b.max_len as i32), Arg::F32(self.theta),
             ])?;
+            self.mark(Op::Attention)?;
             match pass {
                 Pass::Prefill { n, slot } => self.prefill_attention(*n, *slot, kc, vc)?,
                 Pass::Decode { n } => self.decode_attention(*n, kc, vc)?,
             }
             // o = attn · W_oᵀ (partial over this rank's heads), summed over ranks
-            self.gpu.gemm_nt(n, d.hidden, d.hq * d.d, (self.b.attn.ptr, t, d.hq * d.d), (lw.w_o.ptr, t, d.hq * d.d), (self.b.o.ptr, t, d.hidden), 1.0, None)?;
+            self.mark(Op::OGemm)?;
+            self.linear(n, d.hidden, d.hq * d.d, self.b.attn.ptr, lw.w_o.ptr, self.b.o.ptr, t)?;
+            self.mark(Op::AllReduce)?;
             self.nccl.all_reduce(self.b.o.ptr, n * d.hidden, self.dtype)?;
+            self.mark(Op::Norm)?;
             self.add_rmsnorm(self.b.resid.ptr, self.b.o.ptr, lw.post_norm.ptr, self.b.xnorm.ptr, n)?;
             // MLP: down(silu(gate) * up), summed over ranks
-            self.gpu.gemm_nt(n, 2 * d.inter, d.hidden, (self.b.xnorm.ptr, t, d.hidden), (lw.w_gu.ptr, t, d.hidden), (self.b.gu.ptr, t, 2 * d.inter), 1.0, None)?;
+            self.mark(Op::GateUpGemm)?;
+            self.linear(n, 2 * d.inter, d.hidden, self.b.xnorm.ptr, lw.w_gu.ptr, self.b.gu.ptr, t)?;
+            self.mark(Op::Silu)?;
             let total = n * d.inter;
             self.gpu.launch("silu_mul", (total.div_ceil(256).clamp(1, 65535) as u32, 1, 1), 256, 0, &[
                 Arg::Ptr(self.b.gu.ptr), Arg::Ptr(self.b.act.ptr), Arg::I32(n as i32), Arg::I32(d.inter as i32),
             ])?;
-            self.gpu.gemm_nt(n, d.hidden, d.inter, (self.b.act.ptr, t, d.inter), (lw.w_down.ptr, t, d.inter), (self.b.down.ptr, t, d.hidden), 1.0, None)?;
+            self.mark(Op::DownGemm)?;
+            self.linear(n, d.hidden, d.inter, self.b.act.ptr, lw.w_down.ptr, self.b.down.ptr, t)?;
+            self.mark(Op::AllReduce)?;
             self.nccl.all_reduce(self.b.down.ptr, n * d.hidden, self.dtype)?;
         }
         Ok(())
@@ -390,11 +510,13 @@ impl Model<'_> {
     /// argmax → tokens (into `token_dst`, or `tokens` with positions advanced when `advance`).
     fn final_head(&self, row0: usize, n: usize, token_dst: Option<u64>, advance: bool) -> Result<(), CudaError> {
         let d = self.dims;
-        let t = self.t();
         let h = d.hidden;
+        self.mark(Op::Norm)?;
         self.add_rmsnorm(self.b.resid.at(row0 * h * 4), self.b.down.at(row0 * h * T_BYTES), self.w.final_norm.ptr, self.b.xnorm.ptr, n)?;
         let v = d.v_local();
-        self.gpu.gemm_nt(n, v, h, (self.b.xnorm.ptr, t, h), (self.w.lm_head_ptr(d), t, h), (self.b.logits.ptr, El::F32, v), 1.0, None)?;
+        self.mark(Op::LmHead)?;
+        self.linear(n, v, h, self.b.xnorm.ptr, self.w.lm_head_ptr(d), self.b.logits.ptr, El::F32)?;
+        self.mark(Op::Argmax)?;
         self.gpu.launch("argmax_rows", (n as u32, 1, 1), 1024, 0, &[
             Arg::Ptr(self.b.logits.ptr), Arg::I32(n as i32), Arg::I32(v as i32), Arg::I32(d.v0 as i32), Arg::Ptr(self.b.pair.ptr),
         ])?;
@@ -412,7 +534,10 @@ impl Model<'_> {
     }
 
     fn add_rmsnorm(&self, resid: u64, delta: u64, w: u64, out: u64, n: usize) -> Result<(), CudaError> {
-        self.gpu.launch("add_rmsnorm", (n as u32, 1, 1), 256, 0, &[
+        // One block per row: a decode step has only a few rows, so each block takes 1024 threads
+        // (a few elements each) rather than 256 threads walking the row serially.
+        let block = if n <= GEMV_MAX_ROWS { 1024 } else { 256 };
+        self.gpu.launch("add_rmsnorm", (n as u32, 1, 1), block, 0, &[
             Arg::Ptr(resid), Arg::Ptr(delta), Arg::Ptr(w), Arg::Ptr(out), Arg::I32(n as i32), Arg::I32(self.dims.hidden as i32), Arg::F32(self.eps),
         ])
     }
@@ -473,9 +598,15 @@ impl Model<'_> {
     fn decode_attention(&self, n: usize, kc: u64, vc: u64) -> Result<(), CudaError> {
         let dm = self.dims;
         let group = dm.group();
-        // decode_attn_partial's dynamic shared memory (kernels/attention.cu): group × (head_dim + 35) f32.
-        let shared = (group * (dm.d + 35) * 4) as u32;
-        self.gpu.launch("decode_attn_partial", (dm.hkv as u32, self.b.n_splits as u32, n as u32), 128, shared, &[
+        let fast = self.fast_attention && matches!(dm.d, 8 | 16 | 32 | 64 | 128) && group <= 8;
+        // Dynamic shared memory: decode.cu needs 8 warps × group × (head_dim + 2) f32,
+        // attention.cu's tiled kernel group × (head_dim + 35) f32.
+        let (name, block, shared) = if fast {
+            (DECODE_FAST[group - 1], 256, (8 * group * (dm.d + 2) * 4) as u32)
+        } else {
+            ("decode_attn_partial", 128, (group * (dm.d + 35) * 4) as u32)
+        };
+        self.gpu.launch(name, (dm.hkv as u32, self.b.n_splits as u32, n as u32), block, shared, &[
             Arg::Ptr(self.b.q.ptr), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(self.b.dec_pos.ptr), Arg::Ptr(self.b.part_ml.ptr), Arg::Ptr(self.b.part_acc.ptr),
             Arg::I32(n as i32), Arg::I32(dm.hq as i32), Arg::I32(dm.hkv as i32), Arg::I32(dm.d as i32), Arg::I32(self.b.max_len as i32),
             Arg::I32(self.b.split_len as i32), Arg::F32(1.0 / (dm.d as f32).sqrt()),

@@ -377,15 +377,22 @@ __device__ __forceinline__ void decode_attn_combine_impl(const float* __restrict
     const float* ml = part_ml + base * 2;
     const float* acc = part_acc + base * d;
 
-    float mx = NEG_INF;
+    // Non-empty splits form a prefix (split s covers [s*split_len, ...) of one kv_len), so the
+    // weighted sum runs over s < live without a per-split branch: its loads are independent and
+    // the unrolled loop keeps several in flight (with the branch, one load at a time made this
+    // kernel latency-bound: ~50 µs per call at 80 splits).
+    float mx = NEG_INF, last = -1.0f;
     for (int s = threadIdx.x; s < n_splits; s += blockDim.x) {
-        if (ml[2 * s + 1] > 0.0f) mx = fmaxf(mx, ml[2 * s]);
+        if (ml[2 * s + 1] > 0.0f) {
+            mx = fmaxf(mx, ml[2 * s]);
+            last = fmaxf(last, (float)s);
+        }
     }
     const float M = block_max(mx, red);
+    const int live = (int)block_max(last, red) + 1;
     float ls = 0.0f;
-    for (int s = threadIdx.x; s < n_splits; s += blockDim.x) {
-        const float l = ml[2 * s + 1];
-        if (l > 0.0f) ls = fmaf(l, expf(ml[2 * s] - M), ls);
+    for (int s = threadIdx.x; s < live; s += blockDim.x) {
+        ls = fmaf(ml[2 * s + 1], expf(ml[2 * s] - M), ls);
     }
     const float L = block_sum(ls, red);
 
@@ -393,19 +400,17 @@ __device__ __forceinline__ void decode_attn_combine_impl(const float* __restrict
     for (int i0 = 0; i0 < d; i0 += blockDim.x) {  // block-uniform loop: barriers inside are safe
         const int i = i0 + threadIdx.x;
         float a = 0.0f;
-        for (int cb = 0; cb < n_splits; cb += COMB_CHUNK) {
-            const int cn = min(COMB_CHUNK, n_splits - cb);
+        for (int cb = 0; cb < live; cb += COMB_CHUNK) {
+            const int cn = min(COMB_CHUNK, live - cb);
             __syncthreads();  // the previous chunk's weights are no longer read
             for (int k = threadIdx.x; k < cn; k += blockDim.x) {
-                const float l = ml[2 * (cb + k) + 1];
-                w_s[k] = l > 0.0f ? expf(ml[2 * (cb + k)] - M) : 0.0f;
+                w_s[k] = expf(ml[2 * (cb + k)] - M);
             }
             __syncthreads();
             if (i < d) {
-                for (int k = 0; k < cn; ++k) {
-                    const float w = w_s[k];
-                    if (w != 0.0f) a = fmaf(acc[(long long)(cb + k) * d + i], w, a);
-                }
+                const float* ac = acc + (long long)cb * d + i;
+#pragma unroll 8
+                for (int k = 0; k < cn; ++k) a = fmaf(ac[(long long)k * d], w_s[k], a);
             }
         }
         if (i < d) o[i] = from_f32<T>(L > 0.0f ? a / L : 0.0f);
