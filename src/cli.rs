@@ -24,6 +24,24 @@ pub enum Command {
     Models,
     /// Check the cuda engine against the cpu reference (logits and greedy tokens), under mpirun.
     Verify(crate::verify::VerifyArgs),
+    /// Write a model's seeded weights as a Hugging Face checkpoint (config.json + f32 safetensors),
+    /// e.g. to test --weights end to end.
+    WriteCheckpoint(WriteCheckpointArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WriteCheckpointArgs {
+    /// Model preset or Qwen2 config.json.
+    #[arg(long, default_value = "tiny")]
+    pub model: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Number of .safetensors files (more than one adds model.safetensors.index.json).
+    #[arg(long, default_value_t = 1)]
+    pub files: usize,
+    /// The directory to create (must not exist yet).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -47,9 +65,14 @@ pub struct RunArgs {
     pub dtype: String,
 
     /// Model of the built-in engines: a preset (`tpprof models`), or a Qwen2 config.json / a
-    /// directory holding one (random weights with that shape).
-    #[arg(long, default_value = "tiny")]
-    pub model: String,
+    /// directory holding one (random weights with that shape). Default: tiny.
+    #[arg(long, conflicts_with = "weights")]
+    pub model: Option<String>,
+
+    /// Real weights for the built-in engines: a Hugging Face checkpoint directory (config.json +
+    /// model.safetensors or model.safetensors.index.json); each rank reads only its shard.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
 
     /// Engine options as a JSON object, passed to adapters verbatim (e.g. '{"token_us": 500}').
     #[arg(long, default_value = "{}")]

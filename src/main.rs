@@ -19,6 +19,7 @@ fn main() {
         Command::Run(args) => tpprof::run::main(*args),
         Command::Report(args) => tpprof::report::summary::main(&args),
         Command::Verify(args) => tpprof::verify::main(args),
+        Command::WriteCheckpoint(args) => tpprof::engine::write_checkpoint_main(&args),
         Command::Models => {
             tpprof::engine::print_models();
             0

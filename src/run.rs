@@ -35,6 +35,7 @@ pub struct RunConfig {
     pub model: String,
     /// The built-in engines' model shape.
     pub model_config: Option<Config>,
+    pub weights: Option<PathBuf>,
     pub dtype: String,
     pub engine_options: String,
     pub batch: Option<u32>,
@@ -62,7 +63,21 @@ fn positive(name: &str, v: i64) -> Result<u32, String> {
 impl RunConfig {
     pub fn from_args(a: &RunArgs) -> Result<RunConfig, String> {
         let engine = EngineSpec::parse(&a.engine)?;
-        let model_config = if engine.is_builtin() { Some(load_model(&a.model)?) } else { None };
+        let model = match (&a.weights, &a.model) {
+            (Some(dir), _) => dir.display().to_string(),
+            (None, Some(m)) => m.clone(),
+            (None, None) => "tiny".into(),
+        };
+        if let Some(dir) = &a.weights {
+            if !engine.is_builtin() {
+                return Err("--weights is for the built-in engines (cpu, cuda); adapters take their model through --engine-options".into());
+            }
+            if !dir.join("config.json").is_file() {
+                return Err(format!("--weights {}: no config.json there (expected a Hugging Face checkpoint directory: config.json + model.safetensors)", dir.display()));
+            }
+        }
+        let model_config = if engine.is_builtin() { Some(load_model(&model)?) } else { None };
+
         if !matches!(a.dtype.as_str(), "fp16" | "float16" | "f16" | "bf16" | "bfloat16") {
             return Err(format!("unknown --dtype `{}`: use fp16 or bf16", a.dtype));
         }
@@ -85,8 +100,9 @@ impl RunConfig {
         };
         Ok(RunConfig {
             engine,
-            model: a.model.clone(),
+            model,
             model_config,
+            weights: a.weights.clone(),
             dtype: a.dtype.clone(),
             engine_options: a.engine_options.clone(),
             batch: a.batch.map(|b| positive("batch", b)).transpose()?,
@@ -108,7 +124,7 @@ impl RunConfig {
     fn model_label(&self) -> String {
         match &self.engine {
             EngineSpec::Adapter(_) => "adapter".into(),
-            _ => std::path::Path::new(&self.model).file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string(),
+            _ => std::path::Path::new(&self.model).file_name().and_then(|s| s.to_str()).unwrap_or("model").trim_end_matches(".json").to_string(),
         }
     }
 }
@@ -234,7 +250,7 @@ impl<'w> Job<'w> {
         let engine: Result<Box<dyn Engine>, String> = match &spec {
             EngineSpec::Cpu | EngineSpec::Auto => {
                 let cfg = config.model_config.as_ref().expect("validated: built-in engines have a model");
-                Cpu::new(cfg, &config.model, config.seed, Box::new(MpiComm::new(engine_comm)))
+                Cpu::new(cfg, &config.model, config.seed, config.weights.as_deref(), Box::new(MpiComm::new(engine_comm)))
                     .map(|e| Box::new(e) as Box<dyn Engine>)
                     .map_err(|e| e.to_string())
             }
@@ -441,7 +457,7 @@ impl<'w> Job<'w> {
     fn cuda_engine(&self, c: &RunConfig, gpu: Option<&GpuInfo>, id: &[u8]) -> Result<Box<dyn Engine>, String> {
         let cfg = c.model_config.as_ref().expect("validated: built-in engines have a model");
         let ordinal = gpu.map(|g| g.ordinal as usize).ok_or("no GPU bound")?;
-        crate::engine::builtin::Cuda::new(cfg, &c.model, &c.dtype, c.seed, ordinal, self.world.rank as usize, self.world.size as usize, id)
+        crate::engine::builtin::Cuda::new(cfg, &c.model, &c.dtype, c.seed, c.weights.as_deref(), ordinal, self.world.rank as usize, self.world.size as usize, id)
             .map(|e| Box::new(e) as Box<dyn Engine>)
             .map_err(|e| e.to_string())
     }

@@ -15,8 +15,11 @@ use crate::observe::gpu::HostGpus;
 #[derive(Debug, Args, Clone)]
 pub struct VerifyArgs {
     /// Model preset or Qwen2 config.json (random weights).
-    #[arg(long, default_value = "tiny")]
+    #[arg(long, default_value = "tiny", conflicts_with = "weights")]
     pub model: String,
+    /// A Hugging Face checkpoint directory: both engines load it instead of seeded weights.
+    #[arg(long)]
+    pub weights: Option<std::path::PathBuf>,
     /// fp16 or bf16.
     #[arg(long, default_value = "fp16")]
     pub dtype: String,
@@ -105,8 +108,8 @@ fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
 
     let dtype = Dtype::parse(&args.dtype)?;
     let cfg = {
-        let p = std::path::Path::new(&args.model);
-        if p.exists() { Config::from_json_file(p) } else { Config::preset(&args.model) }.map_err(|e| e.to_string())
+        let p = args.weights.clone().unwrap_or_else(|| std::path::PathBuf::from(&args.model));
+        if p.exists() { Config::from_json_file(&p) } else { Config::preset(&args.model) }.map_err(|e| e.to_string())
     };
     let cfg = world.agree(cfg.and_then(|c| c.check_tensor_parallel(world.size as usize).map(|_| c).map_err(|e| e.to_string()))).map_err(|f| f.to_string())?;
     let seed_local = args.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
@@ -119,16 +122,30 @@ fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
     let id = if world.is_root() { crate::engine::builtin::cuda::nccl_unique_id().map(Some).map_err(|e| e.to_string()) } else { Ok(None) };
     let id = world.agree(id).map_err(|f| f.to_string())?.unwrap_or_default();
     let id = world.broadcast_bytes(&id);
-    let cpu = CpuEngine::new(&cfg, seed, Box::new(MpiComm::new(world.duplicate()))).map_err(|e| e.to_string());
+    let dir = match &args.weights {
+        Some(d) => Some(world.agree(crate::engine::safetensors::SafetensorsDir::open(d).map_err(|e| e.to_string())).map_err(|f| f.to_string())?),
+        None => None,
+    };
+    let comm = Box::new(MpiComm::new(world.duplicate()));
+    let cpu = match &dir {
+        Some(d) => CpuEngine::from_safetensors(d, comm),
+        None => CpuEngine::new(&cfg, seed, comm),
+    }
+    .map_err(|e| e.to_string());
     let mut cpu = world.agree(cpu).map_err(|f| f.to_string())?;
-    let cuda = CudaEngine::new(&cfg, dtype, seed, gpu.ordinal as usize, world.rank as usize, world.size as usize, &id).map_err(|e| e.to_string());
+    let init = match &dir {
+        Some(d) => crate::engine::builtin::cuda::WeightInit::Checkpoint(d),
+        None => crate::engine::builtin::cuda::WeightInit::Seeded(seed),
+    };
+    let cuda = CudaEngine::new(&cfg, dtype, init, gpu.ordinal as usize, world.rank as usize, world.size as usize, &id).map_err(|e| e.to_string());
     let mut cuda = world.agree(cuda).map_err(|f| f.to_string())?;
     let v0 = crate::engine::builtin::cpu::Shard { rank: world.rank as usize, world: world.size as usize }.range(cfg.vocab_size).start;
 
     if world.is_root() {
         println!(
-            "verify: cuda ({}, {}) vs cpu (f32), model {}, {} rank(s), seed {seed}, |cuda-cpu| <= {atol} + {rtol}*|cpu|",
-            dtype.name(), cuda.device_name(), args.model, world.size
+            "verify: cuda ({}, {}) vs cpu (f32), model {}, {} rank(s), {}, |cuda-cpu| <= {atol} + {rtol}*|cpu|",
+            dtype.name(), cuda.device_name(), args.weights.as_ref().map(|d| d.display().to_string()).unwrap_or(args.model.clone()), world.size,
+            if dir.is_some() { "checkpoint weights".to_string() } else { format!("seed {seed}") }
         );
     }
     let prompts = crate::workload::Workload::random(args.prompts as u32, args.prompt_tokens as u32, cfg.vocab_size as u32, seed ^ 0x5eed, args.steps as u32).prompts;

@@ -375,3 +375,40 @@ fn unwritable_output_is_refused_before_running() {
     assert!(r.error_lines()[0].contains("cannot write /nonexistent-dir/r.json"), "{}", r.stderr());
     assert!(r.json.is_none());
 }
+
+#[test]
+fn checkpoint_weights_give_the_seeded_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("tiny-ckpt");
+    let out = Command::new(BIN).args(["write-checkpoint", "--model", "tiny", "--seed", "9", "--files", "2", "--out"]).arg(&ckpt).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let args = ["--prompt-tokens", "20", "--generated-tokens", "6", "--batch", "2", "--record-tokens"];
+    let seeded = run(2, &[&["--model", "tiny", "--seed", "9"][..], &args[..]].concat());
+    let loaded = run(2, &[&["--weights", ckpt.to_str().unwrap(), "--seed", "9"][..], &args[..]].concat());
+    let (a, b) = (ok(&seeded), ok(&loaded));
+    check_counts(b, 2, 2, 6);
+    assert_eq!(tokens(a), tokens(b), "checkpoint vs seeded weights");
+    assert!(b["engine"]["details"]["weights"].as_str().unwrap().contains("safetensors checkpoint"));
+    // A directory without a checkpoint, and --model together with --weights, are bad input.
+    rejected(1, &["--weights", dir.path().to_str().unwrap()], 2, "no config.json there");
+}
+
+#[test]
+fn cuda_without_a_gpu_is_a_one_line_error() {
+    if std::path::Path::new("/dev/nvidia0").exists() {
+        eprintln!("skipped: this machine has a GPU (the GPU test command covers it)");
+        return;
+    }
+    let r = rejected(2, &["--engine", "cuda", "--model", "tiny"], 2, "--engine cuda needs a GPU on every rank");
+    assert!(r.json.is_none() || r.json()["status"]["state"] == "failed");
+    rejected(1, &["--engine", "cpu", "--dtype", "fp8"], 2, "unknown --dtype `fp8`");
+    // `auto` (the default) is the cpu engine here.
+    let r = run(1, &["--prompt-tokens", "4", "--generated-tokens", "2"]);
+    assert_eq!(ok(&r)["engine"]["name"], "cpu");
+    // verify needs a GPU too.
+    let _guard = MPI.lock().unwrap_or_else(|p| p.into_inner());
+    let out = Command::new(BIN).args(["verify", "--model", "tiny"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+}

@@ -189,6 +189,32 @@ fn mock_adapter_path() -> PathBuf {
         .unwrap_or(built)
 }
 
+/// `tpprof write-checkpoint`: a preset's seeded weights as a Hugging Face checkpoint.
+pub fn write_checkpoint_main(a: &crate::cli::WriteCheckpointArgs) -> i32 {
+    let p = std::path::Path::new(&a.model);
+    let cfg = match if p.exists() { config::Config::from_json_file(p) } else { config::Config::preset(&a.model) } {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if a.out.exists() {
+        eprintln!("error: {} already exists: choose a new directory", a.out.display());
+        return 2;
+    }
+    match builtin::cpu::weights::write_checkpoint(&cfg, a.seed, &a.out, a.files.max(1)) {
+        Ok(()) => {
+            println!("wrote {} (model {}, seed {}, {} file(s))", a.out.display(), a.model, a.seed, a.files.max(1));
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
 /// `tpprof models`: the built-in presets with their shapes.
 pub fn print_models() {
     println!("{:<14} {:>7} {:>7} {:>6} {:>6} {:>4} {:>7} {:>8} {:>10}", "preset", "vocab", "hidden", "inter", "layers", "heads", "kv_heads", "max_pos", "params");

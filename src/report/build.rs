@@ -155,10 +155,12 @@ fn sample_reports(workload: &Workload, root: &Recording, ranks: &[RankReport], r
         .collect()
 }
 
-/// Per-rank peak: the GPU process peak when every rank measured one, else the host RSS peak
-/// (the larger of the sampled peak and the kernel's VmHWM). Never a 0 that looks like a GPU figure.
+/// Per-rank peak: the GPU process peak when every rank measured a non-zero one (the engine lives on
+/// the GPU), else the host RSS peak (the larger of the sampled peak and the kernel's VmHWM) — e.g.
+/// the cpu engine or the mock on a GPU machine. Never a 0 that looks like a GPU figure.
 fn peaks(ranks: &[RankReport]) -> (Vec<f64>, MemorySource) {
-    let all_gpu = !ranks.is_empty() && ranks.iter().all(|r| matches!(r.memory.gpu, GpuMemory::Measured { .. }));
+    let all_gpu = !ranks.is_empty()
+        && ranks.iter().all(|r| matches!(r.memory.gpu, GpuMemory::Measured { process_peak, .. } if process_peak.bytes > 0));
     let gib = ranks
         .iter()
         .map(|r| match (&r.memory.gpu, all_gpu) {

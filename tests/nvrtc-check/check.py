@@ -30,7 +30,7 @@ EXPECTED = {
     "sampling.cu": [("argmax_rows", False), ("select_tokens", False)],
     "activation.cu": [("silu_mul", True)],
     "gemv.cu": [("gemv", True)],
-    "decode.cu": [(f"decode_attn_fast_g{g}", True) for g in range(1, 9)],
+    "decode.cu": [(f"decode_attn_fast_g{g}", True) for g in range(1, 9)] + [("decode_attn_merge", True)],
 }
 
 

@@ -11,12 +11,32 @@ pub struct Cpu {
     engine: cpu::CpuEngine,
     config: Config,
     model: String,
+    weights: String,
+}
+
+/// Opens a checkpoint directory; its errors are bad input.
+fn open_checkpoint(dir: &std::path::Path) -> Result<crate::engine::safetensors::SafetensorsDir, EngineError> {
+    crate::engine::safetensors::SafetensorsDir::open(dir).map_err(|e| EngineError::Other(e.to_string()))
+}
+
+/// How the JSON describes the weights.
+fn weights_label(dir: Option<&std::path::Path>) -> String {
+    match dir {
+        Some(d) => format!("safetensors checkpoint {}", d.display()),
+        None => "seeded random (counter-based recipe, identical for every tensor-parallel degree and engine)".into(),
+    }
 }
 
 impl Cpu {
-    pub fn new(config: &Config, model: &str, seed: u64, comm: Box<dyn cpu::comm::TpComm>) -> Result<Cpu, EngineError> {
-        let engine = cpu::CpuEngine::new(config, seed, comm)?;
-        Ok(Cpu { engine, config: config.clone(), model: model.to_string() })
+    /// Seeded random weights, or this rank's shard of a checkpoint (`weights`, whose config.json
+    /// must be `config`).
+    pub fn new(config: &Config, model: &str, seed: u64, weights: Option<&std::path::Path>, comm: Box<dyn cpu::comm::TpComm>) -> Result<Cpu, EngineError> {
+        let engine = match weights {
+            None => cpu::CpuEngine::new(config, seed, comm)?,
+            // The directory (and its memory maps) closes when this returns: the shard lives on as f32.
+            Some(dir) => cpu::CpuEngine::from_safetensors(&open_checkpoint(dir)?, comm)?,
+        };
+        Ok(Cpu { engine, config: config.clone(), model: model.to_string(), weights: weights_label(weights) })
     }
 }
 
@@ -30,7 +50,7 @@ impl Engine for Cpu {
             details: serde_json::json!({
                 "model": self.model,
                 "dtype": "float32",
-                "weights": "seeded random (counter-based, identical for every tensor-parallel degree)",
+                "weights": self.weights,
                 "matmul": "matrixmultiply sgemm",
             }),
         }
@@ -77,15 +97,21 @@ pub struct Cuda {
     engine: cuda::CudaEngine,
     config: Config,
     model: String,
+    weights: String,
 }
 
 #[cfg(feature = "cuda")]
 impl Cuda {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(config: &Config, model: &str, dtype: &str, seed: u64, ordinal: usize, rank: usize, world: usize, nccl_id: &[u8]) -> Result<Cuda, EngineError> {
+    pub fn new(config: &Config, model: &str, dtype: &str, seed: u64, weights: Option<&std::path::Path>, ordinal: usize, rank: usize, world: usize, nccl_id: &[u8]) -> Result<Cuda, EngineError> {
         let dtype = cuda::gpu::Dtype::parse(dtype).map_err(EngineError::Other)?;
-        let engine = cuda::CudaEngine::new(config, dtype, seed, ordinal, rank, world, nccl_id).map_err(|e| EngineError::Other(e.to_string()))?;
-        Ok(Cuda { engine, config: config.clone(), model: model.to_string() })
+        let dir = weights.map(open_checkpoint).transpose()?;
+        let init = match &dir {
+            Some(d) => cuda::WeightInit::Checkpoint(d),
+            None => cuda::WeightInit::Seeded(seed),
+        };
+        let engine = cuda::CudaEngine::new(config, dtype, init, ordinal, rank, world, nccl_id).map_err(|e| EngineError::Other(e.to_string()))?;
+        Ok(Cuda { engine, config: config.clone(), model: model.to_string(), weights: weights_label(weights) })
     }
 
     pub fn inner(&mut self) -> &mut cuda::CudaEngine {
@@ -121,7 +147,7 @@ impl Engine for Cuda {
                 "dtype": self.engine.dtype().name(),
                 "device": self.engine.device_name(),
                 "arch": self.engine.arch(),
-                "weights": "seeded random (the cpu engine's recipe, generated on the GPU)",
+                "weights": self.weights,
                 "kernels": "NVRTC-compiled CUDA C; cuBLAS GEMMs (f32 accumulation); NCCL all-reduce",
             }),
         }

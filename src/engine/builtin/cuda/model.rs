@@ -9,6 +9,7 @@
 
 use crate::engine::builtin::cpu::weights::{projection_scale, tensor_id, Shard, WeightKind, EMBEDDING_SCALE};
 use crate::engine::config::Config;
+use crate::engine::safetensors::{SafetensorsDir, Sharding};
 
 use super::gpu::{Arg, Buf, Dtype, El, Gpu, Nccl};
 use super::CudaError;
@@ -165,6 +166,62 @@ impl Weights {
         })
     }
 
+    /// A Hugging Face checkpoint: every tensor of this rank's shard read from `dir` (memory-mapped,
+    /// only the shard's bytes), converted to the engine's dtype on the host, uploaded.
+    pub fn from_safetensors(gpu: &mut Gpu, dir: &SafetensorsDir, cfg: &Config, dims: &Dims, dtype: Dtype) -> Result<Weights, CudaError> {
+        let (h, d) = (dims.hidden, dims.d);
+        let (hq_full, hkv_full, inter_full, vocab) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size, cfg.vocab_size);
+        let r = dims.rank;
+        let start = gpu.allocated;
+        let bad = |e: crate::engine::safetensors::WeightsError| CudaError::Invalid(e.to_string());
+        let bits = |name: &str, shape: &[usize], sh: Sharding| -> Result<Vec<u16>, CudaError> {
+            match dtype {
+                Dtype::F16 => dir.read_f16_bits(name, shape, sh),
+                Dtype::Bf16 => dir.read_bf16_bits(name, shape, sh),
+            }
+            .map_err(bad)
+        };
+        let f32s = |name: &str, shape: &[usize], sh: Sharding| dir.read_f32(name, shape, sh).map_err(bad);
+        let mut layers = Vec::with_capacity(dims.layers);
+        for l in 0..dims.layers {
+            let name = |k: WeightKind| k.hf_name(l);
+            let (q_rows, kv_rows) = (dims.hq * d, dims.hkv * d);
+            let in_norm = gpu.upload(&f32s(&name(WeightKind::InputNorm), &[h], Sharding::Full)?)?;
+            let post_norm = gpu.upload(&f32s(&name(WeightKind::PostAttentionNorm), &[h], Sharding::Full)?)?;
+            let w_qkv = gpu.alloc(dims.qkv() * h * T_BYTES)?;
+            gpu.write(&w_qkv, 0, &bits(&name(WeightKind::QProj), &[hq_full * d, h], Sharding::Rows(r * q_rows..(r + 1) * q_rows))?)?;
+            gpu.write(&w_qkv, q_rows * h * T_BYTES, &bits(&name(WeightKind::KProj), &[hkv_full * d, h], Sharding::Rows(r * kv_rows..(r + 1) * kv_rows))?)?;
+            gpu.write(&w_qkv, (q_rows + kv_rows) * h * T_BYTES, &bits(&name(WeightKind::VProj), &[hkv_full * d, h], Sharding::Rows(r * kv_rows..(r + 1) * kv_rows))?)?;
+            let mut bias = f32s(&name(WeightKind::QBias), &[hq_full * d], Sharding::Rows(r * q_rows..(r + 1) * q_rows))?;
+            bias.extend(f32s(&name(WeightKind::KBias), &[hkv_full * d], Sharding::Rows(r * kv_rows..(r + 1) * kv_rows))?);
+            bias.extend(f32s(&name(WeightKind::VBias), &[hkv_full * d], Sharding::Rows(r * kv_rows..(r + 1) * kv_rows))?);
+            let b_qkv = gpu.upload(&bias)?;
+            let w_o = gpu.upload(&bits(&name(WeightKind::OProj), &[h, hq_full * d], Sharding::Cols(r * q_rows..(r + 1) * q_rows))?)?;
+            let i = dims.inter;
+            let w_gu = gpu.alloc(2 * i * h * T_BYTES)?;
+            gpu.write(&w_gu, 0, &bits(&name(WeightKind::GateProj), &[inter_full, h], Sharding::Rows(r * i..(r + 1) * i))?)?;
+            gpu.write(&w_gu, i * h * T_BYTES, &bits(&name(WeightKind::UpProj), &[inter_full, h], Sharding::Rows(r * i..(r + 1) * i))?)?;
+            let w_down = gpu.upload(&bits(&name(WeightKind::DownProj), &[h, inter_full], Sharding::Cols(r * i..(r + 1) * i))?)?;
+            layers.push(LayerWeights { in_norm, w_qkv, b_qkv, w_o, post_norm, w_gu, w_down });
+        }
+        let embed = gpu.upload(&bits(&WeightKind::Embedding.hf_name(0), &[vocab, h], Sharding::Full)?)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(gpu.upload(&bits(&WeightKind::LmHead.hf_name(0), &[vocab, h], Sharding::Rows(dims.v0..dims.v1))?)?)
+        };
+        let final_norm = gpu.upload(&f32s(&WeightKind::FinalNorm.hf_name(0), &[h], Sharding::Full)?)?;
+        let per_layer = T_BYTES * (dims.qkv() * h + h * dims.hq * d + 3 * dims.inter * h) + (dims.qkv() + 2 * h) * 4;
+        Ok(Weights {
+            embed,
+            lm_head,
+            final_norm,
+            layers,
+            bytes: gpu.allocated - start,
+            read_per_step: dims.layers * per_layer + T_BYTES * dims.v_local() * h + h * 4,
+        })
+    }
+
     fn lm_head_ptr(&self, dims: &Dims) -> u64 {
         match &self.lm_head {
             Some(b) => b.ptr,
@@ -215,12 +272,11 @@ impl Buffers {
         let t = |n: usize| n * T_BYTES;
         let rows = max_rows.max(slots);
         let q_chunk = (SCORES_BUDGET / (dims.hkv * max_len * (4 + T_BYTES))).clamp(16, MAX_Q_CHUNK);
-        // Enough (kv head, split, sample) blocks to fill the GPU twice over at the longest context.
-        let target = (2 * sm_count).max(1);
-        let mut split_len = 64usize;
-        while split_len < 2048 && dims.hkv * slots * max_len.div_ceil(split_len) > target * 4 {
-            split_len *= 2;
-        }
+        // Decode attention: about one wave of (kv head, split, sample) blocks at the longest
+        // context, two per SM. Finer splits made each block's fixed cost (loading q, merging the
+        // warps' softmax states) dominate, and the merge walk more partial results.
+        let per_wave = (2 * sm_count).max(1);
+        let split_len = (max_len * dims.hkv * slots).div_ceil(per_wave).next_multiple_of(16).max(64);
         let n_splits = max_len.div_ceil(split_len);
         let start = gpu.allocated;
         let kv_elems = dims.layers * slots * dims.hkv * max_len * d;
@@ -322,7 +378,25 @@ impl Probe {
         Ok(Probe { pool: (0..events).map(|_| gpu.event()).collect::<Result<_, _>>()?, marks: Default::default() })
     }
 
-    /// Microseconds per op, summed over the recorded steps (call after the stream synchronized).
+    /// How many marks each op has in one step.
+    pub fn counts(&self) -> Vec<(Op, usize)> {
+        let marks = self.marks.borrow();
+        let mut out: Vec<(Op, usize)> = Vec::new();
+        for (op, _) in marks.iter() {
+            match out.iter_mut().find(|(o, _)| o == op) {
+                Some((_, c)) => *c += 1,
+                None => out.push((*op, 1)),
+            }
+        }
+        out
+    }
+
+    /// Forgets the recorded marks (the events are reused).
+    pub fn reset(&self) {
+        self.marks.borrow_mut().clear();
+    }
+
+    /// Microseconds per op over the recorded marks (call after the stream synchronized).
     pub fn totals_us(&self) -> Result<Vec<(Op, f64)>, CudaError> {
         let marks = self.marks.borrow();
         let mut out: Vec<(Op, f64)> = Vec::new();
@@ -386,7 +460,14 @@ impl Model<'_> {
             let mut marks = p.marks.borrow_mut();
             let i = marks.len();
             let ev = p.pool.get(i).ok_or_else(|| CudaError::Internal("probe event pool exhausted".into()))?;
-            ev.record(&self.gpu.stream).map_err(|e| CudaError::Driver(format!("cuEventRecord: {e}")))?;
+            // EXTERNAL: inside a stream capture a plain record only orders the graph's nodes; this
+            // flag makes it a real event-record node that timing can read after each launch.
+            // SAFETY: the event and the stream belong to this GPU's context and are alive.
+            unsafe {
+                cudarc::driver::sys::cuEventRecordWithFlags(ev.cu_event(), self.gpu.stream.cu_stream(), cudarc::driver::sys::CUevent_record_flags::CU_EVENT_RECORD_EXTERNAL as u32)
+                    .result()
+                    .map_err(|e| CudaError::Driver(format!("cuEventRecordWithFlags: {e}")))?;
+            }
             marks.push((op, i));
         }
         Ok(())
@@ -611,7 +692,8 @@ impl Model<'_> {
             Arg::I32(n as i32), Arg::I32(dm.hq as i32), Arg::I32(dm.hkv as i32), Arg::I32(dm.d as i32), Arg::I32(self.b.max_len as i32),
             Arg::I32(self.b.split_len as i32), Arg::F32(1.0 / (dm.d as f32).sqrt()),
         ])?;
-        self.gpu.launch("decode_attn_combine", (dm.hq as u32, n as u32, 1), 128, 0, &[
+        let merge = if dm.d % 4 == 0 { ("decode_attn_merge", 256) } else { ("decode_attn_combine", 128) };
+        self.gpu.launch(merge.0, (dm.hq as u32, n as u32, 1), merge.1, 0, &[
             Arg::Ptr(self.b.part_ml.ptr), Arg::Ptr(self.b.part_acc.ptr), Arg::Ptr(self.b.attn.ptr), Arg::I32(n as i32), Arg::I32(dm.hq as i32), Arg::I32(dm.d as i32), Arg::I32(self.b.n_splits as i32),
         ])
     }
@@ -619,5 +701,23 @@ impl Model<'_> {
     /// This rank's logits of the last LM-head pass, rows × v_local.
     pub fn read_logits(&self, rows: usize) -> Result<Vec<f32>, CudaError> {
         self.gpu.read::<f32>(self.b.logits.ptr, rows * self.dims.v_local())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dims_shard_like_the_cpu_engine() {
+        let cfg = Config::preset("qwen2.5-14b").unwrap();
+        let d = Dims::new(&cfg, 1, 2);
+        assert_eq!((d.hq, d.hkv, d.d, d.inter), (20, 4, 128, 6912));
+        assert_eq!((d.v0, d.v1), (76032, 152064));
+        assert_eq!(d.qkv(), (20 + 8) * 128);
+        assert_eq!(d.group(), 5);
+        let tiny = Config::preset("tiny").unwrap();
+        let t = Dims::new(&tiny, 3, 4);
+        assert_eq!((t.hq, t.hkv, t.v0, t.v1), (2, 1, 384, 512));
     }
 }

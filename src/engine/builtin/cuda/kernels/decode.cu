@@ -222,3 +222,108 @@ DQ_KERNELS(5, 2)
 DQ_KERNELS(6, 1)
 DQ_KERNELS(7, 1)
 DQ_KERNELS(8, 1)
+
+// ------------------------------------------------------------------------------------------------
+// decode_attn_merge: combines the splits of decode_attn_fast (or attention.cu's decode_attn_partial)
+// into attn (B, hq*d) row-major, for each (sample b, query head h):
+//   M = max_s m_s over non-empty splits; w_s = exp(m_s − M); L = Σ_s l_s·w_s;
+//   out[b, h*d + i] = (Σ_s acc_s,i·w_s) / L.
+// Non-empty splits form a prefix (s < live). Eight warps take splits round-robin, each lane a
+// float4 slice of head_dim, so a block keeps 8 × 32 16-byte loads in flight per round instead of
+// walking the splits one at a time; the warps' partial sums meet in shared memory.
+// Launch: grid = (hq, B), block = 256 (MG_THREADS), shared = 0 (static 8 KiB + 128 B).
+// Constraints: head_dim % 4 == 0, head_dim <= 256; part_acc 16-byte aligned.
+
+#define MG_THREADS 256
+#define MG_WARPS (MG_THREADS / 32)
+
+template <typename T> __device__ __forceinline__ T from_f32_(float x);
+template <> __device__ __forceinline__ __half from_f32_<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32_<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+__device__ __forceinline__ float mg_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float mg_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+template <typename T>
+__device__ __forceinline__ void decode_attn_merge_impl(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
+                                                       T* __restrict__ out, int B, int hq, int d, int n_splits) {
+    __shared__ float red[3][MG_WARPS];
+    __shared__ __align__(16) float part[MG_WARPS][256];
+    const int h = blockIdx.x, b = blockIdx.y;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const long long base = ((long long)b * hq + h) * n_splits;
+    const float* ml = part_ml + base * 2;
+    const float* acc = part_acc + base * d;
+
+    // M and the number of non-empty splits.
+    float mx = NEG_INF, last = -1.0f;
+    for (int s = tid; s < n_splits; s += MG_THREADS) {
+        if (ml[2 * s + 1] > 0.0f) {
+            mx = fmaxf(mx, ml[2 * s]);
+            last = fmaxf(last, (float)s);
+        }
+    }
+    mx = mg_warp_max(mx);
+    last = mg_warp_max(last);
+    if (lane == 0) {
+        red[0][warp] = mx;
+        red[1][warp] = last;
+    }
+    __syncthreads();
+    float M = NEG_INF, lastall = -1.0f;
+#pragma unroll
+    for (int w = 0; w < MG_WARPS; ++w) {
+        M = fmaxf(M, red[0][w]);
+        lastall = fmaxf(lastall, red[1][w]);
+    }
+    const int live = (int)lastall + 1;
+
+    // Each warp: its splits, lanes over float4 slices of d (at most 2 slices per lane: d <= 256).
+    float4 a0 = make_float4(0.f, 0.f, 0.f, 0.f), a1 = a0;
+    float lsum = 0.0f;
+    const int c0 = lane * 4, c1 = 128 + lane * 4;
+    for (int s = warp; s < live; s += MG_WARPS) {
+        const float w = expf(ml[2 * s] - M);
+        lsum = fmaf(ml[2 * s + 1], w, lsum);
+        const float* as = acc + (long long)s * d;
+        if (c0 < d) {
+            const float4 v = *reinterpret_cast<const float4*>(as + c0);
+            a0.x = fmaf(v.x, w, a0.x); a0.y = fmaf(v.y, w, a0.y); a0.z = fmaf(v.z, w, a0.z); a0.w = fmaf(v.w, w, a0.w);
+        }
+        if (c1 < d) {
+            const float4 v = *reinterpret_cast<const float4*>(as + c1);
+            a1.x = fmaf(v.x, w, a1.x); a1.y = fmaf(v.y, w, a1.y); a1.z = fmaf(v.z, w, a1.z); a1.w = fmaf(v.w, w, a1.w);
+        }
+    }
+    if (c0 < d) *reinterpret_cast<float4*>(&part[warp][c0]) = a0;
+    if (c1 < d) *reinterpret_cast<float4*>(&part[warp][c1]) = a1;
+    if (lane == 0) red[2][warp] = lsum;  // every lane of a warp computed the same lsum
+    __syncthreads();
+    float L = 0.0f;
+#pragma unroll
+    for (int w = 0; w < MG_WARPS; ++w) L += red[2][w];
+    T* o = out + (long long)b * hq * d + (long long)h * d;
+    for (int i = tid; i < d; i += MG_THREADS) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < MG_WARPS; ++w) sum += part[w][i];
+        o[i] = from_f32_<T>(L > 0.0f ? sum / L : 0.0f);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MG_THREADS) decode_attn_merge_f16(const float* part_ml, const float* part_acc,
+                                                                               __half* out, int B, int hq, int head_dim, int n_splits) {
+    decode_attn_merge_impl<__half>(part_ml, part_acc, out, B, hq, head_dim, n_splits);
+}
+extern "C" __global__ void __launch_bounds__(MG_THREADS) decode_attn_merge_bf16(const float* part_ml, const float* part_acc,
+                                                                                __nv_bfloat16* out, int B, int hq, int head_dim, int n_splits) {
+    decode_attn_merge_impl<__nv_bfloat16>(part_ml, part_acc, out, B, hq, head_dim, n_splits);
+}
