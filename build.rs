@@ -56,7 +56,7 @@ fn build_mock_adapters(out: &Path) {
             .arg("-o")
             .arg(&lib)
             .arg(MOCK_SRC)
-            .arg("-lpthread");
+            .args(["-lpthread", "-ldl"]);
         let status = cmd.status();
         match status {
             Ok(s) if s.success() => println!("cargo:rustc-env={var}={}", lib.display()),

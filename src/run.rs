@@ -12,7 +12,7 @@ use crate::engine::builtin::Cpu;
 use crate::engine::config::Config;
 use crate::engine::{Engine, EngineSpec, Topology};
 use crate::observe::gpu::{GpuInfo, HostGpus};
-use crate::observe::memory::MemorySampler;
+use crate::observe::memory::{MemorySampler, Phase, PhaseCell, SamplerSetup};
 use crate::record::{token_digest, Recording, TokenSink};
 use crate::report::build::Header;
 use crate::report::writer::{OutputFile, Written};
@@ -233,8 +233,17 @@ impl<'w> Job<'w> {
 
         // 3. Observers first, so engine creation is measured too.
         let epoch = Instant::now();
-        let sampler = MemorySampler::start(epoch, config.mem_interval, gpu.clone(), no_gpu_reason);
+        let phase = PhaseCell::default();
+        let sampler = MemorySampler::start(SamplerSetup {
+            epoch,
+            interval: config.mem_interval,
+            gpu: gpu.clone(),
+            no_gpu_reason,
+            job: job_processes(world),
+            phase: phase.clone(),
+        });
         let mut guard = SamplerGuard(Some(sampler));
+        phase.set(Phase::EngineLoad);
 
         // 4. The engine (`auto` becomes cuda where every rank has a GPU).
         let spec = config.engine.resolve(gpu.is_some());
@@ -292,6 +301,7 @@ impl<'w> Job<'w> {
         // 6. Prepare (buffers, warm-up, graphs: before the clock), then generate (every rank in
         //    ALL_RANKS; rank 0 only in ONE_PROCESS).
         let role = if topology == Topology::OneProcess && !world.is_root() { Role::Observer } else { Role::Engine };
+        phase.set(Phase::Prepare);
         let prepared = match role {
             Role::Engine => engine.prepare(&workload.prompts, workload.generated_tokens).map_err(|e| e.to_string()),
             Role::Observer => Ok(()),
@@ -299,6 +309,8 @@ impl<'w> Job<'w> {
         world.agree(prepared).map_err(Stop::failed)?;
         let requested = vec![workload.generated_tokens; workload.prompts.len()];
         let sink = TokenSink::new_with_epoch(epoch, requested.iter().map(|&r| r as usize).sum::<usize>() + 64);
+        sink.track_phase(phase.clone(), workload.prompts.len());
+        phase.set(if role == Role::Observer { Phase::Generate } else { Phase::Prefill });
         let generated = match role {
             Role::Engine => {
                 tracing::info!("generating {} sample(s)", workload.prompts.len());
@@ -308,10 +320,16 @@ impl<'w> Job<'w> {
         };
         let end_ns = sink.now_ns();
         world.idle_barrier();
+        phase.set(Phase::Finish);
         world.agree(generated).map_err(Stop::failed)?;
 
-        // 7. This rank's report, gathered at rank 0.
+        // 7. This rank's report, gathered at rank 0; device step times and clock offsets for the
+        //    cross-rank skew.
         let engine_memory = engine.memory().ok();
+        let device_steps = engine.device_steps();
+        let offsets = world.clock_offsets(16);
+        let steps_bytes: Vec<u8> = device_steps.iter().flatten().flat_map(|&(a, b)| [a.to_le_bytes(), b.to_le_bytes()].concat()).collect();
+        let all_steps = world.gather_bytes(&steps_bytes);
         let memory = guard.stop();
         let submit_ns = sink.submit_ns();
         let (events, overflow) = sink.into_events();
@@ -332,9 +350,9 @@ impl<'w> Job<'w> {
             tokens_generated: rec.generated_tokens(),
             ttft: rec.ttft.summary(),
             decode: rec.decode.summary(),
-            device_decode: engine.device_step_ns().map(|v| {
+            device_decode: device_steps.as_ref().map(|v| {
                 let mut h = crate::record::histogram::LatencyHistogram::new();
-                v.iter().for_each(|&ns| h.record(ns));
+                v.iter().for_each(|&(a, b)| h.record(b.saturating_sub(a)));
                 h.summary()
             }),
             engine_stats: engine.run_stats(),
@@ -358,7 +376,13 @@ impl<'w> Job<'w> {
             .collect::<Result<_, _>>()
             .map_err(|f| Stop::failed(RankFailures(vec![f])))?;
         let header = self.header.take().expect("header set above");
-        let report = header.finished(&workload, &rec, ranks).map_err(|e| Stop::failed(RankFailures(vec![(0, e)])))?;
+        let steps: Vec<Vec<(u64, u64)>> = all_steps
+            .unwrap_or_default()
+            .iter()
+            .map(|b| b.chunks_exact(16).map(|c| (u64::from_le_bytes(c[..8].try_into().expect("8")), u64::from_le_bytes(c[8..].try_into().expect("8")))).collect())
+            .collect();
+        let mut report = header.finished(&workload, &rec, ranks).map_err(|e| Stop::failed(RankFailures(vec![(0, e)])))?;
+        report.skew = crate::report::build::skew(&steps, &offsets);
         self.finish(report, config.exact_length)
     }
 
@@ -550,6 +574,20 @@ fn check_unique_gpus(world: &World, gpu: Option<&GpuInfo>) -> Result<(), String>
         }
     }
     Ok(())
+}
+
+/// (pid, rank) of every rank of this run on this host: the sampler attributes GPU memory to them.
+fn job_processes(world: &World) -> Vec<(u32, i32)> {
+    let mine = [world.host.as_bytes(), b"|", &std::process::id().to_le_bytes()].concat();
+    world
+        .all_gather_bytes(&mine)
+        .iter()
+        .enumerate()
+        .filter_map(|(r, b)| {
+            let (host, pid) = b.split_at(b.len().checked_sub(4)?);
+            (host.strip_suffix(b"|") == Some(world.host.as_bytes())).then(|| (u32::from_le_bytes(pid.try_into().expect("4 bytes")), r as i32))
+        })
+        .collect()
 }
 
 /// This rank's GPU first, then the other local ranks' GPUs in local-rank order (the ABI's devices).

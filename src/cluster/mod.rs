@@ -7,6 +7,7 @@ pub mod tp_comm;
 use std::time::Duration;
 
 use mpi::collective::CommunicatorCollectives;
+use mpi::point_to_point::{Destination, Source};
 use mpi::datatype::PartitionMut;
 use mpi::topology::{Communicator, Rank, SimpleCommunicator};
 use mpi::traits::Root;
@@ -205,11 +206,52 @@ impl World {
             .expect("spawn the watchdog thread");
     }
 
+    /// Every rank's offset of its CLOCK_MONOTONIC from rank 0's, in ns (rank 0: 0), at rank 0; an
+    /// empty vector elsewhere. Per rank, `rounds` ping-pongs; the one with the shortest round trip
+    /// gives offset = t_rank − (t_send + t_recv)/2 (Cristian's method). Ranks on rank 0's host
+    /// share its clock and measure ~0.
+    pub fn clock_offsets(&self, rounds: usize) -> Vec<i64> {
+        let mut offsets = Vec::new();
+        if self.is_root() {
+            offsets.push(0);
+            for r in 1..self.size {
+                let peer = self.comm.process_at_rank(r);
+                let mut best = (u64::MAX, 0i64);
+                for _ in 0..rounds {
+                    let t0 = mono_ns();
+                    peer.send(&t0);
+                    let (t1, _) = peer.receive::<u64>();
+                    let t2 = mono_ns();
+                    let rtt = t2 - t0;
+                    if rtt < best.0 {
+                        best = (rtt, t1 as i64 - ((t0 + t2) / 2) as i64);
+                    }
+                }
+                offsets.push(best.1);
+            }
+        } else {
+            let root = self.comm.process_at_rank(0);
+            for _ in 0..rounds {
+                let (_t0, _) = root.receive::<u64>();
+                root.send(&mono_ns());
+            }
+        }
+        offsets
+    }
+
     pub fn mpi_library_version() -> String {
         mpi::environment::library_version()
             .map(|s| s.trim().lines().next().unwrap_or("").trim().to_string())
             .unwrap_or_else(|_| "unknown".into())
     }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock every token and device step is placed on before ranks compare.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn unreachable_failure() -> RankFailures {

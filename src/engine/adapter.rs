@@ -341,6 +341,16 @@ mod tests {
     }
 
     #[test]
+    fn gpu_allocation_without_a_gpu_is_an_error() {
+        let path = Path::new(env!("TPPROF_MOCK_ADAPTER"));
+        // An array indexed by rank, and a plain number.
+        for opts in [r#"{"gpu_alloc_mib": [1, 2]}"#, r#"{"gpu_alloc_mib": 3}"#] {
+            let e = AdapterEngine::load(path, &init(opts)).err().unwrap().to_string();
+            assert!(e.contains("gpu_alloc_mib given but rank 0 has no GPU"), "{e}");
+        }
+    }
+
+    #[test]
     fn callbacks_from_another_thread_are_recorded() {
         let path = Path::new(env!("TPPROF_MOCK_ADAPTER"));
         let mut eng = AdapterEngine::load(path, &init(r#"{"callback_thread": 1}"#)).unwrap();

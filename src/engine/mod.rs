@@ -99,8 +99,9 @@ pub trait Engine {
     fn prepare(&mut self, _prompts: &[Vec<i32>], _max_new_tokens: u32) -> Result<(), EngineError> {
         Ok(())
     }
-    /// Device time of each decode step (ns), for engines that measure it with device events.
-    fn device_step_ns(&self) -> Option<Vec<u64>> {
+    /// Start and end of each decode step on the device (CUDA events), placed on this host's
+    /// CLOCK_MONOTONIC (ns), for engines that measure them.
+    fn device_steps(&self) -> Option<Vec<(u64, u64)>> {
         None
     }
     /// Engine-specific figures of the last run (e.g. the cuda engine's decode floor).

@@ -27,6 +27,9 @@ pub struct TokenEvent {
 /// engine that produces more than it was asked for is reported, and the hot path never allocates).
 pub struct TokenSink {
     epoch: Instant,
+    /// Moves the memory sampler's phase to Decode once every sample has its first token.
+    phase: std::sync::OnceLock<(crate::observe::memory::PhaseCell, u64)>,
+    first_tokens: AtomicU64,
     events: Mutex<Vec<TokenEvent>>,
     overflow: AtomicU64,
     submit_ns: AtomicU64,
@@ -41,6 +44,8 @@ impl TokenSink {
     pub fn new_with_epoch(epoch: Instant, capacity: usize) -> TokenSink {
         TokenSink {
             epoch,
+            phase: std::sync::OnceLock::new(),
+            first_tokens: AtomicU64::new(0),
             events: Mutex::new(Vec::with_capacity(capacity)),
             overflow: AtomicU64::new(0),
             submit_ns: AtomicU64::new(0),
@@ -64,9 +69,21 @@ impl TokenSink {
         self.epoch
     }
 
+    /// Switch `phase` to Decode when `samples` first tokens have arrived (the end of prefill).
+    pub fn track_phase(&self, phase: crate::observe::memory::PhaseCell, samples: usize) {
+        let _ = self.phase.set((phase, samples as u64));
+    }
+
     /// Called once per generated token, from any thread.
     pub fn on_token(&self, sample: u32, step: u32, token: i32, finish: i32) {
         let t_ns = self.now_ns();
+        if step == 0 {
+            if let Some((phase, n)) = self.phase.get() {
+                if self.first_tokens.fetch_add(1, Ordering::Relaxed) + 1 == *n {
+                    phase.set(crate::observe::memory::Phase::Decode);
+                }
+            }
+        }
         let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
         if events.len() < events.capacity() {
             events.push(TokenEvent { sample, step, token, finish, t_ns });

@@ -35,6 +35,7 @@ impl Header {
             topology: self.topology,
             summary: None,
             latency: None,
+            skew: None,
             ranks,
             samples: Vec::new(),
         }
@@ -125,6 +126,7 @@ impl Header {
             topology: self.topology,
             summary: Some(summary),
             latency: Some(Latency { ttft, decode }),
+            skew: None,
             ranks,
             samples,
         })
@@ -155,18 +157,71 @@ fn sample_reports(workload: &Workload, root: &Recording, ranks: &[RankReport], r
         .collect()
 }
 
-/// Per-rank peak: the GPU process peak when every rank measured a non-zero one (the engine lives on
-/// the GPU), else the host RSS peak (the larger of the sampled peak and the kernel's VmHWM) — e.g.
+/// Per-rank peak: the GPU memory of this run's processes on the rank's GPU when every rank measured
+/// a non-zero one (the engine lives on the GPUs; a ONE_PROCESS engine's allocations on GPU r count
+/// for rank r), else the host RSS peak (the larger of the sampled peak and the kernel's VmHWM) — e.g.
 /// the cpu engine or the mock on a GPU machine. Never a 0 that looks like a GPU figure.
 fn peaks(ranks: &[RankReport]) -> (Vec<f64>, MemorySource) {
     let all_gpu = !ranks.is_empty()
-        && ranks.iter().all(|r| matches!(r.memory.gpu, GpuMemory::Measured { process_peak, .. } if process_peak.bytes > 0));
+        && ranks.iter().all(|r| matches!(r.memory.gpu, GpuMemory::Measured { job_peak, .. } if job_peak.bytes > 0));
     let gib = ranks
         .iter()
         .map(|r| match (&r.memory.gpu, all_gpu) {
-            (GpuMemory::Measured { process_peak, .. }, true) => process_peak.bytes as f64 / GIB,
+            (GpuMemory::Measured { job_peak, .. }, true) => job_peak.bytes as f64 / GIB,
             _ => r.memory.host.peak_rss.bytes.max(r.memory.host.vm_hwm_bytes.unwrap_or(0)) as f64 / GIB,
         })
         .collect();
     (gib, if all_gpu { MemorySource::GpuNvmlProcess } else { MemorySource::HostRss })
+}
+
+/// The cross-rank skew of decode steps: `steps[r]` are rank r's (start, end) on its own clock,
+/// `offsets[r]` its clock minus rank 0's. None unless at least two ranks measured steps.
+pub fn skew(steps: &[Vec<(u64, u64)>], offsets: &[i64]) -> Option<Skew> {
+    let ranks: Vec<usize> = (0..steps.len()).filter(|&r| !steps[r].is_empty()).collect();
+    if ranks.len() < 2 || offsets.len() != steps.len() {
+        return None;
+    }
+    let n = ranks.iter().map(|&r| steps[r].len()).min().unwrap_or(0);
+    let on_root = |r: usize, t: u64| t as i128 - offsets[r] as i128;
+    let mut start = LatencyHistogram::new();
+    let mut end = LatencyHistogram::new();
+    let mut last = vec![0u64; steps.len()];
+    for i in 0..n {
+        let s: Vec<(usize, i128)> = ranks.iter().map(|&r| (r, on_root(r, steps[r][i].0))).collect();
+        let e: Vec<i128> = ranks.iter().map(|&r| on_root(r, steps[r][i].1)).collect();
+        let (lo, hi) = (s.iter().map(|x| x.1).min().unwrap_or(0), s.iter().map(|x| x.1).max().unwrap_or(0));
+        start.record((hi - lo) as u64);
+        end.record((e.iter().max().unwrap_or(&0) - e.iter().min().unwrap_or(&0)) as u64);
+        if let Some((r, _)) = s.iter().max_by_key(|x| x.1) {
+            last[*r] += 1;
+        }
+    }
+    Some(Skew {
+        steps: n as u64,
+        clock_offsets_ns: offsets.to_vec(),
+        start_spread: start.summary(),
+        end_spread: end.summary(),
+        last_to_start_steps: last,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skew_uses_the_clock_offsets_and_names_the_late_rank() {
+        // Rank 1's clock runs 1 ms ahead; on rank 0's clock it starts every step 30 µs later.
+        let r0: Vec<(u64, u64)> = (0..10).map(|i| (i * 10_000_000, i * 10_000_000 + 8_000_000)).collect();
+        let r1: Vec<(u64, u64)> = r0.iter().map(|&(a, b)| (a + 1_000_000 + 30_000, b + 1_000_000 + 2_000)).collect();
+        let s = skew(&[r0.clone(), r1], &[0, 1_000_000]).unwrap();
+        assert_eq!(s.steps, 10);
+        assert_eq!(s.last_to_start_steps, vec![0, 10]);
+        assert_eq!(s.start_spread.count, 10);
+        assert!(s.start_spread.p50_ns >= 30_000 && s.start_spread.p50_ns <= 30_100, "{}", s.start_spread.p50_ns);
+        assert!(s.end_spread.max_ns >= 2_000 && s.end_spread.max_ns <= 2_010);
+        // One rank, or no device steps: no skew.
+        assert!(skew(&[r0.clone()], &[0]).is_none());
+        assert!(skew(&[r0, vec![]], &[0, 0]).is_none());
+    }
 }

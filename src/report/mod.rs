@@ -140,7 +140,7 @@ pub struct SampleReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemorySource {
-    /// NVML per-process used memory of the rank's process on its GPU.
+    /// NVML per-process used memory of this run's processes on the rank's GPU.
     GpuNvmlProcess,
     /// The rank's host resident set peak (VmHWM): there is no GPU.
     HostRss,
@@ -182,6 +182,24 @@ pub struct Latency {
     pub decode: HistogramSummary,
 }
 
+/// Cross-rank skew of the decode steps, from device-side step times (CUDA events) placed on rank
+/// 0's clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skew {
+    /// Decode steps compared (those every rank has).
+    pub steps: u64,
+    /// Each rank's CLOCK_MONOTONIC minus rank 0's (ns), by MPI ping-pong (best of 16 round trips);
+    /// ~0 for ranks on rank 0's host, which share its clock.
+    pub clock_offsets_ns: Vec<i64>,
+    /// Per step: latest − earliest rank's step start (ns).
+    pub start_spread: HistogramSummary,
+    /// Per step: latest − earliest rank's step end (ns).
+    pub end_spread: HistogramSummary,
+    /// How many steps each rank started last: the rank that holds the others back (with a
+    /// collective inside every step, ends line up and starts tell who was late).
+    pub last_to_start_steps: Vec<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
     pub schema: String,
@@ -193,6 +211,8 @@ pub struct RunReport {
     pub summary: Option<Summary>,
     /// Histograms merged exactly over the engine ranks.
     pub latency: Option<Latency>,
+    /// Cross-rank skew per decode step, for engines with device step times on ≥ 2 ranks.
+    pub skew: Option<Skew>,
     pub ranks: Vec<RankReport>,
     pub samples: Vec<SampleReport>,
 }

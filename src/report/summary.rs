@@ -78,12 +78,23 @@ pub fn render(r: &RunReport) -> String {
         row(&mut out, "TTFT", &s.ttft_ms);
         row(&mut out, "ITL", &s.itl_ms);
     }
+    if let Some(k) = &r.skew {
+        let _ = writeln!(
+            out,
+            "cross-rank skew over {} decode steps (device events, rank 0's clock): start spread p50 {:.1} µs / p99 {:.1} µs, end spread p50 {:.1} µs; last to start per rank: {:?}",
+            k.steps,
+            k.start_spread.p50_ns as f64 / 1e3,
+            k.start_spread.p99_ns as f64 / 1e3,
+            k.end_spread.p50_ns as f64 / 1e3,
+            k.last_to_start_steps
+        );
+    }
     if !r.ranks.is_empty() {
         let _ = writeln!(out, "  {:<5} {:<16} {:<9} {:<24} {:>10} {:>10} {:>10}", "rank", "host", "role", "device", "peak GiB", "ITL p50", "ITL p99");
         for k in &r.ranks {
             let device = k.gpu.as_ref().map(|g| format!("GPU{} {}", g.ordinal, g.name)).unwrap_or_else(|| "no GPU".into());
             let (peak, src) = match &k.memory.gpu {
-                GpuMemory::Measured { process_peak, .. } => (process_peak.bytes as f64 / GIB, "gpu"),
+                GpuMemory::Measured { job_peak, .. } => (job_peak.bytes as f64 / GIB, "gpu"),
                 GpuMemory::Unavailable { .. } => (k.memory.host.peak_rss.bytes.max(k.memory.host.vm_hwm_bytes.unwrap_or(0)) as f64 / GIB, "host"),
             };
             let _ = writeln!(

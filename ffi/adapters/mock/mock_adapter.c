@@ -14,6 +14,11 @@
  *   crash_rank, crash_at_token  the process aborts (SIGABRT) on crash_rank at that step
  *   eos_at_step         with exact_length == 0, every sample ends with EOS at this step (default -1)
  *   callback_thread     1: tokens are produced (and on_token called) from a worker thread
+ *   gpu_alloc_mib       MiB allocated with cuMemAlloc (and written) on this rank's GPU in create():
+ *                       a number, or an array indexed by rank ([3072, 5120]: rank 0 3 GiB, rank 1
+ *                       5 GiB; ranks past the end take the last). In ONE_PROCESS topology rank 0
+ *                       allocates that much on EVERY local GPU (init->devices) and the other ranks
+ *                       touch no GPU. The CUDA driver is loaded at run time (dlopen libcuda.so.1).
  *
  * Timing is scripted with busy-waits against CLOCK_MONOTONIC deadlines measured from the previous
  * token, so a measured gap can be longer than the script on a loaded machine but never shorter.
@@ -22,6 +27,7 @@
 #include "tpprof_engine.h"
 
 #include <ctype.h>
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +40,33 @@
 #define MOCK_ABI_VERSION TPPROF_ABI_VERSION
 #endif
 
+#define MOCK_MAX_GPU_ALLOCS 16
+
+/* The few CUDA driver entry points the mock needs, resolved with dlsym. */
+struct cuda_driver {
+    void *lib;
+    int (*init)(unsigned);
+    int (*device_get)(int *, int);
+    int (*ctx_retain)(void **, int);
+    int (*ctx_release)(int);
+    int (*ctx_set_current)(void *);
+    int (*mem_alloc)(unsigned long long *, size_t);
+    int (*memset_d8)(unsigned long long, unsigned char, size_t);
+    int (*mem_free)(unsigned long long);
+    int (*ctx_synchronize)(void);
+};
+
+struct gpu_alloc {
+    int device;
+    void *ctx;
+    unsigned long long ptr;
+};
+
 struct tpprof_engine {
+    struct cuda_driver cu;
+    struct gpu_alloc gpu[MOCK_MAX_GPU_ALLOCS];
+    int n_gpu;
+    size_t gpu_bytes;
     int rank;
     int one_process;
     long vocab;
@@ -96,6 +128,95 @@ static void set_err(char *err, size_t errlen, const char *msg) {
     if (err != NULL && errlen > 0) snprintf(err, errlen, "%s", msg);
 }
 
+/* Element `index` of a JSON number array value, the last one past its end, or the value itself if
+ * it is a plain number; dflt when absent. */
+static double opt_num_at(const char *json, const char *key, int index, double dflt) {
+    const char *v = json_value(json, key);
+    if (v == NULL) return dflt;
+    if (*v != '[') return opt_num(json, key, dflt);
+    double last = dflt;
+    const char *p = v + 1;
+    for (int i = 0;; i++) {
+        while (isspace((unsigned char)*p) || *p == ',') p++;
+        if (*p == ']' || *p == '\0') return last;
+        char *end = NULL;
+        double d = strtod(p, &end);
+        if (end == p) return last;
+        last = d;
+        if (i == index) return d;
+        p = end;
+    }
+}
+
+/* ---- GPU allocations through the CUDA driver, loaded at run time ---- */
+
+static int load_cuda(struct cuda_driver *cu, char *err, size_t errlen) {
+    cu->lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (cu->lib == NULL) {
+        snprintf(err, errlen, "mock: gpu_alloc_mib needs the CUDA driver, but libcuda.so.1 could not be loaded (%s)", dlerror());
+        return -1;
+    }
+#define MOCK_SYM(field, name)                                                                   \
+    do {                                                                                        \
+        *(void **)(&cu->field) = dlsym(cu->lib, name);                                          \
+        if (cu->field == NULL) {                                                                \
+            snprintf(err, errlen, "mock: the CUDA driver lacks %s", name);                      \
+            return -1;                                                                          \
+        }                                                                                       \
+    } while (0)
+    MOCK_SYM(init, "cuInit");
+    MOCK_SYM(device_get, "cuDeviceGet");
+    MOCK_SYM(ctx_retain, "cuDevicePrimaryCtxRetain");
+    MOCK_SYM(ctx_release, "cuDevicePrimaryCtxRelease_v2");
+    MOCK_SYM(ctx_set_current, "cuCtxSetCurrent");
+    MOCK_SYM(mem_alloc, "cuMemAlloc_v2");
+    MOCK_SYM(memset_d8, "cuMemsetD8_v2");
+    MOCK_SYM(mem_free, "cuMemFree_v2");
+    MOCK_SYM(ctx_synchronize, "cuCtxSynchronize");
+#undef MOCK_SYM
+    return 0;
+}
+
+/* Allocates and writes `bytes` on CUDA device `ordinal`. */
+static int gpu_alloc(tpprof_engine *e, int ordinal, size_t bytes, char *err, size_t errlen) {
+    struct cuda_driver *cu = &e->cu;
+    struct gpu_alloc *a = &e->gpu[e->n_gpu];
+    int dev, rc;
+    if (e->n_gpu >= MOCK_MAX_GPU_ALLOCS) {
+        snprintf(err, errlen, "mock: more than %d GPU allocations", MOCK_MAX_GPU_ALLOCS);
+        return -1;
+    }
+    if ((rc = cu->device_get(&dev, ordinal)) != 0 || (rc = cu->ctx_retain(&a->ctx, dev)) != 0 ||
+        (rc = cu->ctx_set_current(a->ctx)) != 0) {
+        snprintf(err, errlen, "mock: no CUDA context on device %d (CUresult %d)", ordinal, rc);
+        return -1;
+    }
+    a->device = dev;
+    if ((rc = cu->mem_alloc(&a->ptr, bytes)) != 0) {
+        cu->ctx_release(dev);
+        snprintf(err, errlen, "mock: cuMemAlloc of %zu bytes on device %d failed (CUresult %d)", bytes, ordinal, rc);
+        return rc == 2 ? -2 : -1; /* 2 = CUDA_ERROR_OUT_OF_MEMORY */
+    }
+    e->n_gpu++;
+    /* Write every byte so the allocation is resident, as a real engine's weights are. */
+    if ((rc = cu->memset_d8(a->ptr, 0xA5, bytes)) != 0 || (rc = cu->ctx_synchronize()) != 0) {
+        snprintf(err, errlen, "mock: cuMemsetD8 on device %d failed (CUresult %d)", ordinal, rc);
+        return -1;
+    }
+    return 0;
+}
+
+static void gpu_free_all(tpprof_engine *e) {
+    for (int i = 0; i < e->n_gpu; i++) {
+        e->cu.ctx_set_current(e->gpu[i].ctx);
+        e->cu.mem_free(e->gpu[i].ptr);
+        e->cu.ctx_release(e->gpu[i].device);
+    }
+    e->n_gpu = 0;
+    if (e->cu.lib != NULL) dlclose(e->cu.lib);
+    e->cu.lib = NULL;
+}
+
 /* ---- the ABI ---- */
 
 uint32_t tpprof_abi_version(void) { return MOCK_ABI_VERSION; }
@@ -146,6 +267,27 @@ int32_t tpprof_create(const tpprof_init *init, tpprof_engine **out, char *err, s
             return TPPROF_ERR_OUT_OF_MEMORY;
         }
         memset(e->alloc, 0xA5, e->alloc_bytes); /* touch every page so RSS shows it */
+    }
+    double gpu_mib = opt_num_at(o, "gpu_alloc_mib", init->rank, 0);
+    if (gpu_mib > 0 && (!e->one_process || init->rank == 0)) {
+        int rc = 0;
+        if (init->n_devices == 0) {
+            snprintf(err, errlen, "mock: gpu_alloc_mib given but rank %d has no GPU", init->rank);
+            rc = -1;
+        } else if (load_cuda(&e->cu, err, errlen) != 0 || e->cu.init(0) != 0) {
+            if (e->cu.lib != NULL) snprintf(err, errlen, "mock: cuInit failed");
+            rc = -1;
+        } else {
+            e->gpu_bytes = (size_t)(gpu_mib * 1048576.0);
+            size_t n = e->one_process ? init->n_devices : 1;
+            for (size_t d = 0; d < n && rc == 0; d++) rc = gpu_alloc(e, init->devices[d], e->gpu_bytes, err, errlen);
+        }
+        if (rc != 0) {
+            gpu_free_all(e);
+            free(e->alloc);
+            free(e);
+            return rc == -2 ? TPPROF_ERR_OUT_OF_MEMORY : TPPROF_ERR_RUNTIME;
+        }
     }
     double create_ms = opt_num(o, "create_ms", 0);
     if (create_ms > 0) busy_until(now_us() + create_ms * 1e3);
@@ -275,7 +417,8 @@ int32_t tpprof_memory(const tpprof_engine *e, tpprof_memory_stats *stats, char *
     (void)errlen;
     stats->weights_bytes = TPPROF_UNKNOWN;
     stats->kv_cache_bytes = TPPROF_UNKNOWN;
-    stats->workspace_bytes = TPPROF_UNKNOWN;
+    /* The GPU allocations are the mock's "workspace": what it holds on its device(s). */
+    stats->workspace_bytes = e->gpu_bytes * (size_t)e->n_gpu;
     stats->comm_bytes = TPPROF_UNKNOWN;
     stats->host_bytes = e->alloc_bytes;
     return TPPROF_OK;
@@ -283,6 +426,7 @@ int32_t tpprof_memory(const tpprof_engine *e, tpprof_memory_stats *stats, char *
 
 void tpprof_destroy(tpprof_engine *e) {
     if (e == NULL) return;
+    gpu_free_all(e);
     free(e->alloc);
     free(e);
 }

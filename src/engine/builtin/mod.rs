@@ -181,8 +181,8 @@ impl Engine for Cuda {
         Some(self.config.max_position_embeddings as u32)
     }
 
-    fn device_step_ns(&self) -> Option<Vec<u64>> {
-        Some(self.engine.step_times().device_ms.iter().map(|ms| (*ms as f64 * 1e6) as u64).collect())
+    fn device_steps(&self) -> Option<Vec<(u64, u64)>> {
+        Some(self.engine.step_times().device_abs_ns.clone())
     }
 
     fn run_stats(&self) -> Option<serde_json::Value> {

@@ -97,6 +97,9 @@ pub enum WeightInit<'a> {
 pub struct StepTimes {
     /// Device time of each decode step (CUDA events around the graph launch), ms.
     pub device_ms: Vec<f32>,
+    /// Start and end of each step on the host's CLOCK_MONOTONIC (ns): a reference event recorded
+    /// on an idle stream at a known host time anchors the event times.
+    pub device_abs_ns: Vec<(u64, u64)>,
 }
 
 pub struct CudaEngine {
@@ -307,6 +310,14 @@ impl CudaEngine {
         let steps = max_new - 1;
         let events: Vec<_> = (0..2 * steps).map(|_| self.gpu.event()).collect::<Result<_, _>>()?;
         let rec = |e: &cudarc::driver::CudaEvent, g: &Gpu| e.record(&g.stream).map_err(|e| CudaError::Driver(format!("cuEventRecord: {e}")));
+        // The anchor: the stream is idle, so the reference event completes as soon as it is
+        // recorded; its host time is the middle of record → synchronize (a few µs wide).
+        let anchor = self.gpu.event()?;
+        self.gpu.sync()?;
+        let h0 = crate::cluster::mono_ns();
+        rec(&anchor, &self.gpu)?;
+        self.gpu.sync()?;
+        let anchor_ns = (h0 + crate::cluster::mono_ns()) / 2;
         let t1 = Instant::now();
         let mut ran = 0;
         for step in 1..max_new {
@@ -332,6 +343,11 @@ impl CudaEngine {
         }
         let decode_s = t1.elapsed().as_secs_f64();
         self.gpu.sync()?;
+        let since_anchor = |e: &cudarc::driver::CudaEvent| -> Result<u64, CudaError> {
+            let ms = anchor.elapsed_ms(e).map_err(|e| CudaError::Driver(format!("cuEventElapsedTime: {e}")))?;
+            Ok(anchor_ns + (ms as f64 * 1e6) as u64)
+        };
+        self.steps.device_abs_ns = (0..ran).map(|i| Ok((since_anchor(&events[2 * i])?, since_anchor(&events[2 * i + 1])?))).collect::<Result<_, CudaError>>()?;
         self.steps.device_ms = (0..ran)
             .map(|i| events[2 * i].elapsed_ms(&events[2 * i + 1]).map_err(|e| CudaError::Driver(format!("cuEventElapsedTime: {e}"))))
             .collect::<Result<_, _>>()?;
