@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The tests that need NVIDIA GPUs (CI has none): run on a machine with >= 2 GPUs, after building
+# (cargo build --release) or with TPPROF=/path/to/tpprof (and libtpprof_mock.so beside it).
+#  1. tpprof verify: the cuda engine against the cpu reference, TP 1 and 2, fp16 and bf16;
+#  2. GPU memory against known allocations: the mock allocates 3 GiB on rank 0 and 5 GiB on rank 1
+#     (ALL_RANKS), then 4 GiB on both GPUs from rank 0 (ONE_PROCESS); each rank's reported peak
+#     must cover its allocation plus at most 1 GiB of CUDA context, and in ONE_PROCESS rank 1's
+#     GPU memory must be attributed to rank 0's process.
+# Exits non-zero on the first failure.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+B="${TPPROF:-$here/target/release/tpprof}"
+export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}"
+MR=(mpirun --bind-to none)
+[[ "$(id -u)" -eq 0 ]] && MR+=(--allow-run-as-root)
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+
+"${MR[@]}" -n 1 "$B" verify --model tiny --prompt-tokens 700
+"${MR[@]}" -n 2 "$B" verify --model tiny --prompt-tokens 700
+"${MR[@]}" -n 2 "$B" verify --model small --prompt-tokens 700
+"${MR[@]}" -n 2 "$B" verify --model small --dtype bf16 --prompt-tokens 700
+"${MR[@]}" -n 2 "$B" verify --model qwen2.5-0.5b --prompts 2 --prompt-tokens 700
+"$B" write-checkpoint --model small --seed 11 --files 2 --out "$out/ckpt" >/dev/null
+"${MR[@]}" -n 2 "$B" verify --weights "$out/ckpt" --prompt-tokens 300
+
+"${MR[@]}" -n 2 "$B" run --engine mock --engine-options '{"gpu_alloc_mib": [3072, 5120], "token_us": 1000, "create_ms": 200}' \
+  --prompt-tokens 64 --generated-tokens 200 --mem-interval-ms 5 --out "$out/all.json" >/dev/null
+"${MR[@]}" -n 2 "$B" run --engine mock --engine-options '{"topology": "one_process", "gpu_alloc_mib": 4096, "token_us": 1000, "create_ms": 200}' \
+  --prompt-tokens 64 --generated-tokens 200 --mem-interval-ms 5 --out "$out/one.json" >/dev/null
+python3 - "$out/all.json" "$out/one.json" <<'PY'
+import json, sys
+GIB = 1 << 30
+def check(path, want, owner=None):
+    j = json.load(open(path))
+    assert j["status"]["state"] == "ok", j["status"]
+    assert j["summary"]["peak_memory_source"] == "gpu_nvml_process"
+    pids = {r["rank"]: r["pid"] for r in j["ranks"]}
+    for r in j["ranks"]:
+        g = r["memory"]["gpu"]
+        job = g["job_peak"]["bytes"]
+        assert want[r["rank"]] <= job <= want[r["rank"]] + GIB, (path, r["rank"], job)
+        assert job <= g["device_used_peak"]["bytes"], (path, r["rank"])
+        if owner is not None:
+            assert [p["rank"] for p in g["processes"] if p["peak_bytes"] > 0] == [owner], g["processes"]
+            assert any(p["pid"] == pids[owner] for p in g["processes"])
+        print(f"{path.split('/')[-1]} rank {r['rank']}: job peak {job / GIB:.3f} GiB for {want[r['rank']] / GIB:.0f} GiB allocated, device used {g['device_used_peak']['bytes'] / GIB:.3f} GiB OK")
+check(sys.argv[1], {0: 3 * GIB, 1: 5 * GIB})
+check(sys.argv[2], {0: 4 * GIB, 1: 4 * GIB}, owner=0)
+print("gpu-test: PASS")
+PY
