@@ -102,7 +102,8 @@ def main():
     inc = [f"-I{a.include}"] if a.include else []
     failed = False
     for f in EXPECTED:
-        src = (KDIR / f).read_text()
+        # As the registry (gpu.rs) does: common.cuh in front of every module.
+        src = (KDIR / "common.cuh").read_text() + f'\n#line 1 "{f}"\n' + (KDIR / f).read_text()
         for arch in archs:
             opts = ["--std=c++17", f"-arch={arch}"] + inc
             ok, log, ptx = nv.compile(src, f, opts)

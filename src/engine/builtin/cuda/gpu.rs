@@ -190,7 +190,8 @@ impl Gpu {
                 name: Some(format!("{}.cu", m.name)),
                 ..Default::default()
             };
-            let ptx = cudarc::nvrtc::compile_ptx_with_opts(m.source, opts)
+            let source = format!("{}\n#line 1 \"{}.cu\"\n{}", super::COMMON, m.name, m.source);
+            let ptx = cudarc::nvrtc::compile_ptx_with_opts(source, opts)
                 .map_err(|e| CudaError::Compile(format!("{}.cu for {}: {e}", m.name, self.arch)))?;
             let module = self.ctx.load_module(ptx).map_err(drv("cuModuleLoadData"))?;
             for &(base, typed) in m.kernels {

@@ -16,6 +16,9 @@ use crate::engine::config::Config;
 use gpu::{Dtype, Gpu, Module, Nccl};
 use model::{Buffers, Dims, Model, Weights};
 
+/// Helpers every kernel module shares (compiled in front of each .cu).
+pub const COMMON: &str = include_str!("kernels/common.cuh");
+
 /// The kernel sources and the kernels each must define (base name, has dtype variants).
 pub const MODULES: &[Module] = &[
     Module { name: "init", source: include_str!("kernels/init.cu"), kernels: &[("init_weight", true), ("init_f32", false)] },

@@ -3,14 +3,8 @@
 // Numerics mirror the cpu engine (ops.rs silu / silu_mul): silu(x) = x / (1 + expf(-x)) with IEEE
 // expf and division (no fast-math), then one f32 multiply by up, then rounding to T.
 
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+// Helpers (to_f32, from_f32, unpack8, reductions, NEG_INF) come from common.cuh, compiled in front of this file.
 
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> __device__ __forceinline__ T from_f32(float x);
-template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 // silu_mul: gate_up is (n_rows, 2*inter) row-major, gate = columns [0, inter), up = [inter, 2*inter);
 // out is (n_rows, inter): out[r, c] = T( silu(gate[r, c]) * up[r, c] ).

@@ -22,22 +22,11 @@
 // Numerics: f32 dot products and accumulators, IEEE expf; the order of additions differs from
 // attention.cu (a different partition of positions), results agree within f32 rounding.
 
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+// Helpers (to_f32, from_f32, unpack8, reductions, NEG_INF) come from common.cuh, compiled in front of this file.
 
-#define NEG_INF __int_as_float(0xff800000)
 #define DQ_THREADS 256
 #define DQ_WARPS (DQ_THREADS / 32)
 
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-__device__ __forceinline__ void unpack8(const uint4& v, float* f) {
-    const T* e = reinterpret_cast<const T*>(&v);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) f[i] = to_f32(e[i]);
-}
 
 // Merges the online-softmax state (m2, l2, a2) into (m, l, a); an empty state has m = -inf, l = 0.
 __device__ __forceinline__ void merge_state(float& m, float& l, float* a, float m2, float l2, const float* a2) {
@@ -237,21 +226,6 @@ DQ_KERNELS(8, 1)
 #define MG_THREADS 256
 #define MG_WARPS (MG_THREADS / 32)
 
-template <typename T> __device__ __forceinline__ T from_f32_(float x);
-template <> __device__ __forceinline__ __half from_f32_<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32_<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-__device__ __forceinline__ float mg_warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-__device__ __forceinline__ float mg_warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 template <typename T>
 __device__ __forceinline__ void decode_attn_merge_impl(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
                                                        T* __restrict__ out, int B, int hq, int d, int n_splits) {
@@ -271,8 +245,8 @@ __device__ __forceinline__ void decode_attn_merge_impl(const float* __restrict__
             last = fmaxf(last, (float)s);
         }
     }
-    mx = mg_warp_max(mx);
-    last = mg_warp_max(last);
+    mx = warp_max(mx);
+    last = warp_max(last);
     if (lane == 0) {
         red[0][warp] = mx;
         red[1][warp] = last;
@@ -315,7 +289,7 @@ __device__ __forceinline__ void decode_attn_merge_impl(const float* __restrict__
         float sum = 0.0f;
 #pragma unroll
         for (int w = 0; w < MG_WARPS; ++w) sum += part[w][i];
-        o[i] = from_f32_<T>(L > 0.0f ? sum / L : 0.0f);
+        o[i] = from_f32<T>(L > 0.0f ? sum / L : 0.0f);
     }
 }
 

@@ -11,25 +11,11 @@
 // Accumulation in f32; the warp sum is a shuffle tree (a different order than cuBLAS: results agree
 // within the usual f32 rounding).
 
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+// Helpers (to_f32, from_f32, unpack8, reductions, NEG_INF) come from common.cuh, compiled in front of this file.
 
 #define GEMV_MAX_ROWS 8
 #define GEMV_WARPS 8
 
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> __device__ __forceinline__ T from_f32(float x);
-template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-// 8 elements of T packed in 16 bytes, unpacked to f32.
-template <typename T>
-__device__ __forceinline__ void unpack8(const uint4& v, float* f) {
-    const T* e = reinterpret_cast<const T*>(&v);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) f[i] = to_f32(e[i]);
-}
 
 // Weights are read once per step: a streaming load that does not displace x and the KV cache in L1.
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {

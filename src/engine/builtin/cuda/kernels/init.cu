@@ -18,8 +18,7 @@
 //   init(seed=42,       tensor_id=0x211, index=12345)    = f32 bits 0x3d998230
 //   init(seed=2^64-1,   tensor_id=7,     index=2^64-1)   = f32 bits 0xbe0fcbd0
 
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+// Helpers (to_f32, from_f32, unpack8, reductions, NEG_INF) come from common.cuh, compiled in front of this file.
 
 #define INIT_GAMMA 0x9E3779B97F4A7C15ull
 

@@ -3,32 +3,8 @@
 // The residual stream is kept in f32 (as in the cpu engine); only the normalized activations
 // that feed GEMMs are rounded to T (__half or __nv_bfloat16).
 
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+// Helpers (to_f32, from_f32, unpack8, reductions, NEG_INF) come from common.cuh, compiled in front of this file.
 
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> __device__ __forceinline__ T from_f32(float x);
-template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// Sum over the block; every thread gets the result. blockDim.x must be a multiple of 32 (full
-// warps for the shuffles), at most 1024. `red` is a 32-float shared buffer; the leading
-// __syncthreads makes back-to-back calls on the same buffer safe.
-__device__ __forceinline__ float block_sum(float v, float* red) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-    v = warp_sum(v);
-    __syncthreads();
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    return warp_sum(lane < n_warps ? red[lane] : 0.0f);
-}
 
 // add_rmsnorm: per row r (resid and out are (n_rows, hidden) row-major):
 //   if delta != nullptr: resid[r, :] += to_f32(delta[r, :])      (written back to resid)

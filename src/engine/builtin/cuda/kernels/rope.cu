@@ -8,12 +8,8 @@
 //   out[i] = x1*c - x2*s, out[i+half] = x2*c + x1*s with each product and sum rounded separately
 //   (explicit _rn intrinsics: no FMA contraction, like the CPU).
 
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+// Helpers (to_f32, from_f32, unpack8, reductions, NEG_INF) come from common.cuh, compiled in front of this file.
 
-template <typename T> __device__ __forceinline__ T from_f32(float x);
-template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 // Largest supported head_dim (the cos/sin tables below hold head_dim/2 entries each).
 #define ROPE_MAX_HEAD_DIM 256

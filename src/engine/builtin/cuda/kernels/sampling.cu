@@ -11,10 +11,9 @@
 //
 // Launch: grid = (n_rows, 1, 1), block = 1024 (any multiple of 32 up to 1024), shared = 0
 //   (static 256 B).
+// Helpers (to_f32, from_f32, unpack8, reductions, NEG_INF) come from common.cuh, compiled in front of this file.
 #define ARGMAX_NONE 0x7fffffff
 
-// -inf as a bit pattern: NVRTC has no <math.h>, so INFINITY is not defined.
-#define NEG_INF __int_as_float(0xff800000)
 
 // (v, i) beats (bv, bi): larger value, or same value and smaller index.
 __device__ __forceinline__ bool beats(float v, int i, float bv, int bi) {
