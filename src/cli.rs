@@ -115,6 +115,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub force: bool,
 
+    /// Also write a Chrome/Perfetto trace (one process per rank: tokens, device decode steps,
+    /// memory) to this file.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+
     /// Put the generated token ids into the JSON.
     #[arg(long)]
     pub record_tokens: bool,

@@ -16,6 +16,7 @@ use crate::observe::memory::{MemorySampler, Phase, PhaseCell, SamplerSetup};
 use crate::record::{token_digest, Recording, TokenSink};
 use crate::report::build::Header;
 use crate::report::writer::{OutputFile, Written};
+use crate::report::trace::RankTrace;
 use crate::report::{ConfigReport, Environment, RankReport, RankSample, RankTiming, Role, RunReport, State};
 use crate::workload::Workload;
 
@@ -48,6 +49,7 @@ pub struct RunConfig {
     pub out: Option<PathBuf>,
     pub force: bool,
     pub record_tokens: bool,
+    pub trace: Option<PathBuf>,
     pub devices: Option<Vec<i32>>,
     pub mem_interval: Duration,
     pub timeout: Option<Duration>,
@@ -115,6 +117,7 @@ impl RunConfig {
             out: a.out.clone(),
             force: a.force,
             record_tokens: a.record_tokens,
+            trace: a.trace.clone(),
             devices,
             mem_interval: Duration::from_millis(positive("mem-interval-ms", a.mem_interval_ms)? as u64),
             timeout,
@@ -176,12 +179,13 @@ struct Job<'w> {
     args: RunArgs,
     config: Option<RunConfig>,
     out: Option<OutputFile>,
+    trace_out: Option<OutputFile>,
     header: Option<Header>,
 }
 
 impl<'w> Job<'w> {
     fn new(world: &'w World, args: RunArgs) -> Job<'w> {
-        Job { world, args, config: None, out: None, header: None }
+        Job { world, args, config: None, out: None, trace_out: None, header: None }
     }
 
     fn run(&mut self) -> i32 {
@@ -233,6 +237,7 @@ impl<'w> Job<'w> {
 
         // 3. Observers first, so engine creation is measured too.
         let epoch = Instant::now();
+        let epoch_mono_ns = crate::cluster::mono_ns();
         let phase = PhaseCell::default();
         let sampler = MemorySampler::start(SamplerSetup {
             epoch,
@@ -363,6 +368,20 @@ impl<'w> Job<'w> {
                 .collect(),
             anomalies: rec.anomalies.clone(),
         };
+        let trace = config.trace.is_some().then(|| RankTrace {
+            rank: world.rank,
+            label: format!(
+                "rank {} ({}{})",
+                world.rank,
+                world.host,
+                rank_report.gpu.as_ref().map(|g| format!(", GPU{} {}", g.ordinal, g.name)).unwrap_or_default()
+            ),
+            epoch_mono_ns,
+            tokens: events.iter().map(|e| (e.sample, e.step, e.token, e.t_ns)).collect(),
+            device_steps: device_steps.clone().unwrap_or_default(),
+            memory: rank_report.memory.timeline.clone(),
+        });
+        let traces = trace.map(|t| world.gather_bytes(&serde_json::to_vec(&t).expect("a RankTrace always serializes")));
         let bytes = serde_json::to_vec(&rank_report).expect("a RankReport always serializes");
         let gathered = world.gather_bytes(&bytes);
         drop(engine);
@@ -383,6 +402,14 @@ impl<'w> Job<'w> {
             .collect();
         let mut report = header.finished(&workload, &rec, ranks).map_err(|e| Stop::failed(RankFailures(vec![(0, e)])))?;
         report.skew = crate::report::build::skew(&steps, &offsets);
+        if let (Some(Some(traces)), Some(out)) = (traces, self.trace_out.take()) {
+            let traces: Vec<RankTrace> = traces.iter().filter_map(|b| serde_json::from_slice(b).ok()).collect();
+            let doc = crate::report::trace::build(&traces, &offsets);
+            match out.write_bytes(&serde_json::to_vec(&doc).expect("a trace always serializes")) {
+                Ok(Written::Yes(p)) | Ok(Written::KeptExisting(p)) => eprintln!("trace: {}", p.display()),
+                Err(e) => return Err(Stop::failed(RankFailures(vec![(0, e.to_string())]))),
+            }
+        }
         self.finish(report, config.exact_length)
     }
 
@@ -416,6 +443,12 @@ impl<'w> Job<'w> {
         });
         let out = OutputFile::claim(&path, c.force).map_err(|e| e.to_string())?;
         self.out = Some(out);
+        if let Some(t) = &c.trace {
+            if *t == path {
+                return Err(format!("--trace {} is also the --out file: give the trace its own name", t.display()));
+            }
+            self.trace_out = Some(OutputFile::claim(t, c.force).map_err(|e| e.to_string())?);
+        }
         Ok(())
     }
 
@@ -445,6 +478,7 @@ impl<'w> Job<'w> {
                 devices: c.devices.clone(),
                 mem_interval_ms: c.mem_interval.as_millis() as u64,
                 record_tokens: c.record_tokens,
+                trace: c.trace.as_ref().map(|t| t.display().to_string()),
             },
             environment: Environment {
                 tpprof_version: crate::VERSION.into(),

@@ -412,3 +412,34 @@ fn cuda_without_a_gpu_is_a_one_line_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
 }
+
+#[test]
+fn trace_has_every_rank_token_and_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.json");
+    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"token_us": 300}"#, "--batch", "2", "--prompt-tokens", "8", "--generated-tokens", "5", "--trace", trace.to_str().unwrap()]);
+    ok(&r);
+    let t: Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let ev = t["traceEvents"].as_array().unwrap();
+    for rank in 0..2 {
+        let tokens = ev.iter().filter(|e| e["name"] == "token" && e["pid"] == rank).count();
+        assert_eq!(tokens, 2 * 5, "rank {rank}");
+        assert!(ev.iter().any(|e| e["ph"] == "C" && e["pid"] == rank), "memory track of rank {rank}");
+        assert!(ev.iter().any(|e| e["name"] == "process_name" && e["pid"] == rank));
+    }
+    // Token times are ordered within a sample and non-negative on rank 0's clock.
+    let mut last = -1.0;
+    for e in ev.iter().filter(|e| e["name"] == "token" && e["pid"] == 0 && e["args"]["sample"] == 1) {
+        let ts = e["ts"].as_f64().unwrap();
+        assert!(ts >= last && ts >= 0.0);
+        last = ts;
+    }
+    // The trace is claimed like the JSON: never overwritten by accident, never the same file.
+    let r = run(1, &["--engine", "mock", "--trace", trace.to_str().unwrap()]);
+    assert_eq!(r.code(), 2);
+    assert!(r.error_lines()[0].contains("already exists"), "{}", r.stderr());
+    let same = dir.path().join("same.json");
+    let r = run_to(1, &["--engine", "mock", "--trace", same.to_str().unwrap()], &same, tempfile::tempdir().unwrap());
+    assert_eq!(r.code(), 2);
+    assert!(r.error_lines()[0].contains("is also the --out file"), "{}", r.stderr());
+}

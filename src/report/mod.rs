@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod summary;
+pub mod trace;
 pub mod writer;
 
 use serde::{Deserialize, Serialize};
@@ -63,6 +64,8 @@ pub struct ConfigReport {
     pub devices: Option<Vec<i32>>,
     pub mem_interval_ms: u64,
     pub record_tokens: bool,
+    /// The --trace file, if any.
+    pub trace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -60,10 +60,15 @@ impl OutputFile {
         if failed && self.path.exists() {
             return Ok(Written::KeptExisting(self.path));
         }
+        let json = serde_json::to_vec_pretty(report).map_err(|e| WriteError::Unwritable { path: self.path.clone(), reason: e.to_string() })?;
+        self.write_bytes(&json)
+    }
+
+    /// Writes any document (the trace) with the same temp-file-and-rename discipline.
+    pub fn write_bytes(self, json: &[u8]) -> Result<Written, WriteError> {
         let err = |e: String| WriteError::Unwritable { path: self.path.clone(), reason: e };
         let mut temp = self.temp;
-        let json = serde_json::to_vec_pretty(report).map_err(|e| err(e.to_string()))?;
-        temp.write_all(&json).and_then(|_| temp.write_all(b"\n")).and_then(|_| temp.as_file().sync_all()).map_err(|e| err(e.to_string()))?;
+        temp.write_all(json).and_then(|_| temp.write_all(b"\n")).and_then(|_| temp.as_file().sync_all()).map_err(|e| err(e.to_string()))?;
         let persisted = if self.force { temp.persist(&self.path).map(|_| ()) } else { temp.persist_noclobber(&self.path).map(|_| ()) };
         persisted.map_err(|e| err(e.error.to_string()))?;
         Ok(Written::Yes(self.path))
