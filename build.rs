@@ -13,6 +13,21 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     generate_bindings(&out);
     build_mock_adapters(&out);
+    embed_git_commit();
+}
+
+/// The commit the binary was built from, for the JSON's environment (results name their source).
+fn embed_git_commit() {
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    println!("cargo:rerun-if-changed=.git/index");
+    let commit = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty", "--abbrev=12"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!("cargo:rustc-env=TPPROF_GIT_COMMIT={commit}");
 }
 
 /// Runs bindgen on the ABI header into OUT_DIR/tpprof_engine_sys.rs.

@@ -482,6 +482,7 @@ impl<'w> Job<'w> {
             },
             environment: Environment {
                 tpprof_version: crate::VERSION.into(),
+                tpprof_commit: env!("TPPROF_GIT_COMMIT").into(),
                 started_at,
                 mpi_library: World::mpi_library_version(),
                 hosts,

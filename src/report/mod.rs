@@ -71,6 +71,8 @@ pub struct ConfigReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Environment {
     pub tpprof_version: String,
+    /// `git describe` of the source the binary was built from (empty outside a git checkout).
+    pub tpprof_commit: String,
     pub started_at: String,
     pub mpi_library: String,
     pub hosts: Vec<String>,
