@@ -128,7 +128,8 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     pub devices: Option<Vec<i64>>,
 
-    /// Memory sampling interval in milliseconds.
+    /// Memory sampling interval in milliseconds; 0 = no periodic sampling, only a reading at the
+    /// end (the "observers off" baseline of the overhead benchmark, launch/overhead.sh).
     #[arg(long, default_value_t = 10, allow_hyphen_values = true)]
     pub mem_interval_ms: i64,
 

@@ -119,7 +119,10 @@ impl RunConfig {
             record_tokens: a.record_tokens,
             trace: a.trace.clone(),
             devices,
-            mem_interval: Duration::from_millis(positive("mem-interval-ms", a.mem_interval_ms)? as u64),
+            mem_interval: match a.mem_interval_ms {
+                0 => Duration::ZERO,
+                v => Duration::from_millis(positive("mem-interval-ms", v)? as u64),
+            },
             timeout,
         })
     }

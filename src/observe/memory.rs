@@ -207,9 +207,16 @@ impl MemorySampler {
             .name("tpprof-memory".into())
             .spawn(move || {
                 let mut st = State::new(setup);
-                while !flag.load(Ordering::Acquire) {
-                    st.read();
-                    std::thread::park_timeout(st.setup.interval);
+                if st.setup.interval.is_zero() {
+                    // Periodic sampling off: wait for stop (park can wake spuriously).
+                    while !flag.load(Ordering::Acquire) {
+                        std::thread::park();
+                    }
+                } else {
+                    while !flag.load(Ordering::Acquire) {
+                        st.read();
+                        std::thread::park_timeout(st.setup.interval);
+                    }
                 }
                 st.read(); // the final reading
                 st.report()
@@ -452,6 +459,13 @@ mod tests {
         assert!(r.phase_peaks.iter().all(|p| p.phase != "generate"));
         assert_eq!(r.timeline.t_s.len(), r.timeline.rss_bytes.len());
         assert!(r.timeline.gpu_job_bytes.is_empty());
+    }
+
+    #[test]
+    fn interval_zero_takes_only_the_final_reading() {
+        let r = MemorySampler::start(setup(0)).stop();
+        assert_eq!((r.samples, r.interval_ms), (1, 0));
+        assert!(r.host.peak_rss.bytes > 0);
     }
 
     #[test]
