@@ -9,7 +9,7 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => {
             // Under mpirun every rank parses the same arguments: only rank 0 shows the message.
-            if tpprof::cluster::launcher_rank().unwrap_or(0) == 0 || e.use_stderr() == false {
+            if tpprof::cluster::launcher_rank().unwrap_or(0) == 0 || !e.use_stderr() {
                 let _ = e.print();
             }
             std::process::exit(if e.use_stderr() { 2 } else { 0 });

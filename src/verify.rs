@@ -63,7 +63,10 @@ fn compare(cpu: &[f32], gpu: &[f32], v0: usize, atol: f32, rtol: f32) -> Compare
             c.max_abs = if diff.is_nan() { f32::INFINITY } else { diff };
             c.worst = Some((v0 + i, r, g));
         }
-        if !(diff <= atol + rtol * r.abs()) {
+        // Written negated on purpose: a NaN difference fails.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
+        let within = diff <= atol + rtol * r.abs();
+        if !within {
             c.bad += 1;
             if c.first_bad.len() < 5 {
                 c.first_bad.push((v0 + i, r, g));

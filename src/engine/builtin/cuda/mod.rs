@@ -128,7 +128,7 @@ pub struct CudaEngine {
 /// The bytes per second of a device-to-device copy (read + write traffic), best of three.
 fn copy_bandwidth(gpu: &mut Gpu) -> Result<f64, CudaError> {
     let (free, _) = gpu.mem_info()?;
-    let bytes = (free / 8).min(1 << 30).max(1 << 20);
+    let bytes = (free / 8).clamp(1 << 20, 1 << 30);
     let src = gpu.alloc(bytes)?;
     let dst = gpu.alloc(bytes)?;
     let (a, b) = (gpu.event()?, gpu.event()?);

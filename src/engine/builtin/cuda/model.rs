@@ -478,8 +478,8 @@ impl Model<'_> {
     }
 
     /// y (n × out) = x (n × in) · Wᵀ for a Hugging Face (out, in) weight; y is f32 or T. A few rows
-    /// (decode) go through gemv.cu, which reads W once at close to copy bandwidth; more rows
-    /// (prefill) through cuBLAS.
+    /// (decode) may go through gemv.cu (TPPROF_CUDA_GEMV=1); otherwise cuBLAS.
+    #[allow(clippy::too_many_arguments)]
     fn linear(&self, n: usize, out: usize, k: usize, x: u64, w: u64, y: u64, y_el: El) -> Result<(), CudaError> {
         let aligned = (x | w) % 16 == 0 && k % 8 == 0;
         if self.use_gemv && n <= GEMV_MAX_ROWS && aligned {

@@ -1,10 +1,10 @@
 // gemv.cu — the decode-step linear layers: y[b, o] = Σ_i x[b, i] · W[o, i] for a handful of rows b
 // (the samples of the batch), W a Hugging Face (out, in) weight shard, row-major.
 //
-// Why not cuBLAS: at M = 1..8 a decode GEMM is a matrix-vector product bound by reading W once;
-// cuBLAS's GEMM kernels for such shapes reached about a third of the device's copy bandwidth in
-// our first H200 measurement (qwen2.5-14b TP=2: 10.7 ms per step against a 3.6 ms floor). Here one
-// warp owns one output row and streams it with 16-byte loads, every weight byte read exactly once.
+// An experiment kept for A/B runs, off by default (TPPROF_CUDA_GEMV=1 turns it on): one warp owns
+// one output row and streams it with 16-byte loads, every weight byte read exactly once. Measured on
+// one H200 it lost to cuBLAS (qwen2.5-14b TP=1 decode step 18.3 vs 15.5 ms; the gate/up GEMMs 4.6 vs
+// 3.5 ms), so cuBLAS serves the decode GEMMs.
 //
 // Requirements (the host checks them and falls back to cuBLAS otherwise): in % 8 == 0, W and x
 // 16-byte aligned (x rows too: x_ld % 8 == 0), 1 <= n_rows <= GEMV_MAX_ROWS.
