@@ -130,6 +130,7 @@ impl RunConfig {
     fn model_label(&self) -> String {
         match &self.engine {
             EngineSpec::Adapter(_) => "adapter".into(),
+            EngineSpec::Python(_) => "python".into(),
             _ => std::path::Path::new(&self.model).file_name().and_then(|s| s.to_str()).unwrap_or("model").trim_end_matches(".json").to_string(),
         }
     }
@@ -274,6 +275,19 @@ impl<'w> Job<'w> {
             EngineSpec::Cuda => {
                 drop(engine_comm);
                 self.cuda_engine(&config, gpu.as_ref(), &rendezvous)
+            }
+            EngineSpec::Python(driver) => {
+                drop(engine_comm);
+                let init = InitParams {
+                    rank: world.rank,
+                    world_size: world.size,
+                    local_rank: world.local_rank,
+                    local_world_size: world.local_size,
+                    devices: &local_devices,
+                    options_json: &config.engine_options,
+                    rendezvous: &rendezvous,
+                };
+                crate::engine::python::PythonEngine::load(driver, &init).map(|e| Box::new(e) as Box<dyn Engine>).map_err(|e| e.to_string())
             }
             EngineSpec::Adapter(path) => {
                 drop(engine_comm);
@@ -502,6 +516,12 @@ impl<'w> Job<'w> {
     /// 0 and broadcast over MPI.
     fn rendezvous(&self, spec: &EngineSpec, gpu: Option<&GpuInfo>) -> Result<Vec<u8>, Stop> {
         let world = self.world;
+        if let EngineSpec::Python(_) = spec {
+            // A free TCP port on rank 0's host for torch.distributed (init_method tcp://host:port).
+            let r = if world.is_root() { crate::engine::python::python_rendezvous().map(Some) } else { Ok(None) };
+            let r = world.agree(r).map_err(Stop::failed)?;
+            return Ok(world.broadcast_bytes(&r.unwrap_or_default()));
+        }
         if *spec != EngineSpec::Cuda {
             return Ok(Vec::new());
         }

@@ -443,3 +443,34 @@ fn trace_has_every_rank_token_and_memory() {
     assert_eq!(r.code(), 2);
     assert!(r.error_lines()[0].contains("is also the --out file"), "{}", r.stderr());
 }
+
+/// The Python engine needs a CPython with libpython*.so; CI machines have one (else: skipped).
+fn python_available() -> bool {
+    match tpprof::engine::python::find_libpython(None) {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("skipped: no usable libpython ({e})");
+            false
+        }
+    }
+}
+
+#[test]
+fn python_driver_runs_under_mpirun_with_native_timestamps() {
+    if !python_available() {
+        return;
+    }
+    let r = run(2, &["--engine", "python:test", "--engine-options", r#"{"token_us": 2000, "vocab_size": 1000}"#, "--batch", "2", "--prompt-tokens", "16", "--generated-tokens", "20", "--record-tokens"]);
+    let j = ok(&r);
+    check_counts(j, 2, 2, 20);
+    assert_eq!(j["engine"]["kind"], "python");
+    for rank in j["ranks"].as_array().unwrap() {
+        // The driver busy-waits 2 ms per step in Python; the native callback timestamps each token.
+        assert!(u(&rank["decode"]["min_ns"]) >= 1_998_000, "min gap {} below the script", rank["decode"]["min_ns"]);
+    }
+    assert_eq!(tokens(j)[0][..3], [1, 8, 15], "the test driver's token formula");
+    // A Python exception on one rank: one line with its type and message, every rank exits non-zero.
+    let r = rejected(2, &["--engine", "python:test", "--engine-options", r#"{"fail_create": "no model here"}"#], 1, "python driver `test`");
+    assert!(r.error_lines()[0].contains("no model here"), "{}", r.error_lines()[0]);
+    rejected(1, &["--engine", "python:does_not_exist"], 1, "does_not_exist");
+}

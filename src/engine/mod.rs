@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod builtin;
 pub mod config;
+pub mod python;
 pub mod safetensors;
 
 use std::path::PathBuf;
@@ -117,6 +118,8 @@ pub enum EngineSpec {
     Auto,
     Cpu,
     Cuda,
+    /// A Python driver (`python:hf`, `python:/path/driver.py`) in the embedded interpreter.
+    Python(String),
     /// An adapter shared library; `mock` resolves to the mock adapter built with tpprof.
     Adapter(PathBuf),
 }
@@ -137,6 +140,12 @@ impl EngineSpec {
         if s == "mock" {
             return Ok(EngineSpec::Adapter(mock_adapter_path()));
         }
+        if let Some(driver) = s.strip_prefix("python:") {
+            if driver.is_empty() {
+                return Err("--engine python: needs a driver: python:hf, python:test or python:/path/driver.py".into());
+            }
+            return Ok(EngineSpec::Python(driver.to_string()));
+        }
         if let Some(path) = s.strip_prefix("adapter:") {
             return Ok(EngineSpec::Adapter(PathBuf::from(path)));
         }
@@ -144,7 +153,7 @@ impl EngineSpec {
             return Ok(EngineSpec::Adapter(PathBuf::from(s)));
         }
         Err(format!(
-            "unknown engine `{s}`: use one of auto, {}, mock, or the path of an adapter library (./libx.so or adapter:PATH)",
+            "unknown engine `{s}`: use one of auto, {}, mock, python:DRIVER, or the path of an adapter library (./libx.so or adapter:PATH)",
             BUILTIN_ENGINES.join(", ")
         ))
     }
@@ -159,7 +168,7 @@ impl EngineSpec {
     }
 
     pub fn is_builtin(&self) -> bool {
-        !matches!(self, EngineSpec::Adapter(_))
+        !matches!(self, EngineSpec::Adapter(_) | EngineSpec::Python(_))
     }
 
     /// A short name for file names and the summary.
@@ -168,6 +177,7 @@ impl EngineSpec {
             EngineSpec::Auto => "auto".into(),
             EngineSpec::Cpu => "cpu".into(),
             EngineSpec::Cuda => "cuda".into(),
+            EngineSpec::Python(d) => python::driver_label(d),
             EngineSpec::Adapter(p) => {
                 let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("adapter");
                 stem.trim_start_matches("lib").trim_start_matches("tpprof_").to_string()
@@ -240,6 +250,8 @@ mod tests {
         assert!(matches!(EngineSpec::parse("mock").unwrap(), EngineSpec::Adapter(_)));
         assert_eq!(EngineSpec::parse("./libx.so").unwrap(), EngineSpec::Adapter("./libx.so".into()));
         assert_eq!(EngineSpec::parse("adapter:libx").unwrap(), EngineSpec::Adapter("libx".into()));
+        assert_eq!(EngineSpec::parse("python:hf").unwrap(), EngineSpec::Python("hf".into()));
+        assert!(EngineSpec::parse("python:").is_err());
         let e = EngineSpec::parse("tensorrt").unwrap_err();
         assert!(e.contains("unknown engine `tensorrt`"), "{e}");
         assert_eq!(EngineSpec::parse("/a/libtpprof_mock.so").unwrap().label(), "mock");

@@ -1,0 +1,128 @@
+"""tpprof test driver: scripted tokens and latency, pure Python (no numpy, no torch).
+
+The known truth the Python engine's tests measure against (like the C mock adapter).
+Run with ``tpprof run --engine python:test --engine-options '{"token_us": 300}'``.
+
+Options (``init["options"]``, from --engine-options):
+  vocab_size    int, default 32000; token ids are (sample*31 + step*7 + 1) % vocab_size
+  token_us      busy-wait per decode step, microseconds (time.perf_counter_ns loop), default 0
+  prefill_us_per_token  busy-wait per prompt token before the first step, default 0
+  fail_create   str: raise RuntimeError(str) in Driver(init)
+  fail_at_step  int k: raise RuntimeError("injected failure at step k") at step k (k tokens arrive)
+  eos_at_step   int k: finish=2 (eos) at step k when exact_length is false
+  topology      "all_ranks" (default) or "one_process"; "one_process": true also works
+  thread        true: call on_token from a threading.Thread
+  host_bytes    int: reported by memory() as host_bytes (default: absent)
+  max_context   int: reported by info() (default 32768)
+  bad_callback  "str" (token as a str), "arity" (3 arguments), "late" (keep the callable and call
+                it at the start of the next generate(), after the previous one returned)
+
+See tpprof_driver.py in README.md for the driver interface.
+"""
+
+import threading
+import time
+
+
+def _busy_wait_us(us):
+    if us <= 0:
+        return
+    end = time.perf_counter_ns() + int(us * 1000)
+    while time.perf_counter_ns() < end:
+        pass
+
+
+class Driver:
+    def __init__(self, init):
+        self.init = dict(init)
+        o = dict(init.get("options") or {})
+        self.o = o
+        if "fail_create" in o:
+            raise RuntimeError(str(o["fail_create"]))
+        self.vocab = int(o.get("vocab_size", 32000))
+        self.token_us = float(o.get("token_us", 0))
+        self.prefill_us = float(o.get("prefill_us_per_token", 0))
+        self.fail_at_step = o.get("fail_at_step")
+        self.eos_at_step = o.get("eos_at_step")
+        topo = o.get("topology", "all_ranks")
+        if o.get("one_process") is True:
+            topo = "one_process"
+        if topo not in ("all_ranks", "one_process"):
+            raise ValueError("topology must be all_ranks or one_process, not %r" % (topo,))
+        self.topo = topo
+        self.thread = bool(o.get("thread", False))
+        self.bad_callback = o.get("bad_callback")
+        self.kept = None
+        self.generated = 0
+
+    def info(self):
+        return {
+            "name": "python-test",
+            "version": "1",
+            "vocab_size": self.vocab,
+            "max_context": int(self.o.get("max_context", 32768)),
+            "init": self.init,
+        }
+
+    def topology(self):
+        return self.topo
+
+    def memory(self):
+        m = {"weights_bytes": None}
+        if "host_bytes" in self.o:
+            m["host_bytes"] = int(self.o["host_bytes"])
+        return m
+
+    def generate(self, prompts, max_new_tokens, exact_length, on_token):
+        if not isinstance(prompts, list) or not all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompts):
+            raise TypeError("prompts must be a list of lists of int")
+        if self.bad_callback == "late":
+            if self.kept is not None:
+                self.kept(0, 0, 1, 0)  # raises: the previous generate() is over
+            self.kept = on_token
+        if self.thread:
+            errors = []
+
+            def run():
+                try:
+                    self._run(prompts, max_new_tokens, exact_length, on_token)
+                except BaseException as e:  # re-raised on the calling thread
+                    errors.append(e)
+
+            t = threading.Thread(target=run, name="tpprof-test-driver")
+            t.start()
+            t.join()
+            if errors:
+                raise errors[0]
+        else:
+            self._run(prompts, max_new_tokens, exact_length, on_token)
+
+    def _run(self, prompts, max_new_tokens, exact_length, on_token):
+        n = len(prompts)
+        _busy_wait_us(self.prefill_us * sum(len(p) for p in prompts))
+        done = [False] * n
+        for step in range(max_new_tokens):
+            if self.fail_at_step is not None and step == int(self.fail_at_step):
+                raise RuntimeError("injected failure at step %d" % step)
+            _busy_wait_us(self.token_us)
+            for s in range(n):
+                if done[s]:
+                    continue
+                tok = (s * 31 + step * 7 + 1) % self.vocab
+                finish = 1 if step == max_new_tokens - 1 else 0
+                if not exact_length and self.eos_at_step is not None and step == int(self.eos_at_step):
+                    finish = 2
+                if self.bad_callback == "str":
+                    on_token(s, step, str(tok), finish)
+                elif self.bad_callback == "arity":
+                    on_token(s, step, tok)
+                else:
+                    on_token(s, step, tok, finish)
+                self.generated += 1
+                if finish:
+                    done[s] = True
+            if all(done):
+                break
+
+    def close(self):
+        self.kept = None
