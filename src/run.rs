@@ -265,6 +265,16 @@ impl<'w> Job<'w> {
         let t_create = Instant::now();
         let rendezvous = self.rendezvous(&spec, gpu.as_ref())?;
         let engine_comm = world.duplicate();
+        // What adapters and Python drivers get at create().
+        let init = InitParams {
+            rank: world.rank,
+            world_size: world.size,
+            local_rank: world.local_rank,
+            local_world_size: world.local_size,
+            devices: &local_devices,
+            options_json: &config.engine_options,
+            rendezvous: &rendezvous,
+        };
         let engine: Result<Box<dyn Engine>, String> = match &spec {
             EngineSpec::Cpu | EngineSpec::Auto => {
                 let cfg = config.model_config.as_ref().expect("validated: built-in engines have a model");
@@ -278,28 +288,10 @@ impl<'w> Job<'w> {
             }
             EngineSpec::Python(driver) => {
                 drop(engine_comm);
-                let init = InitParams {
-                    rank: world.rank,
-                    world_size: world.size,
-                    local_rank: world.local_rank,
-                    local_world_size: world.local_size,
-                    devices: &local_devices,
-                    options_json: &config.engine_options,
-                    rendezvous: &rendezvous,
-                };
                 crate::engine::python::PythonEngine::load(driver, &init).map(|e| Box::new(e) as Box<dyn Engine>).map_err(|e| e.to_string())
             }
             EngineSpec::Adapter(path) => {
                 drop(engine_comm);
-                let init = InitParams {
-                    rank: world.rank,
-                    world_size: world.size,
-                    local_rank: world.local_rank,
-                    local_world_size: world.local_size,
-                    devices: &local_devices,
-                    options_json: &config.engine_options,
-                    rendezvous: &rendezvous,
-                };
                 AdapterEngine::load(path, &init).map(|e| Box::new(e) as Box<dyn Engine>).map_err(|e| e.to_string())
             }
         };
