@@ -448,7 +448,9 @@ impl<'w> Job<'w> {
     fn claim_output(&mut self, c: &RunConfig, started_at: &str) -> Result<(), String> {
         let path = c.out.clone().unwrap_or_else(|| {
             let stamp: String = started_at.chars().filter(|ch| ch.is_ascii_alphanumeric()).collect();
-            PathBuf::from(format!("tpprof-{}-{}-n{}-{stamp}.json", c.engine.label(), c.model_label(), self.world.size))
+            // Name the engine `auto` will become on this host (the GPU probe is cheap).
+            let has_gpu = matches!(HostGpus::probe(), HostGpus::Present { .. });
+            PathBuf::from(format!("tpprof-{}-{}-n{}-{stamp}.json", c.engine.resolve(has_gpu).label(), c.model_label(), self.world.size))
         });
         let out = OutputFile::claim(&path, c.force).map_err(|e| e.to_string())?;
         self.out = Some(out);
