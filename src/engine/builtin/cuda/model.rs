@@ -63,6 +63,14 @@ impl Dims {
     fn v_local(&self) -> usize {
         self.v1 - self.v0
     }
+
+    /// Weight bytes one decode step reads on this rank: every layer's shard (T matrices, f32
+    /// norms and biases), the LM head shard and the final norm (the embedding rows are negligible).
+    pub fn weight_bytes_per_step(&self) -> usize {
+        let (h, d) = (self.hidden, self.d);
+        let per_layer = T_BYTES * (self.qkv() * h + h * self.hq * d + 3 * self.inter * h) + (self.qkv() + 2 * h) * 4;
+        self.layers * per_layer + T_BYTES * self.v_local() * h + h * 4
+    }
 }
 
 struct LayerWeights {
@@ -155,14 +163,13 @@ impl Weights {
         let final_norm = gpu.alloc(h * 4)?;
         init_f32(gpu, final_norm.ptr, h, 0, h, seed, tensor_id(0, WeightKind::FinalNorm), 0.1, 1.0)?;
         gpu.sync()?;
-        let per_layer = t(dims.qkv() * h + h * dims.hq * d + 3 * dims.inter * h) + (dims.qkv() + 2 * h) * 4;
         Ok(Weights {
             embed,
             lm_head,
             final_norm,
             layers,
             bytes: gpu.allocated - start,
-            read_per_step: dims.layers * per_layer + t(dims.v_local() * h) + h * 4,
+            read_per_step: dims.weight_bytes_per_step(),
         })
     }
 
@@ -211,14 +218,13 @@ impl Weights {
             Some(gpu.upload(&bits(&WeightKind::LmHead.hf_name(0), &[vocab, h], Sharding::Rows(dims.v0..dims.v1))?)?)
         };
         let final_norm = gpu.upload(&f32s(&WeightKind::FinalNorm.hf_name(0), &[h], Sharding::Full)?)?;
-        let per_layer = T_BYTES * (dims.qkv() * h + h * dims.hq * d + 3 * dims.inter * h) + (dims.qkv() + 2 * h) * 4;
         Ok(Weights {
             embed,
             lm_head,
             final_norm,
             layers,
             bytes: gpu.allocated - start,
-            read_per_step: dims.layers * per_layer + T_BYTES * dims.v_local() * h + h * 4,
+            read_per_step: dims.weight_bytes_per_step(),
         })
     }
 
@@ -716,6 +722,8 @@ mod tests {
         assert_eq!((d.v0, d.v1), (76032, 152064));
         assert_eq!(d.qkv(), (20 + 8) * 128);
         assert_eq!(d.group(), 5);
+        // 13.99 GB per step per rank for 14B at TP=2 (results/h200-cuda-engine.md).
+        assert_eq!(d.weight_bytes_per_step(), 13_993_299_968);
         let tiny = Config::preset("tiny").unwrap();
         let t = Dims::new(&tiny, 3, 4);
         assert_eq!((t.hq, t.hkv, t.v0, t.v1), (2, 1, 384, 512));
