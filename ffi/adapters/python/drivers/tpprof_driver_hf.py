@@ -4,41 +4,55 @@ Every rank (ALL_RANKS topology) loads its tensor-parallel shard of the model, ru
 ``model.generate()`` on the prompts tpprof broadcast, and reports every token through ``on_token``
 from a ``BaseStreamer`` as soon as the token is on the host.
 
-Options (``--engine-options`` JSON):
+Options (``--engine-options`` JSON; an unknown key is an error, so a typo cannot pass silently):
   model_dir   local Hugging Face checkpoint directory (config.json + safetensors); loaded with
-              ``from_pretrained(..., tp_plan="auto")`` when world_size > 1
+              transformers' own tensor parallelism (``tp_plan="auto"``) when world_size > 1
   preset      instead of model_dir: qwen2.5-0.5b | qwen2.5-1.5b | qwen2.5-7b | qwen2.5-14b |
-              qwen2.5-32b: a Qwen2 config with the real shapes and random weights (see below)
-  dtype       bf16 (default) | fp16 | fp32
-  seed        int, default 0 (random weights of a preset)
+              qwen2.5-32b (the real Qwen2.5 shapes) or tiny (a 2-layer Qwen2 for tests): random
+              weights, sharded by this driver (see below)
+  config      dict of Qwen2Config fields that override the preset's (e.g. {"num_hidden_layers": 2})
+  device      "cuda" (default where torch sees a GPU: this rank's GPU, init["devices"][0]), a CUDA
+              ordinal (int or "cuda:N"), or "cpu" (gloo instead of nccl, default dtype fp32; for
+              tests and machines without a GPU)
+  dtype       bf16 (default on CUDA) | fp16 | fp32 (default on CPU)
+  seed        int, default 0 (random weights of a preset: the same on every rank)
   attn_implementation   passed to transformers (e.g. "sdpa", "eager", "flash_attention_2")
-  warmup      true (default): prepare() runs a 2-token generate so CUDA/cuBLAS/NCCL start-up is not
-              in the measured run
-  device      CUDA ordinal to use (default: init["devices"][0], the rank's GPU)
+  warmup      true (default): prepare() runs a 2-token generate on the real prompts so CUDA/cuBLAS/
+              NCCL start-up is not in the measured run
+  threads     CPU only: torch intra-op threads (default: this process's CPUs / local ranks)
+  timeout_s   torch.distributed timeout (rendezvous and collectives), default 600
   python      (read by tpprof) the interpreter whose libpython and site-packages to use
 
-Tensor parallelism: torch.distributed is initialised here with backend nccl,
-``init_method=f"tcp://{init['rendezvous']}"``, rank and world size from tpprof (one process per GPU).
-  * model_dir: transformers' own ``tp_plan="auto"`` (needs transformers >= 4.50 and torch >= 2.5).
-  * preset: ``from_config`` builds the full model on this rank's GPU (``torch.set_default_device``)
-    and the driver then shards it with ``torch.distributed.tensor.parallel.parallelize_module``
-    following the model's ``base_model_tp_plan`` (q/k/v/gate/up colwise, o/down rowwise; lm_head
-    colwise with replicated output unless tied to the embedding). LIMITATION: during loading each rank
-    briefly holds the whole model (freed after sharding: the load-phase peak is the full model, the
-    prefill/decode peaks are the shard); the embedding (and a tied lm_head) stay replicated.
+Tensor parallelism: torch.distributed is initialised here with backend nccl (gloo on CPU),
+``init_method=f"tcp://{init['rendezvous']}"`` (127.0.0.1 when all ranks are on one host), rank and
+world size from tpprof (one process per GPU); RANK, WORLD_SIZE, LOCAL_RANK (= the CUDA ordinal this
+rank uses, which transformers binds to), MASTER_ADDR/PORT are set for libraries that read them.
+  * model_dir: transformers' own ``tp_plan="auto"`` (the model's ``base_model_tp_plan``).
+  * preset: ``from_config`` builds the whole model on this rank's device with the same seed on
+    every rank, then the driver shards it Megatron-style on plain tensors: q/k/v (weights and
+    biases), gate, up by output rows (heads and intermediate split contiguously), o_proj and
+    down_proj by input columns followed by ``torch.distributed.all_reduce`` of their output (a
+    forward hook), an untied lm_head by vocabulary rows followed by an ``all_gather`` of the logits;
+    the embedding, norms (and a tied lm_head) stay replicated. Same scheme and collectives as
+    transformers' colwise/rowwise plan, without DTensor. LIMITATION: while loading, each rank
+    briefly holds the whole model (the load-phase peak is the full model; prefill/decode peaks are
+    the shard).
 
-Memory (``memory()``): the PyTorch caching allocator's view of this rank's GPU: weights_bytes = bytes
-of this rank's parameters and buffers; workspace_bytes = ``torch.cuda.max_memory_allocated()`` minus
-the weights (KV cache, activations, logits at their peak); kv_cache_bytes is not separated (the
-dynamic cache grows inside that figure). Extra keys torch_max_allocated_bytes, torch_reserved_bytes,
-torch_max_reserved_bytes give the raw allocator figures. They differ from tpprof's NVML per-process
-figure on purpose: NVML also sees the CUDA context, cuBLAS/NCCL workspaces and the allocator's cached
-but unused blocks.
+Memory (``memory()``): weights_bytes = bytes of this rank's parameters and buffers; kv_cache_bytes =
+the K/V tensors the dynamic cache holds at the end of generate(), computed from the shapes
+(2 * layers * local KV heads * head_dim * (longest prompt + generated - 1) * batch * element size);
+on CUDA workspace_bytes = ``torch.cuda.max_memory_allocated()`` during generate() minus weights and
+KV cache (activations, logits, the cache's transient copies at their peak). Extra keys:
+torch_max_allocated_bytes (peak during generate()), torch_load_max_allocated_bytes (peak before it:
+loading, sharding, warm-up), torch_reserved_bytes, torch_max_reserved_bytes. They differ from
+tpprof's NVML per-process figure on purpose: NVML also sees the CUDA context, cuBLAS/NCCL
+workspaces and the allocator's cached but unused blocks.
 
-Exact length: ``min_new_tokens = max_new_tokens`` (EOS suppressed until then), ``do_sample=False``.
-With ``exact_length`` false a sample that produces EOS reports finish=2 and nothing after it.
-
-Written without torch on the development machine: NOT run there (see README.md).
+Exact length: ``min_new_tokens = max_new_tokens`` (EOS suppressed until then), ``do_sample=False``,
+``num_beams=1``; after generate() the driver checks that every sample got max_new_tokens tokens.
+With ``exact_length`` false a sample that produces EOS reports finish=2 and nothing after it. The
+streamer's first put() is the prompt (2-D) and is skipped; every later put() carries one token per
+sample (batch > 1 works: BaseStreamer has no batch limit, only TextStreamer has).
 """
 
 import os
@@ -55,10 +69,16 @@ QWEN2_PRESETS = {
                         num_attention_heads=40, num_key_value_heads=8, tie_word_embeddings=False),
     "qwen2.5-32b": dict(vocab_size=152064, hidden_size=5120, intermediate_size=27648, num_hidden_layers=64,
                         num_attention_heads=40, num_key_value_heads=8, tie_word_embeddings=False),
+    # Not a real model: Qwen2 structure (GQA, biases, untied lm_head) small enough for CPU tests.
+    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                 max_position_embeddings=4096, bos_token_id=1, eos_token_id=2),
 }
 QWEN2_COMMON = dict(max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, hidden_act="silu",
                     use_sliding_window=False, sliding_window=32768, max_window_layers=70, bos_token_id=151643,
                     eos_token_id=151645, initializer_range=0.02, attention_dropout=0.0, use_cache=True)
+OPTIONS = ("model_dir", "preset", "config", "device", "dtype", "seed", "attn_implementation", "warmup",
+           "threads", "timeout_s", "python")
 
 
 def _dtype(torch, name):
@@ -70,122 +90,219 @@ def _dtype(torch, name):
         raise ValueError("dtype %r: use bf16, fp16 or fp32" % (name,)) from None
 
 
+def _version_tuple(v):
+    out = []
+    for part in str(v).split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+def _check_options(o, world):
+    """Everything that can be checked without torch, identically on every rank, before any collective."""
+    unknown = sorted(k for k in o if k not in OPTIONS)
+    if unknown:
+        raise ValueError("unknown option(s) %s: the hf driver takes %s" % (", ".join(unknown), ", ".join(OPTIONS)))
+    model_dir, preset = o.get("model_dir"), o.get("preset")
+    if bool(model_dir) == bool(preset):
+        raise ValueError("the hf driver needs exactly one of model_dir (a local checkpoint) or preset (%s)"
+                         % ", ".join(QWEN2_PRESETS))
+    if model_dir:
+        if not os.path.isfile(os.path.join(str(model_dir), "config.json")):
+            raise ValueError("model_dir %r: no config.json there (a local Hugging Face checkpoint directory)"
+                             % (model_dir,))
+        if "config" in o:
+            raise ValueError("option config overrides a preset's shape: it does not apply to model_dir")
+    else:
+        if preset not in QWEN2_PRESETS:
+            raise ValueError("unknown preset %r: use one of %s, or model_dir" % (preset, ", ".join(QWEN2_PRESETS)))
+        if not isinstance(o.get("config", {}), dict):
+            raise ValueError("option config must be a JSON object of Qwen2Config fields")
+        shape = dict(QWEN2_PRESETS[preset], **o.get("config", {}))
+        heads, kv = int(shape["num_attention_heads"]), int(shape["num_key_value_heads"])
+        inter = int(shape["intermediate_size"])
+        if heads % world or kv % world or inter % world:
+            raise ValueError("%s has %d heads / %d KV heads / intermediate %d: not all divisible by world size %d"
+                             % (preset, heads, kv, inter, world))
+
+
 class Driver:
     def __init__(self, init):
-        import torch
-        import transformers
-
-        self.torch = torch
         o = dict(init.get("options") or {})
         self.options = o
         self.rank = int(init.get("rank", 0))
         self.world = int(init.get("world_size", 1))
-        devices = list(init.get("devices") or [])
-        if not torch.cuda.is_available():
-            raise RuntimeError("the hf driver needs CUDA: torch.cuda.is_available() is False on rank %d" % self.rank)
-        index = int(o["device"]) if "device" in o else (devices[0] if devices else int(init.get("local_rank", 0)))
-        torch.cuda.set_device(index)
-        self.device = torch.device("cuda", index)
-        self.dtype = _dtype(torch, o.get("dtype", "bf16"))
+        self.local_rank = int(init.get("local_rank", 0))
+        self.local_world = int(init.get("local_world_size", 1))
+        _check_options(o, self.world)
 
-        # The usual variables, for libraries that read them (transformers' TP helpers do).
-        os.environ.setdefault("RANK", str(self.rank))
-        os.environ.setdefault("WORLD_SIZE", str(self.world))
-        os.environ.setdefault("LOCAL_RANK", str(init.get("local_rank", 0)))
-        os.environ.setdefault("LOCAL_WORLD_SIZE", str(init.get("local_world_size", 1)))
+        import torch
+        import transformers
+
+        self.torch = torch
+        self.tf_version = _version_tuple(transformers.__version__)
+        self.model = None
+        self.kv_bytes = None
+        self.load_peak = None
+        self.group = None
+        devices = [int(d) for d in (init.get("devices") or [])]
+
+        # Device: this rank's GPU (tpprof's devices[0], a CUDA ordinal), or the CPU.
+        dev = o.get("device", "cuda" if torch.cuda.is_available() else "cpu")
+        if isinstance(dev, bool):
+            raise ValueError("device %r: use \"cuda\", a CUDA ordinal or \"cpu\"" % (dev,))
+        dev = str(dev).strip().lower()
+        if dev == "cpu":
+            self.device = torch.device("cpu")
+            self.dtype = _dtype(torch, o.get("dtype", "fp32"))
+            threads = int(o.get("threads", 0)) or max(1, len(os.sched_getaffinity(0)) // max(1, self.local_world))
+            torch.set_num_threads(threads)
+        else:
+            if dev == "cuda":
+                index = devices[0] if devices else self.local_rank
+            elif dev.startswith("cuda:") and dev[5:].isdigit():
+                index = int(dev[5:])
+            elif dev.isdigit():
+                index = int(dev)
+            else:
+                raise ValueError("device %r: use \"cuda\", a CUDA ordinal or \"cpu\"" % (o["device"],))
+            if not torch.cuda.is_available():
+                raise RuntimeError("device %s: torch.cuda.is_available() is False on rank %d (torch %s; "
+                                   "CUDA_VISIBLE_DEVICES=%r); use \"device\": \"cpu\" for a CPU run"
+                                   % (dev, self.rank, torch.__version__, os.environ.get("CUDA_VISIBLE_DEVICES")))
+            if index >= torch.cuda.device_count():
+                raise RuntimeError("CUDA ordinal %d on rank %d, but torch sees %d GPU(s)"
+                                   % (index, self.rank, torch.cuda.device_count()))
+            torch.cuda.set_device(index)
+            self.device = torch.device("cuda", index)
+            self.dtype = _dtype(torch, o.get("dtype", "bf16"))
+
+        # The usual variables, for libraries that read them (transformers' TP binds the GPU
+        # LOCAL_RANK names: make it the ordinal chosen above).
         rendezvous = str(init.get("rendezvous") or "")
+        if self.world > 1 and self.local_world == self.world and ":" in rendezvous:
+            # Every rank on this host: loopback, whatever the hostname resolves to.
+            rendezvous = "127.0.0.1:" + rendezvous.rsplit(":", 1)[1]
+        os.environ["RANK"] = str(self.rank)
+        os.environ["WORLD_SIZE"] = str(self.world)
+        os.environ["LOCAL_RANK"] = str(self.device.index if self.device.type == "cuda" else self.local_rank)
+        os.environ["LOCAL_WORLD_SIZE"] = str(self.local_world)
         if ":" in rendezvous:
             host, port = rendezvous.rsplit(":", 1)
-            os.environ.setdefault("MASTER_ADDR", host)
-            os.environ.setdefault("MASTER_PORT", port)
+            os.environ["MASTER_ADDR"] = host
+            os.environ["MASTER_PORT"] = port
 
         import torch.distributed as dist
-        if self.world > 1 and not dist.is_initialized():
-            if not rendezvous:
-                raise RuntimeError("world_size %d needs tpprof's rendezvous host:port (init['rendezvous'] is empty)" % self.world)
-            dist.init_process_group(backend="nccl", init_method="tcp://" + rendezvous, rank=self.rank,
-                                    world_size=self.world)
+        self.dist = dist
+        if self.world > 1:
+            if dist.is_initialized():
+                if dist.get_world_size() != self.world or dist.get_rank() != self.rank:
+                    raise RuntimeError("torch.distributed is already initialised with rank %d of %d, tpprof says %d of %d"
+                                       % (dist.get_rank(), dist.get_world_size(), self.rank, self.world))
+            else:
+                if not rendezvous:
+                    raise RuntimeError("world_size %d needs tpprof's rendezvous host:port (init['rendezvous'] is empty)"
+                                       % self.world)
+                from datetime import timedelta
+                kwargs = dict(backend="nccl" if self.device.type == "cuda" else "gloo",
+                              init_method="tcp://" + rendezvous, rank=self.rank, world_size=self.world,
+                              timeout=timedelta(seconds=float(o.get("timeout_s", 600))))
+                dist.init_process_group(**kwargs)
 
         from transformers import AutoModelForCausalLM
         extra = {}
         if o.get("attn_implementation"):
             extra["attn_implementation"] = o["attn_implementation"]
-        model_dir = o.get("model_dir")
-        preset = o.get("preset")
-        if model_dir:
-            kwargs = dict(torch_dtype=self.dtype, **extra)
+        # transformers 4.56 renamed torch_dtype to dtype (5.x warns on torch_dtype).
+        dtype_kw = "dtype" if self.tf_version >= (4, 56) else "torch_dtype"
+        extra[dtype_kw] = self.dtype
+        if o.get("model_dir"):
+            model_dir = str(o["model_dir"])
             if self.world > 1:
-                kwargs["tp_plan"] = "auto"
+                self.model = AutoModelForCausalLM.from_pretrained(model_dir, tp_plan="auto", **extra)
             else:
-                kwargs["device_map"] = self.device
-            self.model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+                self.model = AutoModelForCausalLM.from_pretrained(model_dir, **extra).to(self.device)
             self.model_name = model_dir
-        elif preset:
-            if preset not in QWEN2_PRESETS:
-                raise ValueError("unknown preset %r: use one of %s, or model_dir" % (preset, ", ".join(QWEN2_PRESETS)))
-            cfg = transformers.Qwen2Config(**QWEN2_PRESETS[preset], **QWEN2_COMMON)
-            if cfg.num_attention_heads % self.world or cfg.num_key_value_heads % self.world:
-                raise ValueError("%s has %d heads / %d KV heads: not divisible by world size %d"
-                                 % (preset, cfg.num_attention_heads, cfg.num_key_value_heads, self.world))
-            torch.manual_seed(int(o.get("seed", 0)))
-            previous = torch.get_default_device() if hasattr(torch, "get_default_device") else None
-            torch.set_default_device(self.device)
-            try:
-                self.model = AutoModelForCausalLM.from_config(cfg, torch_dtype=self.dtype, **extra)
-            finally:
-                torch.set_default_device(previous)
-            if self.world > 1:
-                self._shard_from_config()
-            self.model_name = preset
+            self.tp = "transformers tp_plan=auto" if self.world > 1 else None
         else:
-            raise ValueError("the hf driver needs options model_dir (a local checkpoint) or preset (%s)"
-                             % ", ".join(QWEN2_PRESETS))
+            preset = o["preset"]
+            fields = dict(QWEN2_COMMON, **QWEN2_PRESETS[preset])
+            fields.update(o.get("config", {}))
+            cfg = transformers.Qwen2Config(**fields)
+            torch.manual_seed(int(o.get("seed", 0)))
+            with torch.device(self.device):
+                self.model = AutoModelForCausalLM.from_config(cfg, **extra)
+            if self.world > 1:
+                self._shard_preset()
+            self.model_name = preset
+            self.tp = "driver (plain tensors, all_reduce/all_gather hooks)" if self.world > 1 else None
         self.model.eval()
         self.config = self.model.config
         gc = self.model.generation_config
         eos = gc.eos_token_id if gc.eos_token_id is not None else self.config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
         self.pad_id = gc.pad_token_id if gc.pad_token_id is not None else (min(self.eos_ids) if self.eos_ids else 0)
-        torch.cuda.synchronize(self.device)
-        torch.cuda.empty_cache()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
 
-    def _shard_from_config(self):
-        """Tensor-parallel sharding of a from_config model with torch's parallelize_module."""
-        torch = self.torch
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
-        try:
-            from torch.distributed.tensor import Replicate
-        except ImportError:  # torch < 2.4
-            from torch.distributed._tensor import Replicate
-
-        mesh = init_device_mesh("cuda", (self.world,))
+    def _shard_preset(self):
+        """Megatron-style tensor parallelism of a Qwen2 from_config model on plain tensors."""
+        torch, dist, w, r = self.torch, self.dist, self.world, self.rank
         model = self.model
-        plan_src = dict(getattr(model.config, "base_model_tp_plan", None) or {
-            "layers.*.self_attn.q_proj": "colwise", "layers.*.self_attn.k_proj": "colwise",
-            "layers.*.self_attn.v_proj": "colwise", "layers.*.self_attn.o_proj": "rowwise",
-            "layers.*.mlp.gate_proj": "colwise", "layers.*.mlp.up_proj": "colwise",
-            "layers.*.mlp.down_proj": "rowwise",
-        })
-        styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
-        base = model.base_model
-        for i, layer in enumerate(base.layers):
-            plan = {}
-            for pattern, style in plan_src.items():
-                prefix = "layers.*."
-                if not pattern.startswith(prefix) or style not in styles:
-                    continue
-                plan[pattern[len(prefix):]] = styles[style]()
-            parallelize_module(layer, mesh, plan)
-            attn = layer.self_attn
-            # Older transformers reshape with the module's head counts: make them the local ones.
+        cfg = model.config
+
+        def rows(linear, parts):
+            n = linear.weight.shape[0] // parts
+            linear.weight = torch.nn.Parameter(linear.weight.data[r * n:(r + 1) * n].clone(), requires_grad=False)
+            if linear.bias is not None:
+                linear.bias = torch.nn.Parameter(linear.bias.data[r * n:(r + 1) * n].clone(), requires_grad=False)
+            linear.out_features = n
+
+        def cols(linear, parts):
+            n = linear.weight.shape[1] // parts
+            linear.weight = torch.nn.Parameter(linear.weight.data[:, r * n:(r + 1) * n].clone(), requires_grad=False)
+            linear.in_features = n
+            # A bias would be added on every rank before the sum: Qwen2's o_proj/down_proj have none.
+            if linear.bias is not None:
+                raise RuntimeError("row-parallel layer with a bias: not supported by the preset sharding")
+
+        def all_reduce(_module, _inputs, output):
+            dist.all_reduce(output, group=self.group)
+            return output
+
+        def gather_vocab(_module, _inputs, output):
+            parts = [torch.empty_like(output) for _ in range(w)]
+            dist.all_gather(parts, output.contiguous(), group=self.group)
+            return torch.cat(parts, dim=-1)
+
+        for layer in model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            for lin in (attn.q_proj, attn.k_proj, attn.v_proj):
+                rows(lin, w)
+            cols(attn.o_proj, w)
+            attn.o_proj.register_forward_hook(all_reduce)
+            rows(mlp.gate_proj, w)
+            rows(mlp.up_proj, w)
+            cols(mlp.down_proj, w)
+            mlp.down_proj.register_forward_hook(all_reduce)
+            # transformers < 4.48 reshapes with the module's head counts: make them the local ones
+            # (later versions reshape with -1 and head_dim; num_key_value_groups is unchanged).
             for attr in ("num_heads", "num_key_value_heads", "hidden_size"):
-                if hasattr(attn, attr):
-                    setattr(attn, attr, getattr(attn, attr) // self.world)
-        if not model.config.tie_word_embeddings:
-            parallelize_module(model, mesh, {"lm_head": ColwiseParallel(output_layouts=Replicate())})
-        torch.cuda.synchronize(self.device)
-        torch.cuda.empty_cache()
+                if isinstance(getattr(attn, attr, None), int):
+                    setattr(attn, attr, getattr(attn, attr) // w)
+            if hasattr(mlp, "intermediate_size"):
+                mlp.intermediate_size //= w
+        lm_head = model.get_output_embeddings()
+        tied = lm_head.weight is model.get_input_embeddings().weight
+        if not tied and cfg.vocab_size % w == 0:
+            rows(lm_head, w)
+            lm_head.register_forward_hook(gather_vocab)
+        self.lm_head_sharded = not tied and cfg.vocab_size % w == 0
+        # Release the full-size tensors now.
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
 
     def info(self):
         import transformers
@@ -195,7 +312,10 @@ class Driver:
             "torch": self.torch.__version__,
             "model": self.model_name,
             "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
             "tensor_parallel": self.world,
+            "tp_implementation": self.tp,
+            "attn_implementation": getattr(self.config, "_attn_implementation", None),
             "vocab_size": int(self.config.vocab_size),
             "max_context": int(getattr(self.config, "max_position_embeddings", 0) or 0) or None,
         }
@@ -226,29 +346,38 @@ class Driver:
     def prepare(self, prompts, max_new_tokens):
         if self.options.get("warmup", True):
             self._generate(prompts, min(2, max_new_tokens), True, None)
-            self.torch.cuda.synchronize(self.device)
+            if self.device.type == "cuda":
+                self.torch.cuda.synchronize(self.device)
 
     def generate(self, prompts, max_new_tokens, exact_length, on_token):
         from transformers.generation.streamers import BaseStreamer
 
+        torch = self.torch
         eos_ids = self.eos_ids
         n = len(prompts)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.load_peak = torch.cuda.max_memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
 
         class TokenStreamer(BaseStreamer):
-            """put(value): the first call carries the prompt (skipped), then one token per sample."""
+            """put(value): first the prompt (2-D, skipped), then one token per sample (1-D)."""
 
             def __init__(self):
                 self.prompt_seen = False
                 self.step = 0
                 self.done = [False] * n
+                self.count = [0] * n
 
             def put(self, value):
-                if not self.prompt_seen:
+                if not self.prompt_seen and value.dim() > 1:
                     self.prompt_seen = True
                     return
                 tokens = value.reshape(-1).tolist()  # to the host: the token is known here
+                if len(tokens) != n:
+                    raise RuntimeError("streamer got %d tokens for %d samples at step %d" % (len(tokens), n, self.step))
                 step = self.step
-                for s, tok in enumerate(tokens[:n]):
+                for s, tok in enumerate(tokens):
                     if self.done[s]:
                         continue
                     finish = 0
@@ -257,6 +386,7 @@ class Driver:
                     elif not exact_length and tok in eos_ids:
                         finish = 2
                     on_token(s, step, int(tok), finish)
+                    self.count[s] += 1
                     if finish:
                         self.done[s] = True
                 self.step += 1
@@ -264,7 +394,19 @@ class Driver:
             def end(self):
                 pass
 
-        self._generate(prompts, max_new_tokens, exact_length, TokenStreamer())
+        streamer = TokenStreamer()
+        self._generate(prompts, max_new_tokens, exact_length, streamer)
+        short = [s for s in range(n) if not streamer.done[s]]
+        if short:
+            raise RuntimeError("generate() stopped early: sample %d got %d of %d tokens without EOS"
+                               % (short[0], streamer.count[short[0]], max_new_tokens))
+        # What the dynamic cache holds at the end: every position but the last token's.
+        cfg = self.config
+        kv_heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads) // self.world
+        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        positions = max(len(p) for p in prompts) + streamer.step - 1
+        elem = torch.tensor([], dtype=self.dtype).element_size()
+        self.kv_bytes = 2 * int(cfg.num_hidden_layers) * kv_heads * head_dim * positions * n * elem
 
     def memory(self):
         torch = self.torch
@@ -272,23 +414,25 @@ class Driver:
         for t in list(self.model.parameters()) + list(self.model.buffers()):
             local = t.to_local() if hasattr(t, "to_local") else t
             weights += local.numel() * local.element_size()
-        peak = torch.cuda.max_memory_allocated(self.device)
-        return {
-            "weights_bytes": weights,
-            "kv_cache_bytes": None,
-            "workspace_bytes": max(0, peak - weights),
-            "torch_max_allocated_bytes": peak,
-            "torch_reserved_bytes": torch.cuda.memory_reserved(self.device),
-            "torch_max_reserved_bytes": torch.cuda.max_memory_reserved(self.device),
-        }
+        out = {"weights_bytes": weights, "kv_cache_bytes": self.kv_bytes, "workspace_bytes": None}
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+            out.update({
+                "workspace_bytes": max(0, peak - weights - (self.kv_bytes or 0)),
+                "torch_max_allocated_bytes": peak,
+                "torch_load_max_allocated_bytes": self.load_peak,
+                "torch_reserved_bytes": torch.cuda.memory_reserved(self.device),
+                "torch_max_reserved_bytes": torch.cuda.max_memory_reserved(self.device),
+            })
+        return out
 
     def close(self):
         torch = self.torch
         self.model = None
-        torch.cuda.empty_cache()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
         try:
-            import torch.distributed as dist
-            if dist.is_initialized():
-                dist.destroy_process_group()
+            if self.dist.is_initialized():
+                self.dist.destroy_process_group()
         except Exception:
             pass
