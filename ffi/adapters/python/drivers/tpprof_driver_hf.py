@@ -56,6 +56,8 @@ sample (batch > 1 works: BaseStreamer has no batch limit, only TextStreamer has)
 """
 
 import os
+import queue
+import threading
 
 # Real shapes of the Qwen2.5 -Instruct config.json files (same as `tpprof models`).
 QWEN2_PRESETS = {
@@ -126,8 +128,50 @@ def _check_options(o, world):
                              % (preset, heads, kv, inter, world))
 
 
+class _TorchThread:
+    """One daemon thread that makes every torch call of the driver.
+
+    Why: libtorch_python keeps thread_local caches that hold Python objects (torch 2.11: DTensor's
+    sharding-propagation cache, ``unordered_map<NativeOpSchema, py::object>``) and frees them in
+    the thread's TLS destructor without the GIL. tpprof's main thread exits the process without
+    finalising Python, so a cache filled on that thread aborts the process at exit ("Fatal Python
+    error: PyThreadState_Get ...", exit 134) after the report is written. Seen with transformers'
+    tp_plan (DTensor) on CPU. exit() runs only the exiting thread's TLS destructors, so caches
+    filled on this parked daemon thread are never destroyed. CUDA's current device is per thread,
+    so the device is bound on this thread too. on_token is called from here (allowed: the
+    timestamp is still taken on entry into the native callable).
+    """
+
+    def __init__(self):
+        self.jobs = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="tpprof-hf-torch", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            fn, args, box, done = self.jobs.get()
+            try:
+                box.append((True, fn(*args)))
+            except BaseException as e:  # handed to the caller, raised there
+                box.append((False, e))
+            done.set()
+
+    def call(self, fn, *args):
+        box, done = [], threading.Event()
+        self.jobs.put((fn, args, box, done))
+        done.wait()
+        ok, value = box[0]
+        if ok:
+            return value
+        raise value
+
+
 class Driver:
     def __init__(self, init):
+        self.worker = _TorchThread()
+        self.worker.call(self._init, init)
+
+    def _init(self, init):
         o = dict(init.get("options") or {})
         self.options = o
         self.rank = int(init.get("rank", 0))
@@ -343,13 +387,13 @@ class Driver:
         with self.torch.inference_mode():
             self.model.generate(**kwargs)
 
-    def prepare(self, prompts, max_new_tokens):
+    def _prepare(self, prompts, max_new_tokens):
         if self.options.get("warmup", True):
             self._generate(prompts, min(2, max_new_tokens), True, None)
             if self.device.type == "cuda":
                 self.torch.cuda.synchronize(self.device)
 
-    def generate(self, prompts, max_new_tokens, exact_length, on_token):
+    def _generate_streamed(self, prompts, max_new_tokens, exact_length, on_token):
         from transformers.generation.streamers import BaseStreamer
 
         torch = self.torch
@@ -408,7 +452,7 @@ class Driver:
         elem = torch.tensor([], dtype=self.dtype).element_size()
         self.kv_bytes = 2 * int(cfg.num_hidden_layers) * kv_heads * head_dim * positions * n * elem
 
-    def memory(self):
+    def _memory(self):
         torch = self.torch
         weights = 0
         for t in list(self.model.parameters()) + list(self.model.buffers()):
@@ -426,7 +470,7 @@ class Driver:
             })
         return out
 
-    def close(self):
+    def _close(self):
         torch = self.torch
         self.model = None
         if self.device.type == "cuda":
@@ -436,3 +480,16 @@ class Driver:
                 self.dist.destroy_process_group()
         except Exception:
             pass
+
+    # The driver interface: every torch call runs on the driver's torch thread.
+    def prepare(self, prompts, max_new_tokens):
+        self.worker.call(self._prepare, prompts, max_new_tokens)
+
+    def generate(self, prompts, max_new_tokens, exact_length, on_token):
+        self.worker.call(self._generate_streamed, prompts, max_new_tokens, exact_length, on_token)
+
+    def memory(self):
+        return self.worker.call(self._memory)
+
+    def close(self):
+        self.worker.call(self._close)
