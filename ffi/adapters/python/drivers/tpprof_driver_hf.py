@@ -251,6 +251,10 @@ class Driver:
                 kwargs = dict(backend="nccl" if self.device.type == "cuda" else "gloo",
                               init_method="tcp://" + rendezvous, rank=self.rank, world_size=self.world,
                               timeout=timedelta(seconds=float(o.get("timeout_s", 600))))
+                if self.device.type == "cuda":
+                    # Bound communicator: NCCL is set up here (errors surface at create, not in
+                    # the first forward) on this rank's GPU, whatever the current device is.
+                    kwargs["device_id"] = self.device
                 dist.init_process_group(**kwargs)
 
         from transformers import AutoModelForCausalLM
@@ -271,6 +275,11 @@ class Driver:
         else:
             preset = o["preset"]
             fields = dict(QWEN2_COMMON, **QWEN2_PRESETS[preset])
+            known = set(vars(transformers.Qwen2Config())) | {"head_dim", "rope_theta", "rope_scaling"}
+            unknown = sorted(k for k in o.get("config", {}) if k not in known)
+            if unknown:
+                raise ValueError("option config: %s not Qwen2Config field(s) of transformers %s"
+                                 % (", ".join(unknown), transformers.__version__))
             fields.update(o.get("config", {}))
             cfg = transformers.Qwen2Config(**fields)
             torch.manual_seed(int(o.get("seed", 0)))
