@@ -97,7 +97,8 @@ fn weights(j: &Value, rank: usize) -> u64 {
 fn hf_driver_on_cpu_tensor_parallel_exact_length_and_errors() {
     let Some(py) = hf_python() else { return };
     let opts = |extra: &str| format!(r#"{{"preset": "tiny", "device": "cpu", "python": "{py}"{extra}}}"#);
-    let base = opts("");
+    // Untied lm_head, so its vocabulary sharding and logits all_gather are exercised too.
+    let base = opts(r#", "config": {"tie_word_embeddings": false}"#);
     let args = |o: &str| -> Vec<String> {
         ["--engine", "python:hf", "--engine-options", o, "--batch", "2", "--prompt-tokens", "24", "--generated-tokens", "8", "--record-tokens"]
             .iter()
@@ -132,11 +133,17 @@ fn hf_driver_on_cpu_tensor_parallel_exact_length_and_errors() {
     for r in j2["ranks"].as_array().unwrap() {
         assert_eq!(r["tokens_generated"], 16, "{r}");
     }
+    // The preset as tpprof defines it (tied embeddings: the lm_head stays replicated; random tied
+    // weights repeat the last prompt token, so this checks that the path runs more than the math).
+    let tied = args(&opts(""));
+    let tied: Vec<&str> = tied.iter().map(String::as_str).collect();
+    let (t_one, t_two) = (run(0, &tied), run(2, &tied));
+    assert_eq!(tokens(t_two.ok()), tokens(t_one.ok()), "tied tiny: TP=2 tokens differ from TP=1");
 
     // EOS: make sample 0's fourth token the EOS id. Exact length ignores it; --allow-eos stops there.
     let eos = t1[0][3];
     if !t1[0][..3].contains(&eos) {
-        let o = opts(&format!(r#", "config": {{"eos_token_id": {eos}}}"#));
+        let o = opts(&format!(r#", "config": {{"tie_word_embeddings": false, "eos_token_id": {eos}}}"#));
         let mut e = args(&o);
         e.push("--allow-eos".into());
         let e: Vec<&str> = e.iter().map(String::as_str).collect();

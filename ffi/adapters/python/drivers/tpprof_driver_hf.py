@@ -8,8 +8,8 @@ Options (``--engine-options`` JSON; an unknown key is an error, so a typo cannot
   model_dir   local Hugging Face checkpoint directory (config.json + safetensors); loaded with
               transformers' own tensor parallelism (``tp_plan="auto"``) when world_size > 1
   preset      instead of model_dir: qwen2.5-0.5b | qwen2.5-1.5b | qwen2.5-7b | qwen2.5-14b |
-              qwen2.5-32b (the real Qwen2.5 shapes) or tiny (a 2-layer Qwen2 for tests): random
-              weights, sharded by this driver (see below)
+              qwen2.5-32b (the real Qwen2.5 shapes), tiny | small (tpprof's synthetic shapes, for CPU
+              tests): random weights, sharded by this driver (see below)
   config      dict of Qwen2Config fields that override the preset's (e.g. {"num_hidden_layers": 2})
   device      "cuda" (default where torch sees a GPU: this rank's GPU, init["devices"][0]), a CUDA
               ordinal (int or "cuda:N"), or "cpu" (gloo instead of nccl, default dtype fp32; for
@@ -71,10 +71,13 @@ QWEN2_PRESETS = {
                         num_attention_heads=40, num_key_value_heads=8, tie_word_embeddings=False),
     "qwen2.5-32b": dict(vocab_size=152064, hidden_size=5120, intermediate_size=27648, num_hidden_layers=64,
                         num_attention_heads=40, num_key_value_heads=8, tie_word_embeddings=False),
-    # Not a real model: Qwen2 structure (GQA, biases, untied lm_head) small enough for CPU tests.
-    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
-                 max_position_embeddings=4096, bos_token_id=1, eos_token_id=2),
+    # Synthetic, as tpprof's `tiny`/`small` (`tpprof models`): token 0 is BOS and EOS.
+    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=8,
+                 num_key_value_heads=4, tie_word_embeddings=True, max_position_embeddings=2048, rope_theta=10000.0,
+                 bos_token_id=0, eos_token_id=0),
+    "small": dict(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+                  num_key_value_heads=4, tie_word_embeddings=True, max_position_embeddings=8192, bos_token_id=0,
+                  eos_token_id=0),
 }
 QWEN2_COMMON = dict(max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, hidden_act="silu",
                     use_sliding_window=False, sliding_window=32768, max_window_layers=70, bos_token_id=151643,
