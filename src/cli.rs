@@ -116,9 +116,20 @@ pub struct RunArgs {
     pub force: bool,
 
     /// Also write a Chrome/Perfetto trace (one process per rank: tokens, device decode steps,
-    /// memory) to this file.
+    /// memory; with --cupti the GPU kernels) to this file.
     #[arg(long)]
     pub trace: Option<PathBuf>,
+
+    /// Record every GPU kernel of each rank's process with CUPTI (libcupti, loaded at run time):
+    /// per decode step GPU busy, NCCL and compute time, kernel count, top kernels; works for any
+    /// engine. Needs a GPU build (the default `cuda` feature) and CUPTI on the library path.
+    #[arg(long)]
+    pub cupti: bool,
+
+    /// With --cupti and --trace: how many decode steps' kernels go into the trace (the prefill's
+    /// always do); 0 = every step (large traces for long runs).
+    #[arg(long, default_value_t = 32, allow_hyphen_values = true)]
+    pub trace_kernel_steps: i64,
 
     /// Put the generated token ids into the JSON.
     #[arg(long)]

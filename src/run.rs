@@ -50,6 +50,9 @@ pub struct RunConfig {
     pub force: bool,
     pub record_tokens: bool,
     pub trace: Option<PathBuf>,
+    pub cupti: bool,
+    /// Decode steps whose kernels go into the trace (0 = all).
+    pub trace_kernel_steps: u32,
     pub devices: Option<Vec<i32>>,
     pub mem_interval: Duration,
     pub timeout: Option<Duration>,
@@ -95,6 +98,10 @@ impl RunConfig {
                     .collect::<Result<Vec<i32>, String>>()?,
             ),
         };
+        if a.cupti && !cfg!(feature = "cuda") {
+            return Err("--cupti needs a GPU build of tpprof (this one was built without the `cuda` feature): rebuild with default features, or drop --cupti".into());
+        }
+        let trace_kernel_steps = u32::try_from(a.trace_kernel_steps).map_err(|_| format!("--trace-kernel-steps must be a whole number ≥ 0 (got {})", a.trace_kernel_steps))?;
         let timeout = match a.timeout {
             Some(t) if !(t > 0.0 && t.is_finite()) => return Err(format!("--timeout must be a positive number of seconds (got {t})")),
             Some(t) => Some(Duration::from_secs_f64(t)),
@@ -118,6 +125,8 @@ impl RunConfig {
             force: a.force,
             record_tokens: a.record_tokens,
             trace: a.trace.clone(),
+            cupti: a.cupti,
+            trace_kernel_steps,
             devices,
             mem_interval: match a.mem_interval_ms {
                 0 => Duration::ZERO,
@@ -232,6 +241,9 @@ impl<'w> Job<'w> {
         let host_gpus = HostGpus::probe();
         let gpu = world.agree(host_gpus.bind(world.local_rank, config.devices.as_deref())).map_err(Stop::input)?;
         world.agree(check_unique_gpus(world, gpu.as_ref())).map_err(Stop::input)?;
+        if config.cupti {
+            world.agree(crate::observe::cupti::Recorder::check(gpu.is_some())).map_err(Stop::input)?;
+        }
         let local_devices = local_device_list(world, gpu.as_ref());
         let no_gpu_reason = match &host_gpus {
             HostGpus::Absent { reason } => reason.clone(),
@@ -296,6 +308,10 @@ impl<'w> Job<'w> {
             }
         };
         let mut engine = world.agree(engine).map_err(Stop::failed)?;
+        // CUPTI attaches to the engine's existing CUDA context(s), before prepare (warm-up, graph
+        // capture) and generate. Not earlier: enabling activity before the engine's cuInit
+        // deadlocked inside cuInit on the H200 machine (CUPTI 13.0, driver 580; see observe/cupti.rs).
+        let cupti = world.agree(crate::observe::cupti::Recorder::start(config.cupti, gpu.is_some())).map_err(Stop::input)?;
         let create_s = t_create.elapsed().as_secs_f64();
         let topology = engine.topology();
         if let Some(h) = &mut self.header {
@@ -336,17 +352,21 @@ impl<'w> Job<'w> {
         world.idle_barrier();
         phase.set(Phase::Finish);
         world.agree(generated).map_err(Stop::failed)?;
+        let device_steps = engine.device_steps();
+        let submit_ns = sink.submit_ns();
+        let (events, overflow) = sink.into_events();
+        let abs_tokens: Vec<(u32, u32, u64)> = events.iter().map(|e| (e.sample, e.step, epoch_mono_ns + e.t_ns)).collect();
+        let recorded = world
+            .agree(cupti.finish(device_steps.as_deref(), &abs_tokens, epoch_mono_ns + submit_ns, config.trace_kernel_steps))
+            .map_err(Stop::failed)?;
 
         // 7. This rank's report, gathered at rank 0; device step times and clock offsets for the
         //    cross-rank skew.
         let engine_memory = engine.memory().ok();
-        let device_steps = engine.device_steps();
         let offsets = world.clock_offsets(16);
         let steps_bytes: Vec<u8> = device_steps.iter().flatten().flat_map(|&(a, b)| [a.to_le_bytes(), b.to_le_bytes()].concat()).collect();
         let all_steps = world.gather_bytes(&steps_bytes);
         let memory = guard.stop();
-        let submit_ns = sink.submit_ns();
-        let (events, overflow) = sink.into_events();
         let rec = Recording::analyse(&events, overflow, submit_ns, &requested);
         let rank_report = RankReport {
             rank: world.rank,
@@ -376,7 +396,9 @@ impl<'w> Job<'w> {
                 .map(|s| RankSample { generated: s.generated, finish_reason: s.finish_reason, token_digest: token_digest(&s.tokens) })
                 .collect(),
             anomalies: rec.anomalies.clone(),
+            cupti: recorded.as_ref().map(|r| r.report.clone()),
         };
+        let step_activity = world.gather_bytes(&serde_json::to_vec(&recorded.as_ref().map(|r| &r.primary_steps)).expect("activities serialize"));
         let trace = config.trace.is_some().then(|| RankTrace {
             rank: world.rank,
             label: format!(
@@ -389,6 +411,8 @@ impl<'w> Job<'w> {
             tokens: events.iter().map(|e| (e.sample, e.step, e.token, e.t_ns)).collect(),
             device_steps: device_steps.clone().unwrap_or_default(),
             memory: rank_report.memory.timeline.clone(),
+            kernels: recorded.as_ref().map(|r| r.trace_kernels.iter().map(|k| (k.start, k.end, k.device, k.name)).collect()).unwrap_or_default(),
+            kernel_names: recorded.as_ref().map(|r| r.names.clone()).unwrap_or_default(),
         });
         let traces = trace.map(|t| world.gather_bytes(&serde_json::to_vec(&t).expect("a RankTrace always serializes")));
         let bytes = serde_json::to_vec(&rank_report).expect("a RankReport always serializes");
@@ -411,6 +435,11 @@ impl<'w> Job<'w> {
             .collect();
         let mut report = header.finished(&workload, &rec, ranks).map_err(|e| Stop::failed(RankFailures(vec![(0, e)])))?;
         report.skew = crate::report::build::skew(&steps, &offsets);
+        if config.cupti {
+            let per_rank: Vec<Option<Vec<crate::observe::cupti::Activity>>> =
+                step_activity.unwrap_or_default().iter().map(|b| serde_json::from_slice(b).ok().flatten()).collect();
+            report.cupti = crate::observe::cupti::summarise(&per_rank);
+        }
         if let (Some(Some(traces)), Some(out)) = (traces, self.trace_out.take()) {
             let traces: Vec<RankTrace> = traces.iter().filter_map(|b| serde_json::from_slice(b).ok()).collect();
             let doc = crate::report::trace::build(&traces, &offsets);
@@ -490,6 +519,7 @@ impl<'w> Job<'w> {
                 mem_interval_ms: c.mem_interval.as_millis() as u64,
                 record_tokens: c.record_tokens,
                 trace: c.trace.as_ref().map(|t| t.display().to_string()),
+                cupti: c.cupti,
             },
             environment: Environment {
                 tpprof_version: crate::VERSION.into(),

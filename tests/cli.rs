@@ -402,6 +402,9 @@ fn cuda_without_a_gpu_is_a_one_line_error() {
     let r = rejected(2, &["--engine", "cuda", "--model", "tiny"], 2, "--engine cuda needs a GPU on every rank");
     assert!(r.json.is_none() || r.json()["status"]["state"] == "failed");
     rejected(1, &["--engine", "cpu", "--dtype", "fp8"], 2, "unknown --dtype `fp8`");
+    // --cupti records GPU kernels: without a GPU it is refused up front, on every rank.
+    rejected(2, &["--engine", "mock", "--cupti"], 2, "--cupti needs a GPU on every rank");
+    rejected(1, &["--cupti", "--trace-kernel-steps", "-1"], 2, "--trace-kernel-steps must be a whole number ≥ 0 (got -1)");
     // `auto` (the default) is the cpu engine here.
     let r = run(1, &["--prompt-tokens", "4", "--generated-tokens", "2"]);
     assert_eq!(ok(&r)["engine"]["name"], "cpu");

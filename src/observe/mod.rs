@@ -3,3 +3,4 @@
 
 pub mod gpu;
 pub mod memory;
+pub mod cupti;

@@ -36,6 +36,7 @@ impl Header {
             summary: None,
             latency: None,
             skew: None,
+            cupti: None,
             ranks,
             samples: Vec::new(),
         }
@@ -127,6 +128,7 @@ impl Header {
             summary: Some(summary),
             latency: Some(Latency { ttft, decode }),
             skew: None,
+            cupti: None,
             ranks,
             samples,
         })

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineInfo, EngineMemory, FinishReason, Topology};
 use crate::observe::gpu::GpuInfo;
+use crate::observe::cupti::{CuptiReport, CuptiSummary};
 use crate::observe::memory::MemoryReport;
 use crate::record::histogram::{HistogramSummary, PercentilesMs};
 use crate::workload::PromptSource;
@@ -66,6 +67,8 @@ pub struct ConfigReport {
     pub record_tokens: bool,
     /// The --trace file, if any.
     pub trace: Option<String>,
+    /// --cupti: kernel activity recorded with CUPTI.
+    pub cupti: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,6 +130,8 @@ pub struct RankReport {
     pub engine_stats: Option<serde_json::Value>,
     pub samples: Vec<RankSample>,
     pub anomalies: Vec<String>,
+    /// --cupti: this process's GPU kernels per decode step.
+    pub cupti: Option<CuptiReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -218,6 +223,8 @@ pub struct RunReport {
     pub latency: Option<Latency>,
     /// Cross-rank skew per decode step, for engines with device step times on ≥ 2 ranks.
     pub skew: Option<Skew>,
+    /// --cupti: NCCL share per rank and who was waited for, per decode step.
+    pub cupti: Option<CuptiSummary>,
     pub ranks: Vec<RankReport>,
     pub samples: Vec<SampleReport>,
 }

@@ -89,6 +89,27 @@ pub fn render(r: &RunReport) -> String {
             k.last_to_start_steps
         );
     }
+    if let Some(c) = &r.cupti {
+        let pct = |v: &[Option<f64>]| v.iter().map(|x| x.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "-".into())).collect::<Vec<_>>().join(" / ");
+        let _ = writeln!(out, "CUPTI, decode steps: GPU busy {} , NCCL {} of step time per rank; waited for (least NCCL) per rank: {:?} of {} steps", pct(&c.busy_share), pct(&c.nccl_share), c.waited_for_steps, c.steps);
+        for k in &r.ranks {
+            for d in k.cupti.iter().flat_map(|c| &c.devices) {
+                let p50 = |h: &Option<crate::record::histogram::HistogramSummary>| h.as_ref().map(|h| format!("{:.3}", h.p50_ns as f64 / 1e6)).unwrap_or_else(|| "-".into());
+                let _ = writeln!(
+                    out,
+                    "  rank {} GPU{}: per step p50 busy {} ms, NCCL {} ms, compute {} ms, idle {} ms; {:.0} kernels/step; top: {}",
+                    k.rank,
+                    d.device,
+                    p50(&d.busy),
+                    p50(&d.nccl),
+                    p50(&d.compute),
+                    p50(&d.idle),
+                    d.kernels_per_step_mean,
+                    d.top_kernels.first().map(|t| format!("{} ({:.0}%)", truncate(&t.name, 40), t.share * 100.0)).unwrap_or_default()
+                );
+            }
+        }
+    }
     if !r.ranks.is_empty() {
         let _ = writeln!(out, "  {:<5} {:<16} {:<9} {:<24} {:>10} {:>10} {:>10}", "rank", "host", "role", "device", "peak GiB", "ITL p50", "ITL p99");
         for k in &r.ranks {

@@ -22,6 +22,11 @@ pub struct RankTrace {
     /// Device decode steps, (start, end) on this rank's CLOCK_MONOTONIC.
     pub device_steps: Vec<(u64, u64)>,
     pub memory: Timeline,
+    /// --cupti: kernels (start, end on this rank's CLOCK_MONOTONIC, device, name index).
+    #[serde(default)]
+    pub kernels: Vec<(u64, u64, u32, u32)>,
+    #[serde(default)]
+    pub kernel_names: Vec<String>,
 }
 
 /// The trace document. `offsets[r]`: rank r's clock minus rank 0's (ns).
@@ -44,6 +49,19 @@ pub fn build(traces: &[RankTrace], offsets: &[i64]) -> Value {
         for (i, &(a, b)) in t.device_steps.iter().enumerate() {
             ev.push(json!({"ph": "X", "name": "decode step", "pid": pid, "tid": 2,
                            "ts": us(a as i128), "dur": b.saturating_sub(a) as f64 / 1e3, "args": {"step": i + 1}}));
+        }
+        // One track per device the process ran kernels on (ONE_PROCESS engines drive several).
+        let mut devs: Vec<u32> = t.kernels.iter().map(|k| k.2).collect();
+        devs.sort_unstable();
+        devs.dedup();
+        for d in devs {
+            ev.push(json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": 1000 + d, "args": {"name": format!("GPU{d} kernels (CUPTI)")}}));
+        }
+        for &(a, b, dev, name) in &t.kernels {
+            let name = t.kernel_names.get(name as usize).map(String::as_str).unwrap_or("?");
+            let cat = if crate::observe::cupti::is_nccl(name) { "nccl" } else { "compute" };
+            ev.push(json!({"ph": "X", "name": name, "cat": cat, "pid": pid, "tid": 1000 + dev,
+                           "ts": us(a as i128), "dur": b.saturating_sub(a) as f64 / 1e3}));
         }
         let m = &t.memory;
         for (i, &ts) in m.t_s.iter().enumerate() {
@@ -73,6 +91,8 @@ mod tests {
             tokens: vec![(0, 0, 5, 2_000)],
             device_steps: vec![(1_000_000 + 500_000 + 20_000, 1_000_000 + 500_000 + 28_000)],
             memory: Timeline { t_s: vec![0.0], rss_bytes: vec![1 << 30], gpu_job_bytes: vec![], gpu_device_used_bytes: vec![], stride: 1 },
+            kernels: vec![(1_000_000 + 500_000 + 21_000, 1_000_000 + 500_000 + 23_000, 0, 1)],
+            kernel_names: vec!["gemm".into(), "ncclDevKernel_AllReduce_Sum_f16".into()],
         };
         let v = build(&[r0, r1], &[0, 500_000]);
         let ev = v["traceEvents"].as_array().unwrap();
@@ -83,5 +103,8 @@ mod tests {
         let mem = ev.iter().find(|e| e["ph"] == "C").unwrap();
         assert_eq!(mem["args"]["host_rss_gib"], 1.0);
         assert_eq!(mem["ts"].as_f64().unwrap(), 10.0);
+        let k = ev.iter().find(|e| e["cat"] == "nccl").unwrap();
+        assert_eq!((k["ts"].as_f64().unwrap(), k["dur"].as_f64().unwrap(), k["pid"].as_i64().unwrap()), (21.0, 2.0, 1));
+        assert_eq!(k["name"], "ncclDevKernel_AllReduce_Sum_f16");
     }
 }

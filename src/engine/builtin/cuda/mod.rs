@@ -158,11 +158,15 @@ impl CudaEngine {
         if cfg.num_attention_heads % cfg.num_key_value_heads.max(1) != 0 || group > 16 {
             return Err(CudaError::Invalid(format!("{} query heads per KV head is not supported by the cuda engine (a divisor, at most 16)", group)));
         }
+        tracing::debug!("cuda engine: opening GPU {ordinal}, compiling kernels");
         let mut gpu = Gpu::open(ordinal, MODULES, dtype)?;
+        tracing::debug!("cuda engine: NCCL init (rank {rank} of {world})");
         let sm_count = gpu.ctx.attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(108) as usize;
         let nccl = Nccl::init(&gpu, rank, world, nccl_id)?;
         let dims = Dims::new(cfg, rank, world);
+        tracing::debug!("cuda engine: NCCL ready; measuring copy bandwidth");
         let copy_bandwidth = copy_bandwidth(&mut gpu)?;
+        tracing::debug!("cuda engine: weights");
         let weights = match weights {
             WeightInit::Seeded(seed) => Weights::random(&mut gpu, cfg, &dims, seed)?,
             WeightInit::Checkpoint(dir) => Weights::from_safetensors(&mut gpu, dir, cfg, &dims, dtype)?,
@@ -258,6 +262,7 @@ impl CudaEngine {
             self.gpu.sync()?;
         }
         if self.use_graph && self.graph.is_none() {
+            tracing::debug!("cuda engine: capturing the decode step into a CUDA graph");
             self.graph = self.capture(slots)?;
         }
         Ok(())

@@ -1,0 +1,747 @@
+//! `--cupti`: GPU kernel activity of the rank's process, from CUPTI's Activity API
+//! (CONCURRENT_KERNEL records), grouped per decode step: GPU busy time, time in NCCL kernels
+//! (communication plus waiting for the other ranks), compute time, kernel count. It sees every
+//! kernel the process launches, so it works the same for the built-in engines, C++ adapters and
+//! Python engines, and in ONE_PROCESS engines (rank 0's process drives every GPU) per device.
+//!
+//! Timestamps: CUPTI is given CLOCK_MONOTONIC as its clock (`cuptiActivityRegisterTimestampCallback`),
+//! so kernel times are on the same clock as token times and the cuda engine's device steps; where
+//! the library lacks that call, the offset between `cuptiGetTimestamp()` and CLOCK_MONOTONIC is
+//! measured at start and end and applied (`clock` in the JSON says which).
+//!
+//! The analysis below is plain Rust over plain records and is tested without a GPU; the collector
+//! (`Collector`, cuda builds only) is the thin FFI around it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::histogram::{HistogramSummary, LatencyHistogram};
+
+/// One kernel execution, on CLOCK_MONOTONIC (ns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kernel {
+    pub start: u64,
+    pub end: u64,
+    /// CUDA device ordinal in the process that launched it.
+    pub device: u32,
+    pub stream: u32,
+    /// Index into the name table.
+    pub name: u32,
+}
+
+/// NCCL's device kernels (`ncclDevKernel_AllReduce_…`, older `ncclKernel_…`), mangled or not.
+pub fn is_nccl(name: &str) -> bool {
+    name.contains("ncclDevKernel") || name.contains("ncclKernel")
+}
+
+/// Length of the union of intervals (they may overlap: several streams), each clipped to [lo, hi).
+fn union_ns(iv: &mut [(u64, u64)], lo: u64, hi: u64) -> u64 {
+    iv.sort_unstable();
+    let (mut total, mut cur) = (0u64, None::<(u64, u64)>);
+    for &(a, b) in iv.iter() {
+        let (a, b) = (a.max(lo), b.min(hi));
+        if b <= a {
+            continue;
+        }
+        cur = match cur {
+            Some((ca, cb)) if a <= cb => Some((ca, cb.max(b))),
+            Some((ca, cb)) => {
+                total += cb - ca;
+                Some((a, b))
+            }
+            None => Some((a, b)),
+        };
+    }
+    total + cur.map(|(a, b)| b - a).unwrap_or(0)
+}
+
+/// GPU activity inside one window (a decode step, or the prefill).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activity {
+    /// The window's length.
+    pub wall_ns: u64,
+    /// Time at least one kernel ran.
+    pub busy_ns: u64,
+    /// Time at least one NCCL kernel ran.
+    pub nccl_ns: u64,
+    /// Time at least one other kernel ran.
+    pub compute_ns: u64,
+    pub kernels: u32,
+    pub nccl_kernels: u32,
+}
+
+impl Activity {
+    fn of(kernels: &[&Kernel], nccl: &[bool], lo: u64, hi: u64) -> Activity {
+        let mut all: Vec<(u64, u64)> = kernels.iter().map(|k| (k.start, k.end)).collect();
+        let mut comm: Vec<(u64, u64)> = kernels.iter().filter(|k| nccl[k.name as usize]).map(|k| (k.start, k.end)).collect();
+        let mut comp: Vec<(u64, u64)> = kernels.iter().filter(|k| !nccl[k.name as usize]).map(|k| (k.start, k.end)).collect();
+        Activity {
+            wall_ns: hi.saturating_sub(lo),
+            busy_ns: union_ns(&mut all, lo, hi),
+            nccl_ns: union_ns(&mut comm, lo, hi),
+            compute_ns: union_ns(&mut comp, lo, hi),
+            kernels: kernels.len() as u32,
+            nccl_kernels: comm.len() as u32,
+        }
+    }
+}
+
+/// Where the decode steps came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepSource {
+    /// The engine's device step times (CUDA events): windows reach halfway into the gaps between
+    /// steps, so a small error in placing the events on the host clock moves no kernel.
+    DeviceEvents,
+    /// Host token times: step s runs from the moment every sample had its token s−1 to the moment
+    /// every sample had token s.
+    HostTokens,
+}
+
+/// Decode-step windows [lo, hi) from device step times (start, end), each widened halfway into the
+/// gaps around it; the reported wall time stays the device step's own length.
+pub fn windows_from_device_steps(steps: &[(u64, u64)]) -> Vec<(u64, u64, u64)> {
+    let n = steps.len();
+    (0..n)
+        .map(|i| {
+            let (s, e) = steps[i];
+            let lo = if i > 0 {
+                steps[i - 1].1 + s.saturating_sub(steps[i - 1].1) / 2
+            } else if n > 1 {
+                s.saturating_sub(steps[1].0.saturating_sub(steps[0].1) / 2)
+            } else {
+                s
+            };
+            let hi = if i + 1 < n {
+                e + steps[i + 1].0.saturating_sub(e) / 2
+            } else if n > 1 {
+                e + steps[n - 1].0.saturating_sub(steps[n - 2].1) / 2
+            } else {
+                e
+            };
+            (lo, hi.max(lo), e.saturating_sub(s))
+        })
+        .collect()
+}
+
+/// Decode-step windows from host token times: `tokens` are (sample, step, t_ns on CLOCK_MONOTONIC).
+/// Returns (first token moment, windows).
+pub fn windows_from_tokens(tokens: &[(u32, u32, u64)]) -> Option<(u64, Vec<(u64, u64, u64)>)> {
+    let steps = tokens.iter().map(|t| t.1).max()? as usize + 1;
+    let mut done = vec![0u64; steps];
+    let mut seen = vec![0u32; steps];
+    let samples = tokens.iter().map(|t| t.0).max()? + 1;
+    for &(_, step, t) in tokens {
+        done[step as usize] = done[step as usize].max(t);
+        seen[step as usize] += 1;
+    }
+    // Only steps every sample reached (EOS or a short sample ends the batch's common steps).
+    let common = seen.iter().take_while(|&&c| c == samples).count();
+    let first = done[0];
+    let w = (1..common).map(|s| (done[s - 1], done[s].max(done[s - 1]), done[s].saturating_sub(done[s - 1]))).collect();
+    Some((first, w))
+}
+
+/// Per-step activity of the kernels of one device. `windows` are (lo, hi, wall) sorted and
+/// disjoint; a kernel belongs to the window holding its start.
+pub fn per_step(kernels: &[Kernel], nccl: &[bool], windows: &[(u64, u64, u64)]) -> Vec<Activity> {
+    let mut buckets: Vec<Vec<&Kernel>> = vec![Vec::new(); windows.len()];
+    for k in kernels {
+        let i = windows.partition_point(|w| w.0 <= k.start);
+        if i > 0 && k.start < windows[i - 1].1 {
+            buckets[i - 1].push(k);
+        }
+    }
+    windows
+        .iter()
+        .zip(&buckets)
+        .map(|(&(lo, hi, wall), b)| {
+            let mut a = Activity::of(b, nccl, lo, hi);
+            a.wall_ns = wall;
+            a
+        })
+        .collect()
+}
+
+/// Total time per kernel name in the decode steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopKernel {
+    pub name: String,
+    pub nccl: bool,
+    pub count: u64,
+    pub total_ms: f64,
+    pub mean_us: f64,
+    /// Of all kernel time in the decode steps.
+    pub share: f64,
+}
+
+/// One device's activity over the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceActivity {
+    /// CUDA device ordinal in this rank's process (CUPTI's deviceId).
+    pub device: u32,
+    /// Kernels recorded on this device over the whole run (load and warm-up included).
+    pub kernels_total: u64,
+    /// Submit → first token: the prefill.
+    pub prefill: Option<Activity>,
+    /// Decode steps analysed.
+    pub steps: u64,
+    pub step_source: StepSource,
+    /// Per decode step: GPU busy / NCCL / compute / idle (wall − busy) time.
+    pub busy: Option<HistogramSummary>,
+    pub nccl: Option<HistogramSummary>,
+    pub compute: Option<HistogramSummary>,
+    pub idle: Option<HistogramSummary>,
+    /// Kernels per decode step: mean, and the least and most.
+    pub kernels_per_step_mean: f64,
+    pub kernels_per_step_min: u32,
+    pub kernels_per_step_max: u32,
+    pub nccl_kernels_per_step_mean: f64,
+    /// Sums over the decode steps ÷ summed step wall time.
+    pub busy_share: f64,
+    pub nccl_share: f64,
+    pub compute_share: f64,
+    /// The most expensive kernels of the decode steps (by total time, at most 12).
+    pub top_kernels: Vec<TopKernel>,
+}
+
+/// What `--cupti` adds to a rank's report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CuptiReport {
+    /// CUPTI's API version (cuptiGetVersion).
+    pub cupti_version: u32,
+    /// `monotonic_callback`: CUPTI timestamps taken from CLOCK_MONOTONIC; `measured_offset`: CUPTI's
+    /// own clock shifted by an offset measured at start and end (`offset_drift_ns` says how stable).
+    pub clock: String,
+    pub offset_drift_ns: Option<i64>,
+    /// Kernel records received, and those CUPTI reported dropped (buffers full).
+    pub records: u64,
+    pub dropped: u64,
+    /// One entry per device the process ran kernels on (one for ALL_RANKS engines; rank 0 of a
+    /// ONE_PROCESS engine has one per GPU it drives).
+    pub devices: Vec<DeviceActivity>,
+}
+
+fn hist(v: impl Iterator<Item = u64>) -> Option<HistogramSummary> {
+    let mut h = LatencyHistogram::new();
+    v.for_each(|x| h.record(x));
+    (h.count() > 0).then(|| h.summary())
+}
+
+/// Analyses one device: `windows` are the decode steps, `prefill` the (submit, first token) window.
+pub fn analyse_device(
+    device: u32,
+    kernels: &[Kernel],
+    names: &[String],
+    windows: &[(u64, u64, u64)],
+    source: StepSource,
+    prefill: Option<(u64, u64)>,
+) -> (DeviceActivity, Vec<Activity>) {
+    let nccl: Vec<bool> = names.iter().map(|n| is_nccl(n)).collect();
+    let steps = per_step(kernels, &nccl, windows);
+    let prefill = prefill.map(|(lo, hi)| {
+        let ks: Vec<&Kernel> = kernels.iter().filter(|k| k.start >= lo && k.start < hi).collect();
+        Activity::of(&ks, &nccl, lo, hi)
+    });
+    let sum = |f: fn(&Activity) -> u64| steps.iter().map(f).sum::<u64>();
+    let wall = sum(|a| a.wall_ns).max(1) as f64;
+    // Top kernels in the decode steps.
+    let (lo, hi) = (windows.first().map(|w| w.0).unwrap_or(0), windows.last().map(|w| w.1).unwrap_or(0));
+    let mut by_name: std::collections::HashMap<u32, (u64, u64)> = std::collections::HashMap::new();
+    for k in kernels.iter().filter(|k| k.start >= lo && k.start < hi) {
+        let e = by_name.entry(k.name).or_default();
+        e.0 += 1;
+        e.1 += k.end.saturating_sub(k.start);
+    }
+    let all_kernel_ns = by_name.values().map(|v| v.1).sum::<u64>().max(1) as f64;
+    let mut top: Vec<TopKernel> = by_name
+        .iter()
+        .map(|(&n, &(count, ns))| TopKernel {
+            name: names.get(n as usize).cloned().unwrap_or_default(),
+            nccl: nccl.get(n as usize).copied().unwrap_or(false),
+            count,
+            total_ms: ns as f64 / 1e6,
+            mean_us: ns as f64 / count as f64 / 1e3,
+            share: ns as f64 / all_kernel_ns,
+        })
+        .collect();
+    top.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms).then_with(|| a.name.cmp(&b.name)));
+    top.truncate(12);
+    let n = steps.len().max(1) as f64;
+    let d = DeviceActivity {
+        device,
+        kernels_total: kernels.len() as u64,
+        prefill,
+        steps: steps.len() as u64,
+        step_source: source,
+        busy: hist(steps.iter().map(|a| a.busy_ns)),
+        nccl: hist(steps.iter().map(|a| a.nccl_ns)),
+        compute: hist(steps.iter().map(|a| a.compute_ns)),
+        idle: hist(steps.iter().map(|a| a.wall_ns.saturating_sub(a.busy_ns))),
+        kernels_per_step_mean: steps.iter().map(|a| a.kernels as f64).sum::<f64>() / n,
+        kernels_per_step_min: steps.iter().map(|a| a.kernels).min().unwrap_or(0),
+        kernels_per_step_max: steps.iter().map(|a| a.kernels).max().unwrap_or(0),
+        nccl_kernels_per_step_mean: steps.iter().map(|a| a.nccl_kernels as f64).sum::<f64>() / n,
+        busy_share: sum(|a| a.busy_ns) as f64 / wall,
+        nccl_share: sum(|a| a.nccl_ns) as f64 / wall,
+        compute_share: sum(|a| a.compute_ns) as f64 / wall,
+        top_kernels: top,
+    };
+    (d, steps)
+}
+
+/// Cross-rank view of the NCCL time per step (rank 0 builds it from every rank's per-step NCCL
+/// time): inside a step with a collective, the rank that arrives last waits least, so the rank
+/// with the least NCCL time in a step is the one the others waited for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CuptiSummary {
+    /// Steps every rank has.
+    pub steps: u64,
+    /// Per rank: NCCL time ÷ step wall time over the decode steps (null: no CUPTI data on that rank).
+    pub nccl_share: Vec<Option<f64>>,
+    /// Per rank: GPU busy ÷ step wall time.
+    pub busy_share: Vec<Option<f64>>,
+    /// Per rank: mean NCCL time per step, ms.
+    pub nccl_ms_mean: Vec<Option<f64>>,
+    /// Per rank: how many steps it had the least NCCL time (was waited for).
+    pub waited_for_steps: Vec<u64>,
+    /// Per step: most − least NCCL time over the ranks (the wait the slowest rank imposed).
+    pub nccl_spread: Option<HistogramSummary>,
+}
+
+/// `per_rank[r]`: rank r's per-step activity of its first device (None: no CUPTI data).
+pub fn summarise(per_rank: &[Option<Vec<Activity>>]) -> Option<CuptiSummary> {
+    if per_rank.iter().all(|r| r.is_none()) {
+        return None;
+    }
+    let share = |f: fn(&Activity) -> u64| -> Vec<Option<f64>> {
+        per_rank
+            .iter()
+            .map(|r| {
+                r.as_ref().filter(|v| !v.is_empty()).map(|v| {
+                    v.iter().map(f).sum::<u64>() as f64 / v.iter().map(|a| a.wall_ns).sum::<u64>().max(1) as f64
+                })
+            })
+            .collect()
+    };
+    let with: Vec<&Vec<Activity>> = per_rank.iter().flatten().collect();
+    let steps = if with.len() == per_rank.len() { with.iter().map(|v| v.len()).min().unwrap_or(0) } else { 0 };
+    let mut waited = vec![0u64; per_rank.len()];
+    let mut spread = LatencyHistogram::new();
+    if per_rank.len() > 1 {
+        for s in 0..steps {
+            let nccl: Vec<u64> = with.iter().map(|v| v[s].nccl_ns).collect();
+            let (min_r, &min) = nccl.iter().enumerate().min_by_key(|(_, &x)| x).expect("ranks");
+            waited[min_r] += 1;
+            spread.record(nccl.iter().max().expect("ranks") - min);
+        }
+    }
+    Some(CuptiSummary {
+        steps: steps as u64,
+        nccl_share: share(|a| a.nccl_ns),
+        busy_share: share(|a| a.busy_ns),
+        nccl_ms_mean: per_rank
+            .iter()
+            .map(|r| r.as_ref().filter(|v| !v.is_empty()).map(|v| v.iter().map(|a| a.nccl_ns).sum::<u64>() as f64 / v.len() as f64 / 1e6))
+            .collect(),
+        waited_for_steps: waited,
+        nccl_spread: (spread.count() > 0).then(|| spread.summary()),
+    })
+}
+
+/// What run.rs drives: CUPTI on when `--cupti`, nothing otherwise (and in builds without CUDA).
+pub struct Recorder {
+    #[cfg(feature = "cuda")]
+    inner: Option<Collector>,
+}
+
+/// A finished recording, analysed: the rank's report, the per-step activity of its busiest device
+/// (for the cross-rank summary), and the kernels for the trace.
+pub struct Recorded {
+    pub report: CuptiReport,
+    pub primary_steps: Vec<Activity>,
+    pub trace_kernels: Vec<Kernel>,
+    pub names: Vec<String>,
+}
+
+impl Recorder {
+    /// Whether --cupti can work on this rank (a GPU, a CUDA build, libcupti), before the engine loads.
+    pub fn check(has_gpu: bool) -> Result<(), String> {
+        if !has_gpu {
+            return Err("--cupti needs a GPU on every rank (this rank has none): drop --cupti for CPU runs".into());
+        }
+        #[cfg(feature = "cuda")]
+        {
+            // SAFETY: only tries to dlopen.
+            if !unsafe { cudarc::cupti::sys::is_culib_present() } {
+                return Err(collector::NO_CUPTI.into());
+            }
+            Ok(())
+        }
+        #[cfg(not(feature = "cuda"))]
+        Err("--cupti needs a GPU build of tpprof".into())
+    }
+
+    /// Starts CUPTI when asked; call after the engine created its CUDA context (see Collector::start).
+    pub fn start(enabled: bool, has_gpu: bool) -> Result<Recorder, String> {
+        if enabled {
+            Self::check(has_gpu)?;
+        }
+        #[cfg(feature = "cuda")]
+        {
+            Ok(Recorder { inner: if enabled { Some(Collector::start()?) } else { None } })
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            if enabled {
+                return Err("--cupti needs a GPU build of tpprof".into());
+            }
+            Ok(Recorder {})
+        }
+    }
+
+    /// Stops CUPTI and analyses what it recorded. `device_steps`: the engine's device step times;
+    /// `tokens`: (sample, step, t) on CLOCK_MONOTONIC; `submit`: when generate() was called.
+    pub fn finish(self, device_steps: Option<&[(u64, u64)]>, tokens: &[(u32, u32, u64)], submit: u64, trace_steps: u32) -> Result<Option<Recorded>, String> {
+        #[cfg(feature = "cuda")]
+        {
+            let Some(c) = self.inner else { return Ok(None) };
+            let c = c.finish()?;
+            let from_tokens = windows_from_tokens(tokens);
+            let first_token = from_tokens.as_ref().map(|(f, _)| *f);
+            let (windows, source) = match device_steps {
+                Some(s) if !s.is_empty() => (windows_from_device_steps(s), StepSource::DeviceEvents),
+                _ => (from_tokens.map(|(_, w)| w).unwrap_or_default(), StepSource::HostTokens),
+            };
+            let prefill = first_token.map(|f| (submit, f));
+            let mut devices: Vec<u32> = c.kernels.iter().map(|k| k.device).collect();
+            devices.sort_unstable();
+            devices.dedup();
+            let mut out = Vec::new();
+            let mut primary: (usize, Vec<Activity>) = (0, Vec::new());
+            for d in devices {
+                let ks: Vec<Kernel> = c.kernels.iter().filter(|k| k.device == d).copied().collect();
+                let (act, steps) = analyse_device(d, &ks, &c.names, &windows, source, prefill);
+                if ks.len() > primary.0 {
+                    primary = (ks.len(), steps);
+                }
+                out.push(act);
+            }
+            let lo = submit.min(windows.first().map(|w| w.0).unwrap_or(submit));
+            let hi = match trace_steps {
+                0 => u64::MAX,
+                n => windows.get(n as usize - 1).or(windows.last()).map(|w| w.1).unwrap_or(u64::MAX),
+            };
+            let trace_kernels = c.kernels.iter().filter(|k| k.start >= lo && k.start < hi).copied().collect();
+            Ok(Some(Recorded {
+                report: CuptiReport { cupti_version: c.version, clock: c.clock, offset_drift_ns: c.offset_drift_ns, records: c.records, dropped: c.dropped, devices: out },
+                primary_steps: primary.1,
+                trace_kernels,
+                names: c.names,
+            }))
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (device_steps, tokens, submit, trace_steps);
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+pub use collector::Collector;
+
+#[cfg(feature = "cuda")]
+mod collector {
+    //! The FFI: CUPTI's Activity API through cudarc (loaded at run time). CUPTI calls plain C
+    //! functions without a user pointer, so the records go to one process-wide store.
+
+    use std::collections::HashMap;
+    use std::ffi::CStr;
+    use std::sync::Mutex;
+
+    use cudarc::cupti::sys;
+
+    use super::Kernel;
+
+    pub const NO_CUPTI: &str = "--cupti: CUPTI (libcupti.so) was not found: it ships with the CUDA toolkit (cuda/extras/CUPTI/lib64 or targets/*/lib) and in the nvidia-cuda-cupti wheel; put its directory on LD_LIBRARY_PATH, or drop --cupti";
+    const BUFFER_BYTES: usize = 8 << 20;
+    const BUFFER_ALIGN: usize = 8;
+
+    #[derive(Default)]
+    struct Store {
+        kernels: Vec<Kernel>,
+        names: Vec<String>,
+        by_ptr: HashMap<usize, u32>,
+        records: u64,
+        dropped: u64,
+    }
+
+    static STORE: Mutex<Option<Store>> = Mutex::new(None);
+
+    fn layout() -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(BUFFER_BYTES, BUFFER_ALIGN).expect("valid layout")
+    }
+
+    extern "C" fn clock() -> u64 {
+        crate::cluster::mono_ns()
+    }
+
+    extern "C" fn buffer_requested(buffer: *mut *mut u8, size: *mut usize, max_records: *mut usize) {
+        // SAFETY: CUPTI passes valid out-pointers; the buffer is freed in buffer_completed.
+        unsafe {
+            *buffer = std::alloc::alloc(layout());
+            *size = if (*buffer).is_null() { 0 } else { BUFFER_BYTES };
+            *max_records = 0;
+        }
+    }
+
+    extern "C" fn buffer_completed(ctx: cudarc::driver::sys::CUcontext, stream: u32, buffer: *mut u8, _size: usize, valid: usize) {
+        if buffer.is_null() {
+            return;
+        }
+        let mut guard = STORE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(store) = guard.as_mut() {
+            let mut rec: *mut sys::CUpti_Activity = std::ptr::null_mut();
+            loop {
+                // SAFETY: buffer holds `valid` bytes CUPTI filled; rec points into it.
+                let r = unsafe { sys::cuptiActivityGetNextRecord(buffer, valid, &mut rec) };
+                if r != sys::CUptiResult::CUPTI_SUCCESS || rec.is_null() {
+                    break;
+                }
+                // SAFETY: every record starts with its kind.
+                let kind = unsafe { (*rec).kind };
+                if kind != sys::CUpti_ActivityKind::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL && kind != sys::CUpti_ActivityKind::CUPTI_ACTIVITY_KIND_KERNEL {
+                    continue;
+                }
+                // Every kernel record since CUpti_ActivityKernel4 keeps start, end, deviceId,
+                // streamId and name at the same offsets (checked in the tests against the newest
+                // struct cudarc has), so the Kernel4 view reads the newer records too.
+                // SAFETY: a kernel record is at least a Kernel4.
+                let k = unsafe { &*(rec as *const sys::CUpti_ActivityKernel4) };
+                let name_ptr = k.name as usize;
+                let next = store.names.len() as u32;
+                let name = *store.by_ptr.entry(name_ptr).or_insert(next);
+                if name == next {
+                    let s = if k.name.is_null() {
+                        "(unnamed)".to_string()
+                    } else {
+                        // SAFETY: CUPTI's kernel name is a NUL-terminated string it keeps alive.
+                        unsafe { CStr::from_ptr(k.name) }.to_string_lossy().into_owned()
+                    };
+                    store.names.push(s);
+                }
+                store.records += 1;
+                store.kernels.push(Kernel { start: k.start, end: k.end, device: k.deviceId, stream: k.streamId, name });
+            }
+            let mut dropped = 0usize;
+            // SAFETY: plain query on the context/stream CUPTI gave us.
+            if unsafe { sys::cuptiActivityGetNumDroppedRecords(ctx as _, stream, &mut dropped) } == sys::CUptiResult::CUPTI_SUCCESS {
+                store.dropped += dropped as u64;
+            }
+        }
+        drop(guard);
+        // SAFETY: allocated in buffer_requested with the same layout.
+        unsafe { std::alloc::dealloc(buffer, layout()) };
+    }
+
+    fn check(what: &str, r: sys::CUptiResult) -> Result<(), String> {
+        if r == sys::CUptiResult::CUPTI_SUCCESS {
+            return Ok(());
+        }
+        let mut s: *const std::ffi::c_char = std::ptr::null();
+        // SAFETY: cuptiGetResultString returns a static string.
+        let msg = if unsafe { sys::cuptiGetResultString(r, &mut s) } == sys::CUptiResult::CUPTI_SUCCESS && !s.is_null() {
+            unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned()
+        } else {
+            format!("{r:?}")
+        };
+        Err(format!("--cupti: {what} failed: {msg}"))
+    }
+
+    /// The running collection; `finish` flushes and returns the records.
+    pub struct Collector {
+        pub version: u32,
+        /// None: CUPTI uses CLOCK_MONOTONIC; Some: CUPTI clock − CLOCK_MONOTONIC at start.
+        offset_start: Option<i64>,
+    }
+
+    /// What a finished collection gives.
+    pub struct Collected {
+        pub kernels: Vec<Kernel>,
+        pub names: Vec<String>,
+        pub records: u64,
+        pub dropped: u64,
+        pub version: u32,
+        pub clock: String,
+        pub offset_drift_ns: Option<i64>,
+    }
+
+    fn offset() -> i64 {
+        let mut t = 0u64;
+        let a = crate::cluster::mono_ns();
+        // SAFETY: writes one u64.
+        unsafe { sys::cuptiGetTimestamp(&mut t) };
+        let b = crate::cluster::mono_ns();
+        t as i64 - ((a + b) / 2) as i64
+    }
+
+    impl Collector {
+        /// Loads CUPTI and starts recording kernels of every context of the process, existing ones
+        /// included. Call it after the engine initialised CUDA: enabled before the process's first
+        /// cuInit, cuInit deadlocked (a pthread mutex inside libcuda; CUPTI 13.0.1, driver
+        /// 580.159, H200, seen 2026-11-28).
+        pub fn start() -> Result<Collector, String> {
+            // SAFETY: only tries to dlopen.
+            if !unsafe { sys::is_culib_present() } {
+                return Err(NO_CUPTI.into());
+            }
+            let mut guard = STORE.lock().unwrap_or_else(|e| e.into_inner());
+            if guard.is_some() {
+                return Err("--cupti: a CUPTI collection is already running in this process".into());
+            }
+            let mut version = 0u32;
+            // SAFETY: plain calls into the loaded library.
+            unsafe {
+                check("cuptiGetVersion", sys::cuptiGetVersion(&mut version))?;
+                // The timestamp callback is recent (CUPTI 12.x); look it up before calling it,
+                // cudarc's loader would panic on a missing symbol.
+                let has_cb = sys::culib().get::<unsafe extern "C" fn()>(b"cuptiActivityRegisterTimestampCallback\0").is_ok()
+                    && std::env::var("TPPROF_CUPTI_CLOCK").map(|v| v != "cupti").unwrap_or(true);
+                let offset_start = if has_cb && sys::cuptiActivityRegisterTimestampCallback(Some(clock)) == sys::CUptiResult::CUPTI_SUCCESS {
+                    None
+                } else {
+                    Some(offset())
+                };
+                check("cuptiActivityRegisterCallbacks", sys::cuptiActivityRegisterCallbacks(Some(buffer_requested), Some(buffer_completed)))?;
+                *guard = Some(Store::default());
+                drop(guard);
+                if let Err(e) = check("cuptiActivityEnable(CONCURRENT_KERNEL)", sys::cuptiActivityEnable(sys::CUpti_ActivityKind::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL)) {
+                    *STORE.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    return Err(e);
+                }
+                tracing::debug!("CUPTI {version} recording kernels ({})", if offset_start.is_none() { "CLOCK_MONOTONIC callback" } else { "offset to CUPTI's clock" });
+                Ok(Collector { version, offset_start })
+            }
+        }
+
+        /// Flushes every buffer, stops recording, and returns the kernels on CLOCK_MONOTONIC.
+        pub fn finish(self) -> Result<Collected, String> {
+            // SAFETY: plain calls into the loaded library; the callbacks run before FlushAll returns.
+            unsafe {
+                check("cuptiActivityFlushAll", sys::cuptiActivityFlushAll(1))?;
+                let _ = sys::cuptiActivityDisable(sys::CUpti_ActivityKind::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
+                let _ = sys::cuptiActivityFlushAll(1);
+            }
+            let store = STORE.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+            let (clock, drift, shift) = match self.offset_start {
+                None => ("monotonic_callback".to_string(), None, 0i64),
+                Some(o0) => {
+                    let o1 = offset();
+                    ("measured_offset".to_string(), Some(o1 - o0), (o0 + o1) / 2)
+                }
+            };
+            let mut kernels = store.kernels;
+            if shift != 0 {
+                for k in &mut kernels {
+                    k.start = (k.start as i64 - shift).max(0) as u64;
+                    k.end = (k.end as i64 - shift).max(0) as u64;
+                }
+            }
+            Ok(Collected { kernels, names: store.names, records: store.records, dropped: store.dropped, version: self.version, clock, offset_drift_ns: drift })
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use cudarc::cupti::sys::*;
+        use std::mem::offset_of;
+
+        /// The Kernel4 view reads newer records: the fields used sit at the same offsets.
+        #[test]
+        fn kernel_record_prefix_is_stable() {
+            macro_rules! same {
+                ($t:ty) => {
+                    assert_eq!(offset_of!(CUpti_ActivityKernel4, start), offset_of!($t, start));
+                    assert_eq!(offset_of!(CUpti_ActivityKernel4, end), offset_of!($t, end));
+                    assert_eq!(offset_of!(CUpti_ActivityKernel4, deviceId), offset_of!($t, deviceId));
+                    assert_eq!(offset_of!(CUpti_ActivityKernel4, streamId), offset_of!($t, streamId));
+                    assert_eq!(offset_of!(CUpti_ActivityKernel4, name), offset_of!($t, name));
+                };
+            }
+            same!(CUpti_ActivityKernel5);
+            same!(CUpti_ActivityKernel9);
+            same!(CUpti_ActivityKernel10);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(start: u64, end: u64, name: u32) -> Kernel {
+        Kernel { start, end, device: 0, stream: 7, name }
+    }
+
+    #[test]
+    fn unions_count_overlaps_once() {
+        assert_eq!(union_ns(&mut [(0, 10), (5, 20), (30, 40)], 0, 100), 30);
+        assert_eq!(union_ns(&mut [(0, 10), (5, 20), (30, 40)], 8, 35), 17);
+        assert_eq!(union_ns(&mut [], 0, 10), 0);
+    }
+
+    #[test]
+    fn nccl_kernels_are_recognised() {
+        assert!(is_nccl("_Z39ncclDevKernel_AllReduce_Sum_f16_RING_LL24ncclDevKernelArgsStorageILm4096EE"));
+        assert!(is_nccl("ncclKernel_AllReduce_RING_LL_Sum_half"));
+        assert!(!is_nccl("rmsnorm_f16"));
+    }
+
+    #[test]
+    fn kernels_fall_into_their_steps() {
+        // Two device steps [100, 200) and [300, 400): windows reach halfway into the gap (250).
+        let w = windows_from_device_steps(&[(100, 200), (300, 400)]);
+        assert_eq!(w, vec![(50, 250, 100), (250, 450, 100)]);
+        let names = vec!["gemm".to_string(), "ncclDevKernel_AllReduce".to_string()];
+        // A kernel placed 5 ns before its step's event (clock placement error) still counts there.
+        let ks = [k(95, 150, 0), k(150, 190, 1), k(300, 320, 0), k(310, 390, 1), k(600, 700, 0)];
+        let (d, steps) = analyse_device(0, &ks, &names, &w, StepSource::DeviceEvents, Some((0, 90)));
+        assert_eq!(steps.len(), 2);
+        assert_eq!((steps[0].kernels, steps[0].busy_ns, steps[0].nccl_ns, steps[0].compute_ns), (2, 95, 40, 55));
+        // Overlapping compute and NCCL on two streams: busy is the union.
+        assert_eq!((steps[1].kernels, steps[1].busy_ns, steps[1].nccl_ns, steps[1].compute_ns), (2, 90, 80, 20));
+        assert_eq!(steps[1].wall_ns, 100);
+        assert_eq!(d.kernels_total, 5);
+        assert_eq!(d.prefill.unwrap().kernels, 0);
+        assert!((d.nccl_share - 120.0 / 200.0).abs() < 1e-12);
+        assert_eq!(d.top_kernels[0].name, "ncclDevKernel_AllReduce");
+        assert_eq!(d.top_kernels[0].count, 2);
+        assert!(d.top_kernels[0].nccl);
+        assert_eq!(d.kernels_per_step_max, 2);
+        assert_eq!(d.idle.as_ref().unwrap().count, 2);
+    }
+
+    #[test]
+    fn host_token_windows_wait_for_every_sample() {
+        // Two samples; sample 1 is 3 ns behind; sample 1 stops after step 2.
+        let t = [(0, 0, 100), (1, 0, 103), (0, 1, 200), (1, 1, 210), (0, 2, 300), (1, 2, 305), (0, 3, 400)];
+        let (first, w) = windows_from_tokens(&t).unwrap();
+        assert_eq!(first, 103);
+        assert_eq!(w, vec![(103, 210, 107), (210, 305, 95)]);
+        assert!(windows_from_tokens(&[]).is_none());
+    }
+
+    #[test]
+    fn the_rank_with_least_nccl_was_waited_for() {
+        let a = |nccl| Activity { wall_ns: 100, busy_ns: 90, nccl_ns: nccl, compute_ns: 90 - nccl, kernels: 3, nccl_kernels: 1 };
+        let s = summarise(&[Some(vec![a(40), a(10), a(40)]), Some(vec![a(10), a(30), a(12)])]).unwrap();
+        assert_eq!(s.steps, 3);
+        assert_eq!(s.waited_for_steps, vec![1, 2]);
+        assert_eq!(s.nccl_spread.as_ref().unwrap().count, 3);
+        assert!((s.nccl_share[0].unwrap() - 0.3).abs() < 1e-12);
+        assert!(summarise(&[None, None]).is_none());
+        // A rank without data: shares per rank, no cross-rank steps.
+        let s = summarise(&[Some(vec![a(40)]), None]).unwrap();
+        assert_eq!((s.steps, s.nccl_share[1]), (0, None));
+    }
+}
