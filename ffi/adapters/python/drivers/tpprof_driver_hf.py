@@ -11,9 +11,9 @@ Options (``--engine-options`` JSON; an unknown key is an error, so a typo cannot
               qwen2.5-32b (the real Qwen2.5 shapes), tiny | small (tpprof's synthetic shapes, for CPU
               tests): random weights, sharded by this driver (see below)
   config      dict of Qwen2Config fields that override the preset's (e.g. {"num_hidden_layers": 2})
-  device      "cuda" (default where torch sees a GPU: this rank's GPU, init["devices"][0]), a CUDA
-              ordinal (int or "cuda:N"), or "cpu" (gloo instead of nccl, default dtype fp32; for
-              tests and machines without a GPU)
+  device      "cuda" (default: this rank's GPU, init["devices"][0]; an error where torch sees no
+              GPU, never a silent CPU run), a CUDA ordinal (int or "cuda:N"), or "cpu" (gloo instead
+              of nccl, default dtype fp32; for tests and machines without a GPU)
   dtype       bf16 (default on CUDA) | fp16 | fp32 (default on CPU)
   seed        int, default 0 (random weights of a preset: the same on every rank)
   attn_implementation   passed to transformers (e.g. "sdpa", "eager", "flash_attention_2")
@@ -57,6 +57,7 @@ sample (batch > 1 works: BaseStreamer has no batch limit, only TextStreamer has)
 
 import os
 import queue
+import sys
 import threading
 
 # Real shapes of the Qwen2.5 -Instruct config.json files (same as `tpprof models`).
@@ -195,7 +196,8 @@ class Driver:
         devices = [int(d) for d in (init.get("devices") or [])]
 
         # Device: this rank's GPU (tpprof's devices[0], a CUDA ordinal), or the CPU.
-        dev = o.get("device", "cuda" if torch.cuda.is_available() else "cpu")
+        # CUDA unless the CPU is asked for: a GPU run must never fall back to the CPU silently.
+        dev = o.get("device", "cuda")
         if isinstance(dev, bool):
             raise ValueError("device %r: use \"cuda\", a CUDA ordinal or \"cpu\"" % (dev,))
         dev = str(dev).strip().lower()
@@ -480,6 +482,14 @@ class Driver:
                 "torch_reserved_bytes": torch.cuda.memory_reserved(self.device),
                 "torch_max_reserved_bytes": torch.cuda.max_memory_reserved(self.device),
             })
+            # tpprof keeps only the five standard keys: say the allocator's own figures here too.
+            gib = float(1 << 30)
+            print("hf driver rank %d (%s): torch.cuda.max_memory_allocated %.3f GiB during generate(), %.3f GiB "
+                  "before it (load, shard, warm-up); memory_reserved %.3f GiB, max_memory_reserved %.3f GiB; "
+                  "weights %.3f GiB, KV cache %.3f GiB"
+                  % (self.rank, self.device, peak / gib, (self.load_peak or 0) / gib, out["torch_reserved_bytes"] / gib,
+                     out["torch_max_reserved_bytes"] / gib, weights / gib, (self.kv_bytes or 0) / gib),
+                  file=sys.stderr, flush=True)
         return out
 
     def _close(self):
