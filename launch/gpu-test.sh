@@ -6,6 +6,9 @@
 #     (ALL_RANKS), then 4 GiB on both GPUs from rank 0 (ONE_PROCESS); each rank's reported peak
 #     must cover its allocation plus at most 1 GiB of CUDA context, and in ONE_PROCESS rank 1's
 #     GPU memory must be attributed to rank 0's process.
+#  3. --cupti against what the cuda engine is known to launch: every decode step has the same kernel
+#     count in graph and eager mode, 2 x layers + 1 NCCL all-reduces (o-proj and down per layer, the
+#     LM head's argmax), GPU busy <= the device step, and the trace carries the kernels.
 # Exits non-zero on the first failure.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,5 +50,36 @@ def check(path, want, owner=None):
         print(f"{path.split('/')[-1]} rank {r['rank']}: job peak {job / GIB:.3f} GiB for {want[r['rank']] / GIB:.0f} GiB allocated, device used {g['device_used_peak']['bytes'] / GIB:.3f} GiB OK")
 check(sys.argv[1], {0: 3 * GIB, 1: 5 * GIB})
 check(sys.argv[2], {0: 4 * GIB, 1: 4 * GIB}, owner=0)
+PY
+
+"${MR[@]}" -n 2 "$B" run --engine cuda --model small --prompt-tokens 300 --generated-tokens 40 --cupti \
+  --trace "$out/cupti.trace.json" --out "$out/cupti.json" >/dev/null
+TPPROF_CUDA_GRAPH=0 "${MR[@]}" -x TPPROF_CUDA_GRAPH -n 2 "$B" run --engine cuda --model small --prompt-tokens 300 --generated-tokens 40 --cupti \
+  --out "$out/cupti-eager.json" >/dev/null
+python3 - "$out/cupti.json" "$out/cupti-eager.json" "$out/cupti.trace.json" <<'PY'
+import json, sys
+per_step = {}
+for path in sys.argv[1:3]:
+    j = json.load(open(path))
+    assert j["status"]["state"] == "ok", j["status"]
+    layers = j["config"]["model_config"]["num_hidden_layers"]
+    assert j["cupti"]["steps"] == 39, j["cupti"]
+    assert sum(j["cupti"]["waited_for_steps"]) == 39, j["cupti"]
+    for r in j["ranks"]:
+        c = r["cupti"]
+        assert c["dropped"] == 0 and len(c["devices"]) == 1, c
+        d = c["devices"][0]
+        assert d["steps"] == 39 and d["step_source"] == "device_events", d["steps"]
+        assert d["kernels_per_step_min"] == d["kernels_per_step_max"] > 0, d
+        assert d["nccl_kernels_per_step_mean"] == 2 * layers + 1, (d["nccl_kernels_per_step_mean"], layers)
+        assert 0 < d["nccl_share"] < d["busy_share"] <= 1.0, d
+        dev = r["device_decode"]
+        assert d["busy"]["max_ns"] <= dev["max_ns"] * 1.01, (d["busy"]["max_ns"], dev["max_ns"])
+        per_step.setdefault(r["rank"], []).append(d["kernels_per_step_min"])
+        print(f"{path.split('/')[-1]} rank {r['rank']}: {d['kernels_per_step_min']} kernels/step, {d['nccl_kernels_per_step_mean']:.0f} NCCL (layers {layers}), busy {d['busy_share']:.3f}, NCCL {d['nccl_share']:.3f} OK")
+for r, counts in per_step.items():
+    assert counts[0] == counts[1], f"rank {r}: graph {counts[0]} vs eager {counts[1]} kernels per step"
+ev = json.load(open(sys.argv[3]))["traceEvents"]
+assert sum(1 for e in ev if e.get("cat") == "nccl") > 0 and sum(1 for e in ev if e.get("cat") == "compute") > 0
 print("gpu-test: PASS")
 PY

@@ -4,8 +4,8 @@
 #   0. python:test 16 -> 8 (libpython found and embedded; seconds)
 #   1. hf   512 -> 32    (smoke: the driver loads, shards, generates)
 #   2. hf   10000 -> 800 (skipped when the smoke failed: it would fail the same way)
-#   3. cuda 512 -> 32
-#   4. cuda 10000 -> 800
+#   3. cuda 10000 -> 800
+#   4. hf   2000 -> 64 with --cupti and --trace (kernel activity of the third-party engine)
 # Every step runs even when an earlier one failed (except 2, above); each writes OUT/<step>.json and
 # OUT/<step>.log, OUT/log has the commands, exit codes, times and tpprof's summaries.
 #
@@ -76,15 +76,18 @@ if (( hf_smoke == 0 )); then
 else
   say "=== hf-long: SKIPPED (hf-smoke failed, rc=$hf_smoke; see $O/hf-smoke.log)"
 fi
-step cuda-smoke 120 "${CU[@]}" --prompt-tokens 512 --generated-tokens 32
 step cuda-long 200 "${CU[@]}" --prompt-tokens "$LONG_PROMPT" --generated-tokens "$LONG_GEN"
+# CUPTI inside an engine we did not write: per-step NCCL share and who waited, from host token times.
+if (( hf_smoke == 0 )); then
+  step hf-cupti 150 "${HF[@]}" --prompt-tokens 2000 --generated-tokens 64 --cupti --trace "$O/hf-cupti.trace.json"
+fi
 
 # Side by side: TTFT, ITL p50/p99, per-rank NVML peak vs the engine's own figures.
 "$PY" - "$O" <<'PY' 2>&1 | tee -a "$LOG"
 import json, os, sys
 out = sys.argv[1]
 GIB = 1 << 30
-for name in ("py-test", "hf-smoke", "hf-long", "cuda-smoke", "cuda-long"):
+for name in ("py-test", "hf-smoke", "hf-long", "cuda-long", "hf-cupti"):
     path = os.path.join(out, name + ".json")
     if not os.path.exists(path):
         print(f"{name}: no JSON")
@@ -108,6 +111,11 @@ for name in ("py-test", "hf-smoke", "hf-long", "cuda-smoke", "cuda-long"):
             det = j.get("engine", {}).get("details", {})
             parts = [em.get(k) for k in ("weights_bytes", "kv_cache_bytes", "workspace_bytes")]
             torch_peak = sum(parts) if name.startswith("hf") and None not in parts else None
+            ph = {p["phase"]: p.get("bytes") for p in ((r.get("memory") or {}).get("phase_peaks") or [])}
+            ph = {k: ph.get(k) for k in ("engine_load", "prefill", "decode")}
+            print(f"  rank {r['rank']}: NVML phase peaks load {g(ph['engine_load'])} prefill {g(ph['prefill'])} decode {g(ph['decode'])} GiB")
+            for d in ((r.get("cupti") or {}).get("devices") or []):
+                print(f"  rank {r['rank']} CUPTI GPU{d['device']}: {d['steps']} steps ({d['step_source']}), {d['kernels_per_step_mean']:.0f} kernels/step ({d['nccl_kernels_per_step_mean']:.0f} NCCL), busy {d['busy_share']:.3f} NCCL {d['nccl_share']:.3f} of step time")
             print(f"  rank {r['rank']}: NVML job peak {g(job)} GiB; engine weights {g(parts[0])} kv {g(parts[1])} "
                   f"workspace {g(parts[2])} GiB" + (f" (= torch max_memory_allocated {g(torch_peak)} GiB)" if torch_peak else ""))
         if name.startswith("hf"):
