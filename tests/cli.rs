@@ -60,8 +60,14 @@ fn run(n: usize, args: &[&str]) -> Run {
 }
 
 fn run_to(n: usize, args: &[&str], path: &Path, dir: tempfile::TempDir) -> Run {
+    run_env(n, args, path, dir, &[])
+}
+
+/// As run_to, with extra environment variables for every rank (mpirun's local ranks inherit them).
+fn run_env(n: usize, args: &[&str], path: &Path, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Run {
     let _guard = MPI.lock().unwrap_or_else(|p| p.into_inner());
     let mut cmd = if n == 0 { Command::new(BIN) } else { mpirun(n) };
+    cmd.envs(env.iter().copied());
     if n > 0 {
         cmd.arg(BIN);
     }
@@ -558,4 +564,92 @@ fn mock_executor_failures_are_one_line_errors_on_every_rank() {
     // A hung executor: the glue's response timeout ends generate() on that rank, not a hang.
     let r = rejected_mx(2, r#"{"stall_rank": 1, "stall_at_token": 3, "response_timeout_s": 1, "cancel_grace_s": 0.5}"#, &gen, "no response from the engine for 1 s");
     assert!(r.elapsed < Duration::from_secs(30), "took {:?}", r.elapsed);
+}
+
+/// A stand-in `lmdeploy` package with TurboMind's streaming interface: three tokens per output, either
+/// every token so far with `num_token` (lmdeploy 0.7 .. 0.10.1) or only the new ones (0.10.2 on).
+const FAKE_LMDEPLOY: &[(&str, &str)] = &[
+    ("lmdeploy/__init__.py", "__version__ = '0.0.stand-in'\n"),
+    ("lmdeploy/messages.py", r#"
+import dataclasses, enum
+
+@dataclasses.dataclass
+class TurbomindEngineConfig:
+    tp: int = 1
+    session_len: int = None
+    enable_prefix_caching: bool = False
+
+@dataclasses.dataclass
+class GenerationConfig:
+    max_new_tokens: int = 512
+    min_new_tokens: int = None
+    top_k: int = 50
+    ignore_eos: bool = False
+    stop_token_ids: list = None
+
+class ResponseType(enum.Enum):
+    SUCCESS = 1
+    FINISH = 2
+    INTERNAL_ENGINE_ERROR = 3
+
+@dataclasses.dataclass
+class EngineOutput:
+    status: ResponseType
+    token_ids: list
+    num_token: int = None
+"#),
+    ("lmdeploy/turbomind/__init__.py", r#"
+import asyncio, os
+from lmdeploy.messages import EngineOutput, ResponseType
+
+MODE = os.environ['FAKE_LMDEPLOY_MODE']
+
+class _Inst:
+    async def async_stream_infer(self, session_id, input_ids, gen_config=None, stream_output=False, **kw):
+        assert gen_config.ignore_eos and not gen_config.stop_token_ids
+        assert gen_config.min_new_tokens == gen_config.max_new_tokens
+        n, out = gen_config.max_new_tokens, []
+        for i in range(n):
+            out.append((session_id * 31 + i * 7 + 1) % 1000)
+            last = i == n - 1
+            if len(out) % 3 == 0 or last:
+                await asyncio.sleep(0.001)
+                st = ResponseType.FINISH if last else ResponseType.SUCCESS
+                if MODE == 'cumulative':
+                    yield EngineOutput(st, list(out), len(out))
+                else:
+                    yield EngineOutput(st, out[-(len(out) % 3 or 3):])
+
+class TurboMind:
+    @classmethod
+    def from_pretrained(cls, path, engine_config=None):
+        return cls()
+
+    def create_instance(self):
+        return _Inst()
+"#),
+];
+
+#[test]
+fn lmdeploy_driver_counts_every_token_against_a_stand_in_lmdeploy() {
+    if !python_available() {
+        return;
+    }
+    let pkg = tempfile::tempdir().unwrap();
+    for (path, text) in FAKE_LMDEPLOY {
+        let p = pkg.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let pythonpath = pkg.path().to_str().unwrap();
+    let args = ["--engine", "python:lmdeploy", "--engine-options", r#"{"model_path": "/stand-in", "vocab_size": 1000}"#, "--batch", "3", "--prompt-tokens", "5", "--generated-tokens", "10", "--record-tokens"];
+    for mode in ["cumulative", "incremental"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("r.json");
+        let r = run_env(2, &args, &out, dir, &[("PYTHONPATH", pythonpath), ("FAKE_LMDEPLOY_MODE", mode)]);
+        let j = ok(&r);
+        check_counts(j, 2, 3, 10);
+        assert_eq!(j["topology"], "one_process", "{mode}");
+        assert_eq!(tokens(j)[0][..4], [32, 39, 46, 53], "{mode}: session 1's tokens, in order");
+    }
 }
