@@ -1,18 +1,24 @@
-//! Build script: bindgen on the engine ABI header (the Rust side cannot drift from the C header) and
-//! the C mock adapter (plus two deliberately broken variants) that the tests load.
+//! Build script: bindgen on the engine ABI header (the Rust side cannot drift from the C header), the
+//! C mock adapter (plus two deliberately broken variants) and the C++ mock executor adapter (the
+//! common adapter glue of ffi/adapters/common behind a fake asynchronous executor) that the tests load.
 
 use std::env;
 use std::path::{Path, PathBuf};
 
 const HEADER: &str = "ffi/tpprof_engine.h";
 const MOCK_SRC: &str = "ffi/adapters/mock/mock_adapter.c";
+const GLUE_HDR: &str = "ffi/adapters/common/tpprof_adapter.hpp";
+const MOCK_EXECUTOR_SRC: &str = "ffi/adapters/mock_executor/mock_executor.cpp";
 
 fn main() {
     println!("cargo:rerun-if-changed={HEADER}");
     println!("cargo:rerun-if-changed={MOCK_SRC}");
+    println!("cargo:rerun-if-changed={GLUE_HDR}");
+    println!("cargo:rerun-if-changed={MOCK_EXECUTOR_SRC}");
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     generate_bindings(&out);
     build_mock_adapters(&out);
+    build_mock_executor_adapter(&out);
     embed_git_commit();
 }
 
@@ -87,6 +93,30 @@ fn build_mock_adapters(out: &Path) {
                 eprintln!("error: could not run the C compiler for {MOCK_SRC}: {e}; install gcc (apt-get install build-essential) or set CC");
                 std::process::exit(1);
             }
+        }
+    }
+}
+
+/// Builds the C++ mock executor adapter (TPPROF_MOCK_EXECUTOR_ADAPTER): the same glue the TensorRT-LLM
+/// and TurboMind adapters compile, so the tests cover it.
+fn build_mock_executor_adapter(out: &Path) {
+    let lib = out.join("libtpprof_mock_executor.so");
+    let compiler = cc::Build::new().cpp(true).get_compiler();
+    let mut cmd = compiler.to_command();
+    cmd.args(["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", "-fvisibility=hidden"])
+        .args(["-Iffi", "-Iffi/adapters/common", "-o"])
+        .arg(&lib)
+        .arg(MOCK_EXECUTOR_SRC)
+        .arg("-lpthread");
+    match cmd.status() {
+        Ok(s) if s.success() => println!("cargo:rustc-env=TPPROF_MOCK_EXECUTOR_ADAPTER={}", lib.display()),
+        Ok(s) => {
+            eprintln!("error: compiling {MOCK_EXECUTOR_SRC} into {} failed ({s}); command: {cmd:?}", lib.display());
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("error: could not run the C++ compiler for {MOCK_EXECUTOR_SRC}: {e}; install g++ (apt-get install build-essential) or set CXX");
+            std::process::exit(1);
         }
     }
 }

@@ -60,8 +60,14 @@ fn run(n: usize, args: &[&str]) -> Run {
 }
 
 fn run_to(n: usize, args: &[&str], path: &Path, dir: tempfile::TempDir) -> Run {
+    run_env(n, args, path, dir, &[])
+}
+
+/// As run_to, with extra environment variables for every rank (mpirun's local ranks inherit them).
+fn run_env(n: usize, args: &[&str], path: &Path, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Run {
     let _guard = MPI.lock().unwrap_or_else(|p| p.into_inner());
     let mut cmd = if n == 0 { Command::new(BIN) } else { mpirun(n) };
+    cmd.envs(env.iter().copied());
     if n > 0 {
         cmd.arg(BIN);
     }
@@ -476,4 +482,177 @@ fn python_driver_runs_under_mpirun_with_native_timestamps() {
     let r = rejected(2, &["--engine", "python:test", "--engine-options", r#"{"fail_create": "no model here"}"#], 1, "python driver `test`");
     assert!(r.error_lines()[0].contains("no model here"), "{}", r.error_lines()[0]);
     rejected(1, &["--engine", "python:does_not_exist"], 1, "does_not_exist");
+}
+
+// ---- the C++ adapter glue (ffi/adapters/common) through the mock executor adapter ----
+
+const MOCK_EXECUTOR: &str = env!("TPPROF_MOCK_EXECUTOR_ADAPTER");
+
+/// `--engine <mock executor .so> --engine-options OPTS` followed by `rest`.
+fn mock_executor(opts: &str, rest: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["--engine", MOCK_EXECUTOR, "--engine-options", opts].iter().map(|s| s.to_string()).collect();
+    v.extend(rest.iter().map(|s| s.to_string()));
+    v
+}
+
+fn run_mx(n: usize, opts: &str, rest: &[&str]) -> Run {
+    let args = mock_executor(opts, rest);
+    run(n, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn rejected_mx(n: usize, opts: &str, rest: &[&str], needle: &str) -> Run {
+    let args = mock_executor(opts, rest);
+    rejected(n, &args.iter().map(String::as_str).collect::<Vec<_>>(), 1, needle)
+}
+
+#[test]
+fn mock_executor_counts_every_token_of_a_multi_token_response() {
+    // Three tokens per response: each is its own on_token call, step and decode gap.
+    let r = run_mx(2, r#"{"burst": 3, "token_us": 300}"#, &["--batch", "3", "--prompt-tokens", "8", "--generated-tokens", "10", "--record-tokens"]);
+    let j = ok(&r);
+    check_counts(j, 2, 3, 10);
+    assert_eq!(j["engine"]["name"], "mock_executor");
+    assert_eq!(j["topology"], "all_ranks");
+    assert_eq!(tokens(j)[1][..3], [32, 39, 46], "the fake executor's token formula, in order");
+    // Tokens that arrived together have (almost) no gap between them: the decode minimum is far
+    // below the 300 µs step, which a glue that dropped or merged tokens could not produce.
+    for rank in j["ranks"].as_array().unwrap() {
+        assert!(u(&rank["decode"]["min_ns"]) < 300_000, "rank {}: min gap {}", rank["rank"], rank["decode"]["min_ns"]);
+    }
+    // The final flag in a separate, empty response after the last token; four tokens a response.
+    let r = run_mx(1, r#"{"burst": 4, "empty_final": true}"#, &["--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "9"]);
+    check_counts(ok(&r), 1, 2, 9);
+    // ONE_PROCESS: rank 0 drives, rank 1 observes.
+    let r = run_mx(2, r#"{"topology": "one_process", "burst": 2}"#, &["--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "5"]);
+    let j = ok(&r);
+    check_counts(j, 2, 2, 5);
+    assert_eq!(j["ranks"][1]["role"], "observer");
+}
+
+#[test]
+fn mock_executor_finish_reasons_reach_the_json() {
+    // Exact length (the default): the executor ignores EOS.
+    let r = run_mx(1, r#"{"eos_at_step": 3, "burst": 2}"#, &["--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "10"]);
+    check_counts(ok(&r), 1, 2, 10);
+    // --allow-eos: EOS after 4 tokens, arriving in a response of two.
+    let r = run_mx(2, r#"{"eos_at_step": 3, "burst": 2}"#, &["--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "10", "--allow-eos"]);
+    let j = r.json();
+    assert_eq!(j["status"]["state"], "incomplete", "{}", r.stderr());
+    for s in j["samples"].as_array().unwrap() {
+        assert_eq!(s["finish_reason"], "eos");
+        assert_eq!(u(&s["generated"]), 4);
+    }
+    assert_eq!(u(&j["summary"]["generated_tokens"]), 8);
+    // An engine that silently clips the length (TensorRT-LLM at its max_seq_len): the short
+    // samples are reported with the engine's reason, not hidden.
+    let r = run_mx(1, r#"{"clip_tokens": 6, "burst": 4}"#, &["--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "10"]);
+    let j = r.json();
+    assert_eq!(j["status"]["state"], "incomplete");
+    assert!(j["status"]["reason"].as_str().unwrap().contains("sample 1 got 6 of 10 tokens"), "{}", j["status"]);
+    assert_eq!(j["samples"][0]["finish_reason"], "length");
+}
+
+#[test]
+fn mock_executor_failures_are_one_line_errors_on_every_rank() {
+    let gen = ["--batch", "3", "--prompt-tokens", "8", "--generated-tokens", "12"];
+    let r = rejected_mx(2, r#"{"error_rank": 1, "error_at_token": 4, "token_us": 200}"#, &gen, "rank 1: ");
+    assert!(r.error_lines()[0].contains("injected executor error at token 4"), "{}", r.error_lines()[0]);
+    assert_eq!(r.json()["status"]["failed_rank"], 1);
+    rejected_mx(2, r#"{"enqueue_fail_sample": 1, "token_us": 1000}"#, &gen, "enqueue of sample 1 failed: injected enqueue failure");
+    rejected_mx(2, r#"{"extra_tokens": 2, "burst": 5}"#, &gen, "more than max_new_tokens = 12 tokens");
+    rejected_mx(2, r#"{"fail_create_rank": 1}"#, &gen, "injected failure in create() on rank 1");
+    rejected_mx(1, r#"{"tokens_us": 5}"#, &gen, "unknown engine option \"tokens_us\"");
+    rejected_mx(1, r#"{"burst": [1, 2]}"#, &gen, "flat values only");
+    rejected_mx(1, r#"{"burst": 0}"#, &gen, "\"burst\" must be a whole number in [1,");
+    // A hung executor: the glue's response timeout ends generate() on that rank, not a hang.
+    let r = rejected_mx(2, r#"{"stall_rank": 1, "stall_at_token": 3, "response_timeout_s": 1, "cancel_grace_s": 0.5}"#, &gen, "no response from the engine for 1 s");
+    assert!(r.elapsed < Duration::from_secs(30), "took {:?}", r.elapsed);
+}
+
+/// A stand-in `lmdeploy` package with TurboMind's streaming interface: three tokens per output, either
+/// every token so far with `num_token` (lmdeploy 0.7 .. 0.10.1) or only the new ones (0.10.2 on).
+const FAKE_LMDEPLOY: &[(&str, &str)] = &[
+    ("lmdeploy/__init__.py", "__version__ = '0.0.stand-in'\n"),
+    ("lmdeploy/messages.py", r#"
+import dataclasses, enum
+
+@dataclasses.dataclass
+class TurbomindEngineConfig:
+    tp: int = 1
+    session_len: int = None
+    enable_prefix_caching: bool = False
+
+@dataclasses.dataclass
+class GenerationConfig:
+    max_new_tokens: int = 512
+    min_new_tokens: int = None
+    top_k: int = 50
+    ignore_eos: bool = False
+    stop_token_ids: list = None
+
+class ResponseType(enum.Enum):
+    SUCCESS = 1
+    FINISH = 2
+    INTERNAL_ENGINE_ERROR = 3
+
+@dataclasses.dataclass
+class EngineOutput:
+    status: ResponseType
+    token_ids: list
+    num_token: int = None
+"#),
+    ("lmdeploy/turbomind/__init__.py", r#"
+import asyncio, os
+from lmdeploy.messages import EngineOutput, ResponseType
+
+MODE = os.environ['FAKE_LMDEPLOY_MODE']
+
+class _Inst:
+    async def async_stream_infer(self, session_id, input_ids, gen_config=None, stream_output=False, **kw):
+        assert gen_config.ignore_eos and not gen_config.stop_token_ids
+        assert gen_config.min_new_tokens == gen_config.max_new_tokens
+        n, out = gen_config.max_new_tokens, []
+        for i in range(n):
+            out.append((session_id * 31 + i * 7 + 1) % 1000)
+            last = i == n - 1
+            if len(out) % 3 == 0 or last:
+                await asyncio.sleep(0.001)
+                st = ResponseType.FINISH if last else ResponseType.SUCCESS
+                if MODE == 'cumulative':
+                    yield EngineOutput(st, list(out), len(out))
+                else:
+                    yield EngineOutput(st, out[-(len(out) % 3 or 3):])
+
+class TurboMind:
+    @classmethod
+    def from_pretrained(cls, path, engine_config=None):
+        return cls()
+
+    def create_instance(self):
+        return _Inst()
+"#),
+];
+
+#[test]
+fn lmdeploy_driver_counts_every_token_against_a_stand_in_lmdeploy() {
+    if !python_available() {
+        return;
+    }
+    let pkg = tempfile::tempdir().unwrap();
+    for (path, text) in FAKE_LMDEPLOY {
+        let p = pkg.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let pythonpath = pkg.path().to_str().unwrap();
+    let args = ["--engine", "python:lmdeploy", "--engine-options", r#"{"model_path": "/stand-in", "vocab_size": 1000}"#, "--batch", "3", "--prompt-tokens", "5", "--generated-tokens", "10", "--record-tokens"];
+    for mode in ["cumulative", "incremental"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("r.json");
+        let r = run_env(2, &args, &out, dir, &[("PYTHONPATH", pythonpath), ("FAKE_LMDEPLOY_MODE", mode)]);
+        let j = ok(&r);
+        check_counts(j, 2, 3, 10);
+        assert_eq!(j["topology"], "one_process", "{mode}");
+        assert_eq!(tokens(j)[0][..4], [32, 39, 46, 53], "{mode}: session 1's tokens, in order");
+    }
 }

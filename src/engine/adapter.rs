@@ -77,6 +77,15 @@ fn status_name(code: i32) -> &'static str {
     }
 }
 
+/// An error with its source: libloading says only "dlopen failed" and keeps dlerror()'s text (the
+/// missing library or undefined symbol, which is what a user needs) in the source.
+fn with_source(e: &dyn std::error::Error) -> String {
+    match e.source() {
+        Some(s) => format!("{e}: {s}"),
+        None => e.to_string(),
+    }
+}
+
 fn message(buf: &[u8]) -> String {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     let s = String::from_utf8_lossy(&buf[..end]).trim().to_string();
@@ -91,7 +100,7 @@ impl Api {
         // SAFETY: loading a library runs its initialisers; that is the point of an adapter, and the
         // user named this file. Nothing else from it is called before the ABI version matches.
         let lib = unsafe { libloading::Library::new(path) }
-            .map_err(|e| AdapterError::Load { path: path.to_path_buf(), reason: e.to_string() })?;
+            .map_err(|e| AdapterError::Load { path: path.to_path_buf(), reason: with_source(&e) })?;
         let missing = |symbol| AdapterError::MissingSymbol { path: path.to_path_buf(), symbol };
         macro_rules! sym {
             ($name:literal, $ty:ty) => {
@@ -327,6 +336,7 @@ mod tests {
         assert!(e.contains("does not export `tpprof_generate`"), "{e}");
         let e = err(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
         assert!(e.contains("could not load adapter"), "{e}");
+        assert!(e.contains("Cargo.toml: invalid ELF header") || e.contains("file too short"), "dlerror's reason: {e}");
     }
 
     #[test]

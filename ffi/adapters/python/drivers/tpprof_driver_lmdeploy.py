@@ -1,0 +1,168 @@
+"""tpprof driver for LMDeploy TurboMind 0.7+ (up to 0.18), whose weights load only through Python.
+
+UNTESTED: written against lmdeploy's source (v0.7.0 .. v0.16.0 tags, read in a git mirror) and never
+run: no lmdeploy, CUDA 12 or GPU on the development machines. For lmdeploy 0.5.x use the C++ adapter
+in ffi/adapters/turbomind instead.
+
+Run with ``mpirun -n 2 tpprof run --engine python:lmdeploy --engine-options '{"model_path": "/models/qwen2.5-14b"}'``.
+Topology one_process: rank 0 builds one TurboMind over every GPU of its host (tensor parallel = the
+number of local ranks, or "tp"); the other ranks only observe their GPU.
+
+Per sample: its own TurboMind instance and session, driven by ``async_stream_infer`` on an asyncio loop
+in a worker thread; 1-D INT32 ``input_ids`` (a list of ints), ``max_new_tokens``, greedy (top_k 1),
+exact length by ``ignore_eos`` with no stop ids (TurboMind then stops by length only) and
+``min_new_tokens = max_new_tokens``. Every new token of an output is one on_token call, even when one
+output carries several (TurboMind coalesces when the consumer lags).
+
+Output semantics differ by version (checked in the lmdeploy source): up to 0.10.1 ``token_ids`` holds
+every token so far, from 0.10.2 only the new ones; 0.7 .. 0.10.x also give ``num_token`` (tokens so
+far), which is used when present; without it the output is taken as new tokens only.
+
+Options (``--engine-options``):
+  model_path            HF checkpoint or converted TurboMind workspace (required)
+  tp                    tensor parallel degree (default: the local ranks' GPUs on rank 0)
+  session_len           default: lmdeploy's (the model's)
+  cache_max_entry_count KV cache: fraction of free GPU memory (default lmdeploy's 0.8)
+  dtype                 "auto" | "float16" | "bfloat16" (only where TurbomindEngineConfig has it)
+  eos_id                the model's end id; needed without exact length (--allow-eos)
+  response_timeout_s    no output for a sample for this long is an error (default 600)
+  vocab_size            passed through to tpprof (random prompt ids are drawn below it)
+"""
+
+import asyncio
+import dataclasses
+import threading
+
+_KNOWN = {"model_path", "tp", "session_len", "cache_max_entry_count", "dtype", "eos_id", "response_timeout_s",
+          "vocab_size", "python"}
+
+
+class Driver:
+    def __init__(self, init):
+        o = dict(init.get("options") or {})
+        unknown = sorted(set(o) - _KNOWN)
+        if unknown:
+            raise ValueError("unknown engine option(s) %s: this driver knows %s" % (unknown, sorted(_KNOWN)))
+        if not o.get("model_path"):
+            raise ValueError('engine option "model_path" is required (an HF checkpoint or a TurboMind workspace)')
+        self.o = o
+        self.rank = int(init["rank"])
+        self.timeout = float(o.get("response_timeout_s", 600))
+        self.eos_id = o.get("eos_id")
+        self.tm = None
+        self.version = None
+        self._session = 1
+        if self.rank != 0:
+            return  # one_process: the other ranks observe their GPU
+        import lmdeploy
+        from lmdeploy.messages import TurbomindEngineConfig
+        from lmdeploy.turbomind import TurboMind
+
+        self.version = getattr(lmdeploy, "__version__", "unknown")
+        devices = list(init.get("devices") or [])
+        tp = int(o.get("tp", max(1, len(devices))))
+        if devices and len(devices) < tp:
+            raise ValueError("tp=%d but rank 0 sees %d GPU(s) of its host: run one rank per GPU (mpirun -n %d)"
+                             % (tp, len(devices), tp))
+        fields = {f.name for f in dataclasses.fields(TurbomindEngineConfig)}
+        cfg = {"tp": tp}
+        for key in ("session_len", "cache_max_entry_count", "dtype"):
+            if key in o:
+                if key not in fields:
+                    raise ValueError("lmdeploy %s's TurbomindEngineConfig has no %r" % (self.version, key))
+                cfg[key] = o[key]
+        if "enable_prefix_caching" in fields:
+            cfg["enable_prefix_caching"] = False  # repeated prompts must not fake a fast TTFT
+        self.tm = TurboMind.from_pretrained(o["model_path"], engine_config=TurbomindEngineConfig(**cfg))
+
+    def info(self):
+        d = {"name": "lmdeploy-turbomind", "version": str(self.version),
+             "verified": "written against lmdeploy v0.7.0..v0.16.0 source; not run"}
+        if "vocab_size" in self.o:
+            d["vocab_size"] = int(self.o["vocab_size"])
+        return d
+
+    def topology(self):
+        return "one_process"
+
+    def _gen_config(self, max_new_tokens, exact_length):
+        from lmdeploy.messages import GenerationConfig
+
+        if exact_length:
+            return GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, top_k=1,
+                                    ignore_eos=True, stop_token_ids=None)
+        if self.eos_id is None:
+            raise ValueError('without exact length this driver needs the model\'s end id: pass "eos_id"')
+        return GenerationConfig(max_new_tokens=max_new_tokens, top_k=1, ignore_eos=False,
+                                stop_token_ids=[int(self.eos_id)])
+
+    def generate(self, prompts, max_new_tokens, exact_length, on_token):
+        if self.tm is None:
+            raise RuntimeError("generate() runs on rank 0 only (one_process topology)")
+        gen = self._gen_config(int(max_new_tokens), bool(exact_length))
+        errors = []
+
+        async def one(sample, ids):
+            from lmdeploy.messages import ResponseType
+
+            inst = self.tm.create_instance()
+            session = self._session + sample
+            seen = 0
+            finished = False
+            stream = inst.async_stream_infer(session, [int(t) for t in ids], gen_config=gen, stream_output=True,
+                                             sequence_start=True, sequence_end=True, step=0)
+            it = stream.__aiter__()
+            while not finished:
+                try:
+                    out = await asyncio.wait_for(it.__anext__(), self.timeout)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    raise RuntimeError("sample %d: no output from TurboMind for %g s (raise response_timeout_s if it is "
+                                       "only slow)" % (sample, self.timeout))
+                if out.status not in (ResponseType.SUCCESS, ResponseType.FINISH):
+                    raise RuntimeError("sample %d: TurboMind returned %s" % (sample, out.status))
+                finished = out.status == ResponseType.FINISH
+                toks = list(out.token_ids or [])
+                total = getattr(out, "num_token", None)
+                if total is not None:
+                    k = int(total) - seen
+                    new = toks[len(toks) - k:] if k > 0 else []
+                else:
+                    new = toks
+                for i, tok in enumerate(new):
+                    step = seen
+                    seen += 1
+                    if seen > max_new_tokens:
+                        raise RuntimeError("sample %d: TurboMind returned more than max_new_tokens=%d tokens"
+                                           % (sample, max_new_tokens))
+                    reason = 0
+                    if seen == max_new_tokens:
+                        reason = 1
+                    elif finished and i == len(new) - 1:
+                        reason = 2 if (self.eos_id is not None and int(tok) == int(self.eos_id)) else 3
+                    on_token(sample, step, int(tok), reason)
+
+        async def all_samples():
+            await asyncio.gather(*(one(s, p) for s, p in enumerate(prompts)))
+
+        def run():
+            try:
+                asyncio.run(all_samples())
+            except BaseException as e:  # re-raised on the calling thread
+                errors.append(e)
+
+        t = threading.Thread(target=run, name="tpprof-lmdeploy")
+        t.start()
+        t.join()
+        self._session += len(prompts)
+        if errors:
+            raise errors[0]
+
+    def memory(self):
+        return {}  # TurboMind reports none itself; tpprof's observers measure the GPUs
+
+    def close(self):
+        if self.tm is not None and hasattr(self.tm, "close"):
+            self.tm.close()
+        self.tm = None
