@@ -71,7 +71,9 @@ impl RunConfig {
         let model = match (&a.weights, &a.model) {
             (Some(dir), _) => dir.display().to_string(),
             (None, Some(m)) => m.clone(),
-            (None, None) => "tiny".into(),
+            (None, None) if engine.is_builtin() => "tiny".into(),
+            // Adapters and drivers take their model through --engine-options: name it from there.
+            (None, None) => options_model(&a.engine_options).unwrap_or_else(|| "(engine options)".into()),
         };
         if let Some(dir) = &a.weights {
             if !engine.is_builtin() {
@@ -636,6 +638,12 @@ fn decode_prompts(b: &[u8]) -> Vec<Vec<i32>> {
         .collect()
 }
 
+/// The model an adapter or driver was given, from the usual option names.
+fn options_model(options: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(options).ok()?;
+    ["preset", "model", "model_dir", "model_path", "engine_dir", "workspace"].iter().find_map(|k| v.get(*k)?.as_str().map(str::to_string))
+}
+
 fn options_vocab(options: &str) -> Option<u32> {
     serde_json::from_str::<serde_json::Value>(options).ok()?.get("vocab_size")?.as_u64().map(|v| v as u32)
 }
@@ -784,6 +792,15 @@ mod tests {
         assert!(parse(&["--devices", "0,-1"]).unwrap_err().contains("ordinals ≥ 0"));
         assert!(parse(&["--timeout", "0"]).unwrap_err().contains("--timeout"));
         assert!(!parse(&[]).unwrap().to_owned().out.is_some());
+    }
+
+    #[test]
+    fn adapters_are_labelled_with_their_model() {
+        let a = RunArgs { engine: "python:hf".into(), engine_options: r#"{"preset": "qwen2.5-7b"}"#.into(), ..default_args() };
+        assert_eq!(RunConfig::from_args(&a).unwrap().model, "qwen2.5-7b");
+        let a = RunArgs { engine: "mock".into(), ..default_args() };
+        assert_eq!(RunConfig::from_args(&a).unwrap().model, "(engine options)");
+        assert_eq!(RunConfig::from_args(&default_args()).unwrap().model, "tiny");
     }
 
     #[test]
