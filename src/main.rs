@@ -25,5 +25,12 @@ fn main() {
             0
         }
     };
+    if tpprof::engine::python::interpreter_loaded() {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // SAFETY: _exit ends the process at once; MPI was finalised and every output flushed.
+        unsafe { libc::_exit(code) };
+    }
     std::process::exit(code);
 }

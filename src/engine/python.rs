@@ -414,6 +414,14 @@ unsafe impl Sync for Runtime {}
 
 /// The started runtime; set once, read by the token callback.
 static RUNTIME: OnceLock<&'static Runtime> = OnceLock::new();
+
+/// Whether this process embedded a Python interpreter (main() then leaves through `_exit`: the
+/// interpreter is never finalised, and exit handlers or thread-local destructors of extension
+/// modules — torch's DTensor caches were seen to — would run without the GIL and abort a run that
+/// already wrote its result).
+pub fn interpreter_loaded() -> bool {
+    RUNTIME.get().is_some()
+}
 /// Serialises start-up; holds the permanent error of a start that got past Py_InitializeEx.
 static START: Mutex<Option<String>> = Mutex::new(None);
 
