@@ -63,7 +63,11 @@
 #define TPPROF_TRTLLM_HAS_FINISH_REASONS (TPPROF_TRTLLM_API >= 100)
 #endif
 #ifndef TPPROF_TRTLLM_VERIFIED
-#define TPPROF_TRTLLM_VERIFIED "API use checked against TensorRT-LLM executor.h/types.h text; not compiled against them, not run"
+#if TPPROF_TRTLLM_API >= 100
+#define TPPROF_TRTLLM_VERIFIED "API use checked against TensorRT-LLM 1.x executor.h/types.h text; not compiled against 1.x headers, not linked, not run"
+#else
+#define TPPROF_TRTLLM_VERIFIED "compiled (-c) against real TensorRT-LLM executor headers of 2024-07-16 (2d234357, the eve of v0.11.0); not linked, not run"
+#endif
 #endif
 
 #define TPPROF_STR2(x) #x
