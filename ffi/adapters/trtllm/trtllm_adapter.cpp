@@ -64,7 +64,7 @@
 #endif
 #ifndef TPPROF_TRTLLM_VERIFIED
 #if TPPROF_TRTLLM_API >= 100
-#define TPPROF_TRTLLM_VERIFIED "API use checked against TensorRT-LLM 1.x executor.h/types.h text; not compiled against 1.x headers, not linked, not run"
+#define TPPROF_TRTLLM_VERIFIED "compiled (-c) against real TensorRT-LLM 1.x-era executor headers (executor.h 2164cc8d, types.h a98a9061, main branch, not a release tag); not linked, not run"
 #else
 #define TPPROF_TRTLLM_VERIFIED "compiled (-c) against real TensorRT-LLM executor headers of 2024-07-16 (2d234357, the eve of v0.11.0); not linked, not run"
 #endif
