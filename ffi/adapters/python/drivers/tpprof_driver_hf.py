@@ -28,15 +28,16 @@ Tensor parallelism: torch.distributed is initialised here with backend nccl (glo
 world size from tpprof (one process per GPU); RANK, WORLD_SIZE, LOCAL_RANK (= the CUDA ordinal this
 rank uses, which transformers binds to), MASTER_ADDR/PORT are set for libraries that read them.
   * model_dir: transformers' own ``tp_plan="auto"`` (the model's ``base_model_tp_plan``).
-  * preset: ``from_config`` builds the whole model on this rank's device with the same seed on
-    every rank, then the driver shards it Megatron-style on plain tensors: q/k/v (weights and
+  * preset: ``from_config`` builds the model on the meta device, the driver shards it
+    Megatron-style on plain tensors: q/k/v (weights and
     biases), gate, up by output rows (heads and intermediate split contiguously), o_proj and
     down_proj by input columns followed by ``torch.distributed.all_reduce`` of their output (a
     forward hook), an untied lm_head by vocabulary rows followed by an ``all_gather`` of the logits;
     the embedding, norms (and a tied lm_head) stay replicated. Same scheme and collectives as
-    transformers' colwise/rowwise plan, without DTensor. LIMITATION: while loading, each rank
-    briefly holds the whole model (the load-phase peak is the full model; prefill/decode peaks are
-    the shard).
+    transformers' colwise/rowwise plan, without DTensor. The model is built on the meta device and
+    only the shard is allocated: a rank's load peak is its shard plus one full-size tensor (each
+    tensor is drawn whole from its own seeded generator and sliced, so every TP degree gets the
+    same model).
 
 Memory (``memory()``): weights_bytes = bytes of this rank's parameters and buffers; kv_cache_bytes =
 the K/V tensors the dynamic cache holds at the end of generate(), computed from the shapes
@@ -193,6 +194,7 @@ class Driver:
         self.kv_bytes = None
         self.load_peak = None
         self.group = None
+        self.shard_of = {}  # parameter name -> (dim, start, length) of this rank's slice
         devices = [int(d) for d in (init.get("devices") or [])]
 
         # Device: this rank's GPU (tpprof's devices[0], a CUDA ordinal), or the CPU.
@@ -287,11 +289,12 @@ class Driver:
                                  % (", ".join(unknown), transformers.__version__))
             fields.update(o.get("config", {}))
             cfg = transformers.Qwen2Config(**fields)
-            torch.manual_seed(int(o.get("seed", 0)))
-            with torch.device(self.device):
+            # The structure on the meta device (no memory), sharded there, then only this rank's
+            # shard is allocated and filled (see _materialise_preset): no rank ever holds the
+            # whole model, as with a sharded checkpoint load.
+            with torch.device("meta"):
                 self.model = AutoModelForCausalLM.from_config(cfg, **extra)
-            if self.world > 1:
-                self._shard_preset()
+            self._materialise_preset(int(o.get("seed", 0)))
             self.model_name = preset
             self.tp = "driver (plain tensors, all_reduce/all_gather hooks)" if self.world > 1 else None
         self.model.eval()
@@ -304,21 +307,79 @@ class Driver:
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
 
+    def _materialise_preset(self, seed):
+        """Random weights for a preset built on the meta device, only this rank's shard allocated.
+
+        Every parameter gets a full-size tensor drawn from its own seeded generator (seed and the
+        parameter's index in the unsharded model), of which this rank keeps its slice: the model is
+        the same at every tensor-parallel degree (TP=2 tokens equal TP=1 tokens), while a rank's
+        peak during load is its shard plus one full tensor. Values as transformers' Qwen2
+        initialisation: linear and embedding weights N(0, initializer_range), biases 0, norms 1.
+        """
+        torch, model = self.torch, self.model
+        cfg = model.config
+        std = float(getattr(cfg, "initializer_range", 0.02))
+        tie = bool(getattr(cfg, "tie_word_embeddings", False))
+        if tie:
+            # Some transformers versions tie only later (post_init / load): tie before sharding
+            # decides whether the LM head is shared with the embedding.
+            model.tie_weights()
+        full = [(name, tuple(p.shape)) for name, p in model.named_parameters()]
+        if self.world > 1:
+            self._shard_preset()
+        shards = dict(self.shard_of)
+        model.to_empty(device=self.device)
+        if tie:
+            model.tie_weights()
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for idx, (name, shape) in enumerate(full):
+                p = params[name]
+                if name.endswith("norm.weight"):
+                    p.fill_(1.0)
+                    continue
+                if name.endswith(".bias"):
+                    p.zero_()
+                    continue
+                g = torch.Generator(device=self.device)
+                g.manual_seed(seed * 1000003 + idx)
+                t = torch.empty(shape, dtype=torch.float32, device=self.device).normal_(0.0, std, generator=g)
+                dim, start, n = shards.get(name, (None, 0, 0))
+                if dim is not None:
+                    t = t.narrow(dim, start, n)
+                p.copy_(t.to(p.dtype))
+                del t
+            # Buffers (RoPE's inv_freq) were left uninitialised by to_empty: rebuild them.
+            for mod_name, mod in list(model.named_modules()):
+                if type(mod).__name__.endswith("RotaryEmbedding"):
+                    with torch.device(self.device):
+                        fresh = type(mod)(config=cfg)
+                    parent = model.get_submodule(mod_name.rsplit(".", 1)[0]) if "." in mod_name else model
+                    setattr(parent, mod_name.rsplit(".", 1)[-1], fresh)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+
     def _shard_preset(self):
-        """Megatron-style tensor parallelism of a Qwen2 from_config model on plain tensors."""
+        """Megatron-style tensor parallelism of a Qwen2 from_config model on plain tensors (on the
+        meta device: the shapes change, _materialise_preset fills the shards)."""
         torch, dist, w, r = self.torch, self.dist, self.world, self.rank
         model = self.model
         cfg = model.config
+        names = {id(p): name for name, p in model.named_parameters()}
 
         def rows(linear, parts):
             n = linear.weight.shape[0] // parts
+            self.shard_of[names[id(linear.weight)]] = (0, r * n, n)
             linear.weight = torch.nn.Parameter(linear.weight.data[r * n:(r + 1) * n].clone(), requires_grad=False)
             if linear.bias is not None:
+                self.shard_of[names[id(linear.bias)]] = (0, r * n, n)
                 linear.bias = torch.nn.Parameter(linear.bias.data[r * n:(r + 1) * n].clone(), requires_grad=False)
             linear.out_features = n
 
         def cols(linear, parts):
             n = linear.weight.shape[1] // parts
+            self.shard_of[names[id(linear.weight)]] = (1, r * n, n)
             linear.weight = torch.nn.Parameter(linear.weight.data[:, r * n:(r + 1) * n].clone(), requires_grad=False)
             linear.in_features = n
             # A bias would be added on every rank before the sum: Qwen2's o_proj/down_proj have none.
@@ -357,10 +418,6 @@ class Driver:
             rows(lm_head, w)
             lm_head.register_forward_hook(gather_vocab)
         self.lm_head_sharded = not tied and cfg.vocab_size % w == 0
-        # Release the full-size tensors now.
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.empty_cache()
 
     def info(self):
         import transformers
