@@ -8,7 +8,10 @@
 #     GPU memory must be attributed to rank 0's process.
 #  3. --cupti against what the cuda engine is known to launch: every decode step has the same kernel
 #     count in graph and eager mode, 2 x layers + 1 NCCL all-reduces (o-proj and down per layer, the
-#     LM head's argmax), GPU busy <= the device step, and the trace carries the kernels.
+#     LM head's argmax), GPU busy <= the device step, and the trace carries the kernels;
+#  4. --cupti on an engine that is not ours, in both topologies: the mock launches 3 kernels per
+#     step on each GPU it allocated on; ALL_RANKS: each rank sees 3 per step on its GPU;
+#     ONE_PROCESS: rank 0's process sees 3 per step on each of the two GPUs, rank 1 sees none.
 # Exits non-zero on the first failure.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -81,5 +84,32 @@ for r, counts in per_step.items():
     assert counts[0] == counts[1], f"rank {r}: graph {counts[0]} vs eager {counts[1]} kernels per step"
 ev = json.load(open(sys.argv[3]))["traceEvents"]
 assert sum(1 for e in ev if e.get("cat") == "nccl") > 0 and sum(1 for e in ev if e.get("cat") == "compute") > 0
+PY
+
+K='"gpu_alloc_mib": 256, "gpu_kernels_per_step": 3, "token_us": 500'
+"${MR[@]}" -n 2 "$B" run --engine mock --engine-options "{$K}" --prompt-tokens 64 --generated-tokens 50 --cupti \
+  --out "$out/mock-cupti.json" >/dev/null
+"${MR[@]}" -n 2 "$B" run --engine mock --engine-options "{\"topology\": \"one_process\", $K}" --prompt-tokens 64 --generated-tokens 50 --cupti \
+  --out "$out/mock-cupti-one.json" >/dev/null
+python3 - "$out/mock-cupti.json" "$out/mock-cupti-one.json" <<'PY'
+import json, sys
+def devices(j, rank):
+    return j["ranks"][rank]["cupti"]["devices"]
+a = json.load(open(sys.argv[1]))
+assert a["status"]["state"] == "ok", a["status"]
+for r in (0, 1):
+    d = devices(a, r)
+    assert len(d) == 1 and d[0]["step_source"] == "host_tokens" and d[0]["steps"] == 49, d
+    assert d[0]["kernels_per_step_min"] == d[0]["kernels_per_step_max"] == 3, d[0]
+    assert d[0]["prefill"]["kernels"] == 3 and d[0]["nccl_kernels_per_step_mean"] == 0, d[0]
+    print(f"mock ALL_RANKS rank {r}: GPU{d[0]['device']} 3 kernels per step over {d[0]['steps']} steps OK")
+o = json.load(open(sys.argv[2]))
+assert o["status"]["state"] == "ok", o["status"]
+d0 = devices(o, 0)
+assert sorted(d["device"] for d in d0) == [0, 1], d0
+for d in d0:
+    assert d["steps"] == 49 and d["kernels_per_step_min"] == d["kernels_per_step_max"] == 3, d
+assert devices(o, 1) == [], devices(o, 1)
+print("mock ONE_PROCESS: rank 0's process 3 kernels per step on GPU0 and GPU1, rank 1 (observer) none OK")
 print("gpu-test: PASS")
 PY

@@ -297,6 +297,8 @@ fn bad_adapters_are_one_line_errors() {
     rejected(2, &["--engine", concat!("adapter:", env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")], 1, "could not load adapter");
     rejected(2, &["--engine", env!("TPPROF_MOCK_ADAPTER_BAD_ABI")], 1, "ABI version 42");
     rejected(2, &["--engine", env!("TPPROF_MOCK_ADAPTER_NO_GENERATE")], 1, "does not export `tpprof_generate`");
+    // An adapter's own create() error reaches the user as one line too.
+    rejected(2, &["--engine", "mock", "--engine-options", r#"{"gpu_kernels_per_step": 2}"#], 1, "gpu_kernels_per_step needs gpu_alloc_mib");
 }
 
 #[test]

@@ -19,6 +19,10 @@
  *                       5 GiB; ranks past the end take the last). In ONE_PROCESS topology rank 0
  *                       allocates that much on EVERY local GPU (init->devices) and the other ranks
  *                       touch no GPU. The CUDA driver is loaded at run time (dlopen libcuda.so.1).
+ *   gpu_kernels_per_step with gpu_alloc_mib: launch this many (empty) kernels `tpprof_mock_step` on
+ *                       every GPU the mock allocated on, once in the prefill and once per decode
+ *                       step before its tokens, and wait for them: the known truth for --cupti
+ *                       (kernels per step, per device, ONE_PROCESS included).
  *
  * Timing is scripted with busy-waits against CLOCK_MONOTONIC deadlines measured from the previous
  * token, so a measured gap can be longer than the script on a loaded machine but never shorter.
@@ -54,19 +58,31 @@ struct cuda_driver {
     int (*memset_d8)(unsigned long long, unsigned char, size_t);
     int (*mem_free)(unsigned long long);
     int (*ctx_synchronize)(void);
+    int (*module_load_data)(void **, const void *);
+    int (*module_get_function)(void **, void *, const char *);
+    int (*module_unload)(void *);
+    int (*launch_kernel)(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void *, void **, void **);
 };
 
 struct gpu_alloc {
     int device;
     void *ctx;
     unsigned long long ptr;
+    void *module;
+    void *step_kernel;
 };
+
+/* An empty kernel, JIT-compiled by the driver for whatever GPU this is. */
+static const char MOCK_PTX[] =
+    ".version 7.0\n.target sm_50\n.address_size 64\n"
+    ".visible .entry tpprof_mock_step()\n{\n\tret;\n}\n";
 
 struct tpprof_engine {
     struct cuda_driver cu;
     struct gpu_alloc gpu[MOCK_MAX_GPU_ALLOCS];
     int n_gpu;
     size_t gpu_bytes;
+    long kernels_per_step;
     int rank;
     int one_process;
     long vocab;
@@ -173,6 +189,10 @@ static int load_cuda(struct cuda_driver *cu, char *err, size_t errlen) {
     MOCK_SYM(memset_d8, "cuMemsetD8_v2");
     MOCK_SYM(mem_free, "cuMemFree_v2");
     MOCK_SYM(ctx_synchronize, "cuCtxSynchronize");
+    MOCK_SYM(module_load_data, "cuModuleLoadData");
+    MOCK_SYM(module_get_function, "cuModuleGetFunction");
+    MOCK_SYM(module_unload, "cuModuleUnload");
+    MOCK_SYM(launch_kernel, "cuLaunchKernel");
 #undef MOCK_SYM
     return 0;
 }
@@ -206,9 +226,40 @@ static int gpu_alloc(tpprof_engine *e, int ordinal, size_t bytes, char *err, siz
     return 0;
 }
 
+/* Loads the step kernel on every allocated device. */
+static int gpu_load_kernels(tpprof_engine *e, char *err, size_t errlen) {
+    for (int i = 0; i < e->n_gpu; i++) {
+        struct gpu_alloc *a = &e->gpu[i];
+        int rc;
+        if ((rc = e->cu.ctx_set_current(a->ctx)) != 0 || (rc = e->cu.module_load_data(&a->module, MOCK_PTX)) != 0 ||
+            (rc = e->cu.module_get_function(&a->step_kernel, a->module, "tpprof_mock_step")) != 0) {
+            snprintf(err, errlen, "mock: loading the step kernel on device %d failed (CUresult %d)", a->device, rc);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Launches `count` step kernels on every allocated device and waits for them. */
+static int gpu_step(tpprof_engine *e, char *err, size_t errlen) {
+    for (int i = 0; i < e->n_gpu; i++) {
+        struct gpu_alloc *a = &e->gpu[i];
+        int rc = e->cu.ctx_set_current(a->ctx);
+        for (long k = 0; rc == 0 && k < e->kernels_per_step; k++)
+            rc = e->cu.launch_kernel(a->step_kernel, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL);
+        if (rc == 0) rc = e->cu.ctx_synchronize();
+        if (rc != 0) {
+            snprintf(err, errlen, "mock: step kernel on device %d failed (CUresult %d)", a->device, rc);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static void gpu_free_all(tpprof_engine *e) {
     for (int i = 0; i < e->n_gpu; i++) {
         e->cu.ctx_set_current(e->gpu[i].ctx);
+        if (e->gpu[i].module != NULL) e->cu.module_unload(e->gpu[i].module);
         e->cu.mem_free(e->gpu[i].ptr);
         e->cu.ctx_release(e->gpu[i].device);
     }
@@ -281,6 +332,8 @@ int32_t tpprof_create(const tpprof_init *init, tpprof_engine **out, char *err, s
             e->gpu_bytes = (size_t)(gpu_mib * 1048576.0);
             size_t n = e->one_process ? init->n_devices : 1;
             for (size_t d = 0; d < n && rc == 0; d++) rc = gpu_alloc(e, init->devices[d], e->gpu_bytes, err, errlen);
+            e->kernels_per_step = (long)opt_num(o, "gpu_kernels_per_step", 0);
+            if (rc == 0 && e->kernels_per_step > 0) rc = gpu_load_kernels(e, err, errlen);
         }
         if (rc != 0) {
             gpu_free_all(e);
@@ -288,6 +341,13 @@ int32_t tpprof_create(const tpprof_init *init, tpprof_engine **out, char *err, s
             free(e);
             return rc == -2 ? TPPROF_ERR_OUT_OF_MEMORY : TPPROF_ERR_RUNTIME;
         }
+    }
+    if (opt_num(o, "gpu_kernels_per_step", 0) > 0 && !(gpu_mib > 0)) {
+        gpu_free_all(e);
+        free(e->alloc);
+        free(e);
+        set_err(err, errlen, "mock: gpu_kernels_per_step needs gpu_alloc_mib (the kernels run where the mock allocated)");
+        return TPPROF_ERR_INVALID_ARGUMENT;
     }
     double create_ms = opt_num(o, "create_ms", 0);
     if (create_ms > 0) busy_until(now_us() + create_ms * 1e3);
@@ -336,6 +396,11 @@ static void *run_job(void *arg) {
         return NULL;
     }
     /* Prefill: each sample in turn, time proportional to its length, then its first token. */
+    if (e->kernels_per_step > 0 && gpu_step(e, j->err, j->errlen) != 0) {
+        j->status = TPPROF_ERR_RUNTIME;
+        free(done);
+        return NULL;
+    }
     double t = now_us();
     for (size_t s = 0; s < j->n; s++) {
         for (size_t i = 0; i < j->prompts[s].len; i++) {
@@ -371,6 +436,10 @@ static void *run_job(void *arg) {
         if (!any) break;
         t += e->token_us;
         busy_until(t);
+        if (e->kernels_per_step > 0 && gpu_step(e, j->err, j->errlen) != 0) {
+            j->status = TPPROF_ERR_RUNTIME;
+            break;
+        }
         for (size_t s = 0; s < j->n; s++) {
             if (done[s]) continue;
             int32_t tok, fin;
