@@ -12,6 +12,7 @@
 #  4. --cupti on an engine that is not ours, in both topologies: the mock launches 3 kernels per
 #     step on each GPU it allocated on; ALL_RANKS: each rank sees 3 per step on its GPU;
 #     ONE_PROCESS: rank 0's process sees 3 per step on each of the two GPUs, rank 1 sees none.
+#     (Part 4 was added after the last GPU session: not run on a GPU yet.)
 # Exits non-zero on the first failure.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
