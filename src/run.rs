@@ -313,9 +313,12 @@ impl<'w> Job<'w> {
         // CUPTI attaches to the engine's existing CUDA context(s), before prepare (warm-up, graph
         // capture) and generate. Not earlier: enabling activity before the engine's cuInit
         // deadlocked inside cuInit on the H200 machine (CUPTI 13.0, driver 580; see observe/cupti.rs).
-        let cupti = world.agree(crate::observe::cupti::Recorder::start(config.cupti, gpu.is_some())).map_err(Stop::input)?;
         let create_s = t_create.elapsed().as_secs_f64();
         let topology = engine.topology();
+        // Not on ONE_PROCESS observer ranks: their process runs no kernels (rank 0's records every
+        // GPU it drives).
+        let observer = topology == Topology::OneProcess && !world.is_root();
+        let cupti = world.agree(crate::observe::cupti::Recorder::start(config.cupti && !observer, gpu.is_some())).map_err(Stop::input)?;
         if let Some(h) = &mut self.header {
             h.engine = Some(engine.info());
             h.topology = Some(topology);
@@ -359,7 +362,14 @@ impl<'w> Job<'w> {
         let (events, overflow) = sink.into_events();
         let abs_tokens: Vec<(u32, u32, u64)> = events.iter().map(|e| (e.sample, e.step, epoch_mono_ns + e.t_ns)).collect();
         let recorded = world
-            .agree(cupti.finish(device_steps.as_deref(), &abs_tokens, epoch_mono_ns + submit_ns, config.trace_kernel_steps))
+            .agree(cupti.finish(
+                device_steps.as_deref(),
+                &abs_tokens,
+                workload.prompts.len() as u32,
+                workload.generated_tokens,
+                epoch_mono_ns + submit_ns,
+                config.trace_kernel_steps,
+            ))
             .map_err(Stop::failed)?;
 
         // 7. This rank's report, gathered at rank 0; device step times and clock offsets for the
@@ -413,7 +423,7 @@ impl<'w> Job<'w> {
             tokens: events.iter().map(|e| (e.sample, e.step, e.token, e.t_ns)).collect(),
             device_steps: device_steps.clone().unwrap_or_default(),
             memory: rank_report.memory.timeline.clone(),
-            kernels: recorded.as_ref().map(|r| r.trace_kernels.iter().map(|k| (k.start, k.end, k.device, k.name)).collect()).unwrap_or_default(),
+            kernels: recorded.as_ref().map(|r| r.trace_kernels.iter().map(|k| (k.start, k.end, k.device, k.stream, k.name)).collect()).unwrap_or_default(),
             kernel_names: recorded.as_ref().map(|r| r.names.clone()).unwrap_or_default(),
         });
         let traces = trace.map(|t| world.gather_bytes(&serde_json::to_vec(&t).expect("a RankTrace always serializes")));

@@ -26,6 +26,10 @@ pub struct Kernel {
     pub stream: u32,
     /// Index into the name table.
     pub name: u32,
+    /// CUPTI's correlation id: the API call that launched it (every kernel node of one CUDA graph
+    /// launch shares the launch's id).
+    #[serde(default)]
+    pub corr: u32,
 }
 
 /// NCCL's device kernels (`ncclDevKernel_AllReduce_…`, older `ncclKernel_…`), mangled or not.
@@ -123,39 +127,72 @@ pub fn windows_from_device_steps(steps: &[(u64, u64)]) -> Vec<(u64, u64, u64)> {
         .collect()
 }
 
-/// Decode-step windows from host token times: `tokens` are (sample, step, t_ns on CLOCK_MONOTONIC).
+/// Decode-step windows from host token times: `tokens` are (sample, step, t_ns on CLOCK_MONOTONIC)
+/// of a batch of `batch` samples of at most `max_steps` tokens each (events outside those bounds,
+/// and repeats, are ignored: the recording reports them as anomalies). Step s runs from the moment
+/// every running sample had token s−1 to the moment every sample still running had token s.
 /// Returns (first token moment, windows).
-pub fn windows_from_tokens(tokens: &[(u32, u32, u64)]) -> Option<(u64, Vec<(u64, u64, u64)>)> {
-    let steps = tokens.iter().map(|t| t.1).max()? as usize + 1;
-    let mut done = vec![0u64; steps];
-    let mut seen = vec![0u32; steps];
-    let samples = tokens.iter().map(|t| t.0).max()? + 1;
-    for &(_, step, t) in tokens {
-        done[step as usize] = done[step as usize].max(t);
-        seen[step as usize] += 1;
+pub fn windows_from_tokens(tokens: &[(u32, u32, u64)], batch: u32, max_steps: u32) -> Option<(u64, Vec<(u64, u64, u64)>)> {
+    let n = (max_steps as usize).min(tokens.len());
+    let mut done = vec![None::<u64>; n];
+    let mut seen = std::collections::HashSet::new();
+    for &(sample, step, t) in tokens {
+        if sample >= batch || step as usize >= n || !seen.insert((sample, step)) {
+            continue;
+        }
+        let d = &mut done[step as usize];
+        *d = Some(d.map_or(t, |x: u64| x.max(t)));
     }
-    // Only steps every sample reached (EOS or a short sample ends the batch's common steps).
-    let common = seen.iter().take_while(|&&c| c == samples).count();
-    let first = done[0];
-    let w = (1..common).map(|s| (done[s - 1], done[s].max(done[s - 1]), done[s].saturating_sub(done[s - 1]))).collect();
+    let first = done.first().copied().flatten()?;
+    let mut w = Vec::new();
+    let mut prev = first;
+    for d in done.iter().skip(1) {
+        let Some(t) = *d else { break };
+        let t = t.max(prev);
+        w.push((prev, t, t - prev));
+        prev = t;
+    }
     Some((first, w))
 }
 
 /// Per-step activity of the kernels of one device. `windows` are (lo, hi, wall) sorted and
-/// disjoint; a kernel belongs to the window holding its start.
+/// disjoint; a kernel belongs to the window holding its start, except that the kernels of one
+/// launch (one correlation id: the nodes of a CUDA graph launch) stay together in the step most of
+/// them fall in, so a small disagreement between the device-event and CUPTI clocks cannot move the
+/// first or last kernel of a step into its neighbour. Each kernel counts whole in its step.
 pub fn per_step(kernels: &[Kernel], nccl: &[bool], windows: &[(u64, u64, u64)]) -> Vec<Activity> {
-    let mut buckets: Vec<Vec<&Kernel>> = vec![Vec::new(); windows.len()];
-    for k in kernels {
+    let bucket = |k: &Kernel| {
         let i = windows.partition_point(|w| w.0 <= k.start);
-        if i > 0 && k.start < windows[i - 1].1 {
-            buckets[i - 1].push(k);
+        (i > 0 && k.start < windows[i - 1].1).then(|| i - 1)
+    };
+    let mut at: Vec<Option<usize>> = kernels.iter().map(bucket).collect();
+    let mut votes: std::collections::HashMap<u32, std::collections::HashMap<usize, u32>> = std::collections::HashMap::new();
+    for (k, b) in kernels.iter().zip(&at) {
+        if let (true, Some(b)) = (k.corr != 0, b) {
+            *votes.entry(k.corr).or_default().entry(*b).or_default() += 1;
+        }
+    }
+    let home: std::collections::HashMap<u32, usize> = votes
+        .into_iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(c, v)| (c, v.into_iter().max_by_key(|&(b, n)| (n, std::cmp::Reverse(b))).map(|(b, _)| b).expect("non-empty")))
+        .collect();
+    for (k, b) in kernels.iter().zip(at.iter_mut()) {
+        if let (Some(h), Some(_)) = (home.get(&k.corr), *b) {
+            *b = Some(*h);
+        }
+    }
+    let mut buckets: Vec<Vec<&Kernel>> = vec![Vec::new(); windows.len()];
+    for (k, b) in kernels.iter().zip(&at) {
+        if let Some(b) = b {
+            buckets[*b].push(k);
         }
     }
     windows
         .iter()
         .zip(&buckets)
-        .map(|(&(lo, hi, wall), b)| {
-            let mut a = Activity::of(b, nccl, lo, hi);
+        .map(|(&(_, _, wall), b)| {
+            let mut a = Activity::of(b, nccl, 0, u64::MAX);
             a.wall_ns = wall;
             a
         })
@@ -179,7 +216,8 @@ pub struct TopKernel {
 pub struct DeviceActivity {
     /// CUDA device ordinal in this rank's process (CUPTI's deviceId).
     pub device: u32,
-    /// Kernels recorded on this device over the whole run (load and warm-up included).
+    /// Kernels recorded on this device (from engine creation on: warm-up, graph capture, prefill,
+    /// decode; the weight load is not recorded).
     pub kernels_total: u64,
     /// Submit → first token: the prefill.
     pub prefill: Option<Activity>,
@@ -302,8 +340,11 @@ pub struct CuptiSummary {
     pub busy_share: Vec<Option<f64>>,
     /// Per rank: mean NCCL time per step, ms.
     pub nccl_ms_mean: Vec<Option<f64>>,
-    /// Per rank: how many steps it had the least NCCL time (was waited for).
+    /// Per rank: how many steps it had the least NCCL time (was waited for); steps where the
+    /// ranks' NCCL times are equal (e.g. no collective) count for nobody.
     pub waited_for_steps: Vec<u64>,
+    /// Steps where every rank had the same NCCL time (no one to blame).
+    pub tied_steps: u64,
     /// Per step: most − least NCCL time over the ranks (the wait the slowest rank imposed).
     pub nccl_spread: Option<HistogramSummary>,
 }
@@ -326,13 +367,19 @@ pub fn summarise(per_rank: &[Option<Vec<Activity>>]) -> Option<CuptiSummary> {
     let with: Vec<&Vec<Activity>> = per_rank.iter().flatten().collect();
     let steps = if with.len() == per_rank.len() { with.iter().map(|v| v.len()).min().unwrap_or(0) } else { 0 };
     let mut waited = vec![0u64; per_rank.len()];
+    let mut tied = 0u64;
     let mut spread = LatencyHistogram::new();
     if per_rank.len() > 1 {
         for s in 0..steps {
             let nccl: Vec<u64> = with.iter().map(|v| v[s].nccl_ns).collect();
             let (min_r, &min) = nccl.iter().enumerate().min_by_key(|(_, &x)| x).expect("ranks");
-            waited[min_r] += 1;
-            spread.record(nccl.iter().max().expect("ranks") - min);
+            let max = *nccl.iter().max().expect("ranks");
+            if max == min {
+                tied += 1;
+            } else {
+                waited[min_r] += 1;
+            }
+            spread.record(max - min);
         }
     }
     Some(CuptiSummary {
@@ -344,6 +391,7 @@ pub fn summarise(per_rank: &[Option<Vec<Activity>>]) -> Option<CuptiSummary> {
             .map(|r| r.as_ref().filter(|v| !v.is_empty()).map(|v| v.iter().map(|a| a.nccl_ns).sum::<u64>() as f64 / v.len() as f64 / 1e6))
             .collect(),
         waited_for_steps: waited,
+        tied_steps: tied,
         nccl_spread: (spread.count() > 0).then(|| spread.summary()),
     })
 }
@@ -401,12 +449,12 @@ impl Recorder {
 
     /// Stops CUPTI and analyses what it recorded. `device_steps`: the engine's device step times;
     /// `tokens`: (sample, step, t) on CLOCK_MONOTONIC; `submit`: when generate() was called.
-    pub fn finish(self, device_steps: Option<&[(u64, u64)]>, tokens: &[(u32, u32, u64)], submit: u64, trace_steps: u32) -> Result<Option<Recorded>, String> {
+    pub fn finish(self, device_steps: Option<&[(u64, u64)]>, tokens: &[(u32, u32, u64)], batch: u32, max_steps: u32, submit: u64, trace_steps: u32) -> Result<Option<Recorded>, String> {
         #[cfg(feature = "cuda")]
         {
             let Some(c) = self.inner else { return Ok(None) };
             let c = c.finish()?;
-            let from_tokens = windows_from_tokens(tokens);
+            let from_tokens = windows_from_tokens(tokens, batch, max_steps);
             let first_token = from_tokens.as_ref().map(|(f, _)| *f);
             let (windows, source) = match device_steps {
                 Some(s) if !s.is_empty() => (windows_from_device_steps(s), StepSource::DeviceEvents),
@@ -441,7 +489,7 @@ impl Recorder {
         }
         #[cfg(not(feature = "cuda"))]
         {
-            let _ = (device_steps, tokens, submit, trace_steps);
+            let _ = (device_steps, tokens, batch, max_steps, submit, trace_steps);
             Ok(None)
         }
     }
@@ -472,6 +520,7 @@ mod collector {
         kernels: Vec<Kernel>,
         names: Vec<String>,
         by_ptr: HashMap<usize, u32>,
+        by_name: HashMap<String, u32>,
         records: u64,
         dropped: u64,
     }
@@ -519,19 +568,28 @@ mod collector {
                 // SAFETY: a kernel record is at least a Kernel4.
                 let k = unsafe { &*(rec as *const sys::CUpti_ActivityKernel4) };
                 let name_ptr = k.name as usize;
-                let next = store.names.len() as u32;
-                let name = *store.by_ptr.entry(name_ptr).or_insert(next);
-                if name == next {
-                    let s = if k.name.is_null() {
-                        "(unnamed)".to_string()
-                    } else {
-                        // SAFETY: CUPTI's kernel name is a NUL-terminated string it keeps alive.
-                        unsafe { CStr::from_ptr(k.name) }.to_string_lossy().into_owned()
-                    };
-                    store.names.push(s);
-                }
+                let name = match store.by_ptr.get(&name_ptr) {
+                    Some(&n) => n,
+                    None => {
+                        let s = if k.name.is_null() {
+                            "(unnamed)".to_string()
+                        } else {
+                            // SAFETY: CUPTI's kernel name is a NUL-terminated string it keeps alive
+                            // at least while the record is.
+                            unsafe { CStr::from_ptr(k.name) }.to_string_lossy().into_owned()
+                        };
+                        // One entry per distinct name, whatever the pointer.
+                        let next = store.names.len() as u32;
+                        let n = *store.by_name.entry(s.clone()).or_insert(next);
+                        if n == next {
+                            store.names.push(s);
+                        }
+                        store.by_ptr.insert(name_ptr, n);
+                        n
+                    }
+                };
                 store.records += 1;
-                store.kernels.push(Kernel { start: k.start, end: k.end, device: k.deviceId, stream: k.streamId, name });
+                store.kernels.push(Kernel { start: k.start, end: k.end, device: k.deviceId, stream: k.streamId, name, corr: k.correlationId });
             }
             let mut dropped = 0usize;
             // SAFETY: plain query on the context/stream CUPTI gave us.
@@ -558,11 +616,24 @@ mod collector {
         Err(format!("--cupti: {what} failed: {msg}"))
     }
 
-    /// The running collection; `finish` flushes and returns the records.
+    /// The running collection; `finish` flushes and returns the records. Dropped unfinished (a run
+    /// that failed after CUPTI started), it only disables the activity: no flush, which could wait
+    /// on a hung GPU.
     pub struct Collector {
         pub version: u32,
         /// None: CUPTI uses CLOCK_MONOTONIC; Some: CUPTI clock − CLOCK_MONOTONIC at start.
         offset_start: Option<i64>,
+        active: bool,
+    }
+
+    impl Drop for Collector {
+        fn drop(&mut self) {
+            if self.active {
+                // SAFETY: plain call into the loaded library.
+                let _ = unsafe { sys::cuptiActivityDisable(sys::CUpti_ActivityKind::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) };
+                *STORE.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+        }
     }
 
     /// What a finished collection gives.
@@ -595,6 +666,14 @@ mod collector {
             if !unsafe { sys::is_culib_present() } {
                 return Err(NO_CUPTI.into());
             }
+            // cuInit before any CUPTI call, whatever the engine did: CUPTI enabled before the
+            // process's first cuInit deadlocked inside cuInit (see above). cuInit is idempotent and
+            // creates no context.
+            // SAFETY: dlopen check, then cuInit(0).
+            if !unsafe { cudarc::driver::sys::is_culib_present() } {
+                return Err("--cupti: the CUDA driver (libcuda.so) was not found".into());
+            }
+            cudarc::driver::result::init().map_err(|e| format!("--cupti: cuInit failed: {e}"))?;
             let mut guard = STORE.lock().unwrap_or_else(|e| e.into_inner());
             if guard.is_some() {
                 return Err("--cupti: a CUPTI collection is already running in this process".into());
@@ -620,12 +699,13 @@ mod collector {
                     return Err(e);
                 }
                 tracing::debug!("CUPTI {version} recording kernels ({})", if offset_start.is_none() { "CLOCK_MONOTONIC callback" } else { "offset to CUPTI's clock" });
-                Ok(Collector { version, offset_start })
+                Ok(Collector { version, offset_start, active: true })
             }
         }
 
         /// Flushes every buffer, stops recording, and returns the kernels on CLOCK_MONOTONIC.
-        pub fn finish(self) -> Result<Collected, String> {
+        pub fn finish(mut self) -> Result<Collected, String> {
+            self.active = false;
             // SAFETY: plain calls into the loaded library; the callbacks run before FlushAll returns.
             unsafe {
                 check("cuptiActivityFlushAll", sys::cuptiActivityFlushAll(1))?;
@@ -680,7 +760,25 @@ mod tests {
     use super::*;
 
     fn k(start: u64, end: u64, name: u32) -> Kernel {
-        Kernel { start, end, device: 0, stream: 7, name }
+        Kernel { start, end, device: 0, stream: 7, name, corr: 0 }
+    }
+
+    #[test]
+    fn a_graph_launch_stays_in_one_step() {
+        // Steps [100, 200) and [300, 400): windows split at 250. The second launch (correlation
+        // 5) has its first kernel placed 15 ns early by a clock disagreement: it still counts in
+        // step 1, with its launch-mates.
+        let w = windows_from_device_steps(&[(100, 200), (300, 400)]);
+        let names = vec!["gemm".to_string()];
+        let g = |start, end, corr| Kernel { start, end, device: 0, stream: 1, name: 0, corr };
+        let ks = [g(110, 150, 4), g(150, 190, 4), g(245, 300, 5), g(300, 350, 5), g(350, 390, 5)];
+        let (_, steps) = analyse_device(0, &ks, &names, &w, StepSource::DeviceEvents, None);
+        assert_eq!((steps[0].kernels, steps[1].kernels), (2, 3));
+        assert_eq!(steps[1].busy_ns, 145);
+        // Without correlation ids (eager launches) the start decides.
+        let eager: Vec<Kernel> = ks.iter().map(|k| Kernel { corr: 0, ..*k }).collect();
+        let (_, steps) = analyse_device(0, &eager, &names, &w, StepSource::DeviceEvents, None);
+        assert_eq!((steps[0].kernels, steps[1].kernels), (3, 2));
     }
 
     #[test]
@@ -725,10 +823,14 @@ mod tests {
     fn host_token_windows_wait_for_every_sample() {
         // Two samples; sample 1 is 3 ns behind; sample 1 stops after step 2.
         let t = [(0, 0, 100), (1, 0, 103), (0, 1, 200), (1, 1, 210), (0, 2, 300), (1, 2, 305), (0, 3, 400)];
-        let (first, w) = windows_from_tokens(&t).unwrap();
+        let (first, w) = windows_from_tokens(&t, 2, 10).unwrap();
         assert_eq!(first, 103);
-        assert_eq!(w, vec![(103, 210, 107), (210, 305, 95)]);
-        assert!(windows_from_tokens(&[]).is_none());
+        // Step 3: only sample 0 still runs.
+        assert_eq!(w, vec![(103, 210, 107), (210, 305, 95), (305, 400, 95)]);
+        assert!(windows_from_tokens(&[], 2, 10).is_none());
+        // Out-of-range and repeated events are ignored, not trusted.
+        let bad = [(0, 0, 100), (0, u32::MAX, 5), (7, 1, 900), (0, 1, 200), (0, 1, 950)];
+        assert_eq!(windows_from_tokens(&bad, 1, 4).unwrap(), (100, vec![(100, 200, 100)]));
     }
 
     #[test]
@@ -740,6 +842,9 @@ mod tests {
         assert_eq!(s.nccl_spread.as_ref().unwrap().count, 3);
         assert!((s.nccl_share[0].unwrap() - 0.3).abs() < 1e-12);
         assert!(summarise(&[None, None]).is_none());
+        // Equal NCCL time (here: none at all) blames nobody.
+        let s = summarise(&[Some(vec![a(0), a(0)]), Some(vec![a(0), a(5)])]).unwrap();
+        assert_eq!((s.waited_for_steps.clone(), s.tied_steps), (vec![1, 0], 1));
         // A rank without data: shares per rank, no cross-rank steps.
         let s = summarise(&[Some(vec![a(40)]), None]).unwrap();
         assert_eq!((s.steps, s.nccl_share[1]), (0, None));

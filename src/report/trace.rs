@@ -22,9 +22,9 @@ pub struct RankTrace {
     /// Device decode steps, (start, end) on this rank's CLOCK_MONOTONIC.
     pub device_steps: Vec<(u64, u64)>,
     pub memory: Timeline,
-    /// --cupti: kernels (start, end on this rank's CLOCK_MONOTONIC, device, name index).
+    /// --cupti: kernels (start, end on this rank's CLOCK_MONOTONIC, device, stream, name index).
     #[serde(default)]
-    pub kernels: Vec<(u64, u64, u32, u32)>,
+    pub kernels: Vec<(u64, u64, u32, u32, u32)>,
     #[serde(default)]
     pub kernel_names: Vec<String>,
 }
@@ -50,17 +50,19 @@ pub fn build(traces: &[RankTrace], offsets: &[i64]) -> Value {
             ev.push(json!({"ph": "X", "name": "decode step", "pid": pid, "tid": 2,
                            "ts": us(a as i128), "dur": b.saturating_sub(a) as f64 / 1e3, "args": {"step": i + 1}}));
         }
-        // One track per device the process ran kernels on (ONE_PROCESS engines drive several).
-        let mut devs: Vec<u32> = t.kernels.iter().map(|k| k.2).collect();
-        devs.sort_unstable();
-        devs.dedup();
-        for d in devs {
-            ev.push(json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": 1000 + d, "args": {"name": format!("GPU{d} kernels (CUPTI)")}}));
+        // One track per (device, stream) the process ran kernels on (ONE_PROCESS engines drive
+        // several GPUs; kernels of different streams may overlap, which one track cannot show).
+        let mut tracks: Vec<(u32, u32)> = t.kernels.iter().map(|k| (k.2, k.3)).collect();
+        tracks.sort_unstable();
+        tracks.dedup();
+        let tid = |dev: u32, stream: u32| 1000 + tracks.binary_search(&(dev, stream)).unwrap_or(0) as i64;
+        for &(d, st) in &tracks {
+            ev.push(json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid(d, st), "args": {"name": format!("GPU{d} stream {st} kernels (CUPTI)")}}));
         }
-        for &(a, b, dev, name) in &t.kernels {
+        for &(a, b, dev, stream, name) in &t.kernels {
             let name = t.kernel_names.get(name as usize).map(String::as_str).unwrap_or("?");
             let cat = if crate::observe::cupti::is_nccl(name) { "nccl" } else { "compute" };
-            ev.push(json!({"ph": "X", "name": name, "cat": cat, "pid": pid, "tid": 1000 + dev,
+            ev.push(json!({"ph": "X", "name": name, "cat": cat, "pid": pid, "tid": tid(dev, stream),
                            "ts": us(a as i128), "dur": b.saturating_sub(a) as f64 / 1e3}));
         }
         let m = &t.memory;
@@ -91,7 +93,7 @@ mod tests {
             tokens: vec![(0, 0, 5, 2_000)],
             device_steps: vec![(1_000_000 + 500_000 + 20_000, 1_000_000 + 500_000 + 28_000)],
             memory: Timeline { t_s: vec![0.0], rss_bytes: vec![1 << 30], gpu_job_bytes: vec![], gpu_device_used_bytes: vec![], stride: 1 },
-            kernels: vec![(1_000_000 + 500_000 + 21_000, 1_000_000 + 500_000 + 23_000, 0, 1)],
+            kernels: vec![(1_000_000 + 500_000 + 21_000, 1_000_000 + 500_000 + 23_000, 0, 7, 1)],
             kernel_names: vec!["gemm".into(), "ncclDevKernel_AllReduce_Sum_f16".into()],
         };
         let v = build(&[r0, r1], &[0, 500_000]);
