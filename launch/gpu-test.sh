@@ -11,7 +11,8 @@
 #     LM head's argmax), GPU busy <= the device step, and the trace carries the kernels;
 #  4. --cupti on an engine that is not ours, in both topologies: the mock launches 3 kernels per
 #     step on each GPU it allocated on; ALL_RANKS: each rank sees 3 per step on its GPU;
-#     ONE_PROCESS: rank 0's process sees 3 per step on each of the two GPUs, rank 1 sees none.
+#     ONE_PROCESS: rank 0's process sees 3 per step on each of the two GPUs, rank 1 records
+#     nothing, and the cross-rank summary compares the two GPUs (no NCCL: every step tied).
 #     (Part 4 was added after the last GPU session: not run on a GPU yet.)
 # Exits non-zero on the first failure.
 set -euo pipefail
@@ -111,6 +112,8 @@ assert sorted(d["device"] for d in d0) == [0, 1], d0
 for d in d0:
     assert d["steps"] == 49 and d["kernels_per_step_min"] == d["kernels_per_step_max"] == 3, d
 assert o["ranks"][1]["cupti"] is None, o["ranks"][1]["cupti"]  # observers record nothing
+c = o["cupti"]
+assert c["participants"] == ["rank 0 GPU0", "rank 0 GPU1"] and c["steps"] == 49 and c["tied_steps"] == 49, c
 print("mock ONE_PROCESS: rank 0's process 3 kernels per step on GPU0 and GPU1, rank 1 (observer) none OK")
 print("gpu-test: PASS")
 PY

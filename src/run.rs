@@ -410,7 +410,7 @@ impl<'w> Job<'w> {
             anomalies: rec.anomalies.clone(),
             cupti: recorded.as_ref().map(|r| r.report.clone()),
         };
-        let step_activity = world.gather_bytes(&serde_json::to_vec(&recorded.as_ref().map(|r| &r.primary_steps)).expect("activities serialize"));
+        let step_activity = world.gather_bytes(&serde_json::to_vec(&recorded.as_ref().map(|r| &r.device_steps)).expect("activities serialize"));
         let trace = config.trace.is_some().then(|| RankTrace {
             rank: world.rank,
             label: format!(
@@ -448,9 +448,13 @@ impl<'w> Job<'w> {
         let mut report = header.finished(&workload, &rec, ranks).map_err(|e| Stop::failed(RankFailures(vec![(0, e)])))?;
         report.skew = crate::report::build::skew(&steps, &offsets);
         if config.cupti {
-            let per_rank: Vec<Option<Vec<crate::observe::cupti::Activity>>> =
+            let per_rank: Vec<Option<Vec<(u32, Vec<crate::observe::cupti::Activity>)>>> =
                 step_activity.unwrap_or_default().iter().map(|b| serde_json::from_slice(b).ok().flatten()).collect();
-            report.cupti = crate::observe::cupti::summarise(&per_rank);
+            let (names, data) = crate::observe::cupti::participants(&per_rank);
+            report.cupti = crate::observe::cupti::summarise(&data).map(|mut c| {
+                c.participants = names;
+                c
+            });
         }
         if let (Some(Some(traces)), Some(out)) = (traces, self.trace_out.take()) {
             let traces: Vec<RankTrace> = traces.iter().filter_map(|b| serde_json::from_slice(b).ok()).collect();

@@ -332,24 +332,49 @@ pub fn analyse_device(
 /// with the least NCCL time in a step is the one the others waited for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CuptiSummary {
-    /// Steps every rank has.
+    /// Who is compared: one entry per rank with CUPTI data ("rank 1 GPU1"), or, for a rank whose
+    /// process drives several GPUs (ONE_PROCESS engines), one per GPU ("rank 0 GPU0", "rank 0
+    /// GPU1"). Observer ranks (no kernels of their own) are not listed. Every vector below follows
+    /// this order.
+    pub participants: Vec<String>,
+    /// Steps every participant has.
     pub steps: u64,
-    /// Per rank: NCCL time ÷ step wall time over the decode steps (null: no CUPTI data on that rank).
+    /// NCCL time ÷ step wall time over the decode steps (null: no kernels).
     pub nccl_share: Vec<Option<f64>>,
-    /// Per rank: GPU busy ÷ step wall time.
+    /// GPU busy ÷ step wall time.
     pub busy_share: Vec<Option<f64>>,
-    /// Per rank: mean NCCL time per step, ms.
+    /// Mean NCCL time per step, ms.
     pub nccl_ms_mean: Vec<Option<f64>>,
-    /// Per rank: how many steps it had the least NCCL time (was waited for); steps where the
-    /// ranks' NCCL times are equal (e.g. no collective) count for nobody.
+    /// How many steps each participant had the least NCCL time (was waited for); steps where the
+    /// NCCL times are all equal (e.g. no collective) count for nobody.
     pub waited_for_steps: Vec<u64>,
-    /// Steps where every rank had the same NCCL time (no one to blame).
+    /// Steps where every participant had the same NCCL time (no one to blame).
     pub tied_steps: u64,
-    /// Per step: most − least NCCL time over the ranks (the wait the slowest rank imposed).
+    /// Per step: most − least NCCL time over the participants (the wait the slowest one imposed).
     pub nccl_spread: Option<HistogramSummary>,
 }
 
-/// `per_rank[r]`: rank r's per-step activity of its first device (None: no CUPTI data).
+/// Participants of the cross-rank summary from every rank's per-device step activity (None: the
+/// rank recorded nothing, e.g. a ONE_PROCESS observer).
+pub fn participants(per_rank: &[Option<Vec<(u32, Vec<Activity>)>>]) -> (Vec<String>, Vec<Option<Vec<Activity>>>) {
+    let mut names = Vec::new();
+    let mut data = Vec::new();
+    for (r, devs) in per_rank.iter().enumerate() {
+        let Some(devs) = devs else { continue };
+        if devs.is_empty() {
+            names.push(format!("rank {r}"));
+            data.push(Some(Vec::new()));
+        }
+        for (d, steps) in devs {
+            names.push(format!("rank {r} GPU{d}"));
+            data.push(Some(steps.clone()));
+        }
+    }
+    (names, data)
+}
+
+/// `per_rank[i]`: participant i's per-step activity (None: no CUPTI data); `participants` are set
+/// by the caller (see `participants`).
 pub fn summarise(per_rank: &[Option<Vec<Activity>>]) -> Option<CuptiSummary> {
     if per_rank.iter().all(|r| r.is_none()) {
         return None;
@@ -383,6 +408,7 @@ pub fn summarise(per_rank: &[Option<Vec<Activity>>]) -> Option<CuptiSummary> {
         }
     }
     Some(CuptiSummary {
+        participants: (0..per_rank.len()).map(|i| format!("#{i}")).collect(),
         steps: steps as u64,
         nccl_share: share(|a| a.nccl_ns),
         busy_share: share(|a| a.busy_ns),
@@ -402,11 +428,12 @@ pub struct Recorder {
     inner: Option<Collector>,
 }
 
-/// A finished recording, analysed: the rank's report, the per-step activity of its busiest device
-/// (for the cross-rank summary), and the kernels for the trace.
+/// A finished recording, analysed: the rank's report, the per-step activity of each device (for
+/// the cross-rank summary), and the kernels for the trace.
 pub struct Recorded {
     pub report: CuptiReport,
-    pub primary_steps: Vec<Activity>,
+    /// Per device the process ran kernels on: its per-step activity (for the cross-rank summary).
+    pub device_steps: Vec<(u32, Vec<Activity>)>,
     pub trace_kernels: Vec<Kernel>,
     pub names: Vec<String>,
 }
@@ -465,13 +492,11 @@ impl Recorder {
             devices.sort_unstable();
             devices.dedup();
             let mut out = Vec::new();
-            let mut primary: (usize, Vec<Activity>) = (0, Vec::new());
+            let mut per_device = Vec::new();
             for d in devices {
                 let ks: Vec<Kernel> = c.kernels.iter().filter(|k| k.device == d).copied().collect();
                 let (act, steps) = analyse_device(d, &ks, &c.names, &windows, source, prefill);
-                if ks.len() > primary.0 {
-                    primary = (ks.len(), steps);
-                }
+                per_device.push((d, steps));
                 out.push(act);
             }
             let lo = submit.min(windows.first().map(|w| w.0).unwrap_or(submit));
@@ -482,7 +507,7 @@ impl Recorder {
             let trace_kernels = c.kernels.iter().filter(|k| k.start >= lo && k.start < hi).copied().collect();
             Ok(Some(Recorded {
                 report: CuptiReport { cupti_version: c.version, clock: c.clock, offset_drift_ns: c.offset_drift_ns, records: c.records, dropped: c.dropped, devices: out },
-                primary_steps: primary.1,
+                device_steps: per_device,
                 trace_kernels,
                 names: c.names,
             }))
@@ -831,6 +856,16 @@ mod tests {
         // Out-of-range and repeated events are ignored, not trusted.
         let bad = [(0, 0, 100), (0, u32::MAX, 5), (7, 1, 900), (0, 1, 200), (0, 1, 950)];
         assert_eq!(windows_from_tokens(&bad, 1, 4).unwrap(), (100, vec![(100, 200, 100)]));
+    }
+
+    #[test]
+    fn one_process_gpus_are_participants() {
+        let a = |nccl| Activity { wall_ns: 100, busy_ns: 90, nccl_ns: nccl, compute_ns: 90 - nccl, kernels: 3, nccl_kernels: 1 };
+        // Rank 0 drives GPU0 and GPU1 (ONE_PROCESS), rank 1 observes (None).
+        let (names, data) = participants(&[Some(vec![(0, vec![a(30)]), (1, vec![a(5)])]), None]);
+        assert_eq!(names, vec!["rank 0 GPU0", "rank 0 GPU1"]);
+        let s = summarise(&data).unwrap();
+        assert_eq!((s.steps, s.waited_for_steps.clone()), (1, vec![0, 1]));
     }
 
     #[test]

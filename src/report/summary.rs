@@ -91,12 +91,13 @@ pub fn render(r: &RunReport) -> String {
     }
     if let Some(c) = &r.cupti {
         let pct = |v: &[Option<f64>]| v.iter().map(|x| x.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "-".into())).collect::<Vec<_>>().join(" / ");
+        let _ = writeln!(out, "CUPTI participants: {}", c.participants.join(", "));
         let waited = if c.waited_for_steps.len() > 1 && c.steps > 0 {
-            format!("; waited for (least NCCL) per rank: {:?} of {} steps ({} tied)", c.waited_for_steps, c.steps, c.tied_steps)
+            format!("; waited for (least NCCL): {:?} of {} steps ({} tied)", c.waited_for_steps, c.steps, c.tied_steps)
         } else {
             String::new()
         };
-        let _ = writeln!(out, "CUPTI, decode steps: GPU busy {}, NCCL {} of step time per rank{waited}", pct(&c.busy_share), pct(&c.nccl_share));
+        let _ = writeln!(out, "CUPTI, decode steps: GPU busy {}, NCCL {} of step time{waited}", pct(&c.busy_share), pct(&c.nccl_share));
         for k in &r.ranks {
             if let Some(c) = k.cupti.as_ref().filter(|c| c.dropped > 0) {
                 let _ = writeln!(out, "  WARNING rank {}: CUPTI dropped {} kernel records (buffers full): its busy/NCCL figures are too low", k.rank, c.dropped);
