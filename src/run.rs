@@ -396,11 +396,9 @@ impl<'w> Job<'w> {
             tokens_generated: rec.generated_tokens(),
             ttft: rec.ttft.summary(),
             decode: rec.decode.summary(),
-            device_decode: device_steps.as_ref().map(|v| {
-                let mut h = crate::record::histogram::LatencyHistogram::new();
-                v.iter().for_each(|&(a, b)| h.record(b.saturating_sub(a)));
-                h.summary()
-            }),
+            device_decode: device_steps
+                .as_ref()
+                .map(|v| v.iter().map(|&(a, b)| b.saturating_sub(a)).collect::<crate::record::histogram::LatencyHistogram>().summary()),
             engine_stats: engine.run_stats(),
             samples: rec
                 .samples
@@ -410,7 +408,11 @@ impl<'w> Job<'w> {
             anomalies: rec.anomalies.clone(),
             cupti: recorded.as_ref().map(|r| r.report.clone()),
         };
-        let step_activity = world.gather_bytes(&serde_json::to_vec(&recorded.as_ref().map(|r| &r.device_steps)).expect("activities serialize"));
+        // Only with --cupti (every rank has the same config, so the collective matches).
+        let step_activity = config
+            .cupti
+            .then(|| world.gather_bytes(&serde_json::to_vec(&recorded.as_ref().map(|r| &r.device_steps)).expect("activities serialize")))
+            .flatten();
         let trace = config.trace.is_some().then(|| RankTrace {
             rank: world.rank,
             label: format!(
@@ -447,9 +449,9 @@ impl<'w> Job<'w> {
             .collect();
         let mut report = header.finished(&workload, &rec, ranks).map_err(|e| Stop::failed(RankFailures(vec![(0, e)])))?;
         report.skew = crate::report::build::skew(&steps, &offsets);
-        if config.cupti {
+        if let Some(all) = step_activity {
             let per_rank: Vec<Option<Vec<(u32, Vec<crate::observe::cupti::Activity>)>>> =
-                step_activity.unwrap_or_default().iter().map(|b| serde_json::from_slice(b).ok().flatten()).collect();
+                all.iter().map(|b| serde_json::from_slice(b).ok().flatten()).collect();
             let (names, data) = crate::observe::cupti::participants(&per_rank);
             report.cupti = crate::observe::cupti::summarise(&data).map(|mut c| {
                 c.participants = names;

@@ -260,8 +260,7 @@ pub struct CuptiReport {
 }
 
 fn hist(v: impl Iterator<Item = u64>) -> Option<HistogramSummary> {
-    let mut h = LatencyHistogram::new();
-    v.for_each(|x| h.record(x));
+    let h: LatencyHistogram = v.collect();
     (h.count() > 0).then(|| h.summary())
 }
 

@@ -28,6 +28,15 @@ impl Default for LatencyHistogram {
     }
 }
 
+/// A histogram of the given values (ns).
+impl FromIterator<u64> for LatencyHistogram {
+    fn from_iter<I: IntoIterator<Item = u64>>(values: I) -> Self {
+        let mut h = LatencyHistogram::new();
+        values.into_iter().for_each(|v| h.record(v));
+        h
+    }
+}
+
 impl LatencyHistogram {
     pub fn new() -> LatencyHistogram {
         // Auto-resizing from 1 ns: any latency fits; 3 digits = 0.1 % resolution.

@@ -336,16 +336,12 @@ int32_t tpprof_create(const tpprof_init *init, tpprof_engine **out, char *err, s
             if (rc == 0 && e->kernels_per_step > 0) rc = gpu_load_kernels(e, err, errlen);
         }
         if (rc != 0) {
-            gpu_free_all(e);
-            free(e->alloc);
-            free(e);
+            tpprof_destroy(e);
             return rc == -2 ? TPPROF_ERR_OUT_OF_MEMORY : TPPROF_ERR_RUNTIME;
         }
     }
     if (opt_num(o, "gpu_kernels_per_step", 0) > 0 && !(gpu_mib > 0)) {
-        gpu_free_all(e);
-        free(e->alloc);
-        free(e);
+        tpprof_destroy(e);
         set_err(err, errlen, "mock: gpu_kernels_per_step needs gpu_alloc_mib (the kernels run where the mock allocated)");
         return TPPROF_ERR_INVALID_ARGUMENT;
     }
