@@ -13,7 +13,6 @@
 #     step on each GPU it allocated on; ALL_RANKS: each rank sees 3 per step on its GPU;
 #     ONE_PROCESS: rank 0's process sees 3 per step on each of the two GPUs, rank 1 records
 #     nothing, and the cross-rank summary compares the two GPUs (no NCCL: every step tied).
-#     (Part 4 was added after the last GPU session: not run on a GPU yet.)
 # Exits non-zero on the first failure.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
