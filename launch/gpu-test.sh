@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The tests that need NVIDIA GPUs (CI has none): run on a machine with >= 2 GPUs, after building
 # (cargo build --release) or with TPPROF=/path/to/tpprof (and libtpprof_mock.so beside it).
-#  1. tpprof verify: the cuda engine against the cpu reference, TP 1 and 2, fp16 and bf16;
+#  1. tpprof verify: the cuda engine against the cpu reference, TP 1 and 2, fp16 and bf16, head_dim
+#     64 and 128, prompts up to 2 000 tokens: logits after prefill and after the last decode step,
+#     greedy tokens;
 #  2. GPU memory against known allocations: the mock allocates 3 GiB on rank 0 and 5 GiB on rank 1
 #     (ALL_RANKS), then 4 GiB on both GPUs from rank 0 (ONE_PROCESS); each rank's reported peak
 #     must cover its allocation plus at most 1 GiB of CUDA context, and in ONE_PROCESS rank 1's
@@ -28,6 +30,14 @@ trap 'rm -rf "$out"' EXIT
 "${MR[@]}" -n 2 "$B" verify --model small --prompt-tokens 700
 "${MR[@]}" -n 2 "$B" verify --model small --dtype bf16 --prompt-tokens 700
 "${MR[@]}" -n 2 "$B" verify --model qwen2.5-0.5b --prompts 2 --prompt-tokens 700
+# head_dim 128, group 5 per rank at TP=2 (the 14B/32B TP=2 attention shape), 2 000-token prompts:
+# decode attention over many splits of a long cache.
+cat > "$out/d128.json" <<'JSON'
+{"vocab_size": 32000, "hidden_size": 1280, "intermediate_size": 3456, "num_hidden_layers": 4, "num_attention_heads": 10,
+ "num_key_value_heads": 2, "max_position_embeddings": 8192, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": true}
+JSON
+"${MR[@]}" -n 1 "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
+"${MR[@]}" -n 2 "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
 "$B" write-checkpoint --model small --seed 11 --files 2 --out "$out/ckpt" >/dev/null
 "${MR[@]}" -n 2 "$B" verify --weights "$out/ckpt" --prompt-tokens 300
 

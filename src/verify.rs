@@ -1,7 +1,9 @@
 //! `tpprof verify`: the cuda engine checked against the cpu reference engine with identical weights
 //! (the same seed: both engines generate them with one recipe), on every rank of a tensor-parallel
 //! group. Per prompt: the last position's logits (each rank compares its vocabulary shard,
-//! `|cuda − cpu| ≤ atol + rtol·|cpu|`), then the greedy tokens of both engines step by step.
+//! `|cuda − cpu| ≤ atol + rtol·|cpu|`), then the greedy tokens of both engines step by step, then
+//! the logits of the cuda engine's last decode step (its decode attention over the whole cache)
+//! against the cpu engine's prefill of the prompt plus the generated tokens.
 //! Fresh random weights every run (the seed defaults to the clock and is printed).
 
 use clap::Args;
@@ -142,6 +144,7 @@ fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
     };
     let cuda = CudaEngine::new(&cfg, dtype, init, gpu.ordinal as usize, world.rank as usize, world.size as usize, &id).map_err(|e| e.to_string());
     let mut cuda = world.agree(cuda).map_err(|f| f.to_string())?;
+    cuda.skip_breakdown();
     let v0 = crate::engine::builtin::cpu::Shard { rank: world.rank as usize, world: world.size as usize }.range(cfg.vocab_size).start;
 
     if world.is_root() {
@@ -157,12 +160,7 @@ fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
         // Logits of the last prompt position, this rank's shard.
         let (lc, _) = cpu.prefill_logits(p).map_err(|e| e.to_string())?;
         let (lg, _) = cuda.prefill_logits(p).map_err(|e| e.to_string())?;
-        let mine = compare(&lc, &lg, v0, atol, rtol);
-        let all: Vec<Compared> = world
-            .all_gather_bytes(&serde_json::to_vec(&mine).expect("serializes"))
-            .iter()
-            .map(|b| serde_json::from_slice(b).expect("our own JSON"))
-            .collect();
+        let prefill = gather_compared(&world, compare(&lc, &lg, v0, atol, rtol));
         // Greedy tokens of both engines.
         let req = GenerateRequest { prompts: std::slice::from_ref(p), max_new_tokens: args.steps, exact_length: true };
         let mut tc = Vec::new();
@@ -170,6 +168,17 @@ fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
         let mut tg = Vec::new();
         cuda.generate(std::slice::from_ref(p), args.steps, true, &mut |_, _, t, _| tg.push(t)).map_err(|e| e.to_string())?;
         let same = tc.iter().zip(&tg).take_while(|(a, b)| a == b).count();
+        // The last decode step: it fed tg[steps-2] at position len+steps-2 and produced tg[steps-1].
+        let decode = if args.steps >= 2 && tg.len() == args.steps {
+            let lgd = cuda.last_logits().map_err(|e| e.to_string())?;
+            let mut ext = p.clone();
+            ext.extend_from_slice(&tg[..args.steps - 1]);
+            let (lcd, _) = cpu.prefill_logits(&ext).map_err(|e| e.to_string())?;
+            Some(gather_compared(&world, compare(&lcd, &lgd, v0, atol, rtol)))
+        } else {
+            None
+        };
+        let all: Vec<&Compared> = prefill.iter().chain(decode.iter().flatten()).collect();
         let bad: usize = all.iter().map(|c| c.bad).sum();
         let n: usize = all.iter().map(|c| c.n).sum();
         let max_abs = all.iter().map(|c| c.max_abs).fold(0.0, f32::max);
@@ -178,12 +187,14 @@ fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
         ok &= pass;
         if world.is_root() {
             println!(
-                "prompt {i} ({} tokens): logits {}/{} within tolerance, max |diff| {max_abs:.3e} (max |cpu| {max_ref:.3e}); greedy tokens identical for {same}/{} steps {}",
-                p.len(), n - bad, n, args.steps, if pass { "PASS" } else { "FAIL" }
+                "prompt {i} ({} tokens): logits {}/{} within tolerance ({}), max |diff| {max_abs:.3e} (max |cpu| {max_ref:.3e}); greedy tokens identical for {same}/{} steps {}",
+                p.len(), n - bad, n, if decode.is_some() { "after prefill and after the last decode step" } else { "after prefill" }, args.steps, if pass { "PASS" } else { "FAIL" }
             );
-            for (r, c) in all.iter().enumerate() {
-                for (idx, a, b) in &c.first_bad {
-                    println!("  rank {r}: token {idx}: cpu {a:.6} cuda {b:.6}");
+            for (what, cs) in [("prefill", Some(&prefill)), ("last decode step", decode.as_ref())] {
+                for (r, c) in cs.into_iter().flatten().enumerate() {
+                    for (idx, a, b) in &c.first_bad {
+                        println!("  {what}, rank {r}: token {idx}: cpu {a:.6} cuda {b:.6}");
+                    }
                 }
             }
             if same < args.steps {
@@ -195,6 +206,15 @@ fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
         println!("verify: {}", if ok { "PASS" } else { "FAIL" });
     }
     Ok(ok)
+}
+
+/// Every rank's comparison, at every rank.
+fn gather_compared(world: &World, mine: Compared) -> Vec<Compared> {
+    world
+        .all_gather_bytes(&serde_json::to_vec(&mine).expect("serializes"))
+        .iter()
+        .map(|b| serde_json::from_slice(b).expect("our own JSON"))
+        .collect()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::engine::config::Config;
 use gpu::{Dtype, Gpu, Module, Nccl};
-use model::{Buffers, Dims, Model, Weights};
+use model::{Buffers, DecodeAttention, Dims, Model, Weights};
 
 /// Helpers every kernel module shares (compiled in front of each .cu).
 pub const COMMON: &str = include_str!("kernels/common.cuh");
@@ -44,6 +44,22 @@ pub const MODULES: &[Module] = &[
             ("decode_attn_fast_g7", true),
             ("decode_attn_fast_g8", true),
             ("decode_attn_merge", true),
+            ("decode_attn_sk_g1_d64", true),
+            ("decode_attn_sk_g1_d128", true),
+            ("decode_attn_sk_g2_d64", true),
+            ("decode_attn_sk_g2_d128", true),
+            ("decode_attn_sk_g3_d64", true),
+            ("decode_attn_sk_g3_d128", true),
+            ("decode_attn_sk_g4_d64", true),
+            ("decode_attn_sk_g4_d128", true),
+            ("decode_attn_sk_g5_d64", true),
+            ("decode_attn_sk_g5_d128", true),
+            ("decode_attn_sk_g6_d64", true),
+            ("decode_attn_sk_g6_d128", true),
+            ("decode_attn_sk_g7_d64", true),
+            ("decode_attn_sk_g7_d128", true),
+            ("decode_attn_sk_g8_d64", true),
+            ("decode_attn_sk_g8_d128", true),
         ],
     },
     Module { name: "sampling", source: include_str!("kernels/sampling.cu"), kernels: &[("argmax_rows", false), ("select_tokens", false)] },
@@ -121,7 +137,10 @@ pub struct CudaEngine {
     prepared: Option<(usize, usize, usize)>,
     use_graph: bool,
     use_gemv: bool,
-    fast_attention: bool,
+    attention: DecodeAttention,
+    attn_blocks_per_sm: usize,
+    /// Decode steps of the after-run breakdown (`TPPROF_CUDA_BREAKDOWN`, default 8; 0 = none).
+    breakdown_steps: usize,
     last_run: Option<serde_json::Value>,
 }
 
@@ -174,10 +193,17 @@ impl CudaEngine {
         // Switches for A/B measurements: TPPROF_CUDA_GRAPH=0 (eager decode launches);
         // TPPROF_CUDA_GEMV=1 (gemv.cu for the decode GEMMs: measured slower than cuBLAS on the H200,
         // 18.3 vs 15.5 ms per step for qwen2.5-14b TP=1, so off by default);
-        // TPPROF_CUDA_ATTN=tiled (attention.cu's decode kernel instead of decode.cu's).
+        // TPPROF_CUDA_ATTN=fast (decode.cu's first kernel, decode_attn_fast, instead of
+        // decode_attn_sk) or =tiled (attention.cu's); TPPROF_CUDA_ATTN_BLOCKS=N (decode attention
+        // blocks per SM in one wave, sizing the splits; default 2).
         let use_graph = std::env::var("TPPROF_CUDA_GRAPH").map(|v| v != "0").unwrap_or(true);
         let use_gemv = std::env::var("TPPROF_CUDA_GEMV").map(|v| v == "1").unwrap_or(false);
-        let fast_attention = std::env::var("TPPROF_CUDA_ATTN").map(|v| v != "tiled").unwrap_or(true);
+        let attention = match std::env::var("TPPROF_CUDA_ATTN").as_deref() {
+            Ok("fast") => DecodeAttention::Fast,
+            Ok("tiled") => DecodeAttention::Tiled,
+            _ => DecodeAttention::ScoresFirst,
+        };
+        let attn_blocks_per_sm = std::env::var("TPPROF_CUDA_ATTN_BLOCKS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0).unwrap_or(2);
         Ok(CudaEngine {
             cfg: cfg.clone(),
             dtype,
@@ -193,7 +219,9 @@ impl CudaEngine {
             prepared: None,
             use_graph,
             use_gemv,
-            fast_attention,
+            attention,
+            attn_blocks_per_sm,
+            breakdown_steps: std::env::var("TPPROF_CUDA_BREAKDOWN").ok().and_then(|v| v.parse().ok()).unwrap_or(8),
             last_run: None,
         })
     }
@@ -210,7 +238,7 @@ impl CudaEngine {
             eps: self.cfg.rms_norm_eps as f32,
             theta: self.cfg.rope_theta as f32,
             use_gemv: self.use_gemv,
-            fast_attention: self.fast_attention,
+            attention: self.attention,
             probe: None,
         })
     }
@@ -248,7 +276,7 @@ impl CudaEngine {
             self.graph = None;
             self.bufs = None;
             self.gpu.sync()?;
-            let b = Buffers::new(&mut self.gpu, &self.dims, slots, max_len, max_prompt, self.sm_count)?;
+            let b = Buffers::new(&mut self.gpu, &self.dims, slots, max_len, max_prompt, self.sm_count * self.attn_blocks_per_sm)?;
             self.bufs = Some(b);
             self.prepared = Some(want);
         }
@@ -374,7 +402,7 @@ impl CudaEngine {
     /// launch gaps (falls back to eager launches, which include them, if the capture fails).
     /// Mean µs per step per op.
     fn breakdown(&self, prompts: &[Vec<i32>], max_new: usize, ran: usize) -> Result<serde_json::Value, CudaError> {
-        let steps: usize = std::env::var("TPPROF_CUDA_BREAKDOWN").ok().and_then(|v| v.parse().ok()).unwrap_or(8).min(ran);
+        let steps = self.breakdown_steps.min(ran);
         if steps == 0 {
             return Ok(serde_json::Value::Null);
         }
@@ -457,6 +485,18 @@ impl CudaEngine {
         Ok((logits, tok))
     }
 
+    /// No after-run breakdown: its extra decode steps would overwrite the run's last logits.
+    pub fn skip_breakdown(&mut self) {
+        self.breakdown_steps = 0;
+    }
+
+    /// This rank's logits (its vocab shard) of the last LM-head pass: after `generate` of one
+    /// sample with the breakdown skipped, the last decode step's (what `tpprof verify` checks the
+    /// decode attention with).
+    pub fn last_logits(&self) -> Result<Vec<f32>, CudaError> {
+        self.model()?.read_logits(1)
+    }
+
     pub fn step_times(&self) -> &StepTimes {
         &self.steps
     }
@@ -497,7 +537,8 @@ impl CudaEngine {
             "dtype": self.dtype.name(),
             "cuda_graph": self.graph.is_some(),
             "decode_gemv": self.use_gemv,
-            "decode_attention": if self.fast_attention { "decode.cu" } else { "attention.cu (tiled)" },
+            "decode_attention": self.bufs.as_ref().map(|b| self.attention.resolve(self.dims.d, self.dims.group(), b.split_len).label()),
+            "decode_attention_splits": self.bufs.as_ref().map(|b| [b.n_splits, b.split_len]),
             "copy_bandwidth_gb_s": self.copy_bandwidth / 1e9,
             "weights_read_per_step_bytes": self.weights.read_per_step,
             "kv_read_per_step_bytes_at_mean_context": kv,
@@ -534,7 +575,8 @@ mod tests {
                 for v in variants {
                     // Direct definitions, or decode.cu's macro-generated instantiations.
                     let direct = m.source.contains(&format!(" {v}("));
-                    let by_macro = v.starts_with("decode_attn_fast_g") && m.source.contains("DQ_KERNELS(");
+                    let by_macro = (v.starts_with("decode_attn_fast_g") && m.source.contains("DQ_KERNELS("))
+                        || (v.starts_with("decode_attn_sk_g") && m.source.contains("SK_KERNELS("));
                     assert!(direct || by_macro, "{}.cu lacks kernel {v}", m.name);
                 }
             }

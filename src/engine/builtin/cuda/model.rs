@@ -57,7 +57,7 @@ impl Dims {
     fn qkv(&self) -> usize {
         (self.hq + 2 * self.hkv) * self.d
     }
-    fn group(&self) -> usize {
+    pub fn group(&self) -> usize {
         self.hq / self.hkv
     }
     fn v_local(&self) -> usize {
@@ -242,8 +242,8 @@ pub struct Buffers {
     pub slots: usize,
     pub max_len: usize,
     q_chunk: usize,
-    n_splits: usize,
-    split_len: usize,
+    pub n_splits: usize,
+    pub split_len: usize,
     resid: Buf,
     xnorm: Buf,
     qkv: Buf,
@@ -273,15 +273,16 @@ pub struct Buffers {
 }
 
 impl Buffers {
-    pub fn new(gpu: &mut Gpu, dims: &Dims, slots: usize, max_len: usize, max_rows: usize, sm_count: usize) -> Result<Buffers, CudaError> {
+    /// `attn_blocks`: decode attention blocks that run at once (SMs × blocks per SM).
+    pub fn new(gpu: &mut Gpu, dims: &Dims, slots: usize, max_len: usize, max_rows: usize, attn_blocks: usize) -> Result<Buffers, CudaError> {
         let (h, d) = (dims.hidden, dims.d);
         let t = |n: usize| n * T_BYTES;
         let rows = max_rows.max(slots);
         let q_chunk = (SCORES_BUDGET / (dims.hkv * max_len * (4 + T_BYTES))).clamp(16, MAX_Q_CHUNK);
         // Decode attention: about one wave of (kv head, split, sample) blocks at the longest
-        // context, two per SM. Finer splits made each block's fixed cost (loading q, merging the
-        // warps' softmax states) dominate, and the merge walk more partial results.
-        let per_wave = (2 * sm_count).max(1);
+        // context, two per SM by default. Finer splits made each block's fixed cost (loading q,
+        // merging the warps' softmax states) dominate, and the merge walk more partial results.
+        let per_wave = attn_blocks.max(1);
         let split_len = (max_len * dims.hkv * slots).div_ceil(per_wave).next_multiple_of(16).max(64);
         let n_splits = max_len.div_ceil(split_len);
         let start = gpu.allocated;
@@ -430,13 +431,60 @@ pub struct Model<'a> {
     pub theta: f32,
     /// Decode-sized linear layers (≤ GEMV_MAX_ROWS rows) through gemv.cu instead of cuBLAS.
     pub use_gemv: bool,
-    /// decode.cu's attention where it applies (head_dim 8..128, group ≤ 8), else attention.cu's.
-    pub fast_attention: bool,
+    /// Which decode attention kernel to prefer (each falls back where its constraints fail).
+    pub attention: DecodeAttention,
     /// When set, an event at every op boundary (eager steps only, never in a graph).
     pub probe: Option<&'a Probe>,
 }
 
-/// decode.cu's kernels by GQA group size.
+/// The decode attention kernels, from the preferred down: decode.cu's decode_attn_sk (scores, then
+/// values: head_dim 64 or 128, group ≤ 8, split ≤ 512 positions), decode.cu's decode_attn_fast
+/// (head_dim 8..128, group ≤ 8), attention.cu's tiled decode_attn_partial (any shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeAttention {
+    ScoresFirst,
+    Fast,
+    Tiled,
+}
+
+impl DecodeAttention {
+    /// The kernel that runs for this shape: the preference, or the next one down whose constraints hold.
+    pub fn resolve(self, d: usize, group: usize, split_len: usize) -> DecodeAttention {
+        let sk = matches!(d, 64 | 128) && (1..=8).contains(&group) && split_len <= SK_MAX_SPLIT && split_len % 4 == 0;
+        let fast = matches!(d, 8 | 16 | 32 | 64 | 128) && (1..=8).contains(&group);
+        match self {
+            DecodeAttention::ScoresFirst if sk => DecodeAttention::ScoresFirst,
+            DecodeAttention::ScoresFirst | DecodeAttention::Fast if fast => DecodeAttention::Fast,
+            _ => DecodeAttention::Tiled,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DecodeAttention::ScoresFirst => "decode.cu decode_attn_sk",
+            DecodeAttention::Fast => "decode.cu decode_attn_fast",
+            DecodeAttention::Tiled => "attention.cu decode_attn_partial (tiled)",
+        }
+    }
+}
+
+/// decode.cu's SK_MAX_SPLIT and SK_WARPS.
+const SK_MAX_SPLIT: usize = 512;
+const SK_WARPS: usize = 8;
+
+/// decode.cu's decode_attn_sk kernels by GQA group size, for head_dim 64 and 128.
+const DECODE_SK: [[&str; 2]; 8] = [
+    ["decode_attn_sk_g1_d64", "decode_attn_sk_g1_d128"],
+    ["decode_attn_sk_g2_d64", "decode_attn_sk_g2_d128"],
+    ["decode_attn_sk_g3_d64", "decode_attn_sk_g3_d128"],
+    ["decode_attn_sk_g4_d64", "decode_attn_sk_g4_d128"],
+    ["decode_attn_sk_g5_d64", "decode_attn_sk_g5_d128"],
+    ["decode_attn_sk_g6_d64", "decode_attn_sk_g6_d128"],
+    ["decode_attn_sk_g7_d64", "decode_attn_sk_g7_d128"],
+    ["decode_attn_sk_g8_d64", "decode_attn_sk_g8_d128"],
+];
+
+/// decode.cu's decode_attn_fast kernels by GQA group size.
 const DECODE_FAST: [&str; 8] = [
     "decode_attn_fast_g1", "decode_attn_fast_g2", "decode_attn_fast_g3", "decode_attn_fast_g4",
     "decode_attn_fast_g5", "decode_attn_fast_g6", "decode_attn_fast_g7", "decode_attn_fast_g8",
@@ -685,13 +733,17 @@ impl Model<'_> {
     fn decode_attention(&self, n: usize, kc: u64, vc: u64) -> Result<(), CudaError> {
         let dm = self.dims;
         let group = dm.group();
-        let fast = self.fast_attention && matches!(dm.d, 8 | 16 | 32 | 64 | 128) && group <= 8;
-        // Dynamic shared memory: decode.cu needs 8 warps × group × (head_dim + 2) f32,
-        // attention.cu's tiled kernel group × (head_dim + 35) f32.
-        let (name, block, shared) = if fast {
-            (DECODE_FAST[group - 1], 256, (8 * group * (dm.d + 2) * 4) as u32)
-        } else {
-            ("decode_attn_partial", 128, (group * (dm.d + 35) * 4) as u32)
+        let split = self.b.split_len;
+        // Dynamic shared memory in f32: decode_attn_sk max(group × (head_dim + split) + 2 group,
+        // 8 warps × group × head_dim); decode_attn_fast 8 warps × group × (head_dim + 2);
+        // attention.cu's tiled kernel group × (head_dim + 35).
+        let (name, block, shared) = match self.attention.resolve(dm.d, group, split) {
+            DecodeAttention::ScoresFirst => {
+                let floats = (group * (dm.d + split) + 2 * group).max(SK_WARPS * group * dm.d);
+                (DECODE_SK[group - 1][usize::from(dm.d == 128)], 256, (floats * 4) as u32)
+            }
+            DecodeAttention::Fast => (DECODE_FAST[group - 1], 256, (8 * group * (dm.d + 2) * 4) as u32),
+            DecodeAttention::Tiled => ("decode_attn_partial", 128, (group * (dm.d + 35) * 4) as u32),
         };
         self.gpu.launch(name, (dm.hkv as u32, self.b.n_splits as u32, n as u32), block, shared, &[
             Arg::Ptr(self.b.q.ptr), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(self.b.dec_pos.ptr), Arg::Ptr(self.b.part_ml.ptr), Arg::Ptr(self.b.part_acc.ptr),
@@ -713,6 +765,24 @@ impl Model<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_attention_falls_back_where_a_kernel_does_not_apply() {
+        use DecodeAttention::*;
+        // qwen2.5-14b/32b at TP=2: head_dim 128, group 5.
+        assert_eq!(ScoresFirst.resolve(128, 5, 176), ScoresFirst);
+        assert_eq!(ScoresFirst.resolve(64, 7, 64), ScoresFirst);
+        // Splits beyond decode_attn_sk's shared memory, head_dim 8 (tiny), groups above 8.
+        assert_eq!(ScoresFirst.resolve(128, 5, SK_MAX_SPLIT + 16), Fast);
+        assert_eq!(ScoresFirst.resolve(8, 2, 64), Fast);
+        assert_eq!(ScoresFirst.resolve(128, 9, 64), Tiled);
+        assert_eq!(Fast.resolve(128, 5, 176), Fast);
+        assert_eq!(Fast.resolve(96, 5, 176), Tiled);
+        assert_eq!(Tiled.resolve(128, 5, 176), Tiled);
+        // The kernel tables cover every group size decode_attn_sk / decode_attn_fast accept.
+        assert!(DECODE_SK.iter().enumerate().all(|(g, n)| n[0].contains(&format!("_g{}_d64", g + 1)) && n[1].contains(&format!("_g{}_d128", g + 1))));
+        assert!(DECODE_SK.iter().flatten().all(|n| crate::engine::builtin::cuda::MODULES.iter().any(|m| m.kernels.iter().any(|(k, _)| k == n))));
+    }
 
     #[test]
     fn dims_shard_like_the_cpu_engine() {

@@ -302,3 +302,223 @@ extern "C" __global__ void __launch_bounds__(MG_THREADS) decode_attn_merge_bf16(
                                                                                 __nv_bfloat16* out, int B, int hq, int head_dim, int n_splits) {
     decode_attn_merge_impl<__nv_bfloat16>(part_ml, part_acc, out, B, hq, head_dim, n_splits);
 }
+
+// ------------------------------------------------------------------------------------------------
+// decode_attn_sk: the default decode attention since session 3 — scores first, then values, each
+// phase with its own thread layout, so that no phase needs a shuffle per (position, head). Same
+// partial outputs (m, l, unnormalized acc per (sample, query head, split)) as decode_attn_fast,
+// combined by decode_attn_merge.
+//
+// Why: decode_attn_fast (above) streams K and V with 16 lanes per row and reduces every score over
+// those lanes by four dependent shuffles per query head: for qwen2.5-14b TP=2 at 10K context it took
+// 28.4 µs per layer (CUPTI, results/h200-cupti.md) to read 20.5 MB of K/V, ~15 % of the H200's
+// bandwidth — the warps were waiting on shuffle and exp latency, not on memory.
+//
+//   phase 0  q of the G query heads of this KV head → shared memory as f32, pre-scaled;
+//   phase 1  scores: two lanes per K row (lane pair = one 32-byte sector per load instruction:
+//            full sectors, 16 rows per warp instruction), each lane D/16 16-byte loads issued back
+//            to back, dot products against q from shared memory (broadcast reads), one shuffle to
+//            add the pair; scores → shared memory;
+//   softmax  warp j (< G) takes query head j: max, exp in place, sum → (m_j, l_j);
+//   phase 2  values: D/8 lanes per V row (coalesced 16-byte loads), probabilities from shared
+//            memory, acc[G][8] per lane in registers; rows merged by shuffles within the warp,
+//            then across the warps through shared memory (reusing phase 1's space).
+//
+// Constraints (the host uses decode_attn_fast otherwise): D in {64, 128}; group G <= 8;
+// split_len a multiple of 4, <= SK_MAX_SPLIT; q, k and v 16-byte aligned.
+// Launch: grid = (hkv, n_splits, B), block = SK_THREADS, dynamic shared memory =
+//   max(G*D + G*split_len + 2*G, SK_WARPS*G*D) f32 (≤ 32 KiB: G = 8, D = 128).
+// Numerics: f32 dot products, IEEE expf, f32 accumulation; results agree with decode_attn_fast
+// within f32 rounding.
+
+#define SK_THREADS 256
+#define SK_WARPS (SK_THREADS / 32)
+#define SK_MAX_SPLIT 512
+
+template <typename T, int G, int D>
+__device__ __forceinline__ void decode_attn_sk_impl(const T* __restrict__ q, const T* __restrict__ k_cache,
+                                                    const T* __restrict__ v_cache, const int* __restrict__ row_pos,
+                                                    float* __restrict__ part_ml, float* __restrict__ part_acc, int B,
+                                                    int hq, int hkv, int max_len, int split_len, float scale) {
+    constexpr int CH = D / 16;  // phase 1: 16-byte chunks per lane (two lanes per row)
+    constexpr int VL = D / 8;   // phase 2: lanes per V row
+    constexpr int VR = 32 / VL; // phase 2: V rows per warp instruction
+    const int g = blockIdx.x, s = blockIdx.y, b = blockIdx.z;
+    const int n_splits = gridDim.y;
+    const int h0 = g * G;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+    const int kv_len = row_pos[b] + 1;
+    const long long start_ll = (long long)s * split_len;
+    const int start = start_ll < (long long)kv_len ? (int)start_ll : kv_len;
+    const int end = (long long)start + split_len < (long long)kv_len ? start + split_len : kv_len;
+    const long long ml_base = ((long long)b * hq + h0) * n_splits + s;
+    if (start >= end) {
+        if (tid < G) {
+            part_ml[(ml_base + (long long)tid * n_splits) * 2 + 0] = NEG_INF;
+            part_ml[(ml_base + (long long)tid * n_splits) * 2 + 1] = 0.0f;
+        }
+        return;
+    }
+    const int n = end - start;
+
+    float* qs = dq_smem;                // G * D
+    float* sc = qs + G * D;             // G * split_len: scores, then probabilities
+    float* ml = sc + G * split_len;     // G * 2: (m, l) per query head
+
+    // Phase 0.
+    for (int c = tid; c < G * (D / 8); c += SK_THREADS) {
+        const int j = c / (D / 8), off = (c % (D / 8)) * 8;
+        const uint4 raw = *reinterpret_cast<const uint4*>(q + ((long long)(h0 + j) * B + b) * D + off);
+        float f[8];
+        unpack8<T>(raw, f);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) qs[j * D + off + i] = f[i] * scale;
+    }
+    __syncthreads();
+
+    const long long head_base = ((long long)b * hkv + g) * max_len + start;
+    const T* kh = k_cache + head_base * D;
+    const T* vh = v_cache + head_base * D;
+
+    // Phase 1: rows warp*16 + lane/2 (+ 16 * SK_WARPS per pass); lane parity picks the half sector.
+    const int half = lane & 1;
+    for (int base = warp * 16; base < n; base += 16 * SK_WARPS) {
+        const int r = base + (lane >> 1);
+        const bool live = r < n;
+        uint4 kraw[CH];
+#pragma unroll
+        for (int c = 0; c < CH; ++c)
+            kraw[c] = live ? *reinterpret_cast<const uint4*>(kh + (long long)r * D + (2 * c + half) * 8) : make_uint4(0, 0, 0, 0);
+        float dot[G];
+#pragma unroll
+        for (int j = 0; j < G; ++j) dot[j] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < CH; ++c) {
+            float kf[8];
+            unpack8<T>(kraw[c], kf);
+#pragma unroll
+            for (int j = 0; j < G; ++j) {
+                const float4 qa = *reinterpret_cast<const float4*>(qs + j * D + (2 * c + half) * 8);
+                const float4 qb = *reinterpret_cast<const float4*>(qs + j * D + (2 * c + half) * 8 + 4);
+                float d0 = dot[j];
+                d0 = fmaf(qa.x, kf[0], d0);
+                d0 = fmaf(qa.y, kf[1], d0);
+                d0 = fmaf(qa.z, kf[2], d0);
+                d0 = fmaf(qa.w, kf[3], d0);
+                d0 = fmaf(qb.x, kf[4], d0);
+                d0 = fmaf(qb.y, kf[5], d0);
+                d0 = fmaf(qb.z, kf[6], d0);
+                d0 = fmaf(qb.w, kf[7], d0);
+                dot[j] = d0;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < G; ++j) {
+            const float t = dot[j] + __shfl_xor_sync(0xffffffffu, dot[j], 1);
+            if (live && half == 0) sc[j * split_len + r] = t;
+        }
+    }
+    __syncthreads();
+
+    // Softmax per query head.
+    if (warp < G) {
+        float* row = sc + warp * split_len;
+        float m = NEG_INF;
+        for (int i = lane; i < n; i += 32) m = fmaxf(m, row[i]);
+        m = warp_max(m);
+        float l = 0.0f;
+        for (int i = lane; i < n; i += 32) {
+            const float p = expf(row[i] - m);
+            row[i] = p;
+            l += p;
+        }
+        l = warp_sum(l);
+        if (lane == 0) {
+            ml[2 * warp + 0] = m;
+            ml[2 * warp + 1] = l;
+        }
+    }
+    __syncthreads();
+
+    // Phase 2.
+    const int vsub = lane % VL, vrow = lane / VL;
+    float acc[G][8];
+#pragma unroll
+    for (int j = 0; j < G; ++j)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[j][i] = 0.0f;
+#pragma unroll 4
+    for (int base = warp * VR; base < n; base += VR * SK_WARPS) {
+        const int r = base + vrow;
+        if (r < n) {
+            const uint4 raw = *reinterpret_cast<const uint4*>(vh + (long long)r * D + vsub * 8);
+            float vf[8];
+            unpack8<T>(raw, vf);
+#pragma unroll
+            for (int j = 0; j < G; ++j) {
+                const float p = sc[j * split_len + r];
+#pragma unroll
+                for (int i = 0; i < 8; ++i) acc[j][i] = fmaf(p, vf[i], acc[j][i]);
+            }
+        }
+    }
+#pragma unroll
+    for (int off = VL; off < 32; off <<= 1)
+#pragma unroll
+        for (int j = 0; j < G; ++j)
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[j][i] += __shfl_xor_sync(0xffffffffu, acc[j][i], off);
+    // The per-head (m, l) outlive the reuse of shared memory below: keep them in registers.
+    float mj = 0.0f, lj = 0.0f;
+    if (tid < G) {
+        mj = ml[2 * tid + 0];
+        lj = ml[2 * tid + 1];
+    }
+    __syncthreads();  // every warp is done with qs and sc
+    float* red = dq_smem;  // SK_WARPS * G * D
+    if (vrow == 0) {
+#pragma unroll
+        for (int j = 0; j < G; ++j)
+#pragma unroll
+            for (int i = 0; i < 8; ++i) red[(warp * G + j) * D + vsub * 8 + i] = acc[j][i];
+    }
+    __syncthreads();
+    for (int e = tid; e < G * D; e += SK_THREADS) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < SK_WARPS; ++w) sum += red[w * G * D + e];
+        const int j = e / D, i = e % D;
+        part_acc[(ml_base + (long long)j * n_splits) * D + i] = sum;
+    }
+    if (tid < G) {
+        part_ml[(ml_base + (long long)tid * n_splits) * 2 + 0] = mj;
+        part_ml[(ml_base + (long long)tid * n_splits) * 2 + 1] = lj;
+    }
+}
+
+// One instantiation per (group size, head_dim, dtype): decode_attn_sk_g{G}_d{D}_{f16,bf16}. The
+// parameters are decode_attn_fast's (one launch site); head_dim is D.
+#define SK_KERNEL(G, D)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(SK_THREADS, 2) decode_attn_sk_g##G##_d##D##_f16(              \
+        const __half* q, const __half* k_cache, const __half* v_cache, const int* row_pos, float* part_ml,      \
+        float* part_acc, int B, int hq, int hkv, int head_dim, int max_len, int split_len, float scale) {       \
+        decode_attn_sk_impl<__half, G, D>(q, k_cache, v_cache, row_pos, part_ml, part_acc, B, hq, hkv, max_len, \
+                                          split_len, scale);                                                   \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(SK_THREADS, 2) decode_attn_sk_g##G##_d##D##_bf16(             \
+        const __nv_bfloat16* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const int* row_pos, \
+        float* part_ml, float* part_acc, int B, int hq, int hkv, int head_dim, int max_len, int split_len,      \
+        float scale) {                                                                                         \
+        decode_attn_sk_impl<__nv_bfloat16, G, D>(q, k_cache, v_cache, row_pos, part_ml, part_acc, B, hq, hkv,   \
+                                                 max_len, split_len, scale);                                   \
+    }
+#define SK_KERNELS(G) SK_KERNEL(G, 64) SK_KERNEL(G, 128)
+SK_KERNELS(1)
+SK_KERNELS(2)
+SK_KERNELS(3)
+SK_KERNELS(4)
+SK_KERNELS(5)
+SK_KERNELS(6)
+SK_KERNELS(7)
+SK_KERNELS(8)
