@@ -116,9 +116,22 @@ pub enum WeightInit<'a> {
 pub struct StepTimes {
     /// Device time of each decode step (CUDA events around the graph launch), ms.
     pub device_ms: Vec<f32>,
-    /// Start and end of each step on the host's CLOCK_MONOTONIC (ns): a reference event recorded
-    /// on an idle stream at a known host time anchors the event times.
+    /// Start and end of each step on the host's CLOCK_MONOTONIC (ns): reference events recorded
+    /// on an idle stream at known host times before and after the decode loop anchor the event
+    /// times, and the two anchors correct the GPU timer's drift against the host clock.
     pub device_abs_ns: Vec<(u64, u64)>,
+    /// The GPU event timer's rate against CLOCK_MONOTONIC over the decode loop, in parts per
+    /// million (host ns per event ns − 1); `None` when the loop was too short to tell.
+    pub event_drift_ppm: Option<f64>,
+}
+
+/// Maps an event time (ms after the first anchor) to CLOCK_MONOTONIC ns. `a0_ns`, `a1_ns`: host
+/// times of the two anchor events, `span_ms`: the event time between them. Over a 10-s run an
+/// H200's event timer and the host clock were seen to drift apart by ~100 µs (about 10 ppm) —
+/// as much as the cross-rank skew being measured — so one anchor is not enough.
+pub fn event_to_host_ns(a0_ns: u64, a1_ns: u64, span_ms: f64, t_ms: f64) -> u64 {
+    let rate = if span_ms > 0.0 && a1_ns > a0_ns { (a1_ns - a0_ns) as f64 / (span_ms * 1e6) } else { 1.0 };
+    (a0_ns as f64 + t_ms * 1e6 * rate).round().max(0.0) as u64
 }
 
 pub struct CudaEngine {
@@ -346,14 +359,17 @@ impl CudaEngine {
         let steps = max_new - 1;
         let events: Vec<_> = (0..2 * steps).map(|_| self.gpu.event()).collect::<Result<_, _>>()?;
         let rec = |e: &cudarc::driver::CudaEvent, g: &Gpu| e.record(&g.stream).map_err(|e| CudaError::Driver(format!("cuEventRecord: {e}")));
-        // The anchor: the stream is idle, so the reference event completes as soon as it is
+        // The anchors: the stream is idle, so a reference event completes as soon as it is
         // recorded; its host time is the middle of record → synchronize (a few µs wide).
-        let anchor = self.gpu.event()?;
-        self.gpu.sync()?;
-        let h0 = crate::cluster::mono_ns();
-        rec(&anchor, &self.gpu)?;
-        self.gpu.sync()?;
-        let anchor_ns = (h0 + crate::cluster::mono_ns()) / 2;
+        let anchor_at = |g: &Gpu| -> Result<(cudarc::driver::CudaEvent, u64), CudaError> {
+            let e = g.event()?;
+            g.sync()?;
+            let h0 = crate::cluster::mono_ns();
+            rec(&e, g)?;
+            g.sync()?;
+            Ok((e, (h0 + crate::cluster::mono_ns()) / 2))
+        };
+        let (anchor, anchor_ns) = anchor_at(&self.gpu)?;
         let t1 = Instant::now();
         let mut ran = 0;
         for step in 1..max_new {
@@ -378,11 +394,13 @@ impl CudaEngine {
             ran = step;
         }
         let decode_s = t1.elapsed().as_secs_f64();
-        self.gpu.sync()?;
-        let since_anchor = |e: &cudarc::driver::CudaEvent| -> Result<u64, CudaError> {
-            let ms = anchor.elapsed_ms(e).map_err(|e| CudaError::Driver(format!("cuEventElapsedTime: {e}")))?;
-            Ok(anchor_ns + (ms as f64 * 1e6) as u64)
-        };
+        let (anchor_end, anchor_end_ns) = anchor_at(&self.gpu)?;
+        let elapsed = |a: &cudarc::driver::CudaEvent, e: &cudarc::driver::CudaEvent| a.elapsed_ms(e).map(f64::from).map_err(|e| CudaError::Driver(format!("cuEventElapsedTime: {e}")));
+        let span_ms = elapsed(&anchor, &anchor_end)?;
+        // Below ~100 ms the anchors' few-µs uncertainty would dominate a rate estimate.
+        let (a1_ns, span) = if span_ms >= 100.0 { (anchor_end_ns, span_ms) } else { (anchor_ns, 0.0) };
+        self.steps.event_drift_ppm = (span > 0.0).then(|| ((a1_ns - anchor_ns) as f64 / (span * 1e6) - 1.0) * 1e6);
+        let since_anchor = |e: &cudarc::driver::CudaEvent| -> Result<u64, CudaError> { Ok(event_to_host_ns(anchor_ns, a1_ns, span, elapsed(&anchor, e)?)) };
         self.steps.device_abs_ns = (0..ran).map(|i| Ok((since_anchor(&events[2 * i])?, since_anchor(&events[2 * i + 1])?))).collect::<Result<_, CudaError>>()?;
         self.steps.device_ms = (0..ran)
             .map(|i| events[2 * i].elapsed_ms(&events[2 * i + 1]).map_err(|e| CudaError::Driver(format!("cuEventElapsedTime: {e}"))))
@@ -540,6 +558,7 @@ impl CudaEngine {
             "decode_attention": self.bufs.as_ref().map(|b| self.attention.resolve(self.dims.d, self.dims.group(), b.split_len).label()),
             "decode_attention_splits": self.bufs.as_ref().map(|b| [b.n_splits, b.split_len]),
             "copy_bandwidth_gb_s": self.copy_bandwidth / 1e9,
+            "event_clock_drift_ppm": self.steps.event_drift_ppm,
             "weights_read_per_step_bytes": self.weights.read_per_step,
             "kv_read_per_step_bytes_at_mean_context": kv,
             "mean_decode_context": mean_ctx,
@@ -559,6 +578,18 @@ impl CudaEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_times_map_through_both_anchors() {
+        // Host clock 10 ppm faster than the event timer: 10 s of events = 10.0001 s of host time.
+        let (a0, a1) = (1_000_000_000u64, 1_000_000_000 + 10_000_100_000);
+        assert_eq!(event_to_host_ns(a0, a1, 10_000.0, 0.0), a0);
+        assert_eq!(event_to_host_ns(a0, a1, 10_000.0, 10_000.0), a1);
+        // Half-way: half the drift (50 µs), which a single anchor would have left out.
+        assert_eq!(event_to_host_ns(a0, a1, 10_000.0, 5_000.0), a0 + 5_000_050_000);
+        // No usable second anchor: the event timer's rate as it is.
+        assert_eq!(event_to_host_ns(a0, a0, 0.0, 5.0), a0 + 5_000_000);
+    }
 
     #[test]
     fn dtypes_parse() {
