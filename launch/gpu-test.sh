@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tests that need NVIDIA GPUs (CI has none): run on a machine with >= 2 GPUs, after building
 # (cargo build --release) or with TPPROF=/path/to/tpprof (and libtpprof_mock.so beside it).
-#  1. tpprof verify: the cuda engine against the cpu reference, TP 1 and 2, fp16 and bf16, head_dim
+#  1. tpprof verify: the cuda engine against the cpu reference, TP 1 and 2 (and 4 on >= 4 GPUs), fp16 and bf16, head_dim
 #     64 and 128, prompts up to 2 000 tokens: logits after prefill and after the last decode step,
 #     greedy tokens;
 #  2. GPU memory against known allocations: the mock allocates 3 GiB on rank 0 and 5 GiB on rank 1
@@ -38,6 +38,18 @@ cat > "$out/d128.json" <<'JSON'
 JSON
 "${MR[@]}" -n 1 "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
 "${MR[@]}" -n 2 "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
+# Four or more GPUs: TP=4 as well (the 32B TP=4 attention shape: head_dim 128, group 5, one KV head per rank here).
+if [[ "$(nvidia-smi -L | wc -l)" -ge 4 ]]; then
+  cat > "$out/d128x4.json" <<'JSON'
+{"vocab_size": 32000, "hidden_size": 2560, "intermediate_size": 6912, "num_hidden_layers": 2, "num_attention_heads": 20,
+ "num_key_value_heads": 4, "max_position_embeddings": 8192, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": true}
+JSON
+  "${MR[@]}" -n 4 "$B" verify --model tiny --prompt-tokens 700
+  "${MR[@]}" -n 4 "$B" verify --model small --prompt-tokens 700
+  "${MR[@]}" -n 4 "$B" verify --model "$out/d128x4.json" --prompts 2 --prompt-tokens 1500
+else
+  echo "fewer than 4 GPUs: TP=4 verify skipped"
+fi
 "$B" write-checkpoint --model small --seed 11 --files 2 --out "$out/ckpt" >/dev/null
 "${MR[@]}" -n 2 "$B" verify --weights "$out/ckpt" --prompt-tokens 300
 
