@@ -38,8 +38,21 @@ cat > "$out/d128.json" <<'JSON'
 JSON
 "${MR[@]}" -n 1 "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
 "${MR[@]}" -n 2 "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
+# The splits the 10K-context runs use (176 positions: a second scores pass, all 8 warps) and the
+# longest decode_attn_sk takes (512); then the fallback kernels at this shape.
+# (Added after the last GPU session's device time was spent: not run on a GPU yet.)
+for split in 176 512; do
+  TPPROF_CUDA_ATTN_SPLIT=$split "${MR[@]}" -x TPPROF_CUDA_ATTN_SPLIT -n 2 "$B" verify --model "$out/d128.json" --prompts 1 --prompt-tokens 2000 \
+    | tee "$out/split.log"
+  grep -q "decode attention: decode.cu decode_attn_sk, [0-9]* splits of $split positions" "$out/split.log"
+done
+for k in fast tiled; do
+  TPPROF_CUDA_ATTN=$k "${MR[@]}" -x TPPROF_CUDA_ATTN -n 2 "$B" verify --model "$out/d128.json" --prompts 1 --prompt-tokens 2000 \
+    | tee "$out/fallback.log"
+  grep -q "decode attention: .*decode_attn_$( [[ $k == fast ]] && echo fast || echo partial )" "$out/fallback.log"
+done
 # Four or more GPUs: TP=4 as well (the 32B TP=4 attention shape: head_dim 128, group 5, one KV head per rank here).
-if [[ "$(nvidia-smi -L | wc -l)" -ge 4 ]]; then
+if [[ "$(nvidia-smi -L | grep -c '^GPU ')" -ge 4 ]]; then
   cat > "$out/d128x4.json" <<'JSON'
 {"vocab_size": 32000, "hidden_size": 2560, "intermediate_size": 6912, "num_hidden_layers": 2, "num_attention_heads": 20,
  "num_key_value_heads": 4, "max_position_embeddings": 8192, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": true}

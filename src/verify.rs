@@ -186,6 +186,11 @@ fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
         let pass = bad == 0 && same == args.steps;
         ok &= pass;
         if world.is_root() {
+            if i == 0 {
+                // Which decode attention kernel these decode steps ran (a silent fallback would
+                // otherwise pass unnoticed).
+                println!("decode attention: {}", cuda.decode_attention().unwrap_or_else(|| "unknown".into()));
+            }
             println!(
                 "prompt {i} ({} tokens): logits {}/{} within tolerance ({}), max |diff| {max_abs:.3e} (max |cpu| {max_ref:.3e}); greedy tokens identical for {same}/{} steps {}",
                 p.len(), n - bad, n, if decode.is_some() { "after prefill and after the last decode step" } else { "after prefill" }, args.steps, if pass { "PASS" } else { "FAIL" }

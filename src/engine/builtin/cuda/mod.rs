@@ -152,6 +152,7 @@ pub struct CudaEngine {
     use_gemv: bool,
     attention: DecodeAttention,
     attn_blocks_per_sm: usize,
+    attn_split: Option<usize>,
     /// Decode steps of the after-run breakdown (`TPPROF_CUDA_BREAKDOWN`, default 8; 0 = none).
     breakdown_steps: usize,
     last_run: Option<serde_json::Value>,
@@ -208,14 +209,20 @@ impl CudaEngine {
         // 18.3 vs 15.5 ms per step for qwen2.5-14b TP=1, so off by default);
         // TPPROF_CUDA_ATTN=fast (decode.cu's first kernel, decode_attn_fast, instead of
         // decode_attn_sk) or =tiled (attention.cu's); TPPROF_CUDA_ATTN_BLOCKS=N (decode attention
-        // blocks per SM in one wave, sizing the splits; default 2).
+        // blocks per SM in one wave, sizing the splits; default 2); TPPROF_CUDA_ATTN_SPLIT=N (positions
+        // per split, rounded up to 16: for tests of long splits on short prompts).
         let use_graph = std::env::var("TPPROF_CUDA_GRAPH").map(|v| v != "0").unwrap_or(true);
         let use_gemv = std::env::var("TPPROF_CUDA_GEMV").map(|v| v == "1").unwrap_or(false);
         let attention = match std::env::var("TPPROF_CUDA_ATTN").as_deref() {
             Ok("fast") => DecodeAttention::Fast,
             Ok("tiled") => DecodeAttention::Tiled,
-            _ => DecodeAttention::ScoresFirst,
+            Ok("sk") | Err(_) => DecodeAttention::ScoresFirst,
+            Ok(other) => {
+                tracing::warn!("TPPROF_CUDA_ATTN={other} is not fast, tiled or sk: using decode_attn_sk");
+                DecodeAttention::ScoresFirst
+            }
         };
+        let attn_split = std::env::var("TPPROF_CUDA_ATTN_SPLIT").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0);
         let attn_blocks_per_sm = std::env::var("TPPROF_CUDA_ATTN_BLOCKS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0).unwrap_or(2);
         Ok(CudaEngine {
             cfg: cfg.clone(),
@@ -234,6 +241,7 @@ impl CudaEngine {
             use_gemv,
             attention,
             attn_blocks_per_sm,
+            attn_split,
             breakdown_steps: std::env::var("TPPROF_CUDA_BREAKDOWN").ok().and_then(|v| v.parse().ok()).unwrap_or(8),
             last_run: None,
         })
@@ -289,7 +297,7 @@ impl CudaEngine {
             self.graph = None;
             self.bufs = None;
             self.gpu.sync()?;
-            let b = Buffers::new(&mut self.gpu, &self.dims, slots, max_len, max_prompt, self.sm_count * self.attn_blocks_per_sm)?;
+            let b = Buffers::new(&mut self.gpu, &self.dims, slots, max_len, max_prompt, self.sm_count * self.attn_blocks_per_sm, self.attn_split)?;
             self.bufs = Some(b);
             self.prepared = Some(want);
         }
@@ -397,9 +405,10 @@ impl CudaEngine {
         let (anchor_end, anchor_end_ns) = anchor_at(&self.gpu)?;
         let elapsed = |a: &cudarc::driver::CudaEvent, e: &cudarc::driver::CudaEvent| a.elapsed_ms(e).map(f64::from).map_err(|e| CudaError::Driver(format!("cuEventElapsedTime: {e}")));
         let span_ms = elapsed(&anchor, &anchor_end)?;
-        // Below ~100 ms the anchors' few-µs uncertainty would dominate a rate estimate.
+        // Below ~100 ms the anchors' few-µs uncertainty would dominate the rate; the drift in ppm is
+        // reported only from 2 s on (at 100 ms, 2 µs of anchor error alone is 20 ppm).
         let (a1_ns, span) = if span_ms >= 100.0 { (anchor_end_ns, span_ms) } else { (anchor_ns, 0.0) };
-        self.steps.event_drift_ppm = (span > 0.0).then(|| ((a1_ns - anchor_ns) as f64 / (span * 1e6) - 1.0) * 1e6);
+        self.steps.event_drift_ppm = (span >= 2000.0).then(|| ((a1_ns - anchor_ns) as f64 / (span * 1e6) - 1.0) * 1e6);
         let since_anchor = |e: &cudarc::driver::CudaEvent| -> Result<u64, CudaError> { Ok(event_to_host_ns(anchor_ns, a1_ns, span, elapsed(&anchor, e)?)) };
         self.steps.device_abs_ns = (0..ran).map(|i| Ok((since_anchor(&events[2 * i])?, since_anchor(&events[2 * i + 1])?))).collect::<Result<_, CudaError>>()?;
         self.steps.device_ms = (0..ran)
@@ -501,6 +510,13 @@ impl CudaEngine {
         let logits = m.read_logits(1)?;
         let tok = self.gpu.read::<i32>(m.b.tokens.ptr, 1)?[0];
         Ok((logits, tok))
+    }
+
+    /// The decode attention kernel of the prepared buffers and its splits, e.g.
+    /// "decode.cu decode_attn_sk, 62 splits of 176 positions".
+    pub fn decode_attention(&self) -> Option<String> {
+        let b = self.bufs.as_ref()?;
+        Some(format!("{}, {} splits of {} positions", self.attention.resolve(self.dims.d, self.dims.group(), b.split_len).label(), b.n_splits, b.split_len))
     }
 
     /// No after-run breakdown: its extra decode steps would overwrite the run's last logits.

@@ -274,7 +274,8 @@ pub struct Buffers {
 
 impl Buffers {
     /// `attn_blocks`: decode attention blocks that run at once (SMs × blocks per SM).
-    pub fn new(gpu: &mut Gpu, dims: &Dims, slots: usize, max_len: usize, max_rows: usize, attn_blocks: usize) -> Result<Buffers, CudaError> {
+    /// `split`: positions per split instead of the computed ones (rounded up to 16).
+    pub fn new(gpu: &mut Gpu, dims: &Dims, slots: usize, max_len: usize, max_rows: usize, attn_blocks: usize, split: Option<usize>) -> Result<Buffers, CudaError> {
         let (h, d) = (dims.hidden, dims.d);
         let t = |n: usize| n * T_BYTES;
         let rows = max_rows.max(slots);
@@ -283,7 +284,10 @@ impl Buffers {
         // context, two per SM by default. Finer splits made each block's fixed cost (loading q,
         // merging the warps' softmax states) dominate, and the merge walk more partial results.
         let per_wave = attn_blocks.max(1);
-        let split_len = (max_len * dims.hkv * slots).div_ceil(per_wave).next_multiple_of(16).max(64);
+        let split_len = match split {
+            Some(s) => s.next_multiple_of(16),
+            None => (max_len * dims.hkv * slots).div_ceil(per_wave).next_multiple_of(16).max(64),
+        };
         let n_splits = max_len.div_ceil(split_len);
         let start = gpu.allocated;
         let kv_elems = dims.layers * slots * dims.hkv * max_len * d;

@@ -340,6 +340,7 @@ __device__ __forceinline__ void decode_attn_sk_impl(const T* __restrict__ q, con
                                                     const T* __restrict__ v_cache, const int* __restrict__ row_pos,
                                                     float* __restrict__ part_ml, float* __restrict__ part_acc, int B,
                                                     int hq, int hkv, int max_len, int split_len, float scale) {
+    static_assert(G >= 1 && G <= SK_WARPS && (D == 64 || D == 128), "decode_attn_sk: group 1..8, head_dim 64 or 128");
     constexpr int CH = D / 16;  // phase 1: 16-byte chunks per lane (two lanes per row)
     constexpr int VL = D / 8;   // phase 2: lanes per V row
     constexpr int VR = 32 / VL; // phase 2: V rows per warp instruction
