@@ -20,6 +20,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the human summary of a saved result JSON.
     Report(ReportArgs),
+    /// Saved runs side by side: every figure with its change against the first (the baseline).
+    Compare(CompareArgs),
     /// List the built-in model presets.
     Models,
     /// Check the cuda engine against the cpu reference (logits and greedy tokens), under mpirun.
@@ -48,6 +50,16 @@ pub struct WriteCheckpointArgs {
 pub struct ReportArgs {
     /// A JSON written by `tpprof run`.
     pub file: PathBuf,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CompareArgs {
+    /// Two or more JSONs written by `tpprof run`; the first is the baseline.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// A Markdown table (for a results page) instead of aligned text.
+    #[arg(long)]
+    pub markdown: bool,
 }
 
 /// Raw `run` arguments. Numbers are parsed as signed integers so that a negative value gets our

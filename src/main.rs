@@ -18,6 +18,7 @@ fn main() {
     let code = match cli.command {
         Command::Run(args) => tpprof::run::main(*args),
         Command::Report(args) => tpprof::report::summary::main(&args),
+        Command::Compare(args) => tpprof::report::compare::main(&args),
         Command::Verify(args) => tpprof::verify::main(args),
         Command::WriteCheckpoint(args) => tpprof::engine::write_checkpoint_main(&args),
         Command::Models => {

@@ -658,3 +658,69 @@ fn lmdeploy_driver_counts_every_token_against_a_stand_in_lmdeploy() {
         assert_eq!(tokens(j)[0][..4], [32, 39, 46, 53], "{mode}: session 1's tokens, in order");
     }
 }
+
+#[test]
+fn compare_puts_runs_side_by_side_against_the_baseline() {
+    let a = run(1, &["--engine", "mock", "--engine-options", r#"{"token_us": 1000}"#, "--prompt-tokens", "4", "--generated-tokens", "20"]);
+    let b = run(2, &["--engine", "mock", "--engine-options", r#"{"token_us": 3000}"#, "--prompt-tokens", "4", "--generated-tokens", "21"]);
+    let (ja, jb) = (ok(&a), ok(&b));
+    let out = Command::new(BIN).arg("compare").arg(&a.path).arg(&b.path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The legend names both files; the workload difference is pointed out.
+    assert!(text.contains(&format!("A: {}", a.path.display())) && text.contains(&format!("B: {}", b.path.display())), "{text}");
+    assert!(text.contains("generated tokens differ: A 20, B 21"), "{text}");
+    // The ITL row carries both runs' p50 as the JSONs have them, B's with its change against A.
+    let (pa, pb) = (ja["summary"]["itl_ms"]["p50"].as_f64().unwrap(), jb["summary"]["itl_ms"]["p50"].as_f64().unwrap());
+    let itl = text.lines().find(|l| l.starts_with("ITL p50 ms")).unwrap_or_else(|| panic!("no ITL row:\n{text}"));
+    let change = (pb - pa) / pa * 100.0;
+    assert!(itl.contains(&format!("{pa:.3}")) && itl.contains(&format!("{pb:.3} ({change:+.1} %)")), "{itl}\n{text}");
+    assert!(change > 100.0, "3 ms vs 1 ms per token: {change}");
+    // Two ranks in B: its smallest and largest rank peaks are both there.
+    assert!(text.lines().any(|l| l.starts_with("peak memory, smallest rank GiB")), "{text}");
+
+    let md = Command::new(BIN).arg("compare").arg("--markdown").arg(&a.path).arg(&b.path).output().unwrap();
+    let md = String::from_utf8_lossy(&md.stdout).into_owned();
+    assert!(md.contains("| | A (baseline) | B |") && md.contains("| --- | --- | --- |"), "{md}");
+    assert!(md.lines().any(|l| l.starts_with("| ITL p50 ms | ") && l.ends_with(" %) |")), "{md}");
+
+    // Bad input: one line, exit 2.
+    for args in [vec![a.path.display().to_string()], vec![a.path.display().to_string(), "Cargo.toml".into()]] {
+        let bad = Command::new(BIN).arg("compare").args(&args).output().unwrap();
+        assert_eq!(bad.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&bad.stderr).into_owned();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("error: "), "{err}");
+    }
+}
+
+/// Results committed by earlier builds (same schema id, fewer fields) still read: a user's saved
+/// JSONs must survive an upgrade. The two from the very first build lack the job memory record
+/// and get a one-line error saying so.
+#[test]
+fn results_of_earlier_builds_still_read() {
+    let too_old = ["mock_tp2_on_gpu_host.json", "qwen2.5-14b_fp16_tp2_10k-800_first-version.json"];
+    let mut files = Vec::new();
+    let mut dirs = vec![PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/results"))];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "json") && !p.to_string_lossy().ends_with(".trace.json") && !p.ends_with("results/schema.json") {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() >= 40, "found {} result JSONs", files.len());
+    for f in &files {
+        let out = Command::new(BIN).arg("report").arg(f).output().unwrap();
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        if too_old.contains(&name.as_str()) {
+            assert_eq!(out.status.code(), Some(2), "{name}");
+            assert!(String::from_utf8_lossy(&out.stderr).contains("written by an earlier tpprof build"), "{name}");
+        } else {
+            assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}

@@ -335,6 +335,7 @@ pub struct CuptiSummary {
     /// process drives several GPUs (ONE_PROCESS engines), one per GPU ("rank 0 GPU0", "rank 0
     /// GPU1"). Observer ranks (no kernels of their own) are not listed. Every vector below follows
     /// this order.
+    #[serde(default)]
     pub participants: Vec<String>,
     /// Steps every participant has.
     pub steps: u64,
@@ -348,6 +349,7 @@ pub struct CuptiSummary {
     /// NCCL times are all equal (e.g. no collective) count for nobody.
     pub waited_for_steps: Vec<u64>,
     /// Steps where every participant had the same NCCL time (no one to blame).
+    #[serde(default)]
     pub tied_steps: u64,
     /// Per step: most − least NCCL time over the participants (the wait the slowest one imposed).
     pub nccl_spread: Option<HistogramSummary>,

@@ -2,6 +2,7 @@
 //! every rank's report, the atomic writer, and the human summary.
 
 pub mod build;
+pub mod compare;
 pub mod summary;
 pub mod trace;
 pub mod writer;
@@ -68,13 +69,16 @@ pub struct ConfigReport {
     /// The --trace file, if any.
     pub trace: Option<String>,
     /// --cupti: kernel activity recorded with CUPTI.
+    #[serde(default)]
     pub cupti: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Environment {
     pub tpprof_version: String,
-    /// `git describe` of the source the binary was built from (empty outside a git checkout).
+    /// `git describe` of the source the binary was built from (empty outside a git checkout, and in
+    /// JSONs written before the field existed).
+    #[serde(default)]
     pub tpprof_commit: String,
     pub started_at: String,
     pub mpi_library: String,
@@ -131,6 +135,7 @@ pub struct RankReport {
     pub samples: Vec<RankSample>,
     pub anomalies: Vec<String>,
     /// --cupti: this process's GPU kernels per decode step.
+    #[serde(default)]
     pub cupti: Option<CuptiReport>,
 }
 
@@ -224,6 +229,7 @@ pub struct RunReport {
     /// Cross-rank skew per decode step, for engines with device step times on ≥ 2 ranks.
     pub skew: Option<Skew>,
     /// --cupti: NCCL share per rank and who was waited for, per decode step.
+    #[serde(default)]
     pub cupti: Option<CuptiSummary>,
     pub ranks: Vec<RankReport>,
     pub samples: Vec<SampleReport>,

@@ -10,27 +10,36 @@ const GIB: f64 = (1u64 << 30) as f64;
 
 /// `tpprof report FILE`.
 pub fn main(args: &ReportArgs) -> i32 {
-    let text = match std::fs::read_to_string(&args.file) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: cannot read {}: {e}", args.file.display());
-            return 2;
-        }
-    };
-    match serde_json::from_str::<RunReport>(&text) {
-        Ok(r) if r.schema == SCHEMA => {
+    match load(&args.file) {
+        Ok(r) => {
             print!("{}", render(&r));
             0
         }
-        Ok(r) => {
-            eprintln!("error: {} has schema `{}`, this tpprof reads `{SCHEMA}`", args.file.display(), r.schema);
-            2
-        }
         Err(e) => {
-            eprintln!("error: {} is not a tpprof result JSON ({e})", args.file.display());
+            eprintln!("error: {e}");
             2
         }
     }
+}
+
+/// Reads a result JSON written by `tpprof run`; the error is one line naming the file and the cause.
+/// Fields added to the schema later are optional when reading, so results of earlier builds still
+/// load; a file that lacks a field this build cannot do without says which.
+pub fn load(path: &std::path::Path) -> Result<RunReport, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{} is not a tpprof result JSON ({e})", path.display()))?;
+    let schema = value.get("schema").and_then(|s| s.as_str());
+    match schema {
+        Some(SCHEMA) => {}
+        Some(other) => return Err(format!("{} has schema `{other}`, this tpprof reads `{SCHEMA}`", path.display())),
+        None => return Err(format!("{} is not a tpprof result JSON (no `schema` field)", path.display())),
+    }
+    serde_json::from_value::<RunReport>(value).map_err(|e| {
+        format!(
+            "{} was written by an earlier tpprof build whose JSON lacks what this one needs ({e}): read it with the tpprof that wrote it, or run the workload again",
+            path.display()
+        )
+    })
 }
 
 fn row(out: &mut String, name: &str, p: &PercentilesMs) {

@@ -1,0 +1,235 @@
+//! `tpprof compare A.json B.json …`: saved runs side by side — engines, tensor-parallel degrees or
+//! builds on one workload — each figure with its change against the first run (the baseline), as
+//! aligned text or as a Markdown table for a results page.
+
+use std::fmt::Write as _;
+
+use super::*;
+use crate::cli::CompareArgs;
+use crate::observe::memory::GpuMemory;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// `tpprof compare FILE FILE...`.
+pub fn main(args: &CompareArgs) -> i32 {
+    if args.files.len() < 2 {
+        eprintln!("error: compare needs at least two result JSONs (got {}): tpprof compare BASELINE.json OTHER.json …", args.files.len());
+        return 2;
+    }
+    let mut runs = Vec::new();
+    for f in &args.files {
+        match super::summary::load(f) {
+            Ok(r) => runs.push((f.display().to_string(), r)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        }
+    }
+    print!("{}", render(&runs, args.markdown));
+    0
+}
+
+/// How a row's cells print.
+#[derive(Clone, Copy)]
+enum Cell {
+    Text,
+    /// Decimals to print.
+    Num(usize),
+}
+
+struct Row {
+    name: &'static str,
+    kind: Cell,
+    values: Vec<Option<f64>>,
+    texts: Vec<String>,
+}
+
+/// Column letters: A, B, …, Z, then A2, B2, … (nobody compares 27 runs, but it must not panic).
+fn letter(i: usize) -> String {
+    let c = (b'A' + (i % 26) as u8) as char;
+    if i < 26 { c.to_string() } else { format!("{c}{}", i / 26 + 1) }
+}
+
+/// The change of `v` against `base` in percent, when both exist and the base is not zero.
+pub fn change_pct(base: Option<f64>, v: Option<f64>) -> Option<f64> {
+    match (base, v) {
+        (Some(b), Some(v)) if b != 0.0 && b.is_finite() && v.is_finite() => Some((v - b) / b.abs() * 100.0),
+        _ => None,
+    }
+}
+
+fn peak_bytes(k: &RankReport) -> f64 {
+    match &k.memory.gpu {
+        GpuMemory::Measured { job_peak, .. } => job_peak.bytes as f64,
+        GpuMemory::Unavailable { .. } => k.memory.host.peak_rss.bytes.max(k.memory.host.vm_hwm_bytes.unwrap_or(0)) as f64,
+    }
+}
+
+fn rows(runs: &[(String, RunReport)]) -> Vec<Row> {
+    let mut out = Vec::new();
+    let mut num = |name: &'static str, decimals: usize, f: &dyn Fn(&RunReport) -> Option<f64>| {
+        let values: Vec<Option<f64>> = runs.iter().map(|(_, r)| f(r)).collect();
+        if values.iter().any(Option::is_some) {
+            out.push(Row { name, kind: Cell::Num(decimals), values, texts: Vec::new() });
+        }
+    };
+    let s = |r: &RunReport| r.summary.clone();
+    num("total time s", 3, &|r| s(r).map(|s| s.total_time_s));
+    num("throughput tok/s (gen ÷ total)", 1, &|r| s(r).map(|s| s.throughput_tok_s));
+    num("TTFT p50 ms", 1, &|r| s(r).map(|s| s.ttft_ms.p50));
+    num("TTFT max ms", 1, &|r| s(r).map(|s| s.ttft_ms.max));
+    num("ITL p50 ms", 3, &|r| s(r).map(|s| s.itl_ms.p50));
+    num("ITL p90 ms", 3, &|r| s(r).map(|s| s.itl_ms.p90));
+    num("ITL p99 ms", 3, &|r| s(r).map(|s| s.itl_ms.p99));
+    num("ITL max ms", 3, &|r| s(r).map(|s| s.itl_ms.max));
+    num("prefill tok/s", 0, &|r| s(r).and_then(|s| s.prefill_tok_s));
+    num("decode tok/s", 1, &|r| s(r).and_then(|s| s.decode_tok_s));
+    num("ITL p50 ÷ decode floor", 2, &|r| s(r).and_then(|s| s.itl_over_floor));
+    num("device step p50 ms", 3, &|r| s(r).and_then(|s| s.device_step_ms.map(|d| d.p50)));
+    num("peak memory, largest rank GiB", 2, &|r| r.ranks.iter().map(peak_bytes).reduce(f64::max).map(|b| b / GIB));
+    num("peak memory, smallest rank GiB", 2, &|r| r.ranks.iter().map(peak_bytes).reduce(f64::min).map(|b| b / GIB));
+    num("skew: step start spread p50 µs", 1, &|r| r.skew.as_ref().map(|k| k.start_spread.p50_ns as f64 / 1e3));
+    num("skew: step start spread p99 µs", 1, &|r| r.skew.as_ref().map(|k| k.start_spread.p99_ns as f64 / 1e3));
+    num("skew: step end spread p50 µs", 1, &|r| r.skew.as_ref().map(|k| k.end_spread.p50_ns as f64 / 1e3));
+    let most = |v: &[Option<f64>]| v.iter().flatten().copied().reduce(f64::max);
+    let least = |v: &[Option<f64>]| v.iter().flatten().copied().reduce(f64::min);
+    num("CUPTI: NCCL % of step, highest", 1, &|r| r.cupti.as_ref().and_then(|c| most(&c.nccl_share)).map(|x| x * 100.0));
+    num("CUPTI: NCCL ms per step, highest", 3, &|r| r.cupti.as_ref().and_then(|c| most(&c.nccl_ms_mean)));
+    num("CUPTI: GPU busy % of step, lowest", 1, &|r| r.cupti.as_ref().and_then(|c| least(&c.busy_share)).map(|x| x * 100.0));
+    num("CUPTI: kernels per step (rank 0)", 0, &|r| {
+        r.ranks.first().and_then(|k| k.cupti.as_ref()).and_then(|c| c.devices.first()).map(|d| d.kernels_per_step_mean)
+    });
+    num("engine load s", 3, &|r| s(r).map(|s| s.engine_load_s));
+    out
+}
+
+/// One line per run: what it was.
+fn legend(i: usize, file: &str, r: &RunReport) -> String {
+    let c = &r.config;
+    let engine = r.engine.as_ref().map(|e| e.name.clone()).unwrap_or_else(|| c.engine.clone());
+    let prompt = match &c.prompts {
+        crate::workload::PromptSource::Random { tokens_per_prompt, .. } => tokens_per_prompt.to_string(),
+        crate::workload::PromptSource::File { path } => format!("prompts from {path}"),
+    };
+    let gpu = r.ranks.iter().find_map(|k| k.gpu.as_ref().map(|g| g.name.clone())).unwrap_or_else(|| "no GPU".into());
+    let state = match r.status.state {
+        State::Ok => "ok".to_string(),
+        State::Incomplete => "INCOMPLETE".to_string(),
+        State::Failed => format!("FAILED on rank {}", r.status.failed_rank.unwrap_or(-1)),
+    };
+    let tokens = r.summary.as_ref().map(|s| format!(", {}/{} tokens", s.generated_tokens, s.requested_tokens)).unwrap_or_default();
+    let build = if r.environment.tpprof_commit.is_empty() { String::new() } else { format!(", build {}", r.environment.tpprof_commit) };
+    format!(
+        "{}: {file} — {engine} {} {}, {} rank(s), batch {}, {prompt} → {}{}, {gpu}, {state}{tokens}{build}{}",
+        letter(i),
+        c.model,
+        c.dtype,
+        c.world_size,
+        c.batch,
+        c.generated_tokens,
+        if c.exact_length { "" } else { " (EOS may stop)" },
+        if c.cupti { ", --cupti" } else { "" }
+    )
+}
+
+/// What differs between the runs' workloads (a comparison across them measures the workload too).
+fn workload_notes(runs: &[(String, RunReport)]) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut differs = |what: &str, vals: Vec<String>| {
+        if vals.iter().any(|v| *v != vals[0]) {
+            let each: Vec<String> = vals.iter().enumerate().map(|(i, v)| format!("{} {v}", letter(i))).collect();
+            notes.push(format!("{what} differ: {}", each.join(", ")));
+        }
+    };
+    differs("prompts", runs.iter().map(|(_, r)| match &r.config.prompts {
+        crate::workload::PromptSource::Random { tokens_per_prompt, seed } => format!("{tokens_per_prompt} random (seed {seed})"),
+        crate::workload::PromptSource::File { path } => path.clone(),
+    }).collect());
+    differs("generated tokens", runs.iter().map(|(_, r)| r.config.generated_tokens.to_string()).collect());
+    differs("batch sizes", runs.iter().map(|(_, r)| r.config.batch.to_string()).collect());
+    differs("EOS handling", runs.iter().map(|(_, r)| if r.config.exact_length { "exact length" } else { "EOS may stop" }.to_string()).collect());
+    differs("models", runs.iter().map(|(_, r)| r.config.model.clone()).collect());
+    notes
+}
+
+pub fn render(runs: &[(String, RunReport)], markdown: bool) -> String {
+    let mut out = String::new();
+    for (i, (file, r)) in runs.iter().enumerate() {
+        let _ = writeln!(out, "{}{}", if markdown { "- " } else { "" }, legend(i, file, r));
+    }
+    for n in workload_notes(runs) {
+        let _ = writeln!(out, "{}note: the runs' {n}", if markdown { "- " } else { "" });
+    }
+    if markdown {
+        out.push('\n');
+    }
+    let mut table = rows(runs);
+    // Status first (text), then the figures.
+    table.insert(0, Row {
+        name: "status",
+        kind: Cell::Text,
+        values: Vec::new(),
+        texts: runs.iter().map(|(_, r)| format!("{:?}", r.status.state).to_lowercase()).collect(),
+    });
+    // Cells: the value, and from the second run on its change against the first.
+    let cells: Vec<Vec<String>> = table
+        .iter()
+        .map(|row| match row.kind {
+            Cell::Text => row.texts.clone(),
+            Cell::Num(d) => row
+                .values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match (v, change_pct(row.values[0], *v)) {
+                    (None, _) => "—".to_string(),
+                    (Some(v), Some(c)) if i > 0 => format!("{v:.d$} ({c:+.1} %)"),
+                    (Some(v), _) => format!("{v:.d$}"),
+                })
+                .collect(),
+        })
+        .collect();
+    let heads: Vec<String> = (0..runs.len()).map(|i| if i == 0 { format!("{} (baseline)", letter(i)) } else { letter(i) }).collect();
+    if markdown {
+        let _ = writeln!(out, "| | {} |", heads.join(" | "));
+        let _ = writeln!(out, "| --- |{}", " --- |".repeat(runs.len()));
+        for (row, c) in table.iter().zip(&cells) {
+            let _ = writeln!(out, "| {} | {} |", row.name, c.join(" | "));
+        }
+    } else {
+        let name_w = table.iter().map(|r| r.name.chars().count()).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..runs.len())
+            .map(|i| cells.iter().map(|c| c[i].chars().count()).chain([heads[i].chars().count()]).max().unwrap_or(0))
+            .collect();
+        let line = |name: &str, cols: &[String]| {
+            let mut l = format!("{name:<name_w$}");
+            for (c, w) in cols.iter().zip(&widths) {
+                let pad = w.saturating_sub(c.chars().count());
+                let _ = write!(l, "  {}{c}", " ".repeat(pad));
+            }
+            l
+        };
+        let _ = writeln!(out, "{}", line("", &heads));
+        for (row, c) in table.iter().zip(&cells) {
+            let _ = writeln!(out, "{}", line(row.name, c));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_are_against_the_baseline() {
+        assert_eq!(change_pct(Some(10.0), Some(5.0)), Some(-50.0));
+        assert_eq!(change_pct(Some(10.0), Some(12.5)), Some(25.0));
+        assert_eq!(change_pct(Some(0.0), Some(1.0)), None);
+        assert_eq!(change_pct(None, Some(1.0)), None);
+        assert_eq!(change_pct(Some(1.0), None), None);
+        assert_eq!(letter(0), "A");
+        assert_eq!(letter(25), "Z");
+        assert_eq!(letter(26), "A2");
+    }
+}
