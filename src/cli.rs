@@ -159,4 +159,10 @@ pub struct RunArgs {
     /// Abort the whole job (every rank, non-zero exit) if it has not finished after this many seconds.
     #[arg(long)]
     pub timeout: Option<f64>,
+
+    /// Unmeasured runs of the whole workload before the measured one, for engines that pay for
+    /// their first request (lazy initialisation, kernel selection, allocator growth): the adapters
+    /// of the C ABI have no warm-up step of their own. Their wall times go into the JSON.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub warmup: i64,
 }

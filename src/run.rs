@@ -56,6 +56,8 @@ pub struct RunConfig {
     pub devices: Option<Vec<i32>>,
     pub mem_interval: Duration,
     pub timeout: Option<Duration>,
+    /// Unmeasured whole-workload runs before the measured one.
+    pub warmup: u32,
 }
 
 fn positive(name: &str, v: i64) -> Result<u32, String> {
@@ -135,6 +137,7 @@ impl RunConfig {
                 v => Duration::from_millis(positive("mem-interval-ms", v)? as u64),
             },
             timeout,
+            warmup: u32::try_from(a.warmup).map_err(|_| format!("--warmup must be a whole number ≥ 0 (got {})", a.warmup))?,
         })
     }
 
@@ -342,6 +345,25 @@ impl<'w> Job<'w> {
             Role::Observer => Ok(()),
         };
         world.agree(prepared).map_err(Stop::failed)?;
+        // Warm-up runs: the whole workload, tokens discarded, before the clock (memory phase
+        // `prepare`; CUPTI counts their kernels only in kernels_total, like the engine's own warm-up).
+        let mut warmup_s = Vec::with_capacity(config.warmup as usize);
+        for i in 0..config.warmup {
+            let t = Instant::now();
+            let warm = match role {
+                Role::Engine => {
+                    tracing::info!("warm-up run {} of {}", i + 1, config.warmup);
+                    let discard = TokenSink::new_with_epoch(epoch, workload.prompts.len() * workload.generated_tokens as usize + 64);
+                    engine
+                        .generate(&workload.prompts, workload.generated_tokens, config.exact_length, &discard)
+                        .map_err(|e| format!("warm-up run {} of {}: {e}", i + 1, config.warmup))
+                }
+                Role::Observer => Ok(()),
+            };
+            world.idle_barrier();
+            world.agree(warm).map_err(Stop::failed)?;
+            warmup_s.push(t.elapsed().as_secs_f64());
+        }
         let requested = vec![workload.generated_tokens; workload.prompts.len()];
         let sink = TokenSink::new_with_epoch(epoch, requested.iter().map(|&r| r as usize).sum::<usize>() + 64);
         sink.track_phase(phase.clone(), workload.prompts.len());
@@ -390,6 +412,7 @@ impl<'w> Job<'w> {
             memory,
             engine_memory,
             timing: RankTiming {
+                warmup_s,
                 create_s,
                 generate_s: (role == Role::Engine).then(|| rec.last_token_ns().unwrap_or(end_ns).saturating_sub(submit_ns) as f64 / 1e9),
             },
@@ -535,6 +558,7 @@ impl<'w> Job<'w> {
                 vocab_size: 0,
                 devices: c.devices.clone(),
                 mem_interval_ms: c.mem_interval.as_millis() as u64,
+                warmup: c.warmup,
                 record_tokens: c.record_tokens,
                 trace: c.trace.as_ref().map(|t| t.display().to_string()),
                 cupti: c.cupti,

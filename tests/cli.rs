@@ -724,3 +724,33 @@ fn results_of_earlier_builds_still_read() {
         }
     }
 }
+
+/// Known truth: the mock pays 400 ms before the first token of its first generate() only. Without
+/// warm-up that lands in the TTFT; with `--warmup 2` it lands in the first warm-up run on every rank.
+#[test]
+fn warmup_runs_take_the_first_request_cost_off_the_clock() {
+    let opts = r#"{"first_generate_ms": 400, "token_us": 500}"#;
+    let base = ["--engine", "mock", "--engine-options", opts, "--prompt-tokens", "4", "--generated-tokens", "10"];
+    let ttft = |j: &Value| j["summary"]["ttft_ms"]["p50"].as_f64().unwrap();
+    let cold = run(2, &base);
+    let jc = ok(&cold);
+    check_counts(jc, 2, 1, 10);
+    assert_eq!(jc["config"]["warmup"], 0);
+    assert!(ttft(jc) >= 400.0, "the cold first request is in the TTFT: {}", ttft(jc));
+
+    let warm = run(2, &[&base[..], &["--warmup", "2"]].concat());
+    let jw = ok(&warm);
+    check_counts(jw, 2, 1, 10);
+    assert_eq!(jw["config"]["warmup"], 2);
+    assert!(ttft(jw) < 400.0, "after warm-up the TTFT no longer holds the first-request cost: {}", ttft(jw));
+    for r in jw["ranks"].as_array().unwrap() {
+        let w: Vec<f64> = r["timing"]["warmup_s"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0] >= 0.4 && w[1] < 0.4, "the first warm-up run paid the cold start: {w:?}");
+    }
+    assert!(warm.stdout().contains("warm-up: 2 unmeasured run(s)"), "{}", warm.stdout());
+
+    rejected(1, &["--engine", "mock", "--warmup", "-1"], 2, "--warmup must be a whole number ≥ 0 (got -1)");
+    // A failure inside a warm-up run stops every rank and says where it happened.
+    rejected(2, &["--engine", "mock", "--engine-options", r#"{"fail_rank": 1, "fail_at_token": 3}"#, "--generated-tokens", "5", "--warmup", "1"], 1, "warm-up run 1 of 1");
+}

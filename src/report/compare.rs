@@ -148,6 +148,7 @@ fn workload_notes(runs: &[(String, RunReport)]) -> Vec<String> {
     }).collect());
     differs("generated tokens", runs.iter().map(|(_, r)| r.config.generated_tokens.to_string()).collect());
     differs("batch sizes", runs.iter().map(|(_, r)| r.config.batch.to_string()).collect());
+    differs("warm-up runs", runs.iter().map(|(_, r)| r.config.warmup.to_string()).collect());
     differs("EOS handling", runs.iter().map(|(_, r)| if r.config.exact_length { "exact length" } else { "EOS may stop" }.to_string()).collect());
     differs("models", runs.iter().map(|(_, r)| r.config.model.clone()).collect());
     notes

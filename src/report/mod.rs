@@ -65,6 +65,9 @@ pub struct ConfigReport {
     pub vocab_size: u32,
     pub devices: Option<Vec<i32>>,
     pub mem_interval_ms: u64,
+    /// `--warmup`: unmeasured whole-workload runs before the measured one.
+    #[serde(default)]
+    pub warmup: u32,
     pub record_tokens: bool,
     /// The --trace file, if any.
     pub trace: Option<String>,
@@ -112,6 +115,9 @@ pub struct RankTiming {
     pub create_s: f64,
     /// Submit to last token, seconds (engine ranks).
     pub generate_s: Option<f64>,
+    /// Wall seconds of each `--warmup` run on this rank (an observer rank's: its wait).
+    #[serde(default)]
+    pub warmup_s: Vec<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

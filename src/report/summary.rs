@@ -87,6 +87,10 @@ pub fn render(r: &RunReport) -> String {
         row(&mut out, "TTFT", &s.ttft_ms);
         row(&mut out, "ITL", &s.itl_ms);
     }
+    if let Some(k) = r.ranks.first().filter(|k| !k.timing.warmup_s.is_empty()) {
+        let times: Vec<String> = k.timing.warmup_s.iter().map(|s| format!("{s:.3}")).collect();
+        let _ = writeln!(out, "warm-up: {} unmeasured run(s) of the workload before the clock, rank 0: {} s", times.len(), times.join(" / "));
+    }
     if let Some(k) = &r.skew {
         let _ = writeln!(
             out,

@@ -7,6 +7,8 @@
  *   prefill_us_per_token busy-wait per prompt token before the first token  (default 0)
  *   token_us            busy-wait per decode step (one step = one token for every sample) (default 0)
  *   create_ms           busy-wait in create(), like loading weights         (default 0)
+ *   first_generate_ms   busy-wait before the first token of the FIRST generate() call only: an
+ *                       engine that initialises lazily on its first request (default 0)
  *   alloc_bytes         host bytes malloc'ed and touched in create()        (default 0)
  *   alloc_rank          only this rank allocates; -1 = every rank            (default -1)
  *   fail_create_rank    create() fails on this rank                           (default -1)
@@ -88,6 +90,8 @@ struct tpprof_engine {
     long vocab;
     double prefill_us_per_token;
     double token_us;
+    double first_generate_us;
+    long generate_calls;
     long fail_rank, fail_at_token, crash_rank, crash_at_token, eos_at_step;
     int callback_thread;
     unsigned char *alloc;
@@ -296,6 +300,7 @@ int32_t tpprof_create(const tpprof_init *init, tpprof_engine **out, char *err, s
     e->vocab = (long)opt_num(o, "vocab_size", 32000);
     e->prefill_us_per_token = opt_num(o, "prefill_us_per_token", 0);
     e->token_us = opt_num(o, "token_us", 0);
+    e->first_generate_us = opt_num(o, "first_generate_ms", 0) * 1000.0;
     e->fail_rank = (long)opt_num(o, "fail_rank", -1);
     e->fail_at_token = (long)opt_num(o, "fail_at_token", -1);
     e->crash_rank = (long)opt_num(o, "crash_rank", -1);
@@ -398,6 +403,7 @@ static void *run_job(void *arg) {
         return NULL;
     }
     double t = now_us();
+    if (e->generate_calls == 1) t += e->first_generate_us;
     for (size_t s = 0; s < j->n; s++) {
         for (size_t i = 0; i < j->prompts[s].len; i++) {
             if (j->prompts[s].tokens[i] < 0 || j->prompts[s].tokens[i] >= e->vocab) {
@@ -463,6 +469,7 @@ MOCK_GENERATE_VISIBILITY int32_t tpprof_generate(tpprof_engine *e, const tpprof_
         set_err(err, errlen, "mock: generate() needs prompts, an on_token callback and max_new_tokens > 0");
         return TPPROF_ERR_INVALID_ARGUMENT;
     }
+    e->generate_calls++;
     struct gen_job j = {e, prompts, n, max_new_tokens, exact_length, on_token, user, err, errlen, TPPROF_OK};
     if (e->callback_thread) {
         pthread_t th;
