@@ -56,6 +56,22 @@ impl Workload {
         Workload { prompts, generated_tokens, source: PromptSource::Random { seed, tokens_per_prompt: tokens } }
     }
 
+    /// The prompts of warm-up run `round`: seeded random ids in [0, vocab) with the measured
+    /// prompts' lengths. Same shapes, so the engine warms up what the measured run uses, but not the
+    /// same ids: an engine with prefix caching / KV block reuse must not serve the measured run's
+    /// prefill from the warm-up's cache. Identical on every rank for the same seed.
+    pub fn warmup_prompts(&self, vocab: u32, seed: u64, round: u32) -> Vec<Vec<i32>> {
+        let base = splitmix64(seed ^ 0x7761_726d_7570_0000 ^ u64::from(round));
+        self.prompts
+            .iter()
+            .enumerate()
+            .map(|(s, p)| {
+                let k = splitmix64(base ^ (s as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                (0..p.len() as u64).map(|i| (splitmix64(k ^ i.wrapping_mul(0xbf58_476d_1ce4_e5b9)) % u64::from(vocab.max(1))) as i32).collect()
+            })
+            .collect()
+    }
+
     pub fn from_file(path: &Path, vocab: u32, generated_tokens: u32) -> Result<Workload, WorkloadError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| WorkloadError::Read { path: path.to_path_buf(), reason: e.to_string() })?;
@@ -106,6 +122,22 @@ mod tests {
         assert_eq!(a.prompt_tokens(), 300);
         // Sample 0 does not depend on the batch size.
         assert_eq!(Workload::random(1, 100, 50, 7, 4).prompts[0], a.prompts[0]);
+    }
+
+    #[test]
+    fn warmup_prompts_have_the_shapes_but_not_the_ids() {
+        let mut w = Workload::random(3, 100, 50, 7, 4);
+        w.prompts[1].truncate(40);
+        let a = w.warmup_prompts(50, 7, 0);
+        assert_eq!(a.iter().map(Vec::len).collect::<Vec<_>>(), vec![100, 40, 100]);
+        assert!(a.iter().flatten().all(|&t| (0..50).contains(&t)));
+        assert_eq!(a, w.warmup_prompts(50, 7, 0), "deterministic: every rank builds the same");
+        for (x, y) in a.iter().zip(&w.prompts) {
+            let same = x.iter().zip(y).filter(|(p, q)| p == q).count();
+            assert!(same < x.len() / 4, "a warm-up prompt must not repeat the measured one ({same} of {} equal)", x.len());
+        }
+        assert_ne!(a, w.warmup_prompts(50, 7, 1), "each round its own prompts");
+        assert_ne!(a[0], a[2], "samples differ");
     }
 
     fn file(content: &str) -> tempfile::NamedTempFile {
