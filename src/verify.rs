@@ -160,7 +160,7 @@ fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
         // Logits of the last prompt position, this rank's shard.
         let (lc, _) = cpu.prefill_logits(p).map_err(|e| e.to_string())?;
         let (lg, _) = cuda.prefill_logits(p).map_err(|e| e.to_string())?;
-        let prefill = gather_compared(&world, compare(&lc, &lg, v0, atol, rtol));
+        let prefill = gather_compared(world, compare(&lc, &lg, v0, atol, rtol));
         // Greedy tokens of both engines.
         let req = GenerateRequest { prompts: std::slice::from_ref(p), max_new_tokens: args.steps, exact_length: true };
         let mut tc = Vec::new();
@@ -174,7 +174,7 @@ fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
             let mut ext = p.clone();
             ext.extend_from_slice(&tg[..args.steps - 1]);
             let (lcd, _) = cpu.prefill_logits(&ext).map_err(|e| e.to_string())?;
-            Some(gather_compared(&world, compare(&lcd, &lgd, v0, atol, rtol)))
+            Some(gather_compared(world, compare(&lcd, &lgd, v0, atol, rtol)))
         } else {
             None
         };

@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 
 use super::*;
+use super::summary::{rank_peak, state_label};
 use crate::cli::CompareArgs;
-use crate::observe::memory::GpuMemory;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -60,10 +60,7 @@ pub fn change_pct(base: Option<f64>, v: Option<f64>) -> Option<f64> {
 }
 
 fn peak_bytes(k: &RankReport) -> f64 {
-    match &k.memory.gpu {
-        GpuMemory::Measured { job_peak, .. } => job_peak.bytes as f64,
-        GpuMemory::Unavailable { .. } => k.memory.host.peak_rss.bytes.max(k.memory.host.vm_hwm_bytes.unwrap_or(0)) as f64,
-    }
+    rank_peak(k).0 as f64
 }
 
 fn rows(runs: &[(String, RunReport)]) -> Vec<Row> {
@@ -113,11 +110,7 @@ fn legend(i: usize, file: &str, r: &RunReport) -> String {
         crate::workload::PromptSource::File { path } => format!("prompts from {path}"),
     };
     let gpu = r.ranks.iter().find_map(|k| k.gpu.as_ref().map(|g| g.name.clone())).unwrap_or_else(|| "no GPU".into());
-    let state = match r.status.state {
-        State::Ok => "ok".to_string(),
-        State::Incomplete => "INCOMPLETE".to_string(),
-        State::Failed => format!("FAILED on rank {}", r.status.failed_rank.unwrap_or(-1)),
-    };
+    let state = state_label(&r.status);
     let tokens = r.summary.as_ref().map(|s| format!(", {}/{} tokens", s.generated_tokens, s.requested_tokens)).unwrap_or_default();
     let build = if r.environment.tpprof_commit.is_empty() { String::new() } else { format!(", build {}", r.environment.tpprof_commit) };
     format!(

@@ -69,11 +69,7 @@ pub fn render(r: &RunReport) -> String {
         c.generated_tokens,
         if c.exact_length { " (exact length)" } else { "" }
     );
-    let state = match r.status.state {
-        State::Ok => "ok".to_string(),
-        State::Incomplete => "INCOMPLETE".to_string(),
-        State::Failed => format!("FAILED on rank {}", r.status.failed_rank.unwrap_or(-1)),
-    };
+    let state = state_label(&r.status);
     let _ = writeln!(out, "status: {state}{}", r.status.reason.as_ref().map(|s| format!(": {s}")).unwrap_or_default());
     if let Some(s) = &r.summary {
         let _ = writeln!(
@@ -136,10 +132,8 @@ pub fn render(r: &RunReport) -> String {
         let _ = writeln!(out, "  {:<5} {:<16} {:<9} {:<24} {:>10} {:>10} {:>10}", "rank", "host", "role", "device", "peak GiB", "ITL p50", "ITL p99");
         for k in &r.ranks {
             let device = k.gpu.as_ref().map(|g| format!("GPU{} {}", g.ordinal, g.name)).unwrap_or_else(|| "no GPU".into());
-            let (peak, src) = match &k.memory.gpu {
-                GpuMemory::Measured { job_peak, .. } => (job_peak.bytes as f64 / GIB, "gpu"),
-                GpuMemory::Unavailable { .. } => (k.memory.host.peak_rss.bytes.max(k.memory.host.vm_hwm_bytes.unwrap_or(0)) as f64 / GIB, "host"),
-            };
+            let (peak, src) = rank_peak(k);
+            let peak = peak as f64 / GIB;
             let _ = writeln!(
                 out,
                 "  {:<5} {:<16} {:<9} {:<24} {:>6.3} {:<4}{:>9.3} {:>10.3}",
@@ -155,6 +149,24 @@ pub fn render(r: &RunReport) -> String {
         }
     }
     out
+}
+
+/// "ok", "INCOMPLETE" or "FAILED on rank R".
+pub(super) fn state_label(s: &Status) -> String {
+    match s.state {
+        State::Ok => "ok".to_string(),
+        State::Incomplete => "INCOMPLETE".to_string(),
+        State::Failed => format!("FAILED on rank {}", s.failed_rank.unwrap_or(-1)),
+    }
+}
+
+/// A rank's peak memory in bytes and where it comes from: the job's GPU memory (NVML), or the
+/// host's (peak RSS / VmHWM) where the rank has no GPU.
+pub(super) fn rank_peak(k: &RankReport) -> (u64, &'static str) {
+    match &k.memory.gpu {
+        GpuMemory::Measured { job_peak, .. } => (job_peak.bytes, "gpu"),
+        GpuMemory::Unavailable { .. } => (k.memory.host.peak_rss.bytes.max(k.memory.host.vm_hwm_bytes.unwrap_or(0)), "host"),
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {
