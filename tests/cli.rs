@@ -754,3 +754,38 @@ fn warmup_runs_take_the_first_request_cost_off_the_clock() {
     // A failure inside a warm-up run stops every rank and says where it happened.
     rejected(2, &["--engine", "mock", "--engine-options", r#"{"fail_rank": 1, "fail_at_token": 3}"#, "--generated-tokens", "5", "--warmup", "1"], 1, "warm-up run 1 of 1");
 }
+
+/// launch/tp-sweep.sh: one JSON per TP degree and the compare table, on the cpu engine.
+#[test]
+fn tp_sweep_script_runs_each_degree_and_compares() {
+    let _guard = MPI.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/launch/tp-sweep.sh");
+    let sweep = |tps: &str| {
+        Command::new("timeout")
+            .args(["-k", "5", "180", "bash", script, "-t", tps, "-o"])
+            .arg(&out)
+            .args(["--", "--engine", "cpu", "--model", "tiny", "--prompt-tokens", "16", "--generated-tokens", "4"])
+            .env("TPPROF", BIN)
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+            .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+            .output()
+            .unwrap()
+    };
+    let r = sweep("1 2");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for tp in [1, 2] {
+        let j: Value = serde_json::from_str(&std::fs::read_to_string(out.join(format!("tp{tp}-default.json"))).unwrap()).unwrap();
+        check_schema(&j);
+        assert_eq!(j["config"]["world_size"], tp);
+    }
+    let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    assert!(md.contains("| | A (baseline) | B |") && md.contains("1 rank(s)") && md.contains("2 rank(s)"), "{md}");
+    // tiny's 4 KV heads do not split over 3 ranks: the sweep stops there and names the run.
+    let bad = sweep("3");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("error: the TP=3 default run failed"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
