@@ -789,3 +789,20 @@ fn tp_sweep_script_runs_each_degree_and_compares() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("error: the TP=3 default run failed"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+/// Known truth: the mock's decode step k waits 1000 + 50·k µs (a cost that grows with the context).
+/// The per-tenth medians must follow the script: never below it, and rising by what it adds.
+#[test]
+fn itl_by_tenth_of_decode_follows_a_growing_step_cost() {
+    let r = run(1, &["--engine", "mock", "--engine-options", r#"{"token_us": 1000, "token_us_growth": 50}"#, "--prompt-tokens", "4", "--generated-tokens", "41"]);
+    let j = ok(&r);
+    let tenths: Vec<f64> = j["summary"]["itl_p50_by_tenth_ms"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(tenths.len(), 10, "{tenths:?}");
+    for (d, &ms) in tenths.iter().enumerate() {
+        // Steps 4d+1..=4d+4; the median of four is the lower middle, step 4d+2.
+        let scripted_ms = (1000.0 + 50.0 * (4 * d + 2) as f64) / 1e3;
+        assert!(ms >= scripted_ms * 0.999 && ms <= scripted_ms + 1.5, "tenth {d}: {ms} ms for a scripted {scripted_ms} ms ({tenths:?})");
+    }
+    assert!(tenths[9] - tenths[0] >= 0.8 * 50.0 * 36.0 / 1e3, "{tenths:?}");
+    assert!(r.stdout().contains("ITL p50 by tenth of the decode steps (rank 0)"), "{}", r.stdout());
+}

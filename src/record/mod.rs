@@ -117,6 +117,9 @@ pub struct Recording {
     pub ttft: LatencyHistogram,
     pub decode: LatencyHistogram,
     pub submit_ns: u64,
+    /// Median decode latency (ns) of each tenth of the decode steps, in step order (fewer parts
+    /// when there are fewer than ten steps): how the per-token cost grows with the context.
+    pub decode_deciles_ns: Vec<u64>,
     /// Problems in the event stream (unknown sample, steps out of order, more tokens than asked).
     pub anomalies: Vec<String>,
 }
@@ -138,6 +141,8 @@ impl Recording {
         }
         let mut ttft = LatencyHistogram::new();
         let mut decode = LatencyHistogram::new();
+        // (decode step, gap) of every sample, for the per-tenth medians.
+        let mut gaps: Vec<(u32, u64)> = Vec::with_capacity(events.len());
         let mut samples = Vec::with_capacity(requested.len());
         for (s, evs) in per_sample.iter_mut().enumerate() {
             // Engines may call back from several threads: order by step, then time.
@@ -155,7 +160,9 @@ impl Recording {
                 ttft.record(first.t_ns.saturating_sub(submit_ns));
             }
             for w in evs.windows(2) {
-                decode.record(w[1].t_ns.saturating_sub(w[0].t_ns));
+                let gap = w[1].t_ns.saturating_sub(w[0].t_ns);
+                decode.record(gap);
+                gaps.push((w[1].step, gap));
             }
             let finish = evs.last().map(|e| FinishReason::from_abi(e.finish)).unwrap_or(FinishReason::None);
             samples.push(SampleRecord {
@@ -167,7 +174,12 @@ impl Recording {
                 tokens: evs.iter().map(|e| e.token).collect(),
             });
         }
-        Recording { samples, ttft, decode, submit_ns, anomalies }
+        Recording { samples, ttft, decode, submit_ns, decode_deciles_ns: deciles(&gaps), anomalies }
+    }
+
+    /// Rank 0's decode-latency medians per tenth of the steps, in ms.
+    pub fn decode_deciles_ms(&self) -> Option<Vec<f64>> {
+        (!self.decode_deciles_ns.is_empty()).then(|| self.decode_deciles_ns.iter().map(|&n| n as f64 / 1e6).collect())
     }
 
     pub fn generated_tokens(&self) -> u64 {
@@ -197,6 +209,26 @@ pub fn token_digest(tokens: &[i32]) -> String {
     format!("{h:016x}")
 }
 
+/// The median gap of each tenth of the decode steps: steps 1..=max split into min(10, max) parts
+/// of (nearly) equal length; every sample's gap at a step counts in that step's part.
+fn deciles(gaps: &[(u32, u64)]) -> Vec<u64> {
+    let Some(max) = gaps.iter().map(|g| g.0).max() else { return Vec::new() };
+    let parts = max.clamp(1, 10) as usize;
+    let mut bins: Vec<Vec<u64>> = vec![Vec::new(); parts];
+    for &(step, gap) in gaps {
+        // step in 1..=max → part in 0..parts
+        let part = ((step.saturating_sub(1)) as usize * parts) / max as usize;
+        bins[part.min(parts - 1)].push(gap);
+    }
+    bins.into_iter()
+        .filter(|b| !b.is_empty())
+        .map(|mut b| {
+            b.sort_unstable();
+            b[(b.len() - 1) / 2]
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +253,27 @@ mod tests {
         assert_eq!(r.generated_tokens(), 5);
         assert_eq!(r.prefill_end_ns(), Some(1_500));
         assert_eq!(r.last_token_ns(), Some(6_000));
+    }
+
+    #[test]
+    fn decode_latency_per_tenth_of_the_steps() {
+        // One sample, 21 tokens: the gap before step k is 1000 + 100·k ns.
+        let mut t = 0;
+        let mut events = vec![ev(0, 0, 0, 0)];
+        for k in 1..=20u32 {
+            t += 1_000 + 100 * k as u64;
+            events.push(ev(0, k, t, if k == 20 { 1 } else { 0 }));
+        }
+        let r = Recording::analyse(&events, 0, 0, &[21]);
+        // Tenths of steps 1..=20: (1,2), (3,4), … (19,20); the median of two is the lower one.
+        assert_eq!(r.decode_deciles_ns, (0..10).map(|d| 1_000 + 100 * (2 * d + 1)).collect::<Vec<u64>>());
+        // Fewer steps than ten: one part per step; no decode at all: none.
+        let three = Recording::analyse(&[ev(0, 0, 0, 0), ev(0, 1, 10, 0), ev(0, 2, 30, 1)], 0, 0, &[3]);
+        assert_eq!(three.decode_deciles_ns, vec![10, 20]);
+        assert!(Recording::analyse(&[ev(0, 0, 5, 1)], 0, 0, &[1]).decode_deciles_ms().is_none());
+        // Two samples: both samples' gaps at a step count in its part.
+        let two = Recording::analyse(&[ev(0, 0, 0, 0), ev(1, 0, 0, 0), ev(0, 1, 10, 1), ev(1, 1, 30, 1)], 0, 0, &[2, 2]);
+        assert_eq!(two.decode_deciles_ns, vec![10]);
     }
 
     #[test]

@@ -97,6 +97,7 @@ impl Header {
             engine_load_s: ranks.iter().map(|r| r.timing.create_s).fold(0.0, f64::max),
             itl_over_floor: floor_ms.filter(|&f| f > 0.0 && decode.count > 0).map(|f| (decode.p50_ns as f64 / 1e6) / f),
             device_step_ms: has_device.then(|| PercentilesMs::from(&device.summary())),
+            itl_p50_by_tenth_ms: root.decode_deciles_ms(),
         };
 
         let mut problems = Vec::new();

@@ -82,6 +82,7 @@ fn rows(runs: &[(String, RunReport)]) -> Vec<Row> {
     num("ITL max ms", 3, &|r| s(r).map(|s| s.itl_ms.max));
     num("prefill tok/s", 0, &|r| s(r).and_then(|s| s.prefill_tok_s));
     num("decode tok/s", 1, &|r| s(r).and_then(|s| s.decode_tok_s));
+    num("ITL p50, last tenth of decode ms", 3, &|r| s(r).and_then(|s| s.itl_p50_by_tenth_ms).and_then(|t| t.last().copied()));
     num("ITL p50 ÷ decode floor", 2, &|r| s(r).and_then(|s| s.itl_over_floor));
     num("device step p50 ms", 3, &|r| s(r).and_then(|s| s.device_step_ms.map(|d| d.p50)));
     num("peak memory, largest rank GiB", 2, &|r| r.ranks.iter().map(peak_bytes).reduce(f64::max).map(|b| b / GIB));

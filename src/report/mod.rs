@@ -195,6 +195,10 @@ pub struct Summary {
     pub itl_over_floor: Option<f64>,
     /// Device decode step time (CUDA events) merged over ranks, for engines that measure it.
     pub device_step_ms: Option<PercentilesMs>,
+    /// Rank 0's median decode latency in each tenth of the decode steps (ms, in step order): how
+    /// the per-token cost grows as the context does.
+    #[serde(default)]
+    pub itl_p50_by_tenth_ms: Option<Vec<f64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -82,6 +82,12 @@ pub fn render(r: &RunReport) -> String {
         let _ = writeln!(out, "  {:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}", "ms", "p50", "p90", "p99", "p99.9", "max", "mean", "count");
         row(&mut out, "TTFT", &s.ttft_ms);
         row(&mut out, "ITL", &s.itl_ms);
+        if let Some(t) = s.itl_p50_by_tenth_ms.as_ref().filter(|t| t.len() >= 2) {
+            let (first, last) = (t[0], t[t.len() - 1]);
+            let growth = if first > 0.0 { format!(" (last {} {:+.1} % against the first)", if t.len() == 10 { "tenth" } else { "part" }, (last - first) / first * 100.0) } else { String::new() };
+            let v: Vec<String> = t.iter().map(|x| format!("{x:.3}")).collect();
+            let _ = writeln!(out, "ITL p50 by tenth of the decode steps (rank 0), ms: {}{growth}", v.join(" "));
+        }
     }
     if let Some(k) = r.ranks.first().filter(|k| !k.timing.warmup_s.is_empty()) {
         let times: Vec<String> = k.timing.warmup_s.iter().map(|s| format!("{s:.3}")).collect();

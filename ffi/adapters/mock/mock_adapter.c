@@ -6,6 +6,8 @@
  *   vocab_size          token ids are produced in [0, vocab_size)            (default 32000)
  *   prefill_us_per_token busy-wait per prompt token before the first token  (default 0)
  *   token_us            busy-wait per decode step (one step = one token for every sample) (default 0)
+ *   token_us_growth     added to token_us at every further decode step: step k waits
+ *                       token_us + k * token_us_growth, like attention over a growing context (default 0)
  *   create_ms           busy-wait in create(), like loading weights         (default 0)
  *   first_generate_ms   busy-wait before the first token of the FIRST generate() call only: an
  *                       engine that initialises lazily on its first request (default 0)
@@ -91,6 +93,7 @@ struct tpprof_engine {
     double prefill_us_per_token;
     double token_us;
     double first_generate_us;
+    double token_us_growth;
     long generate_calls;
     long fail_rank, fail_at_token, crash_rank, crash_at_token, eos_at_step;
     int callback_thread;
@@ -301,6 +304,7 @@ int32_t tpprof_create(const tpprof_init *init, tpprof_engine **out, char *err, s
     e->prefill_us_per_token = opt_num(o, "prefill_us_per_token", 0);
     e->token_us = opt_num(o, "token_us", 0);
     e->first_generate_us = opt_num(o, "first_generate_ms", 0) * 1000.0;
+    e->token_us_growth = opt_num(o, "token_us_growth", 0);
     e->fail_rank = (long)opt_num(o, "fail_rank", -1);
     e->fail_at_token = (long)opt_num(o, "fail_at_token", -1);
     e->crash_rank = (long)opt_num(o, "crash_rank", -1);
@@ -436,7 +440,7 @@ static void *run_job(void *arg) {
         int any = 0;
         for (size_t s = 0; s < j->n; s++) any |= !done[s];
         if (!any) break;
-        t += e->token_us;
+        t += e->token_us + e->token_us_growth * (double)step;
         busy_until(t);
         if (e->kernels_per_step > 0 && gpu_step(e, j->err, j->errlen) != 0) {
             j->status = TPPROF_ERR_RUNTIME;
