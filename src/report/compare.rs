@@ -114,11 +114,16 @@ fn legend(i: usize, file: &str, r: &RunReport) -> String {
     let state = state_label(&r.status);
     let tokens = r.summary.as_ref().map(|s| format!(", {}/{} tokens", s.generated_tokens, s.requested_tokens)).unwrap_or_default();
     let build = if r.environment.tpprof_commit.is_empty() { String::new() } else { format!(", build {}", r.environment.tpprof_commit) };
+    // The element type means something for the built-in engines only.
+    let dtype = match engine.as_str() {
+        "cuda" => format!(" {}", c.dtype),
+        "cpu" => " f32".to_string(),
+        _ => String::new(),
+    };
     format!(
-        "{}: {file} — {engine} {} {}, {} rank(s), batch {}, {prompt} → {}{}, {gpu}, {state}{tokens}{build}{}",
+        "{}: {file} — {engine} {}{dtype}, {} rank(s), batch {}, {prompt} → {}{}, {gpu}, {state}{tokens}{build}{}",
         letter(i),
         c.model,
-        c.dtype,
         c.world_size,
         c.batch,
         c.generated_tokens,
