@@ -40,7 +40,9 @@ JSON
 "${MR[@]}" -n 2 "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
 # The splits the 10K-context runs use (176 positions: a second scores pass, all 8 warps) and the
 # longest decode_attn_sk takes (512); then the fallback kernels at this shape.
-# (Added after the last GPU session's device time was spent: not run on a GPU yet.)
+# (Added after the last GPU session's device time was spent: not run on a GPU yet; likewise the
+# batch check every verify with 2+ prompts now ends with: all prompts as one batch of different
+# lengths, each sample's last decode step logits against the cpu engine.)
 for split in 176 512; do
   TPPROF_CUDA_ATTN_SPLIT=$split "${MR[@]}" -x TPPROF_CUDA_ATTN_SPLIT -n 2 "$B" verify --model "$out/d128.json" --prompts 1 --prompt-tokens 2000 \
     | tee "$out/split.log"

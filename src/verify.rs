@@ -3,7 +3,8 @@
 //! group. Per prompt: the last position's logits (each rank compares its vocabulary shard,
 //! `|cuda − cpu| ≤ atol + rtol·|cpu|`), then the greedy tokens of both engines step by step, then
 //! the logits of the cuda engine's last decode step (its decode attention over the whole cache)
-//! against the cpu engine's prefill of the prompt plus the generated tokens.
+//! against the cpu engine's prefill of the prompt plus the generated tokens; finally (2+ prompts) all
+//! prompts as one batch, cut to different lengths, each sample's last decode step logits likewise.
 //! Fresh random weights every run (the seed defaults to the clock and is printed).
 
 use clap::Args;
@@ -170,7 +171,7 @@ fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
         let same = tc.iter().zip(&tg).take_while(|(a, b)| a == b).count();
         // The last decode step: it fed tg[steps-2] at position len+steps-2 and produced tg[steps-1].
         let decode = if args.steps >= 2 && tg.len() == args.steps {
-            let lgd = cuda.last_logits().map_err(|e| e.to_string())?;
+            let lgd = cuda.last_logits(1).map_err(|e| e.to_string())?;
             let mut ext = p.clone();
             ext.extend_from_slice(&tg[..args.steps - 1]);
             let (lcd, _) = cpu.prefill_logits(&ext).map_err(|e| e.to_string())?;
@@ -204,6 +205,47 @@ fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
             }
             if same < args.steps {
                 println!("  cpu : {:?}\n  cuda: {:?}", tc, tg);
+            }
+        }
+    }
+    // The prompts once more, as one batch, each cut to another length (every sample's cache ends
+    // elsewhere; the decode step attends over all of them at once): each sample's tokens, and its
+    // row of the last decode step's logits against the cpu engine's prefill of that sample's prompt
+    // plus its generated tokens.
+    if prompts.len() >= 2 && args.steps >= 2 {
+        let batch: Vec<Vec<i32>> = prompts.iter().enumerate().map(|(s, p)| p[..p.len().saturating_sub(13 * s).max(1)].to_vec()).collect();
+        let mut toks: Vec<Vec<i32>> = vec![Vec::new(); batch.len()];
+        cuda.generate(&batch, args.steps, true, &mut |s, _, t, _| toks[s].push(t)).map_err(|e| e.to_string())?;
+        let complete = toks.iter().all(|t| t.len() == args.steps);
+        let rows = if complete { cuda.last_logits(batch.len()).map_err(|e| e.to_string())? } else { Vec::new() };
+        let v_local = rows.len() / batch.len();
+        let mut all = Vec::new();
+        if complete {
+            for (s, p) in batch.iter().enumerate() {
+                let mut ext = p.clone();
+                ext.extend_from_slice(&toks[s][..args.steps - 1]);
+                let (lc, _) = cpu.prefill_logits(&ext).map_err(|e| e.to_string())?;
+                all.extend(gather_compared(world, compare(&lc, &rows[s * v_local..(s + 1) * v_local], v0, atol, rtol)));
+            }
+        }
+        let bad: usize = all.iter().map(|c| c.bad).sum();
+        let n: usize = all.iter().map(|c| c.n).sum();
+        let max_abs = all.iter().map(|c| c.max_abs).fold(0.0, f32::max);
+        let pass = complete && bad == 0;
+        ok &= pass;
+        if world.is_root() {
+            println!(
+                "batch of {} (prompt lengths {:?}): {}, last decode step logits {}/{n} within tolerance, max |diff| {max_abs:.3e} {}",
+                batch.len(),
+                batch.iter().map(Vec::len).collect::<Vec<_>>(),
+                if complete { format!("{} tokens per sample", args.steps) } else { format!("INCOMPLETE: {:?} tokens", toks.iter().map(Vec::len).collect::<Vec<_>>()) },
+                n - bad,
+                if pass { "PASS" } else { "FAIL" }
+            );
+            for (i, c) in all.iter().enumerate() {
+                for (idx, a, b) in &c.first_bad {
+                    println!("  sample {}, rank {}: token {idx}: cpu {a:.6} cuda {b:.6}", i / world.size as usize, i % world.size as usize);
+                }
             }
         }
     }

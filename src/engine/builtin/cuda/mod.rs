@@ -524,11 +524,11 @@ impl CudaEngine {
         self.breakdown_steps = 0;
     }
 
-    /// This rank's logits (its vocab shard) of the last LM-head pass: after `generate` of one
-    /// sample with the breakdown skipped, the last decode step's (what `tpprof verify` checks the
-    /// decode attention with).
-    pub fn last_logits(&self) -> Result<Vec<f32>, CudaError> {
-        self.model()?.read_logits(1)
+    /// This rank's logits (its vocab shard) of the last LM-head pass, `rows` × v_local: after
+    /// `generate` with the breakdown skipped, the last decode step's, one row per sample (what
+    /// `tpprof verify` checks the decode attention with).
+    pub fn last_logits(&self, rows: usize) -> Result<Vec<f32>, CudaError> {
+        self.model()?.read_logits(rows)
     }
 
     pub fn step_times(&self) -> &StepTimes {
