@@ -37,4 +37,8 @@ for tp in $tps; do
     files+=("$f")
   done
 done
-"$B" compare --markdown "${files[@]}" | tee "$outdir/compare.md"
+if [[ ${#files[@]} -ge 2 ]]; then
+  "$B" compare --markdown "${files[@]}" | tee "$outdir/compare.md"
+else
+  "$B" report "${files[0]}"
+fi

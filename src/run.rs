@@ -345,8 +345,8 @@ impl<'w> Job<'w> {
             Role::Observer => Ok(()),
         };
         world.agree(prepared).map_err(Stop::failed)?;
-        // Warm-up runs: the workload's shapes (prompt lengths, batch, tokens) with other prompt ids
-        // (no prefix-cache hits for the measured run), tokens discarded, before the clock (memory
+        // Warm-up runs: the workload's shapes (prompt lengths, batch, tokens), each prompt's ids in
+        // another order (no prefix-cache hits for the measured run), tokens discarded, before the clock (memory
         // phase `prepare`; CUPTI counts their kernels only in kernels_total, like the engine's own
         // warm-up).
         let mut warmup_s = Vec::with_capacity(config.warmup as usize);
@@ -356,7 +356,7 @@ impl<'w> Job<'w> {
                 Role::Engine => {
                     tracing::info!("warm-up run {} of {}", i + 1, config.warmup);
                     let discard = TokenSink::new_with_epoch(epoch, workload.prompts.len() * workload.generated_tokens as usize + 64);
-                    let prompts = workload.warmup_prompts(vocab, config.seed, i);
+                    let prompts = workload.warmup_prompts(config.seed, i);
                     engine
                         .generate(&prompts, workload.generated_tokens, config.exact_length, &discard)
                         .map_err(|e| format!("warm-up run {} of {}: {e}", i + 1, config.warmup))

@@ -235,9 +235,10 @@ fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
         ok &= pass;
         if world.is_root() {
             println!(
-                "batch of {} (prompt lengths {:?}): {}, last decode step logits {}/{n} within tolerance, max |diff| {max_abs:.3e} {}",
+                "batch of {} (prompt lengths {:?}; {}): {}, last decode step logits {}/{n} within tolerance, max |diff| {max_abs:.3e} {}",
                 batch.len(),
                 batch.iter().map(Vec::len).collect::<Vec<_>>(),
+                cuda.decode_attention().unwrap_or_else(|| "decode attention unknown".into()),
                 if complete { format!("{} tokens per sample", args.steps) } else { format!("INCOMPLETE: {:?} tokens", toks.iter().map(Vec::len).collect::<Vec<_>>()) },
                 n - bad,
                 if pass { "PASS" } else { "FAIL" }

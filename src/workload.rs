@@ -56,18 +56,26 @@ impl Workload {
         Workload { prompts, generated_tokens, source: PromptSource::Random { seed, tokens_per_prompt: tokens } }
     }
 
-    /// The prompts of warm-up run `round`: seeded random ids in [0, vocab) with the measured
-    /// prompts' lengths. Same shapes, so the engine warms up what the measured run uses, but not the
-    /// same ids: an engine with prefix caching / KV block reuse must not serve the measured run's
-    /// prefill from the warm-up's cache. Identical on every rank for the same seed.
-    pub fn warmup_prompts(&self, vocab: u32, seed: u64, round: u32) -> Vec<Vec<i32>> {
+    /// The prompts of warm-up run `round`: each measured prompt's own ids in a seeded shuffled
+    /// order. Same lengths and the same ids (valid for the engine's tokenizer, whatever the
+    /// workload's source), so the engine warms up what the measured run uses, but another order:
+    /// an engine with prefix caching / KV block reuse must not serve the measured run's prefill
+    /// from the warm-up's cache (a prompt of one repeated id cannot be changed this way). Identical
+    /// on every rank, which all hold rank 0's workload.
+    pub fn warmup_prompts(&self, seed: u64, round: u32) -> Vec<Vec<i32>> {
         let base = splitmix64(seed ^ 0x7761_726d_7570_0000 ^ u64::from(round));
         self.prompts
             .iter()
             .enumerate()
             .map(|(s, p)| {
-                let k = splitmix64(base ^ (s as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                (0..p.len() as u64).map(|i| (splitmix64(k ^ i.wrapping_mul(0xbf58_476d_1ce4_e5b9)) % u64::from(vocab.max(1))) as i32).collect()
+                let mut state = splitmix64(base ^ (s as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                let mut q = p.clone();
+                // Fisher–Yates.
+                for i in (1..q.len()).rev() {
+                    state = splitmix64(state);
+                    q.swap(i, (state % (i as u64 + 1)) as usize);
+                }
+                q
             })
             .collect()
     }
@@ -125,19 +133,22 @@ mod tests {
     }
 
     #[test]
-    fn warmup_prompts_have_the_shapes_but_not_the_ids() {
-        let mut w = Workload::random(3, 100, 50, 7, 4);
+    fn warmup_prompts_are_the_prompts_shuffled() {
+        let mut w = Workload::random(3, 100, 5000, 7, 4);
         w.prompts[1].truncate(40);
-        let a = w.warmup_prompts(50, 7, 0);
+        let a = w.warmup_prompts(7, 0);
         assert_eq!(a.iter().map(Vec::len).collect::<Vec<_>>(), vec![100, 40, 100]);
-        assert!(a.iter().flatten().all(|&t| (0..50).contains(&t)));
-        assert_eq!(a, w.warmup_prompts(50, 7, 0), "deterministic: every rank builds the same");
+        assert_eq!(a, w.warmup_prompts(7, 0), "deterministic: every rank builds the same");
         for (x, y) in a.iter().zip(&w.prompts) {
+            let (mut xs, mut ys) = (x.clone(), y.clone());
+            xs.sort_unstable();
+            ys.sort_unstable();
+            assert_eq!(xs, ys, "the same ids");
             let same = x.iter().zip(y).filter(|(p, q)| p == q).count();
-            assert!(same < x.len() / 4, "a warm-up prompt must not repeat the measured one ({same} of {} equal)", x.len());
+            assert!(same < x.len() / 4, "another order ({same} of {} in place)", x.len());
+            assert_ne!(x[..16], y[..16], "no shared first block");
         }
-        assert_ne!(a, w.warmup_prompts(50, 7, 1), "each round its own prompts");
-        assert_ne!(a[0], a[2], "samples differ");
+        assert_ne!(a, w.warmup_prompts(7, 1), "each round its own order");
     }
 
     fn file(content: &str) -> tempfile::NamedTempFile {

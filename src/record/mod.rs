@@ -212,10 +212,12 @@ pub fn token_digest(tokens: &[i32]) -> String {
 /// The median gap of each tenth of the decode steps: steps 1..=max split into min(10, max) parts
 /// of (nearly) equal length; every sample's gap at a step counts in that step's part.
 fn deciles(gaps: &[(u32, u64)]) -> Vec<u64> {
+    // A gap "at step 0" (an engine repeating step 0) is already an anomaly; it has no decode step.
+    let gaps: Vec<(u32, u64)> = gaps.iter().copied().filter(|g| g.0 >= 1).collect();
     let Some(max) = gaps.iter().map(|g| g.0).max() else { return Vec::new() };
     let parts = max.clamp(1, 10) as usize;
     let mut bins: Vec<Vec<u64>> = vec![Vec::new(); parts];
-    for &(step, gap) in gaps {
+    for &(step, gap) in &gaps {
         // step in 1..=max → part in 0..parts
         let part = ((step.saturating_sub(1)) as usize * parts) / max as usize;
         bins[part.min(parts - 1)].push(gap);
@@ -271,6 +273,9 @@ mod tests {
         let three = Recording::analyse(&[ev(0, 0, 0, 0), ev(0, 1, 10, 0), ev(0, 2, 30, 1)], 0, 0, &[3]);
         assert_eq!(three.decode_deciles_ns, vec![10, 20]);
         assert!(Recording::analyse(&[ev(0, 0, 5, 1)], 0, 0, &[1]).decode_deciles_ms().is_none());
+        // An engine that repeats step 0: an anomaly, no decode parts, no panic.
+        let repeated = Recording::analyse(&[ev(0, 0, 0, 0), ev(0, 0, 10, 1)], 0, 0, &[2]);
+        assert!(repeated.decode_deciles_ns.is_empty() && !repeated.anomalies.is_empty());
         // Two samples: both samples' gaps at a step count in its part.
         let two = Recording::analyse(&[ev(0, 0, 0, 0), ev(1, 0, 0, 0), ev(0, 1, 10, 1), ev(1, 1, 30, 1)], 0, 0, &[2, 2]);
         assert_eq!(two.decode_deciles_ns, vec![10]);

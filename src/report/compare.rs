@@ -150,6 +150,10 @@ fn workload_notes(runs: &[(String, RunReport)]) -> Vec<String> {
     differs("warm-up runs", runs.iter().map(|(_, r)| r.config.warmup.to_string()).collect());
     differs("EOS handling", runs.iter().map(|(_, r)| if r.config.exact_length { "exact length" } else { "EOS may stop" }.to_string()).collect());
     differs("models", runs.iter().map(|(_, r)| r.config.model.clone()).collect());
+    differs(
+        "peak memory sources (GPU memory vs host RSS: not like for like)",
+        runs.iter().map(|(_, r)| r.ranks.first().map(|k| super::summary::rank_peak(k).1).unwrap_or("none").to_string()).collect(),
+    );
     notes
 }
 
