@@ -44,6 +44,10 @@ pub struct VerifyArgs {
     /// Relative tolerance (default: as atol).
     #[arg(long)]
     pub rtol: Option<f32>,
+    /// Abort every rank (non-zero exit) if verify has not finished after this many seconds: a rank
+    /// that fails inside a collective must not leave the others waiting.
+    #[arg(long, default_value_t = 1800.0)]
+    pub timeout: f64,
 }
 
 /// One rank's comparison of one prompt's logits.
@@ -90,12 +94,23 @@ pub fn main(args: VerifyArgs) -> i32 {
             return 1;
         }
     };
+    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
+        if world.is_root() {
+            eprintln!("error: --timeout must be a positive number of seconds (got {})", args.timeout);
+        }
+        return 2;
+    }
+    world.start_watchdog(std::time::Duration::from_secs_f64(args.timeout));
     let code = match run(&world, &args) {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(e) => {
+            // Rank 0 says it; another rank too when the error is its own (not one every rank
+            // agreed on, which reads "rank N: …", nor the build's): rank 0 may be waiting for it.
             if world.is_root() {
                 eprintln!("error: {e}");
+            } else if !e.starts_with("rank ") && e != crate::engine::builtin::NO_CUDA {
+                eprintln!("error: rank {}: {e}", world.rank);
             }
             2
         }
