@@ -194,11 +194,7 @@ fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
         } else {
             None
         };
-        let all: Vec<&Compared> = prefill.iter().chain(decode.iter().flatten()).collect();
-        let bad: usize = all.iter().map(|c| c.bad).sum();
-        let n: usize = all.iter().map(|c| c.n).sum();
-        let max_abs = all.iter().map(|c| c.max_abs).fold(0.0, f32::max);
-        let max_ref = all.iter().map(|c| c.max_ref).fold(0.0, f32::max);
+        let Totals { bad, n, max_abs, max_ref } = Totals::of(prefill.iter().chain(decode.iter().flatten()));
         let pass = bad == 0 && same == args.steps;
         ok &= pass;
         if world.is_root() {
@@ -243,9 +239,7 @@ fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
                 all.extend(gather_compared(world, compare(&lc, &rows[s * v_local..(s + 1) * v_local], v0, atol, rtol)));
             }
         }
-        let bad: usize = all.iter().map(|c| c.bad).sum();
-        let n: usize = all.iter().map(|c| c.n).sum();
-        let max_abs = all.iter().map(|c| c.max_abs).fold(0.0, f32::max);
+        let Totals { bad, n, max_abs, .. } = Totals::of(&all);
         let pass = complete && bad == 0;
         ok &= pass;
         if world.is_root() {
@@ -269,6 +263,25 @@ fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
         println!("verify: {}", if ok { "PASS" } else { "FAIL" });
     }
     Ok(ok)
+}
+
+/// Comparisons added up: values out of tolerance, values compared, largest difference and logit.
+struct Totals {
+    bad: usize,
+    n: usize,
+    max_abs: f32,
+    max_ref: f32,
+}
+
+impl Totals {
+    fn of<'a>(cs: impl IntoIterator<Item = &'a Compared>) -> Totals {
+        cs.into_iter().fold(Totals { bad: 0, n: 0, max_abs: 0.0, max_ref: 0.0 }, |t, c| Totals {
+            bad: t.bad + c.bad,
+            n: t.n + c.n,
+            max_abs: t.max_abs.max(c.max_abs),
+            max_ref: t.max_ref.max(c.max_ref),
+        })
+    }
 }
 
 /// Every rank's comparison, at every rank.

@@ -30,19 +30,15 @@ pub fn main(args: &CompareArgs) -> i32 {
     0
 }
 
-/// How a row's cells print.
-#[derive(Clone, Copy)]
-enum Cell {
-    Text,
-    /// Decimals to print.
-    Num(usize),
+/// One row of the table: a text per run, or a number per run (with the decimals to print).
+enum Cells {
+    Text(Vec<String>),
+    Num(usize, Vec<Option<f64>>),
 }
 
 struct Row {
     name: &'static str,
-    kind: Cell,
-    values: Vec<Option<f64>>,
-    texts: Vec<String>,
+    cells: Cells,
 }
 
 /// Column letters: A, B, …, Z, then A2, B2, … (nobody compares 27 runs, but it must not panic).
@@ -59,19 +55,17 @@ pub fn change_pct(base: Option<f64>, v: Option<f64>) -> Option<f64> {
     }
 }
 
-fn peak_bytes(k: &RankReport) -> f64 {
-    rank_peak(k).0 as f64
-}
-
 fn rows(runs: &[(String, RunReport)]) -> Vec<Row> {
     let mut out = Vec::new();
     let mut num = |name: &'static str, decimals: usize, f: &dyn Fn(&RunReport) -> Option<f64>| {
         let values: Vec<Option<f64>> = runs.iter().map(|(_, r)| f(r)).collect();
         if values.iter().any(Option::is_some) {
-            out.push(Row { name, kind: Cell::Num(decimals), values, texts: Vec::new() });
+            out.push(Row { name, cells: Cells::Num(decimals, values) });
         }
     };
-    let s = |r: &RunReport| r.summary.clone();
+    fn s(r: &RunReport) -> Option<&Summary> {
+        r.summary.as_ref()
+    }
     num("total time s", 3, &|r| s(r).map(|s| s.total_time_s));
     num("throughput tok/s (gen ÷ total)", 1, &|r| s(r).map(|s| s.throughput_tok_s));
     num("TTFT p50 ms", 1, &|r| s(r).map(|s| s.ttft_ms.p50));
@@ -82,11 +76,11 @@ fn rows(runs: &[(String, RunReport)]) -> Vec<Row> {
     num("ITL max ms", 3, &|r| s(r).map(|s| s.itl_ms.max));
     num("prefill tok/s", 0, &|r| s(r).and_then(|s| s.prefill_tok_s));
     num("decode tok/s", 1, &|r| s(r).and_then(|s| s.decode_tok_s));
-    num("ITL p50, last tenth of decode ms", 3, &|r| s(r).and_then(|s| s.itl_p50_by_tenth_ms).and_then(|t| t.last().copied()));
+    num("ITL p50, last tenth of decode ms", 3, &|r| s(r).and_then(|s| s.itl_p50_by_tenth_ms.as_ref()).and_then(|t| t.last().copied()));
     num("ITL p50 ÷ decode floor", 2, &|r| s(r).and_then(|s| s.itl_over_floor));
-    num("device step p50 ms", 3, &|r| s(r).and_then(|s| s.device_step_ms.map(|d| d.p50)));
-    num("peak memory, largest rank GiB", 2, &|r| r.ranks.iter().map(peak_bytes).reduce(f64::max).map(|b| b / GIB));
-    num("peak memory, smallest rank GiB", 2, &|r| r.ranks.iter().map(peak_bytes).reduce(f64::min).map(|b| b / GIB));
+    num("device step p50 ms", 3, &|r| s(r).and_then(|s| s.device_step_ms.as_ref()).map(|d| d.p50));
+    num("peak memory, largest rank GiB", 2, &|r| r.ranks.iter().map(|k| rank_peak(k).0 as f64).reduce(f64::max).map(|b| b / GIB));
+    num("peak memory, smallest rank GiB", 2, &|r| r.ranks.iter().map(|k| rank_peak(k).0 as f64).reduce(f64::min).map(|b| b / GIB));
     num("skew: step start spread p50 µs", 1, &|r| r.skew.as_ref().map(|k| k.start_spread.p50_ns as f64 / 1e3));
     num("skew: step start spread p99 µs", 1, &|r| r.skew.as_ref().map(|k| k.start_spread.p99_ns as f64 / 1e3));
     num("skew: step end spread p50 µs", 1, &|r| r.skew.as_ref().map(|k| k.end_spread.p50_ns as f64 / 1e3));
@@ -170,25 +164,19 @@ pub fn render(runs: &[(String, RunReport)], markdown: bool) -> String {
     }
     let mut table = rows(runs);
     // Status first (text), then the figures.
-    table.insert(0, Row {
-        name: "status",
-        kind: Cell::Text,
-        values: Vec::new(),
-        texts: runs.iter().map(|(_, r)| format!("{:?}", r.status.state).to_lowercase()).collect(),
-    });
+    table.insert(0, Row { name: "status", cells: Cells::Text(runs.iter().map(|(_, r)| format!("{:?}", r.status.state).to_lowercase()).collect()) });
     // Cells: the value, and from the second run on its change against the first.
     let cells: Vec<Vec<String>> = table
         .iter()
-        .map(|row| match row.kind {
-            Cell::Text => row.texts.clone(),
-            Cell::Num(d) => row
-                .values
+        .map(|row| match &row.cells {
+            Cells::Text(t) => t.clone(),
+            Cells::Num(d, values) => values
                 .iter()
                 .enumerate()
-                .map(|(i, v)| match (v, change_pct(row.values[0], *v)) {
+                .map(|(i, v)| match (v, change_pct(values[0], *v)) {
                     (None, _) => "—".to_string(),
-                    (Some(v), Some(c)) if i > 0 => format!("{v:.d$} ({c:+.1} %)"),
-                    (Some(v), _) => format!("{v:.d$}"),
+                    (Some(v), Some(c)) if i > 0 => format!("{v:.d$} ({c:+.1} %)", d = *d),
+                    (Some(v), _) => format!("{v:.d$}", d = *d),
                 })
                 .collect(),
         })

@@ -512,11 +512,15 @@ impl CudaEngine {
         Ok((logits, tok))
     }
 
-    /// The decode attention kernel of the prepared buffers and its splits, e.g.
-    /// "decode.cu decode_attn_sk, 62 splits of 176 positions".
-    pub fn decode_attention(&self) -> Option<String> {
+    /// The decode attention kernel that runs with the prepared buffers, its splits and their length.
+    fn attention_kernel(&self) -> Option<(DecodeAttention, usize, usize)> {
         let b = self.bufs.as_ref()?;
-        Some(format!("{}, {} splits of {} positions", self.attention.resolve(self.dims.d, self.dims.group(), b.split_len).label(), b.n_splits, b.split_len))
+        Some((self.attention.resolve(self.dims.d, self.dims.group(), b.split_len), b.n_splits, b.split_len))
+    }
+
+    /// The same in words, e.g. "decode.cu decode_attn_sk, 62 splits of 176 positions".
+    pub fn decode_attention(&self) -> Option<String> {
+        self.attention_kernel().map(|(k, n, len)| format!("{}, {n} splits of {len} positions", k.label()))
     }
 
     /// No after-run breakdown: its extra decode steps would overwrite the run's last logits.
@@ -571,8 +575,8 @@ impl CudaEngine {
             "dtype": self.dtype.name(),
             "cuda_graph": self.graph.is_some(),
             "decode_gemv": self.use_gemv,
-            "decode_attention": self.bufs.as_ref().map(|b| self.attention.resolve(self.dims.d, self.dims.group(), b.split_len).label()),
-            "decode_attention_splits": self.bufs.as_ref().map(|b| [b.n_splits, b.split_len]),
+            "decode_attention": self.attention_kernel().map(|(k, _, _)| k.label()),
+            "decode_attention_splits": self.attention_kernel().map(|(_, n, len)| [n, len]),
             "copy_bandwidth_gb_s": self.copy_bandwidth / 1e9,
             "event_clock_drift_ppm": self.steps.event_drift_ppm,
             "weights_read_per_step_bytes": self.weights.read_per_step,
