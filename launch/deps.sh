@@ -7,7 +7,9 @@ need=()
 command -v cc >/dev/null || need+=(build-essential)
 command -v mpicc >/dev/null || need+=(libopenmpi-dev)
 command -v mpirun >/dev/null || need+=(openmpi-bin)
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 && [[ -z "${LIBCLANG_PATH:-}" ]]; then
+# libclang itself (libclang.so*, libclang-NN.so*), not libclang-cpp, which some other packages bring alone.
+if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* /usr/lib/x86_64-linux-gnu/libclang.so* \
+        /usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so* >/dev/null 2>&1 && [[ -z "${LIBCLANG_PATH:-}" ]]; then
   need+=(libclang-dev)
 fi
 if [[ ${#need[@]} -gt 0 ]]; then
