@@ -1156,6 +1156,18 @@ impl Engine for PythonEngine {
         r.map_err(|what| PythonError::Python { driver: self.label.clone(), call: "generate()".into(), what }.into())
     }
 
+    /// The driver's optional `stats()` (a dict about the last generate(), e.g. how many tokens
+    /// each of the engine's stream outputs carried); a failing `stats()` is logged, not fatal.
+    fn run_stats(&self) -> Option<serde_json::Value> {
+        match self.call_json("stats") {
+            Ok(v) => v.filter(|v| !v.is_null()),
+            Err(e) => {
+                tracing::warn!("{e}");
+                None
+            }
+        }
+    }
+
     fn memory(&self) -> Result<EngineMemory, EngineError> {
         let v = self.call_json("memory")?;
         let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(EngineMemory::default()) };

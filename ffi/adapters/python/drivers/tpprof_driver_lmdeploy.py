@@ -30,11 +30,56 @@ Options (``--engine-options``):
 """
 
 import asyncio
+import contextlib
 import dataclasses
+import os
 import threading
 
 _KNOWN = {"model_path", "tp", "session_len", "cache_max_entry_count", "dtype", "eos_id", "response_timeout_s",
           "vocab_size", "python"}
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "qwen.tiktoken")
+
+
+def _has_tokenizer(model_path):
+    """Whether the checkpoint (or a TurboMind workspace's triton_models/tokenizer) has tokenizer files."""
+    for d in (model_path, os.path.join(model_path, "triton_models", "tokenizer")):
+        if any(os.path.exists(os.path.join(d, f)) for f in _TOKENIZER_FILES):
+            return True
+    return not os.path.isdir(model_path)  # a hub id: lmdeploy fetches the tokenizer with the weights
+
+
+class _NoTokenizer:
+    """Stands in for lmdeploy's Tokenizer when the checkpoint has none (e.g. `tpprof write-checkpoint`):
+    TurboMind builds one in its constructor, but on this path (token ids in, token ids out) nothing
+    calls it."""
+
+    def __init__(self, model_path, *args, **kwargs):
+        self.model_path = model_path
+
+    def __getattr__(self, name):
+        raise RuntimeError("the checkpoint %s has no tokenizer files; tpprof feeds token ids and never detokenizes "
+                           "(TurboMind tried to use tokenizer.%s)" % (self.model_path, name))
+
+
+@contextlib.contextmanager
+def _no_tokenizer_if(needed):
+    """While TurboMind is built: the stand-in tokenizer, when the checkpoint has none."""
+    if not needed:
+        yield
+        return
+    import lmdeploy.turbomind.turbomind as tm_mod
+
+    if not hasattr(tm_mod, "Tokenizer"):
+        yield  # another version: it builds no tokenizer there, or fails with its own message
+        return
+    orig = tm_mod.Tokenizer
+    tm_mod.Tokenizer = _NoTokenizer
+    try:
+        yield
+    finally:
+        tm_mod.Tokenizer = orig
 
 
 class Driver:
@@ -52,6 +97,8 @@ class Driver:
         self.tm = None
         self.version = None
         self._session = 1
+        self._last = None
+        self.stand_in_tokenizer = False
         if self.rank != 0:
             return  # one_process: the other ranks observe their GPU
         import lmdeploy
@@ -73,13 +120,19 @@ class Driver:
                 cfg[key] = o[key]
         if "enable_prefix_caching" in fields:
             cfg["enable_prefix_caching"] = False  # repeated prompts must not fake a fast TTFT
-        self.tm = TurboMind.from_pretrained(o["model_path"], engine_config=TurbomindEngineConfig(**cfg))
+        self.stand_in_tokenizer = not _has_tokenizer(o["model_path"])
+        with _no_tokenizer_if(self.stand_in_tokenizer):
+            self.tm = TurboMind.from_pretrained(o["model_path"], engine_config=TurbomindEngineConfig(**cfg))
 
     def info(self):
         d = {"name": "lmdeploy-turbomind", "version": str(self.version),
              "verified": "written against lmdeploy v0.7.0..v0.16.0 source; not run"}
         if "vocab_size" in self.o:
             d["vocab_size"] = int(self.o["vocab_size"])
+        elif getattr(self.tm, "_vocab_size", None):
+            d["vocab_size"] = int(self.tm._vocab_size)  # the model's (padded) embedding rows
+        if self.tm is not None:
+            d["tokenizer"] = "stand-in (the checkpoint has none)" if self.stand_in_tokenizer else "the checkpoint's"
         return d
 
     def topology(self):
@@ -101,6 +154,10 @@ class Driver:
             raise RuntimeError("generate() runs on rank 0 only (one_process topology)")
         gen = self._gen_config(int(max_new_tokens), bool(exact_length))
         errors = []
+        # Outputs and the tokens each carried, over this generate(): TurboMind hands over whatever
+        # it generated since the consumer last looked, so one output may carry several tokens, whose
+        # on_token calls then come back to back (their gaps are not the engine's).
+        per_output = {}
 
         async def one(sample, ids):
             from lmdeploy.messages import ResponseType
@@ -124,6 +181,7 @@ class Driver:
                     raise RuntimeError("sample %d: TurboMind returned %s" % (sample, out.status))
                 finished = out.status == ResponseType.FINISH
                 toks = list(out.token_ids or [])
+                n_new = 0
                 total = getattr(out, "num_token", None)
                 if total is not None:
                     k = int(total) - seen
@@ -142,6 +200,9 @@ class Driver:
                     elif finished and i == len(new) - 1:
                         reason = 2 if (self.eos_id is not None and int(tok) == int(self.eos_id)) else 3
                     on_token(sample, step, int(tok), reason)
+                    n_new += 1
+                if n_new:
+                    per_output[n_new] = per_output.get(n_new, 0) + 1
 
         async def all_samples():
             await asyncio.gather(*(one(s, p) for s, p in enumerate(prompts)))
@@ -156,8 +217,20 @@ class Driver:
         t.start()
         t.join()
         self._session += len(prompts)
+        self._last = per_output
         if errors:
             raise errors[0]
+
+    def stats(self):
+        """The last generate()'s outputs by tokens carried (ranks[].engine_stats in the JSON)."""
+        if self.tm is None or self._last is None:
+            return None
+        outputs = sum(self._last.values())
+        tokens = sum(k * v for k, v in self._last.items())
+        return {"stream_outputs": outputs, "stream_tokens": tokens,
+                "outputs_with_several_tokens": sum(v for k, v in self._last.items() if k > 1),
+                "max_tokens_per_output": max(self._last) if self._last else 0,
+                "outputs_by_tokens": {str(k): v for k, v in sorted(self._last.items())}}
 
     def memory(self):
         return {}  # TurboMind reports none itself; tpprof's observers measure the GPUs
