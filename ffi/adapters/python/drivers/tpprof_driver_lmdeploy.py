@@ -142,8 +142,10 @@ class Driver:
         from lmdeploy.messages import GenerationConfig
 
         if exact_length:
-            return GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, top_k=1,
-                                    ignore_eos=True, stop_token_ids=None)
+            # ignore_eos and no stop ids: TurboMind then stops by length only. No min_new_tokens:
+            # its min-length penalty indexes the request's end ids, and with none TurboMind 0.18
+            # aborts the process (std::out_of_range in invokeMinLengthPenalty, seen on the H200).
+            return GenerationConfig(max_new_tokens=max_new_tokens, top_k=1, ignore_eos=True, stop_token_ids=None)
         if self.eos_id is None:
             raise ValueError('without exact length this driver needs the model\'s end id: pass "eos_id"')
         return GenerationConfig(max_new_tokens=max_new_tokens, top_k=1, ignore_eos=False,
