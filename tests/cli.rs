@@ -574,6 +574,9 @@ fn mock_executor_failures_are_one_line_errors_on_every_rank() {
 
 /// A stand-in `lmdeploy` package with TurboMind's streaming interface: three tokens per output, either
 /// every token so far with `num_token` (lmdeploy 0.7 .. 0.10.1) or only the new ones (0.10.2 on).
+/// It behaves as lmdeploy 0.18 did on the H200 where the driver once went wrong: TurboMind builds a
+/// tokenizer from the checkpoint (none in a written checkpoint), its min-length penalty aborts without
+/// end ids, and closing a stream before it ends cancels the request (logged to $FAKE_LMDEPLOY_LOG).
 const FAKE_LMDEPLOY: &[(&str, &str)] = &[
     ("lmdeploy/__init__.py", "__version__ = '0.0.stand-in'\n"),
     ("lmdeploy/messages.py", r#"
@@ -604,31 +607,48 @@ class EngineOutput:
     token_ids: list
     num_token: int = None
 "#),
-    ("lmdeploy/turbomind/__init__.py", r#"
+    ("lmdeploy/turbomind/__init__.py", "from .turbomind import TurboMind\n"),
+    ("lmdeploy/turbomind/turbomind.py", r#"
 import asyncio, os
 from lmdeploy.messages import EngineOutput, ResponseType
 
 MODE = os.environ['FAKE_LMDEPLOY_MODE']
 
+def log(what):
+    with open(os.environ['FAKE_LMDEPLOY_LOG'], 'a') as f:
+        f.write(what + '\n')
+
+class Tokenizer:
+    def __init__(self, path):
+        if not os.path.exists(os.path.join(path, 'tokenizer.json')):
+            raise OSError('Can\'t load tokenizer for %r' % path)
+
 class _Inst:
     async def async_stream_infer(self, session_id, input_ids, gen_config=None, stream_output=False, **kw):
         assert gen_config.ignore_eos and not gen_config.stop_token_ids
-        assert gen_config.min_new_tokens == gen_config.max_new_tokens
+        if gen_config.min_new_tokens and not gen_config.stop_token_ids:
+            log('abort: min-length penalty without end ids')
+            os.abort()
         n, out = gen_config.max_new_tokens, []
-        for i in range(n):
-            out.append((session_id * 31 + i * 7 + 1) % 1000)
-            last = i == n - 1
-            if len(out) % 3 == 0 or last:
-                await asyncio.sleep(0.001)
-                st = ResponseType.FINISH if last else ResponseType.SUCCESS
-                if MODE == 'cumulative':
-                    yield EngineOutput(st, list(out), len(out))
-                else:
-                    yield EngineOutput(st, out[-(len(out) % 3 or 3):])
+        try:
+            for i in range(n):
+                out.append((session_id * 31 + i * 7 + 1) % 1000)
+                last = i == n - 1
+                if len(out) % 3 == 0 or last:
+                    await asyncio.sleep(0.001)
+                    st = ResponseType.FINISH if last else ResponseType.SUCCESS
+                    if MODE == 'cumulative':
+                        yield EngineOutput(st, list(out), len(out))
+                    else:
+                        yield EngineOutput(st, out[-(len(out) % 3 or 3):])
+        except GeneratorExit:
+            log('cancel: session %d closed before its stream ended' % session_id)
+            raise
 
 class TurboMind:
     @classmethod
     def from_pretrained(cls, path, engine_config=None):
+        Tokenizer(path)
         return cls()
 
     def create_instance(self):
@@ -648,15 +668,30 @@ fn lmdeploy_driver_counts_every_token_against_a_stand_in_lmdeploy() {
         std::fs::write(p, text).unwrap();
     }
     let pythonpath = pkg.path().to_str().unwrap();
-    let args = ["--engine", "python:lmdeploy", "--engine-options", r#"{"model_path": "/stand-in", "vocab_size": 1000}"#, "--batch", "3", "--prompt-tokens", "5", "--generated-tokens", "10", "--record-tokens"];
+    // A checkpoint directory without tokenizer files, as `tpprof write-checkpoint` writes it.
+    let ckpt = tempfile::tempdir().unwrap();
+    let options = format!(r#"{{"model_path": "{}", "vocab_size": 1000}}"#, ckpt.path().display());
+    let args = ["--engine", "python:lmdeploy", "--engine-options", &options, "--batch", "3", "--prompt-tokens", "5", "--generated-tokens", "10", "--record-tokens"];
     for mode in ["cumulative", "incremental"] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("r.json");
-        let r = run_env(2, &args, &out, dir, &[("PYTHONPATH", pythonpath), ("FAKE_LMDEPLOY_MODE", mode)]);
+        let log = dir.path().join("lmdeploy.log");
+        let envs = [("PYTHONPATH", pythonpath), ("FAKE_LMDEPLOY_MODE", mode), ("FAKE_LMDEPLOY_LOG", log.to_str().unwrap())];
+        let r = run_env(2, &args, &out, dir, &envs);
         let j = ok(&r);
         check_counts(j, 2, 3, 10);
         assert_eq!(j["topology"], "one_process", "{mode}");
         assert_eq!(tokens(j)[0][..4], [32, 39, 46, 53], "{mode}: session 1's tokens, in order");
+        assert_eq!(j["engine"]["details"]["tokenizer"], "stand-in (the checkpoint has none)", "{mode}");
+        // Every stream ran to its end (no cancel), and nothing aborted.
+        assert!(!log.exists(), "{mode}: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        // The driver's stats: 10 tokens per sample in outputs of 3, 3, 3 and 1 (rank 0 drives the engine).
+        let stats = &j["ranks"][0]["engine_stats"];
+        assert_eq!(stats["stream_tokens"], 30, "{mode}: {stats}");
+        assert_eq!(stats["stream_outputs"], 12, "{mode}: {stats}");
+        assert_eq!(stats["outputs_with_several_tokens"], 9, "{mode}: {stats}");
+        assert_eq!(stats["max_tokens_per_output"], 3, "{mode}: {stats}");
+        assert!(j["ranks"][1]["engine_stats"].is_null(), "{mode}: the observer rank has none");
     }
 }
 

@@ -205,6 +205,16 @@ class Driver:
                     n_new += 1
                 if n_new:
                     per_output[n_new] = per_output.get(n_new, 0) + 1
+            # Let the stream end by itself: closing it early (GeneratorExit) makes lmdeploy 0.18
+            # cancel the request it has just finished.
+            while True:
+                try:
+                    await asyncio.wait_for(it.__anext__(), self.timeout)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    raise RuntimeError("sample %d: TurboMind's stream did not end %g s after its last token"
+                                       % (sample, self.timeout))
 
         async def all_samples():
             await asyncio.gather(*(one(s, p) for s, p in enumerate(prompts)))
