@@ -1,8 +1,9 @@
 """tpprof driver for LMDeploy TurboMind 0.7+ (up to 0.18), whose weights load only through Python.
 
-UNTESTED: written against lmdeploy's source (v0.7.0 .. v0.16.0 tags, read in a git mirror) and never
-run: no lmdeploy, CUDA 12 or GPU on the development machines. For lmdeploy 0.5.x use the C++ adapter
-in ffi/adapters/turbomind instead.
+Run on lmdeploy 0.18.0 (TurboMind, CUDA 12 build) on an H200 under tpprof (launch/turbomind-gpu.sh,
+results/h200-turbomind.md); the 0.7 .. 0.16 paths below were written against lmdeploy's source and
+are tested only against a stand-in package. For lmdeploy 0.5.x use the C++ adapter in
+ffi/adapters/turbomind instead.
 
 Run with ``mpirun -n 2 tpprof run --engine python:lmdeploy --engine-options '{"model_path": "/models/qwen2.5-14b"}'``.
 Topology one_process: rank 0 builds one TurboMind over every GPU of its host (tensor parallel = the
@@ -10,13 +11,25 @@ number of local ranks, or "tp"); the other ranks only observe their GPU.
 
 Per sample: its own TurboMind instance and session, driven by ``async_stream_infer`` on an asyncio loop
 in a worker thread; 1-D INT32 ``input_ids`` (a list of ints), ``max_new_tokens``, greedy (top_k 1),
-exact length by ``ignore_eos`` with no stop ids (TurboMind then stops by length only) and
-``min_new_tokens = max_new_tokens``. Every new token of an output is one on_token call, even when one
-output carries several (TurboMind coalesces when the consumer lags).
+exact length by ``ignore_eos`` with no stop ids (TurboMind then stops by length only). Every new token
+of an output is one on_token call, even when one output carries several (TurboMind coalesces when the
+consumer lags); ``stats()`` says how many outputs carried more than one (ranks[0].engine_stats).
+
+What the first runs on 0.18.0 showed, and the driver now does:
+- ``min_new_tokens`` must not be set without end ids: TurboMind's min-length penalty indexes the
+  request's end ids and with none aborts the whole process (std::out_of_range in
+  invokeMinLengthPenalty). Exact length needs no min_new_tokens: with ``ignore_eos`` 0.18 has no stop ids.
+- TurboMind's constructor builds lmdeploy's Tokenizer from the checkpoint; a checkpoint without
+  tokenizer files (``tpprof write-checkpoint``) gets a stand-in that fails loudly if ever used
+  (token ids in, token ids out: it is not).
+- Each stream is read to its end: leaving ``async_stream_infer`` after the FINISH output closes the
+  generator, and lmdeploy 0.18 then cancels the request it has just finished.
+- TurboMind warms itself up at construction (prefills of 8 .. 9 216 tokens) but not for the measured
+  shape: run with ``--warmup 1``.
 
 Output semantics differ by version (checked in the lmdeploy source): up to 0.10.1 ``token_ids`` holds
 every token so far, from 0.10.2 only the new ones; 0.7 .. 0.10.x also give ``num_token`` (tokens so
-far), which is used when present; without it the output is taken as new tokens only.
+far), which is used when present; without it (0.18) the output is taken as new tokens only.
 
 Options (``--engine-options``):
   model_path            HF checkpoint or converted TurboMind workspace (required)
@@ -26,7 +39,7 @@ Options (``--engine-options``):
   dtype                 "auto" | "float16" | "bfloat16" (only where TurbomindEngineConfig has it)
   eos_id                the model's end id; needed without exact length (--allow-eos)
   response_timeout_s    no output for a sample for this long is an error (default 600)
-  vocab_size            passed through to tpprof (random prompt ids are drawn below it)
+  vocab_size            random prompt ids are drawn below it (default: the model's, as TurboMind reads it)
 """
 
 import asyncio
@@ -126,7 +139,7 @@ class Driver:
 
     def info(self):
         d = {"name": "lmdeploy-turbomind", "version": str(self.version),
-             "verified": "written against lmdeploy v0.7.0..v0.16.0 source; not run"}
+             "verified": "run on lmdeploy 0.18.0 (H200); 0.7 .. 0.16 from source only"}
         if "vocab_size" in self.o:
             d["vocab_size"] = int(self.o["vocab_size"])
         elif getattr(self.tm, "_vocab_size", None):
