@@ -4,6 +4,7 @@
 # reassemble and check it there.
 #
 #   pack    [-o DIR] [--part-mib N] [--real-cublas]     (here: needs pip, gcc, xz, PyPI)
+#   seal    STAGE [-o DIR] [--part-size 40M]            (here: a directory you assembled, as parts + MANIFEST)
 #   stage   K [-o DIR] [--to DIR]                       (here: put part K + MANIFEST into the carried folder)
 #   install [-b DIR] [-d DEST]                          (there: keep the parts that arrived, unpack when all have)
 #   status  [-d DEST]                                   (there: what is in DEST)
@@ -103,10 +104,31 @@ packed: $(date -u +%Y-%m-%dT%H:%M:%SZ) by $(git -C "$here" rev-parse --short HEA
 EOF
   echo "assembled: $(du -sb "$stage" | cut -f1 | xargs -I{} awk -v b={} 'BEGIN{printf "%.1f MiB", b/1048576}') unpacked in $(secs "$t") s"
 
+  seal "$stage" -o "$out" --part-size "${part_mib}M"
+  echo "next: for K in 1..N: $0 stage K, then a device call that carries .tmb and runs: $0 install"
+}
+
+# seal STAGE [-o DIR] [--part-size SIZE]: STAGE (a directory) as bundle.tar.xz in parts of SIZE
+# (split's units: 40M, 100K, ...) with their MANIFEST in DIR. pack uses it; so can anyone who
+# assembled a directory by hand.
+seal() {
+  local stage="${1:?seal STAGE_DIR}" out="$here/.tm-bundle" part_size=40M t
+  shift
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      -o) out="$2"; shift 2 ;;
+      --part-size) part_size="$2"; shift 2 ;;
+      *) die "seal: unknown argument $1" ;;
+    esac
+  done
+  [[ -d "$stage" ]] || die "seal: $stage is not a directory"
+  command -v xz >/dev/null || die "seal needs xz (apt-get install xz-utils)"
+  mkdir -p "$out"
+  rm -f "$out"/part-* "$out/MANIFEST"
   t=$(now)
   tar -C "$stage" -cf - . | xz -9e -T0 > "$out/bundle.tar.xz"
   echo "compressed: $(mib "$(size "$out/bundle.tar.xz")") (xz -9e) in $(secs "$t") s"
-  (cd "$out" && split -b "${part_mib}M" -d -a 2 bundle.tar.xz part-)
+  (cd "$out" && split -b "$part_size" -d -a 2 bundle.tar.xz part-)
   {
     echo "# turbomind bundle: parts of bundle.tar.xz (sha256 size name), then the whole"
     local p
@@ -116,8 +138,7 @@ EOF
     echo "$(sha256sum "$out/bundle.tar.xz" | cut -d' ' -f1) $(size "$out/bundle.tar.xz") bundle.tar.xz"
   } > "$out/MANIFEST"
   rm -f "$out/bundle.tar.xz"
-  echo "parts: $(grep -c ' part-' "$out/MANIFEST") of at most $part_mib MiB in $out (MANIFEST lists them)"
-  echo "next: for K in 1..N: $0 stage K, then a device call that carries .tmb and runs: $0 install"
+  echo "parts: $(grep -c ' part-' "$out/MANIFEST") of at most $part_size in $out (MANIFEST lists them)"
 }
 
 stage() {
@@ -158,6 +179,9 @@ install() {
     esac
   done
   if [[ -f "$dest/READY" ]]; then
+    if [[ -f "$from/MANIFEST" ]] && ! cmp -s "$from/MANIFEST" "$dest/parts/MANIFEST"; then
+      die "$dest holds another bundle than $from/MANIFEST lists: install this one elsewhere (-d) or remove $dest"
+    fi
     echo "turbomind bundle: ready in $dest ($(head -1 "$dest/BUNDLE-INFO"))"
     return 0
   fi
@@ -200,20 +224,25 @@ install() {
   [[ "$(sha256sum "$dest/bundle.tar.xz" | cut -d' ' -f1)" == "$sum" ]] || {
     rm -rf "$dest/parts" "$dest/bundle.tar.xz"; die "the joined parts do not match the MANIFEST's sha256: bring them all again"; }
   python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' "$dest/bundle.tar.xz" "$dest"
-  rm -f "$dest/bundle.tar.xz"
+  rm -f "$dest/bundle.tar.xz" "$dest/parts"/part-*
   local nccl
   nccl="$(find_nccl)"
-  [[ -n "$nccl" ]] || die "no libnccl.so.2 on this machine (looked in python3's nvidia.nccl and ldconfig)"
-  ln -sf "$nccl" "$dest/lib/libnccl.so.2"
-  echo "nccl: $nccl" >> "$dest/BUNDLE-INFO"
+  if [[ -n "$nccl" ]]; then
+    mkdir -p "$dest/lib"
+    ln -sf "$nccl" "$dest/lib/libnccl.so.2"
+    echo "nccl: $nccl" >> "$dest/BUNDLE-INFO"
+  else
+    echo "turbomind bundle: warning: no libnccl.so.2 here (looked in python3's nvidia.nccl and ldconfig):" \
+         "_turbomind will not load until one is on LD_LIBRARY_PATH" >&2
+  fi
   touch "$dest/READY"
   echo "turbomind bundle: ready in $dest: joined, checked and unpacked $(mib "$sz") in $(secs "$t") s; $(du -sh "$dest" | cut -f1) on disk"
   cat "$dest/BUNDLE-INFO"
 }
 
 status() {
-  local dest="${2:-/var/tmp/tpprof-turbomind}"
-  [[ "${1:-}" == "-d" ]] || dest="/var/tmp/tpprof-turbomind"
+  local dest="/var/tmp/tpprof-turbomind"
+  [[ "${1:-}" == "-d" ]] && dest="$2"
   if [[ -f "$dest/READY" ]]; then echo "ready: $dest"; cat "$dest/BUNDLE-INFO"; return 0; fi
   if [[ -d "$dest/parts" ]]; then echo "incomplete: $(ls "$dest/parts" | grep -c '^part-') part(s) in $dest/parts"; return 3; fi
   echo "empty: no bundle in $dest (a fresh machine)"; return 3
@@ -231,9 +260,10 @@ cmd="${1:-}"
 [[ $# -gt 0 ]] && shift
 case "$cmd" in
   pack) pack "$@" ;;
+  seal) seal "$@" ;;
   stage) stage "$@" ;;
   install) install "$@" ;;
   status) status "$@" ;;
   env) env_ "$@" ;;
-  *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
