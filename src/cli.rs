@@ -26,8 +26,10 @@ pub enum Command {
     Models,
     /// Check the cuda engine against the cpu reference (logits and greedy tokens), under mpirun.
     Verify(crate::verify::VerifyArgs),
-    /// Write a model's seeded weights as a Hugging Face checkpoint (config.json + f32 safetensors),
-    /// e.g. to test --weights end to end.
+    /// Write a model's seeded weights as a Hugging Face Qwen2 checkpoint (f32, fp16 or bf16).
+    ///
+    /// config.json, generation_config.json and safetensors files that --weights, transformers and
+    /// LMDeploy load. Streamed: a 14B model needs no more memory than a small one.
     WriteCheckpoint(WriteCheckpointArgs),
 }
 
@@ -38,12 +40,42 @@ pub struct WriteCheckpointArgs {
     pub model: String,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Number of .safetensors files (more than one adds model.safetensors.index.json).
-    #[arg(long, default_value_t = 1)]
-    pub files: usize,
+    /// Element type of the tensors: f32 (the seeded values exactly, as the engines generate them),
+    /// fp16 or bf16 (the same values rounded to nearest even). config.json's torch_dtype follows.
+    #[arg(long, value_enum, default_value_t = CheckpointDtype::F32)]
+    pub dtype: CheckpointDtype,
+    /// Largest .safetensors file in GiB: the tensors go, in model order, into as few files as keep
+    /// each within it (a larger tensor gets a file of its own). More than one file adds
+    /// model.safetensors.index.json.
+    #[arg(long, default_value_t = 4.0)]
+    pub shard_gib: f64,
+    /// Split the tensors, in model order, over this many .safetensors files instead of by size.
+    #[arg(long, conflicts_with = "shard_gib")]
+    pub files: Option<usize>,
     /// The directory to create (must not exist yet).
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// `write-checkpoint --dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckpointDtype {
+    #[value(name = "f32", alias = "fp32", alias = "float32")]
+    F32,
+    #[value(name = "fp16", alias = "f16", alias = "float16")]
+    Fp16,
+    #[value(name = "bf16", alias = "bfloat16")]
+    Bf16,
+}
+
+impl From<CheckpointDtype> for crate::engine::safetensors::Dtype {
+    fn from(d: CheckpointDtype) -> Self {
+        match d {
+            CheckpointDtype::F32 => Self::F32,
+            CheckpointDtype::Fp16 => Self::F16,
+            CheckpointDtype::Bf16 => Self::BF16,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

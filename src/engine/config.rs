@@ -1,9 +1,11 @@
 //! Model shape configuration (Qwen2 architecture), shared by the built-in engines.
 //!
 //! Field names are exactly those of a Hugging Face Qwen2 `config.json`, so a real model's config
-//! file can be read as is (its many other fields are ignored). Only shapes and the few numeric
-//! constants the forward pass needs are kept. The weights come from elsewhere: the built-in
-//! engines' seeded generator, or a safetensors checkpoint (`engine::safetensors`).
+//! file can be read as is (its many other fields are ignored). Only shapes, the few numeric
+//! constants the forward pass needs and the special token ids are kept. The weights come from
+//! elsewhere: the built-in engines' seeded generator, or a safetensors checkpoint
+//! (`engine::safetensors`). [`Config::to_hf_json`] writes the complete `config.json` a Qwen2
+//! checkpoint carries, the fixed fields included, for third-party engines.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -69,6 +71,9 @@ pub struct Config {
     pub tie_word_embeddings: bool,
     /// Generation stops early on this token (unless exact-length generation is asked for).
     pub eos_token_id: Option<i32>,
+    /// The tokenizer's beginning-of-sequence token; unused by the forward pass, carried so that a
+    /// written checkpoint's config.json and generation_config.json name it.
+    pub bos_token_id: Option<i32>,
 }
 
 /// The on-disk form: what a Hugging Face `config.json` may contain, with its optional fields.
@@ -91,12 +96,15 @@ struct RawConfig {
     tie_word_embeddings: bool,
     /// Hugging Face writes a single id, a list of ids (the first one is taken), or null.
     #[serde(default)]
-    eos_token_id: Option<EosTokenId>,
+    eos_token_id: Option<TokenIds>,
+    /// As eos_token_id.
+    #[serde(default)]
+    bos_token_id: Option<TokenIds>,
 }
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum EosTokenId {
+enum TokenIds {
     One(i32),
     Many(Vec<i32>),
 }
@@ -116,10 +124,10 @@ impl TryFrom<RawConfig> for Config {
     type Error = ConfigError;
 
     fn try_from(raw: RawConfig) -> Result<Self, Self::Error> {
-        let eos_token_id = match raw.eos_token_id {
+        let first = |ids: Option<TokenIds>| match ids {
             None => None,
-            Some(EosTokenId::One(id)) => Some(id),
-            Some(EosTokenId::Many(ids)) => ids.first().copied(),
+            Some(TokenIds::One(id)) => Some(id),
+            Some(TokenIds::Many(ids)) => ids.first().copied(),
         };
         let cfg = Config {
             vocab_size: raw.vocab_size,
@@ -132,7 +140,8 @@ impl TryFrom<RawConfig> for Config {
             rope_theta: raw.rope_theta,
             rms_norm_eps: raw.rms_norm_eps,
             tie_word_embeddings: raw.tie_word_embeddings,
-            eos_token_id,
+            eos_token_id: first(raw.eos_token_id),
+            bos_token_id: first(raw.bos_token_id),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -145,7 +154,8 @@ struct Preset {
     config: Config,
 }
 
-/// Shorthand for a table row; `eos` is the model's end-of-sequence token id.
+/// Shorthand for a table row; `eos` and `bos` are the model's end- and beginning-of-sequence
+/// token ids.
 #[allow(clippy::too_many_arguments)]
 const fn row(
     name: &'static str,
@@ -160,6 +170,7 @@ const fn row(
     rms_norm_eps: f64,
     tie_word_embeddings: bool,
     eos_token_id: Option<i32>,
+    bos_token_id: Option<i32>,
 ) -> Preset {
     Preset {
         name,
@@ -175,6 +186,7 @@ const fn row(
             rms_norm_eps,
             tie_word_embeddings,
             eos_token_id,
+            bos_token_id,
         },
     }
 }
@@ -182,19 +194,20 @@ const fn row(
 /// The built-in model shapes, smallest first.
 #[rustfmt::skip]
 const PRESETS: &[Preset] = &[
-    // The synthetic presets use token 0 as end-of-sequence.
-    //   name     vocab   hidden inter layers heads kv  max_pos rope_theta    eps   tied  eos
-    row("tiny",   512,    64,    192,  2,     8,    4,  2048,   10_000.0,     1e-6, true, Some(0)),
-    row("small",  32000,  512,   1536, 8,     8,    4,  8192,   1_000_000.0,  1e-6, true, Some(0)),
+    // The synthetic presets use token 0 as beginning and end of sequence.
+    //   name     vocab   hidden inter layers heads kv  max_pos rope_theta    eps   tied  eos      bos
+    row("tiny",   512,    64,    192,  2,     8,    4,  2048,   10_000.0,     1e-6, true, Some(0), Some(0)),
+    row("small",  32000,  512,   1536, 8,     8,    4,  8192,   1_000_000.0,  1e-6, true, Some(0), Some(0)),
     // Real shapes: the config.json of Qwen/Qwen2.5-{0.5B,1.5B,7B,14B,32B}-Instruct (the base
     // models differ: eos 151643, and 14B/32B base have rms_norm_eps 1e-5 and 131072 positions).
-    // eos 151645 is <|im_end|>. Random weights unless the engine is given a checkpoint.
-    //   name           vocab   hidden inter  layers heads kv max_pos rope_theta    eps   tied   eos
-    row("qwen2.5-0.5b", 151936, 896,   4864,  24,    14,   2, 32768,  1_000_000.0, 1e-6, true,  Some(151645)),
-    row("qwen2.5-1.5b", 151936, 1536,  8960,  28,    12,   2, 32768,  1_000_000.0, 1e-6, true,  Some(151645)),
-    row("qwen2.5-7b",   152064, 3584,  18944, 28,    28,   4, 32768,  1_000_000.0, 1e-6, false, Some(151645)),
-    row("qwen2.5-14b",  152064, 5120,  13824, 48,    40,   8, 32768,  1_000_000.0, 1e-6, false, Some(151645)),
-    row("qwen2.5-32b",  152064, 5120,  27648, 64,    40,   8, 32768,  1_000_000.0, 1e-6, false, Some(151645)),
+    // eos 151645 is <|im_end|>, bos 151643 <|endoftext|>. Random weights unless the engine is
+    // given a checkpoint.
+    //   name           vocab   hidden inter  layers heads kv max_pos rope_theta    eps   tied   eos           bos
+    row("qwen2.5-0.5b", 151936, 896,   4864,  24,    14,   2, 32768,  1_000_000.0, 1e-6, true,  Some(151645), Some(151643)),
+    row("qwen2.5-1.5b", 151936, 1536,  8960,  28,    12,   2, 32768,  1_000_000.0, 1e-6, true,  Some(151645), Some(151643)),
+    row("qwen2.5-7b",   152064, 3584,  18944, 28,    28,   4, 32768,  1_000_000.0, 1e-6, false, Some(151645), Some(151643)),
+    row("qwen2.5-14b",  152064, 5120,  13824, 48,    40,   8, 32768,  1_000_000.0, 1e-6, false, Some(151645), Some(151643)),
+    row("qwen2.5-32b",  152064, 5120,  27648, 64,    40,   8, 32768,  1_000_000.0, 1e-6, false, Some(151645), Some(151643)),
 ];
 
 /// The preset names, in table order, derived from [`PRESETS`] at compile time.
@@ -306,12 +319,17 @@ impl Config {
                 self.rms_norm_eps
             )));
         }
-        if let Some(eos) = self.eos_token_id {
-            if eos < 0 || eos as usize >= self.vocab_size {
-                return Err(ConfigError::Invalid(format!(
-                    "eos_token_id {eos} is outside the vocabulary [0, {})",
-                    self.vocab_size
-                )));
+        for (field, id) in [
+            ("eos_token_id", self.eos_token_id),
+            ("bos_token_id", self.bos_token_id),
+        ] {
+            if let Some(id) = id {
+                if id < 0 || id as usize >= self.vocab_size {
+                    return Err(ConfigError::Invalid(format!(
+                        "{field} {id} is outside the vocabulary [0, {})",
+                        self.vocab_size
+                    )));
+                }
             }
         }
         Ok(())
@@ -372,6 +390,44 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The `config.json` of a Hugging Face Qwen2 checkpoint with these shapes and weights stored as
+    /// `torch_dtype` ("float32", "float16" or "bfloat16"): this config's fields plus the ones a
+    /// real Qwen2.5 `config.json` fixes (architecture, activation, no sliding window, no RoPE
+    /// scaling), so that `transformers`' `AutoConfig` and LMDeploy's TurboMind take the directory
+    /// as a Qwen2 model. The dtype goes under both `torch_dtype` and `dtype` (the name
+    /// `transformers` uses since 4.56). Reading it back gives this config.
+    pub fn to_hf_json(&self, torch_dtype: &str) -> serde_json::Value {
+        let mut json = serde_json::to_value(self).unwrap_or_default();
+        let fixed = serde_json::json!({
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            "hidden_act": "silu",
+            "attention_dropout": 0.0,
+            "initializer_range": 0.02,
+            "use_cache": true,
+            "rope_scaling": null,
+            // The sliding window is off; were it on, it would span the whole context in every layer.
+            "use_sliding_window": false,
+            "sliding_window": self.max_position_embeddings,
+            "max_window_layers": self.num_hidden_layers,
+            "torch_dtype": torch_dtype,
+            "dtype": torch_dtype,
+        });
+        if let (Some(obj), serde_json::Value::Object(extra)) = (json.as_object_mut(), fixed) {
+            obj.extend(extra);
+        }
+        json
+    }
+
+    /// The `generation_config.json` of a checkpoint: the special tokens and greedy decoding.
+    pub fn to_hf_generation_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "do_sample": false,
+        })
     }
 
     /// Number of parameters of the full (unsharded) model, biases and norms included.
@@ -480,6 +536,34 @@ mod tests {
         }
     }
 
+    /// The Hugging Face form of every preset reads back as the preset; the Qwen2.5 ones carry
+    /// the published special tokens and window fields.
+    #[test]
+    fn hf_json_reads_back_and_has_the_qwen2_fields() {
+        for name in Config::preset_names() {
+            let cfg = Config::preset(name).unwrap();
+            let json = cfg.to_hf_json("bfloat16");
+            let back = Config::from_json_str(&json.to_string()).unwrap();
+            assert_eq!(back, cfg, "{name}");
+        }
+        let cfg = Config::preset("qwen2.5-14b").unwrap();
+        assert_eq!(
+            (cfg.bos_token_id, cfg.eos_token_id),
+            (Some(151643), Some(151645))
+        );
+        let json = cfg.to_hf_json("float16");
+        let field = |k: &str| json.get(k).cloned();
+        assert_eq!(field("model_type"), Some("qwen2".into()));
+        assert_eq!(field("torch_dtype"), Some("float16".into()));
+        assert_eq!(field("max_window_layers"), Some(48.into()));
+        assert_eq!(field("sliding_window"), Some(32768.into()));
+        assert_eq!(field("rope_scaling"), Some(serde_json::Value::Null));
+        let generation = cfg.to_hf_generation_json();
+        assert_eq!(generation.get("eos_token_id").cloned(), Some(151645.into()));
+        let tiny = Config::preset("tiny").unwrap();
+        assert_eq!((tiny.bos_token_id, tiny.eos_token_id), (Some(0), Some(0)));
+    }
+
     #[test]
     fn unknown_preset_lists_names() {
         let err = Config::preset("huge").unwrap_err().to_string();
@@ -534,11 +618,13 @@ mod tests {
     #[test]
     fn defaults_and_eos_list() {
         let json = r#"{"vocab_size": 100, "hidden_size": 32, "intermediate_size": 64,
-            "num_hidden_layers": 1, "num_attention_heads": 4, "eos_token_id": [7, 8]}"#;
+            "num_hidden_layers": 1, "num_attention_heads": 4, "eos_token_id": [7, 8],
+            "bos_token_id": 5}"#;
         let cfg = Config::from_json_str(json).unwrap();
         assert_eq!(cfg.num_key_value_heads, 4);
         assert_eq!(cfg.max_position_embeddings, 32768);
         assert_eq!(cfg.eos_token_id, Some(7));
+        assert_eq!(cfg.bos_token_id, Some(5));
         assert!(!cfg.tie_word_embeddings);
     }
 

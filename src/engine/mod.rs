@@ -202,9 +202,23 @@ fn mock_adapter_path() -> PathBuf {
 
 /// `tpprof write-checkpoint`: a preset's seeded weights as a Hugging Face checkpoint.
 pub fn write_checkpoint_main(a: &crate::cli::WriteCheckpointArgs) -> i32 {
+    use builtin::cpu::weights::{write_checkpoint, FileSplit};
     let p = std::path::Path::new(&a.model);
     let cfg = match if p.exists() { config::Config::from_json_file(p) } else { config::Config::preset(&a.model) } {
         Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let split = match (a.files, a.shard_gib) {
+        (Some(0), _) => Err("--files must be at least 1".to_string()),
+        (Some(n), _) => Ok(FileSplit::Files(n)),
+        (None, gib) if gib.is_finite() && gib > 0.0 => Ok(FileSplit::MaxBytes(((gib * (1u64 << 30) as f64) as u64).max(1))),
+        (None, gib) => Err(format!("--shard-gib must be a positive number of GiB (got {gib})")),
+    };
+    let split = match split {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return 2;
@@ -214,9 +228,16 @@ pub fn write_checkpoint_main(a: &crate::cli::WriteCheckpointArgs) -> i32 {
         eprintln!("error: {} already exists: choose a new directory", a.out.display());
         return 2;
     }
-    match builtin::cpu::weights::write_checkpoint(&cfg, a.seed, &a.out, a.files.max(1)) {
-        Ok(()) => {
-            println!("wrote {} (model {}, seed {}, {} file(s))", a.out.display(), a.model, a.seed, a.files.max(1));
+    let dtype = safetensors::Dtype::from(a.dtype);
+    let start = std::time::Instant::now();
+    match write_checkpoint(&cfg, a.seed, &a.out, dtype, split) {
+        Ok(w) => {
+            let secs = start.elapsed().as_secs_f64();
+            let gb = w.tensor_bytes as f64 / 1e9;
+            println!(
+                "wrote {} (model {}, seed {}, {}, {} file(s), {:.2} GB of tensors in {:.1} s, {:.2} GB/s)",
+                a.out.display(), a.model, a.seed, dtype.torch_name(), w.files.len(), gb, secs, gb / secs.max(1e-9)
+            );
             0
         }
         Err(e) => {

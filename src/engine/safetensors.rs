@@ -18,11 +18,14 @@
 //! Headers are parsed by the `safetensors` crate (`SafeTensors::read_metadata`). It also checks
 //! that the tensors' byte ranges tile the data section exactly, so a truncated or corrupt file
 //! fails at open, not at the first out-of-range read. The data is read through `memmap2`.
-//! [`write_safetensors`] writes the same format (tests use it to build small checkpoints).
+//! [`write_safetensors`] writes the same format from tensors in memory (tests use it to build small
+//! checkpoints); [`write_safetensors_streamed`] writes it tensor by tensor, for checkpoints larger
+//! than memory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
@@ -121,6 +124,15 @@ impl Dtype {
             Dtype::F32 => "F32",
             Dtype::F16 => "F16",
             Dtype::BF16 => "BF16",
+        }
+    }
+
+    /// The name PyTorch and a Hugging Face `config.json` use ("float32", "float16", "bfloat16").
+    pub const fn torch_name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "float32",
+            Dtype::F16 => "float16",
+            Dtype::BF16 => "bfloat16",
         }
     }
 
@@ -690,13 +702,116 @@ pub fn write_safetensors(
     safetensors::serialize_to_file(views, None, path).map_err(|e| err(format!("{e:?}")))
 }
 
-/// Writes a `model.safetensors.index.json` mapping each tensor name to its file name.
+/// What the header of a file written by [`write_safetensors_streamed`] says about one tensor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorHeader {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+}
+
+impl TensorHeader {
+    /// Bytes of the tensor's data.
+    pub fn byte_len(&self) -> u64 {
+        self.shape.iter().product::<usize>() as u64 * self.dtype.size() as u64
+    }
+}
+
+/// Counts the bytes written through it, so that each tensor can be checked against its header.
+struct Counting<'a, W: Write> {
+    inner: &'a mut W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes one safetensors file at `path` without holding its tensors in memory. The header comes
+/// first: `metadata` as `__metadata__` (Hugging Face loaders want `{"format": "pt"}`), then every
+/// tensor of `tensors` with its dtype, shape and data offsets, the tensors' data following each
+/// other in the given order; the header is padded with spaces to a multiple of 8 bytes so that the
+/// data starts aligned, as the format requires. Then `write_data(i, out)` appends tensor i's
+/// little-endian bytes, for each i in order; each call must write exactly the tensor's
+/// [`byte_len`](TensorHeader::byte_len), which is checked.
+pub fn write_safetensors_streamed(
+    path: impl AsRef<Path>,
+    tensors: &[TensorHeader],
+    metadata: &BTreeMap<String, String>,
+    mut write_data: impl FnMut(usize, &mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), WeightsError> {
+    let path = path.as_ref();
+    let err = |reason: String| WeightsError::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::json!(metadata));
+    }
+    let mut offset = 0u64;
+    for t in tensors {
+        let end = offset + t.byte_len();
+        let info = serde_json::json!({
+            "dtype": t.dtype.name(),
+            "shape": t.shape,
+            "data_offsets": [offset, end],
+        });
+        if t.name == "__metadata__" || header.insert(t.name.clone(), info).is_some() {
+            return Err(err(format!(
+                "tensor name {} is reserved or used twice",
+                t.name
+            )));
+        }
+        offset = end;
+    }
+    let mut json = serde_json::to_vec(&header).map_err(|e| err(e.to_string()))?;
+    json.resize(json.len().next_multiple_of(8), b' ');
+
+    let file = File::create(path).map_err(|e| err(e.to_string()))?;
+    // Large writes go straight through; the buffer only gathers the small tensors (norms, biases).
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    out.write_all(&(json.len() as u64).to_le_bytes())
+        .and_then(|()| out.write_all(&json))
+        .map_err(|e| err(e.to_string()))?;
+    for (i, t) in tensors.iter().enumerate() {
+        let mut counting = Counting {
+            inner: &mut out,
+            bytes: 0,
+        };
+        write_data(i, &mut counting).map_err(|e| err(format!("tensor {}: {e}", t.name)))?;
+        if counting.bytes != t.byte_len() {
+            return Err(err(format!(
+                "tensor {} of shape {:?} {} needs {} bytes, {} were written",
+                t.name,
+                t.shape,
+                t.dtype,
+                t.byte_len(),
+                counting.bytes
+            )));
+        }
+    }
+    out.flush().map_err(|e| err(e.to_string()))
+}
+
+/// Writes a `model.safetensors.index.json` mapping each tensor name to its file name, with the
+/// tensors' data size in bytes (`total_size`) as `save_pretrained` writes it.
 pub fn write_index(
     path: impl AsRef<Path>,
     weight_map: &BTreeMap<String, String>,
+    total_size: u64,
 ) -> Result<(), WeightsError> {
     let path = path.as_ref();
-    let json = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    let json =
+        serde_json::json!({ "metadata": { "total_size": total_size }, "weight_map": weight_map });
     std::fs::write(
         path,
         serde_json::to_string_pretty(&json).unwrap_or_default(),
@@ -821,7 +936,7 @@ mod tests {
             ("b".to_string(), "part-2.safetensors".to_string()),
         ]
         .into();
-        write_index(dir.path().join(INDEX_FILE), &map).unwrap();
+        write_index(dir.path().join(INDEX_FILE), &map, 28).unwrap();
         let st = SafetensorsDir::open(dir.path()).unwrap();
         assert_eq!(st.files().count(), 2);
         assert!(st.meta("b").unwrap().file.ends_with("part-2.safetensors"));
@@ -846,7 +961,7 @@ mod tests {
         // An index naming a file that is not there.
         let map: BTreeMap<String, String> =
             [("a".to_string(), "part-9.safetensors".to_string())].into();
-        write_index(dir.path().join(INDEX_FILE), &map).unwrap();
+        write_index(dir.path().join(INDEX_FILE), &map, 28).unwrap();
         let err = SafetensorsDir::open(dir.path()).err().unwrap().to_string();
         assert!(
             err.starts_with("cannot read ") && err.contains("part-9.safetensors"),
@@ -855,7 +970,7 @@ mod tests {
         // An index putting a tensor in a file that lacks it.
         let map: BTreeMap<String, String> =
             [("b".to_string(), "part-1.safetensors".to_string())].into();
-        write_index(dir.path().join(INDEX_FILE), &map).unwrap();
+        write_index(dir.path().join(INDEX_FILE), &map, 28).unwrap();
         let err = SafetensorsDir::open(dir.path()).err().unwrap().to_string();
         assert!(
             err.contains("weight_map puts tensor b in part-1.safetensors, whose header lacks it"),
@@ -864,7 +979,7 @@ mod tests {
         // An index pointing outside the directory.
         let map: BTreeMap<String, String> =
             [("b".to_string(), "../part-2.safetensors".to_string())].into();
-        write_index(dir.path().join(INDEX_FILE), &map).unwrap();
+        write_index(dir.path().join(INDEX_FILE), &map, 28).unwrap();
         let err = SafetensorsDir::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("is not inside the directory"), "{err}");
         // Not an index at all.
@@ -983,6 +1098,53 @@ mod tests {
             .to_string();
         assert!(
             err.contains("tensor x of shape [3] F16 needs 6 bytes, has 4"),
+            "{err}"
+        );
+    }
+
+    /// The streamed writer's files read back through the crate, tensor by tensor; it refuses a
+    /// tensor whose bytes do not fill its shape, and a name used twice.
+    #[test]
+    fn streamed_files_read_back_and_mistakes_are_refused() {
+        let dir = model_dir(&[]);
+        let file = dir.path().join(SINGLE_FILE);
+        let h = |name: &str, dtype, shape: &[usize]| TensorHeader {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+        };
+        let tensors = [h("w", Dtype::F16, &[2, 3]), h("bias", Dtype::F32, &[3])];
+        let w = HostTensor::from_f32(vec![2, 3], &counting(2, 3)).convert(Dtype::F16);
+        let bias = HostTensor::from_f32(vec![3], &[0.5, -1.0, 2.0]);
+        let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        write_safetensors_streamed(&file, &tensors, &meta, |i, out| {
+            out.write_all(if i == 0 { &w.bytes } else { &bias.bytes })
+        })
+        .unwrap();
+        let bytes = std::fs::read(&file).unwrap();
+        let (n, _) = SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(n % 8, 0, "the data starts 8-byte aligned");
+        let st = SafetensorsDir::open(dir.path()).unwrap();
+        assert_eq!(st.read("w", &[2, 3], Sharding::Full).unwrap(), w);
+        assert_eq!(st.read("bias", &[3], Sharding::Full).unwrap(), bias);
+        drop(st);
+
+        let err =
+            write_safetensors_streamed(&file, &tensors, &meta, |_, out| out.write_all(&[0; 6]))
+                .err()
+                .unwrap()
+                .to_string();
+        assert!(
+            err.contains("tensor w of shape [2, 3] F16 needs 12 bytes, 6 were written"),
+            "{err}"
+        );
+        let twice = [h("w", Dtype::F16, &[1]), h("w", Dtype::F16, &[1])];
+        let err = write_safetensors_streamed(&file, &twice, &meta, |_, out| out.write_all(&[0; 2]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("tensor name w is reserved or used twice"),
             "{err}"
         );
     }

@@ -277,8 +277,9 @@ impl CpuEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::safetensors::SafetensorsDir;
+    use crate::engine::safetensors::{Dtype, SafetensorsDir};
     use std::time::Instant;
+    use weights::FileSplit;
 
     type Emitted = Vec<(usize, usize, i32, i32)>;
 
@@ -566,7 +567,7 @@ mod tests {
         ] {
             let seed = 21;
             let dir = tmp.path().join(label);
-            weights::write_checkpoint(cfg, seed, &dir, files).unwrap();
+            weights::write_checkpoint(cfg, seed, &dir, Dtype::F32, FileSplit::Files(files)).unwrap();
             let st = SafetensorsDir::open(&dir).unwrap();
             assert_eq!(st.config(), cfg, "{label}");
             assert_eq!(st.files().count(), files, "{label}");
@@ -606,16 +607,9 @@ mod tests {
     /// across world sizes.
     #[test]
     fn bf16_checkpoint_same_tokens_at_world_1_2_4() {
-        use crate::engine::safetensors::{write_safetensors, Dtype};
         let cfg = Config::preset("tiny").unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        weights::write_checkpoint(&cfg, 4, tmp.path(), 1).unwrap();
-        let tensors: Vec<_> = weights::full_tensors(&cfg, &SeededWeights { seed: 4 })
-            .unwrap()
-            .into_iter()
-            .map(|(name, t)| (name, t.convert(Dtype::BF16)))
-            .collect();
-        write_safetensors(tmp.path().join("model.safetensors"), &tensors).unwrap();
+        weights::write_checkpoint(&cfg, 4, tmp.path(), Dtype::BF16, FileSplit::Files(1)).unwrap();
         let st = SafetensorsDir::open(tmp.path()).unwrap();
         assert_eq!(st.meta("model.norm.weight").unwrap().dtype, "BF16");
         drop(st);
@@ -636,7 +630,7 @@ mod tests {
     fn checkpoint_mismatch_errors_name_the_tensor() {
         let cfg = Config::preset("tiny").unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        weights::write_checkpoint(&cfg, 1, tmp.path(), 1).unwrap();
+        weights::write_checkpoint(&cfg, 1, tmp.path(), Dtype::F32, FileSplit::Files(1)).unwrap();
         // A wider MLP in config.json than in the tensors.
         let mut wider = cfg.clone();
         wider.intermediate_size = 256;

@@ -38,17 +38,22 @@
 //!
 //! The model's blocks do not call the generator directly: each asks a [`WeightSource`] for its
 //! shard. [`SeededWeights`] is the recipe above. A [`SafetensorsDir`] reads a Hugging Face
-//! checkpoint. [`write_checkpoint`] writes the seeded model as such a checkpoint, so the two sources
-//! can be checked against each other.
+//! checkpoint. [`write_checkpoint`] writes the seeded model as such a checkpoint (f32, or the same
+//! values rounded to f16 / bf16), so the two sources can be checked against each other and third-
+//! party engines can load the model. It streams: one piece of one tensor is in memory at a time,
+//! generated on every core, so a 14 B-parameter checkpoint needs no more memory than a small one.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::ops::Range;
 use std::path::Path;
 
+use half::{bf16, f16};
+
 use crate::engine::config::Config;
 use crate::engine::safetensors::{
-    write_index, write_safetensors, HostTensor, SafetensorsDir, Sharding, WeightsError, INDEX_FILE,
-    SINGLE_FILE,
+    write_index, write_safetensors_streamed, Dtype, HostTensor, SafetensorsDir, Sharding,
+    TensorHeader, WeightsError, INDEX_FILE, SINGLE_FILE,
 };
 
 /// splitmix64's golden-ratio increment.
@@ -206,7 +211,7 @@ impl Shard {
 
 /// Fills `out` with `f(i)` for every index, split over the available cores (weight generation
 /// of a large vocabulary table is otherwise the slowest part of start-up).
-fn fill_parallel(out: &mut [f32], f: impl Fn(usize) -> f32 + Sync) {
+fn fill_parallel<T: Send>(out: &mut [T], f: impl Fn(usize) -> T + Sync) {
     const MIN_CHUNK: usize = 1 << 16;
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -464,12 +469,36 @@ fn transpose(t: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// Every tensor of the FULL model `cfg` from `source`, named and shaped as in a Hugging Face
-/// Qwen2 checkpoint (f32; `lm_head.weight` only when the embeddings are untied), in model order.
-pub fn full_tensors(
-    cfg: &Config,
-    source: &dyn WeightSource,
-) -> Result<Vec<(String, HostTensor)>, WeightsError> {
+/// One tensor of the FULL model as a Hugging Face Qwen2 checkpoint holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelTensor {
+    pub kind: WeightKind,
+    /// The layer of a per-layer tensor (0 for model-level ones).
+    pub layer: usize,
+    /// Hugging Face layout: `(out_features, in_features)` for a linear weight, `(vocab, hidden)`
+    /// for the embedding and LM head, `(len,)` for a bias or norm weight.
+    pub shape: Vec<usize>,
+}
+
+impl ModelTensor {
+    pub fn name(&self) -> String {
+        self.kind.hf_name(self.layer)
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Every tensor of the FULL model `cfg` in model order: the embedding; per layer the input norm,
+/// q/k/v/o, gate/up/down, the q/k/v biases and the post-attention norm; the final norm; the LM head
+/// only when the embeddings are untied.
+pub fn model_tensors(cfg: &Config) -> Vec<ModelTensor> {
     use WeightKind::*;
     let (h, d, inter, vocab) = (
         cfg.hidden_size,
@@ -478,95 +507,268 @@ pub fn full_tensors(
         cfg.vocab_size,
     );
     let (q, kv) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
-    let mut out = Vec::new();
-    let mut push = |name: String, shape: Vec<usize>, values: Vec<f32>| {
-        out.push((name, HostTensor::from_f32(shape, &values)));
+    let t = |kind, layer, shape: &[usize]| ModelTensor {
+        kind,
+        layer,
+        shape: shape.to_vec(),
     };
-    push(
-        Embedding.hf_name(0),
-        vec![vocab, h],
-        source.table(Embedding, vocab, h, 0..vocab)?,
-    );
+    let mut out = vec![t(Embedding, 0, &[vocab, h])];
     for layer in 0..cfg.num_hidden_layers {
-        push(
-            InputNorm.hf_name(layer),
-            vec![h],
-            source.norm(layer, InputNorm, h)?,
-        );
-        // (out, in) linear weights: the source gives (in, out), so transpose back.
-        let linears = [
-            (QProj, q, h),
-            (KProj, kv, h),
-            (VProj, kv, h),
-            (OProj, h, q),
-            (GateProj, inter, h),
-            (UpProj, inter, h),
-            (DownProj, h, inter),
-        ];
-        for (kind, o, i) in linears {
-            let w = source.linear(layer, kind, o, i, 0..o, 0..i)?; // (in, out)
-            push(kind.hf_name(layer), vec![o, i], transpose(&w, i, o));
-        }
-        for (kind, n) in [(QBias, q), (KBias, kv), (VBias, kv)] {
-            push(
-                kind.hf_name(layer),
-                vec![n],
-                source.bias(layer, kind, n, 0..n)?,
-            );
-        }
-        push(
-            PostAttentionNorm.hf_name(layer),
-            vec![h],
-            source.norm(layer, PostAttentionNorm, h)?,
-        );
+        out.extend([
+            t(InputNorm, layer, &[h]),
+            t(QProj, layer, &[q, h]),
+            t(KProj, layer, &[kv, h]),
+            t(VProj, layer, &[kv, h]),
+            t(OProj, layer, &[h, q]),
+            t(GateProj, layer, &[inter, h]),
+            t(UpProj, layer, &[inter, h]),
+            t(DownProj, layer, &[h, inter]),
+            t(QBias, layer, &[q]),
+            t(KBias, layer, &[kv]),
+            t(VBias, layer, &[kv]),
+            t(PostAttentionNorm, layer, &[h]),
+        ]);
     }
-    push(FinalNorm.hf_name(0), vec![h], source.norm(0, FinalNorm, h)?);
+    out.push(t(FinalNorm, 0, &[h]));
     if !cfg.tie_word_embeddings {
-        push(
-            LmHead.hf_name(0),
-            vec![vocab, h],
-            source.table(LmHead, vocab, h, 0..vocab)?,
-        );
+        out.push(t(LmHead, 0, &[vocab, h]));
+    }
+    out
+}
+
+/// Every tensor of the FULL model `cfg` from `source`, named and shaped as in a Hugging Face
+/// Qwen2 checkpoint (f32), in the order of [`model_tensors`]. Holds the whole model in memory:
+/// for tests and small models; [`write_checkpoint`] streams instead.
+pub fn full_tensors(
+    cfg: &Config,
+    source: &dyn WeightSource,
+) -> Result<Vec<(String, HostTensor)>, WeightsError> {
+    use WeightKind::*;
+    let mut out = Vec::new();
+    for t in model_tensors(cfg) {
+        let (kind, layer) = (t.kind, t.layer);
+        let values = match kind {
+            Embedding | LmHead => source.table(kind, t.shape[0], t.shape[1], 0..t.shape[0])?,
+            InputNorm | PostAttentionNorm | FinalNorm => source.norm(layer, kind, t.shape[0])?,
+            QBias | KBias | VBias => source.bias(layer, kind, t.shape[0], 0..t.shape[0])?,
+            QProj | KProj | VProj | OProj | GateProj | UpProj | DownProj => {
+                // (out, in) linear weights: the source gives (in, out), so transpose back.
+                let (o, i) = (t.shape[0], t.shape[1]);
+                transpose(&source.linear(layer, kind, o, i, 0..o, 0..i)?, i, o)
+            }
+        };
+        out.push((t.name(), HostTensor::from_f32(t.shape, &values)));
     }
     Ok(out)
 }
 
+/// How the recipe turns `init_value` into the value stored in one tensor (the module docs'
+/// table), with the same f32 operations as [`SeededWeights`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Stored {
+    /// `init_value * scale`: projections, embedding, LM head, biases.
+    Scaled(f32),
+    /// `1 + 0.1 * init_value`: RMSNorm weights.
+    Norm,
+}
+
+impl Stored {
+    fn of(t: &ModelTensor) -> Stored {
+        use WeightKind::*;
+        match t.kind {
+            Embedding => Stored::Scaled(EMBEDDING_SCALE),
+            InputNorm | PostAttentionNorm | FinalNorm => Stored::Norm,
+            QBias | KBias | VBias => Stored::Scaled(0.02),
+            // (out, in) and (vocab, hidden): scaled by the fan-in.
+            LmHead | QProj | KProj | VProj | OProj | GateProj | UpProj | DownProj => {
+                Stored::Scaled(projection_scale(t.shape[1]))
+            }
+        }
+    }
+
+    #[inline]
+    fn apply(self, v: f32) -> f32 {
+        match self {
+            Stored::Scaled(scale) => v * scale,
+            Stored::Norm => 1.0f32 + 0.1f32 * v,
+        }
+    }
+}
+
+/// Elements generated per step of [`write_checkpoint`]: bounds its memory (64 MiB of f16, 128 MiB
+/// of f32) while giving every core a long stretch of work per step.
+const WRITE_CHUNK: usize = 1 << 25;
+
+/// Appends the `len` elements of one seeded tensor (key `key`, values `stored`) to `out`, each
+/// `encode`d (f32 rounded to the file's dtype, little-endian), `chunk` elements at a time generated
+/// in parallel into `buf`. Element `index` of the Hugging Face layout is `init_value(.., index)`
+/// mapped by `stored`, for every kind of tensor (see the module docs).
+fn write_seeded<const N: usize>(
+    out: &mut dyn Write,
+    key: u64,
+    stored: Stored,
+    len: usize,
+    chunk: usize,
+    buf: &mut Vec<[u8; N]>,
+    encode: impl Fn(f32) -> [u8; N] + Sync,
+) -> std::io::Result<()> {
+    let mut start = 0;
+    while start < len {
+        let n = chunk.max(1).min(len - start);
+        buf.resize(n, [0; N]);
+        fill_parallel(buf, |i| {
+            encode(stored.apply(value_from_key(key, (start + i) as u64)))
+        });
+        out.write_all(buf.as_flattened())?;
+        start += n;
+    }
+    Ok(())
+}
+
+/// How [`write_checkpoint`] spreads the tensors, in model order, over safetensors files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileSplit {
+    /// This many files (at most one per tensor) of about as many tensors each.
+    Files(usize),
+    /// As few files as keep each file's tensor data within this many bytes; a tensor larger than
+    /// that gets a file of its own (as `save_pretrained`'s `max_shard_size`).
+    MaxBytes(u64),
+}
+
+impl FileSplit {
+    /// The tensor index ranges of each file, for tensors of `sizes` bytes.
+    fn groups(self, sizes: &[u64]) -> Vec<Range<usize>> {
+        let n = sizes.len();
+        match self {
+            FileSplit::Files(files) => {
+                let per_file = n.div_ceil(files.clamp(1, n.max(1))).max(1);
+                (0..n.div_ceil(per_file))
+                    .map(|f| f * per_file..((f + 1) * per_file).min(n))
+                    .collect()
+            }
+            FileSplit::MaxBytes(max) => {
+                let mut groups = Vec::new();
+                let (mut start, mut bytes) = (0, 0u64);
+                for (i, &size) in sizes.iter().enumerate() {
+                    if i > start && bytes + size > max {
+                        groups.push(start..i);
+                        (start, bytes) = (i, 0);
+                    }
+                    bytes += size;
+                }
+                if n > start || groups.is_empty() {
+                    groups.push(start..n);
+                }
+                groups
+            }
+        }
+    }
+}
+
+/// What [`write_checkpoint`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrittenCheckpoint {
+    /// The safetensors files, in order.
+    pub files: Vec<String>,
+    /// Bytes of tensor data over all files (the index's `total_size`).
+    pub tensor_bytes: u64,
+}
+
 /// Writes the FULL seeded model `cfg` as a Hugging Face checkpoint in `dir` (created if needed):
-/// `config.json` and f32 tensors, in `model.safetensors` when `files` is 1, else split in model
-/// order over `model-0000i-of-0000n.safetensors` with a `model.safetensors.index.json`.
-/// The cpu engine loading it produces the same tokens as `CpuEngine::new(cfg, seed, ..)`.
+/// its tensors in `dtype` (f16 and bf16 hold the f32 values rounded to nearest even), in model
+/// order, in `model.safetensors` when `split` gives one file, else in
+/// `model-0000i-of-0000n.safetensors` with a `model.safetensors.index.json`; then `config.json`
+/// ([`Config::to_hf_json`]) and `generation_config.json`. The tensors are generated and written
+/// piece by piece ([`WRITE_CHUNK`] elements), never whole. Loading an f32 checkpoint, the cpu
+/// engine produces the same tokens as `CpuEngine::new(cfg, seed, ..)`.
 pub fn write_checkpoint(
     cfg: &Config,
     seed: u64,
     dir: &Path,
-    files: usize,
-) -> Result<(), WeightsError> {
+    dtype: Dtype,
+    split: FileSplit,
+) -> Result<WrittenCheckpoint, WeightsError> {
     let write_err = |path: &Path, e: String| WeightsError::Write {
         path: path.to_path_buf(),
         reason: e,
     };
     std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e.to_string()))?;
-    let config_path = dir.join("config.json");
-    let json =
-        serde_json::to_string_pretty(cfg).map_err(|e| write_err(&config_path, e.to_string()))?;
-    std::fs::write(&config_path, json).map_err(|e| write_err(&config_path, e.to_string()))?;
 
-    let tensors = full_tensors(cfg, &SeededWeights { seed })?;
-    let files = files.clamp(1, tensors.len().max(1));
-    if files == 1 {
-        return write_safetensors(dir.join(SINGLE_FILE), &tensors);
+    let tensors = model_tensors(cfg);
+    let headers: Vec<TensorHeader> = tensors
+        .iter()
+        .map(|t| TensorHeader {
+            name: t.name(),
+            dtype,
+            shape: t.shape.clone(),
+        })
+        .collect();
+    let sizes: Vec<u64> = headers.iter().map(TensorHeader::byte_len).collect();
+    let groups = split.groups(&sizes);
+    let names: Vec<String> = if groups.len() == 1 {
+        vec![SINGLE_FILE.to_string()]
+    } else {
+        (1..=groups.len())
+            .map(|i| format!("model-{i:05}-of-{:05}.safetensors", groups.len()))
+            .collect()
+    };
+    // transformers refuses a safetensors file whose metadata lacks a known "format".
+    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    let (mut buf4, mut buf2) = (Vec::new(), Vec::new());
+    for (group, name) in groups.iter().zip(&names) {
+        let part = &tensors[group.clone()];
+        write_safetensors_streamed(
+            dir.join(name),
+            &headers[group.clone()],
+            &metadata,
+            |i, out| {
+                let t = &part[i];
+                let (key, stored) = (tensor_key(seed, tensor_id(t.layer, t.kind)), Stored::of(t));
+                let (len, chunk) = (t.len(), WRITE_CHUNK);
+                match dtype {
+                    Dtype::F32 => {
+                        write_seeded(out, key, stored, len, chunk, &mut buf4, f32::to_le_bytes)
+                    }
+                    Dtype::F16 => write_seeded(out, key, stored, len, chunk, &mut buf2, |v| {
+                        f16::from_f32(v).to_le_bytes()
+                    }),
+                    Dtype::BF16 => write_seeded(out, key, stored, len, chunk, &mut buf2, |v| {
+                        bf16::from_f32(v).to_le_bytes()
+                    }),
+                }
+            },
+        )?;
     }
-    let mut weight_map = BTreeMap::new();
-    let per_file = tensors.len().div_ceil(files);
-    let n_files = tensors.len().div_ceil(per_file);
-    for (i, chunk) in tensors.chunks(per_file).enumerate() {
-        let name = format!("model-{:05}-of-{:05}.safetensors", i + 1, n_files);
-        for (tensor, _) in chunk {
-            weight_map.insert(tensor.clone(), name.clone());
-        }
-        write_safetensors(dir.join(&name), chunk)?;
+    let tensor_bytes = sizes.iter().sum();
+    if groups.len() > 1 {
+        let weight_map = groups
+            .iter()
+            .zip(&names)
+            .flat_map(|(group, file)| {
+                headers[group.clone()]
+                    .iter()
+                    .map(|h| (h.name.clone(), file.clone()))
+            })
+            .collect();
+        write_index(dir.join(INDEX_FILE), &weight_map, tensor_bytes)?;
     }
-    write_index(dir.join(INDEX_FILE), &weight_map)
+
+    // The configs last: a directory whose writing failed part-way has no config.json, so no loader
+    // takes it for a checkpoint.
+    let json_files = [
+        ("config.json", cfg.to_hf_json(dtype.torch_name())),
+        ("generation_config.json", cfg.to_hf_generation_json()),
+    ];
+    for (file, json) in json_files {
+        let path = dir.join(file);
+        let text =
+            serde_json::to_string_pretty(&json).map_err(|e| write_err(&path, e.to_string()))?;
+        std::fs::write(&path, text + "\n").map_err(|e| write_err(&path, e.to_string()))?;
+    }
+    Ok(WrittenCheckpoint {
+        files: names,
+        tensor_bytes,
+    })
 }
 
 #[cfg(test)]
@@ -681,5 +883,285 @@ mod tests {
         assert_eq!(big[123_456], init_value(seed, 0, 100_000 + 123_456));
         let norm = norm_weight(seed, 5, 8);
         assert!(norm.iter().all(|w| (0.9..=1.1).contains(w)));
+    }
+
+    /// Writes `cfg` (seed 5) as a checkpoint in `dtype` into a fresh directory under `tmp`.
+    fn checkpoint(
+        cfg: &Config,
+        tmp: &Path,
+        dtype: Dtype,
+        split: FileSplit,
+    ) -> (std::path::PathBuf, WrittenCheckpoint) {
+        let dir = tmp.join(format!("{}-{split:?}", dtype.name()));
+        let written = write_checkpoint(cfg, 5, &dir, dtype, split).unwrap();
+        (dir, written)
+    }
+
+    /// Every tensor of the checkpoint in `dir` is the seeded f32 value (the in-memory
+    /// `full_tensors`, through `linear_weight` and the other generators) rounded to `dtype`, bit
+    /// for bit, under that dtype in the header; and there is no other tensor.
+    fn assert_seeded_values(cfg: &Config, dir: &Path, dtype: Dtype) {
+        let reference = full_tensors(cfg, &SeededWeights { seed: 5 }).unwrap();
+        let st = SafetensorsDir::open(dir).unwrap();
+        assert_eq!(st.names().len(), reference.len());
+        assert_eq!(st.config(), cfg);
+        for (name, want) in &reference {
+            assert_eq!(st.meta(name).unwrap().dtype, dtype.name(), "{name}");
+            let got = st.read(name, &want.shape, Sharding::Full).unwrap();
+            assert_eq!(got.dtype, dtype, "{name}");
+            assert!(
+                got.bytes == want.convert(dtype).bytes,
+                "{name}: not the seeded values in {dtype}"
+            );
+        }
+    }
+
+    /// f32, f16 and bf16 checkpoints hold the seeded values (rounded to nearest even), in one file
+    /// whose header is what Hugging Face loaders expect; an untied LM head and an uneven
+    /// vocabulary included.
+    #[test]
+    fn checkpoint_holds_the_seeded_values_in_each_dtype() {
+        let mut cfg = Config::preset("tiny").unwrap();
+        cfg.tie_word_embeddings = false;
+        cfg.vocab_size = 509;
+        let tmp = tempfile::tempdir().unwrap();
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+            let (dir, written) = checkpoint(&cfg, tmp.path(), dtype, FileSplit::MaxBytes(1 << 32));
+            assert_eq!(written.files, vec![SINGLE_FILE.to_string()]);
+            assert_eq!(
+                written.tensor_bytes,
+                cfg.param_count() * dtype.size() as u64
+            );
+            assert!(!dir.join(INDEX_FILE).exists());
+            assert_seeded_values(&cfg, &dir, dtype);
+
+            // The header, as the format's reference crate reads it: 8-byte aligned data,
+            // {"format": "pt"} metadata (transformers refuses a file without it), the tensors'
+            // data in model order.
+            let bytes = std::fs::read(dir.join(SINGLE_FILE)).unwrap();
+            let (n, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+            assert_eq!(n % 8, 0);
+            let format = meta
+                .metadata()
+                .as_ref()
+                .and_then(|m| m.get("format").cloned());
+            assert_eq!(format.as_deref(), Some("pt"));
+            let starts: Vec<usize> = model_tensors(&cfg)
+                .iter()
+                .map(|t| meta.info(&t.name()).unwrap().data_offsets.0)
+                .collect();
+            assert!(starts.windows(2).all(|w| w[0] < w[1]), "{starts:?}");
+        }
+    }
+
+    /// The streamed generator agrees with the whole-tensor one across chunk boundaries and the
+    /// threaded fill (a tensor larger than fill_parallel's threshold, in uneven chunks).
+    #[test]
+    fn streamed_tensor_spans_chunks_and_threads() {
+        let (seed, rows, cols) = (3, 5000, 64);
+        let t = ModelTensor {
+            kind: WeightKind::Embedding,
+            layer: 0,
+            shape: vec![rows, cols],
+        };
+        let id = tensor_id(0, WeightKind::Embedding);
+        let want: Vec<u8> = table_rows(seed, id, cols, 0..rows, EMBEDDING_SCALE)
+            .iter()
+            .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+            .collect();
+        let (mut out, mut buf) = (Vec::new(), Vec::new());
+        let key = tensor_key(seed, id);
+        let encode = |v: f32| bf16::from_f32(v).to_le_bytes();
+        write_seeded(
+            &mut out,
+            key,
+            Stored::of(&t),
+            t.len(),
+            70_001,
+            &mut buf,
+            encode,
+        )
+        .unwrap();
+        assert!(out == want, "streamed bf16 embedding differs");
+    }
+
+    #[test]
+    fn file_splits_keep_model_order() {
+        let groups = |split: FileSplit, sizes: &[u64]| split.groups(sizes);
+        let seven = [1u64; 7];
+        assert_eq!(groups(FileSplit::Files(3), &seven), vec![0..3, 3..6, 6..7]);
+        assert_eq!(groups(FileSplit::Files(0), &seven), vec![0..7]);
+        assert_eq!(groups(FileSplit::Files(100), &seven).len(), 7);
+        // As few files as keep each within 10 bytes; the 20-byte tensor alone.
+        let sizes = [5, 5, 20, 4, 3, 3, 1];
+        let want = vec![0..2, 2..3, 3..6, 6..7];
+        assert_eq!(groups(FileSplit::MaxBytes(10), &sizes), want);
+        assert_eq!(groups(FileSplit::MaxBytes(1 << 40), &sizes), vec![0..7]);
+        assert_eq!(groups(FileSplit::MaxBytes(1), &[]), vec![0..0]);
+    }
+
+    /// Test-only mirror of model.safetensors.index.json.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Index {
+        metadata: IndexMetadata,
+        weight_map: BTreeMap<String, String>,
+    }
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct IndexMetadata {
+        total_size: u64,
+    }
+
+    /// Split by size: as few files as keep each within the limit (a larger tensor alone), named
+    /// as `save_pretrained` names them, in model order, with an index that maps every tensor to its
+    /// file and gives the total size; the values are still the seeded ones.
+    #[test]
+    fn size_split_writes_shards_and_an_index() {
+        let cfg = Config::preset("tiny").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        // The (512, 64) embedding is 64 KiB in f16: a file of its own.
+        let max = 40_000;
+        let (dir, written) = checkpoint(&cfg, tmp.path(), Dtype::F16, FileSplit::MaxBytes(max));
+        let n = written.files.len();
+        assert!(n >= 4, "{:?}", written.files);
+        assert!(!dir.join(SINGLE_FILE).exists());
+        let index: Index =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(INDEX_FILE)).unwrap()).unwrap();
+        let tensors = model_tensors(&cfg);
+        let size = |t: &ModelTensor| (t.len() * Dtype::F16.size()) as u64;
+        assert_eq!(
+            index.metadata.total_size,
+            tensors.iter().map(size).sum::<u64>()
+        );
+        assert_eq!(index.metadata.total_size, written.tensor_bytes);
+        assert_eq!(index.weight_map.len(), tensors.len());
+
+        let mut files: Vec<(u64, usize)> = vec![(0, 0); n]; // (bytes, tensors) per file
+        let mut first_size = vec![0; n];
+        let mut last = 0;
+        for t in &tensors {
+            let file = &index.weight_map[&t.name()];
+            let k = written.files.iter().position(|f| f == file).unwrap();
+            assert!(
+                k == last || k == last + 1,
+                "{} out of model order",
+                t.name()
+            );
+            if files[k].1 == 0 {
+                first_size[k] = size(t);
+            }
+            files[k].0 += size(t);
+            files[k].1 += 1;
+            last = k;
+        }
+        for (k, &(bytes, count)) in files.iter().enumerate() {
+            assert_eq!(
+                written.files[k],
+                format!("model-{:05}-of-{n:05}.safetensors", k + 1)
+            );
+            assert!(bytes <= max || count == 1, "file {k}: {bytes} bytes");
+            if k + 1 < n {
+                assert!(
+                    bytes + first_size[k + 1] > max,
+                    "files {k} and {} could merge",
+                    k + 1
+                );
+            }
+        }
+        assert_seeded_values(&cfg, &dir, Dtype::F16);
+    }
+
+    /// Test-only mirror of the written config.json: every field of a Hugging Face Qwen2 config
+    /// that the checkpoint promises, and nothing else.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct HfConfig {
+        architectures: Vec<String>,
+        model_type: String,
+        torch_dtype: String,
+        dtype: String,
+        hidden_act: String,
+        bos_token_id: i32,
+        eos_token_id: i32,
+        use_sliding_window: bool,
+        sliding_window: usize,
+        max_window_layers: usize,
+        attention_dropout: f64,
+        initializer_range: f64,
+        use_cache: bool,
+        /// Present and null (a missing field would fail: Value is not optional).
+        rope_scaling: serde_json::Value,
+        vocab_size: usize,
+        hidden_size: usize,
+        intermediate_size: usize,
+        num_hidden_layers: usize,
+        num_attention_heads: usize,
+        num_key_value_heads: usize,
+        max_position_embeddings: usize,
+        rope_theta: f64,
+        rms_norm_eps: f64,
+        tie_word_embeddings: bool,
+    }
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct HfGenerationConfig {
+        bos_token_id: i32,
+        eos_token_id: i32,
+        do_sample: bool,
+    }
+
+    /// config.json is a complete Hugging Face Qwen2 config whose dtype is the tensors', and reads
+    /// back as the model's Config; generation_config.json names the same special tokens.
+    #[test]
+    fn checkpoint_configs_are_hugging_face_complete() {
+        let mut cfg = Config::preset("tiny").unwrap();
+        // Distinct ids, to tell them apart.
+        (cfg.bos_token_id, cfg.eos_token_id) = (Some(3), Some(7));
+        let tmp = tempfile::tempdir().unwrap();
+        for (dtype, torch) in [
+            (Dtype::F32, "float32"),
+            (Dtype::F16, "float16"),
+            (Dtype::BF16, "bfloat16"),
+        ] {
+            let (dir, _) = checkpoint(&cfg, tmp.path(), dtype, FileSplit::Files(2));
+            let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+            let hf: HfConfig = serde_json::from_str(&read("config.json")).unwrap();
+            assert_eq!(hf.architectures, vec!["Qwen2ForCausalLM"]);
+            assert_eq!(
+                (hf.model_type.as_str(), hf.hidden_act.as_str()),
+                ("qwen2", "silu")
+            );
+            assert_eq!((hf.torch_dtype.as_str(), hf.dtype.as_str()), (torch, torch));
+            assert_eq!((hf.bos_token_id, hf.eos_token_id), (3, 7));
+            assert!(!hf.use_sliding_window && hf.use_cache);
+            assert_eq!(hf.sliding_window, cfg.max_position_embeddings);
+            assert_eq!(hf.max_window_layers, cfg.num_hidden_layers);
+            assert_eq!((hf.attention_dropout, hf.initializer_range), (0.0, 0.02));
+            assert!(hf.rope_scaling.is_null());
+            let shape = (
+                hf.vocab_size,
+                hf.hidden_size,
+                hf.intermediate_size,
+                hf.num_hidden_layers,
+                hf.num_attention_heads,
+                hf.num_key_value_heads,
+                hf.max_position_embeddings,
+            );
+            let want = (512, 64, 192, 2, 8, 4, 2048);
+            assert_eq!(shape, want);
+            assert_eq!(
+                (hf.rope_theta, hf.rms_norm_eps),
+                (cfg.rope_theta, cfg.rms_norm_eps)
+            );
+            assert!(hf.tie_word_embeddings);
+            assert_eq!(&Config::from_json_file(&dir).unwrap(), &cfg);
+            let generation: HfGenerationConfig =
+                serde_json::from_str(&read("generation_config.json")).unwrap();
+            assert_eq!((generation.bos_token_id, generation.eos_token_id), (3, 7));
+            assert!(!generation.do_sample);
+        }
     }
 }
