@@ -4,7 +4,7 @@
 # reassemble and check it there.
 #
 #   pack    [-o DIR] [--part-mib N] [--real-cublas]     (here: needs pip, gcc, xz, PyPI)
-#   seal    STAGE [-o DIR] [--part-size 40M]            (here: a directory you assembled, as parts + MANIFEST)
+#   seal    STAGE [-o DIR] [--part-size 40M] [--level -9e]  (here: a directory you assembled, as parts + MANIFEST)
 #   stage   K [-o DIR] [--to DIR]                       (here: put part K + MANIFEST into the carried folder)
 #   install [-b DIR] [-d DEST]                          (there: keep the parts that arrived, unpack when all have)
 #   status  [-d DEST]                                   (there: what is in DEST)
@@ -20,7 +20,7 @@
 #                shortuuid): found by importing lmdeploy.turbomind with every other package stubbed.
 #   lib/         libcudart.so.12 (nvidia-cuda-runtime-cu12 12.9.79); libcublas.so.12 and an empty
 #                libcublasLt.so.12: the six-function stand-in of launch/turbomind/cublas12-shim.c that
-#                forwards to the machine's CUDA 13 cuBLAS (with --real-cublas: cuBLAS 12.9.1 itself,
+#                forwards to the machine's CUDA 13 cuBLAS (with --real-cublas: cuBLAS 12.9.3.13 itself,
 #                ~8 parts more). libnccl.so.2 is linked at install to the GPU image's NCCL (the torch
 #                venv's 2.28.9: the NCCL 2.28 device API that _turbomind imports is there).
 #
@@ -33,7 +33,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LMDEPLOY_VERSION=0.18.0
 CUDART_WHEEL="nvidia-cuda-runtime-cu12==12.9.79"
-CUBLAS_WHEEL="nvidia-cublas-cu12==12.9.1.4"
+CUBLAS_WHEEL="nvidia-cublas-cu12==12.9.3.13"
 # Import closure of lmdeploy.turbomind on the GPU image (its own packages excluded), pinned.
 PY_WHEELS=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
            mmengine-lite==0.10.7 addict==2.4.0 termcolor==3.3.0 yapf==0.43.0 platformdirs==4.14.9
@@ -108,16 +108,18 @@ EOF
   echo "next: for K in 1..N: $0 stage K, then a device call that carries .tmb and runs: $0 install"
 }
 
-# seal STAGE [-o DIR] [--part-size SIZE]: STAGE (a directory) as bundle.tar.xz in parts of SIZE
-# (split's units: 40M, 100K, ...) with their MANIFEST in DIR. pack uses it; so can anyone who
+# seal STAGE [-o DIR] [--part-size SIZE] [--level -N]: STAGE (a directory) as bundle.tar.xz (xz level
+# -N, default -9e; -1 for data that is compressed already) in parts of SIZE (split's units: 40M,
+# 100K, ...) with their MANIFEST in DIR. pack uses it; so can anyone who
 # assembled a directory by hand.
 seal() {
-  local stage="${1:?seal STAGE_DIR}" out="$here/.tm-bundle" part_size=40M t
+  local stage="${1:?seal STAGE_DIR}" out="$here/.tm-bundle" part_size=40M level=-9e t
   shift
   while [[ $# -gt 0 ]]; do
     case "$1" in
       -o) out="$2"; shift 2 ;;
       --part-size) part_size="$2"; shift 2 ;;
+      --level) level="$2"; shift 2 ;;
       *) die "seal: unknown argument $1" ;;
     esac
   done
@@ -126,8 +128,8 @@ seal() {
   mkdir -p "$out"
   rm -f "$out"/part-* "$out/MANIFEST"
   t=$(now)
-  tar -C "$stage" -cf - . | xz -9e -T0 > "$out/bundle.tar.xz"
-  echo "compressed: $(mib "$(size "$out/bundle.tar.xz")") (xz -9e) in $(secs "$t") s"
+  tar -C "$stage" -cf - . | xz "$level" -T0 > "$out/bundle.tar.xz"
+  echo "compressed: $(mib "$(size "$out/bundle.tar.xz")") (xz $level) in $(secs "$t") s"
   (cd "$out" && split -b "$part_size" -d -a 2 bundle.tar.xz part-)
   {
     echo "# turbomind bundle: parts of bundle.tar.xz (sha256 size name), then the whole"

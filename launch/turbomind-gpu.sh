@@ -18,7 +18,8 @@
 # Each run writes OUT/MODEL_STEP.json and .log; OUT/log has the commands, exit codes, times and summaries.
 # Environment: BUDGET_S (default 570): the whole script stays inside it; BUNDLE (default
 # /var/tmp/tpprof-turbomind); PY (default /opt/torch/.venv/bin/python3); TM_OPTIONS (extra JSON
-# members for the TurboMind options, e.g. '"cache_max_entry_count": 0.5').
+# members for the TurboMind options, e.g. '"cache_max_entry_count": 0.5'); LIB_FIRST (a library
+# directory put before the bundle's: the real cuBLAS 12, say).
 set -u
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 T="$(realpath "${1:?usage: launch/turbomind-gpu.sh TPPROF OUT MODEL STEP...}")"
@@ -40,6 +41,9 @@ export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WA
 if [[ -f "$BUNDLE/READY" ]]; then
   eval "$(bash "$here/launch/turbomind-bundle.sh" env -d "$BUNDLE")"
 fi
+# LIB_FIRST: a directory searched before the bundle's libraries, e.g. the real cuBLAS 12 instead of
+# the stand-in (a second bundle sealed from libcublas.so.12 + libcublasLt.so.12).
+[[ -n "${LIB_FIRST:-}" ]] && export LD_LIBRARY_PATH="$LIB_FIRST:$LD_LIBRARY_PATH"
 
 say() { echo "$*" | tee -a "$LOG"; }
 left() { echo $(( deadline - $(date +%s) - 5 )); }
@@ -65,7 +69,7 @@ TM=(--engine python:lmdeploy --engine-options "{\"model_path\": \"$CKPT\", \"pyt
 CU=(--engine cuda --weights "$CKPT" --dtype fp16 --warmup 1)
 HF=(--engine python:hf --engine-options "{\"model_dir\": \"$CKPT\", \"dtype\": \"fp16\", \"attn_implementation\": \"sdpa\", \"python\": \"$PY\"}" --warmup 1)
 
-say "=== $(date -u +%FT%TZ) $M: $*; $("$T" --version 2>&1); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)"
+say "=== $(date -u +%FT%TZ) $M: $*; $("$T" --version 2>&1); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)${LIB_FIRST:+; LIB_FIRST=$LIB_FIRST}"
 [[ -f "$BUNDLE/BUNDLE-INFO" ]] && sed 's/^/  bundle: /' "$BUNDLE/BUNDLE-INFO" | tee -a "$LOG"
 for s in "$@"; do
   case "$s" in

@@ -725,6 +725,7 @@ fn lmdeploy_driver_counts_every_token_against_a_stand_in_lmdeploy() {
         assert_eq!(j["topology"], "one_process", "{mode}");
         assert_eq!(tokens(j)[0][..4], [32, 39, 46, 53], "{mode}: session 1's tokens, in order");
         assert_eq!(j["engine"]["details"]["tokenizer"], "stand-in (the checkpoint has none)", "{mode}");
+        assert!(j["engine"]["details"]["libraries"].is_array(), "{mode}: which cuBLAS/NCCL TurboMind runs with");
         // Every stream ran to its end (no cancel), and nothing aborted.
         assert!(!log.exists(), "{mode}: {}", std::fs::read_to_string(&log).unwrap_or_default());
         // The driver's stats: 10 tokens per sample in outputs of 3, 3, 3 and 1 (rank 0 drives the engine).

@@ -63,6 +63,24 @@ def _has_tokenizer(model_path):
     return not os.path.isdir(model_path)  # a hub id: lmdeploy fetches the tokenizer with the weights
 
 
+def _loaded_libraries(prefixes):
+    """The shared libraries of these names this process has mapped (which cuBLAS / CUDA runtime /
+    NCCL TurboMind really runs with: a stand-in or the real one), by /proc/self/maps; [] elsewhere."""
+    found = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split(None, 5)[-1].strip() if line.count(" ") >= 5 else ""
+                if path.startswith("/") and os.path.basename(path).startswith(prefixes):
+                    real = os.path.realpath(path)
+                    item = path if real == path else "%s -> %s" % (path, real)
+                    if item not in found:
+                        found.append(item)
+    except OSError:
+        pass
+    return found
+
+
 class _NoTokenizer:
     """Stands in for lmdeploy's Tokenizer when the checkpoint has none (e.g. `tpprof write-checkpoint`):
     TurboMind builds one in its constructor, but on this path (token ids in, token ids out) nothing
@@ -146,6 +164,7 @@ class Driver:
             d["vocab_size"] = int(self.tm._vocab_size)  # the model's (padded) embedding rows
         if self.tm is not None:
             d["tokenizer"] = "stand-in (the checkpoint has none)" if self.stand_in_tokenizer else "the checkpoint's"
+            d["libraries"] = _loaded_libraries(("libcublas", "libcudart", "libnccl"))
         return d
 
     def topology(self):
