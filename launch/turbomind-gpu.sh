@@ -87,7 +87,7 @@ for s in "$@"; do
     plain-10k)
       say "=== ${M}_plain-10k: $PY launch/turbomind/plain_timing.py $CKPT 10000 800 --warmup 1"
       timeout -k 10 "$(( $(left) < 240 ? $(left) : 240 ))" "$PY" "$here/launch/turbomind/plain_timing.py" "$CKPT" 10000 800 \
-        --warmup 1 --cache 0.8 --json "$O/${M}_plain-10k.json" > "$O/${M}_plain-10k.log" 2>&1
+        --warmup 1 --cache 0.8 --json "$O/${M}_plain-10k.plain.json" > "$O/${M}_plain-10k.log" 2>&1
       say "--- ${M}_plain-10k: rc=$? $(tail -n 1 "$O/${M}_plain-10k.log")" ;;
     compare)
       files=()

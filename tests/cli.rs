@@ -786,7 +786,12 @@ fn results_of_earlier_builds_still_read() {
             let p = e.unwrap().path();
             if p.is_dir() {
                 dirs.push(p);
-            } else if p.extension().is_some_and(|x| x == "json") && !p.to_string_lossy().ends_with(".trace.json") && !p.ends_with("results/schema.json") {
+            } else if p.extension().is_some_and(|x| x == "json")
+                && !p.to_string_lossy().ends_with(".trace.json")
+                // an engine timed without tpprof (the yardstick beside a tpprof result)
+                && !p.to_string_lossy().ends_with(".plain.json")
+                && !p.ends_with("results/schema.json")
+            {
                 files.push(p);
             }
         }
