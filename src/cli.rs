@@ -192,9 +192,18 @@ pub struct RunArgs {
     #[arg(long)]
     pub timeout: Option<f64>,
 
-    /// Unmeasured runs of the whole workload before the measured one, for engines that pay for
-    /// their first request (lazy initialisation, kernel selection, allocator growth): the adapters
-    /// of the C ABI have no warm-up step of their own. Their wall times go into the JSON.
-    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
-    pub warmup: i64,
+    /// Unmeasured runs of the whole workload before the measured one, so the run measures the
+    /// engine's steady state (engines pay for their first requests: lazy initialisation, kernel
+    /// selection, allocator growth, a slow first generate()). `auto` (default): until two runs in
+    /// a row agree (ITL p50 within --warmup-tolerance), at most --warmup-max; N: exactly N; 0: the
+    /// cold first request, measured on purpose. Every warm-up run's TTFT and ITL go into the JSON.
+    #[arg(long, default_value = "auto", allow_hyphen_values = true)]
+    pub warmup: String,
+    /// --warmup auto: two warm-up runs agree when their ITL p50 differ by at most this many percent;
+    /// also the bound of the stationarity check on the measured run.
+    #[arg(long, default_value_t = 5.0, allow_hyphen_values = true)]
+    pub warmup_tolerance: f64,
+    /// --warmup auto: at most this many warm-up runs (at least 2).
+    #[arg(long, default_value_t = 4, allow_hyphen_values = true)]
+    pub warmup_max: i64,
 }

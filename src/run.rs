@@ -57,7 +57,58 @@ pub struct RunConfig {
     pub mem_interval: Duration,
     pub timeout: Option<Duration>,
     /// Unmeasured whole-workload runs before the measured one.
-    pub warmup: u32,
+    pub warmup: WarmupPolicy,
+    /// --warmup-tolerance (also the stationarity check's bound).
+    pub warmup_tolerance_pct: f64,
+}
+
+/// `--warmup auto|N`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WarmupPolicy {
+    /// Until two runs in a row agree within `tolerance_pct` (ITL p50), at most `max` runs.
+    Auto { tolerance_pct: f64, max: u32 },
+    /// Exactly this many (0: the cold first request is measured).
+    Fixed(u32),
+}
+
+impl WarmupPolicy {
+    fn parse(warmup: &str, tolerance_pct: f64, max: i64) -> Result<WarmupPolicy, String> {
+        if !(tolerance_pct.is_finite() && tolerance_pct > 0.0 && tolerance_pct <= 100.0) {
+            return Err(format!("--warmup-tolerance must be a percentage in (0, 100] (got {tolerance_pct})"));
+        }
+        if !(2..=100).contains(&max) {
+            return Err(format!("--warmup-max must be a whole number in [2, 100] (got {max})"));
+        }
+        match warmup.trim() {
+            "auto" => Ok(WarmupPolicy::Auto { tolerance_pct, max: max as u32 }),
+            n => match n.parse::<u32>() {
+                Ok(n) => Ok(WarmupPolicy::Fixed(n)),
+                Err(_) => Err(format!("--warmup must be `auto` or a whole number ≥ 0 (got {warmup:?})")),
+            },
+        }
+    }
+
+    /// The most runs this policy makes.
+    pub fn max_runs(&self) -> u32 {
+        match *self {
+            WarmupPolicy::Auto { max, .. } => max,
+            WarmupPolicy::Fixed(n) => n,
+        }
+    }
+
+    pub fn mode(&self) -> crate::report::WarmupMode {
+        match self {
+            WarmupPolicy::Auto { .. } => crate::report::WarmupMode::Auto,
+            WarmupPolicy::Fixed(_) => crate::report::WarmupMode::Fixed,
+        }
+    }
+
+    pub fn tolerance_pct(&self, fallback: f64) -> f64 {
+        match *self {
+            WarmupPolicy::Auto { tolerance_pct, .. } => tolerance_pct,
+            WarmupPolicy::Fixed(_) => fallback,
+        }
+    }
 }
 
 fn positive(name: &str, v: i64) -> Result<u32, String> {
@@ -137,7 +188,8 @@ impl RunConfig {
                 v => Duration::from_millis(positive("mem-interval-ms", v)? as u64),
             },
             timeout,
-            warmup: u32::try_from(a.warmup).map_err(|_| format!("--warmup must be a whole number ≥ 0 (got {})", a.warmup))?,
+            warmup: WarmupPolicy::parse(&a.warmup, a.warmup_tolerance, a.warmup_max)?,
+            warmup_tolerance_pct: a.warmup_tolerance,
         })
     }
 
@@ -349,25 +401,54 @@ impl<'w> Job<'w> {
         // another order (no prefix-cache hits for the measured run), tokens discarded, before the clock (memory
         // phase `prepare`; CUPTI counts their kernels only in kernels_total, like the engine's own
         // warm-up).
-        let mut warmup_s = Vec::with_capacity(config.warmup as usize);
-        for i in 0..config.warmup {
+        let requested = vec![workload.generated_tokens; workload.prompts.len()];
+        let mut warmup_s = Vec::new();
+        let mut warmup_runs: Vec<crate::report::WarmupRun> = Vec::new();
+        let max_runs = config.warmup.max_runs();
+        for i in 0..max_runs {
             let t = Instant::now();
+            let mut seen = crate::report::WarmupRun { wall_s: 0.0, ttft_ms: None, itl_p50_ms: None, tokens: 0 };
             let warm = match role {
                 Role::Engine => {
-                    tracing::info!("warm-up run {} of {}", i + 1, config.warmup);
-                    let discard = TokenSink::new_with_epoch(epoch, workload.prompts.len() * workload.generated_tokens as usize + 64);
+                    match config.warmup {
+                        WarmupPolicy::Auto { tolerance_pct, max } => tracing::info!(
+                            "warm-up run {} (until two in a row agree within {tolerance_pct} %, at most {max})",
+                            i + 1
+                        ),
+                        WarmupPolicy::Fixed(n) => tracing::info!("warm-up run {} of {n}", i + 1),
+                    }
+                    let warm_sink = TokenSink::new_with_epoch(epoch, requested.iter().map(|&r| r as usize).sum::<usize>() + 64);
                     let prompts = workload.warmup_prompts(config.seed, i);
-                    engine
-                        .generate(&prompts, workload.generated_tokens, config.exact_length, &discard)
-                        .map_err(|e| format!("warm-up run {} of {}: {e}", i + 1, config.warmup))
+                    let r = engine
+                        .generate(&prompts, workload.generated_tokens, config.exact_length, &warm_sink)
+                        .map_err(|e| format!("warm-up run {}: {e}", i + 1));
+                    let submit = warm_sink.submit_ns();
+                    let (events, overflow) = warm_sink.into_events();
+                    let rec = Recording::analyse(&events, overflow, submit, &requested);
+                    let (ttft, itl) = (rec.ttft.summary(), rec.decode.summary());
+                    seen.ttft_ms = (ttft.count > 0).then(|| ttft.p50_ns as f64 / 1e6);
+                    seen.itl_p50_ms = (itl.count > 0).then(|| itl.p50_ns as f64 / 1e6);
+                    seen.tokens = rec.generated_tokens();
+                    r
                 }
                 Role::Observer => Ok(()),
             };
             world.idle_barrier();
             world.agree(warm).map_err(Stop::failed)?;
-            warmup_s.push(t.elapsed().as_secs_f64());
+            seen.wall_s = t.elapsed().as_secs_f64();
+            warmup_s.push(seen.wall_s);
+            warmup_runs.push(seen);
+            // The auto policy: rank 0 (always an engine rank) decides, every rank follows.
+            if let WarmupPolicy::Auto { tolerance_pct, .. } = config.warmup {
+                let done = world.is_root() && crate::report::warmup_converged(&warmup_runs, tolerance_pct);
+                if world.broadcast_bytes(&[done as u8]).first() == Some(&1) {
+                    break;
+                }
+            }
         }
-        let requested = vec![workload.generated_tokens; workload.prompts.len()];
+        if let Some(h) = &mut self.header {
+            h.config.warmup = warmup_runs.len() as u32;
+        }
         let sink = TokenSink::new_with_epoch(epoch, requested.iter().map(|&r| r as usize).sum::<usize>() + 64);
         sink.track_phase(phase.clone(), workload.prompts.len());
         phase.set(if role == Role::Observer { Phase::Generate } else { Phase::Prefill });
@@ -416,6 +497,7 @@ impl<'w> Job<'w> {
             engine_memory,
             timing: RankTiming {
                 warmup_s,
+                warmup_runs,
                 create_s,
                 generate_s: (role == Role::Engine).then(|| rec.last_token_ns().unwrap_or(end_ns).saturating_sub(submit_ns) as f64 / 1e9),
             },
@@ -561,7 +643,10 @@ impl<'w> Job<'w> {
                 vocab_size: 0,
                 devices: c.devices.clone(),
                 mem_interval_ms: c.mem_interval.as_millis() as u64,
-                warmup: c.warmup,
+                warmup: c.warmup.max_runs(),
+                warmup_mode: Some(c.warmup.mode()),
+                warmup_tolerance_pct: Some(c.warmup.tolerance_pct(c.warmup_tolerance_pct)),
+                warmup_max: matches!(c.warmup, WarmupPolicy::Auto { .. }).then(|| c.warmup.max_runs()),
                 record_tokens: c.record_tokens,
                 trace: c.trace.as_ref().map(|t| t.display().to_string()),
                 cupti: c.cupti,

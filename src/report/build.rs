@@ -98,7 +98,10 @@ impl Header {
             itl_over_floor: floor_ms.filter(|&f| f > 0.0 && decode.count > 0).map(|f| (decode.p50_ns as f64 / 1e6) / f),
             device_step_ms: has_device.then(|| PercentilesMs::from(&device.summary())),
             itl_p50_by_tenth_ms: root.decode_deciles_ms(),
+            warmup: Some(warmup_summary(&self.config, &ranks, &ttft, &decode)),
+            stationarity: None,
         };
+        let summary = Summary { stationarity: Some(stationarity(&summary, self.config.warmup_tolerance_pct.unwrap_or(5.0))), ..summary };
 
         let mut problems = Vec::new();
         let short: Vec<String> = samples
@@ -134,6 +137,57 @@ impl Header {
             samples,
         })
     }
+}
+
+/// What the measured run stands on: rank 0's warm-up runs, the policy, and whether it reached a
+/// steady state.
+fn warmup_summary(config: &ConfigReport, ranks: &[RankReport], ttft: &HistogramSummary, decode: &HistogramSummary) -> WarmupSummary {
+    let runs: &[WarmupRun] = ranks.first().map(|r| r.timing.warmup_runs.as_slice()).unwrap_or(&[]);
+    let mode = config.warmup_mode.unwrap_or(WarmupMode::Fixed);
+    let state = match mode {
+        WarmupMode::Auto if warmup_converged(runs, config.warmup_tolerance_pct.unwrap_or(5.0)) => WarmupState::Steady,
+        WarmupMode::Auto => WarmupState::NotConverged,
+        WarmupMode::Fixed if runs.is_empty() && config.warmup == 0 => WarmupState::Cold,
+        WarmupMode::Fixed => WarmupState::Fixed,
+    };
+    let measured = if decode.count > 0 {
+        Some(decode.p50_ns as f64 / 1e6)
+    } else {
+        (ttft.count > 0).then(|| ttft.p50_ns as f64 / 1e6)
+    };
+    let mut key_ms: Vec<Option<f64>> = runs.iter().map(WarmupRun::key_ms).collect();
+    key_ms.push(measured);
+    WarmupSummary { mode, runs: runs.len() as u32, state, key_ms }
+}
+
+/// The measured run against its last warm-up run, and its first tenth against its last.
+fn stationarity(s: &Summary, tolerance_pct: f64) -> Stationarity {
+    let pct = |a: f64, b: f64| (a > 0.0).then(|| (b - a) / a * 100.0);
+    let mut warnings = Vec::new();
+    let mut vs_last_warmup_pct = None;
+    if let Some(w) = &s.warmup {
+        if let [.., Some(last), Some(measured)] = w.key_ms[..] {
+            vs_last_warmup_pct = pct(last, measured);
+            if !agrees(last, measured, tolerance_pct) {
+                warnings.push(format!(
+                    "the measured ITL p50 {measured:.3} ms differs {:+.1} % from the last warm-up run's {last:.3} ms (tolerance {tolerance_pct} %): the engine was still changing when the clock started",
+                    vs_last_warmup_pct.unwrap_or(0.0)
+                ));
+            }
+        }
+    }
+    let mut first_to_last_tenth_pct = None;
+    if let Some(t) = s.itl_p50_by_tenth_ms.as_ref().filter(|t| t.len() == 10) {
+        let (first, last) = (t[0], t[9]);
+        first_to_last_tenth_pct = pct(first, last);
+        if !agrees(first, last, tolerance_pct) {
+            warnings.push(format!(
+                "the ITL p50 drifts {:+.1} % within the run, {first:.3} ms in the first tenth of the decode steps to {last:.3} ms in the last (tolerance {tolerance_pct} %; a growing context explains some growth)",
+                first_to_last_tenth_pct.unwrap_or(0.0)
+            ));
+        }
+    }
+    Stationarity { tolerance_pct, vs_last_warmup_pct, first_to_last_tenth_pct, warnings }
 }
 
 fn sample_reports(workload: &Workload, root: &Recording, ranks: &[RankReport], record_tokens: bool) -> Vec<SampleReport> {

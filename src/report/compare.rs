@@ -165,6 +165,44 @@ pub fn render(runs: &[(String, RunReport)], markdown: bool) -> String {
     let mut table = rows(runs);
     // Status first (text), then the figures.
     table.insert(0, Row { name: "status", cells: Cells::Text(runs.iter().map(|(_, r)| format!("{:?}", r.status.state).to_lowercase()).collect()) });
+    // What each measured run stands on: warm-up state and the stationarity warnings.
+    if runs.iter().any(|(_, r)| r.summary.as_ref().is_some_and(|s| s.warmup.is_some())) {
+        let warm = |r: &RunReport| -> String {
+            match r.summary.as_ref().and_then(|s| s.warmup.as_ref()) {
+                None => "—".into(),
+                Some(w) => {
+                    let state = match w.state {
+                        WarmupState::Steady => "steady",
+                        WarmupState::NotConverged => "not converged",
+                        WarmupState::Fixed => "fixed",
+                        WarmupState::Cold => "cold",
+                    };
+                    format!("{state}, {} run(s)", w.runs)
+                }
+            }
+        };
+        let warnings = |r: &RunReport| -> String {
+            match r.summary.as_ref().and_then(|s| s.stationarity.as_ref()) {
+                None => "—".into(),
+                Some(st) if st.warnings.is_empty() => "none".into(),
+                Some(st) => {
+                    let mut parts = Vec::new();
+                    if let Some(p) = st.vs_last_warmup_pct.filter(|p| p.abs() > st.tolerance_pct) {
+                        parts.push(format!("{p:+.1} % vs warm-up"));
+                    }
+                    if let Some(p) = st.first_to_last_tenth_pct.filter(|p| p.abs() > st.tolerance_pct) {
+                        parts.push(format!("{p:+.1} % drift"));
+                    }
+                    if parts.is_empty() {
+                        parts.push(format!("{} warning(s)", st.warnings.len()));
+                    }
+                    parts.join(", ")
+                }
+            }
+        };
+        table.insert(1, Row { name: "warm-up", cells: Cells::Text(runs.iter().map(|(_, r)| warm(r)).collect()) });
+        table.insert(2, Row { name: "not stationary", cells: Cells::Text(runs.iter().map(|(_, r)| warnings(r)).collect()) });
+    }
     // Cells: the value, and from the second run on its change against the first.
     let cells: Vec<Vec<String>> = table
         .iter()

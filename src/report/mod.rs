@@ -65,9 +65,19 @@ pub struct ConfigReport {
     pub vocab_size: u32,
     pub devices: Option<Vec<i32>>,
     pub mem_interval_ms: u64,
-    /// `--warmup`: unmeasured whole-workload runs before the measured one.
+    /// Unmeasured whole-workload runs made before the measured one (`--warmup N`: N; the default
+    /// `--warmup auto`: as many as it took).
     #[serde(default)]
     pub warmup: u32,
+    /// `auto` (runs until two in a row agree within `warmup_tolerance_pct`, at most `warmup_max`)
+    /// or `fixed` (`--warmup N`; 0 = the cold first request measured on purpose). Absent in JSONs
+    /// written before the policy existed (they are `fixed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_mode: Option<WarmupMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_tolerance_pct: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_max: Option<u32>,
     pub record_tokens: bool,
     /// The --trace file, if any.
     pub trace: Option<String>,
@@ -118,6 +128,56 @@ pub struct RankTiming {
     /// Wall seconds of each `--warmup` run on this rank (an observer rank's: its wait).
     #[serde(default)]
     pub warmup_s: Vec<f64>,
+    /// Each warm-up run as this rank saw it: TTFT and ITL p50 (engine ranks).
+    #[serde(default)]
+    pub warmup_runs: Vec<WarmupRun>,
+}
+
+/// The warm-up policy (`--warmup auto|N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarmupMode {
+    Auto,
+    Fixed,
+}
+
+/// One unmeasured warm-up run on one rank.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarmupRun {
+    pub wall_s: f64,
+    /// Median time to first token over the samples, ms (engine ranks).
+    pub ttft_ms: Option<f64>,
+    /// Median decode latency, ms (engine ranks, runs with 2+ tokens per sample).
+    pub itl_p50_ms: Option<f64>,
+    pub tokens: u64,
+}
+
+impl WarmupRun {
+    /// The figure runs are compared by: ITL p50, or TTFT where there is no decode.
+    pub fn key_ms(&self) -> Option<f64> {
+        self.itl_p50_ms.or(self.ttft_ms)
+    }
+}
+
+/// Below this difference (ms) two latencies count as equal whatever their ratio: timer and
+/// scheduling jitter, and engines whose outputs carry several tokens (gaps of microseconds).
+pub const AGREE_ABS_MS: f64 = 0.02;
+
+/// Whether `y` is within `tolerance_pct` of `x` (or within [`AGREE_ABS_MS`]).
+pub fn agrees(x: f64, y: f64, tolerance_pct: f64) -> bool {
+    (y - x).abs() <= AGREE_ABS_MS || (x > 0.0 && ((y - x) / x).abs() * 100.0 <= tolerance_pct)
+}
+
+/// Whether the last two warm-up runs agree within `tolerance_pct` (the auto policy's stop rule).
+pub fn warmup_converged(runs: &[WarmupRun], tolerance_pct: f64) -> bool {
+    match runs {
+        [.., a, b] => match (a.key_ms(), b.key_ms()) {
+            (Some(x), Some(y)) => agrees(x, y, tolerance_pct),
+            (None, None) => true, // nothing to compare: the engine produced no timed tokens
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,6 +259,48 @@ pub struct Summary {
     /// the per-token cost grows as the context does.
     #[serde(default)]
     pub itl_p50_by_tenth_ms: Option<Vec<f64>>,
+    /// What was measured: the engine warmed up to its steady state, or not (absent in JSONs written
+    /// before the warm-up policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<WarmupSummary>,
+    /// Whether the measured run itself looks steady (absent in JSONs written before the check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stationarity: Option<Stationarity>,
+}
+
+/// The stationarity check on the measured run (rank 0): against the last warm-up run, and within
+/// the run (first against last tenth of the decode steps). A warning does not change the state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stationarity {
+    pub tolerance_pct: f64,
+    /// Measured ITL p50 (TTFT without decode) against the last warm-up run's, percent.
+    pub vs_last_warmup_pct: Option<f64>,
+    /// Median ITL of the last tenth of the decode steps against the first tenth's, percent.
+    pub first_to_last_tenth_pct: Option<f64>,
+    /// Each check beyond the tolerance, in words with its figures (empty: steady).
+    pub warnings: Vec<String>,
+}
+
+/// The warm-up before the measured run, as rank 0 saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarmupSummary {
+    pub mode: WarmupMode,
+    pub runs: u32,
+    /// `steady` (auto: the last two warm-up runs agreed), `not_converged` (auto: the bound was
+    /// reached first), `fixed` (`--warmup N`, N > 0: not checked), `cold` (`--warmup 0`: the first
+    /// request of the process was measured).
+    pub state: WarmupState,
+    /// ITL p50 (TTFT where no decode) of each warm-up run, ms, then the measured run's.
+    pub key_ms: Vec<Option<f64>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarmupState {
+    Steady,
+    NotConverged,
+    Fixed,
+    Cold,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -89,7 +89,12 @@ pub fn render(r: &RunReport) -> String {
             let _ = writeln!(out, "ITL p50 by tenth of the decode steps (rank 0), ms: {}{growth}", v.join(" "));
         }
     }
-    if let Some(k) = r.ranks.first().filter(|k| !k.timing.warmup_s.is_empty()) {
+    if let Some(w) = r.summary.as_ref().and_then(|s| s.warmup.as_ref()) {
+        let _ = writeln!(out, "{}", warmup_line(w, r.config.warmup_tolerance_pct.unwrap_or(5.0)));
+        for warning in r.summary.as_ref().and_then(|s| s.stationarity.as_ref()).map(|s| s.warnings.as_slice()).unwrap_or(&[]) {
+            let _ = writeln!(out, "warning: not stationary: {warning}");
+        }
+    } else if let Some(k) = r.ranks.first().filter(|k| !k.timing.warmup_s.is_empty()) {
         let times: Vec<String> = k.timing.warmup_s.iter().map(|s| format!("{s:.3}")).collect();
         let _ = writeln!(out, "warm-up: {} unmeasured run(s) of the workload before the clock, rank 0: {} s", times.len(), times.join(" / "));
     }
@@ -177,4 +182,25 @@ pub(super) fn rank_peak(k: &RankReport) -> (u64, &'static str) {
 
 fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n { s.to_string() } else { s.chars().take(n - 1).collect::<String>() + "…" }
+}
+
+/// One line on what the measured run stands on: warmed up to a steady state, or not, with the
+/// figures (rank 0's ITL p50 of each warm-up run, then the measured run's).
+pub fn warmup_line(w: &WarmupSummary, tolerance_pct: f64) -> String {
+    let figs: Vec<String> = w.key_ms.iter().map(|k| k.map_or_else(|| "n/a".into(), |v| format!("{v:.3}"))).collect();
+    let (warm, measured) = figs.split_at(figs.len().saturating_sub(1));
+    let series = if warm.is_empty() {
+        String::new()
+    } else {
+        format!("ITL p50 (TTFT without decode) {} ms, measured {} ms", warm.join(" → "), measured.join(""))
+    };
+    match w.state {
+        WarmupState::Steady => format!("warm-up: auto, {} run(s) until two in a row agreed within {tolerance_pct} %: steady state ({series})", w.runs),
+        WarmupState::NotConverged => format!(
+            "warning: warm-up: auto, {} run(s) and no two in a row within {tolerance_pct} %: the engine may not have reached a steady state ({series}; more with --warmup-max)",
+            w.runs
+        ),
+        WarmupState::Fixed => format!("warm-up: {} run(s) (--warmup {}, not checked for a steady state; --warmup auto checks) ({series})", w.runs, w.runs),
+        WarmupState::Cold => "warm-up: none (--warmup 0): cold, the first request of the process was measured, not a steady state".into(),
+    }
 }

@@ -11,6 +11,9 @@
  *   create_ms           busy-wait in create(), like loading weights         (default 0)
  *   first_generate_ms   busy-wait before the first token of the FIRST generate() call only: an
  *                       engine that initialises lazily on its first request (default 0)
+ *   slow_generates, slow_factor  the first slow_generates generate() calls of the process run every
+ *                       scripted wait (prefill and decode) slow_factor times longer: an engine whose
+ *                       first requests are slow for their whole length (defaults 0, 1)
  *   alloc_bytes         host bytes malloc'ed and touched in create()        (default 0)
  *   alloc_rank          only this rank allocates; -1 = every rank            (default -1)
  *   fail_create_rank    create() fails on this rank                           (default -1)
@@ -93,6 +96,8 @@ struct tpprof_engine {
     double prefill_us_per_token;
     double token_us;
     double first_generate_us;
+    long slow_generates;
+    double slow_factor;
     double token_us_growth;
     long generate_calls;
     long fail_rank, fail_at_token, crash_rank, crash_at_token, eos_at_step;
@@ -304,6 +309,8 @@ int32_t tpprof_create(const tpprof_init *init, tpprof_engine **out, char *err, s
     e->prefill_us_per_token = opt_num(o, "prefill_us_per_token", 0);
     e->token_us = opt_num(o, "token_us", 0);
     e->first_generate_us = opt_num(o, "first_generate_ms", 0) * 1000.0;
+    e->slow_generates = (long)opt_num(o, "slow_generates", 0);
+    e->slow_factor = opt_num(o, "slow_factor", 1);
     e->token_us_growth = opt_num(o, "token_us_growth", 0);
     e->fail_rank = (long)opt_num(o, "fail_rank", -1);
     e->fail_at_token = (long)opt_num(o, "fail_at_token", -1);
@@ -408,6 +415,8 @@ static void *run_job(void *arg) {
     }
     double t = now_us();
     if (e->generate_calls == 1) t += e->first_generate_us;
+    /* generate_calls counts this call already (1 = the first). */
+    const double slow = e->generate_calls <= e->slow_generates ? e->slow_factor : 1.0;
     for (size_t s = 0; s < j->n; s++) {
         for (size_t i = 0; i < j->prompts[s].len; i++) {
             if (j->prompts[s].tokens[i] < 0 || j->prompts[s].tokens[i] >= e->vocab) {
@@ -418,7 +427,7 @@ static void *run_job(void *arg) {
                 return NULL;
             }
         }
-        t += e->prefill_us_per_token * (double)j->prompts[s].len;
+        t += slow * e->prefill_us_per_token * (double)j->prompts[s].len;
         busy_until(t);
         int32_t tok, fin;
         token_of(j, s, 0, &tok, &fin, &done[s]);
@@ -440,7 +449,7 @@ static void *run_job(void *arg) {
         int any = 0;
         for (size_t s = 0; s < j->n; s++) any |= !done[s];
         if (!any) break;
-        t += e->token_us + e->token_us_growth * (double)step;
+        t += slow * (e->token_us + e->token_us_growth * (double)step);
         busy_until(t);
         if (e->kernels_per_step > 0 && gpu_step(e, j->err, j->errlen) != 0) {
             j->status = TPPROF_ERR_RUNTIME;

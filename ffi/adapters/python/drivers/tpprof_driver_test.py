@@ -7,6 +7,9 @@ Options (``init["options"]``, from --engine-options):
   vocab_size    int, default 32000; token ids are (sample*31 + step*7 + 1) % vocab_size
   token_us      busy-wait per decode step, microseconds (time.perf_counter_ns loop), default 0
   prefill_us_per_token  busy-wait per prompt token before the first step, default 0
+  token_us_growth  added to token_us at every further step (step k waits token_us + k * growth), default 0
+  slow_generates, slow_factor  the first slow_generates generate() calls of the process run every
+                busy-wait slow_factor times longer, for their whole length (defaults 0, 1)
   fail_create   str: raise RuntimeError(str) in Driver(init)
   fail_at_step  int k: raise RuntimeError("injected failure at step k") at step k (k tokens arrive)
   eos_at_step   int k: finish=2 (eos) at step k when exact_length is false
@@ -42,6 +45,10 @@ class Driver:
         self.vocab = int(o.get("vocab_size", 32000))
         self.token_us = float(o.get("token_us", 0))
         self.prefill_us = float(o.get("prefill_us_per_token", 0))
+        self.token_us_growth = float(o.get("token_us_growth", 0))
+        self.slow_generates = int(o.get("slow_generates", 0))
+        self.slow_factor = float(o.get("slow_factor", 1))
+        self.calls = 0
         self.fail_at_step = o.get("fail_at_step")
         self.eos_at_step = o.get("eos_at_step")
         topo = o.get("topology", "all_ranks")
@@ -99,12 +106,14 @@ class Driver:
 
     def _run(self, prompts, max_new_tokens, exact_length, on_token):
         n = len(prompts)
-        _busy_wait_us(self.prefill_us * sum(len(p) for p in prompts))
+        self.calls += 1
+        slow = self.slow_factor if self.calls <= self.slow_generates else 1.0
+        _busy_wait_us(slow * self.prefill_us * sum(len(p) for p in prompts))
         done = [False] * n
         for step in range(max_new_tokens):
             if self.fail_at_step is not None and step == int(self.fail_at_step):
                 raise RuntimeError("injected failure at step %d" % step)
-            _busy_wait_us(self.token_us)
+            _busy_wait_us(slow * (self.token_us + self.token_us_growth * step))
             for s in range(n):
                 if done[s]:
                     continue
