@@ -812,6 +812,21 @@ fn results_of_earlier_builds_still_read() {
     }
 }
 
+/// An engine that holds no GPU memory on a GPU host (python:test on the H200: NVML measured, 0 bytes
+/// for this run's processes) shows the host peak the JSON holds, with its source, not "0.000 gpu".
+#[test]
+fn report_shows_the_peak_the_json_holds_with_its_source() {
+    let f = concat!(env!("CARGO_MANIFEST_DIR"), "/results/h200/warmup/python-test_2000us.json");
+    let j: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+    assert_eq!(j["summary"]["peak_memory_source"], "host_rss");
+    assert_eq!(j["ranks"][0]["memory"]["gpu"]["job_peak"]["bytes"], 0, "the case: GPU measured, none of it ours");
+    let out = Command::new(BIN).arg("report").arg(f).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let peak = format!("{:.3} host", j["summary"]["peak_memory_gib"][0].as_f64().unwrap());
+    let row = text.lines().find(|l| l.trim_start().starts_with("0 ")).unwrap_or_else(|| panic!("no rank row:\n{text}"));
+    assert!(row.contains(&peak) && !row.contains(" gpu"), "{row}");
+}
+
 /// Known truth: the mock pays 400 ms before the first token of its first generate() only. With
 /// `--warmup 0` that lands in the TTFT and the run says "cold"; with `--warmup 2` it lands in the
 /// first warm-up run on every rank.

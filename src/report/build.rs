@@ -219,16 +219,25 @@ fn sample_reports(workload: &Workload, root: &Recording, ranks: &[RankReport], r
 /// for rank r), else the host RSS peak (the larger of the sampled peak and the kernel's VmHWM) — e.g.
 /// the cpu engine or the mock on a GPU machine. Never a 0 that looks like a GPU figure.
 fn peaks(ranks: &[RankReport]) -> (Vec<f64>, MemorySource) {
+    let (bytes, source) = rank_peaks(ranks);
+    (bytes.into_iter().map(|b| b as f64 / GIB).collect(), source)
+}
+
+/// Each rank's peak in bytes and the one source they all come from: the job's GPU memory (NVML)
+/// when every rank's GPU holds some of this run's memory, else the host's (peak RSS / VmHWM) — an
+/// engine that never touches the GPU (the cpu engine, python:test) on a GPU host is not "0 GiB of GPU".
+/// `summary.peak_memory_gib`, the summary's rank table and `compare` all use this one rule.
+pub(super) fn rank_peaks(ranks: &[RankReport]) -> (Vec<u64>, MemorySource) {
     let all_gpu = !ranks.is_empty()
         && ranks.iter().all(|r| matches!(r.memory.gpu, GpuMemory::Measured { job_peak, .. } if job_peak.bytes > 0));
-    let gib = ranks
+    let bytes = ranks
         .iter()
         .map(|r| match (&r.memory.gpu, all_gpu) {
-            (GpuMemory::Measured { job_peak, .. }, true) => job_peak.bytes as f64 / GIB,
-            _ => r.memory.host.peak_rss.bytes.max(r.memory.host.vm_hwm_bytes.unwrap_or(0)) as f64 / GIB,
+            (GpuMemory::Measured { job_peak, .. }, true) => job_peak.bytes,
+            _ => r.memory.host.peak_rss.bytes.max(r.memory.host.vm_hwm_bytes.unwrap_or(0)),
         })
         .collect();
-    (gib, if all_gpu { MemorySource::GpuNvmlProcess } else { MemorySource::HostRss })
+    (bytes, if all_gpu { MemorySource::GpuNvmlProcess } else { MemorySource::HostRss })
 }
 
 /// The cross-rank skew of decode steps: `steps[r]` are rank r's (start, end) on its own clock,

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use super::*;
-use super::summary::{rank_peak, state_label};
+use super::summary::{source_label, state_label};
 use crate::cli::CompareArgs;
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -79,8 +79,8 @@ fn rows(runs: &[(String, RunReport)]) -> Vec<Row> {
     num("ITL p50, last tenth of decode ms", 3, &|r| s(r).and_then(|s| s.itl_p50_by_tenth_ms.as_ref()).and_then(|t| t.last().copied()));
     num("ITL p50 ÷ decode floor", 2, &|r| s(r).and_then(|s| s.itl_over_floor));
     num("device step p50 ms", 3, &|r| s(r).and_then(|s| s.device_step_ms.as_ref()).map(|d| d.p50));
-    num("peak memory, largest rank GiB", 2, &|r| r.ranks.iter().map(|k| rank_peak(k).0 as f64).reduce(f64::max).map(|b| b / GIB));
-    num("peak memory, smallest rank GiB", 2, &|r| r.ranks.iter().map(|k| rank_peak(k).0 as f64).reduce(f64::min).map(|b| b / GIB));
+    num("peak memory, largest rank GiB", 2, &|r| super::build::rank_peaks(&r.ranks).0.into_iter().map(|b| b as f64).reduce(f64::max).map(|b| b / GIB));
+    num("peak memory, smallest rank GiB", 2, &|r| super::build::rank_peaks(&r.ranks).0.into_iter().map(|b| b as f64).reduce(f64::min).map(|b| b / GIB));
     num("skew: step start spread p50 µs", 1, &|r| r.skew.as_ref().map(|k| k.start_spread.p50_ns as f64 / 1e3));
     num("skew: step start spread p99 µs", 1, &|r| r.skew.as_ref().map(|k| k.start_spread.p99_ns as f64 / 1e3));
     num("skew: step end spread p50 µs", 1, &|r| r.skew.as_ref().map(|k| k.end_spread.p50_ns as f64 / 1e3));
@@ -141,12 +141,20 @@ fn workload_notes(runs: &[(String, RunReport)]) -> Vec<String> {
     }).collect());
     differs("generated tokens", runs.iter().map(|(_, r)| r.config.generated_tokens.to_string()).collect());
     differs("batch sizes", runs.iter().map(|(_, r)| r.config.batch.to_string()).collect());
-    differs("warm-up runs", runs.iter().map(|(_, r)| r.config.warmup.to_string()).collect());
+    differs(
+        "warm-up policies",
+        runs.iter()
+            .map(|(_, r)| match r.config.warmup_mode {
+                Some(WarmupMode::Auto) => "auto".to_string(),
+                _ => format!("--warmup {}", r.config.warmup),
+            })
+            .collect(),
+    );
     differs("EOS handling", runs.iter().map(|(_, r)| if r.config.exact_length { "exact length" } else { "EOS may stop" }.to_string()).collect());
     differs("models", runs.iter().map(|(_, r)| r.config.model.clone()).collect());
     differs(
         "peak memory sources (GPU memory vs host RSS: not like for like)",
-        runs.iter().map(|(_, r)| r.ranks.first().map(|k| super::summary::rank_peak(k).1).unwrap_or("none").to_string()).collect(),
+        runs.iter().map(|(_, r)| if r.ranks.is_empty() { "none".to_string() } else { source_label(&super::build::rank_peaks(&r.ranks).1).to_string() }).collect(),
     );
     notes
 }

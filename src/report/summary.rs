@@ -4,7 +4,6 @@ use std::fmt::Write as _;
 
 use super::*;
 use crate::cli::ReportArgs;
-use crate::observe::memory::GpuMemory;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -141,9 +140,10 @@ pub fn render(r: &RunReport) -> String {
     }
     if !r.ranks.is_empty() {
         let _ = writeln!(out, "  {:<5} {:<16} {:<9} {:<24} {:>10} {:>10} {:>10}", "rank", "host", "role", "device", "peak GiB", "ITL p50", "ITL p99");
-        for k in &r.ranks {
+        let (peaks, source) = super::build::rank_peaks(&r.ranks);
+        for (k, &peak) in r.ranks.iter().zip(&peaks) {
             let device = k.gpu.as_ref().map(|g| format!("GPU{} {}", g.ordinal, g.name)).unwrap_or_else(|| "no GPU".into());
-            let (peak, src) = rank_peak(k);
+            let src = source_label(&source);
             let peak = peak as f64 / GIB;
             let _ = writeln!(
                 out,
@@ -171,12 +171,11 @@ pub(super) fn state_label(s: &Status) -> String {
     }
 }
 
-/// A rank's peak memory in bytes and where it comes from: the job's GPU memory (NVML), or the
-/// host's (peak RSS / VmHWM) where the rank has no GPU.
-pub(super) fn rank_peak(k: &RankReport) -> (u64, &'static str) {
-    match &k.memory.gpu {
-        GpuMemory::Measured { job_peak, .. } => (job_peak.bytes, "gpu"),
-        GpuMemory::Unavailable { .. } => (k.memory.host.peak_rss.bytes.max(k.memory.host.vm_hwm_bytes.unwrap_or(0)), "host"),
+/// The short label of a peak's source in tables: "gpu" (NVML, this run's processes) or "host" (RSS).
+pub(super) fn source_label(source: &MemorySource) -> &'static str {
+    match source {
+        MemorySource::GpuNvmlProcess => "gpu",
+        MemorySource::HostRss => "host",
     }
 }
 
