@@ -5,6 +5,7 @@
 //! top to bottom; see DESIGN.md for the architecture.
 
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod engine;
 pub mod observe;

@@ -17,10 +17,17 @@ fn main() {
     };
     let code = match cli.command {
         Command::Run(args) => tpprof::run::main(*args),
-        Command::Report(args) => tpprof::report::summary::main(&args),
-        Command::Compare(args) => tpprof::report::compare::main(&args),
+        Command::Report(args) => tpprof::report::summary::main(&args.file),
+        Command::Compare(args) => tpprof::report::compare::main(&args.files, args.markdown),
         Command::Verify(args) => tpprof::verify::main(args),
-        Command::WriteCheckpoint(args) => tpprof::engine::write_checkpoint_main(&args),
+        Command::WriteCheckpoint(a) => tpprof::engine::write_checkpoint_main(&tpprof::engine::CheckpointRequest {
+            model: &a.model,
+            seed: a.seed,
+            dtype: a.dtype.into(),
+            shard_gib: a.shard_gib,
+            files: a.files,
+            out: &a.out,
+        }),
         Command::Models => {
             tpprof::engine::print_models();
             0

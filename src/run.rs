@@ -310,7 +310,7 @@ impl<'w> Job<'w> {
 
         // 3. Observers first, so engine creation is measured too.
         let epoch = Instant::now();
-        let epoch_mono_ns = crate::cluster::mono_ns();
+        let epoch_mono_ns = crate::clock::mono_ns();
         let phase = PhaseCell::default();
         let sampler = MemorySampler::start(SamplerSetup {
             epoch,

@@ -13,6 +13,8 @@ use mpi::topology::{Communicator, Rank, SimpleCommunicator};
 use mpi::traits::Root;
 use mpi::Threading;
 
+use crate::clock::mono_ns;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("MPI was already initialised in this process")]
@@ -246,13 +248,6 @@ impl World {
     }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock every token and device step is placed on before ranks compare.
-pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 fn unreachable_failure() -> RankFailures {
     RankFailures(vec![(-1, "internal: agreement lost a failure".into())])

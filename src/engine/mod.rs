@@ -200,11 +200,25 @@ fn mock_adapter_path() -> PathBuf {
         .unwrap_or(built)
 }
 
+/// What `tpprof write-checkpoint` asks for (the command line's values, typed).
+pub struct CheckpointRequest<'a> {
+    /// A preset name or a Qwen2 config.json.
+    pub model: &'a str,
+    pub seed: u64,
+    pub dtype: safetensors::Dtype,
+    /// Largest file in GiB (unless `files`).
+    pub shard_gib: f64,
+    /// Exactly this many files instead.
+    pub files: Option<usize>,
+    /// The directory to create.
+    pub out: &'a std::path::Path,
+}
+
 /// `tpprof write-checkpoint`: a preset's seeded weights as a Hugging Face checkpoint.
-pub fn write_checkpoint_main(a: &crate::cli::WriteCheckpointArgs) -> i32 {
+pub fn write_checkpoint_main(a: &CheckpointRequest) -> i32 {
     use builtin::cpu::weights::{write_checkpoint, FileSplit};
-    let p = std::path::Path::new(&a.model);
-    let cfg = match if p.exists() { config::Config::from_json_file(p) } else { config::Config::preset(&a.model) } {
+    let p = std::path::Path::new(a.model);
+    let cfg = match if p.exists() { config::Config::from_json_file(p) } else { config::Config::preset(a.model) } {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -228,9 +242,9 @@ pub fn write_checkpoint_main(a: &crate::cli::WriteCheckpointArgs) -> i32 {
         eprintln!("error: {} already exists: choose a new directory", a.out.display());
         return 2;
     }
-    let dtype = safetensors::Dtype::from(a.dtype);
+    let dtype = a.dtype;
     let start = std::time::Instant::now();
-    match write_checkpoint(&cfg, a.seed, &a.out, dtype, split) {
+    match write_checkpoint(&cfg, a.seed, a.out, dtype, split) {
         Ok(w) => {
             let secs = start.elapsed().as_secs_f64();
             let gb = w.tensor_bytes as f64 / 1e9;

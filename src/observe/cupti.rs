@@ -558,7 +558,7 @@ mod collector {
     }
 
     extern "C" fn clock() -> u64 {
-        crate::cluster::mono_ns()
+        crate::clock::mono_ns()
     }
 
     extern "C" fn buffer_requested(buffer: *mut *mut u8, size: *mut usize, max_records: *mut usize) {
@@ -675,10 +675,10 @@ mod collector {
 
     fn offset() -> i64 {
         let mut t = 0u64;
-        let a = crate::cluster::mono_ns();
+        let a = crate::clock::mono_ns();
         // SAFETY: writes one u64.
         unsafe { sys::cuptiGetTimestamp(&mut t) };
-        let b = crate::cluster::mono_ns();
+        let b = crate::clock::mono_ns();
         t as i64 - ((a + b) / 2) as i64
     }
 

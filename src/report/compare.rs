@@ -6,18 +6,17 @@ use std::fmt::Write as _;
 
 use super::*;
 use super::summary::{source_label, state_label};
-use crate::cli::CompareArgs;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
-/// `tpprof compare FILE FILE...`.
-pub fn main(args: &CompareArgs) -> i32 {
-    if args.files.len() < 2 {
-        eprintln!("error: compare needs at least two result JSONs (got {}): tpprof compare BASELINE.json OTHER.json …", args.files.len());
+/// `tpprof compare FILE FILE...` (`markdown`: a Markdown table).
+pub fn main(files: &[std::path::PathBuf], markdown: bool) -> i32 {
+    if files.len() < 2 {
+        eprintln!("error: compare needs at least two result JSONs (got {}): tpprof compare BASELINE.json OTHER.json …", files.len());
         return 2;
     }
     let mut runs = Vec::new();
-    for f in &args.files {
+    for f in files {
         match super::summary::load(f) {
             Ok(r) => runs.push((f.display().to_string(), r)),
             Err(e) => {
@@ -26,7 +25,7 @@ pub fn main(args: &CompareArgs) -> i32 {
             }
         }
     }
-    print!("{}", render(&runs, args.markdown));
+    print!("{}", render(&runs, markdown));
     0
 }
 

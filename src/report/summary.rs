@@ -3,13 +3,12 @@
 use std::fmt::Write as _;
 
 use super::*;
-use crate::cli::ReportArgs;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
 /// `tpprof report FILE`.
-pub fn main(args: &ReportArgs) -> i32 {
-    match load(&args.file) {
+pub fn main(file: &std::path::Path) -> i32 {
+    match load(file) {
         Ok(r) => {
             print!("{}", render(&r));
             0

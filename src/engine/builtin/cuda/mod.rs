@@ -372,10 +372,10 @@ impl CudaEngine {
         let anchor_at = |g: &Gpu| -> Result<(cudarc::driver::CudaEvent, u64), CudaError> {
             let e = g.event()?;
             g.sync()?;
-            let h0 = crate::cluster::mono_ns();
+            let h0 = crate::clock::mono_ns();
             rec(&e, g)?;
             g.sync()?;
-            Ok((e, (h0 + crate::cluster::mono_ns()) / 2))
+            Ok((e, (h0 + crate::clock::mono_ns()) / 2))
         };
         let (anchor, anchor_ns) = anchor_at(&self.gpu)?;
         let t1 = Instant::now();
