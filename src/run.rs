@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::cli::RunArgs;
-use crate::cluster::tp_comm::MpiComm;
+use crate::engine::builtin::cpu::mpi_comm::MpiComm;
 use crate::cluster::{RankFailures, World};
 use crate::engine::adapter::{AdapterEngine, InitParams};
 use crate::engine::builtin::Cpu;

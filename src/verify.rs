@@ -9,7 +9,7 @@
 
 use clap::Args;
 
-use crate::cluster::tp_comm::MpiComm;
+use crate::engine::builtin::cpu::mpi_comm::MpiComm;
 use crate::cluster::World;
 use crate::engine::builtin::cpu::{CpuEngine, GenerateRequest};
 use crate::engine::config::Config;

@@ -2,7 +2,6 @@
 //! watchdog. Every collective the profiler itself runs lives here, on a duplicate of MPI_COMM_WORLD
 //! so that engine traffic (the cpu engine's all-reduces, an adapter's MPI) never matches ours.
 
-pub mod tp_comm;
 
 use std::time::Duration;
 

@@ -11,6 +11,7 @@
 //! variable `MATMUL_NUM_THREADS` (default: physical cores, at most 4).
 
 pub mod comm;
+pub mod mpi_comm;
 pub mod model;
 pub mod ops;
 pub mod weights;

@@ -1,9 +1,10 @@
-//! The cpu engine's tensor-parallel collectives over MPI, on a communicator of its own.
+//! The cpu engine's tensor-parallel collectives over MPI, on a communicator of its own (it lives with
+//! the engine: cluster knows nothing of engines).
 
 use mpi::collective::{CommunicatorCollectives, SystemOperation};
 use mpi::topology::{Communicator, SimpleCommunicator};
 
-use crate::engine::builtin::cpu::comm::{CommError, TpComm};
+use super::comm::{CommError, TpComm};
 
 /// `TpComm` on an MPI communicator (a duplicate of the world, so engine traffic never matches the
 /// profiler's own collectives). MPI reports errors through its error handler, which aborts the job
