@@ -1,0 +1,98 @@
+//! The house as drawn in ARCHITECTURE.md: layers only point down. Every `crate::X` / `tpprof::X`
+//! reference in src/ is checked against the table below; a new upward import fails this test, and
+//! so does a listed exception that no longer exists (remove it from the list: the house got better).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Each top-level module and the modules it may use.
+const ALLOWED: &[(&str, &[&str])] = &[
+    // The face: parses, turns clap types into plain typed values, prints, exits.
+    ("main", &["cli", "cluster", "engine", "report", "run", "verify"]),
+    ("cli", &["engine", "verify"]),
+    // The job and the other subcommands.
+    ("run", &["clock", "cluster", "engine", "observe", "record", "report", "workload"]),
+    ("verify", &["clock", "cluster", "engine", "observe", "record", "report", "workload"]),
+    // The parts.
+    ("report", &["clock", "engine", "observe", "record", "workload"]),
+    ("observe", &["clock", "record"]),
+    ("record", &["clock", "engine"]),
+    ("engine", &["clock"]),
+    ("workload", &["clock"]),
+    ("cluster", &["clock"]),
+    ("clock", &[]),
+];
+
+/// Upward imports that exist today, each to be removed by a later step of issue [4/7].
+const KNOWN: &[(&str, &str, &str)] = &[
+    ("run", "cli", "run takes cli::RunArgs: the face should hand over a plain RunConfig"),
+    ("engine", "record", "engines take record::TokenSink: the engine layer should define the token callback trait"),
+    ("record", "observe", "the token sink switches observe::memory's phase: run should drive it"),
+];
+
+fn module_of(rel: &str) -> String {
+    rel.split('/').next().unwrap().trim_end_matches(".rs").to_string()
+}
+
+fn references(dir: &Path, root: &Path, out: &mut BTreeMap<(String, String), BTreeSet<String>>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            references(&p, root, out);
+            continue;
+        }
+        if p.extension().is_none_or(|x| x != "rs") {
+            continue;
+        }
+        let rel = p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+        let from = module_of(&rel);
+        let text = std::fs::read_to_string(&p).unwrap();
+        for prefix in ["crate::", "tpprof::"] {
+            for (i, _) in text.match_indices(prefix) {
+                let rest = &text[i + prefix.len()..];
+                let to: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                // `tpprof::` also prefixes non-path text (the crate name in strings, e.g. tpprof::run
+                // in a doc); only modules of this crate count.
+                if !to.is_empty() && to != from && ALLOWED.iter().any(|(m, _)| *m == to) {
+                    out.entry((from.clone(), to)).or_default().insert(rel.clone());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn layers_only_point_down() {
+    let src = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
+    let mut refs = BTreeMap::new();
+    references(src, src, &mut refs);
+    assert!(refs.len() > 10, "the scan found too little: {refs:?}");
+    let allowed: BTreeMap<&str, &[&str]> = ALLOWED.iter().copied().collect();
+    let mut bad = Vec::new();
+    for ((from, to), files) in &refs {
+        let ok = allowed.get(from.as_str()).is_some_and(|a| a.contains(&to.as_str()));
+        let known = KNOWN.iter().any(|(f, t, _)| f == from && t == to);
+        if !ok && !known {
+            bad.push(format!("{from} -> {to} (in {})", files.iter().cloned().collect::<Vec<_>>().join(", ")));
+        }
+        if !allowed.contains_key(from.as_str()) {
+            bad.push(format!("src/{from}: a module the layer table does not know: add it to ALLOWED and ARCHITECTURE.md"));
+        }
+    }
+    for (from, to, why) in KNOWN {
+        if !refs.contains_key(&(from.to_string(), to.to_string())) {
+            bad.push(format!("{from} -> {to} is gone ({why}): remove it from KNOWN"));
+        }
+    }
+    assert!(bad.is_empty(), "imports against ARCHITECTURE.md's layers:\n  {}", bad.join("\n  "));
+}
+
+#[test]
+fn the_check_would_catch_an_upward_import() {
+    // The rule itself, on made-up edges: report may not import cli, cluster may not import engine.
+    let allowed: BTreeMap<&str, &[&str]> = ALLOWED.iter().copied().collect();
+    for (from, to) in [("report", "cli"), ("cluster", "engine"), ("engine", "run"), ("record", "report")] {
+        assert!(!allowed[from].contains(&to), "{from} -> {to} must be refused");
+        assert!(!KNOWN.iter().any(|(f, t, _)| *f == from && *t == to));
+    }
+}
