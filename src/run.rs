@@ -450,7 +450,8 @@ impl<'w> Job<'w> {
             h.config.warmup = warmup_runs.len() as u32;
         }
         let sink = TokenSink::new_with_epoch(epoch, requested.iter().map(|&r| r as usize).sum::<usize>() + 64);
-        sink.track_phase(phase.clone(), workload.prompts.len());
+        let decode_phase = phase.clone();
+        sink.on_prefill_done(workload.prompts.len(), Box::new(move || decode_phase.set(Phase::Decode)));
         phase.set(if role == Role::Observer { Phase::Generate } else { Phase::Prefill });
         let generated = match role {
             Role::Engine => {

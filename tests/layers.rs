@@ -27,7 +27,6 @@ const ALLOWED: &[(&str, &[&str])] = &[
 const KNOWN: &[(&str, &str, &str)] = &[
     ("run", "cli", "run takes cli::RunArgs: the face should hand over a plain RunConfig"),
     ("engine", "record", "engines take record::TokenSink: the engine layer should define the token callback trait"),
-    ("record", "observe", "the token sink switches observe::memory's phase: run should drive it"),
 ];
 
 fn module_of(rel: &str) -> String {

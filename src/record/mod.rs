@@ -22,13 +22,17 @@ pub struct TokenEvent {
     pub t_ns: u64,
 }
 
+/// What a [`TokenSink`] calls at the end of prefill.
+pub type PrefillDone = Box<dyn Fn() + Send + Sync>;
+
 /// Where engines report tokens. Thread-safe; the hot path takes a timestamp, one uncontended lock
 /// and writes into preallocated storage. Tokens beyond the capacity are counted, not stored (an
 /// engine that produces more than it was asked for is reported, and the hot path never allocates).
 pub struct TokenSink {
     epoch: Instant,
-    /// Moves the memory sampler's phase to Decode once every sample has its first token.
-    phase: std::sync::OnceLock<(crate::observe::memory::PhaseCell, u64)>,
+    /// Called once when every sample has its first token (the end of prefill): the run moves the
+    /// memory sampler's phase there.
+    prefill_done: std::sync::OnceLock<(PrefillDone, u64)>,
     first_tokens: AtomicU64,
     events: Mutex<Vec<TokenEvent>>,
     overflow: AtomicU64,
@@ -44,7 +48,7 @@ impl TokenSink {
     pub fn new_with_epoch(epoch: Instant, capacity: usize) -> TokenSink {
         TokenSink {
             epoch,
-            phase: std::sync::OnceLock::new(),
+            prefill_done: std::sync::OnceLock::new(),
             first_tokens: AtomicU64::new(0),
             events: Mutex::new(Vec::with_capacity(capacity)),
             overflow: AtomicU64::new(0),
@@ -69,18 +73,19 @@ impl TokenSink {
         self.epoch
     }
 
-    /// Switch `phase` to Decode when `samples` first tokens have arrived (the end of prefill).
-    pub fn track_phase(&self, phase: crate::observe::memory::PhaseCell, samples: usize) {
-        let _ = self.phase.set((phase, samples as u64));
+    /// Call `done` once, from the engine's thread, when `samples` first tokens have arrived (the
+    /// end of prefill).
+    pub fn on_prefill_done(&self, samples: usize, done: PrefillDone) {
+        let _ = self.prefill_done.set((done, samples as u64));
     }
 
     /// Called once per generated token, from any thread.
     pub fn on_token(&self, sample: u32, step: u32, token: i32, finish: i32) {
         let t_ns = self.now_ns();
         if step == 0 {
-            if let Some((phase, n)) = self.phase.get() {
+            if let Some((done, n)) = self.prefill_done.get() {
                 if self.first_tokens.fetch_add(1, Ordering::Relaxed) + 1 == *n {
-                    phase.set(crate::observe::memory::Phase::Decode);
+                    done();
                 }
             }
         }
