@@ -76,10 +76,8 @@ impl WarmupPolicy {
         if !(tolerance_pct.is_finite() && tolerance_pct > 0.0 && tolerance_pct <= 100.0) {
             return Err(format!("--warmup-tolerance must be a percentage in (0, 100] (got {tolerance_pct})"));
         }
-        if !(2..=100).contains(&max) {
-            return Err(format!("--warmup-max must be a whole number in [2, 100] (got {max})"));
-        }
         match warmup.trim() {
+            "auto" if !(2..=100).contains(&max) => Err(format!("--warmup-max must be a whole number in [2, 100] (got {max})")),
             "auto" => Ok(WarmupPolicy::Auto { tolerance_pct, max: max as u32 }),
             n => match n.parse::<u32>() {
                 Ok(n) => Ok(WarmupPolicy::Fixed(n)),
@@ -438,6 +436,9 @@ impl<'w> Job<'w> {
             seen.wall_s = t.elapsed().as_secs_f64();
             warmup_s.push(seen.wall_s);
             warmup_runs.push(seen);
+            if let Some(h) = &mut self.header {
+                h.config.warmup = warmup_runs.len() as u32; // what a failed run's JSON says, too
+            }
             // The auto policy: rank 0 (always an engine rank) decides, every rank follows.
             if let WarmupPolicy::Auto { tolerance_pct, .. } = config.warmup {
                 let done = world.is_root() && crate::report::warmup_converged(&warmup_runs, tolerance_pct);
@@ -445,9 +446,6 @@ impl<'w> Job<'w> {
                     break;
                 }
             }
-        }
-        if let Some(h) = &mut self.header {
-            h.config.warmup = warmup_runs.len() as u32;
         }
         let sink = TokenSink::new_with_epoch(epoch, requested.iter().map(|&r| r as usize).sum::<usize>() + 64);
         let decode_phase = phase.clone();
@@ -644,7 +642,7 @@ impl<'w> Job<'w> {
                 vocab_size: 0,
                 devices: c.devices.clone(),
                 mem_interval_ms: c.mem_interval.as_millis() as u64,
-                warmup: c.warmup.max_runs(),
+                warmup: 0, // the runs made, counted as they finish
                 warmup_mode: Some(c.warmup.mode()),
                 warmup_tolerance_pct: Some(c.warmup.tolerance_pct(c.warmup_tolerance_pct)),
                 warmup_max: matches!(c.warmup, WarmupPolicy::Auto { .. }).then(|| c.warmup.max_runs()),

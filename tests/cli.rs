@@ -887,8 +887,9 @@ fn default_warmup_reaches_the_scripted_steady_state() {
     };
     let p50 = |j: &Value| j["summary"]["itl_ms"]["p50"].as_f64().unwrap();
     for (engine, opts) in engines {
-        let base = ["--engine", engine, "--engine-options", opts, "--prompt-tokens", "4", "--generated-tokens", "30"];
-        let d = run(1, &base);
+        let base = ["--engine", engine, "--engine-options", opts, "--prompt-tokens", "4", "--generated-tokens", "60"];
+        // 20 %: a loaded CI machine must not turn scheduling noise into a warning; 3× is far beyond it.
+        let d = run(1, &[&base[..], &["--warmup-tolerance", "20"]].concat());
         let j = ok(&d);
         let w = &j["summary"]["warmup"];
         assert_eq!(w["mode"], "auto", "{engine}");
@@ -913,7 +914,8 @@ fn default_warmup_reaches_the_scripted_steady_state() {
 /// faster) and when the ITL drifts within the run (scripted growth per step); the state stays ok.
 #[test]
 fn stationarity_warnings_fire_on_scripted_change_and_drift_only() {
-    let steady = run(1, &["--engine", "mock", "--engine-options", r#"{"token_us": 2000}"#, "--prompt-tokens", "4", "--generated-tokens", "30"]);
+    // The steady run at 20 % (scheduling noise on a loaded machine is not drift); the others at the default 5 %.
+    let steady = run(1, &["--engine", "mock", "--engine-options", r#"{"token_us": 2000}"#, "--prompt-tokens", "4", "--generated-tokens", "60", "--warmup-tolerance", "20"]);
     let js = ok(&steady);
     assert_eq!(js["summary"]["stationarity"]["warnings"].as_array().unwrap().len(), 0, "{}", js["summary"]["stationarity"]);
     assert!(!steady.stdout().contains("not stationary"), "{}", steady.stdout());

@@ -170,7 +170,7 @@ fn stationarity(s: &Summary, tolerance_pct: f64) -> Stationarity {
             vs_last_warmup_pct = pct(last, measured);
             if !agrees(last, measured, tolerance_pct) {
                 warnings.push(format!(
-                    "the measured ITL p50 {measured:.3} ms differs {:+.1} % from the last warm-up run's {last:.3} ms (tolerance {tolerance_pct} %): the engine was still changing when the clock started",
+                    "the measured ITL p50 {measured:.3} ms differs {:+.1} % from the last warm-up run's {last:.3} ms (tolerance {tolerance_pct} %): still warming up, or run-to-run variance",
                     vs_last_warmup_pct.unwrap_or(0.0)
                 ));
             }

@@ -25,7 +25,7 @@ What the first runs on 0.18.0 showed, and the driver now does:
 - Each stream is read to its end: leaving ``async_stream_infer`` after the FINISH output closes the
   generator, and lmdeploy 0.18 then cancels the request it has just finished.
 - TurboMind warms itself up at construction (prefills of 8 .. 9 216 tokens) but not for the measured
-  shape: run with ``--warmup 1``.
+  shape: tpprof's warm-up runs (the default ``--warmup auto``, or ``--warmup N``) do that.
 
 Output semantics differ by version (checked in the lmdeploy source): up to 0.10.1 ``token_ids`` holds
 every token so far, from 0.10.2 only the new ones; 0.7 .. 0.10.x also give ``num_token`` (tokens so
