@@ -72,7 +72,7 @@ pack() {
   local wheels=("lmdeploy==$LMDEPLOY_VERSION" "$CUDART_WHEEL" "${PY_WHEELS[@]}")
   [[ $real_cublas == 1 ]] && wheels+=("$CUBLAS_WHEEL")
   python3 -m pip download -q --no-deps "${PIP_PLATFORM[@]}" -d "$dl" "${wheels[@]}"
-  echo "download: $(du -sb "$dl" | cut -f1 | xargs -I{} awk -v b={} 'BEGIN{printf "%.1f MiB", b/1048576}') of wheels in $(secs "$t") s"
+  echo "download: $(mib "$(du -sb "$dl" | cut -f1)") of wheels in $(secs "$t") s"
 
   t=$(now)
   local w
@@ -102,7 +102,7 @@ nccl: the GPU machine's (linked at install)
 python packages: ${PY_WHEELS[*]}
 packed: $(date -u +%Y-%m-%dT%H:%M:%SZ) by $(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)
 EOF
-  echo "assembled: $(du -sb "$stage" | cut -f1 | xargs -I{} awk -v b={} 'BEGIN{printf "%.1f MiB", b/1048576}') unpacked in $(secs "$t") s"
+  echo "assembled: $(mib "$(du -sb "$stage" | cut -f1)") unpacked in $(secs "$t") s"
 
   seal "$stage" -o "$out" --part-size "${part_mib}M"
   echo "next: for K in 1..N: $0 stage K, then a device call that carries .tmb and runs: $0 install"

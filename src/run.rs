@@ -100,13 +100,6 @@ impl WarmupPolicy {
             WarmupPolicy::Fixed(_) => crate::report::WarmupMode::Fixed,
         }
     }
-
-    pub fn tolerance_pct(&self, fallback: f64) -> f64 {
-        match *self {
-            WarmupPolicy::Auto { tolerance_pct, .. } => tolerance_pct,
-            WarmupPolicy::Fixed(_) => fallback,
-        }
-    }
 }
 
 fn positive(name: &str, v: i64) -> Result<u32, String> {
@@ -644,7 +637,7 @@ impl<'w> Job<'w> {
                 mem_interval_ms: c.mem_interval.as_millis() as u64,
                 warmup: 0, // the runs made, counted as they finish
                 warmup_mode: Some(c.warmup.mode()),
-                warmup_tolerance_pct: Some(c.warmup.tolerance_pct(c.warmup_tolerance_pct)),
+                warmup_tolerance_pct: Some(c.warmup_tolerance_pct),
                 warmup_max: matches!(c.warmup, WarmupPolicy::Auto { .. }).then(|| c.warmup.max_runs()),
                 record_tokens: c.record_tokens,
                 trace: c.trace.as_ref().map(|t| t.display().to_string()),
