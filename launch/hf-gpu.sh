@@ -23,19 +23,7 @@ PY="${3:-/opt/torch/.venv/bin/python3}"
 MODEL="${MODEL:-qwen2.5-7b}"
 LONG_PROMPT="${LONG_PROMPT:-10000}"
 LONG_GEN="${LONG_GEN:-800}"
-mkdir -p "$O"
-O="$(realpath "$O")"
-LOG="$O/log"
-deadline=$(( $(date +%s) + ${BUDGET_S:-570} ))
-
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-# The drivers travel with the repository, not beside the binary: say where they are.
-export TPPROF_PYTHON_DRIVERS="$here/ffi/adapters/python/drivers"
-# Less noise in the logs; tokenizers are not used.
-export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
-
-say() { echo "$*" | tee -a "$LOG"; }
+source "$here/launch/gpu-env.sh"
 
 # step NAME MAX_SECONDS ARGS...: tpprof run ARGS on 2 ranks, JSON to OUT/NAME.json.
 step() {

@@ -29,15 +29,7 @@ shift 3
 PY="${PY:-/opt/torch/.venv/bin/python3}"
 BUNDLE="${BUNDLE:-/var/tmp/tpprof-turbomind}"
 CKPT="${CKPT:-/var/tmp/ckpt-$M}"
-mkdir -p "$O"
-O="$(realpath "$O")"
-LOG="$O/log"
-deadline=$(( $(date +%s) + ${BUDGET_S:-570} ))
-
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export TPPROF_PYTHON_DRIVERS="$here/ffi/adapters/python/drivers"
-export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1 PYTHONUNBUFFERED=1
+source "$here/launch/gpu-env.sh"
 if [[ -f "$BUNDLE/READY" ]]; then
   eval "$(bash "$here/launch/turbomind-bundle.sh" env -d "$BUNDLE")"
 fi
@@ -45,8 +37,6 @@ fi
 # the stand-in (a second bundle sealed from libcublas.so.12 + libcublasLt.so.12).
 [[ -n "${LIB_FIRST:-}" ]] && export LD_LIBRARY_PATH="$LIB_FIRST:$LD_LIBRARY_PATH"
 
-say() { echo "$*" | tee -a "$LOG"; }
-left() { echo $(( deadline - $(date +%s) - 5 )); }
 
 # run NAME MAX_SECONDS ARGS...: tpprof run ARGS on one rank, JSON to OUT/MODEL_NAME.json.
 run() {
