@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # LMDeploy TurboMind (--engine python:lmdeploy) beside the built-in cuda engine and Hugging Face
-# transformers (python:hf), one GPU, the same random-weight checkpoint, warmed up (--warmup 1),
-# every engine in its own process one after the other. Needs the TurboMind bundle installed first
+# transformers (python:hf), one GPU, the same random-weight checkpoint, warmed up (tpprof's default
+# --warmup auto; WARMUP=1 gives the --warmup 1 of the committed TurboMind pages), every engine in its
+# own process one after the other. Needs the TurboMind bundle installed first
 # (launch/turbomind-bundle.sh install).
 #
 # usage: launch/turbomind-gpu.sh TPPROF OUT MODEL STEP...
@@ -13,13 +14,15 @@
 #     plain-10k  TurboMind 10 000 -> 800 timed by launch/turbomind/plain_timing.py, no tpprof (the yardstick)
 #     cuda-10k   cuda engine --weights $CKPT 10 000 -> 800   cuda-20k  the same, 20 000 -> 1 000
 #     hf-10k     python:hf model_dir $CKPT 10 000 -> 800 (sdpa)
+#     plain-hf   the same transformers workload timed by launch/hf/plain_timing.py, no tpprof (4 runs, all reported)
+#     pytest-torch  python:test scripted at 2 000 us per token with torch imported in the interpreter, 16 -> 400
 #     compare    tpprof compare --markdown of tm-10k, cuda-10k, hf-10k (those that exist) into OUT/MODEL_compare.md
 #     rm-ckpt    delete $CKPT (the disk holds one 14B checkpoint beside the bundle, not two)
 # Each run writes OUT/MODEL_STEP.json and .log; OUT/log has the commands, exit codes, times and summaries.
 # Environment: BUDGET_S (default 570): the whole script stays inside it; BUNDLE (default
 # /var/tmp/tpprof-turbomind); PY (default /opt/torch/.venv/bin/python3); TM_OPTIONS (extra JSON
 # members for the TurboMind options, e.g. '"cache_max_entry_count": 0.5'); LIB_FIRST (a library
-# directory put before the bundle's: the real cuBLAS 12, say).
+# directory put before the bundle's: the real cuBLAS 12, say); WARMUP (default auto): every run's --warmup.
 set -u
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 T="$(realpath "${1:?usage: launch/turbomind-gpu.sh TPPROF OUT MODEL STEP...}")"
@@ -55,9 +58,10 @@ run() {
   return $rc
 }
 
-TM=(--engine python:lmdeploy --engine-options "{\"model_path\": \"$CKPT\", \"python\": \"$PY\"${TM_OPTIONS:+, $TM_OPTIONS}}" --warmup 1)
-CU=(--engine cuda --weights "$CKPT" --dtype fp16 --warmup 1)
-HF=(--engine python:hf --engine-options "{\"model_dir\": \"$CKPT\", \"dtype\": \"fp16\", \"attn_implementation\": \"sdpa\", \"python\": \"$PY\"}" --warmup 1)
+W="${WARMUP:-auto}"
+TM=(--engine python:lmdeploy --engine-options "{\"model_path\": \"$CKPT\", \"python\": \"$PY\"${TM_OPTIONS:+, $TM_OPTIONS}}" --warmup "$W")
+CU=(--engine cuda --weights "$CKPT" --dtype fp16 --warmup "$W")
+HF=(--engine python:hf --engine-options "{\"model_dir\": \"$CKPT\", \"dtype\": \"fp16\", \"attn_implementation\": \"sdpa\", \"python\": \"$PY\"}" --warmup "$W")
 
 say "=== $(date -u +%FT%TZ) $M: $*; $("$T" --version 2>&1); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)${LIB_FIRST:+; LIB_FIRST=$LIB_FIRST}"
 [[ -f "$BUNDLE/BUNDLE-INFO" ]] && sed 's/^/  bundle: /' "$BUNDLE/BUNDLE-INFO" | tee -a "$LOG"
@@ -73,12 +77,19 @@ for s in "$@"; do
     tm-cupti) run tm-cupti 240 "${TM[@]}" --prompt-tokens 10000 --generated-tokens 800 --cupti ;;
     cuda-10k) run cuda-10k 200 "${CU[@]}" --prompt-tokens 10000 --generated-tokens 800 ;;
     cuda-20k) run cuda-20k 200 "${CU[@]}" --prompt-tokens 20000 --generated-tokens 1000 ;;
-    hf-10k) run hf-10k 300 "${HF[@]}" --prompt-tokens 10000 --generated-tokens 800 ;;
+    hf-10k) run hf-10k 420 "${HF[@]}" --prompt-tokens 10000 --generated-tokens 800 ;;
     plain-10k)
       say "=== ${M}_plain-10k: $PY launch/turbomind/plain_timing.py $CKPT 10000 800 --warmup 1"
       timeout -k 10 "$(( $(left) < 240 ? $(left) : 240 ))" "$PY" "$here/launch/turbomind/plain_timing.py" "$CKPT" 10000 800 \
         --warmup 1 --cache 0.8 --json "$O/${M}_plain-10k.plain.json" > "$O/${M}_plain-10k.log" 2>&1
       say "--- ${M}_plain-10k: rc=$? $(tail -n 1 "$O/${M}_plain-10k.log")" ;;
+    plain-hf)
+      say "=== ${M}_plain-hf: $PY launch/hf/plain_timing.py $CKPT 10000 800 --runs 4"
+      timeout -k 10 "$(( $(left) < 420 ? $(left) : 420 ))" "$PY" "$here/launch/hf/plain_timing.py" "$CKPT" 10000 800 \
+        --runs 4 --json "$O/${M}_plain-hf.plain.json" > "$O/${M}_plain-hf.log" 2>&1
+      say "--- ${M}_plain-hf: rc=$? $(grep '^run ' "$O/${M}_plain-hf.log" | tr '\n' ';')" ;;
+    pytest-torch) run pytest-torch 120 --engine python:test --engine-options "{\"token_us\": 2000, \"import\": [\"torch\"], \"python\": \"$PY\"}" \
+        --vocab-size 1000 --prompt-tokens 16 --generated-tokens 400 ;;
     compare)
       files=()
       for e in tm-10k cuda-10k hf-10k; do [[ -f "$O/${M}_$e.json" ]] && files+=("$O/${M}_$e.json"); done

@@ -1351,6 +1351,19 @@ mod tests {
     }
 
     #[test]
+    fn the_test_driver_imports_modules_it_is_asked_for() {
+        if python_or_skip().is_none() {
+            return;
+        }
+        // `import` loads a library into the interpreter (torch on a GPU machine: the embedded path's
+        // cost with it loaded); its version shows in the engine's details.
+        let e = PythonEngine::load("test", &init(r#"{"import": ["json"]}"#)).unwrap();
+        assert!(e.info().details["imported"]["json"].is_string(), "{}", e.info().details);
+        let err = PythonEngine::load("test", &init(r#"{"import": ["no_such_module_tpprof"]}"#)).err().unwrap().to_string();
+        assert!(err.contains("ModuleNotFoundError") && err.contains("no_such_module_tpprof"), "{err}");
+    }
+
+    #[test]
     fn bad_callback_arguments_raise_in_python() {
         if python_or_skip().is_none() {
             return;

@@ -17,12 +17,15 @@ Options (``init["options"]``, from --engine-options):
   thread        true: call on_token from a threading.Thread
   host_bytes    int: reported by memory() as host_bytes (default: absent)
   max_context   int: reported by info() (default 32768)
+  import        list of module names imported in Driver(init) (e.g. ["torch"]: the embedded path's cost
+                with a heavy library loaded in the same interpreter); their versions go into info()
   bad_callback  "str" (token as a str), "arity" (3 arguments), "late" (keep the callable and call
                 it at the start of the next generate(), after the previous one returned)
 
 See tpprof_driver.py in README.md for the driver interface.
 """
 
+import importlib
 import threading
 import time
 
@@ -61,6 +64,13 @@ class Driver:
         self.bad_callback = o.get("bad_callback")
         self.kept = None
         self.generated = 0
+        mods = o.get("import", [])
+        if not isinstance(mods, list) or not all(isinstance(m, str) for m in mods):
+            raise ValueError("import must be a list of module names, not %r" % (mods,))
+        self.imported = {}
+        for m in mods:
+            mod = importlib.import_module(m)
+            self.imported[m] = str(getattr(mod, "__version__", "?"))
 
     def info(self):
         return {
@@ -69,6 +79,7 @@ class Driver:
             "vocab_size": self.vocab,
             "max_context": int(self.o.get("max_context", 32768)),
             "init": self.init,
+            "imported": self.imported,
         }
 
     def topology(self):
