@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The tests that need NVIDIA GPUs (CI has none): run on a machine with >= 2 GPUs, after building
+# The tests that need NVIDIA GPUs (CI has none): run on a machine with >= 2 GPUs (on one GPU: the TP=1
+# verify and the decode attention kernels only), after building
 # (cargo build --release) or with TPPROF=/path/to/tpprof (and libtpprof_mock.so beside it).
 #  1. tpprof verify: the cuda engine against the cpu reference, TP 1 and 2 (and 4 on >= 4 GPUs), fp16 and bf16, head_dim
 #     64 and 128, prompts up to 2 000 tokens: logits after prefill and after the last decode step,
@@ -25,34 +26,45 @@ MR=(mpirun --bind-to none)
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
-"${MR[@]}" -n 1 "$B" verify --model tiny --prompt-tokens 700
-"${MR[@]}" -n 2 "$B" verify --model tiny --prompt-tokens 700
-"${MR[@]}" -n 2 "$B" verify --model small --prompt-tokens 700
-"${MR[@]}" -n 2 "$B" verify --model small --dtype bf16 --prompt-tokens 700
-"${MR[@]}" -n 2 "$B" verify --model qwen2.5-0.5b --prompts 2 --prompt-tokens 700
+NG="$(nvidia-smi -L | grep -c '^GPU ')"
+tps=(1)
+(( NG >= 2 )) && tps+=(2)
+TP="${tps[-1]}"
 # head_dim 128, group 5 per rank at TP=2 (the 14B/32B TP=2 attention shape), 2 000-token prompts:
 # decode attention over many splits of a long cache.
 cat > "$out/d128.json" <<'JSON'
 {"vocab_size": 32000, "hidden_size": 1280, "intermediate_size": 3456, "num_hidden_layers": 4, "num_attention_heads": 10,
  "num_key_value_heads": 2, "max_position_embeddings": 8192, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": true}
 JSON
-"${MR[@]}" -n 1 "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
-"${MR[@]}" -n 2 "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
-# The splits the 10K-context runs use (176 positions: a second scores pass, all 8 warps) and the
-# longest decode_attn_sk takes (512); then the fallback kernels at this shape.
-# (Added after the last GPU session's device time was spent: not run on a GPU yet; likewise the
-# batch check every verify with 2+ prompts now ends with: all prompts as one batch of different
-# lengths, each sample's last decode step logits against the cpu engine.)
-for split in 176 512; do
-  TPPROF_CUDA_ATTN_SPLIT=$split "${MR[@]}" -x TPPROF_CUDA_ATTN_SPLIT -n 2 "$B" verify --model "$out/d128.json" --prompts 1 --prompt-tokens 2000 \
-    | tee "$out/split.log"
-  grep -q "decode attention: decode.cu decode_attn_sk, [0-9]* splits of $split positions" "$out/split.log"
+for n in "${tps[@]}"; do
+  "${MR[@]}" -n "$n" "$B" verify --model tiny --prompt-tokens 700
+  "${MR[@]}" -n "$n" "$B" verify --model small --prompt-tokens 700
+  "${MR[@]}" -n "$n" "$B" verify --model small --dtype bf16 --prompt-tokens 700
+  "${MR[@]}" -n "$n" "$B" verify --model qwen2.5-0.5b --prompts 2 --prompt-tokens 700
+  "${MR[@]}" -n "$n" "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
 done
-for k in fast tiled; do
-  TPPROF_CUDA_ATTN=$k "${MR[@]}" -x TPPROF_CUDA_ATTN -n 2 "$B" verify --model "$out/d128.json" --prompts 1 --prompt-tokens 2000 \
-    | tee "$out/fallback.log"
-  grep -q "decode attention: .*decode_attn_$( [[ $k == fast ]] && echo fast || echo partial )" "$out/fallback.log"
+# The decode attention kernels at this shape (on the most GPUs at hand): decode_attn_pipe with the
+# splits the 10K-context runs use (176 and 336 positions: several tiles and a partial one), a long
+# split (1 024: 16 tiles) and with its merge left to decode_attn_merge; then the fallbacks.
+check() {  # check ENV=VALUE... -- EXPECTED: verify under the environment, the kernel line must match
+  local envs=() x=()
+  while [[ "$1" != -- ]]; do envs+=("$1"); x+=(-x "${1%%=*}"); shift; done
+  shift
+  env "${envs[@]}" "${MR[@]}" "${x[@]}" -n "$TP" "$B" verify --model "$out/d128.json" --prompts 1 --prompt-tokens 2000 | tee "$out/k.log"
+  grep -q "decode attention: $1" "$out/k.log" || { echo "gpu-test: expected decode attention '$1'"; exit 1; }
+}
+for split in 176 336 1024; do
+  check TPPROF_CUDA_ATTN_SPLIT=$split -- "decode.cu decode_attn_pipe (merge in its last block), [0-9]* splits of $split positions"
 done
+check TPPROF_CUDA_ATTN_MERGE=0 -- "decode.cu decode_attn_pipe + decode_attn_merge"
+check TPPROF_CUDA_ATTN=sk TPPROF_CUDA_ATTN_SPLIT=176 -- "decode.cu decode_attn_sk, [0-9]* splits of 176 positions"
+check TPPROF_CUDA_ATTN=sk TPPROF_CUDA_ATTN_SPLIT=512 -- "decode.cu decode_attn_sk, [0-9]* splits of 512 positions"
+check TPPROF_CUDA_ATTN=fast -- "decode.cu decode_attn_fast"
+check TPPROF_CUDA_ATTN=tiled -- "attention.cu decode_attn_partial"
+if (( NG < 2 )); then
+  echo "gpu-test: one GPU: verify at TP=1 passed; TP=2 verify, the memory and the CUPTI checks need 2 GPUs (skipped)"
+  exit 0
+fi
 # Four or more GPUs: TP=4 as well (the 32B TP=4 attention shape: head_dim 128, group 5, one KV head per rank here).
 if [[ "$(nvidia-smi -L | grep -c '^GPU ')" -ge 4 ]]; then
   cat > "$out/d128x4.json" <<'JSON'

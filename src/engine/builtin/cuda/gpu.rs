@@ -280,6 +280,12 @@ impl Gpu {
         for s in &slots {
             b.arg(s);
         }
+        if shared > 48 * 1024 {
+            // Above 48 KiB of dynamic shared memory a kernel must opt in (once is enough; the call
+            // is cheap and not a stream operation, so it is allowed while a graph is captured).
+            func.set_attribute(cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared as i32)
+                .map_err(drv("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)"))?;
+        }
         let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: shared };
         // SAFETY: the argument list matches the kernel's signature in kernels/*.cu (one slot per
         // parameter, see Arg), every pointer addresses a live buffer of the size the kernel reads.

@@ -60,6 +60,22 @@ pub const MODULES: &[Module] = &[
             ("decode_attn_sk_g7_d128", true),
             ("decode_attn_sk_g8_d64", true),
             ("decode_attn_sk_g8_d128", true),
+            ("decode_attn_pipe_g1_d64", true),
+            ("decode_attn_pipe_g1_d128", true),
+            ("decode_attn_pipe_g2_d64", true),
+            ("decode_attn_pipe_g2_d128", true),
+            ("decode_attn_pipe_g3_d64", true),
+            ("decode_attn_pipe_g3_d128", true),
+            ("decode_attn_pipe_g4_d64", true),
+            ("decode_attn_pipe_g4_d128", true),
+            ("decode_attn_pipe_g5_d64", true),
+            ("decode_attn_pipe_g5_d128", true),
+            ("decode_attn_pipe_g6_d64", true),
+            ("decode_attn_pipe_g6_d128", true),
+            ("decode_attn_pipe_g7_d64", true),
+            ("decode_attn_pipe_g7_d128", true),
+            ("decode_attn_pipe_g8_d64", true),
+            ("decode_attn_pipe_g8_d128", true),
         ],
     },
     Module { name: "sampling", source: include_str!("kernels/sampling.cu"), kernels: &[("argmax_rows", false), ("select_tokens", false)] },
@@ -207,8 +223,10 @@ impl CudaEngine {
         // Switches for A/B measurements: TPPROF_CUDA_GRAPH=0 (eager decode launches);
         // TPPROF_CUDA_GEMV=1 (gemv.cu for the decode GEMMs: measured slower than cuBLAS on the H200,
         // 18.3 vs 15.5 ms per step for qwen2.5-14b TP=1, so off by default);
-        // TPPROF_CUDA_ATTN=fast (decode.cu's first kernel, decode_attn_fast, instead of
-        // decode_attn_sk) or =tiled (attention.cu's); TPPROF_CUDA_ATTN_BLOCKS=N (decode attention
+        // TPPROF_CUDA_ATTN=sk (decode.cu's decode_attn_sk, the default before decode_attn_pipe),
+        // =fast (decode_attn_fast) or =tiled (attention.cu's); TPPROF_CUDA_ATTN_MERGE=0 (decode_attn_pipe
+        // leaves the split merge to the decode_attn_merge kernel instead of its last block);
+        // TPPROF_CUDA_ATTN_BLOCKS=N (decode attention
         // blocks per SM in one wave, sizing the splits; default 2); TPPROF_CUDA_ATTN_SPLIT=N (positions
         // per split, rounded up to 16: for tests of long splits on short prompts).
         let use_graph = std::env::var("TPPROF_CUDA_GRAPH").map(|v| v != "0").unwrap_or(true);
@@ -216,10 +234,11 @@ impl CudaEngine {
         let attention = match std::env::var("TPPROF_CUDA_ATTN").as_deref() {
             Ok("fast") => DecodeAttention::Fast,
             Ok("tiled") => DecodeAttention::Tiled,
-            Ok("sk") | Err(_) => DecodeAttention::ScoresFirst,
+            Ok("sk") => DecodeAttention::ScoresFirst,
+            Ok("pipe") | Err(_) => DecodeAttention::Pipelined { merge: std::env::var("TPPROF_CUDA_ATTN_MERGE").map(|v| v != "0").unwrap_or(true) },
             Ok(other) => {
-                tracing::warn!("TPPROF_CUDA_ATTN={other} is not fast, tiled or sk: using decode_attn_sk");
-                DecodeAttention::ScoresFirst
+                tracing::warn!("TPPROF_CUDA_ATTN={other} is not pipe, sk, fast or tiled: using decode_attn_pipe");
+                DecodeAttention::Pipelined { merge: true }
             }
         };
         let attn_split = std::env::var("TPPROF_CUDA_ATTN_SPLIT").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0);

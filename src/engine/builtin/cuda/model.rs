@@ -259,6 +259,7 @@ pub struct Buffers {
     probs: Buf,
     part_ml: Buf,
     part_acc: Buf,
+    attn_counters: Buf,
     logits: Buf,
     pair: Buf,
     gathered: Buf,
@@ -316,6 +317,8 @@ impl Buffers {
             probs: gpu.alloc(t(dims.hkv * q_chunk * max_len))?,
             part_ml: gpu.alloc(slots * dims.hq * n_splits * 2 * 4)?,
             part_acc: gpu.alloc(slots * dims.hq * n_splits * d * 4)?,
+            // decode_attn_pipe's finished-split count per (sample, KV head); its last block resets it.
+            attn_counters: gpu.alloc(slots * dims.hkv * 4)?,
             logits: gpu.alloc(slots * dims.v_local() * 4)?,
             pair: gpu.alloc(slots * 2 * 4)?,
             gathered: gpu.alloc(dims.world * slots * 2 * 4)?,
@@ -441,11 +444,15 @@ pub struct Model<'a> {
     pub probe: Option<&'a Probe>,
 }
 
-/// The decode attention kernels, from the preferred down: decode.cu's decode_attn_sk (scores, then
-/// values: head_dim 64 or 128, group ≤ 8, split ≤ 512 positions), decode.cu's decode_attn_fast
-/// (head_dim 8..128, group ≤ 8), attention.cu's tiled decode_attn_partial (any shape).
+/// The decode attention kernels, from the preferred down: decode.cu's decode_attn_pipe (scores,
+/// then values, over tiles copied asynchronously: head_dim 64 or 128, group ≤ 8; `merge`: its last
+/// block per KV head combines the splits, else decode_attn_merge does), decode.cu's decode_attn_sk
+/// (the same arithmetic without the copy pipeline: head_dim 64 or 128, group ≤ 8, split ≤ 512
+/// positions), decode.cu's decode_attn_fast (head_dim 8..128, group ≤ 8), attention.cu's tiled
+/// decode_attn_partial (any shape).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeAttention {
+    Pipelined { merge: bool },
     ScoresFirst,
     Fast,
     Tiled,
@@ -454,17 +461,21 @@ pub enum DecodeAttention {
 impl DecodeAttention {
     /// The kernel that runs for this shape: the preference, or the next one down whose constraints hold.
     pub fn resolve(self, d: usize, group: usize, split_len: usize) -> DecodeAttention {
-        let sk = matches!(d, 64 | 128) && (1..=8).contains(&group) && split_len <= SK_MAX_SPLIT && split_len % 4 == 0;
+        let pipe = matches!(d, 64 | 128) && (1..=8).contains(&group);
+        let sk = pipe && split_len <= SK_MAX_SPLIT && split_len % 4 == 0;
         let fast = matches!(d, 8 | 16 | 32 | 64 | 128) && (1..=8).contains(&group);
         match self {
-            DecodeAttention::ScoresFirst if sk => DecodeAttention::ScoresFirst,
-            DecodeAttention::ScoresFirst | DecodeAttention::Fast if fast => DecodeAttention::Fast,
+            DecodeAttention::Pipelined { merge } if pipe => DecodeAttention::Pipelined { merge },
+            DecodeAttention::Pipelined { .. } | DecodeAttention::ScoresFirst if sk => DecodeAttention::ScoresFirst,
+            DecodeAttention::Pipelined { .. } | DecodeAttention::ScoresFirst | DecodeAttention::Fast if fast => DecodeAttention::Fast,
             _ => DecodeAttention::Tiled,
         }
     }
 
     pub fn label(self) -> &'static str {
         match self {
+            DecodeAttention::Pipelined { merge: true } => "decode.cu decode_attn_pipe (merge in its last block)",
+            DecodeAttention::Pipelined { merge: false } => "decode.cu decode_attn_pipe + decode_attn_merge",
             DecodeAttention::ScoresFirst => "decode.cu decode_attn_sk",
             DecodeAttention::Fast => "decode.cu decode_attn_fast",
             DecodeAttention::Tiled => "attention.cu decode_attn_partial (tiled)",
@@ -487,6 +498,22 @@ const DECODE_SK: [[&str; 2]; 8] = [
     ["decode_attn_sk_g7_d64", "decode_attn_sk_g7_d128"],
     ["decode_attn_sk_g8_d64", "decode_attn_sk_g8_d128"],
 ];
+
+/// decode.cu's decode_attn_pipe kernels by GQA group size, for head_dim 64 and 128.
+const DECODE_PIPE: [[&str; 2]; 8] = [
+    ["decode_attn_pipe_g1_d64", "decode_attn_pipe_g1_d128"],
+    ["decode_attn_pipe_g2_d64", "decode_attn_pipe_g2_d128"],
+    ["decode_attn_pipe_g3_d64", "decode_attn_pipe_g3_d128"],
+    ["decode_attn_pipe_g4_d64", "decode_attn_pipe_g4_d128"],
+    ["decode_attn_pipe_g5_d64", "decode_attn_pipe_g5_d128"],
+    ["decode_attn_pipe_g6_d64", "decode_attn_pipe_g6_d128"],
+    ["decode_attn_pipe_g7_d64", "decode_attn_pipe_g7_d128"],
+    ["decode_attn_pipe_g8_d64", "decode_attn_pipe_g8_d128"],
+];
+/// decode.cu's PT_STAGES and PT_TILE: decode_attn_pipe's shared memory is
+/// PT_STAGES·2·PT_TILE·head_dim elements of K/V plus (group·head_dim + group·PT_TILE + group) f32.
+const PT_STAGES: usize = 2;
+const PT_TILE: usize = 64;
 
 /// decode.cu's decode_attn_fast kernels by GQA group size.
 const DECODE_FAST: [&str; 8] = [
@@ -738,22 +765,38 @@ impl Model<'_> {
         let dm = self.dims;
         let group = dm.group();
         let split = self.b.split_len;
-        // Dynamic shared memory in f32: decode_attn_sk max(group × (head_dim + split) + 2 group,
+        // Dynamic shared memory: decode_attn_pipe see PT_STAGES; in f32: decode_attn_sk max(group × (head_dim + split) + 2 group,
         // 8 warps × group × head_dim); decode_attn_fast 8 warps × group × (head_dim + 2);
         // attention.cu's tiled kernel group × (head_dim + 35).
-        let (name, block, shared) = match self.attention.resolve(dm.d, group, split) {
+        let kernel = self.attention.resolve(dm.d, group, split);
+        if let DecodeAttention::Pipelined { merge } = kernel {
+            let shared = PT_STAGES * 2 * PT_TILE * dm.d * T_BYTES + (group * dm.d + group * PT_TILE + group) * 4;
+            self.gpu.launch(DECODE_PIPE[group - 1][usize::from(dm.d == 128)], (dm.hkv as u32, self.b.n_splits as u32, n as u32), 256, shared as u32, &[
+                Arg::Ptr(self.b.q.ptr), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(self.b.dec_pos.ptr), Arg::Ptr(self.b.part_ml.ptr), Arg::Ptr(self.b.part_acc.ptr),
+                Arg::Ptr(if merge { self.b.attn_counters.ptr } else { 0 }), Arg::Ptr(self.b.attn.ptr),
+                Arg::I32(n as i32), Arg::I32(dm.hq as i32), Arg::I32(dm.hkv as i32), Arg::I32(dm.d as i32), Arg::I32(self.b.max_len as i32),
+                Arg::I32(self.b.split_len as i32), Arg::F32(1.0 / (dm.d as f32).sqrt()),
+            ])?;
+            if merge {
+                return Ok(());
+            }
+        }
+        let partial = match kernel {
+            DecodeAttention::Pipelined { .. } => None, // launched above; the merge kernel follows
             DecodeAttention::ScoresFirst => {
                 let floats = (group * (dm.d + split) + 2 * group).max(SK_WARPS * group * dm.d);
-                (DECODE_SK[group - 1][usize::from(dm.d == 128)], 256, (floats * 4) as u32)
+                Some((DECODE_SK[group - 1][usize::from(dm.d == 128)], 256, (floats * 4) as u32))
             }
-            DecodeAttention::Fast => (DECODE_FAST[group - 1], 256, (8 * group * (dm.d + 2) * 4) as u32),
-            DecodeAttention::Tiled => ("decode_attn_partial", 128, (group * (dm.d + 35) * 4) as u32),
+            DecodeAttention::Fast => Some((DECODE_FAST[group - 1], 256, (8 * group * (dm.d + 2) * 4) as u32)),
+            DecodeAttention::Tiled => Some(("decode_attn_partial", 128, (group * (dm.d + 35) * 4) as u32)),
         };
-        self.gpu.launch(name, (dm.hkv as u32, self.b.n_splits as u32, n as u32), block, shared, &[
-            Arg::Ptr(self.b.q.ptr), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(self.b.dec_pos.ptr), Arg::Ptr(self.b.part_ml.ptr), Arg::Ptr(self.b.part_acc.ptr),
-            Arg::I32(n as i32), Arg::I32(dm.hq as i32), Arg::I32(dm.hkv as i32), Arg::I32(dm.d as i32), Arg::I32(self.b.max_len as i32),
-            Arg::I32(self.b.split_len as i32), Arg::F32(1.0 / (dm.d as f32).sqrt()),
-        ])?;
+        if let Some((name, block, shared)) = partial {
+            self.gpu.launch(name, (dm.hkv as u32, self.b.n_splits as u32, n as u32), block, shared, &[
+                Arg::Ptr(self.b.q.ptr), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(self.b.dec_pos.ptr), Arg::Ptr(self.b.part_ml.ptr), Arg::Ptr(self.b.part_acc.ptr),
+                Arg::I32(n as i32), Arg::I32(dm.hq as i32), Arg::I32(dm.hkv as i32), Arg::I32(dm.d as i32), Arg::I32(self.b.max_len as i32),
+                Arg::I32(self.b.split_len as i32), Arg::F32(1.0 / (dm.d as f32).sqrt()),
+            ])?;
+        }
         let merge = if dm.d % 4 == 0 { ("decode_attn_merge", 256) } else { ("decode_attn_combine", 128) };
         self.gpu.launch(merge.0, (dm.hq as u32, n as u32, 1), merge.1, 0, &[
             Arg::Ptr(self.b.part_ml.ptr), Arg::Ptr(self.b.part_acc.ptr), Arg::Ptr(self.b.attn.ptr), Arg::I32(n as i32), Arg::I32(dm.hq as i32), Arg::I32(dm.d as i32), Arg::I32(self.b.n_splits as i32),
@@ -773,6 +816,18 @@ mod tests {
     #[test]
     fn decode_attention_falls_back_where_a_kernel_does_not_apply() {
         use DecodeAttention::*;
+        let pipe = Pipelined { merge: true };
+        assert_eq!(pipe.resolve(128, 5, 176), pipe);
+        assert_eq!(pipe.resolve(64, 8, 4096), pipe, "no split limit: shared memory is per tile");
+        assert_eq!(Pipelined { merge: false }.resolve(128, 1, 336), Pipelined { merge: false });
+        assert_eq!(pipe.resolve(96, 5, 176), Tiled);
+        assert_eq!(pipe.resolve(32, 5, 176), Fast);
+        assert_eq!(pipe.resolve(128, 9, 64), Tiled);
+        assert!(DECODE_PIPE.iter().enumerate().all(|(g, n)| n[0].contains(&format!("_g{}_d64", g + 1)) && n[1].contains(&format!("_g{}_d128", g + 1))));
+        assert!(DECODE_PIPE.iter().flatten().all(|n| crate::engine::builtin::cuda::MODULES.iter().any(|m| m.kernels.iter().any(|(k, _)| k == n))));
+        // decode.cu's own constants, as the host sizes the shared memory with them.
+        let src = include_str!("kernels/decode.cu");
+        assert!(src.contains(&format!("#define PT_STAGES {PT_STAGES}")) && src.contains(&format!("#define PT_TILE {PT_TILE}")));
         // qwen2.5-14b/32b at TP=2: head_dim 128, group 5.
         assert_eq!(ScoresFirst.resolve(128, 5, 176), ScoresFirst);
         assert_eq!(ScoresFirst.resolve(64, 7, 64), ScoresFirst);

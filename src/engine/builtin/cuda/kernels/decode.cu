@@ -523,3 +523,308 @@ SK_KERNELS(5)
 SK_KERNELS(6)
 SK_KERNELS(7)
 SK_KERNELS(8)
+
+// ------------------------------------------------------------------------------------------------
+// decode_attn_pipe: the default decode attention since session 5 — decode_attn_sk's arithmetic
+// (scores first, then values) fed by an asynchronous copy pipeline, with the split merge done by
+// the last block of each (sample, kv head).
+//
+// Why: decode_attn_sk walks q load → K rows → softmax → V rows → merge, each a DRAM round trip
+// with little in flight, and both blocks of an SM sit in the same phase: 14.8 µs per layer for
+// 20.5 MB of K/V (qwen2.5-14b TP=2, 10K), ~1.4 TB/s. Here a block walks its split in tiles of
+// PT_TILE rows; the K and V rows of the next tile are copied into shared memory with cp.async
+// (16-byte chunks, straight from L2 to shared memory, no registers) while the current tile is
+// computed, so every SM keeps 32 KiB per block in flight for the whole kernel.
+//
+//   per tile: scores (4 lanes per K row, D/32 chunks each, q from shared memory as f32, 2 shuffles
+//             to add the quarters) → shared memory; online softmax per query head (warp j takes
+//             head j: tile max, rescale of the running (m, l), probabilities in place); values
+//             (D/8 lanes per V row, accumulators acc[G][8] per lane rescaled by the head's factor).
+//   shared memory: chunk ch of row r sits at r*(D/8) + (ch ^ 4*(r & 1)) (16-byte units): the
+//             score reads (8 lanes = 2 rows × 4 quarters) and the value reads (8 lanes = 8
+//             chunks of one row) hit 8 different 16-byte bank groups.
+//   merge:    when `counters` is not null, every block adds 1 to counters[b*hkv + g] after its
+//             partial results are visible (__threadfence); the block that brings it to n_splits
+//             resets it to 0 (graph replays start from 0) and combines the n_splits partials of its
+//             G query heads into out (B, hq*D) like decode_attn_merge. With null, the host
+//             launches decode_attn_merge.
+//
+// Constraints (the host uses decode_attn_sk otherwise): D in {64, 128}; G <= 8; q, k, v 16-byte
+// aligned; sm_80 or newer for cp.async (older GPUs copy through registers, same results).
+// Launch: grid = (hkv, n_splits, B), block = PT_THREADS, dynamic shared memory =
+//   PT_STAGES*2*PT_TILE*D*sizeof(T) + (G*D + G*PT_TILE + G) * 4 bytes (D = 128, G = 8: 70 688).
+// Numerics: f32 dot products, IEEE expf, f32 accumulation; the same results as decode_attn_sk
+// within f32 rounding (a different order of additions).
+
+#define PT_THREADS 256
+#define PT_WARPS (PT_THREADS / 32)
+#define PT_TILE 64
+#define PT_STAGES 2
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool live) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    const int bytes = live ? 16 : 0;  // 0: the 16 bytes are zero-filled, nothing is read
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
+#else
+    *reinterpret_cast<uint4*>(smem) = live ? *reinterpret_cast<const uint4*>(gmem) : make_uint4(0, 0, 0, 0);
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+template <typename T, int G, int D>
+__device__ __forceinline__ void decode_attn_pipe_impl(const T* __restrict__ q, const T* __restrict__ k_cache,
+                                                      const T* __restrict__ v_cache, const int* __restrict__ row_pos,
+                                                      float* __restrict__ part_ml, float* __restrict__ part_acc,
+                                                      int* __restrict__ counters, T* __restrict__ out, int B, int hq,
+                                                      int hkv, int max_len, int split_len, float scale) {
+    static_assert(G >= 1 && G <= PT_WARPS && (D == 64 || D == 128), "decode_attn_pipe: group 1..8, head_dim 64 or 128");
+    constexpr int CPR = D / 8;           // 16-byte chunks per row
+    constexpr int SQ = CPR / 4;          // score phase: chunks per lane (4 lanes per row)
+    constexpr int VL = D / 8;            // value phase: lanes per V row
+    constexpr int VR = 32 / VL;          // value phase: V rows per warp instruction
+    constexpr int TILE_CHUNKS = PT_TILE * CPR;
+    static_assert(PT_TILE == PT_WARPS * 8, "score phase: 8 rows per warp");
+    const int g = blockIdx.x, s = blockIdx.y, b = blockIdx.z;
+    const int n_splits = gridDim.y;
+    const int h0 = g * G;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+    const int kv_len = row_pos[b] + 1;
+    const long long start_ll = (long long)s * split_len;
+    const int start = start_ll < (long long)kv_len ? (int)start_ll : kv_len;
+    const int end = (long long)start + split_len < (long long)kv_len ? start + split_len : kv_len;
+    const long long ml_base = ((long long)b * hq + h0) * n_splits + s;
+    const int n = end - start;
+
+    uint4* kv = reinterpret_cast<uint4*>(dq_smem);                        // PT_STAGES × (K, V) × TILE_CHUNKS
+    float* qs = dq_smem + PT_STAGES * 2 * TILE_CHUNKS * 4;               // G × D
+    float* sc = qs + G * D;                                              // G × PT_TILE
+    float* corr_s = sc + G * PT_TILE;                                    // G
+
+    float m_run = NEG_INF, l_run = 0.0f;  // warp j < G: head j's running max and sum
+    float acc[G][8];
+#pragma unroll
+    for (int j = 0; j < G; ++j)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[j][i] = 0.0f;
+    const int vsub = lane % VL, vrow = lane / VL;
+
+    if (n > 0) {
+        const long long head_base = ((long long)b * hkv + g) * max_len + start;
+        const T* kh = k_cache + head_base * D;
+        const T* vh = v_cache + head_base * D;
+        const int n_tiles = (n + PT_TILE - 1) / PT_TILE;
+        auto load_tile = [&](int t) {
+            uint4* ks = kv + (t % PT_STAGES) * 2 * TILE_CHUNKS;
+            uint4* vs = ks + TILE_CHUNKS;
+            const int r0 = t * PT_TILE;
+            static_assert(TILE_CHUNKS % PT_THREADS == 0, "whole copy rounds");
+#pragma unroll
+            for (int k = 0; k < TILE_CHUNKS / PT_THREADS; ++k) {
+                const int c = tid + k * PT_THREADS;
+                const int r = c / CPR, ch = c % CPR;
+                const bool live = r0 + r < n;
+                const long long off = (long long)(live ? r0 + r : 0) * D + ch * 8;
+                const int at = r * CPR + (ch ^ ((r & 1) << 2));
+                cp_async16(ks + at, kh + off, live);
+                cp_async16(vs + at, vh + off, live);
+            }
+        };
+        // Prologue: the first PT_STAGES - 1 tiles in flight, then q (its loads overlap them).
+#pragma unroll
+        for (int t = 0; t < PT_STAGES - 1; ++t) {
+            if (t < n_tiles) load_tile(t);
+            cp_async_commit();
+        }
+        for (int c = tid; c < G * CPR; c += PT_THREADS) {
+            const int j = c / CPR, off = (c % CPR) * 8;
+            const uint4 raw = *reinterpret_cast<const uint4*>(q + ((long long)(h0 + j) * B + b) * D + off);
+            float f[8];
+            unpack8<T>(raw, f);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) qs[j * D + off + i] = f[i] * scale;
+        }
+
+        for (int t = 0; t < n_tiles; ++t) {
+            if (t + PT_STAGES - 1 < n_tiles) load_tile(t + PT_STAGES - 1);
+            cp_async_commit();
+            cp_async_wait<PT_STAGES - 1>();
+            __syncthreads();
+            const uint4* ks = kv + (t % PT_STAGES) * 2 * TILE_CHUNKS;
+            const uint4* vs = ks + TILE_CHUNKS;
+            const int nt = min(PT_TILE, n - t * PT_TILE);
+
+            // Scores: row warp*8 + lane/4, quarter lane%4 takes chunks c*4 + quarter.
+            {
+                const int r = warp * 8 + (lane >> 2), qd = lane & 3;
+                float dot[G];
+#pragma unroll
+                for (int j = 0; j < G; ++j) dot[j] = 0.0f;
+#pragma unroll
+                for (int c = 0; c < SQ; ++c) {
+                    const int ch = c * 4 + qd;
+                    float kf[8];
+                    unpack8<T>(ks[r * CPR + (ch ^ ((r & 1) << 2))], kf);
+#pragma unroll
+                    for (int j = 0; j < G; ++j) {
+                        const float4 qa = *reinterpret_cast<const float4*>(qs + j * D + ch * 8);
+                        const float4 qb = *reinterpret_cast<const float4*>(qs + j * D + ch * 8 + 4);
+                        float d0 = dot[j];
+                        d0 = fmaf(qa.x, kf[0], d0);
+                        d0 = fmaf(qa.y, kf[1], d0);
+                        d0 = fmaf(qa.z, kf[2], d0);
+                        d0 = fmaf(qa.w, kf[3], d0);
+                        d0 = fmaf(qb.x, kf[4], d0);
+                        d0 = fmaf(qb.y, kf[5], d0);
+                        d0 = fmaf(qb.z, kf[6], d0);
+                        d0 = fmaf(qb.w, kf[7], d0);
+                        dot[j] = d0;
+                    }
+                }
+#pragma unroll
+                for (int j = 0; j < G; ++j) {
+                    float d0 = dot[j];
+                    d0 += __shfl_xor_sync(0xffffffffu, d0, 1);
+                    d0 += __shfl_xor_sync(0xffffffffu, d0, 2);
+                    if (qd == 0) sc[j * PT_TILE + r] = r < nt ? d0 : NEG_INF;
+                }
+            }
+            __syncthreads();
+
+            // Online softmax: warp j, head j; two scores per lane.
+            if (warp < G) {
+                float* row = sc + warp * PT_TILE;
+                const float s0 = row[lane], s1 = row[lane + 32];
+                const float m_new = fmaxf(m_run, warp_max(fmaxf(s0, s1)));  // finite: the tile has a live row
+                const float cf = expf(m_run - m_new);                          // m_run = -inf gives 0
+                const float p0 = expf(s0 - m_new), p1 = expf(s1 - m_new);    // masked rows give 0
+                row[lane] = p0;
+                row[lane + 32] = p1;
+                l_run = l_run * cf + warp_sum(p0 + p1);
+                m_run = m_new;
+                if (lane == 0) corr_s[warp] = cf;
+            }
+            __syncthreads();
+
+            // Values: rows warp*VR + vrow (+ VR*PT_WARPS per pass), lane chunk vsub.
+#pragma unroll
+            for (int j = 0; j < G; ++j) {
+                const float cf = corr_s[j];
+#pragma unroll
+                for (int i = 0; i < 8; ++i) acc[j][i] *= cf;
+            }
+#pragma unroll
+            for (int k = 0; k < PT_TILE / (VR * PT_WARPS); ++k) {
+                const int r = k * VR * PT_WARPS + warp * VR + vrow;
+                float vf[8];
+                unpack8<T>(vs[r * CPR + (vsub ^ ((r & 1) << 2))], vf);  // zero-filled past the end
+#pragma unroll
+                for (int j = 0; j < G; ++j) {
+                    const float p = sc[j * PT_TILE + r];
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) acc[j][i] = fmaf(p, vf[i], acc[j][i]);
+                }
+            }
+            __syncthreads();  // the stage is refilled by the next iteration's copy
+        }
+    }
+
+    // The block's partial result: acc summed over the lanes of a chunk, then over the warps.
+#pragma unroll
+    for (int off = VL; off < 32; off <<= 1)
+#pragma unroll
+        for (int j = 0; j < G; ++j)
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[j][i] += __shfl_xor_sync(0xffffffffu, acc[j][i], off);
+    float* red = dq_smem;  // PT_WARPS × G × D f32, within the copy stages (all copies waited for)
+    if (vrow == 0) {
+#pragma unroll
+        for (int j = 0; j < G; ++j)
+#pragma unroll
+            for (int i = 0; i < 8; ++i) red[(warp * G + j) * D + vsub * 8 + i] = acc[j][i];
+    }
+    __syncthreads();
+    for (int e = tid; e < G * D; e += PT_THREADS) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < PT_WARPS; ++w) sum += red[w * G * D + e];
+        const int j = e / D, i = e % D;
+        part_acc[(ml_base + (long long)j * n_splits) * D + i] = sum;
+    }
+    if (warp < G && lane == 0) {
+        part_ml[(ml_base + (long long)warp * n_splits) * 2 + 0] = m_run;
+        part_ml[(ml_base + (long long)warp * n_splits) * 2 + 1] = l_run;
+    }
+    if (counters == nullptr) return;
+
+    // The last block of this (sample, kv head) merges its G heads' splits.
+    __shared__ int is_last;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        int* ctr = counters + (long long)b * hkv + g;
+        const int done = atomicAdd(ctr, 1);
+        is_last = done == n_splits - 1;
+        if (is_last) *ctr = 0;  // every block of this launch has counted: ready for the next one
+    }
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    const long long head0 = ((long long)b * hq + h0) * n_splits;
+    for (int e = tid; e < G * D; e += PT_THREADS) {
+        const int j = e / D, i = e % D;
+        const float* ml = part_ml + (head0 + (long long)j * n_splits) * 2;
+        const float* ac = part_acc + (head0 + (long long)j * n_splits) * D + i;
+        float M = NEG_INF;
+        for (int t = 0; t < n_splits; ++t)
+            if (__ldcg(ml + 2 * t + 1) > 0.0f) M = fmaxf(M, __ldcg(ml + 2 * t));
+        float L = 0.0f, sum = 0.0f;
+#pragma unroll 4
+        for (int t = 0; t < n_splits; ++t) {
+            const float l = __ldcg(ml + 2 * t + 1);
+            if (l > 0.0f) {
+                const float w = expf(__ldcg(ml + 2 * t) - M);
+                L = fmaf(l, w, L);
+                sum = fmaf(__ldcg(ac + (long long)t * D), w, sum);
+            }
+        }
+        out[(long long)b * hq * D + (long long)(h0 + j) * D + i] = from_f32<T>(L > 0.0f ? sum / L : 0.0f);
+    }
+}
+
+// decode_attn_pipe_g{G}_d{D}_{f16,bf16}: decode_attn_sk's parameters plus counters and out.
+#define PT_KERNEL(G, D)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(PT_THREADS, 2) decode_attn_pipe_g##G##_d##D##_f16(            \
+        const __half* q, const __half* k_cache, const __half* v_cache, const int* row_pos, float* part_ml,      \
+        float* part_acc, int* counters, __half* out, int B, int hq, int hkv, int head_dim, int max_len,         \
+        int split_len, float scale) {                                                                          \
+        decode_attn_pipe_impl<__half, G, D>(q, k_cache, v_cache, row_pos, part_ml, part_acc, counters, out, B,  \
+                                            hq, hkv, max_len, split_len, scale);                               \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(PT_THREADS, 2) decode_attn_pipe_g##G##_d##D##_bf16(           \
+        const __nv_bfloat16* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const int* row_pos, \
+        float* part_ml, float* part_acc, int* counters, __nv_bfloat16* out, int B, int hq, int hkv,            \
+        int head_dim, int max_len, int split_len, float scale) {                                               \
+        decode_attn_pipe_impl<__nv_bfloat16, G, D>(q, k_cache, v_cache, row_pos, part_ml, part_acc, counters,   \
+                                                   out, B, hq, hkv, max_len, split_len, scale);                \
+    }
+#define PT_KERNELS(G) PT_KERNEL(G, 64) PT_KERNEL(G, 128)
+PT_KERNELS(1)
+PT_KERNELS(2)
+PT_KERNELS(3)
+PT_KERNELS(4)
+PT_KERNELS(5)
+PT_KERNELS(6)
+PT_KERNELS(7)
+PT_KERNELS(8)
