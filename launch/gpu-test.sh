@@ -43,9 +43,10 @@ for n in "${tps[@]}"; do
   "${MR[@]}" -n "$n" "$B" verify --model qwen2.5-0.5b --prompts 2 --prompt-tokens 700
   "${MR[@]}" -n "$n" "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
 done
-# The decode attention kernels at this shape (on the most GPUs at hand): decode_attn_pipe with the
-# splits the 10K-context runs use (176 and 336 positions: several tiles and a partial one), a long
-# split (1 024: 16 tiles) and with its merge left to decode_attn_merge; then the fallbacks.
+# The decode attention kernels at this shape (on the most GPUs at hand): the default picks
+# decode_attn_sk for the splits the 10K-context runs use (176 and 336 positions) and decode_attn_pipe
+# past sk's 512 (the 20K runs: 640); decode_attn_pipe forced at several tiles and a partial one
+# (176, 336), 16 tiles (1 024), with its in-kernel merge; then the fallbacks.
 check() {  # check ENV=VALUE... -- EXPECTED: verify under the environment, the kernel line must match
   local envs=() x=()
   while [[ "$1" != -- ]]; do envs+=("$1"); x+=(-x "${1%%=*}"); shift; done
@@ -53,12 +54,14 @@ check() {  # check ENV=VALUE... -- EXPECTED: verify under the environment, the k
   env "${envs[@]}" "${MR[@]}" "${x[@]}" -n "$TP" "$B" verify --model "$out/d128.json" --prompts 1 --prompt-tokens 2000 | tee "$out/k.log"
   grep -q "decode attention: $1" "$out/k.log" || { echo "gpu-test: expected decode attention '$1'"; exit 1; }
 }
-for split in 176 336 1024; do
-  check TPPROF_CUDA_ATTN_SPLIT=$split -- "decode.cu decode_attn_pipe (merge in its last block), [0-9]* splits of $split positions"
+for split in 176 336 512; do
+  check TPPROF_CUDA_ATTN_SPLIT=$split -- "decode.cu decode_attn_sk, [0-9]* splits of $split positions"
 done
-check TPPROF_CUDA_ATTN_MERGE=0 -- "decode.cu decode_attn_pipe + decode_attn_merge"
-check TPPROF_CUDA_ATTN=sk TPPROF_CUDA_ATTN_SPLIT=176 -- "decode.cu decode_attn_sk, [0-9]* splits of 176 positions"
-check TPPROF_CUDA_ATTN=sk TPPROF_CUDA_ATTN_SPLIT=512 -- "decode.cu decode_attn_sk, [0-9]* splits of 512 positions"
+check TPPROF_CUDA_ATTN_SPLIT=640 -- "decode.cu decode_attn_pipe + decode_attn_merge, [0-9]* splits of 640 positions"
+for split in 176 336 1024; do
+  check TPPROF_CUDA_ATTN=pipe TPPROF_CUDA_ATTN_SPLIT=$split -- "decode.cu decode_attn_pipe + decode_attn_merge, [0-9]* splits of $split positions"
+done
+check TPPROF_CUDA_ATTN=pipe TPPROF_CUDA_ATTN_MERGE=1 -- "decode.cu decode_attn_pipe (merge in its last block)"
 check TPPROF_CUDA_ATTN=fast -- "decode.cu decode_attn_fast"
 check TPPROF_CUDA_ATTN=tiled -- "attention.cu decode_attn_partial"
 if (( NG < 2 )); then

@@ -223,9 +223,11 @@ impl CudaEngine {
         // Switches for A/B measurements: TPPROF_CUDA_GRAPH=0 (eager decode launches);
         // TPPROF_CUDA_GEMV=1 (gemv.cu for the decode GEMMs: measured slower than cuBLAS on the H200,
         // 18.3 vs 15.5 ms per step for qwen2.5-14b TP=1, so off by default);
-        // TPPROF_CUDA_ATTN=sk (decode.cu's decode_attn_sk, the default before decode_attn_pipe),
-        // =fast (decode_attn_fast) or =tiled (attention.cu's); TPPROF_CUDA_ATTN_MERGE=0 (decode_attn_pipe
-        // leaves the split merge to the decode_attn_merge kernel instead of its last block);
+        // TPPROF_CUDA_ATTN=pipe (decode.cu's decode_attn_pipe at every split length, instead of
+        // decode_attn_sk up to 512 positions per split and decode_attn_pipe beyond), =fast
+        // (decode_attn_fast) or =tiled (attention.cu's); TPPROF_CUDA_ATTN_MERGE=1 (decode_attn_pipe
+        // merges the splits in its last block instead of the decode_attn_merge kernel: measured
+        // slower, 48.7 vs 28.8 us per layer for qwen2.5-14b TP=1 at 10K);
         // TPPROF_CUDA_ATTN_BLOCKS=N (decode attention
         // blocks per SM in one wave, sizing the splits; default 2); TPPROF_CUDA_ATTN_SPLIT=N (positions
         // per split, rounded up to 16: for tests of long splits on short prompts).
@@ -234,11 +236,11 @@ impl CudaEngine {
         let attention = match std::env::var("TPPROF_CUDA_ATTN").as_deref() {
             Ok("fast") => DecodeAttention::Fast,
             Ok("tiled") => DecodeAttention::Tiled,
-            Ok("sk") => DecodeAttention::ScoresFirst,
-            Ok("pipe") | Err(_) => DecodeAttention::Pipelined { merge: std::env::var("TPPROF_CUDA_ATTN_MERGE").map(|v| v != "0").unwrap_or(true) },
+            Ok("pipe") => DecodeAttention::Pipelined { merge: std::env::var("TPPROF_CUDA_ATTN_MERGE").is_ok_and(|v| v == "1") },
+            Ok("sk") | Err(_) => DecodeAttention::ScoresFirst,
             Ok(other) => {
-                tracing::warn!("TPPROF_CUDA_ATTN={other} is not pipe, sk, fast or tiled: using decode_attn_pipe");
-                DecodeAttention::Pipelined { merge: true }
+                tracing::warn!("TPPROF_CUDA_ATTN={other} is not sk, pipe, fast or tiled: using decode_attn_sk");
+                DecodeAttention::ScoresFirst
             }
         };
         let attn_split = std::env::var("TPPROF_CUDA_ATTN_SPLIT").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0);

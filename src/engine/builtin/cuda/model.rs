@@ -444,12 +444,12 @@ pub struct Model<'a> {
     pub probe: Option<&'a Probe>,
 }
 
-/// The decode attention kernels, from the preferred down: decode.cu's decode_attn_pipe (scores,
-/// then values, over tiles copied asynchronously: head_dim 64 or 128, group ≤ 8; `merge`: its last
-/// block per KV head combines the splits, else decode_attn_merge does), decode.cu's decode_attn_sk
-/// (the same arithmetic without the copy pipeline: head_dim 64 or 128, group ≤ 8, split ≤ 512
-/// positions), decode.cu's decode_attn_fast (head_dim 8..128, group ≤ 8), attention.cu's tiled
-/// decode_attn_partial (any shape).
+/// The decode attention kernels: decode.cu's decode_attn_sk (the default: scores, then values;
+/// head_dim 64 or 128, group ≤ 8, split ≤ 512 positions), decode.cu's decode_attn_pipe (the same
+/// arithmetic over tiles copied asynchronously, any split length: the default's fallback for long
+/// splits; `merge`: its last block per KV head combines the splits, else decode_attn_merge does),
+/// decode.cu's decode_attn_fast (head_dim 8..128, group ≤ 8), attention.cu's tiled
+/// decode_attn_partial (any shape). Each falls back to the next that applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeAttention {
     Pipelined { merge: bool },
@@ -467,6 +467,9 @@ impl DecodeAttention {
         match self {
             DecodeAttention::Pipelined { merge } if pipe => DecodeAttention::Pipelined { merge },
             DecodeAttention::Pipelined { .. } | DecodeAttention::ScoresFirst if sk => DecodeAttention::ScoresFirst,
+            // Splits longer than decode_attn_sk takes (contexts past ~15K at TP=1 on an H200):
+            // decode_attn_pipe, measured 2.0x faster than decode_attn_fast there (session 5).
+            DecodeAttention::ScoresFirst if pipe => DecodeAttention::Pipelined { merge: false },
             DecodeAttention::Pipelined { .. } | DecodeAttention::ScoresFirst | DecodeAttention::Fast if fast => DecodeAttention::Fast,
             _ => DecodeAttention::Tiled,
         }
@@ -831,8 +834,10 @@ mod tests {
         // qwen2.5-14b/32b at TP=2: head_dim 128, group 5.
         assert_eq!(ScoresFirst.resolve(128, 5, 176), ScoresFirst);
         assert_eq!(ScoresFirst.resolve(64, 7, 64), ScoresFirst);
-        // Splits beyond decode_attn_sk's shared memory, head_dim 8 (tiny), groups above 8.
-        assert_eq!(ScoresFirst.resolve(128, 5, SK_MAX_SPLIT + 16), Fast);
+        // Splits beyond decode_attn_sk's limit go to decode_attn_pipe (with the merge kernel); head_dim 8
+        // (tiny) and groups above 8 further down.
+        assert_eq!(ScoresFirst.resolve(128, 5, SK_MAX_SPLIT + 16), Pipelined { merge: false });
+        assert_eq!(ScoresFirst.resolve(128, 5, 640), Pipelined { merge: false });
         assert_eq!(ScoresFirst.resolve(8, 2, 64), Fast);
         assert_eq!(ScoresFirst.resolve(128, 9, 64), Tiled);
         assert_eq!(Fast.resolve(128, 5, 176), Fast);
