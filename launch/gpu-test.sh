@@ -64,6 +64,10 @@ done
 check TPPROF_CUDA_ATTN=pipe TPPROF_CUDA_ATTN_MERGE=1 -- "decode.cu decode_attn_pipe (merge in its last block)"
 check TPPROF_CUDA_ATTN=fast -- "decode.cu decode_attn_fast"
 check TPPROF_CUDA_ATTN=tiled -- "attention.cu decode_attn_partial"
+# gemv.cu for every decode projection (TPPROF_CUDA_GEMV=all) against the cpu reference, fp16 and bf16.
+TPPROF_CUDA_GEMV=all "${MR[@]}" -x TPPROF_CUDA_GEMV -n "$TP" "$B" verify --model small --prompts 2 --prompt-tokens 700
+TPPROF_CUDA_GEMV=all "${MR[@]}" -x TPPROF_CUDA_GEMV -n "$TP" "$B" verify --model small --dtype bf16 --prompt-tokens 700
+TPPROF_CUDA_GEMV=all "${MR[@]}" -x TPPROF_CUDA_GEMV -n "$TP" "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
 if (( NG < 2 )); then
   echo "gpu-test: one GPU: verify at TP=1 passed; TP=2 verify, the memory and the CUPTI checks need 2 GPUs (skipped)"
   exit 0

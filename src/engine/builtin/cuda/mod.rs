@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::engine::config::Config;
 use gpu::{Dtype, Gpu, Module, Nccl};
-use model::{Buffers, DecodeAttention, Dims, Model, Weights};
+use model::{Buffers, DecodeAttention, Dims, GemvOps, Model, Weights};
 
 /// Helpers every kernel module shares (compiled in front of each .cu).
 pub const COMMON: &str = include_str!("kernels/common.cuh");
@@ -165,7 +165,7 @@ pub struct CudaEngine {
     steps: StepTimes,
     prepared: Option<(usize, usize, usize)>,
     use_graph: bool,
-    use_gemv: bool,
+    gemv: GemvOps,
     attention: DecodeAttention,
     attn_blocks_per_sm: usize,
     attn_split: Option<usize>,
@@ -221,8 +221,8 @@ impl CudaEngine {
             WeightInit::Checkpoint(dir) => Weights::from_safetensors(&mut gpu, dir, cfg, &dims, dtype)?,
         };
         // Switches for A/B measurements: TPPROF_CUDA_GRAPH=0 (eager decode launches);
-        // TPPROF_CUDA_GEMV=1 (gemv.cu for the decode GEMMs: measured slower than cuBLAS on the H200,
-        // 18.3 vs 15.5 ms per step for qwen2.5-14b TP=1, so off by default);
+        // TPPROF_CUDA_GEMV=1|all|0|none|qkv,o,gate_up,down,lm_head (which decode projections run on
+        // gemv.cu instead of cuBLAS; default none);
         // TPPROF_CUDA_ATTN=pipe (decode.cu's decode_attn_pipe at every split length, instead of
         // decode_attn_sk up to 512 positions per split and decode_attn_pipe beyond), =fast
         // (decode_attn_fast) or =tiled (attention.cu's); TPPROF_CUDA_ATTN_MERGE=1 (decode_attn_pipe
@@ -232,7 +232,10 @@ impl CudaEngine {
         // blocks per SM in one wave, sizing the splits; default 2); TPPROF_CUDA_ATTN_SPLIT=N (positions
         // per split, rounded up to 16: for tests of long splits on short prompts).
         let use_graph = std::env::var("TPPROF_CUDA_GRAPH").map(|v| v != "0").unwrap_or(true);
-        let use_gemv = std::env::var("TPPROF_CUDA_GEMV").map(|v| v == "1").unwrap_or(false);
+        let gemv = match std::env::var("TPPROF_CUDA_GEMV") {
+            Ok(v) => GemvOps::parse(&v).map_err(|e| CudaError::Invalid(format!("TPPROF_CUDA_GEMV={v}: {e}")))?,
+            Err(_) => GemvOps::NONE,
+        };
         let attention = match std::env::var("TPPROF_CUDA_ATTN").as_deref() {
             Ok("fast") => DecodeAttention::Fast,
             Ok("tiled") => DecodeAttention::Tiled,
@@ -259,7 +262,7 @@ impl CudaEngine {
             steps: StepTimes::default(),
             prepared: None,
             use_graph,
-            use_gemv,
+            gemv,
             attention,
             attn_blocks_per_sm,
             attn_split,
@@ -279,7 +282,7 @@ impl CudaEngine {
             dtype: self.dtype,
             eps: self.cfg.rms_norm_eps as f32,
             theta: self.cfg.rope_theta as f32,
-            use_gemv: self.use_gemv,
+            gemv: self.gemv,
             attention: self.attention,
             probe: None,
         })
@@ -595,7 +598,7 @@ impl CudaEngine {
             "arch": self.gpu.arch,
             "dtype": self.dtype.name(),
             "cuda_graph": self.graph.is_some(),
-            "decode_gemv": self.use_gemv,
+            "decode_gemv": self.gemv.names(),
             "decode_attention": self.attention_kernel().map(|(k, _, _)| k.label()),
             "decode_attention_splits": self.attention_kernel().map(|(_, n, len)| [n, len]),
             "copy_bandwidth_gb_s": self.copy_bandwidth / 1e9,

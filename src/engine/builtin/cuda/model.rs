@@ -436,8 +436,8 @@ pub struct Model<'a> {
     pub dtype: Dtype,
     pub eps: f32,
     pub theta: f32,
-    /// Decode-sized linear layers (≤ GEMV_MAX_ROWS rows) through gemv.cu instead of cuBLAS.
-    pub use_gemv: bool,
+    /// Which decode-sized linear layers (≤ GEMV_MAX_ROWS rows) go through gemv.cu instead of cuBLAS.
+    pub gemv: GemvOps,
     /// Which decode attention kernel to prefer (each falls back where its constraints fail).
     pub attention: DecodeAttention,
     /// When set, an event at every op boundary (eager steps only, never in a graph).
@@ -524,6 +524,71 @@ const DECODE_FAST: [&str; 8] = [
     "decode_attn_fast_g5", "decode_attn_fast_g6", "decode_attn_fast_g7", "decode_attn_fast_g8",
 ];
 
+/// The linear layers of a step, for choosing gemv.cu or cuBLAS per projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linear {
+    Qkv,
+    O,
+    GateUp,
+    Down,
+    LmHead,
+}
+
+impl Linear {
+    pub const ALL: [Linear; 5] = [Linear::Qkv, Linear::O, Linear::GateUp, Linear::Down, Linear::LmHead];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Linear::Qkv => "qkv",
+            Linear::O => "o",
+            Linear::GateUp => "gate_up",
+            Linear::Down => "down",
+            Linear::LmHead => "lm_head",
+        }
+    }
+}
+
+/// The set of projections that run on gemv.cu in decode steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GemvOps(u8);
+
+impl GemvOps {
+    pub const NONE: GemvOps = GemvOps(0);
+
+    pub fn all() -> GemvOps {
+        Linear::ALL.iter().fold(GemvOps::NONE, |s, &l| s.with(l))
+    }
+
+    pub fn with(self, l: Linear) -> GemvOps {
+        GemvOps(self.0 | 1 << l as u8)
+    }
+
+    pub fn has(self, l: Linear) -> bool {
+        self.0 & (1 << l as u8) != 0
+    }
+
+    /// TPPROF_CUDA_GEMV's value: "1" or "all", "0" or "none", or a comma list of projection names
+    /// (qkv, o, gate_up, down, lm_head).
+    pub fn parse(v: &str) -> Result<GemvOps, String> {
+        match v.trim() {
+            "1" | "all" => return Ok(GemvOps::all()),
+            "0" | "none" | "" => return Ok(GemvOps::NONE),
+            _ => {}
+        }
+        v.split(',').map(str::trim).try_fold(GemvOps::NONE, |set, name| {
+            Linear::ALL.iter().find(|l| l.name() == name).map(|&l| set.with(l)).ok_or_else(|| {
+                let names: Vec<&str> = Linear::ALL.iter().map(|l| l.name()).collect();
+                format!("`{name}` is not a projection: use 1/all, 0/none or a comma list of {}", names.join(", "))
+            })
+        })
+    }
+
+    /// The projections in the set, e.g. ["o", "down"].
+    pub fn names(self) -> Vec<&'static str> {
+        Linear::ALL.iter().filter(|&&l| self.has(l)).map(|l| l.name()).collect()
+    }
+}
+
 /// gemv.cu's GEMV_MAX_ROWS.
 const GEMV_MAX_ROWS: usize = 8;
 
@@ -566,11 +631,11 @@ impl Model<'_> {
     }
 
     /// y (n × out) = x (n × in) · Wᵀ for a Hugging Face (out, in) weight; y is f32 or T. A few rows
-    /// (decode) may go through gemv.cu (TPPROF_CUDA_GEMV=1); otherwise cuBLAS.
+    /// (decode) may go through gemv.cu (the projections in `gemv`); otherwise cuBLAS.
     #[allow(clippy::too_many_arguments)]
-    fn linear(&self, n: usize, out: usize, k: usize, x: u64, w: u64, y: u64, y_el: El) -> Result<(), CudaError> {
+    fn linear(&self, op: Linear, n: usize, out: usize, k: usize, x: u64, w: u64, y: u64, y_el: El) -> Result<(), CudaError> {
         let aligned = (x | w) % 16 == 0 && k % 8 == 0;
-        if self.use_gemv && n <= GEMV_MAX_ROWS && aligned {
+        if self.gemv.has(op) && n <= GEMV_MAX_ROWS && aligned {
             let blocks = out.div_ceil(8) as u32;
             return self.gpu.launch("gemv", (blocks, 1, 1), 256, 0, &[
                 Arg::Ptr(w), Arg::Ptr(x), Arg::Ptr(y), Arg::I32(out as i32), Arg::I32(k as i32), Arg::I32(n as i32),
@@ -639,7 +704,7 @@ impl Model<'_> {
             self.add_rmsnorm(self.b.resid.ptr, delta, lw.in_norm.ptr, self.b.xnorm.ptr, n)?;
             // qkv = xnorm · W_qkvᵀ (f32 out), then bias + RoPE, q → (hq, n, d), k/v → cache
             self.mark(Op::QkvGemm)?;
-            self.linear(n, d.qkv(), d.hidden, self.b.xnorm.ptr, lw.w_qkv.ptr, self.b.qkv.ptr, El::F32)?;
+            self.linear(Linear::Qkv, n, d.qkv(), d.hidden, self.b.xnorm.ptr, lw.w_qkv.ptr, self.b.qkv.ptr, El::F32)?;
             let (kc, vc) = self.cache_layer(l);
             self.mark(Op::QkvRope)?;
             self.gpu.launch("qkv_rope", (n as u32, (d.hq + 2 * d.hkv) as u32, 1), 64, 0, &[
@@ -654,21 +719,21 @@ impl Model<'_> {
             }
             // o = attn · W_oᵀ (partial over this rank's heads), summed over ranks
             self.mark(Op::OGemm)?;
-            self.linear(n, d.hidden, d.hq * d.d, self.b.attn.ptr, lw.w_o.ptr, self.b.o.ptr, t)?;
+            self.linear(Linear::O, n, d.hidden, d.hq * d.d, self.b.attn.ptr, lw.w_o.ptr, self.b.o.ptr, t)?;
             self.mark(Op::AllReduce)?;
             self.nccl.all_reduce(self.b.o.ptr, n * d.hidden, self.dtype)?;
             self.mark(Op::Norm)?;
             self.add_rmsnorm(self.b.resid.ptr, self.b.o.ptr, lw.post_norm.ptr, self.b.xnorm.ptr, n)?;
             // MLP: down(silu(gate) * up), summed over ranks
             self.mark(Op::GateUpGemm)?;
-            self.linear(n, 2 * d.inter, d.hidden, self.b.xnorm.ptr, lw.w_gu.ptr, self.b.gu.ptr, t)?;
+            self.linear(Linear::GateUp, n, 2 * d.inter, d.hidden, self.b.xnorm.ptr, lw.w_gu.ptr, self.b.gu.ptr, t)?;
             self.mark(Op::Silu)?;
             let total = n * d.inter;
             self.gpu.launch("silu_mul", (total.div_ceil(256).clamp(1, 65535) as u32, 1, 1), 256, 0, &[
                 Arg::Ptr(self.b.gu.ptr), Arg::Ptr(self.b.act.ptr), Arg::I32(n as i32), Arg::I32(d.inter as i32),
             ])?;
             self.mark(Op::DownGemm)?;
-            self.linear(n, d.hidden, d.inter, self.b.act.ptr, lw.w_down.ptr, self.b.down.ptr, t)?;
+            self.linear(Linear::Down, n, d.hidden, d.inter, self.b.act.ptr, lw.w_down.ptr, self.b.down.ptr, t)?;
             self.mark(Op::AllReduce)?;
             self.nccl.all_reduce(self.b.down.ptr, n * d.hidden, self.dtype)?;
         }
@@ -684,7 +749,7 @@ impl Model<'_> {
         self.add_rmsnorm(self.b.resid.at(row0 * h * 4), self.b.down.at(row0 * h * T_BYTES), self.w.final_norm.ptr, self.b.xnorm.ptr, n)?;
         let v = d.v_local();
         self.mark(Op::LmHead)?;
-        self.linear(n, v, h, self.b.xnorm.ptr, self.w.lm_head_ptr(d), self.b.logits.ptr, El::F32)?;
+        self.linear(Linear::LmHead, n, v, h, self.b.xnorm.ptr, self.w.lm_head_ptr(d), self.b.logits.ptr, El::F32)?;
         self.mark(Op::Argmax)?;
         self.gpu.launch("argmax_rows", (n as u32, 1, 1), 1024, 0, &[
             Arg::Ptr(self.b.logits.ptr), Arg::I32(n as i32), Arg::I32(v as i32), Arg::I32(d.v0 as i32), Arg::Ptr(self.b.pair.ptr),
@@ -846,6 +911,18 @@ mod tests {
         // The kernel tables cover every group size decode_attn_sk / decode_attn_fast accept.
         assert!(DECODE_SK.iter().enumerate().all(|(g, n)| n[0].contains(&format!("_g{}_d64", g + 1)) && n[1].contains(&format!("_g{}_d128", g + 1))));
         assert!(DECODE_SK.iter().flatten().all(|n| crate::engine::builtin::cuda::MODULES.iter().any(|m| m.kernels.iter().any(|(k, _)| k == n))));
+    }
+
+    #[test]
+    fn gemv_ops_parse_names_and_reject_unknown_ones() {
+        assert_eq!(GemvOps::parse("1").unwrap(), GemvOps::all());
+        assert_eq!(GemvOps::parse("all").unwrap().names(), vec!["qkv", "o", "gate_up", "down", "lm_head"]);
+        assert_eq!(GemvOps::parse("0").unwrap(), GemvOps::NONE);
+        let s = GemvOps::parse("o, down").unwrap();
+        assert!(s.has(Linear::O) && s.has(Linear::Down) && !s.has(Linear::Qkv) && !s.has(Linear::GateUp));
+        assert_eq!(s.names(), vec!["o", "down"]);
+        let e = GemvOps::parse("o,up").unwrap_err();
+        assert!(e.contains("`up` is not a projection") && e.contains("gate_up"), "{e}");
     }
 
     #[test]

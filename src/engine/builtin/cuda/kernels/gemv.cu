@@ -1,10 +1,11 @@
 // gemv.cu — the decode-step linear layers: y[b, o] = Σ_i x[b, i] · W[o, i] for a handful of rows b
 // (the samples of the batch), W a Hugging Face (out, in) weight shard, row-major.
 //
-// An experiment kept for A/B runs, off by default (TPPROF_CUDA_GEMV=1 turns it on): one warp owns
-// one output row and streams it with 16-byte loads, every weight byte read exactly once. Measured on
-// one H200 it lost to cuBLAS (qwen2.5-14b TP=1 decode step 18.3 vs 15.5 ms; the gate/up GEMMs 4.6 vs
-// 3.5 ms), so cuBLAS serves the decode GEMMs.
+// One warp owns one output row and streams it with 16-byte loads, every weight byte read exactly
+// once. Session 5: each lane now issues GEMV_UNROLL independent weight loads before it uses any
+// (8 × 16 bytes in flight per lane, 4 KiB per warp), and reads x through the read-only cache. The
+// first version kept two loads in flight and lost to cuBLAS (qwen2.5-14b TP=1 decode step 18.3 vs
+// 15.5 ms on an older engine). Which projections use it: TPPROF_CUDA_GEMV (see model.rs, GemvOps).
 //
 // Requirements (the host checks them and falls back to cuBLAS otherwise): in % 8 == 0, W and x
 // 16-byte aligned (x rows too: x_ld % 8 == 0), 1 <= n_rows <= GEMV_MAX_ROWS.
@@ -15,6 +16,7 @@
 
 #define GEMV_MAX_ROWS 8
 #define GEMV_WARPS 8
+#define GEMV_UNROLL 8
 
 
 // Weights are read once per step: a streaming load that does not displace x and the KV cache in L1.
@@ -42,38 +44,31 @@ __device__ __forceinline__ void gemv_impl(const T* __restrict__ w, const T* __re
 #pragma unroll
     for (int b = 0; b < GEMV_MAX_ROWS; ++b) acc[b] = 0.0f;
 
-    // Two chunks in flight per lane per iteration.
-    int c = lane;
-    for (; c + 32 < chunks; c += 64) {
-        const uint4 wa = load_stream(wrow + c);
-        const uint4 wb = load_stream(wrow + c + 32);
-        float fa[8], fb[8];
-        unpack8<T>(wa, fa);
-        unpack8<T>(wb, fb);
+    for (int c0 = 0; c0 < chunks; c0 += 32 * GEMV_UNROLL) {
+        // All of this round's weight loads first: GEMV_UNROLL in flight per lane.
+        uint4 wv[GEMV_UNROLL];
 #pragma unroll
-        for (int b = 0; b < GEMV_MAX_ROWS; ++b) {
-            if (b < n_rows) {
-                const uint4* xr = reinterpret_cast<const uint4*>(x + (long long)b * x_ld);
-                float xa[8], xb[8];
-                unpack8<T>(xr[c], xa);
-                unpack8<T>(xr[c + 32], xb);
-#pragma unroll
-                for (int i = 0; i < 8; ++i) acc[b] += fa[i] * xa[i] + fb[i] * xb[i];
-            }
+        for (int u = 0; u < GEMV_UNROLL; ++u) {
+            const int c = c0 + u * 32 + lane;
+            wv[u] = c < chunks ? load_stream(wrow + c) : make_uint4(0, 0, 0, 0);
         }
-    }
-    for (; c < chunks; c += 32) {
-        const uint4 wa = load_stream(wrow + c);
-        float fa[8];
-        unpack8<T>(wa, fa);
 #pragma unroll
-        for (int b = 0; b < GEMV_MAX_ROWS; ++b) {
-            if (b < n_rows) {
-                const uint4* xr = reinterpret_cast<const uint4*>(x + (long long)b * x_ld);
-                float xa[8];
-                unpack8<T>(xr[c], xa);
+        for (int u = 0; u < GEMV_UNROLL; ++u) {
+            const int c = c0 + u * 32 + lane;
+            if (c < chunks) {
+                float wf[8];
+                unpack8<T>(wv[u], wf);
 #pragma unroll
-                for (int i = 0; i < 8; ++i) acc[b] += fa[i] * xa[i];
+                for (int b = 0; b < GEMV_MAX_ROWS; ++b) {
+                    if (b < n_rows) {
+                        float xf[8];
+                        unpack8<T>(__ldg(reinterpret_cast<const uint4*>(x + (long long)b * x_ld) + c), xf);
+                        float a = acc[b];
+#pragma unroll
+                        for (int i = 0; i < 8; ++i) a = fmaf(wf[i], xf[i], a);
+                        acc[b] = a;
+                    }
+                }
             }
         }
     }
