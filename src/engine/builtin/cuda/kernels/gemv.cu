@@ -3,9 +3,13 @@
 //
 // One warp owns one output row and streams it with 16-byte loads, every weight byte read exactly
 // once. Session 5: each lane now issues GEMV_UNROLL independent weight loads before it uses any
-// (8 × 16 bytes in flight per lane, 4 KiB per warp), and reads x through the read-only cache. The
-// first version kept two loads in flight and lost to cuBLAS (qwen2.5-14b TP=1 decode step 18.3 vs
-// 15.5 ms on an older engine). Which projections use it: TPPROF_CUDA_GEMV (see model.rs, GemvOps).
+// (8 × 16 bytes in flight per lane, 4 KiB per warp), and reads x through the read-only cache. Both
+// versions lose to cuBLAS on the H200: the first (two loads in flight) 18.3 vs 15.5 ms per
+// qwen2.5-14b TP=1 step on an older engine; this one, same model at 10K, per step o 1 163 vs 845 µs,
+// qkv 1 419 vs 974, down 2 728 vs 1 851, gate/up 3 981 vs 3 130 (results/h200-cuda-engine.md,
+// session 5). One row per warp and a grid of out/8 blocks leave too few bytes in flight per SM
+// across waves; cuBLAS serves the decode GEMMs. Which projections use it: TPPROF_CUDA_GEMV
+// (model.rs, GemvOps), default none.
 //
 // Requirements (the host checks them and falls back to cuBLAS otherwise): in % 8 == 0, W and x
 // 16-byte aligned (x rows too: x_ld % 8 == 0), 1 <= n_rows <= GEMV_MAX_ROWS.
