@@ -11,7 +11,6 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::TokenSink;
 
 /// Who runs the engine (see `tpprof_topology` in the header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,12 +82,37 @@ pub enum EngineError {
     Other(String),
 }
 
+/// Where an engine reports what it generates; the profiler's recorder (`record::TokenSink`)
+/// implements it and timestamps each call on entry. Called from any of the engine's threads; an
+/// implementation must be cheap, thread-safe and never panic (C and Python call it).
+pub trait TokenCallback: Sync {
+    /// The instant the engine was handed the prompts: TTFT counts from here.
+    fn mark_submit(&self);
+    /// One generated token: `finish` is a [`FinishReason`] as the ABI numbers it (0 = not the last).
+    fn on_token(&self, sample: u32, step: u32, token: i32, finish: i32);
+}
+
+/// A token callback as one thin pointer, for C and Python callbacks that carry a `void *`: point
+/// at a `&dyn TokenCallback` that outlives every call, and [`callback_from`] turns it back.
+pub(crate) fn callback_ptr(sink: &&dyn TokenCallback) -> *mut std::ffi::c_void {
+    sink as *const &dyn TokenCallback as *mut std::ffi::c_void
+}
+
+/// The callback behind a pointer made by [`callback_ptr`].
+///
+/// # Safety
+/// `p` came from [`callback_ptr`] and the `&dyn TokenCallback` it points at is still alive.
+pub(crate) unsafe fn callback_from<'a>(p: *const std::ffi::c_void) -> &'a dyn TokenCallback {
+    // SAFETY: the caller's contract: p points at a live &dyn TokenCallback.
+    unsafe { *(p as *const &'a dyn TokenCallback) }
+}
+
 /// What every engine does for the profiler. `generate` calls `sink.on_token` once per token, as
 /// soon as the token is known on the host; the sink timestamps it.
 pub trait Engine {
     fn info(&self) -> EngineInfo;
     fn topology(&self) -> Topology;
-    fn generate(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32, exact_length: bool, sink: &TokenSink)
+    fn generate(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32, exact_length: bool, sink: &dyn TokenCallback)
         -> Result<(), EngineError>;
     fn memory(&self) -> Result<EngineMemory, EngineError>;
     /// Vocabulary size, when the engine knows it (random prompts and range checks use it).
@@ -271,6 +295,64 @@ pub fn print_models() {
                 name, c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
                 c.num_attention_heads, c.num_key_value_heads, c.max_position_embeddings, c.param_count()
             );
+        }
+    }
+}
+
+/// A token callback for the engines' own tests (the recorder lives a layer up): every call kept,
+/// timestamped like the recorder does.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::TokenCallback;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct Token {
+        pub sample: u32,
+        pub step: u32,
+        pub token: i32,
+        pub finish: i32,
+        pub t_ns: u64,
+    }
+
+    pub struct Collector {
+        epoch: Instant,
+        submit_ns: AtomicU64,
+        capacity: usize,
+        tokens: Mutex<Vec<Token>>,
+        overflow: AtomicU64,
+    }
+
+    impl Collector {
+        pub fn new(capacity: usize) -> Collector {
+            Collector { epoch: Instant::now(), submit_ns: AtomicU64::new(0), capacity, tokens: Mutex::new(Vec::new()), overflow: AtomicU64::new(0) }
+        }
+
+        pub fn submit_ns(&self) -> u64 {
+            self.submit_ns.load(Ordering::Acquire)
+        }
+
+        /// The tokens, in arrival order, and how many came beyond the capacity.
+        pub fn into_events(self) -> (Vec<Token>, u64) {
+            (self.tokens.into_inner().unwrap(), self.overflow.into_inner())
+        }
+    }
+
+    impl TokenCallback for Collector {
+        fn mark_submit(&self) {
+            self.submit_ns.store(self.epoch.elapsed().as_nanos() as u64, Ordering::Release);
+        }
+
+        fn on_token(&self, sample: u32, step: u32, token: i32, finish: i32) {
+            let t_ns = self.epoch.elapsed().as_nanos() as u64;
+            let mut v = self.tokens.lock().unwrap();
+            if v.len() < self.capacity {
+                v.push(Token { sample, step, token, finish, t_ns });
+            } else {
+                self.overflow.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

@@ -20,8 +20,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use super::adapter::InitParams;
-use super::{Engine, EngineError, EngineInfo, EngineMemory, Topology};
-use crate::record::TokenSink;
+use super::{Engine, EngineError, EngineInfo, EngineMemory, TokenCallback, Topology};
 
 /// Environment variable naming the libpython to load (skips the search).
 pub const LIBPYTHON_ENV: &str = "TPPROF_LIBPYTHON";
@@ -535,7 +534,8 @@ const CAPSULE_NAME: &CStr = c"tpprof.on_token";
 /// Where the callback finds the sink: set for the duration of one generate() call, null outside it
 /// (a driver that keeps the callable and calls it later gets a RuntimeError, not a dangling sink).
 struct SinkSlot {
-    sink: AtomicPtr<TokenSink>,
+    /// A `callback_ptr`: points at generate()'s `&dyn TokenCallback`.
+    sink: AtomicPtr<c_void>,
 }
 
 /// Holds the GIL (PyGILState_Ensure) until dropped.
@@ -964,9 +964,10 @@ fn on_token_body(rt: &Runtime, slf: Obj, args: Obj) -> Option<()> {
         rt.raise(api.exc_runtime_error, "on_token called outside generate(): tpprof only records tokens while generate() runs");
         return None;
     }
-    // SAFETY: non-null only during PythonEngine::generate, which holds the &TokenSink and clears the
-    // slot (with the GIL, so never during this call) before returning. on_token is thread-safe.
-    unsafe { &*sink }.on_token(sample as u32, step as u32, token as i32, finish as i32);
+    // SAFETY: non-null only during PythonEngine::generate, which holds the callback (and the
+    // reference the pointer addresses) and clears the slot (with the GIL, so never during this call)
+    // before returning. on_token is thread-safe.
+    unsafe { super::callback_from(sink) }.on_token(sample as u32, step as u32, token as i32, finish as i32);
     Some(())
 }
 
@@ -1120,12 +1121,12 @@ impl Engine for PythonEngine {
         r.map_err(|what| PythonError::Python { driver: self.label.clone(), call: "prepare()".into(), what }.into())
     }
 
-    fn generate(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32, exact_length: bool, sink: &TokenSink)
+    fn generate(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32, exact_length: bool, sink: &dyn TokenCallback)
         -> Result<(), EngineError> {
         let rt = self.rt;
         let api = &rt.api;
         let _gil = Gil::acquire(api);
-        let slot = Box::into_raw(Box::new(SinkSlot { sink: AtomicPtr::new(sink as *const TokenSink as *mut TokenSink) }));
+        let slot = Box::into_raw(Box::new(SinkSlot { sink: AtomicPtr::new(super::callback_ptr(&sink)) }));
         // SAFETY: GIL held; the capsule takes the leaked slot and frees it in its destructor.
         let capsule = unsafe { (api.capsule_new)(slot.cast(), CAPSULE_NAME.as_ptr(), Some(free_sink_slot)) };
         let r = (|| {
@@ -1218,6 +1219,7 @@ impl Drop for PythonEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::testing::Collector;
     use crate::engine::FinishReason;
 
     /// None (and a "skipped" line) where this machine has no usable libpython.
@@ -1271,7 +1273,7 @@ mod tests {
         }
         let mut e = PythonEngine::load("test", &init(r#"{"vocab_size": 1000, "token_us": 300}"#)).unwrap();
         assert_eq!(e.vocab_size(), Some(1000));
-        let sink = TokenSink::new(32);
+        let sink = Collector::new(32);
         e.generate(&[vec![1, 2, 3], vec![4]], 5, true, &sink).unwrap();
         let submit = sink.submit_ns();
         let (events, overflow) = sink.into_events();
@@ -1300,7 +1302,7 @@ mod tests {
             return;
         }
         let mut e = PythonEngine::load("test", &init(r#"{"thread": true}"#)).unwrap();
-        let sink = TokenSink::new(16);
+        let sink = Collector::new(16);
         e.generate(&[vec![1, 2]], 8, true, &sink).unwrap();
         let (events, _) = sink.into_events();
         assert_eq!(events.len(), 8);
@@ -1313,13 +1315,13 @@ mod tests {
             return;
         }
         let mut e = PythonEngine::load("test", &init(r#"{"eos_at_step": 2}"#)).unwrap();
-        let sink = TokenSink::new(16);
+        let sink = Collector::new(16);
         e.generate(&[vec![1]], 8, false, &sink).unwrap();
         let (events, _) = sink.into_events();
         assert_eq!(events.len(), 3);
         assert_eq!(FinishReason::from_abi(events[2].finish), FinishReason::Eos);
         // Exact length ignores EOS.
-        let sink = TokenSink::new(16);
+        let sink = Collector::new(16);
         e.generate(&[vec![1]], 8, true, &sink).unwrap();
         assert_eq!(sink.into_events().0.len(), 8);
     }
@@ -1341,7 +1343,7 @@ mod tests {
             return;
         }
         let mut e = PythonEngine::load("test", &init(r#"{"fail_at_step": 3}"#)).unwrap();
-        let sink = TokenSink::new(16);
+        let sink = Collector::new(16);
         let err = e.generate(&[vec![1]], 8, true, &sink).unwrap_err().to_string();
         assert!(err.starts_with("python driver `test` generate() raised RuntimeError: injected failure at step 3"), "{err}");
         assert!(!err.contains('\n'), "{err}");
@@ -1369,15 +1371,15 @@ mod tests {
             return;
         }
         let mut e = PythonEngine::load("test", &init(r#"{"bad_callback": "str"}"#)).unwrap();
-        let err = e.generate(&[vec![1]], 2, true, &TokenSink::new(4)).unwrap_err().to_string();
+        let err = e.generate(&[vec![1]], 2, true, &Collector::new(4)).unwrap_err().to_string();
         assert!(err.contains("TypeError: on_token(sample, step, token, finish): `token` must be an int"), "{err}");
         let mut e = PythonEngine::load("test", &init(r#"{"bad_callback": "arity"}"#)).unwrap();
-        let err = e.generate(&[vec![1]], 2, true, &TokenSink::new(4)).unwrap_err().to_string();
+        let err = e.generate(&[vec![1]], 2, true, &Collector::new(4)).unwrap_err().to_string();
         assert!(err.contains("TypeError: on_token(sample, step, token, finish) takes 4 integer arguments (3 given)"), "{err}");
         let mut e = PythonEngine::load("test", &init(r#"{"bad_callback": "late"}"#)).unwrap();
-        e.generate(&[vec![1]], 2, true, &TokenSink::new(4)).unwrap();
+        e.generate(&[vec![1]], 2, true, &Collector::new(4)).unwrap();
         // The driver kept the callable and calls it after generate() returned: a Python error, no crash.
-        let err = e.generate(&[vec![1]], 2, true, &TokenSink::new(4)).unwrap_err().to_string();
+        let err = e.generate(&[vec![1]], 2, true, &Collector::new(4)).unwrap_err().to_string();
         assert!(err.contains("RuntimeError: on_token called outside generate()"), "{err}");
     }
 
@@ -1435,7 +1437,7 @@ mod tests {
         assert_eq!(a.libpython(), b.libpython());
         assert_eq!(driver_label(file.to_str().unwrap()), "python-my_drv");
         assert_eq!(driver_label("hf"), "python-hf");
-        let sink = TokenSink::new(4);
+        let sink = Collector::new(4);
         a.generate(&[vec![1], vec![2]], 1, true, &sink).unwrap();
         assert_eq!(sink.into_events().0.len(), 2);
         // Many threads using the engines (each takes the GIL) do not deadlock.
@@ -1444,7 +1446,7 @@ mod tests {
             for _ in 0..4 {
                 s.spawn(|| {
                     let mut e = PythonEngine::load("test", &init("{}")).unwrap();
-                    let sink = TokenSink::new(64);
+                    let sink = Collector::new(64);
                     e.generate(&[vec![1], vec![2]], 16, true, &sink).unwrap();
                     assert_eq!(sink.into_events().0.len(), 32);
                 });

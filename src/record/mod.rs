@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::engine::FinishReason;
+use crate::engine::{FinishReason, TokenCallback};
 use histogram::LatencyHistogram;
 
 /// One token as the engine reported it; `t_ns` is the host monotonic clock (CLOCK_MONOTONIC via
@@ -101,6 +101,16 @@ impl TokenSink {
     pub fn into_events(self) -> (Vec<TokenEvent>, u64) {
         let events = self.events.into_inner().unwrap_or_else(|p| p.into_inner());
         (events, self.overflow.into_inner())
+    }
+}
+
+impl TokenCallback for TokenSink {
+    fn mark_submit(&self) {
+        TokenSink::mark_submit(self)
+    }
+
+    fn on_token(&self, sample: u32, step: u32, token: i32, finish: i32) {
+        TokenSink::on_token(self, sample, step, token, finish)
     }
 }
 

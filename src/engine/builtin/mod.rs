@@ -3,8 +3,7 @@
 pub mod cpu;
 
 use super::config::Config;
-use super::{Engine, EngineError, EngineInfo, EngineMemory, Topology};
-use crate::record::TokenSink;
+use super::{Engine, EngineError, EngineInfo, EngineMemory, TokenCallback, Topology};
 
 /// The `cpu` engine behind the `Engine` trait.
 pub struct Cpu {
@@ -60,7 +59,7 @@ impl Engine for Cpu {
         Topology::AllRanks
     }
 
-    fn generate(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32, exact_length: bool, sink: &TokenSink)
+    fn generate(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32, exact_length: bool, sink: &dyn TokenCallback)
         -> Result<(), EngineError> {
         let req = cpu::GenerateRequest { prompts, max_new_tokens: max_new_tokens as usize, exact_length };
         sink.mark_submit();
@@ -161,7 +160,7 @@ impl Engine for Cuda {
         self.engine.prepare(prompts, max_new_tokens as usize).map_err(|e| EngineError::Other(e.to_string()))
     }
 
-    fn generate(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32, exact_length: bool, sink: &TokenSink) -> Result<(), EngineError> {
+    fn generate(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32, exact_length: bool, sink: &dyn TokenCallback) -> Result<(), EngineError> {
         sink.mark_submit();
         self.engine
             .generate(prompts, max_new_tokens as usize, exact_length, &mut |s, step, tok, fin| sink.on_token(s as u32, step as u32, tok, fin))

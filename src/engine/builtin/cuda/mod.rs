@@ -650,8 +650,11 @@ mod tests {
                 for v in variants {
                     // Direct definitions, or decode.cu's macro-generated instantiations.
                     let direct = m.source.contains(&format!(" {v}("));
-                    let by_macro = (v.starts_with("decode_attn_fast_g") && m.source.contains("DQ_KERNELS("))
-                        || (v.starts_with("decode_attn_sk_g") && m.source.contains("SK_KERNELS("));
+                    // (decode_attn_{fast,sk,pipe}_g{G}...: the macro line for that G must be there).
+                    let g = |prefix: &str| v.strip_prefix(prefix).and_then(|r| r.split('_').next()).map(str::to_string);
+                    let by_macro = g("decode_attn_fast_g").is_some_and(|g| m.source.contains(&format!("\nDQ_KERNELS({g}, ")))
+                        || g("decode_attn_sk_g").is_some_and(|g| m.source.contains(&format!("\nSK_KERNELS({g})")))
+                        || g("decode_attn_pipe_g").is_some_and(|g| m.source.contains(&format!("\nPT_KERNELS({g})")));
                     assert!(direct || by_macro, "{}.cu lacks kernel {v}", m.name);
                 }
             }
