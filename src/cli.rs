@@ -1,5 +1,6 @@
-//! Command line: clap parses raw arguments here; `RunConfig::from_args` validates them into a
-//! `RunConfig` before any MPI, GPU or file work starts.
+//! Command line (the face): clap parses raw arguments here, and they leave as plain values —
+//! `run::RunInput` for `tpprof run`, which `RunConfig::from_input` validates once MPI is up (every
+//! rank agrees on the error), before any GPU or file work starts.
 
 use std::path::PathBuf;
 
@@ -206,4 +207,94 @@ pub struct RunArgs {
     /// --warmup auto: at most this many warm-up runs (at least 2).
     #[arg(long, default_value_t = 4, allow_hyphen_values = true)]
     pub warmup_max: i64,
+}
+
+impl From<RunArgs> for crate::run::RunInput {
+    fn from(a: RunArgs) -> Self {
+        crate::run::RunInput {
+            engine: a.engine,
+            dtype: a.dtype,
+            model: a.model,
+            weights: a.weights,
+            engine_options: a.engine_options,
+            batch: a.batch,
+            prompt_tokens: a.prompt_tokens,
+            generated_tokens: a.generated_tokens,
+            prompts: a.prompts,
+            seed: a.seed,
+            vocab_size: a.vocab_size,
+            allow_eos: a.allow_eos,
+            out: a.out,
+            force: a.force,
+            trace: a.trace,
+            cupti: a.cupti,
+            trace_kernel_steps: a.trace_kernel_steps,
+            record_tokens: a.record_tokens,
+            devices: a.devices,
+            mem_interval_ms: a.mem_interval_ms,
+            timeout: a.timeout,
+            warmup: a.warmup,
+            warmup_tolerance: a.warmup_tolerance,
+            warmup_max: a.warmup_max,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::{RunConfig, RunInput};
+
+    /// `tpprof run EXTRA...` as the run layer receives it.
+    fn input(extra: &[&str]) -> RunInput {
+        let mut v = vec!["tpprof", "run"];
+        v.extend_from_slice(extra);
+        match Cli::try_parse_from(v).unwrap().command {
+            Command::Run(a) => (*a).into(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn bad_lengths_are_one_line_errors() {
+        let parse = |extra: &[&str]| RunConfig::from_input(&input(extra));
+        assert!(parse(&[]).is_ok());
+        assert_eq!(parse(&["--generated-tokens", "0"]).unwrap_err(), "--generated-tokens must be a whole number ≥ 1 (got 0)");
+        assert!(parse(&["--prompt-tokens", "-5"]).unwrap_err().contains("--prompt-tokens must be"));
+        assert!(parse(&["--batch", "0"]).unwrap_err().contains("--batch"));
+        assert!(parse(&["--engine", "trt"]).unwrap_err().contains("unknown engine `trt`"));
+        assert!(parse(&["--model", "huge"]).unwrap_err().contains("huge"));
+        assert!(parse(&["--engine-options", "[1]"]).unwrap_err().contains("JSON object"));
+        assert!(parse(&["--devices", "0,-1"]).unwrap_err().contains("ordinals ≥ 0"));
+        assert!(parse(&["--timeout", "0"]).unwrap_err().contains("--timeout"));
+        assert!(!parse(&[]).unwrap().to_owned().out.is_some());
+    }
+
+    #[test]
+    fn adapters_are_labelled_with_their_model() {
+        let model = |extra: &[&str]| RunConfig::from_input(&input(extra)).unwrap().model;
+        assert_eq!(model(&["--engine", "python:hf", "--engine-options", r#"{"preset": "qwen2.5-7b"}"#]), "qwen2.5-7b");
+        assert_eq!(model(&["--engine", "mock"]), "(engine options)");
+        assert_eq!(model(&[]), "tiny");
+    }
+
+    #[test]
+    fn every_run_option_reaches_the_run_layer() {
+        // The conversion moves each field: a value given on the command line arrives unchanged.
+        let i = input(&[
+            "--engine", "mock", "--dtype", "bf16", "--model", "small", "--engine-options", "{\"a\": 1}", "--batch", "3",
+            "--prompt-tokens", "7", "--generated-tokens", "9", "--seed", "5", "--vocab-size", "100", "--allow-eos",
+            "--out", "o.json", "--force", "--trace", "t.json", "--cupti", "--trace-kernel-steps", "4", "--record-tokens",
+            "--devices", "1,2", "--mem-interval-ms", "20", "--timeout", "30", "--warmup", "2", "--warmup-tolerance", "7",
+            "--warmup-max", "6",
+        ]);
+        assert_eq!((i.engine.as_str(), i.dtype.as_str(), i.model.as_deref(), i.engine_options.as_str()), ("mock", "bf16", Some("small"), "{\"a\": 1}"));
+        assert_eq!((i.batch, i.prompt_tokens, i.generated_tokens, i.seed, i.vocab_size), (Some(3), 7, 9, 5, Some(100)));
+        assert!(i.allow_eos && i.force && i.cupti && i.record_tokens);
+        assert_eq!((i.out.as_deref(), i.trace.as_deref()), (Some(std::path::Path::new("o.json")), Some(std::path::Path::new("t.json"))));
+        assert_eq!((i.trace_kernel_steps, i.devices.as_deref(), i.mem_interval_ms, i.timeout), (4, Some(&[1, 2][..]), 20, Some(30.0)));
+        assert_eq!((i.warmup.as_str(), i.warmup_tolerance, i.warmup_max), ("2", 7.0, 6));
+        let w = input(&["--weights", "ckpt", "--prompts", "p.jsonl"]);
+        assert_eq!((w.weights.as_deref(), w.prompts.as_deref()), (Some(std::path::Path::new("ckpt")), Some(std::path::Path::new("p.jsonl"))));
+    }
 }

@@ -16,7 +16,7 @@ fn main() {
         }
     };
     let code = match cli.command {
-        Command::Run(args) => tpprof::run::main(*args),
+        Command::Run(args) => tpprof::run::main((*args).into()),
         Command::Report(args) => tpprof::report::summary::main(&args.file),
         Command::Compare(args) => tpprof::report::compare::main(&args.files, args.markdown),
         Command::Verify(args) => tpprof::verify::main(args),

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::cli::RunArgs;
 use crate::engine::builtin::cpu::mpi_comm::MpiComm;
 use crate::cluster::{RankFailures, World};
 use crate::engine::adapter::{AdapterEngine, InitParams};
@@ -28,6 +27,37 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_BAD_INPUT: i32 = 2;
 pub const EXIT_INCOMPLETE: i32 = 3;
+
+/// `tpprof run`'s options as the face hands them over: plain values, not validated yet
+/// ([`RunConfig::from_input`] does that once MPI is up, so every rank stops on the same error).
+/// The field meanings are `tpprof run --help`'s.
+#[derive(Debug, Clone)]
+pub struct RunInput {
+    pub engine: String,
+    pub dtype: String,
+    pub model: Option<String>,
+    pub weights: Option<PathBuf>,
+    pub engine_options: String,
+    pub batch: Option<i64>,
+    pub prompt_tokens: i64,
+    pub generated_tokens: i64,
+    pub prompts: Option<PathBuf>,
+    pub seed: u64,
+    pub vocab_size: Option<i64>,
+    pub allow_eos: bool,
+    pub out: Option<PathBuf>,
+    pub force: bool,
+    pub trace: Option<PathBuf>,
+    pub cupti: bool,
+    pub trace_kernel_steps: i64,
+    pub record_tokens: bool,
+    pub devices: Option<Vec<i64>>,
+    pub mem_interval_ms: i64,
+    pub timeout: Option<f64>,
+    pub warmup: String,
+    pub warmup_tolerance: f64,
+    pub warmup_max: i64,
+}
 
 /// Validated `run` arguments: everything checkable before MPI, GPU or file work.
 #[derive(Debug, Clone)]
@@ -110,7 +140,7 @@ fn positive(name: &str, v: i64) -> Result<u32, String> {
 }
 
 impl RunConfig {
-    pub fn from_args(a: &RunArgs) -> Result<RunConfig, String> {
+    pub fn from_input(a: &RunInput) -> Result<RunConfig, String> {
         let engine = EngineSpec::parse(&a.engine)?;
         let model = match (&a.weights, &a.model) {
             (Some(dir), _) => dir.display().to_string(),
@@ -217,7 +247,7 @@ impl Stop {
 }
 
 /// `tpprof run`: returns the process exit code.
-pub fn main(args: RunArgs) -> i32 {
+pub fn main(input: RunInput) -> i32 {
     let world = match World::init() {
         Ok(w) => w,
         Err(e) => {
@@ -227,7 +257,7 @@ pub fn main(args: RunArgs) -> i32 {
     };
     init_logging(world.rank);
     share_cores();
-    let mut job = Job::new(&world, args);
+    let mut job = Job::new(&world, input);
     let code = job.run();
     // Engine, sampler and communicators go before MPI_Finalize (when `world` drops).
     drop(job);
@@ -237,7 +267,7 @@ pub fn main(args: RunArgs) -> i32 {
 /// The state of one run on one rank.
 struct Job<'w> {
     world: &'w World,
-    args: RunArgs,
+    input: RunInput,
     config: Option<RunConfig>,
     out: Option<OutputFile>,
     trace_out: Option<OutputFile>,
@@ -245,8 +275,8 @@ struct Job<'w> {
 }
 
 impl<'w> Job<'w> {
-    fn new(world: &'w World, args: RunArgs) -> Job<'w> {
-        Job { world, args, config: None, out: None, trace_out: None, header: None }
+    fn new(world: &'w World, input: RunInput) -> Job<'w> {
+        Job { world, input, config: None, out: None, trace_out: None, header: None }
     }
 
     fn run(&mut self) -> i32 {
@@ -585,7 +615,7 @@ impl<'w> Job<'w> {
     }
 
     fn validate(&self) -> Result<RunConfig, String> {
-        let c = RunConfig::from_args(&self.args)?;
+        let c = RunConfig::from_input(&self.input)?;
         if let Some(m) = &c.model_config {
             m.check_tensor_parallel(self.world.size as usize).map_err(|e| e.to_string())?;
         }
@@ -621,7 +651,7 @@ impl<'w> Job<'w> {
         Header {
             config: ConfigReport {
                 command_line: std::env::args().collect(),
-                engine: self.args.engine.clone(),
+                engine: self.input.engine.clone(),
                 dtype: c.dtype.clone(),
                 model: c.model.clone(),
                 model_config: c.model_config.as_ref().map(|m| serde_json::to_value(m).unwrap_or_default()),
@@ -892,41 +922,8 @@ mod tests {
     }
 
     #[test]
-    fn bad_lengths_are_one_line_errors() {
-        use clap::Parser;
-        let parse = |extra: &[&str]| {
-            let mut v = vec!["tpprof", "run"];
-            v.extend_from_slice(extra);
-            match crate::cli::Cli::try_parse_from(v).unwrap().command {
-                crate::cli::Command::Run(a) => RunConfig::from_args(&a),
-                _ => unreachable!(),
-            }
-        };
-        assert!(parse(&[]).is_ok());
-        assert_eq!(parse(&["--generated-tokens", "0"]).unwrap_err(), "--generated-tokens must be a whole number ≥ 1 (got 0)");
-        assert!(parse(&["--prompt-tokens", "-5"]).unwrap_err().contains("--prompt-tokens must be"));
-        assert!(parse(&["--batch", "0"]).unwrap_err().contains("--batch"));
-        assert!(parse(&["--engine", "trt"]).unwrap_err().contains("unknown engine `trt`"));
-        assert!(parse(&["--model", "huge"]).unwrap_err().contains("huge"));
-        assert!(parse(&["--engine-options", "[1]"]).unwrap_err().contains("JSON object"));
-        assert!(parse(&["--devices", "0,-1"]).unwrap_err().contains("ordinals ≥ 0"));
-        assert!(parse(&["--timeout", "0"]).unwrap_err().contains("--timeout"));
-        assert!(!parse(&[]).unwrap().to_owned().out.is_some());
-    }
-
-    #[test]
-    fn adapters_are_labelled_with_their_model() {
-        let a = RunArgs { engine: "python:hf".into(), engine_options: r#"{"preset": "qwen2.5-7b"}"#.into(), ..default_args() };
-        assert_eq!(RunConfig::from_args(&a).unwrap().model, "qwen2.5-7b");
-        let a = RunArgs { engine: "mock".into(), ..default_args() };
-        assert_eq!(RunConfig::from_args(&a).unwrap().model, "(engine options)");
-        assert_eq!(RunConfig::from_args(&default_args()).unwrap().model, "tiny");
-    }
-
-    #[test]
     fn context_limit_is_checked() {
-        let a = RunArgs { ..default_args() };
-        let mut c = RunConfig::from_args(&a).unwrap();
+        let mut c = RunConfig::from_input(&input()).unwrap();
         c.prompt_tokens = 100;
         c.generated_tokens = 30;
         let e = build_workload(&c, 50, Some(120)).unwrap_err();
@@ -934,11 +931,34 @@ mod tests {
         assert!(build_workload(&c, 50, Some(130)).is_ok());
     }
 
-    fn default_args() -> RunArgs {
-        use clap::Parser;
-        match crate::cli::Cli::try_parse_from(["tpprof", "run"]).unwrap().command {
-            crate::cli::Command::Run(a) => *a,
-            _ => unreachable!(),
+    /// `tpprof run`'s defaults (the face's tests check the parsed command line against RunConfig).
+    fn input() -> RunInput {
+        RunInput {
+            engine: "auto".into(),
+            dtype: "fp16".into(),
+            model: None,
+            weights: None,
+            engine_options: "{}".into(),
+            batch: None,
+            prompt_tokens: 128,
+            generated_tokens: 32,
+            prompts: None,
+            seed: 0,
+            vocab_size: None,
+            allow_eos: false,
+            out: None,
+            force: false,
+            trace: None,
+            cupti: false,
+            trace_kernel_steps: 32,
+            record_tokens: false,
+            devices: None,
+            mem_interval_ms: 10,
+            timeout: None,
+            warmup: "auto".into(),
+            warmup_tolerance: 5.0,
+            warmup_max: 4,
         }
     }
+
 }
