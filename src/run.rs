@@ -264,6 +264,76 @@ pub fn main(input: RunInput) -> i32 {
     code
 }
 
+/// 2. Where this rank runs: its GPU (if any), the local GPUs every engine is told about, and why
+/// there is no GPU when there is none.
+struct Site {
+    gpu: Option<GpuInfo>,
+    local_devices: Vec<i32>,
+    no_gpu_reason: String,
+}
+
+/// 3. What observes the run from before engine creation to the end: the memory sampler (the run
+/// moves its phase) and the epoch every timestamp of this rank counts from.
+struct Observers {
+    epoch: Instant,
+    epoch_mono_ns: u64,
+    phase: PhaseCell,
+    sampler: SamplerGuard,
+}
+
+impl Observers {
+    fn start(world: &World, config: &RunConfig, site: &Site) -> Observers {
+        let epoch = Instant::now();
+        let epoch_mono_ns = crate::clock::mono_ns();
+        let phase = PhaseCell::default();
+        let sampler = MemorySampler::start(SamplerSetup {
+            epoch,
+            interval: config.mem_interval,
+            gpu: site.gpu.clone(),
+            no_gpu_reason: site.no_gpu_reason.clone(),
+            job: job_processes(world),
+            phase: phase.clone(),
+        });
+        Observers { epoch, epoch_mono_ns, phase, sampler: SamplerGuard(Some(sampler)) }
+    }
+}
+
+/// 4. The engine as created and agreed on every rank, this rank's role, and its CUPTI session
+/// (taken by the measured run).
+struct Created {
+    engine: Box<dyn Engine>,
+    create_s: f64,
+    role: Role,
+    cupti: Option<crate::observe::cupti::Recorder>,
+}
+
+/// 6. The warm-up runs: wall time and what each showed.
+struct Warmed {
+    wall_s: Vec<f64>,
+    runs: Vec<crate::report::WarmupRun>,
+}
+
+/// 7. The measured run on this rank.
+struct Measured {
+    events: Vec<crate::record::TokenEvent>,
+    rec: Recording,
+    submit_ns: u64,
+    end_ns: u64,
+    device_steps: Option<Vec<(u64, u64)>>,
+    recorded: Option<crate::observe::cupti::Recorded>,
+}
+
+/// 8. What rank 0 holds after the gathers.
+struct Gathered {
+    reports: Vec<Vec<u8>>,
+    /// Rank 0's own recording (the summary's per-sample view).
+    rec: Recording,
+    offsets: Vec<i64>,
+    all_steps: Option<Vec<Vec<u8>>>,
+    step_activity: Option<Vec<Vec<u8>>>,
+    traces: Option<Vec<Vec<u8>>>,
+}
+
 /// The state of one run on one rank.
 struct Job<'w> {
     world: &'w World,
@@ -302,20 +372,39 @@ impl<'w> Job<'w> {
         stop.code
     }
 
+    /// The run, phase by phase. Every rank walks the same phases in the same order, so their
+    /// collectives match; a phase that fails on one rank fails on all (World::agree).
     fn try_run(&mut self) -> Result<i32, Stop> {
-        let world = self.world;
         let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let config = self.configure(&started_at)?; // 1. arguments agreed, output claimed, watchdog
+        let site = self.bind(&config, started_at)?; // 2. GPU binding, the JSON's header
+        let mut obs = Observers::start(self.world, &config, &site); // 3. memory sampler, clock epoch
+        let mut created = self.create_engine(&config, &site, &obs)?; // 4. the engine, CUPTI
+        let workload = self.workload_for(&config, created.engine.as_ref())?; // 5. prompts, broadcast
+        let warmed = self.warm_up(&config, &mut created, &workload, &obs)?; // 6. prepare, warm-up runs
+        let measured = self.measure(&config, &mut created, &workload, &obs)?; // 7. the measured generate()
+        let gathered = self.gather(&config, created, &mut obs, warmed, measured, &site); // 8. to rank 0
+        let Some(gathered) = gathered else { return Ok(EXIT_OK) };
+        let report = self.assemble(&workload, gathered)?; // 9. rank 0: one report, the trace
+        self.finish(report, config.exact_length) // 10. written, summary printed
+    }
 
-        // 1. Arguments, model shape against the world size, output file (rank 0).
+    /// 1. Arguments and the model shape against the world size; rank 0 claims the output file.
+    fn configure(&mut self, started_at: &str) -> Result<RunConfig, Stop> {
+        let world = self.world;
         let config = world.agree(self.validate()).map_err(Stop::input)?;
         self.config = Some(config.clone());
-        let claimed = if world.is_root() { self.claim_output(&config, &started_at) } else { Ok(()) };
+        let claimed = if world.is_root() { self.claim_output(&config, started_at) } else { Ok(()) };
         world.agree(claimed).map_err(Stop::input)?;
         if let Some(t) = config.timeout {
             world.start_watchdog(t);
         }
+        Ok(config)
+    }
 
-        // 2. GPU binding; two ranks on one GPU is an error.
+    /// 2. GPU binding (two ranks on one GPU is an error), CUPTI's preconditions, the header.
+    fn bind(&mut self, config: &RunConfig, started_at: String) -> Result<Site, Stop> {
+        let world = self.world;
         let host_gpus = HostGpus::probe();
         let gpu = world.agree(host_gpus.bind(world.local_rank, config.devices.as_deref())).map_err(Stop::input)?;
         world.agree(check_unique_gpus(world, gpu.as_ref())).map_err(Stop::input)?;
@@ -327,24 +416,15 @@ impl<'w> Job<'w> {
             HostGpus::Absent { reason } => reason.clone(),
             HostGpus::Present { .. } => String::new(),
         };
-        self.header = Some(self.header_for(&config, &host_gpus, started_at));
+        self.header = Some(self.header_for(config, &host_gpus, started_at));
+        Ok(Site { gpu, local_devices, no_gpu_reason })
+    }
 
-        // 3. Observers first, so engine creation is measured too.
-        let epoch = Instant::now();
-        let epoch_mono_ns = crate::clock::mono_ns();
-        let phase = PhaseCell::default();
-        let sampler = MemorySampler::start(SamplerSetup {
-            epoch,
-            interval: config.mem_interval,
-            gpu: gpu.clone(),
-            no_gpu_reason,
-            job: job_processes(world),
-            phase: phase.clone(),
-        });
-        let mut guard = SamplerGuard(Some(sampler));
-        phase.set(Phase::EngineLoad);
-
-        // 4. The engine (`auto` becomes cuda where every rank has a GPU).
+    /// 4. The engine (`auto` becomes cuda where every rank has a GPU), agreed; then CUPTI.
+    fn create_engine(&mut self, config: &RunConfig, site: &Site, obs: &Observers) -> Result<Created, Stop> {
+        let world = self.world;
+        obs.phase.set(Phase::EngineLoad);
+        let gpu = site.gpu.as_ref();
         let spec = config.engine.resolve(gpu.is_some());
         let labels = world.all_gather_bytes(spec.label().as_bytes());
         if labels.iter().any(|l| *l != labels[0]) {
@@ -353,7 +433,7 @@ impl<'w> Job<'w> {
         }
         tracing::info!("creating engine {}", spec.label());
         let t_create = Instant::now();
-        let rendezvous = self.rendezvous(&spec, gpu.as_ref())?;
+        let rendezvous = self.rendezvous(&spec, gpu)?;
         let engine_comm = world.duplicate();
         // What adapters and Python drivers get at create().
         let init = InitParams {
@@ -361,7 +441,7 @@ impl<'w> Job<'w> {
             world_size: world.size,
             local_rank: world.local_rank,
             local_world_size: world.local_size,
-            devices: &local_devices,
+            devices: &site.local_devices,
             options_json: &config.engine_options,
             rendezvous: &rendezvous,
         };
@@ -374,7 +454,7 @@ impl<'w> Job<'w> {
             }
             EngineSpec::Cuda => {
                 drop(engine_comm);
-                self.cuda_engine(&config, gpu.as_ref(), &rendezvous)
+                self.cuda_engine(config, gpu, &rendezvous)
             }
             EngineSpec::Python(driver) => {
                 drop(engine_comm);
@@ -385,7 +465,7 @@ impl<'w> Job<'w> {
                 AdapterEngine::load(path, &init).map(|e| Box::new(e) as Box<dyn Engine>).map_err(|e| e.to_string())
             }
         };
-        let mut engine = world.agree(engine).map_err(Stop::failed)?;
+        let engine = world.agree(engine).map_err(Stop::failed)?;
         // CUPTI attaches to the engine's existing CUDA context(s), before prepare (warm-up, graph
         // capture) and generate. Not earlier: enabling activity before the engine's cuInit
         // deadlocked inside cuInit on the H200 machine (CUPTI 13.0, driver 580; see observe/cupti.rs).
@@ -399,34 +479,39 @@ impl<'w> Job<'w> {
             h.engine = Some(engine.info());
             h.topology = Some(topology);
         }
+        let role = if observer { Role::Observer } else { Role::Engine };
+        Ok(Created { engine, create_s, role, cupti: Some(cupti) })
+    }
 
-        // 5. The workload: built on rank 0, broadcast, so every rank feeds identical prompts.
+    /// 5. The workload: built on rank 0, broadcast, so every rank feeds identical prompts.
+    fn workload_for(&mut self, config: &RunConfig, engine: &dyn Engine) -> Result<Workload, Stop> {
         let vocab = config.vocab_size.or(engine.vocab_size()).or_else(|| options_vocab(&config.engine_options)).unwrap_or(DEFAULT_ADAPTER_VOCAB);
-        let workload = self.workload(&config, vocab, engine.max_context())?;
+        let workload = self.workload(config, vocab, engine.max_context())?;
         if let Some(h) = &mut self.header {
             h.config.vocab_size = vocab;
             h.config.batch = workload.prompts.len() as u32;
             h.config.prompts = workload.source.clone();
         }
+        Ok(workload)
+    }
 
-        // 6. Prepare (buffers, warm-up, graphs: before the clock), then generate (every rank in
-        //    ALL_RANKS; rank 0 only in ONE_PROCESS).
-        let role = if topology == Topology::OneProcess && !world.is_root() { Role::Observer } else { Role::Engine };
-        phase.set(Phase::Prepare);
+    /// 6. Prepare (buffers, warm-up, graphs: before the clock; every rank in ALL_RANKS, rank 0
+    /// only in ONE_PROCESS), then the warm-up runs: the workload's shapes (prompt lengths, batch,
+    /// tokens), each prompt's ids in another order (no prefix-cache hits for the measured run),
+    /// tokens discarded (memory phase `prepare`; CUPTI counts their kernels only in kernels_total,
+    /// like the engine's own warm-up).
+    fn warm_up(&mut self, config: &RunConfig, created: &mut Created, workload: &Workload, obs: &Observers) -> Result<Warmed, Stop> {
+        let world = self.world;
+        let (engine, role) = (&mut created.engine, created.role);
+        obs.phase.set(Phase::Prepare);
         let prepared = match role {
             Role::Engine => engine.prepare(&workload.prompts, workload.generated_tokens).map_err(|e| e.to_string()),
             Role::Observer => Ok(()),
         };
         world.agree(prepared).map_err(Stop::failed)?;
-        // Warm-up runs: the workload's shapes (prompt lengths, batch, tokens), each prompt's ids in
-        // another order (no prefix-cache hits for the measured run), tokens discarded, before the clock (memory
-        // phase `prepare`; CUPTI counts their kernels only in kernels_total, like the engine's own
-        // warm-up).
         let requested = vec![workload.generated_tokens; workload.prompts.len()];
-        let mut warmup_s = Vec::new();
-        let mut warmup_runs: Vec<crate::report::WarmupRun> = Vec::new();
-        let max_runs = config.warmup.max_runs();
-        for i in 0..max_runs {
+        let mut warmed = Warmed { wall_s: Vec::new(), runs: Vec::new() };
+        for i in 0..config.warmup.max_runs() {
             let t = Instant::now();
             let mut seen = crate::report::WarmupRun { wall_s: 0.0, ttft_ms: None, itl_p50_ms: None, tokens: 0 };
             let warm = match role {
@@ -438,7 +523,7 @@ impl<'w> Job<'w> {
                         ),
                         WarmupPolicy::Fixed(n) => tracing::info!("warm-up run {} of {n}", i + 1),
                     }
-                    let warm_sink = TokenSink::new_with_epoch(epoch, requested.iter().map(|&r| r as usize).sum::<usize>() + 64);
+                    let warm_sink = TokenSink::new_with_epoch(obs.epoch, requested.iter().map(|&r| r as usize).sum::<usize>() + 64);
                     let prompts = workload.warmup_prompts(config.seed, i);
                     let r = engine
                         .generate(&prompts, workload.generated_tokens, config.exact_length, &warm_sink)
@@ -457,23 +542,32 @@ impl<'w> Job<'w> {
             world.idle_barrier();
             world.agree(warm).map_err(Stop::failed)?;
             seen.wall_s = t.elapsed().as_secs_f64();
-            warmup_s.push(seen.wall_s);
-            warmup_runs.push(seen);
+            warmed.wall_s.push(seen.wall_s);
+            warmed.runs.push(seen);
             if let Some(h) = &mut self.header {
-                h.config.warmup = warmup_runs.len() as u32; // what a failed run's JSON says, too
+                h.config.warmup = warmed.runs.len() as u32; // what a failed run's JSON says, too
             }
             // The auto policy: rank 0 (always an engine rank) decides, every rank follows.
             if let WarmupPolicy::Auto { tolerance_pct, .. } = config.warmup {
-                let done = world.is_root() && crate::report::warmup_converged(&warmup_runs, tolerance_pct);
+                let done = world.is_root() && crate::report::warmup_converged(&warmed.runs, tolerance_pct);
                 if world.broadcast_bytes(&[done as u8]).first() == Some(&1) {
                     break;
                 }
             }
         }
-        let sink = TokenSink::new_with_epoch(epoch, requested.iter().map(|&r| r as usize).sum::<usize>() + 64);
-        let decode_phase = phase.clone();
+        Ok(warmed)
+    }
+
+    /// 7. The measured generate(): every token timestamped on entry into the sink; the memory
+    /// phase moves to decode when every sample has its first token. Then CUPTI's recording.
+    fn measure(&mut self, config: &RunConfig, created: &mut Created, workload: &Workload, obs: &Observers) -> Result<Measured, Stop> {
+        let world = self.world;
+        let (engine, role) = (&mut created.engine, created.role);
+        let requested = vec![workload.generated_tokens; workload.prompts.len()];
+        let sink = TokenSink::new_with_epoch(obs.epoch, requested.iter().map(|&r| r as usize).sum::<usize>() + 64);
+        let decode_phase = obs.phase.clone();
         sink.on_prefill_done(workload.prompts.len(), Box::new(move || decode_phase.set(Phase::Decode)));
-        phase.set(if role == Role::Observer { Phase::Generate } else { Phase::Prefill });
+        obs.phase.set(if role == Role::Observer { Phase::Generate } else { Phase::Prefill });
         let generated = match role {
             Role::Engine => {
                 tracing::info!("generating {} sample(s)", workload.prompts.len());
@@ -483,50 +577,60 @@ impl<'w> Job<'w> {
         };
         let end_ns = sink.now_ns();
         world.idle_barrier();
-        phase.set(Phase::Finish);
+        obs.phase.set(Phase::Finish);
         world.agree(generated).map_err(Stop::failed)?;
         let device_steps = engine.device_steps();
         let submit_ns = sink.submit_ns();
         let (events, overflow) = sink.into_events();
-        let abs_tokens: Vec<(u32, u32, u64)> = events.iter().map(|e| (e.sample, e.step, epoch_mono_ns + e.t_ns)).collect();
+        let abs_tokens: Vec<(u32, u32, u64)> = events.iter().map(|e| (e.sample, e.step, obs.epoch_mono_ns + e.t_ns)).collect();
+        let cupti = created.cupti.take().expect("CUPTI's session is taken once, here");
         let recorded = world
             .agree(cupti.finish(
                 device_steps.as_deref(),
                 &abs_tokens,
                 workload.prompts.len() as u32,
                 workload.generated_tokens,
-                epoch_mono_ns + submit_ns,
+                obs.epoch_mono_ns + submit_ns,
                 config.trace_kernel_steps,
             ))
             .map_err(Stop::failed)?;
+        let rec = Recording::analyse(&events, overflow, submit_ns, &requested);
+        Ok(Measured { events, rec, submit_ns, end_ns, device_steps, recorded })
+    }
 
-        // 7. This rank's report, gathered at rank 0; device step times and clock offsets for the
-        //    cross-rank skew.
+    /// 8. This rank's report, gathered at rank 0 with the device step times and clock offsets (for
+    /// the cross-rank skew), CUPTI's per-step activity and the trace parts. The engine is released
+    /// here, before rank 0 assembles. `None` on every rank but 0.
+    #[allow(clippy::too_many_arguments)]
+    fn gather(&mut self, config: &RunConfig, created: Created, obs: &mut Observers, warmed: Warmed, m: Measured, site: &Site) -> Option<Gathered> {
+        let world = self.world;
+        let Created { engine, create_s, role, .. } = created;
         let engine_memory = engine.memory().ok();
         let offsets = world.clock_offsets(16);
-        let steps_bytes: Vec<u8> = device_steps.iter().flatten().flat_map(|&(a, b)| [a.to_le_bytes(), b.to_le_bytes()].concat()).collect();
+        let steps_bytes: Vec<u8> = m.device_steps.iter().flatten().flat_map(|&(a, b)| [a.to_le_bytes(), b.to_le_bytes()].concat()).collect();
         let all_steps = world.gather_bytes(&steps_bytes);
-        let memory = guard.stop();
-        let rec = Recording::analyse(&events, overflow, submit_ns, &requested);
+        let memory = obs.sampler.stop();
+        let rec = &m.rec;
         let rank_report = RankReport {
             rank: world.rank,
             host: world.host.clone(),
             local_rank: world.local_rank,
             pid: std::process::id(),
             role,
-            gpu,
+            gpu: site.gpu.clone(),
             memory,
             engine_memory,
             timing: RankTiming {
-                warmup_s,
-                warmup_runs,
+                warmup_s: warmed.wall_s,
+                warmup_runs: warmed.runs,
                 create_s,
-                generate_s: (role == Role::Engine).then(|| rec.last_token_ns().unwrap_or(end_ns).saturating_sub(submit_ns) as f64 / 1e9),
+                generate_s: (role == Role::Engine).then(|| rec.last_token_ns().unwrap_or(m.end_ns).saturating_sub(m.submit_ns) as f64 / 1e9),
             },
             tokens_generated: rec.generated_tokens(),
             ttft: rec.ttft.summary(),
             decode: rec.decode.summary(),
-            device_decode: device_steps
+            device_decode: m
+                .device_steps
                 .as_ref()
                 .map(|v| v.iter().map(|&(a, b)| b.saturating_sub(a)).collect::<crate::record::histogram::LatencyHistogram>().summary()),
             engine_stats: engine.run_stats(),
@@ -536,12 +640,12 @@ impl<'w> Job<'w> {
                 .map(|s| RankSample { generated: s.generated, finish_reason: s.finish_reason, token_digest: token_digest(&s.tokens) })
                 .collect(),
             anomalies: rec.anomalies.clone(),
-            cupti: recorded.as_ref().map(|r| r.report.clone()),
+            cupti: m.recorded.as_ref().map(|r| r.report.clone()),
         };
         // Only with --cupti (every rank has the same config, so the collective matches).
         let step_activity = config
             .cupti
-            .then(|| world.gather_bytes(&serde_json::to_vec(&recorded.as_ref().map(|r| &r.device_steps)).expect("activities serialize")))
+            .then(|| world.gather_bytes(&serde_json::to_vec(&m.recorded.as_ref().map(|r| &r.device_steps)).expect("activities serialize")))
             .flatten();
         let trace = config.trace.is_some().then(|| RankTrace {
             rank: world.rank,
@@ -551,35 +655,39 @@ impl<'w> Job<'w> {
                 world.host,
                 rank_report.gpu.as_ref().map(|g| format!(", GPU{} {}", g.ordinal, g.name)).unwrap_or_default()
             ),
-            epoch_mono_ns,
-            tokens: events.iter().map(|e| (e.sample, e.step, e.token, e.t_ns)).collect(),
-            device_steps: device_steps.clone().unwrap_or_default(),
+            epoch_mono_ns: obs.epoch_mono_ns,
+            tokens: m.events.iter().map(|e| (e.sample, e.step, e.token, e.t_ns)).collect(),
+            device_steps: m.device_steps.clone().unwrap_or_default(),
             memory: rank_report.memory.timeline.clone(),
-            kernels: recorded.as_ref().map(|r| r.trace_kernels.iter().map(|k| (k.start, k.end, k.device, k.stream, k.name)).collect()).unwrap_or_default(),
-            kernel_names: recorded.as_ref().map(|r| r.names.clone()).unwrap_or_default(),
+            kernels: m.recorded.as_ref().map(|r| r.trace_kernels.iter().map(|k| (k.start, k.end, k.device, k.stream, k.name)).collect()).unwrap_or_default(),
+            kernel_names: m.recorded.as_ref().map(|r| r.names.clone()).unwrap_or_default(),
         });
         let traces = trace.map(|t| world.gather_bytes(&serde_json::to_vec(&t).expect("a RankTrace always serializes")));
         let bytes = serde_json::to_vec(&rank_report).expect("a RankReport always serializes");
-        let gathered = world.gather_bytes(&bytes);
+        let reports = world.gather_bytes(&bytes);
         drop(engine);
-        let Some(gathered) = gathered else { return Ok(EXIT_OK) };
+        Some(Gathered { reports: reports?, rec: m.rec, offsets, all_steps, step_activity, traces: traces.flatten() })
+    }
 
-        // 8. Rank 0: one JSON, one summary.
-        let ranks: Vec<RankReport> = gathered
+    /// 9. Rank 0: the ranks' reports into one RunReport (skew, CUPTI summary), and the trace file.
+    fn assemble(&mut self, workload: &Workload, g: Gathered) -> Result<RunReport, Stop> {
+        let ranks: Vec<RankReport> = g
+            .reports
             .iter()
             .enumerate()
             .map(|(r, b)| serde_json::from_slice(b).map_err(|e| (r as i32, format!("unreadable rank report: {e}"))))
             .collect::<Result<_, _>>()
             .map_err(|f| Stop::failed(RankFailures(vec![f])))?;
-        let header = self.header.take().expect("header set above");
-        let steps: Vec<Vec<(u64, u64)>> = all_steps
+        let header = self.header.take().expect("header set in bind()");
+        let steps: Vec<Vec<(u64, u64)>> = g
+            .all_steps
             .unwrap_or_default()
             .iter()
             .map(|b| b.chunks_exact(16).map(|c| (u64::from_le_bytes(c[..8].try_into().expect("8")), u64::from_le_bytes(c[8..].try_into().expect("8")))).collect())
             .collect();
-        let mut report = header.finished(&workload, &rec, ranks).map_err(|e| Stop::failed(RankFailures(vec![(0, e)])))?;
-        report.skew = crate::report::build::skew(&steps, &offsets);
-        if let Some(all) = step_activity {
+        let mut report = header.finished(workload, &g.rec, ranks).map_err(|e| Stop::failed(RankFailures(vec![(0, e)])))?;
+        report.skew = crate::report::build::skew(&steps, &g.offsets);
+        if let Some(all) = g.step_activity {
             let per_rank: Vec<Option<Vec<(u32, Vec<crate::observe::cupti::Activity>)>>> =
                 all.iter().map(|b| serde_json::from_slice(b).ok().flatten()).collect();
             let (names, data) = crate::observe::cupti::participants(&per_rank);
@@ -588,15 +696,15 @@ impl<'w> Job<'w> {
                 c
             });
         }
-        if let (Some(Some(traces)), Some(out)) = (traces, self.trace_out.take()) {
+        if let (Some(traces), Some(out)) = (g.traces, self.trace_out.take()) {
             let traces: Vec<RankTrace> = traces.iter().filter_map(|b| serde_json::from_slice(b).ok()).collect();
-            let doc = crate::report::trace::build(&traces, &offsets);
+            let doc = crate::report::trace::build(&traces, &g.offsets);
             match out.write_bytes(&serde_json::to_vec(&doc).expect("a trace always serializes")) {
                 Ok(Written::Yes(p)) | Ok(Written::KeptExisting(p)) => eprintln!("trace: {}", p.display()),
                 Err(e) => return Err(Stop::failed(RankFailures(vec![(0, e.to_string())]))),
             }
         }
-        self.finish(report, config.exact_length)
+        Ok(report)
     }
 
     fn finish(&mut self, report: RunReport, exact_length: bool) -> Result<i32, Stop> {
