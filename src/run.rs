@@ -409,7 +409,7 @@ impl<'w> Job<'w> {
         let gpu = world.agree(host_gpus.bind(world.local_rank, config.devices.as_deref())).map_err(Stop::input)?;
         world.agree(check_unique_gpus(world, gpu.as_ref())).map_err(Stop::input)?;
         if config.cupti {
-            world.agree(crate::observe::cupti::Recorder::check(gpu.is_some())).map_err(Stop::input)?;
+            world.agree(crate::observe::cupti::CuptiSession::check(gpu.is_some())).map_err(Stop::input)?;
         }
         let local_devices = local_device_list(world, gpu.as_ref());
         let no_gpu_reason = match &host_gpus {
@@ -474,7 +474,7 @@ impl<'w> Job<'w> {
         // Not on ONE_PROCESS observer ranks: their process runs no kernels (rank 0's records every
         // GPU it drives).
         let observer = topology == Topology::OneProcess && !world.is_root();
-        let cupti = world.agree(crate::observe::cupti::Recorder::start(config.cupti && !observer, gpu.is_some())).map_err(Stop::input)?;
+        let cupti = world.agree(crate::observe::cupti::CuptiSession::start(config.cupti && !observer, gpu.is_some())).map_err(Stop::input)?;
         if let Some(h) = &mut self.header {
             h.engine = Some(engine.info());
             h.topology = Some(topology);
