@@ -304,7 +304,7 @@ struct Created {
     engine: Box<dyn Engine>,
     create_s: f64,
     role: Role,
-    cupti: Option<crate::observe::cupti::Recorder>,
+    cupti: Option<crate::observe::cupti::CuptiSession>,
 }
 
 /// 6. The warm-up runs: wall time and what each showed.
@@ -468,7 +468,7 @@ impl<'w> Job<'w> {
         let engine = world.agree(engine).map_err(Stop::failed)?;
         // CUPTI attaches to the engine's existing CUDA context(s), before prepare (warm-up, graph
         // capture) and generate. Not earlier: enabling activity before the engine's cuInit
-        // deadlocked inside cuInit on the H200 machine (CUPTI 13.0, driver 580; see observe/cupti.rs).
+        // deadlocked inside cuInit on the H200 machine (CUPTI 13.0, driver 580; see observe/cupti/session.rs).
         let create_s = t_create.elapsed().as_secs_f64();
         let topology = engine.topology();
         // Not on ONE_PROCESS observer ranks: their process runs no kernels (rank 0's records every
