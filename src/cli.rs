@@ -257,7 +257,7 @@ mod tests {
 
     #[test]
     fn bad_lengths_are_one_line_errors() {
-        let parse = |extra: &[&str]| RunConfig::from_input(&input(extra));
+        let parse = |extra: &[&str]| RunConfig::from_input(&input(extra)).map_err(|e| e.to_string());
         assert!(parse(&[]).is_ok());
         assert_eq!(parse(&["--generated-tokens", "0"]).unwrap_err(), "--generated-tokens must be a whole number ≥ 1 (got 0)");
         assert!(parse(&["--prompt-tokens", "-5"]).unwrap_err().contains("--prompt-tokens must be"));

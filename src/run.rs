@@ -92,6 +92,54 @@ pub struct RunConfig {
     pub warmup_tolerance_pct: f64,
 }
 
+/// Why `tpprof run` cannot go on: bad options, a bad workload or host layout, an engine that
+/// would not start. Each message names the cause and the fix; `World::agree` carries it to rank 0.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Engine(#[from] crate::engine::SpecError),
+    #[error("--{flag} must be a whole number ≥ 1 (got {got})")]
+    NotPositive { flag: &'static str, got: i64 },
+    #[error("--weights is for the built-in engines (cpu, cuda); adapters take their model through --engine-options")]
+    WeightsNotBuiltin,
+    #[error("--weights {}: no config.json there (expected a Hugging Face checkpoint directory: config.json + model.safetensors)", .0.display())]
+    NoConfigJson(PathBuf),
+    #[error(transparent)]
+    Model(#[from] crate::engine::config::ConfigError),
+    #[error("unknown --dtype `{0}`: use fp16 or bf16")]
+    UnknownDtype(String),
+    #[error("--engine-options must be a JSON object, e.g. '{{\"token_us\": 500}}' (got {0})")]
+    EngineOptions(String),
+    #[error("--devices takes GPU ordinals ≥ 0 (got {0})")]
+    Device(i64),
+    #[error("--cupti needs a GPU build of tpprof (this one was built without the `cuda` feature): rebuild with default features, or drop --cupti")]
+    CuptiNeedsCuda,
+    #[error("--trace-kernel-steps must be a whole number ≥ 0 (got {0})")]
+    TraceKernelSteps(i64),
+    #[error("--timeout must be a positive number of seconds (got {0})")]
+    Timeout(f64),
+    #[error("--warmup-tolerance must be a percentage in (0, 100] (got {0})")]
+    WarmupTolerance(f64),
+    #[error("--warmup-max must be a whole number in [2, 100] (got {0})")]
+    WarmupMax(i64),
+    #[error("--warmup must be `auto` or a whole number ≥ 0 (got {0:?})")]
+    Warmup(String),
+    #[error(transparent)]
+    Output(#[from] crate::report::writer::WriteError),
+    #[error("--trace {} is also the --out file: give the trace its own name", .0.display())]
+    TraceIsOut(PathBuf),
+    #[error(transparent)]
+    Workload(#[from] crate::workload::WorkloadError),
+    #[error("--batch {batch} but {} holds {prompts} prompts: drop --batch or make them agree", .file.display())]
+    BatchMismatch { batch: u32, file: PathBuf, prompts: usize },
+    #[error("prompt ({prompt} tokens) + generation ({generated} tokens) = {need} exceeds the model's context of {max} tokens: shorten one of them or use a model with a longer max_position_embeddings")]
+    ContextOverflow { prompt: usize, generated: u32, need: u64, max: u32 },
+    #[error("ranks {low} and {high} are bound to the same GPU ({uuid}): use one rank per GPU, or give each local rank its own ordinal with --devices")]
+    SameGpu { low: i32, high: i32, uuid: String },
+    #[error("--engine cuda needs a GPU on every rank, and this rank has none ({0})")]
+    CudaWithoutGpu(String),
+}
+
 /// `--warmup auto|N`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum WarmupPolicy {
@@ -102,16 +150,16 @@ pub enum WarmupPolicy {
 }
 
 impl WarmupPolicy {
-    fn parse(warmup: &str, tolerance_pct: f64, max: i64) -> Result<WarmupPolicy, String> {
+    fn parse(warmup: &str, tolerance_pct: f64, max: i64) -> Result<WarmupPolicy, RunError> {
         if !(tolerance_pct.is_finite() && tolerance_pct > 0.0 && tolerance_pct <= 100.0) {
-            return Err(format!("--warmup-tolerance must be a percentage in (0, 100] (got {tolerance_pct})"));
+            return Err(RunError::WarmupTolerance(tolerance_pct));
         }
         match warmup.trim() {
-            "auto" if !(2..=100).contains(&max) => Err(format!("--warmup-max must be a whole number in [2, 100] (got {max})")),
+            "auto" if !(2..=100).contains(&max) => Err(RunError::WarmupMax(max)),
             "auto" => Ok(WarmupPolicy::Auto { tolerance_pct, max: max as u32 }),
             n => match n.parse::<u32>() {
                 Ok(n) => Ok(WarmupPolicy::Fixed(n)),
-                Err(_) => Err(format!("--warmup must be `auto` or a whole number ≥ 0 (got {warmup:?})")),
+                Err(_) => Err(RunError::Warmup(warmup.to_string())),
             },
         }
     }
@@ -132,15 +180,15 @@ impl WarmupPolicy {
     }
 }
 
-fn positive(name: &str, v: i64) -> Result<u32, String> {
+fn positive(flag: &'static str, v: i64) -> Result<u32, RunError> {
     if v < 1 || v > u32::MAX as i64 {
-        return Err(format!("--{name} must be a whole number ≥ 1 (got {v})"));
+        return Err(RunError::NotPositive { flag, got: v });
     }
     Ok(v as u32)
 }
 
 impl RunConfig {
-    pub fn from_input(a: &RunInput) -> Result<RunConfig, String> {
+    pub fn from_input(a: &RunInput) -> Result<RunConfig, RunError> {
         let engine = EngineSpec::parse(&a.engine)?;
         let model = match (&a.weights, &a.model) {
             (Some(dir), _) => dir.display().to_string(),
@@ -151,35 +199,35 @@ impl RunConfig {
         };
         if let Some(dir) = &a.weights {
             if !engine.is_builtin() {
-                return Err("--weights is for the built-in engines (cpu, cuda); adapters take their model through --engine-options".into());
+                return Err(RunError::WeightsNotBuiltin);
             }
             if !dir.join("config.json").is_file() {
-                return Err(format!("--weights {}: no config.json there (expected a Hugging Face checkpoint directory: config.json + model.safetensors)", dir.display()));
+                return Err(RunError::NoConfigJson(dir.clone()));
             }
         }
         let model_config = if engine.is_builtin() { Some(load_model(&model)?) } else { None };
 
         if !matches!(a.dtype.as_str(), "fp16" | "float16" | "f16" | "bf16" | "bfloat16") {
-            return Err(format!("unknown --dtype `{}`: use fp16 or bf16", a.dtype));
+            return Err(RunError::UnknownDtype(a.dtype.clone()));
         }
         match serde_json::from_str::<serde_json::Value>(&a.engine_options) {
             Ok(v) if v.is_object() => {}
-            _ => return Err(format!("--engine-options must be a JSON object, e.g. '{{\"token_us\": 500}}' (got {})", a.engine_options)),
+            _ => return Err(RunError::EngineOptions(a.engine_options.clone())),
         }
         let devices = match &a.devices {
             None => None,
             Some(d) => Some(
                 d.iter()
-                    .map(|&x| i32::try_from(x).ok().filter(|x| *x >= 0).ok_or(format!("--devices takes GPU ordinals ≥ 0 (got {x})")))
-                    .collect::<Result<Vec<i32>, String>>()?,
+                    .map(|&x| i32::try_from(x).ok().filter(|x| *x >= 0).ok_or(RunError::Device(x)))
+                    .collect::<Result<Vec<i32>, RunError>>()?,
             ),
         };
         if a.cupti && !cfg!(feature = "cuda") {
-            return Err("--cupti needs a GPU build of tpprof (this one was built without the `cuda` feature): rebuild with default features, or drop --cupti".into());
+            return Err(RunError::CuptiNeedsCuda);
         }
-        let trace_kernel_steps = u32::try_from(a.trace_kernel_steps).map_err(|_| format!("--trace-kernel-steps must be a whole number ≥ 0 (got {})", a.trace_kernel_steps))?;
+        let trace_kernel_steps = u32::try_from(a.trace_kernel_steps).map_err(|_| RunError::TraceKernelSteps(a.trace_kernel_steps))?;
         let timeout = match a.timeout {
-            Some(t) if !(t > 0.0 && t.is_finite()) => return Err(format!("--timeout must be a positive number of seconds (got {t})")),
+            Some(t) if !(t > 0.0 && t.is_finite()) => return Err(RunError::Timeout(t)),
             Some(t) => Some(Duration::from_secs_f64(t)),
             None => None,
         };
@@ -223,12 +271,12 @@ impl RunConfig {
     }
 }
 
-fn load_model(model: &str) -> Result<Config, String> {
+fn load_model(model: &str) -> Result<Config, crate::engine::config::ConfigError> {
     let p = std::path::Path::new(model);
     if p.exists() {
-        return Config::from_json_file(p).map_err(|e| e.to_string());
+        return Config::from_json_file(p);
     }
-    Config::preset(model).map_err(|e| e.to_string())
+    Config::preset(model)
 }
 
 /// A failure that ends the run, with the exit code it deserves.
@@ -685,7 +733,7 @@ impl<'w> Job<'w> {
             .iter()
             .map(|b| b.chunks_exact(16).map(|c| (u64::from_le_bytes(c[..8].try_into().expect("8")), u64::from_le_bytes(c[8..].try_into().expect("8")))).collect())
             .collect();
-        let mut report = header.finished(workload, &g.rec, ranks).map_err(|e| Stop::failed(RankFailures(vec![(0, e)])))?;
+        let mut report = header.finished(workload, &g.rec, ranks).map_err(|e| Stop::failed(RankFailures(vec![(0, e.to_string())])))?;
         report.skew = crate::report::build::skew(&steps, &g.offsets);
         if let Some(all) = g.step_activity {
             let per_rank: Vec<Option<Vec<(u32, Vec<crate::observe::cupti::Activity>)>>> =
@@ -722,28 +770,28 @@ impl<'w> Job<'w> {
         })
     }
 
-    fn validate(&self) -> Result<RunConfig, String> {
+    fn validate(&self) -> Result<RunConfig, RunError> {
         let c = RunConfig::from_input(&self.input)?;
         if let Some(m) = &c.model_config {
-            m.check_tensor_parallel(self.world.size as usize).map_err(|e| e.to_string())?;
+            m.check_tensor_parallel(self.world.size as usize)?;
         }
         Ok(c)
     }
 
-    fn claim_output(&mut self, c: &RunConfig, started_at: &str) -> Result<(), String> {
+    fn claim_output(&mut self, c: &RunConfig, started_at: &str) -> Result<(), RunError> {
         let path = c.out.clone().unwrap_or_else(|| {
             let stamp: String = started_at.chars().filter(|ch| ch.is_ascii_alphanumeric()).collect();
             // Name the engine `auto` will become on this host (the GPU probe is cheap).
             let has_gpu = matches!(HostGpus::probe(), HostGpus::Present { .. });
             PathBuf::from(format!("tpprof-{}-{}-n{}-{stamp}.json", c.engine.resolve(has_gpu).label(), c.model_label(), self.world.size))
         });
-        let out = OutputFile::claim(&path, c.force).map_err(|e| e.to_string())?;
+        let out = OutputFile::claim(&path, c.force)?;
         self.out = Some(out);
         if let Some(t) = &c.trace {
             if *t == path {
-                return Err(format!("--trace {} is also the --out file: give the trace its own name", t.display()));
+                return Err(RunError::TraceIsOut(t.clone()));
             }
-            self.trace_out = Some(OutputFile::claim(t, c.force).map_err(|e| e.to_string())?);
+            self.trace_out = Some(OutputFile::claim(t, c.force)?);
         }
         Ok(())
     }
@@ -810,7 +858,7 @@ impl<'w> Job<'w> {
             return Ok(Vec::new());
         }
         let local = match gpu {
-            None => Err(format!("--engine cuda needs a GPU on every rank, and this rank has none ({})", self.header.as_ref().and_then(|h| h.environment.gpu_note.clone()).unwrap_or_default())),
+            None => Err(RunError::CudaWithoutGpu(self.header.as_ref().and_then(|h| h.environment.gpu_note.clone()).unwrap_or_default())),
             Some(_) => Ok(()),
         };
         world.agree(local).map_err(Stop::input)?;
@@ -845,13 +893,13 @@ impl<'w> Job<'w> {
     }
 }
 
-fn build_workload(c: &RunConfig, vocab: u32, max_context: Option<u32>) -> Result<Workload, String> {
+fn build_workload(c: &RunConfig, vocab: u32, max_context: Option<u32>) -> Result<Workload, RunError> {
     let w = match &c.prompts_file {
         Some(p) => {
-            let w = Workload::from_file(p, vocab, c.generated_tokens).map_err(|e| e.to_string())?;
+            let w = Workload::from_file(p, vocab, c.generated_tokens)?;
             if let Some(b) = c.batch {
                 if b as usize != w.prompts.len() {
-                    return Err(format!("--batch {b} but {} holds {} prompts: drop --batch or make them agree", p.display(), w.prompts.len()));
+                    return Err(RunError::BatchMismatch { batch: b, file: p.clone(), prompts: w.prompts.len() });
                 }
             }
             w
@@ -861,11 +909,7 @@ fn build_workload(c: &RunConfig, vocab: u32, max_context: Option<u32>) -> Result
     if let Some(max) = max_context {
         let need = w.longest_prompt() as u64 + c.generated_tokens as u64;
         if need > max as u64 {
-            return Err(format!(
-                "prompt ({} tokens) + generation ({} tokens) = {need} exceeds the model's context of {max} tokens: shorten one of them or use a model with a longer max_position_embeddings",
-                w.longest_prompt(),
-                c.generated_tokens
-            ));
+            return Err(RunError::ContextOverflow { prompt: w.longest_prompt(), generated: c.generated_tokens, need, max });
         }
     }
     Ok(w)
@@ -907,18 +951,13 @@ fn options_vocab(options: &str) -> Option<u32> {
 }
 
 /// Two ranks on one GPU would share its memory and compute: refuse, naming both ranks.
-fn check_unique_gpus(world: &World, gpu: Option<&GpuInfo>) -> Result<(), String> {
+fn check_unique_gpus(world: &World, gpu: Option<&GpuInfo>) -> Result<(), RunError> {
     let mine = gpu.map(|g| format!("{}|{}", world.host, g.uuid)).unwrap_or_default();
     let all = world.all_gather_bytes(mine.as_bytes());
     // Reported by the higher rank of each pair only, so the message appears once.
     for (r, a) in all.iter().enumerate() {
         if (r as i32) < world.rank && !a.is_empty() && *a == mine.as_bytes() {
-            return Err(format!(
-                "ranks {} and {} are bound to the same GPU ({}): use one rank per GPU, or give each local rank its own ordinal with --devices",
-                world.rank.min(r as i32),
-                world.rank.max(r as i32),
-                gpu.map(|g| g.uuid.as_str()).unwrap_or("")
-            ));
+            return Err(RunError::SameGpu { low: world.rank.min(r as i32), high: world.rank.max(r as i32), uuid: gpu.map(|g| g.uuid.clone()).unwrap_or_default() });
         }
     }
     Ok(())
@@ -1035,7 +1074,8 @@ mod tests {
         c.prompt_tokens = 100;
         c.generated_tokens = 30;
         let e = build_workload(&c, 50, Some(120)).unwrap_err();
-        assert!(e.contains("= 130 exceeds the model's context of 120"), "{e}");
+        assert!(matches!(e, RunError::ContextOverflow { prompt: 100, generated: 30, need: 130, max: 120 }), "{e}");
+        assert!(e.to_string().contains("= 130 exceeds the model's context of 120"), "{e}");
         assert!(build_workload(&c, 50, Some(130)).is_ok());
     }
 

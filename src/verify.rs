@@ -86,6 +86,28 @@ fn compare(cpu: &[f32], gpu: &[f32], v0: usize, atol: f32, rtol: f32) -> Compare
     c
 }
 
+/// Why verify stopped before a verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Failures every rank agreed on (each names its rank): rank 0 reports them.
+    #[error(transparent)]
+    Ranks(#[from] crate::cluster::RankFailures),
+    #[error("{}", crate::engine::builtin::NO_CUDA)]
+    NoCuda,
+    #[error(transparent)]
+    Cpu(#[from] crate::engine::builtin::cpu::CpuError),
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Cuda(#[from] crate::engine::builtin::cuda::CudaError),
+}
+
+impl VerifyError {
+    /// Whether this rank alone knows it (rank 0 may be waiting for it in a collective).
+    fn is_local(&self) -> bool {
+        !matches!(self, VerifyError::Ranks(_) | VerifyError::NoCuda)
+    }
+}
+
 pub fn main(args: VerifyArgs) -> i32 {
     let world = match World::init() {
         Ok(w) => w,
@@ -109,7 +131,7 @@ pub fn main(args: VerifyArgs) -> i32 {
             // agreed on, which reads "rank N: …", nor the build's): rank 0 may be waiting for it.
             if world.is_root() {
                 eprintln!("error: {e}");
-            } else if !e.starts_with("rank ") && e != crate::engine::builtin::NO_CUDA {
+            } else if e.is_local() {
                 eprintln!("error: rank {}: {e}", world.rank);
             }
             2
@@ -119,47 +141,46 @@ pub fn main(args: VerifyArgs) -> i32 {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn run(_world: &World, _args: &VerifyArgs) -> Result<bool, String> {
-    Err(crate::engine::builtin::NO_CUDA.into())
+fn run(_world: &World, _args: &VerifyArgs) -> Result<bool, VerifyError> {
+    Err(VerifyError::NoCuda)
 }
 
 #[cfg(feature = "cuda")]
-fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
+fn run(world: &World, args: &VerifyArgs) -> Result<bool, VerifyError> {
     use crate::engine::builtin::cuda::{gpu::Dtype, CudaEngine};
 
-    let dtype = Dtype::parse(&args.dtype)?;
+    let dtype = world.agree(Dtype::parse(&args.dtype))?;
     let cfg = {
         let p = args.weights.clone().unwrap_or_else(|| std::path::PathBuf::from(&args.model));
-        if p.exists() { Config::from_json_file(&p) } else { Config::preset(&args.model) }.map_err(|e| e.to_string())
+        if p.exists() { Config::from_json_file(&p) } else { Config::preset(&args.model) }
     };
-    let cfg = world.agree(cfg.and_then(|c| c.check_tensor_parallel(world.size as usize).map(|_| c).map_err(|e| e.to_string()))).map_err(|f| f.to_string())?;
+    let cfg = world.agree(cfg.and_then(|c| c.check_tensor_parallel(world.size as usize).map(|_| c)))?;
     let seed_local = args.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
     let seed = u64::from_le_bytes(world.broadcast_bytes(&seed_local.to_le_bytes())[..8].try_into().expect("8 bytes"));
     let (atol, rtol) = match dtype {
         Dtype::F16 => (args.atol.unwrap_or(1e-2), args.rtol.or(args.atol).unwrap_or(1e-2)),
         Dtype::Bf16 => (args.atol.unwrap_or(5e-2), args.rtol.or(args.atol).unwrap_or(5e-2)),
     };
-    let gpu = world.agree(HostGpus::probe().bind(world.local_rank, None).and_then(|g| g.ok_or_else(|| "this rank has no GPU".to_string()))).map_err(|f| f.to_string())?;
-    let id = if world.is_root() { crate::engine::builtin::cuda::nccl_unique_id().map(Some).map_err(|e| e.to_string()) } else { Ok(None) };
-    let id = world.agree(id).map_err(|f| f.to_string())?.unwrap_or_default();
+    let gpu = world.agree(HostGpus::probe().bind(world.local_rank, None).and_then(|g| g.ok_or(crate::observe::gpu::BindError::Missing)))?;
+    let id = if world.is_root() { crate::engine::builtin::cuda::nccl_unique_id().map(Some) } else { Ok(None) };
+    let id = world.agree(id)?.unwrap_or_default();
     let id = world.broadcast_bytes(&id);
     let dir = match &args.weights {
-        Some(d) => Some(world.agree(crate::engine::safetensors::SafetensorsDir::open(d).map_err(|e| e.to_string())).map_err(|f| f.to_string())?),
+        Some(d) => Some(world.agree(crate::engine::safetensors::SafetensorsDir::open(d))?),
         None => None,
     };
     let comm = Box::new(MpiComm::new(world.duplicate()));
     let cpu = match &dir {
         Some(d) => CpuEngine::from_safetensors(d, comm),
         None => CpuEngine::new(&cfg, seed, comm),
-    }
-    .map_err(|e| e.to_string());
-    let mut cpu = world.agree(cpu).map_err(|f| f.to_string())?;
+    };
+    let mut cpu = world.agree(cpu)?;
     let init = match &dir {
         Some(d) => crate::engine::builtin::cuda::WeightInit::Checkpoint(d),
         None => crate::engine::builtin::cuda::WeightInit::Seeded(seed),
     };
-    let cuda = CudaEngine::new(&cfg, dtype, init, gpu.ordinal as usize, world.rank as usize, world.size as usize, &id).map_err(|e| e.to_string());
-    let mut cuda = world.agree(cuda).map_err(|f| f.to_string())?;
+    let cuda = CudaEngine::new(&cfg, dtype, init, gpu.ordinal as usize, world.rank as usize, world.size as usize, &id);
+    let mut cuda = world.agree(cuda)?;
     cuda.skip_breakdown();
     let v0 = crate::engine::builtin::cpu::Shard { rank: world.rank as usize, world: world.size as usize }.range(cfg.vocab_size).start;
 
@@ -174,22 +195,22 @@ fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
     let mut ok = true;
     for (i, p) in prompts.iter().enumerate() {
         // Logits of the last prompt position, this rank's shard.
-        let (lc, _) = cpu.prefill_logits(p).map_err(|e| e.to_string())?;
-        let (lg, _) = cuda.prefill_logits(p).map_err(|e| e.to_string())?;
+        let (lc, _) = cpu.prefill_logits(p)?;
+        let (lg, _) = cuda.prefill_logits(p)?;
         let prefill = gather_compared(world, compare(&lc, &lg, v0, atol, rtol));
         // Greedy tokens of both engines.
         let req = GenerateRequest { prompts: std::slice::from_ref(p), max_new_tokens: args.steps, exact_length: true };
         let mut tc = Vec::new();
-        cpu.generate(&req, &mut |_, _, t, _| tc.push(t)).map_err(|e| e.to_string())?;
+        cpu.generate(&req, &mut |_, _, t, _| tc.push(t))?;
         let mut tg = Vec::new();
-        cuda.generate(std::slice::from_ref(p), args.steps, true, &mut |_, _, t, _| tg.push(t)).map_err(|e| e.to_string())?;
+        cuda.generate(std::slice::from_ref(p), args.steps, true, &mut |_, _, t, _| tg.push(t))?;
         let same = tc.iter().zip(&tg).take_while(|(a, b)| a == b).count();
         // The last decode step: it fed tg[steps-2] at position len+steps-2 and produced tg[steps-1].
         let decode = if args.steps >= 2 && tg.len() == args.steps {
-            let lgd = cuda.last_logits(1).map_err(|e| e.to_string())?;
+            let lgd = cuda.last_logits(1)?;
             let mut ext = p.clone();
             ext.extend_from_slice(&tg[..args.steps - 1]);
-            let (lcd, _) = cpu.prefill_logits(&ext).map_err(|e| e.to_string())?;
+            let (lcd, _) = cpu.prefill_logits(&ext)?;
             Some(gather_compared(world, compare(&lcd, &lgd, v0, atol, rtol)))
         } else {
             None
@@ -226,16 +247,16 @@ fn run(world: &World, args: &VerifyArgs) -> Result<bool, String> {
     if prompts.len() >= 2 && args.steps >= 2 {
         let batch: Vec<Vec<i32>> = prompts.iter().enumerate().map(|(s, p)| p[..p.len().saturating_sub(13 * s).max(1)].to_vec()).collect();
         let mut toks: Vec<Vec<i32>> = vec![Vec::new(); batch.len()];
-        cuda.generate(&batch, args.steps, true, &mut |s, _, t, _| toks[s].push(t)).map_err(|e| e.to_string())?;
+        cuda.generate(&batch, args.steps, true, &mut |s, _, t, _| toks[s].push(t))?;
         let complete = toks.iter().all(|t| t.len() == args.steps);
-        let rows = if complete { cuda.last_logits(batch.len()).map_err(|e| e.to_string())? } else { Vec::new() };
+        let rows = if complete { cuda.last_logits(batch.len())? } else { Vec::new() };
         let v_local = rows.len() / batch.len();
         let mut all = Vec::new();
         if complete {
             for (s, p) in batch.iter().enumerate() {
                 let mut ext = p.clone();
                 ext.extend_from_slice(&toks[s][..args.steps - 1]);
-                let (lc, _) = cpu.prefill_logits(&ext).map_err(|e| e.to_string())?;
+                let (lc, _) = cpu.prefill_logits(&ext)?;
                 all.extend(gather_compared(world, compare(&lc, &rows[s * v_local..(s + 1) * v_local], v0, atol, rtol)));
             }
         }

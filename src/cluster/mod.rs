@@ -41,6 +41,8 @@ impl std::fmt::Display for RankFailures {
     }
 }
 
+impl std::error::Error for RankFailures {}
+
 impl RankFailures {
     pub fn first_rank(&self) -> i32 {
         self.0.first().map(|(r, _)| *r).unwrap_or(0)
@@ -143,12 +145,12 @@ impl World {
     /// Every rank brings its local outcome; every rank leaves with the same verdict: Ok only if all
     /// ranks were Ok, else every failure with its rank. This is how one failing rank stops the others
     /// instead of leaving them waiting in a later collective.
-    pub fn agree<T>(&self, local: Result<T, String>) -> Result<T, RankFailures> {
+    pub fn agree<T, E: std::fmt::Display>(&self, local: Result<T, E>) -> Result<T, RankFailures> {
         let msg = match &local {
             Ok(_) => Vec::new(),
             Err(e) => {
                 let mut m = vec![1u8];
-                m.extend_from_slice(e.as_bytes());
+                m.extend_from_slice(e.to_string().as_bytes());
                 m
             }
         };

@@ -150,8 +150,19 @@ pub enum EngineSpec {
 
 pub const BUILTIN_ENGINES: &[&str] = &["cpu", "cuda"];
 
+/// Why `--engine` names no engine this build can run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("{}", builtin::NO_CUDA)]
+    NoCuda,
+    #[error("--engine python: needs a driver: python:hf, python:test or python:/path/driver.py")]
+    NoDriver,
+    #[error("unknown engine `{0}`: use one of auto, {builtins}, mock, python:DRIVER, or the path of an adapter library (./libx.so or adapter:PATH)", builtins = BUILTIN_ENGINES.join(", "))]
+    Unknown(String),
+}
+
 impl EngineSpec {
-    pub fn parse(s: &str) -> Result<EngineSpec, String> {
+    pub fn parse(s: &str) -> Result<EngineSpec, SpecError> {
         if s == "auto" {
             return Ok(EngineSpec::Auto);
         }
@@ -159,14 +170,14 @@ impl EngineSpec {
             return Ok(EngineSpec::Cpu);
         }
         if s == "cuda" {
-            return if cfg!(feature = "cuda") { Ok(EngineSpec::Cuda) } else { Err(builtin::NO_CUDA.into()) };
+            return if cfg!(feature = "cuda") { Ok(EngineSpec::Cuda) } else { Err(SpecError::NoCuda) };
         }
         if s == "mock" {
             return Ok(EngineSpec::Adapter(mock_adapter_path()));
         }
         if let Some(driver) = s.strip_prefix("python:") {
             if driver.is_empty() {
-                return Err("--engine python: needs a driver: python:hf, python:test or python:/path/driver.py".into());
+                return Err(SpecError::NoDriver);
             }
             return Ok(EngineSpec::Python(driver.to_string()));
         }
@@ -176,10 +187,7 @@ impl EngineSpec {
         if s.contains('/') || s.ends_with(".so") {
             return Ok(EngineSpec::Adapter(PathBuf::from(s)));
         }
-        Err(format!(
-            "unknown engine `{s}`: use one of auto, {}, mock, python:DRIVER, or the path of an adapter library (./libx.so or adapter:PATH)",
-            BUILTIN_ENGINES.join(", ")
-        ))
+        Err(SpecError::Unknown(s.to_string()))
     }
 
     /// Resolves `auto` on a rank that has (or has not) a GPU.
@@ -370,7 +378,8 @@ mod tests {
         assert_eq!(EngineSpec::parse("python:hf").unwrap(), EngineSpec::Python("hf".into()));
         assert!(EngineSpec::parse("python:").is_err());
         let e = EngineSpec::parse("tensorrt").unwrap_err();
-        assert!(e.contains("unknown engine `tensorrt`"), "{e}");
+        assert_eq!(e, SpecError::Unknown("tensorrt".into()));
+        assert!(e.to_string().starts_with("unknown engine `tensorrt`: use one of auto, cpu, cuda, mock, python:DRIVER"), "{e}");
         assert_eq!(EngineSpec::parse("/a/libtpprof_mock.so").unwrap().label(), "mock");
     }
 

@@ -64,29 +64,34 @@ impl HostGpus {
 
     /// This rank's GPU: `devices[local_rank]` if --devices was given, else the local rank's ordinal.
     /// Ok(None) when the host has no GPU and none was asked for.
-    pub fn bind(&self, local_rank: i32, devices: Option<&[i32]>) -> Result<Option<GpuInfo>, String> {
+    pub fn bind(&self, local_rank: i32, devices: Option<&[i32]>) -> Result<Option<GpuInfo>, BindError> {
         match self {
             HostGpus::Absent { reason } => match devices {
-                Some(_) => Err(format!("--devices was given but {reason}")),
+                Some(_) => Err(BindError::NoGpus(reason.clone())),
                 None => Ok(None),
             },
             HostGpus::Present { gpus, .. } => {
                 let ordinal = match devices {
-                    Some(d) => *d.get(local_rank as usize).ok_or_else(|| {
-                        format!("--devices lists {} GPUs but this host runs local rank {local_rank}: give one ordinal per local rank", d.len())
-                    })?,
+                    Some(d) => *d.get(local_rank as usize).ok_or(BindError::TooFewDevices { listed: d.len(), local_rank })?,
                     None => local_rank,
                 };
-                gpus.get(ordinal as usize).cloned().map(Some).ok_or_else(|| {
-                    format!(
-                        "local rank {local_rank} needs GPU {ordinal} but this host shows {} GPU(s): start at most {} ranks per host or pass --devices",
-                        gpus.len(),
-                        gpus.len()
-                    )
-                })
+                gpus.get(ordinal as usize).cloned().map(Some).ok_or(BindError::NoSuchGpu { local_rank, ordinal, present: gpus.len() })
             }
         }
     }
+}
+
+/// Why a rank cannot have the GPU it was given.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BindError {
+    #[error("--devices was given but {0}")]
+    NoGpus(String),
+    #[error("--devices lists {listed} GPUs but this host runs local rank {local_rank}: give one ordinal per local rank")]
+    TooFewDevices { listed: usize, local_rank: i32 },
+    #[error("local rank {local_rank} needs GPU {ordinal} but this host shows {present} GPU(s): start at most {present} ranks per host or pass --devices")]
+    NoSuchGpu { local_rank: i32, ordinal: i32, present: usize },
+    #[error("this rank has no GPU")]
+    Missing,
 }
 
 /// NVML's devices, filtered and ordered as CUDA_VISIBLE_DEVICES says, with CUDA ordinals assigned.
@@ -135,10 +140,10 @@ mod tests {
         let host = HostGpus::Present { gpus: visible_in_cuda_order(&gpus(2), None), driver_version: "x".into(), cuda_driver_version: "y".into() };
         assert_eq!(host.bind(1, None).unwrap().unwrap().nvml_index, 1);
         assert_eq!(host.bind(0, Some(&[1, 0])).unwrap().unwrap().nvml_index, 1);
-        assert!(host.bind(2, None).unwrap_err().contains("shows 2 GPU(s)"));
-        assert!(host.bind(1, Some(&[0])).unwrap_err().contains("--devices lists 1"));
+        assert!(host.bind(2, None).unwrap_err().to_string().contains("shows 2 GPU(s)"));
+        assert!(host.bind(1, Some(&[0])).unwrap_err().to_string().contains("--devices lists 1"));
         let none = HostGpus::Absent { reason: "no driver".into() };
         assert_eq!(none.bind(0, None).unwrap(), None);
-        assert!(none.bind(0, Some(&[0])).unwrap_err().contains("no driver"));
+        assert!(none.bind(0, Some(&[0])).unwrap_err().to_string().contains("no driver"));
     }
 }

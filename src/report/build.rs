@@ -17,6 +17,14 @@ pub struct Header {
     pub topology: Option<Topology>,
 }
 
+/// A rank's histogram that could not be read or merged at rank 0.
+#[derive(Debug, thiserror::Error)]
+#[error("rank {rank}: {source}")]
+pub struct RankHistogramError {
+    pub rank: i32,
+    pub source: crate::record::histogram::HistogramError,
+}
+
 impl Header {
     /// A report for a run that failed on one or more ranks.
     pub fn failed(self, failures: &[(i32, String)], ranks: Vec<RankReport>) -> RunReport {
@@ -44,13 +52,14 @@ impl Header {
 
     /// The report of a run that finished on every rank. `root` is rank 0's own recording (rank 0 is
     /// always an engine rank); `ranks` are all ranks' reports in rank order.
-    pub fn finished(self, workload: &Workload, root: &Recording, ranks: Vec<RankReport>) -> Result<RunReport, String> {
+    pub fn finished(self, workload: &Workload, root: &Recording, ranks: Vec<RankReport>) -> Result<RunReport, RankHistogramError> {
         let mut ttft = LatencyHistogram::new();
         let mut decode = LatencyHistogram::new();
         for r in ranks.iter().filter(|r| r.role == Role::Engine) {
-            let merge = |into: &mut LatencyHistogram, s: &HistogramSummary| -> Result<(), String> {
-                let h = LatencyHistogram::from_base64(&s.hdr_v2_base64).map_err(|e| format!("rank {}: {e}", r.rank))?;
-                into.add(&h).map_err(|e| format!("rank {}: {e}", r.rank))
+            let merge = |into: &mut LatencyHistogram, s: &HistogramSummary| -> Result<(), RankHistogramError> {
+                let at = |source| RankHistogramError { rank: r.rank, source };
+                let h = LatencyHistogram::from_base64(&s.hdr_v2_base64).map_err(at)?;
+                into.add(&h).map_err(at)
             };
             merge(&mut ttft, &r.ttft)?;
             merge(&mut decode, &r.decode)?;
@@ -60,8 +69,9 @@ impl Header {
         let mut has_device = false;
         for r in ranks.iter().filter(|r| r.role == Role::Engine) {
             if let Some(s) = &r.device_decode {
-                let h = LatencyHistogram::from_base64(&s.hdr_v2_base64).map_err(|e| format!("rank {}: {e}", r.rank))?;
-                device.add(&h).map_err(|e| format!("rank {}: {e}", r.rank))?;
+                let at = |source| RankHistogramError { rank: r.rank, source };
+                let h = LatencyHistogram::from_base64(&s.hdr_v2_base64).map_err(at)?;
+                device.add(&h).map_err(at)?;
                 has_device = true;
             }
         }

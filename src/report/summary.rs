@@ -23,21 +23,31 @@ pub fn main(file: &std::path::Path) -> i32 {
 /// Reads a result JSON written by `tpprof run`; the error is one line naming the file and the cause.
 /// Fields added to the schema later are optional when reading, so results of earlier builds still
 /// load; a file that lacks a field this build cannot do without says which.
-pub fn load(path: &std::path::Path) -> Result<RunReport, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{} is not a tpprof result JSON ({e})", path.display()))?;
-    let schema = value.get("schema").and_then(|s| s.as_str());
-    match schema {
+pub fn load(path: &std::path::Path) -> Result<RunReport, LoadError> {
+    let path_buf = || path.to_path_buf();
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path_buf(), source })?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| LoadError::NotJson { path: path_buf(), source })?;
+    match value.get("schema").and_then(|s| s.as_str()) {
         Some(SCHEMA) => {}
-        Some(other) => return Err(format!("{} has schema `{other}`, this tpprof reads `{SCHEMA}`", path.display())),
-        None => return Err(format!("{} is not a tpprof result JSON (no `schema` field)", path.display())),
+        Some(other) => return Err(LoadError::Schema { path: path_buf(), found: other.to_string() }),
+        None => return Err(LoadError::NoSchema { path: path_buf() }),
     }
-    serde_json::from_value::<RunReport>(value).map_err(|e| {
-        format!(
-            "{} was written by an earlier tpprof build whose JSON lacks what this one needs ({e}): read it with the tpprof that wrote it, or run the workload again",
-            path.display()
-        )
-    })
+    serde_json::from_value::<RunReport>(value).map_err(|source| LoadError::Older { path: path_buf(), source })
+}
+
+/// Why a file is not a result this build can read; one line naming the file and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{} is not a tpprof result JSON ({source})", path.display())]
+    NotJson { path: std::path::PathBuf, source: serde_json::Error },
+    #[error("{} has schema `{found}`, this tpprof reads `{reads}`", path.display(), reads = SCHEMA)]
+    Schema { path: std::path::PathBuf, found: String },
+    #[error("{} is not a tpprof result JSON (no `schema` field)", path.display())]
+    NoSchema { path: std::path::PathBuf },
+    #[error("{} was written by an earlier tpprof build whose JSON lacks what this one needs ({source}): read it with the tpprof that wrote it, or run the workload again", path.display())]
+    Older { path: std::path::PathBuf, source: serde_json::Error },
 }
 
 fn row(out: &mut String, name: &str, p: &PercentilesMs) {

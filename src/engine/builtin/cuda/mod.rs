@@ -103,12 +103,17 @@ pub enum CudaError {
 
 pub use gpu::nccl_unique_id;
 
+/// A `--dtype` the cuda engine does not have.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("unknown --dtype `{0}`: use fp16 or bf16")]
+pub struct UnknownDtype(pub String);
+
 impl Dtype {
-    pub fn parse(s: &str) -> Result<Dtype, String> {
+    pub fn parse(s: &str) -> Result<Dtype, UnknownDtype> {
         match s {
             "fp16" | "float16" | "f16" => Ok(Dtype::F16),
             "bf16" | "bfloat16" => Ok(Dtype::Bf16),
-            other => Err(format!("unknown --dtype `{other}`: use fp16 or bf16")),
+            other => Err(UnknownDtype(other.to_string())),
         }
     }
     pub fn name(self) -> &'static str {
@@ -639,7 +644,7 @@ mod tests {
     fn dtypes_parse() {
         assert_eq!(Dtype::parse("fp16").unwrap(), Dtype::F16);
         assert_eq!(Dtype::parse("bfloat16").unwrap(), Dtype::Bf16);
-        assert!(Dtype::parse("fp8").unwrap_err().contains("use fp16 or bf16"));
+        assert_eq!(Dtype::parse("fp8").unwrap_err().to_string(), "unknown --dtype `fp8`: use fp16 or bf16");
     }
 
     #[test]

@@ -548,6 +548,11 @@ impl Linear {
     }
 }
 
+/// A TPPROF_CUDA_GEMV name that is no projection.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("`{0}` is not a projection: use 1/all, 0/none or a comma list of {names}", names = Linear::ALL.map(Linear::name).join(", "))]
+pub struct UnknownProjection(pub String);
+
 /// The set of projections that run on gemv.cu in decode steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GemvOps(u8);
@@ -569,17 +574,14 @@ impl GemvOps {
 
     /// TPPROF_CUDA_GEMV's value: "1" or "all", "0" or "none", or a comma list of projection names
     /// (qkv, o, gate_up, down, lm_head).
-    pub fn parse(v: &str) -> Result<GemvOps, String> {
+    pub fn parse(v: &str) -> Result<GemvOps, UnknownProjection> {
         match v.trim() {
             "1" | "all" => return Ok(GemvOps::all()),
             "0" | "none" | "" => return Ok(GemvOps::NONE),
             _ => {}
         }
         v.split(',').map(str::trim).try_fold(GemvOps::NONE, |set, name| {
-            Linear::ALL.iter().find(|l| l.name() == name).map(|&l| set.with(l)).ok_or_else(|| {
-                let names: Vec<&str> = Linear::ALL.iter().map(|l| l.name()).collect();
-                format!("`{name}` is not a projection: use 1/all, 0/none or a comma list of {}", names.join(", "))
-            })
+            Linear::ALL.iter().find(|l| l.name() == name).map(|&l| set.with(l)).ok_or_else(|| UnknownProjection(name.to_string()))
         })
     }
 
@@ -921,7 +923,7 @@ mod tests {
         let s = GemvOps::parse("o, down").unwrap();
         assert!(s.has(Linear::O) && s.has(Linear::Down) && !s.has(Linear::Qkv) && !s.has(Linear::GateUp));
         assert_eq!(s.names(), vec!["o", "down"]);
-        let e = GemvOps::parse("o,up").unwrap_err();
+        let e = GemvOps::parse("o,up").unwrap_err().to_string();
         assert!(e.contains("`up` is not a projection") && e.contains("gate_up"), "{e}");
     }
 
