@@ -26,12 +26,54 @@ pub enum Command {
     /// List the built-in model presets.
     Models,
     /// Check the cuda engine against the cpu reference (logits and greedy tokens), under mpirun.
-    Verify(crate::verify::VerifyArgs),
+    Verify(VerifyArgs),
     /// Write a model's seeded weights as a Hugging Face Qwen2 checkpoint (f32, fp16 or bf16).
     ///
     /// config.json, generation_config.json and safetensors files that --weights, transformers and
     /// LMDeploy load. Streamed: a 14B model needs no more memory than a small one.
     WriteCheckpoint(WriteCheckpointArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct VerifyArgs {
+    /// Model preset or Qwen2 config.json (random weights).
+    #[arg(long, default_value = "tiny", conflicts_with = "weights")]
+    pub model: String,
+    /// A Hugging Face checkpoint directory: both engines load it instead of seeded weights.
+    #[arg(long)]
+    pub weights: Option<std::path::PathBuf>,
+    /// fp16 or bf16.
+    #[arg(long, default_value = "fp16")]
+    pub dtype: String,
+    /// Weight and prompt seed (default: from the clock, printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Number of prompts.
+    #[arg(long, default_value_t = 3)]
+    pub prompts: usize,
+    /// Tokens per prompt.
+    #[arg(long, default_value_t = 48)]
+    pub prompt_tokens: usize,
+    /// Greedy steps compared per prompt.
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    /// Absolute tolerance (default: 1e-2 for fp16, 5e-2 for bf16).
+    #[arg(long)]
+    pub atol: Option<f32>,
+    /// Relative tolerance (default: as atol).
+    #[arg(long)]
+    pub rtol: Option<f32>,
+    /// Abort every rank (non-zero exit) if verify has not finished after this many seconds: a rank
+    /// that fails inside a collective must not leave the others waiting.
+    #[arg(long, default_value_t = 1800.0)]
+    pub timeout: f64,
+}
+
+impl From<VerifyArgs> for crate::verify::VerifyInput {
+    fn from(a: VerifyArgs) -> Self {
+        let VerifyArgs { model, weights, dtype, seed, prompts, prompt_tokens, steps, atol, rtol, timeout } = a;
+        crate::verify::VerifyInput { model, weights, dtype, seed, prompts, prompt_tokens, steps, atol, rtol, timeout }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -1,8 +1,18 @@
-//! The `tpprof` binary: parse, then hand over to the library. Exit codes: 0 ok, 1 the run failed,
-//! 2 bad input, 3 the run finished but a sample got fewer tokens than requested.
+//! The `tpprof` binary: parse, hand over to the library, and turn what each subcommand returns into
+//! the one exit path: errors are printed here and nowhere else, and the exit code is chosen here.
+//! Exit codes: 0 ok, 1 the run failed, 2 bad input, 3 the run finished but a sample got fewer
+//! tokens than requested.
 
 use clap::Parser;
 use tpprof::cli::{Cli, Command};
+use tpprof::cluster::World;
+use tpprof::run::{FailedReport, RunFailed, Verdict};
+use tpprof::verify::VerifyError;
+
+const EXIT_OK: i32 = 0;
+const EXIT_FAILED: i32 = 1;
+const EXIT_BAD_INPUT: i32 = 2;
+const EXIT_INCOMPLETE: i32 = 3;
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -12,25 +22,40 @@ fn main() {
             if tpprof::cluster::launcher_rank().unwrap_or(0) == 0 || !e.use_stderr() {
                 let _ = e.print();
             }
-            std::process::exit(if e.use_stderr() { 2 } else { 0 });
+            std::process::exit(if e.use_stderr() { EXIT_BAD_INPUT } else { EXIT_OK });
         }
     };
     let code = match cli.command {
-        Command::Run(args) => tpprof::run::main((*args).into()),
-        Command::Report(args) => tpprof::report::summary::main(&args.file),
-        Command::Compare(args) => tpprof::report::compare::main(&args.files, args.markdown),
-        Command::Verify(args) => tpprof::verify::main(args),
-        Command::WriteCheckpoint(a) => tpprof::engine::write_checkpoint_main(&tpprof::engine::CheckpointRequest {
+        Command::Run(args) => with_world(|w| run_exit(tpprof::run::main(w, (*args).into()))),
+        Command::Report(args) => match tpprof::report::summary::load(&args.file) {
+            Ok(r) => {
+                print!("{}", tpprof::report::summary::render(&r));
+                EXIT_OK
+            }
+            Err(e) => error(EXIT_BAD_INPUT, e),
+        },
+        Command::Compare(args) => match tpprof::report::compare::compare_files(&args.files, args.markdown) {
+            Ok(table) => {
+                print!("{table}");
+                EXIT_OK
+            }
+            Err(e) => error(EXIT_BAD_INPUT, e),
+        },
+        Command::Verify(args) => with_world(|w| verify_exit(w.rank, tpprof::verify::main(w, args.into()))),
+        Command::WriteCheckpoint(a) => match tpprof::engine::write_checkpoint_main(&tpprof::engine::CheckpointRequest {
             model: &a.model,
             seed: a.seed,
             dtype: a.dtype.into(),
             shard_gib: a.shard_gib,
             files: a.files,
             out: &a.out,
-        }),
+        }) {
+            Ok(()) => EXIT_OK,
+            Err(e) => error(if e.is_bad_input() { EXIT_BAD_INPUT } else { EXIT_FAILED }, e),
+        },
         Command::Models => {
             tpprof::engine::print_models();
-            0
+            EXIT_OK
         }
     };
     if tpprof::engine::python::interpreter_loaded() {
@@ -41,4 +66,61 @@ fn main() {
         unsafe { libc::_exit(code) };
     }
     std::process::exit(code);
+}
+
+/// One line on stderr; the code to exit with.
+fn error(code: i32, e: impl std::fmt::Display) -> i32 {
+    eprintln!("error: {e}");
+    code
+}
+
+/// An MPI subcommand: the world lives until `f` has said what it has to (MPI_Finalize when it
+/// drops: another rank's early exit may end the job after that).
+fn with_world(f: impl FnOnce(&World) -> i32) -> i32 {
+    match World::init() {
+        Ok(world) => f(&world),
+        Err(e) => error(EXIT_FAILED, e),
+    }
+}
+
+fn run_exit(outcome: Result<Verdict, RunFailed>) -> i32 {
+    match outcome {
+        Ok(Verdict::Ok) => EXIT_OK,
+        Ok(Verdict::Incomplete) => EXIT_INCOMPLETE,
+        Ok(Verdict::Failed) => EXIT_FAILED,
+        Err(RunFailed { bad_input, failures, speaks, report }) => {
+            // Every rank agreed on the failures: rank 0 alone says them.
+            if speaks {
+                eprintln!("error: {failures}");
+                match report {
+                    Some(FailedReport::Written(p)) => eprintln!("the failed run's report is in {}", p.display()),
+                    Some(FailedReport::KeptExisting(p)) => eprintln!("{} was left as it was", p.display()),
+                    Some(FailedReport::NotWritten(e)) => eprintln!("error: {e}"),
+                    None => {}
+                }
+            }
+            if bad_input {
+                EXIT_BAD_INPUT
+            } else {
+                EXIT_FAILED
+            }
+        }
+    }
+}
+
+fn verify_exit(rank: i32, outcome: Result<bool, VerifyError>) -> i32 {
+    match outcome {
+        Ok(true) => EXIT_OK,
+        Ok(false) => EXIT_FAILED,
+        Err(error) => {
+            // Rank 0 says it; another rank too when the error is its own (not one every rank
+            // agreed on, nor the build's): rank 0 may be waiting for it in a collective.
+            if rank == 0 {
+                eprintln!("error: {error}");
+            } else if error.is_local() {
+                eprintln!("error: rank {rank}: {error}");
+            }
+            EXIT_BAD_INPUT
+        }
+    }
 }

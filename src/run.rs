@@ -9,7 +9,7 @@ use crate::cluster::{RankFailures, World};
 use crate::engine::adapter::{AdapterEngine, InitParams};
 use crate::engine::builtin::Cpu;
 use crate::engine::config::Config;
-use crate::engine::{Engine, EngineSpec, Topology};
+use crate::engine::{Engine, EngineError, EngineSpec, Topology};
 use crate::observe::gpu::{GpuInfo, HostGpus};
 use crate::observe::memory::{MemorySampler, Phase, PhaseCell, SamplerSetup};
 use crate::record::{token_digest, Recording, TokenSink};
@@ -22,11 +22,37 @@ use crate::workload::Workload;
 /// Vocabulary assumed for adapters that do not say theirs (valid for every Qwen2.5 tokenizer).
 pub const DEFAULT_ADAPTER_VOCAB: u32 = 32000;
 
-/// Exit codes.
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_FAILED: i32 = 1;
-pub const EXIT_BAD_INPUT: i32 = 2;
-pub const EXIT_INCOMPLETE: i32 = 3;
+/// How a `tpprof run` that got to its report judged it (the face turns it into the exit code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every sample got its tokens (or, on ranks other than 0, this rank's part went through).
+    Ok,
+    /// A sample got fewer tokens than requested (EOS) while exact lengths were asked for.
+    Incomplete,
+    /// The report says failed.
+    Failed,
+}
+
+/// Why `tpprof run` stopped before its report was complete: a phase failed on one or more ranks,
+/// and every rank agreed on it (each failure names its rank). `bad_input`: the user's input was at
+/// fault. `speaks`: this rank says it (rank 0). `report`: what became of the failed run's report
+/// (rank 0).
+#[derive(Debug, thiserror::Error)]
+#[error("{failures}")]
+pub struct RunFailed {
+    pub bad_input: bool,
+    pub failures: RankFailures,
+    pub speaks: bool,
+    pub report: Option<FailedReport>,
+}
+
+/// Where rank 0 left the report of a failed run.
+#[derive(Debug)]
+pub enum FailedReport {
+    Written(PathBuf),
+    KeptExisting(PathBuf),
+    NotWritten(crate::report::writer::WriteError),
+}
 
 /// `tpprof run`'s options as the face hands them over: plain values, not validated yet
 /// ([`RunConfig::from_input`] does that once MPI is up, so every rank stops on the same error).
@@ -138,6 +164,8 @@ pub enum RunError {
     SameGpu { low: i32, high: i32, uuid: String },
     #[error("--engine cuda needs a GPU on every rank, and this rank has none ({0})")]
     CudaWithoutGpu(String),
+    #[error("warm-up run {run}: {source}")]
+    WarmupRun { run: u32, source: EngineError },
 }
 
 /// `--warmup auto|N`.
@@ -279,37 +307,32 @@ fn load_model(model: &str) -> Result<Config, crate::engine::config::ConfigError>
     Config::preset(model)
 }
 
-/// A failure that ends the run, with the exit code it deserves.
+/// A failure that ends the run: the user's input at fault, or the run itself.
 struct Stop {
-    code: i32,
+    bad_input: bool,
     failures: RankFailures,
 }
 
 impl Stop {
     fn input(f: RankFailures) -> Stop {
-        Stop { code: EXIT_BAD_INPUT, failures: f }
+        Stop { bad_input: true, failures: f }
     }
     fn failed(f: RankFailures) -> Stop {
-        Stop { code: EXIT_FAILED, failures: f }
+        Stop { bad_input: false, failures: f }
     }
 }
 
-/// `tpprof run`: returns the process exit code.
-pub fn main(input: RunInput) -> i32 {
-    let world = match World::init() {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILED;
-        }
-    };
+/// `tpprof run` on this rank: the verdict of a run that got to its report, or why it stopped. The
+/// caller owns the world, so it can say why before MPI_Finalize (another rank's early exit ends
+/// the job after that).
+pub fn main(world: &World, input: RunInput) -> Result<Verdict, RunFailed> {
     init_logging(world.rank);
     share_cores();
-    let mut job = Job::new(&world, input);
-    let code = job.run();
-    // Engine, sampler and communicators go before MPI_Finalize (when `world` drops).
+    let mut job = Job::new(world, input);
+    let outcome = job.run();
+    // Engine, sampler and communicators go before MPI_Finalize (when the caller drops `world`).
     drop(job);
-    code
+    outcome
 }
 
 /// 2. Where this rank runs: its GPU (if any), the local GPUs every engine is told about, and why
@@ -397,32 +420,28 @@ impl<'w> Job<'w> {
         Job { world, input, config: None, out: None, trace_out: None, header: None }
     }
 
-    fn run(&mut self) -> i32 {
-        match self.try_run() {
-            Ok(code) => code,
-            Err(stop) => self.fail(stop),
-        }
+    fn run(&mut self) -> Result<Verdict, RunFailed> {
+        self.try_run().map_err(|stop| self.fail(stop))
     }
 
-    /// Writes the failed report (rank 0) and names the cause in one line.
-    fn fail(&mut self, stop: Stop) -> i32 {
-        if self.world.is_root() {
-            eprintln!("error: {}", stop.failures);
-            if let (Some(out), Some(header)) = (self.out.take(), self.header.take()) {
-                let report = header.failed(&stop.failures.0, Vec::new());
-                match out.write(&report) {
-                    Ok(Written::Yes(p)) => eprintln!("the failed run's report is in {}", p.display()),
-                    Ok(Written::KeptExisting(p)) => eprintln!("{} was left as it was", p.display()),
-                    Err(e) => eprintln!("error: {e}"),
-                }
-            }
+    /// Writes the failed report (rank 0).
+    fn fail(&mut self, stop: Stop) -> RunFailed {
+        let speaks = self.world.is_root();
+        let mut report = None;
+        if let (true, Some(out), Some(header)) = (speaks, self.out.take(), self.header.take()) {
+            let failed = header.failed(&stop.failures.0, Vec::new());
+            report = Some(match out.write(&failed) {
+                Ok(Written::Yes(p)) => FailedReport::Written(p),
+                Ok(Written::KeptExisting(p)) => FailedReport::KeptExisting(p),
+                Err(e) => FailedReport::NotWritten(e),
+            });
         }
-        stop.code
+        RunFailed { bad_input: stop.bad_input, failures: stop.failures, speaks, report }
     }
 
     /// The run, phase by phase. Every rank walks the same phases in the same order, so their
     /// collectives match; a phase that fails on one rank fails on all (World::agree).
-    fn try_run(&mut self) -> Result<i32, Stop> {
+    fn try_run(&mut self) -> Result<Verdict, Stop> {
         let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let config = self.configure(&started_at)?; // 1. arguments agreed, output claimed, watchdog
         let site = self.bind(&config, started_at)?; // 2. GPU binding, the JSON's header
@@ -432,7 +451,7 @@ impl<'w> Job<'w> {
         let warmed = self.warm_up(&config, &mut created, &workload, &obs)?; // 6. prepare, warm-up runs
         let measured = self.measure(&config, &mut created, &workload, &obs)?; // 7. the measured generate()
         let gathered = self.gather(&config, created, &mut obs, warmed, measured, &site); // 8. to rank 0
-        let Some(gathered) = gathered else { return Ok(EXIT_OK) };
+        let Some(gathered) = gathered else { return Ok(Verdict::Ok) };
         let report = self.assemble(&workload, gathered)?; // 9. rank 0: one report, the trace
         self.finish(report, config.exact_length) // 10. written, summary printed
     }
@@ -493,12 +512,10 @@ impl<'w> Job<'w> {
             options_json: &config.engine_options,
             rendezvous: &rendezvous,
         };
-        let engine: Result<Box<dyn Engine>, String> = match &spec {
+        let engine: Result<Box<dyn Engine>, EngineError> = match &spec {
             EngineSpec::Cpu | EngineSpec::Auto => {
                 let cfg = config.model_config.as_ref().expect("validated: built-in engines have a model");
-                Cpu::new(cfg, &config.model, config.seed, config.weights.as_deref(), Box::new(MpiComm::new(engine_comm)))
-                    .map(|e| Box::new(e) as Box<dyn Engine>)
-                    .map_err(|e| e.to_string())
+                Cpu::new(cfg, &config.model, config.seed, config.weights.as_deref(), Box::new(MpiComm::new(engine_comm))).map(|e| Box::new(e) as Box<dyn Engine>)
             }
             EngineSpec::Cuda => {
                 drop(engine_comm);
@@ -506,11 +523,11 @@ impl<'w> Job<'w> {
             }
             EngineSpec::Python(driver) => {
                 drop(engine_comm);
-                crate::engine::python::PythonEngine::load(driver, &init).map(|e| Box::new(e) as Box<dyn Engine>).map_err(|e| e.to_string())
+                crate::engine::python::PythonEngine::load(driver, &init).map(|e| Box::new(e) as Box<dyn Engine>).map_err(EngineError::from)
             }
             EngineSpec::Adapter(path) => {
                 drop(engine_comm);
-                AdapterEngine::load(path, &init).map(|e| Box::new(e) as Box<dyn Engine>).map_err(|e| e.to_string())
+                AdapterEngine::load(path, &init).map(|e| Box::new(e) as Box<dyn Engine>).map_err(EngineError::from)
             }
         };
         let engine = world.agree(engine).map_err(Stop::failed)?;
@@ -553,7 +570,7 @@ impl<'w> Job<'w> {
         let (engine, role) = (&mut created.engine, created.role);
         obs.phase.set(Phase::Prepare);
         let prepared = match role {
-            Role::Engine => engine.prepare(&workload.prompts, workload.generated_tokens).map_err(|e| e.to_string()),
+            Role::Engine => engine.prepare(&workload.prompts, workload.generated_tokens),
             Role::Observer => Ok(()),
         };
         world.agree(prepared).map_err(Stop::failed)?;
@@ -575,7 +592,7 @@ impl<'w> Job<'w> {
                     let prompts = workload.warmup_prompts(config.seed, i);
                     let r = engine
                         .generate(&prompts, workload.generated_tokens, config.exact_length, &warm_sink)
-                        .map_err(|e| format!("warm-up run {}: {e}", i + 1));
+                        .map_err(|source| RunError::WarmupRun { run: i + 1, source });
                     let submit = warm_sink.submit_ns();
                     let (events, overflow) = warm_sink.into_events();
                     let rec = Recording::analyse(&events, overflow, submit, &requested);
@@ -619,7 +636,7 @@ impl<'w> Job<'w> {
         let generated = match role {
             Role::Engine => {
                 tracing::info!("generating {} sample(s)", workload.prompts.len());
-                engine.generate(&workload.prompts, workload.generated_tokens, config.exact_length, &sink).map_err(|e| e.to_string())
+                engine.generate(&workload.prompts, workload.generated_tokens, config.exact_length, &sink)
             }
             Role::Observer => Ok(()),
         };
@@ -755,7 +772,7 @@ impl<'w> Job<'w> {
         Ok(report)
     }
 
-    fn finish(&mut self, report: RunReport, exact_length: bool) -> Result<i32, Stop> {
+    fn finish(&mut self, report: RunReport, exact_length: bool) -> Result<Verdict, Stop> {
         let out = self.out.take().expect("rank 0 claimed the output");
         print!("{}", crate::report::summary::render(&report));
         match out.write(&report) {
@@ -763,10 +780,10 @@ impl<'w> Job<'w> {
             Err(e) => return Err(Stop::failed(RankFailures(vec![(0, e.to_string())]))),
         }
         Ok(match report.status.state {
-            State::Ok => EXIT_OK,
-            State::Incomplete if exact_length => EXIT_INCOMPLETE,
-            State::Incomplete => EXIT_OK,
-            State::Failed => EXIT_FAILED,
+            State::Ok => Verdict::Ok,
+            State::Incomplete if exact_length => Verdict::Incomplete,
+            State::Incomplete => Verdict::Ok,
+            State::Failed => Verdict::Failed,
         })
     }
 
@@ -868,17 +885,16 @@ impl<'w> Job<'w> {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_engine(&self, c: &RunConfig, gpu: Option<&GpuInfo>, id: &[u8]) -> Result<Box<dyn Engine>, String> {
+    fn cuda_engine(&self, c: &RunConfig, gpu: Option<&GpuInfo>, id: &[u8]) -> Result<Box<dyn Engine>, EngineError> {
         let cfg = c.model_config.as_ref().expect("validated: built-in engines have a model");
-        let ordinal = gpu.map(|g| g.ordinal as usize).ok_or("no GPU bound")?;
+        let ordinal = gpu.expect("rendezvous checked: the cuda engine has a GPU on every rank").ordinal as usize;
         crate::engine::builtin::Cuda::new(cfg, &c.model, &c.dtype, c.seed, c.weights.as_deref(), ordinal, self.world.rank as usize, self.world.size as usize, id)
             .map(|e| Box::new(e) as Box<dyn Engine>)
-            .map_err(|e| e.to_string())
     }
 
     #[cfg(not(feature = "cuda"))]
-    fn cuda_engine(&self, _c: &RunConfig, _gpu: Option<&GpuInfo>, _id: &[u8]) -> Result<Box<dyn Engine>, String> {
-        Err(crate::engine::builtin::NO_CUDA.into())
+    fn cuda_engine(&self, _c: &RunConfig, _gpu: Option<&GpuInfo>, _id: &[u8]) -> Result<Box<dyn Engine>, EngineError> {
+        Err(EngineError::Other(crate::engine::builtin::NO_CUDA.into()))
     }
 
     /// Rank 0 builds (or reads) the prompts and checks them; every rank gets them by broadcast.

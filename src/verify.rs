@@ -7,46 +7,24 @@
 //! prompts as one batch, cut to different lengths, each sample's last decode step logits likewise.
 //! Fresh random weights every run (the seed defaults to the clock and is printed).
 
-use clap::Args;
-
 use crate::engine::builtin::cpu::mpi_comm::MpiComm;
 use crate::cluster::World;
 use crate::engine::builtin::cpu::{CpuEngine, GenerateRequest};
 use crate::engine::config::Config;
 use crate::observe::gpu::HostGpus;
 
-#[derive(Debug, Args, Clone)]
-pub struct VerifyArgs {
-    /// Model preset or Qwen2 config.json (random weights).
-    #[arg(long, default_value = "tiny", conflicts_with = "weights")]
+/// `tpprof verify`'s options as the face hands them over (meanings: `tpprof verify --help`).
+#[derive(Debug, Clone)]
+pub struct VerifyInput {
     pub model: String,
-    /// A Hugging Face checkpoint directory: both engines load it instead of seeded weights.
-    #[arg(long)]
     pub weights: Option<std::path::PathBuf>,
-    /// fp16 or bf16.
-    #[arg(long, default_value = "fp16")]
     pub dtype: String,
-    /// Weight and prompt seed (default: from the clock, printed).
-    #[arg(long)]
     pub seed: Option<u64>,
-    /// Number of prompts.
-    #[arg(long, default_value_t = 3)]
     pub prompts: usize,
-    /// Tokens per prompt.
-    #[arg(long, default_value_t = 48)]
     pub prompt_tokens: usize,
-    /// Greedy steps compared per prompt.
-    #[arg(long, default_value_t = 8)]
     pub steps: usize,
-    /// Absolute tolerance (default: 1e-2 for fp16, 5e-2 for bf16).
-    #[arg(long)]
     pub atol: Option<f32>,
-    /// Relative tolerance (default: as atol).
-    #[arg(long)]
     pub rtol: Option<f32>,
-    /// Abort every rank (non-zero exit) if verify has not finished after this many seconds: a rank
-    /// that fails inside a collective must not leave the others waiting.
-    #[arg(long, default_value_t = 1800.0)]
     pub timeout: f64,
 }
 
@@ -94,6 +72,8 @@ pub enum VerifyError {
     Ranks(#[from] crate::cluster::RankFailures),
     #[error("{}", crate::engine::builtin::NO_CUDA)]
     NoCuda,
+    #[error("--timeout must be a positive number of seconds (got {0})")]
+    Timeout(f64),
     #[error(transparent)]
     Cpu(#[from] crate::engine::builtin::cpu::CpuError),
     #[cfg(feature = "cuda")]
@@ -103,50 +83,28 @@ pub enum VerifyError {
 
 impl VerifyError {
     /// Whether this rank alone knows it (rank 0 may be waiting for it in a collective).
-    fn is_local(&self) -> bool {
-        !matches!(self, VerifyError::Ranks(_) | VerifyError::NoCuda)
+    pub fn is_local(&self) -> bool {
+        !matches!(self, VerifyError::Ranks(_) | VerifyError::NoCuda | VerifyError::Timeout(_))
     }
 }
 
-pub fn main(args: VerifyArgs) -> i32 {
-    let world = match World::init() {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
-    };
+/// `tpprof verify` on this rank: whether every comparison passed, or why it stopped. The caller
+/// owns the world (it says why before MPI_Finalize).
+pub fn main(world: &World, args: VerifyInput) -> Result<bool, VerifyError> {
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
-        if world.is_root() {
-            eprintln!("error: --timeout must be a positive number of seconds (got {})", args.timeout);
-        }
-        return 2;
+        return Err(VerifyError::Timeout(args.timeout));
     }
     world.start_watchdog(std::time::Duration::from_secs_f64(args.timeout));
-    let code = match run(&world, &args) {
-        Ok(true) => 0,
-        Ok(false) => 1,
-        Err(e) => {
-            // Rank 0 says it; another rank too when the error is its own (not one every rank
-            // agreed on, which reads "rank N: …", nor the build's): rank 0 may be waiting for it.
-            if world.is_root() {
-                eprintln!("error: {e}");
-            } else if e.is_local() {
-                eprintln!("error: rank {}: {e}", world.rank);
-            }
-            2
-        }
-    };
-    code
+    run(world, &args)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn run(_world: &World, _args: &VerifyArgs) -> Result<bool, VerifyError> {
+fn run(_world: &World, _args: &VerifyInput) -> Result<bool, VerifyError> {
     Err(VerifyError::NoCuda)
 }
 
 #[cfg(feature = "cuda")]
-fn run(world: &World, args: &VerifyArgs) -> Result<bool, VerifyError> {
+fn run(world: &World, args: &VerifyInput) -> Result<bool, VerifyError> {
     use crate::engine::builtin::cuda::{gpu::Dtype, CudaEngine};
 
     let dtype = world.agree(Dtype::parse(&args.dtype))?;

@@ -78,6 +78,8 @@ pub enum EngineError {
     Cpu(#[from] builtin::cpu::CpuError),
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Python(#[from] python::PythonError),
     #[error("{0}")]
     Other(String),
 }
@@ -246,51 +248,53 @@ pub struct CheckpointRequest<'a> {
     pub out: &'a std::path::Path,
 }
 
-/// `tpprof write-checkpoint`: a preset's seeded weights as a Hugging Face checkpoint.
-pub fn write_checkpoint_main(a: &CheckpointRequest) -> i32 {
+/// Why `tpprof write-checkpoint` wrote nothing (or not everything).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Model(#[from] config::ConfigError),
+    #[error("--files must be at least 1")]
+    NoFiles,
+    #[error("--shard-gib must be a positive number of GiB (got {0})")]
+    ShardGib(f64),
+    #[error("{} already exists: choose a new directory", .0.display())]
+    Exists(std::path::PathBuf),
+    #[error(transparent)]
+    Write(#[from] safetensors::WeightsError),
+}
+
+impl CheckpointError {
+    /// Whether the request itself was wrong (rather than the writing).
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, CheckpointError::Write(_))
+    }
+}
+
+/// `tpprof write-checkpoint`: a preset's seeded weights as a Hugging Face checkpoint; prints what
+/// it wrote.
+pub fn write_checkpoint_main(a: &CheckpointRequest) -> Result<(), CheckpointError> {
     use builtin::cpu::weights::{write_checkpoint, FileSplit};
     let p = std::path::Path::new(a.model);
-    let cfg = match if p.exists() { config::Config::from_json_file(p) } else { config::Config::preset(a.model) } {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
-    };
+    let cfg = if p.exists() { config::Config::from_json_file(p) } else { config::Config::preset(a.model) }?;
     let split = match (a.files, a.shard_gib) {
-        (Some(0), _) => Err("--files must be at least 1".to_string()),
-        (Some(n), _) => Ok(FileSplit::Files(n)),
-        (None, gib) if gib.is_finite() && gib > 0.0 => Ok(FileSplit::MaxBytes(((gib * (1u64 << 30) as f64) as u64).max(1))),
-        (None, gib) => Err(format!("--shard-gib must be a positive number of GiB (got {gib})")),
-    };
-    let split = match split {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
+        (Some(0), _) => return Err(CheckpointError::NoFiles),
+        (Some(n), _) => FileSplit::Files(n),
+        (None, gib) if gib.is_finite() && gib > 0.0 => FileSplit::MaxBytes(((gib * (1u64 << 30) as f64) as u64).max(1)),
+        (None, gib) => return Err(CheckpointError::ShardGib(gib)),
     };
     if a.out.exists() {
-        eprintln!("error: {} already exists: choose a new directory", a.out.display());
-        return 2;
+        return Err(CheckpointError::Exists(a.out.to_path_buf()));
     }
     let dtype = a.dtype;
     let start = std::time::Instant::now();
-    match write_checkpoint(&cfg, a.seed, a.out, dtype, split) {
-        Ok(w) => {
-            let secs = start.elapsed().as_secs_f64();
-            let gb = w.tensor_bytes as f64 / 1e9;
-            println!(
-                "wrote {} (model {}, seed {}, {}, {} file(s), {:.2} GB of tensors in {:.1} s, {:.2} GB/s)",
-                a.out.display(), a.model, a.seed, dtype.torch_name(), w.files.len(), gb, secs, gb / secs.max(1e-9)
-            );
-            0
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            1
-        }
-    }
+    let w = write_checkpoint(&cfg, a.seed, a.out, dtype, split)?;
+    let secs = start.elapsed().as_secs_f64();
+    let gb = w.tensor_bytes as f64 / 1e9;
+    println!(
+        "wrote {} (model {}, seed {}, {}, {} file(s), {:.2} GB of tensors in {:.1} s, {:.2} GB/s)",
+        a.out.display(), a.model, a.seed, dtype.torch_name(), w.files.len(), gb, secs, gb / secs.max(1e-9)
+    );
+    Ok(())
 }
 
 /// `tpprof models`: the built-in presets with their shapes.

@@ -281,7 +281,7 @@ impl State {
                 Ok(now) => gpu_now = Some(now),
                 Err(e) => {
                     g.failed += 1;
-                    g.last_error = Some(e);
+                    g.last_error = Some(e.to_string());
                 }
             }
         }
@@ -369,12 +369,12 @@ impl State {
 
 impl GpuState {
     /// One reading; returns (job bytes, device used bytes).
-    fn read(&mut self, pid: u32, job: &[(u32, i32)], t: f64) -> Result<(u64, u64), String> {
-        let dev = self.nvml.device_by_index(self.info.nvml_index).map_err(|e| e.to_string())?;
-        let mem = dev.memory_info().map_err(|e| e.to_string())?;
+    fn read(&mut self, pid: u32, job: &[(u32, i32)], t: f64) -> Result<(u64, u64), nvml_wrapper::error::NvmlError> {
+        let dev = self.nvml.device_by_index(self.info.nvml_index)?;
+        let mem = dev.memory_info()?;
         self.device.update(mem.used, t);
         self.min_free = self.min_free.min(mem.free);
-        let procs = dev.running_compute_processes().map_err(|e| e.to_string())?;
+        let procs = dev.running_compute_processes()?;
         let used = |p: &nvml_wrapper::struct_wrappers::device::ProcessInfo| match p.used_gpu_memory {
             UsedGpuMemory::Used(b) => b,
             UsedGpuMemory::Unavailable => 0,

@@ -10,23 +10,22 @@ use super::summary::{source_label, state_label};
 const GIB: f64 = (1u64 << 30) as f64;
 
 /// `tpprof compare FILE FILE...` (`markdown`: a Markdown table).
-pub fn main(files: &[std::path::PathBuf], markdown: bool) -> i32 {
+/// Why `tpprof compare` has no table.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error("compare needs at least two result JSONs (got {0}): tpprof compare BASELINE.json OTHER.json …")]
+    TooFew(usize),
+    #[error(transparent)]
+    Load(#[from] super::summary::LoadError),
+}
+
+/// `tpprof compare`: the table of the given result files, the first the baseline.
+pub fn compare_files(files: &[std::path::PathBuf], markdown: bool) -> Result<String, CompareError> {
     if files.len() < 2 {
-        eprintln!("error: compare needs at least two result JSONs (got {}): tpprof compare BASELINE.json OTHER.json …", files.len());
-        return 2;
+        return Err(CompareError::TooFew(files.len()));
     }
-    let mut runs = Vec::new();
-    for f in files {
-        match super::summary::load(f) {
-            Ok(r) => runs.push((f.display().to_string(), r)),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return 2;
-            }
-        }
-    }
-    print!("{}", render(&runs, markdown));
-    0
+    let runs = files.iter().map(|f| Ok((f.display().to_string(), super::summary::load(f)?))).collect::<Result<Vec<_>, CompareError>>()?;
+    Ok(render(&runs, markdown))
 }
 
 /// One row of the table: a text per run, or a number per run (with the decimals to print).

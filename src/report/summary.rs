@@ -6,20 +6,6 @@ use super::*;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
-/// `tpprof report FILE`.
-pub fn main(file: &std::path::Path) -> i32 {
-    match load(file) {
-        Ok(r) => {
-            print!("{}", render(&r));
-            0
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            2
-        }
-    }
-}
-
 /// Reads a result JSON written by `tpprof run`; the error is one line naming the file and the cause.
 /// Fields added to the schema later are optional when reading, so results of earlier builds still
 /// load; a file that lacks a field this build cannot do without says which.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 
 use super::capi::Obj;
 use super::runtime::{free_sink_slot, Gil, Owned, Runtime, SinkSlot, CAPSULE_NAME};
-use super::{driver_label, drivers_dir, PythonError};
+use super::{driver_label, drivers_dir, PyFailure, PythonError};
 use crate::engine::adapter::InitParams;
 use crate::engine::{Engine, EngineError, EngineInfo, EngineMemory, TokenCallback, Topology};
 
@@ -57,7 +57,7 @@ impl PythonEngine {
         })
         .to_string();
         let dir = drivers_dir();
-        let py_err = |call: &str, what: String| PythonError::Python { driver: label.clone(), call: call.into(), what };
+        let py_err = |call: &str, what: PyFailure| PythonError::Python { driver: label.clone(), call: call.into(), what };
         let gil = Gil::acquire(&rt.api);
         let driver_obj = (|| {
             let args = vec![rt.string(driver)?, rt.string(&dir.to_string_lossy())?, rt.string(&init_json)?];
@@ -106,7 +106,7 @@ impl PythonEngine {
             if rt.is_none(&r) {
                 return Ok(None);
             }
-            rt.text(r.ptr).map(Some).ok_or_else(|| "call_json returned a non-str".to_string())
+            rt.text(r.ptr).map(Some).ok_or_else(|| PyFailure("call_json returned a non-str".into()))
         })();
         let text = r.map_err(|what| PythonError::Python { driver: self.label.clone(), call: format!("{method}()"), what })?;
         match text {

@@ -17,7 +17,6 @@
 
 use std::path::{Path, PathBuf};
 
-use super::EngineError;
 
 mod capi;
 mod engine;
@@ -33,6 +32,12 @@ pub const LIBPYTHON_ENV: &str = "TPPROF_LIBPYTHON";
 /// Environment variable naming the directory of the shipped drivers (overrides the search).
 pub const DRIVERS_ENV: &str = "TPPROF_PYTHON_DRIVERS";
 
+/// A failed call into the embedded Python: the pending exception as one line ("TypeName: message
+/// (at file.py:12 in f)"), or why tpprof could not make the call.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct PyFailure(pub String);
+
 #[derive(Debug, thiserror::Error)]
 pub enum PythonError {
     /// The interpreter could not be run or did not answer.
@@ -47,18 +52,14 @@ pub enum PythonError {
     MissingSymbol { path: PathBuf, symbol: &'static str },
     /// A Python exception, as one line: "python driver `hf` generate() raised RuntimeError: ...".
     #[error("python driver `{driver}` {call} raised {what}")]
-    Python { driver: String, call: String, what: String },
+    Python { driver: String, call: String, what: PyFailure },
     /// A driver method returned something tpprof cannot use.
     #[error("python driver `{driver}` {call} returned {what}")]
     BadReturn { driver: String, call: String, what: String },
     #[error("python engine options: {0}")]
     BadOptions(String),
-}
-
-impl From<PythonError> for EngineError {
-    fn from(e: PythonError) -> EngineError {
-        EngineError::Other(e.to_string())
-    }
+    #[error("no free TCP port for the python rendezvous: {0}")]
+    NoPort(std::io::Error),
 }
 
 /// The directory of the drivers shipped with tpprof: `$TPPROF_PYTHON_DRIVERS`, the source tree's
@@ -89,10 +90,8 @@ pub fn driver_label(driver: &str) -> String {
 /// Rendezvous for Python drivers: "host:port" of a TCP port that was free on this host (rank 0
 /// creates it; tpprof broadcasts it), for `torch.distributed` `init_method=f"tcp://{rendezvous}"`.
 /// The host is this machine's hostname (it must resolve on every rank's host).
-pub fn python_rendezvous() -> Result<Vec<u8>, String> {
-    let listener = std::net::TcpListener::bind(("0.0.0.0", 0)).map_err(|e| format!("no free TCP port for the python rendezvous: {e}"))?;
-    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-    drop(listener);
+pub fn python_rendezvous() -> Result<Vec<u8>, PythonError> {
+    let port = std::net::TcpListener::bind(("0.0.0.0", 0)).and_then(|l| l.local_addr()).map_err(PythonError::NoPort)?.port();
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

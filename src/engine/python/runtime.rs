@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 
 use super::capi::{Api, Obj, PyMethodDef, METH_VARARGS, PY_FILE_INPUT};
 use super::probe::{find_libpython, libpython_of, probe_python, PythonProbe};
-use super::{one_line, PythonError, LIBPYTHON_ENV};
+use super::{one_line, PyFailure, PythonError, LIBPYTHON_ENV};
 
 /// Longest Python error message kept (one line).
 const MAX_WHAT: usize = 1500;
@@ -200,7 +200,7 @@ impl Runtime {
 
     /// Compiles and runs the bridge, then its setup(); called with the GIL held (initialising
     /// thread), before any Gil guard exists.
-    fn start_bridge(&self, probe: Option<&PythonProbe>) -> Result<Obj, String> {
+    fn start_bridge(&self, probe: Option<&PythonProbe>) -> Result<Obj, PyFailure> {
         let api = &self.api;
         let src = CString::new(BRIDGE).expect("no NUL in the bridge");
         // SAFETY: GIL held; both strings are NUL-terminated and outlive the call.
@@ -221,14 +221,14 @@ impl Runtime {
     }
 
     /// The bridge's setup() for another interpreter of the same libpython (GIL held).
-    fn setup(&self, probe: &PythonProbe) -> Result<(), String> {
+    fn setup(&self, probe: &PythonProbe) -> Result<(), PyFailure> {
         let arg = self.string(&setup_json(Some(probe)).to_string())?;
         self.bridge_call(c"setup", vec![arg]).map(drop)
     }
 
     // --- object helpers: all require the GIL (callers hold a `Gil` or are start-up) -----------
 
-    pub(super) fn own(&self, ptr: Obj) -> Result<Owned<'_>, String> {
+    pub(super) fn own(&self, ptr: Obj) -> Result<Owned<'_>, PyFailure> {
         if ptr.is_null() {
             Err(self.fetch_error())
         } else {
@@ -236,18 +236,18 @@ impl Runtime {
         }
     }
 
-    pub(super) fn string(&self, s: &str) -> Result<Owned<'_>, String> {
-        let c = CString::new(s).map_err(|_| "a string with a NUL byte".to_string())?;
+    pub(super) fn string(&self, s: &str) -> Result<Owned<'_>, PyFailure> {
+        let c = CString::new(s).map_err(|_| PyFailure("a string with a NUL byte".into()))?;
         // SAFETY: GIL held; `c` is NUL-terminated UTF-8 and outlives the call.
         self.own(unsafe { (self.api.unicode_from_string)(c.as_ptr()) })
     }
 
-    pub(super) fn long(&self, v: i64) -> Result<Owned<'_>, String> {
+    pub(super) fn long(&self, v: i64) -> Result<Owned<'_>, PyFailure> {
         // SAFETY: GIL held.
         self.own(unsafe { (self.api.long_from_long)(v as c_long) })
     }
 
-    pub(super) fn boolean(&self, v: bool) -> Result<Owned<'_>, String> {
+    pub(super) fn boolean(&self, v: bool) -> Result<Owned<'_>, PyFailure> {
         // SAFETY: GIL held.
         self.own(unsafe { (self.api.bool_from_long)(v as c_long) })
     }
@@ -259,7 +259,7 @@ impl Runtime {
         Owned { api: &self.api, ptr }
     }
 
-    pub(super) fn tuple(&self, items: Vec<Owned<'_>>) -> Result<Owned<'_>, String> {
+    pub(super) fn tuple(&self, items: Vec<Owned<'_>>) -> Result<Owned<'_>, PyFailure> {
         // SAFETY: GIL held.
         let t = self.own(unsafe { (self.api.tuple_new)(items.len() as isize) })?;
         for (i, item) in items.into_iter().enumerate() {
@@ -272,7 +272,7 @@ impl Runtime {
     }
 
     /// prompts as a list of lists of ints.
-    pub(super) fn prompts(&self, prompts: &[Vec<i32>]) -> Result<Owned<'_>, String> {
+    pub(super) fn prompts(&self, prompts: &[Vec<i32>]) -> Result<Owned<'_>, PyFailure> {
         // SAFETY: GIL held.
         let outer = self.own(unsafe { (self.api.list_new)(prompts.len() as isize) })?;
         for (i, p) in prompts.iter().enumerate() {
@@ -294,7 +294,7 @@ impl Runtime {
     }
 
     /// `obj.name(*args)`.
-    fn call_method(&self, obj: Obj, name: &CStr, args: Vec<Owned<'_>>) -> Result<Owned<'_>, String> {
+    fn call_method(&self, obj: Obj, name: &CStr, args: Vec<Owned<'_>>) -> Result<Owned<'_>, PyFailure> {
         // SAFETY: GIL held; `obj` is live; `name` NUL-terminated.
         let f = self.own(unsafe { (self.api.getattr)(obj, name.as_ptr()) })?;
         let args = self.tuple(args)?;
@@ -303,7 +303,7 @@ impl Runtime {
     }
 
     /// `bridge.name(*args)`.
-    pub(super) fn bridge_call(&self, name: &CStr, args: Vec<Owned<'_>>) -> Result<Owned<'_>, String> {
+    pub(super) fn bridge_call(&self, name: &CStr, args: Vec<Owned<'_>>) -> Result<Owned<'_>, PyFailure> {
         self.call_method(self.bridge, name, args)
     }
 
@@ -350,13 +350,13 @@ impl Runtime {
     }
 
     /// The pending Python exception as one line, "TypeName: message (at file.py:12 in f)"; clears it.
-    fn fetch_error(&self) -> String {
+    fn fetch_error(&self) -> PyFailure {
         let api = &self.api;
         let (mut t, mut v, mut tb): (Obj, Obj, Obj) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
         // SAFETY: GIL held; the three out-pointers are valid; we own the returned references.
         unsafe { (api.err_fetch)(&mut t, &mut v, &mut tb) };
         if t.is_null() {
-            return "an error without a Python exception".into();
+            return PyFailure("an error without a Python exception".into());
         }
         // SAFETY: GIL held; normalises in place, keeping ownership with us.
         unsafe { (api.err_normalize)(&mut t, &mut v, &mut tb) };
@@ -374,7 +374,7 @@ impl Runtime {
         if let Some(p) = place {
             s.push_str(&format!(" (at {p})"));
         }
-        one_line(&s, MAX_WHAT)
+        PyFailure(one_line(&s, MAX_WHAT))
     }
 
     /// "file.py:12 in func" of a traceback's innermost frame.

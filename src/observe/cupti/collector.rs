@@ -7,9 +7,8 @@ use std::sync::Mutex;
 
 use cudarc::cupti::sys;
 
-use super::Kernel;
+use super::{CuptiError, Kernel};
 
-pub const NO_CUPTI: &str = "--cupti: CUPTI (libcupti.so) was not found: it ships with the CUDA toolkit (cuda/extras/CUPTI/lib64 or targets/*/lib) and in the nvidia-cuda-cupti wheel; put its directory on LD_LIBRARY_PATH, or drop --cupti";
 const BUFFER_BYTES: usize = 8 << 20;
 const BUFFER_ALIGN: usize = 8;
 
@@ -100,7 +99,7 @@ extern "C" fn buffer_completed(ctx: cudarc::driver::sys::CUcontext, stream: u32,
     unsafe { std::alloc::dealloc(buffer, layout()) };
 }
 
-fn check(what: &str, r: sys::CUptiResult) -> Result<(), String> {
+fn check(call: &'static str, r: sys::CUptiResult) -> Result<(), CuptiError> {
     if r == sys::CUptiResult::CUPTI_SUCCESS {
         return Ok(());
     }
@@ -111,7 +110,7 @@ fn check(what: &str, r: sys::CUptiResult) -> Result<(), String> {
     } else {
         format!("{r:?}")
     };
-    Err(format!("--cupti: {what} failed: {msg}"))
+    Err(CuptiError::Call { call, message: msg })
 }
 
 /// The running collection; `finish` flushes and returns the records. Dropped unfinished (a run
@@ -159,22 +158,22 @@ impl Collector {
     /// included. Call it after the engine initialised CUDA: enabled before the process's first
     /// cuInit, cuInit deadlocked (a pthread mutex inside libcuda; CUPTI 13.0.1, driver
     /// 580.159, H200, seen 2026-11-28).
-    pub fn start() -> Result<Collector, String> {
+    pub fn start() -> Result<Collector, CuptiError> {
         // SAFETY: only tries to dlopen.
         if !unsafe { sys::is_culib_present() } {
-            return Err(NO_CUPTI.into());
+            return Err(CuptiError::NoLibrary);
         }
         // cuInit before any CUPTI call, whatever the engine did: CUPTI enabled before the
         // process's first cuInit deadlocked inside cuInit (see above). cuInit is idempotent and
         // creates no context.
         // SAFETY: dlopen check, then cuInit(0).
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err("--cupti: the CUDA driver (libcuda.so) was not found".into());
+            return Err(CuptiError::NoDriver);
         }
-        cudarc::driver::result::init().map_err(|e| format!("--cupti: cuInit failed: {e}"))?;
+        cudarc::driver::result::init().map_err(|e| CuptiError::Init(e.to_string()))?;
         let mut guard = STORE.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_some() {
-            return Err("--cupti: a CUPTI collection is already running in this process".into());
+            return Err(CuptiError::Busy);
         }
         let mut version = 0u32;
         // SAFETY: plain calls into the loaded library.
@@ -202,7 +201,7 @@ impl Collector {
     }
 
     /// Flushes every buffer, stops recording, and returns the kernels on CLOCK_MONOTONIC.
-    pub fn finish(mut self) -> Result<Collected, String> {
+    pub fn finish(mut self) -> Result<Collected, CuptiError> {
         self.active = false;
         // SAFETY: plain calls into the loaded library; the callbacks run before FlushAll returns.
         unsafe {

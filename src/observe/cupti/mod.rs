@@ -25,3 +25,23 @@ pub use analysis::{
 #[cfg(feature = "cuda")]
 pub use collector::Collector;
 pub use session::{CuptiSession, Recorded};
+
+/// Why `--cupti` cannot record on this rank.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CuptiError {
+    #[error("--cupti needs a GPU on every rank (this rank has none): drop --cupti for CPU runs")]
+    NoGpu,
+    #[error("--cupti needs a GPU build of tpprof")]
+    NotBuilt,
+    #[error("--cupti: CUPTI (libcupti.so) was not found: it ships with the CUDA toolkit (cuda/extras/CUPTI/lib64 or targets/*/lib) and in the nvidia-cuda-cupti wheel; put its directory on LD_LIBRARY_PATH, or drop --cupti")]
+    NoLibrary,
+    #[error("--cupti: the CUDA driver (libcuda.so) was not found")]
+    NoDriver,
+    #[error("--cupti: cuInit failed: {0}")]
+    Init(String),
+    #[error("--cupti: a CUPTI collection is already running in this process")]
+    Busy,
+    /// A CUPTI call failed: the call and CUPTI's own message for the result.
+    #[error("--cupti: {call} failed: {message}")]
+    Call { call: &'static str, message: String },
+}

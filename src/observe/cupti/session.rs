@@ -1,9 +1,9 @@
 //! `CuptiSession`: what a run drives with `--cupti` (check before the engine loads, start after it
 //! created its CUDA context, finish and analyse after the measured generate()).
 
-use super::{Activity, CuptiReport, Kernel};
+use super::{Activity, CuptiError, CuptiReport, Kernel};
 #[cfg(feature = "cuda")]
-use super::collector::{self, Collector};
+use super::collector::Collector;
 #[cfg(feature = "cuda")]
 use super::{analyse_device, windows_from_device_steps, windows_from_tokens, StepSource};
 
@@ -25,24 +25,24 @@ pub struct Recorded {
 
 impl CuptiSession {
     /// Whether --cupti can work on this rank (a GPU, a CUDA build, libcupti), before the engine loads.
-    pub fn check(has_gpu: bool) -> Result<(), String> {
+    pub fn check(has_gpu: bool) -> Result<(), CuptiError> {
         if !has_gpu {
-            return Err("--cupti needs a GPU on every rank (this rank has none): drop --cupti for CPU runs".into());
+            return Err(CuptiError::NoGpu);
         }
         #[cfg(feature = "cuda")]
         {
             // SAFETY: only tries to dlopen.
             if !unsafe { cudarc::cupti::sys::is_culib_present() } {
-                return Err(collector::NO_CUPTI.into());
+                return Err(CuptiError::NoLibrary);
             }
             Ok(())
         }
         #[cfg(not(feature = "cuda"))]
-        Err("--cupti needs a GPU build of tpprof".into())
+        Err(CuptiError::NotBuilt)
     }
 
     /// Starts CUPTI when asked; call after the engine created its CUDA context (see Collector::start).
-    pub fn start(enabled: bool, has_gpu: bool) -> Result<CuptiSession, String> {
+    pub fn start(enabled: bool, has_gpu: bool) -> Result<CuptiSession, CuptiError> {
         if enabled {
             Self::check(has_gpu)?;
         }
@@ -53,7 +53,7 @@ impl CuptiSession {
         #[cfg(not(feature = "cuda"))]
         {
             if enabled {
-                return Err("--cupti needs a GPU build of tpprof".into());
+                return Err(CuptiError::NotBuilt);
             }
             Ok(CuptiSession {})
         }
@@ -61,7 +61,7 @@ impl CuptiSession {
 
     /// Stops CUPTI and analyses what it recorded. `device_steps`: the engine's device step times;
     /// `tokens`: (sample, step, t) on CLOCK_MONOTONIC; `submit`: when generate() was called.
-    pub fn finish(self, device_steps: Option<&[(u64, u64)]>, tokens: &[(u32, u32, u64)], batch: u32, max_steps: u32, submit: u64, trace_steps: u32) -> Result<Option<Recorded>, String> {
+    pub fn finish(self, device_steps: Option<&[(u64, u64)]>, tokens: &[(u32, u32, u64)], batch: u32, max_steps: u32, submit: u64, trace_steps: u32) -> Result<Option<Recorded>, CuptiError> {
         #[cfg(feature = "cuda")]
         {
             let Some(c) = self.inner else { return Ok(None) };
