@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::engine::builtin::cpu::mpi_comm::MpiComm;
-use crate::cluster::{RankFailures, World};
+use crate::cluster::{Json, RankFailures, WireError, World};
 use crate::engine::adapter::{AdapterEngine, InitParams};
 use crate::engine::builtin::Cpu;
 use crate::engine::config::Config;
@@ -396,14 +396,19 @@ struct Measured {
 
 /// 8. What rank 0 holds after the gathers.
 struct Gathered {
-    reports: Vec<Vec<u8>>,
+    reports: Vec<Result<Json<RankReport>, WireError>>,
     /// Rank 0's own recording (the summary's per-sample view).
     rec: Recording,
     offsets: Vec<i64>,
-    all_steps: Option<Vec<Vec<u8>>>,
-    step_activity: Option<Vec<Vec<u8>>>,
-    traces: Option<Vec<Vec<u8>>>,
+    /// Each rank's device step times (start, end).
+    all_steps: Option<Vec<Result<Vec<(u64, u64)>, WireError>>>,
+    /// With --cupti: each rank's per-step activity per device.
+    step_activity: Option<Vec<Result<Json<StepActivity>, WireError>>>,
+    traces: Option<Vec<Result<Json<RankTrace>, WireError>>>,
 }
+
+/// One rank's CUPTI per-step activity, per device (None: the rank recorded none).
+type StepActivity = Option<Vec<(u32, Vec<crate::observe::cupti::Activity>)>>;
 
 /// The state of one run on one rank.
 struct Job<'w> {
@@ -493,9 +498,9 @@ impl<'w> Job<'w> {
         obs.phase.set(Phase::EngineLoad);
         let gpu = site.gpu.as_ref();
         let spec = config.engine.resolve(gpu.is_some());
-        let labels = world.all_gather_bytes(spec.label().as_bytes());
+        let labels: Vec<String> = world.all_gather(&spec.label().to_string()).into_iter().map(Result::unwrap_or_default).collect();
         if labels.iter().any(|l| *l != labels[0]) {
-            let which: Vec<String> = labels.iter().enumerate().map(|(r, l)| format!("rank {r}: {}", String::from_utf8_lossy(l))).collect();
+            let which: Vec<String> = labels.iter().enumerate().map(|(r, l)| format!("rank {r}: {l}")).collect();
             return Err(Stop::input(RankFailures(vec![(0, format!("--engine auto chose different engines on different ranks ({}): some ranks have no GPU; pass --engine explicitly", which.join(", ")))])));
         }
         tracing::info!("creating engine {}", spec.label());
@@ -615,7 +620,7 @@ impl<'w> Job<'w> {
             // The auto policy: rank 0 (always an engine rank) decides, every rank follows.
             if let WarmupPolicy::Auto { tolerance_pct, .. } = config.warmup {
                 let done = world.is_root() && crate::report::warmup_converged(&warmed.runs, tolerance_pct);
-                if world.broadcast_bytes(&[done as u8]).first() == Some(&1) {
+                if world.broadcast(world.is_root().then_some(&done)).unwrap_or(false) {
                     break;
                 }
             }
@@ -672,8 +677,7 @@ impl<'w> Job<'w> {
         let Created { engine, create_s, role, .. } = created;
         let engine_memory = engine.memory().ok();
         let offsets = world.clock_offsets(16);
-        let steps_bytes: Vec<u8> = m.device_steps.iter().flatten().flat_map(|&(a, b)| [a.to_le_bytes(), b.to_le_bytes()].concat()).collect();
-        let all_steps = world.gather_bytes(&steps_bytes);
+        let all_steps = world.gather(&m.device_steps.clone().unwrap_or_default());
         let memory = obs.sampler.stop();
         let rec = &m.rec;
         let rank_report = RankReport {
@@ -710,7 +714,7 @@ impl<'w> Job<'w> {
         // Only with --cupti (every rank has the same config, so the collective matches).
         let step_activity = config
             .cupti
-            .then(|| world.gather_bytes(&serde_json::to_vec(&m.recorded.as_ref().map(|r| &r.device_steps)).expect("activities serialize")))
+            .then(|| world.gather(&Json(m.recorded.as_ref().map(|r| r.device_steps.clone()))))
             .flatten();
         let trace = config.trace.is_some().then(|| RankTrace {
             rank: world.rank,
@@ -727,9 +731,8 @@ impl<'w> Job<'w> {
             kernels: m.recorded.as_ref().map(|r| r.trace_kernels.iter().map(|k| (k.start, k.end, k.device, k.stream, k.name)).collect()).unwrap_or_default(),
             kernel_names: m.recorded.as_ref().map(|r| r.names.clone()).unwrap_or_default(),
         });
-        let traces = trace.map(|t| world.gather_bytes(&serde_json::to_vec(&t).expect("a RankTrace always serializes")));
-        let bytes = serde_json::to_vec(&rank_report).expect("a RankReport always serializes");
-        let reports = world.gather_bytes(&bytes);
+        let traces = trace.map(|t| world.gather(&Json(t)));
+        let reports = world.gather(&Json(rank_report));
         drop(engine);
         Some(Gathered { reports: reports?, rec: m.rec, offsets, all_steps, step_activity, traces: traces.flatten() })
     }
@@ -738,23 +741,17 @@ impl<'w> Job<'w> {
     fn assemble(&mut self, workload: &Workload, g: Gathered) -> Result<RunReport, Stop> {
         let ranks: Vec<RankReport> = g
             .reports
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(r, b)| serde_json::from_slice(b).map_err(|e| (r as i32, format!("unreadable rank report: {e}"))))
+            .map(|(r, b)| b.map(|Json(report)| report).map_err(|e| (r as i32, format!("unreadable rank report: {e}"))))
             .collect::<Result<_, _>>()
             .map_err(|f| Stop::failed(RankFailures(vec![f])))?;
         let header = self.header.take().expect("header set in bind()");
-        let steps: Vec<Vec<(u64, u64)>> = g
-            .all_steps
-            .unwrap_or_default()
-            .iter()
-            .map(|b| b.chunks_exact(16).map(|c| (u64::from_le_bytes(c[..8].try_into().expect("8")), u64::from_le_bytes(c[8..].try_into().expect("8")))).collect())
-            .collect();
+        let steps: Vec<Vec<(u64, u64)>> = g.all_steps.unwrap_or_default().into_iter().map(Result::unwrap_or_default).collect();
         let mut report = header.finished(workload, &g.rec, ranks).map_err(|e| Stop::failed(RankFailures(vec![(0, e.to_string())])))?;
         report.skew = crate::report::build::skew(&steps, &g.offsets);
         if let Some(all) = g.step_activity {
-            let per_rank: Vec<Option<Vec<(u32, Vec<crate::observe::cupti::Activity>)>>> =
-                all.iter().map(|b| serde_json::from_slice(b).ok().flatten()).collect();
+            let per_rank: Vec<StepActivity> = all.into_iter().map(|b| b.ok().and_then(|Json(a)| a)).collect();
             let (names, data) = crate::observe::cupti::participants(&per_rank);
             report.cupti = crate::observe::cupti::summarise(&data).map(|mut c| {
                 c.participants = names;
@@ -762,7 +759,7 @@ impl<'w> Job<'w> {
             });
         }
         if let (Some(traces), Some(out)) = (g.traces, self.trace_out.take()) {
-            let traces: Vec<RankTrace> = traces.iter().filter_map(|b| serde_json::from_slice(b).ok()).collect();
+            let traces: Vec<RankTrace> = traces.into_iter().filter_map(|b| b.ok().map(|Json(t)| t)).collect();
             let doc = crate::report::trace::build(&traces, &g.offsets);
             match out.write_bytes(&serde_json::to_vec(&doc).expect("a trace always serializes")) {
                 Ok(Written::Yes(p)) | Ok(Written::KeptExisting(p)) => eprintln!("trace: {}", p.display()),
@@ -814,8 +811,7 @@ impl<'w> Job<'w> {
     }
 
     fn header_for(&self, c: &RunConfig, gpus: &HostGpus, started_at: String) -> Header {
-        let hosts_raw = self.world.all_gather_bytes(self.world.host.as_bytes());
-        let mut hosts: Vec<String> = hosts_raw.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
+        let mut hosts: Vec<String> = self.world.all_gather(&self.world.host).into_iter().map(Result::unwrap_or_default).collect();
         hosts.dedup();
         let (gpu_driver, cuda_driver, gpu_note) = match gpus {
             HostGpus::Present { driver_version, cuda_driver_version, .. } => (Some(driver_version.clone()), Some(cuda_driver_version.clone()), None),
@@ -869,7 +865,7 @@ impl<'w> Job<'w> {
             // A free TCP port on rank 0's host for torch.distributed (init_method tcp://host:port).
             let r = if world.is_root() { crate::engine::python::python_rendezvous().map(Some) } else { Ok(None) };
             let r = world.agree(r).map_err(Stop::failed)?;
-            return Ok(world.broadcast_bytes(&r.unwrap_or_default()));
+            return Ok(world.broadcast_bytes(&r.unwrap_or_default())); // opaque bytes: no type to read
         }
         if *spec != EngineSpec::Cuda {
             return Ok(Vec::new());
@@ -881,7 +877,7 @@ impl<'w> Job<'w> {
         world.agree(local).map_err(Stop::input)?;
         let id = if world.is_root() { crate::engine::builtin::cuda_rendezvous().map(Some) } else { Ok(None) };
         let id = world.agree(id).map_err(Stop::failed)?;
-        Ok(world.broadcast_bytes(&id.unwrap_or_default()))
+        Ok(world.broadcast_bytes(&id.unwrap_or_default())) // opaque bytes: no type to read
     }
 
     #[cfg(feature = "cuda")]
@@ -902,8 +898,7 @@ impl<'w> Job<'w> {
         let world = self.world;
         let local = if world.is_root() { build_workload(c, vocab, max_context).map(Some) } else { Ok(None) };
         let mine = world.agree(local).map_err(Stop::input)?;
-        let bytes = mine.as_ref().map(encode_prompts).unwrap_or_default();
-        let prompts = decode_prompts(&world.broadcast_bytes(&bytes));
+        let prompts = world.agree(world.broadcast(mine.as_ref().map(|w| &w.prompts))).map_err(Stop::failed)?;
         let source = mine.map(|w| w.source).unwrap_or(crate::workload::PromptSource::Random { seed: c.seed, tokens_per_prompt: c.prompt_tokens });
         Ok(Workload { prompts, generated_tokens: c.generated_tokens, source })
     }
@@ -931,31 +926,6 @@ fn build_workload(c: &RunConfig, vocab: u32, max_context: Option<u32>) -> Result
     Ok(w)
 }
 
-fn encode_prompts(w: &Workload) -> Vec<u8> {
-    let mut b = Vec::with_capacity(8 + w.prompt_tokens() as usize * 4);
-    b.extend_from_slice(&(w.prompts.len() as u64).to_le_bytes());
-    for p in &w.prompts {
-        b.extend_from_slice(&(p.len() as u64).to_le_bytes());
-        p.iter().for_each(|t| b.extend_from_slice(&t.to_le_bytes()));
-    }
-    b
-}
-
-fn decode_prompts(b: &[u8]) -> Vec<Vec<i32>> {
-    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes")) as usize;
-    let n = u64_at(0);
-    let mut at = 8;
-    (0..n)
-        .map(|_| {
-            let len = u64_at(at);
-            at += 8;
-            let p = b[at..at + len * 4].chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
-            at += len * 4;
-            p
-        })
-        .collect()
-}
-
 /// The model an adapter or driver was given, from the usual option names.
 fn options_model(options: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(options).ok()?;
@@ -969,10 +939,10 @@ fn options_vocab(options: &str) -> Option<u32> {
 /// Two ranks on one GPU would share its memory and compute: refuse, naming both ranks.
 fn check_unique_gpus(world: &World, gpu: Option<&GpuInfo>) -> Result<(), RunError> {
     let mine = gpu.map(|g| format!("{}|{}", world.host, g.uuid)).unwrap_or_default();
-    let all = world.all_gather_bytes(mine.as_bytes());
+    let all = world.all_gather(&mine);
     // Reported by the higher rank of each pair only, so the message appears once.
     for (r, a) in all.iter().enumerate() {
-        if (r as i32) < world.rank && !a.is_empty() && *a == mine.as_bytes() {
+        if (r as i32) < world.rank && !mine.is_empty() && a.as_ref().is_ok_and(|a| *a == mine) {
             return Err(RunError::SameGpu { low: world.rank.min(r as i32), high: world.rank.max(r as i32), uuid: gpu.map(|g| g.uuid.clone()).unwrap_or_default() });
         }
     }
@@ -981,28 +951,21 @@ fn check_unique_gpus(world: &World, gpu: Option<&GpuInfo>) -> Result<(), RunErro
 
 /// (pid, rank) of every rank of this run on this host: the sampler attributes GPU memory to them.
 fn job_processes(world: &World) -> Vec<(u32, i32)> {
-    let mine = [world.host.as_bytes(), b"|", &std::process::id().to_le_bytes()].concat();
     world
-        .all_gather_bytes(&mine)
-        .iter()
+        .all_gather(&Json((world.host.clone(), std::process::id())))
+        .into_iter()
         .enumerate()
-        .filter_map(|(r, b)| {
-            let (host, pid) = b.split_at(b.len().checked_sub(4)?);
-            (host.strip_suffix(b"|") == Some(world.host.as_bytes())).then(|| (u32::from_le_bytes(pid.try_into().expect("4 bytes")), r as i32))
-        })
+        .filter_map(|(r, b)| b.ok().and_then(|Json((host, pid))| (host == world.host).then_some((pid, r as i32))))
         .collect()
 }
 
 /// This rank's GPU first, then the other local ranks' GPUs in local-rank order (the ABI's devices).
 fn local_device_list(world: &World, gpu: Option<&GpuInfo>) -> Vec<i32> {
     let Some(g) = gpu else { return Vec::new() };
-    let all = world.all_gather_bytes(&[world.host.as_bytes(), b"|", &g.ordinal.to_le_bytes()].concat());
-    let mut others: Vec<i32> = all
-        .iter()
-        .filter_map(|b| {
-            let (host, ord) = b.split_at(b.len() - 4);
-            (host.strip_suffix(b"|") == Some(world.host.as_bytes())).then(|| i32::from_le_bytes(ord.try_into().expect("4 bytes")))
-        })
+    let mut others: Vec<i32> = world
+        .all_gather(&Json((world.host.clone(), g.ordinal)))
+        .into_iter()
+        .filter_map(|b| b.ok().and_then(|Json((host, ord))| (host == world.host).then_some(ord)))
         .filter(|&o| o != g.ordinal)
         .collect();
     others.insert(0, g.ordinal);
@@ -1077,12 +1040,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prompts_survive_the_wire_format() {
-        let w = Workload::random(3, 5, 100, 1, 2);
-        assert_eq!(decode_prompts(&encode_prompts(&w)), w.prompts);
-    }
 
     #[test]
     fn context_limit_is_checked() {

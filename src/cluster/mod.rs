@@ -14,6 +14,9 @@ use mpi::Threading;
 
 use crate::clock::mono_ns;
 
+pub mod wire;
+pub use wire::{Json, Wire, WireError};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("MPI was already initialised in this process")]
@@ -140,6 +143,22 @@ impl World {
             root.broadcast_into(&mut buf[..]);
         }
         buf
+    }
+
+    /// Every rank's value, on every rank.
+    pub fn all_gather<T: Wire>(&self, mine: &T) -> Vec<Result<T, WireError>> {
+        self.all_gather_bytes(&mine.to_wire()).iter().map(|b| T::from_wire(b)).collect()
+    }
+
+    /// Every rank's value at rank 0 (by rank); None elsewhere.
+    pub fn gather<T: Wire>(&self, mine: &T) -> Option<Vec<Result<T, WireError>>> {
+        self.gather_bytes(&mine.to_wire()).map(|all| all.iter().map(|b| T::from_wire(b)).collect())
+    }
+
+    /// Rank 0's value on every rank: rank 0 passes `Some`, the others `None`.
+    pub fn broadcast<T: Wire>(&self, root_value: Option<&T>) -> Result<T, WireError> {
+        let bytes = self.broadcast_bytes(&root_value.map(Wire::to_wire).unwrap_or_default());
+        T::from_wire(&bytes)
     }
 
     /// Every rank brings its local outcome; every rank leaves with the same verdict: Ok only if all
