@@ -1,0 +1,131 @@
+//! Bad input and faults: one-line errors, a non-zero exit on every rank within seconds, no hang, no overwritten result.
+
+use crate::util::*;
+
+#[test]
+fn bad_arguments_are_one_line_errors() {
+    rejected(2, &["--engine", "tensorrt"], 2, "unknown engine `tensorrt`");
+    rejected(2, &["--model", "gigantic"], 2, "gigantic");
+    rejected(2, &["--generated-tokens", "0"], 2, "--generated-tokens must be a whole number ≥ 1 (got 0)");
+    rejected(1, &["--prompt-tokens", "-3"], 2, "--prompt-tokens must be a whole number ≥ 1 (got -3)");
+    rejected(2, &["--batch", "0"], 2, "--batch");
+    rejected(2, &["--engine-options", "not json"], 2, "--engine-options must be a JSON object");
+    rejected(3, &["--model", "tiny"], 2, "does not divide");
+    rejected(1, &["--model", "tiny", "--prompt-tokens", "2000", "--generated-tokens", "100"], 2, "exceeds the model's context of 2048");
+}
+
+#[test]
+fn bad_adapters_are_one_line_errors() {
+    rejected(2, &["--engine", "/nonexistent/libnothing.so"], 1, "does not exist");
+    rejected(2, &["--engine", concat!("adapter:", env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")], 1, "could not load adapter");
+    rejected(2, &["--engine", env!("TPPROF_MOCK_ADAPTER_BAD_ABI")], 1, "ABI version 42");
+    rejected(2, &["--engine", env!("TPPROF_MOCK_ADAPTER_NO_GENERATE")], 1, "does not export `tpprof_generate`");
+    // An adapter's own create() error reaches the user as one line too.
+    rejected(2, &["--engine", "mock", "--engine-options", r#"{"gpu_kernels_per_step": 2}"#], 1, "gpu_kernels_per_step needs gpu_alloc_mib");
+}
+
+#[test]
+fn bad_prompt_files_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let range = dir.path().join("range.jsonl");
+    std::fs::write(&range, "[1, 2]\n[3, 999999]\n").unwrap();
+    rejected(2, &["--model", "tiny", "--prompts", range.to_str().unwrap()], 2, "line 2: token id 999999");
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "[1, 2]\nhello\n").unwrap();
+    rejected(2, &["--model", "tiny", "--prompts", bad.to_str().unwrap()], 2, "line 2: not an array of integers");
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "[]\n").unwrap();
+    rejected(1, &["--model", "tiny", "--prompts", empty.to_str().unwrap()], 2, "empty prompt");
+    rejected(1, &["--model", "tiny", "--prompts", "/nonexistent/p.jsonl"], 2, "cannot read prompts file");
+}
+
+#[test]
+fn engine_failures_stop_every_rank_with_a_failed_json() {
+    let r = rejected(2, &["--engine", "mock", "--engine-options", r#"{"fail_create_rank": 1}"#], 1, "rank 1: ");
+    assert!(r.error_lines()[0].contains("injected failure in create() on rank 1"));
+    assert_eq!(r.json()["status"]["failed_rank"], 1);
+
+    let r = rejected(4, &["--engine", "mock", "--engine-options", r#"{"fail_rank": 2, "fail_at_token": 5, "token_us": 100}"#, "--generated-tokens", "20"], 1, "rank 2: ");
+    assert!(r.error_lines()[0].contains("injected failure at decode step 5 on rank 2"));
+    let j = r.json();
+    assert_eq!(j["status"]["failed_rank"], 2);
+    assert!(j["summary"].is_null());
+}
+
+#[test]
+fn a_crashing_rank_ends_the_job() {
+    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"crash_rank": 1, "crash_at_token": 3, "token_us": 1000}"#, "--generated-tokens", "50"]);
+    assert_ne!(r.code(), 0);
+    assert!(r.elapsed < Duration::from_secs(60), "took {:?}", r.elapsed);
+    assert!(r.json.is_none(), "no JSON from a crashed job");
+}
+
+#[test]
+fn a_hung_engine_is_stopped_by_the_timeout() {
+    // 10 s per token, 1 s budget.
+    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"token_us": 10000000}"#, "--generated-tokens", "5", "--timeout", "1"]);
+    assert_ne!(r.code(), 0);
+    assert!(r.elapsed < Duration::from_secs(30), "took {:?}", r.elapsed);
+    assert!(r.stderr().contains("did not finish within --timeout 1.0 s"), "{}", r.stderr());
+}
+
+#[test]
+fn existing_results_are_never_overwritten_by_accident() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keep.json");
+    std::fs::write(&path, "earlier result").unwrap();
+    let args = ["--engine", "mock", "--prompt-tokens", "4", "--generated-tokens", "3"];
+    let d2 = tempfile::tempdir().unwrap();
+    let r = run_to(2, &args, &path, d2);
+    assert_eq!(r.code(), 2);
+    assert_eq!(r.error_lines().len(), 1);
+    assert!(r.error_lines()[0].contains("already exists: pass --force"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "earlier result");
+
+    // --force, but the run fails: the earlier file stays.
+    let failing = ["--engine", "mock", "--engine-options", r#"{"fail_create_rank": 0}"#, "--force"];
+    let r = run_to(2, &failing, &path, tempfile::tempdir().unwrap());
+    assert_eq!(r.code(), 1);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "earlier result");
+
+    // --force and success: replaced.
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    let r = run_to(2, &forced, &path, tempfile::tempdir().unwrap());
+    ok(&r);
+    // No temp files left beside it.
+    let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, vec!["keep.json".to_string()]);
+}
+
+#[test]
+fn unwritable_output_is_refused_before_running() {
+    let r = run_to(2, &["--engine", "mock"], Path::new("/nonexistent-dir/r.json"), tempfile::tempdir().unwrap());
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert_eq!(r.error_lines().len(), 1, "{}", r.stderr());
+    assert!(r.error_lines()[0].contains("cannot write /nonexistent-dir/r.json"), "{}", r.stderr());
+    assert!(r.json.is_none());
+}
+
+#[test]
+fn cuda_without_a_gpu_is_a_one_line_error() {
+    if std::path::Path::new("/dev/nvidia0").exists() {
+        eprintln!("skipped: this machine has a GPU (the GPU test command covers it)");
+        return;
+    }
+    let r = rejected(2, &["--engine", "cuda", "--model", "tiny"], 2, "--engine cuda needs a GPU on every rank");
+    assert!(r.json.is_none() || r.json()["status"]["state"] == "failed");
+    rejected(1, &["--engine", "cpu", "--dtype", "fp8"], 2, "unknown --dtype `fp8`");
+    // --cupti records GPU kernels: without a GPU it is refused up front, on every rank.
+    rejected(2, &["--engine", "mock", "--cupti"], 2, "--cupti needs a GPU on every rank");
+    rejected(1, &["--cupti", "--trace-kernel-steps", "-1"], 2, "--trace-kernel-steps must be a whole number ≥ 0 (got -1)");
+    // `auto` (the default) is the cpu engine here.
+    let r = run(1, &["--prompt-tokens", "4", "--generated-tokens", "2"]);
+    assert_eq!(ok(&r)["engine"]["name"], "cpu");
+    // verify needs a GPU too.
+    let _guard = MPI.lock().unwrap_or_else(|p| p.into_inner());
+    let out = Command::new(BIN).args(["verify", "--model", "tiny"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+}

@@ -1,0 +1,134 @@
+//! Known truths measured: the cpu engine's tokens at every TP degree, the mock's scripted latencies, allocations and step costs, topologies, EOS, prompt files.
+
+use crate::util::*;
+
+#[test]
+fn cpu_engine_tokens_agree_across_tp_degrees() {
+    let args = ["--engine", "cpu", "--model", "tiny", "--batch", "2", "--prompt-tokens", "24", "--generated-tokens", "12", "--seed", "5", "--record-tokens"];
+    let mut seen = Vec::new();
+    for n in [1, 2, 4] {
+        let r = run(n, &args);
+        let j = ok(&r);
+        check_counts(j, n, 2, 12);
+        assert_eq!(j["config"]["world_size"], n as u64);
+        assert_eq!(j["summary"]["peak_memory_source"], "host_rss");
+        assert!(j["ranks"][0]["memory"]["gpu"]["state"] == "unavailable" || j["ranks"][0]["gpu"].is_object());
+        assert!(j["ranks"][0]["engine_memory"]["weights_bytes"].as_u64().unwrap() > 0);
+        assert!(r.stdout().contains("status: ok"), "{}", r.stdout());
+        seen.push(tokens(j));
+    }
+    assert_eq!(seen[0], seen[1], "TP=1 vs TP=2");
+    assert_eq!(seen[0], seen[2], "TP=1 vs TP=4");
+    assert!(seen[0][0] != seen[0][1], "different prompts give different continuations");
+}
+
+#[test]
+fn singleton_without_mpirun_works() {
+    let r = run(0, &["--model", "tiny", "--prompt-tokens", "8", "--generated-tokens", "4"]);
+    check_counts(ok(&r), 1, 1, 4);
+}
+
+#[test]
+fn mock_latency_is_what_the_histogram_reports() {
+    // 2 ms per decode step, 20 µs per prompt token (100 tokens → 2 ms prefill).
+    let token_us = 2000.0;
+    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"token_us": 2000, "prefill_us_per_token": 20}"#, "--prompt-tokens", "100", "--generated-tokens", "60"]);
+    let j = ok(&r);
+    check_counts(j, 2, 1, 60);
+    for rank in j["ranks"].as_array().unwrap() {
+        let p50_us = u(&rank["decode"]["p50_ns"]) as f64 / 1e3;
+        let min_us = u(&rank["decode"]["min_ns"]) as f64 / 1e3;
+        // Never below the script (busy-waits end after their deadline; HdrHistogram reports the top
+        // of a value's bucket), and p50 within a tolerance a loaded 2-core machine survives.
+        assert!(min_us >= token_us * 0.999, "min {min_us} µs below the scripted {token_us} µs");
+        assert!(p50_us <= token_us * 1.5 + 500.0, "p50 {p50_us} µs far above the scripted {token_us} µs");
+        let ttft_us = u(&rank["ttft"]["min_ns"]) as f64 / 1e3;
+        assert!(ttft_us >= 2000.0 * 0.999, "TTFT {ttft_us} µs below the scripted 2000 µs prefill");
+    }
+    let itl = j["summary"]["itl_ms"]["p50"].as_f64().unwrap();
+    assert!(itl >= 2.0 * 0.999 && itl <= 3.5, "merged ITL p50 {itl} ms");
+}
+
+#[test]
+fn mock_allocation_shows_in_each_ranks_peak() {
+    let size: u64 = 256 << 20;
+    let opts = format!(r#"{{"alloc_bytes": {size}}}"#);
+    let r = run(2, &["--engine", "mock", "--engine-options", &opts, "--prompt-tokens", "4", "--generated-tokens", "4", "--mem-interval-ms", "5"]);
+    let j = ok(&r);
+    for rank in j["ranks"].as_array().unwrap() {
+        let peak = u(&rank["memory"]["host"]["peak_rss"]["bytes"]);
+        let hwm = u(&rank["memory"]["host"]["vm_hwm_bytes"]);
+        assert!(peak >= size && hwm >= size, "rank {}: sampled {peak} / VmHWM {hwm} < allocated {size}", rank["rank"]);
+        assert_eq!(u(&rank["engine_memory"]["host_bytes"]), size);
+        assert_eq!(u(&rank["memory"]["interval_ms"]), 5);
+    }
+    for p in j["summary"]["peak_memory_gib"].as_array().unwrap() {
+        assert!(p.as_f64().unwrap() >= 0.25);
+    }
+}
+
+#[test]
+fn one_process_topology_has_observer_ranks() {
+    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"topology": "one_process", "token_us": 200}"#, "--batch", "3", "--prompt-tokens", "4", "--generated-tokens", "5"]);
+    let j = ok(&r);
+    check_counts(j, 2, 3, 5);
+    assert_eq!(j["topology"], "one_process");
+    assert_eq!(j["ranks"][0]["role"], "engine");
+    assert_eq!(j["ranks"][1]["role"], "observer");
+    assert_eq!(u(&j["ranks"][1]["tokens_generated"]), 0);
+    assert!(u(&j["ranks"][1]["memory"]["host"]["peak_rss"]["bytes"]) > 0);
+}
+
+#[test]
+fn tokens_from_an_engine_thread_are_recorded() {
+    let r = run(1, &["--engine", "mock", "--engine-options", r#"{"callback_thread": 1}"#, "--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "7"]);
+    check_counts(ok(&r), 1, 2, 7);
+}
+
+#[test]
+fn eos_is_reported_not_hidden() {
+    let opts = r#"{"eos_at_step": 5}"#;
+    // Exact length (default): the engine must ignore EOS.
+    let r = run(1, &["--engine", "mock", "--engine-options", opts, "--prompt-tokens", "4", "--generated-tokens", "10"]);
+    check_counts(ok(&r), 1, 1, 10);
+    // --allow-eos: the short sample is visible in status and samples.
+    let r = run(1, &["--engine", "mock", "--engine-options", opts, "--prompt-tokens", "4", "--generated-tokens", "10", "--allow-eos"]);
+    assert_eq!(r.code(), 0);
+    let j = r.json();
+    assert_eq!(j["status"]["state"], "incomplete");
+    assert!(j["status"]["reason"].as_str().unwrap().contains("sample 0 got 6 of 10 tokens"));
+    assert_eq!(j["samples"][0]["finish_reason"], "eos");
+    assert_eq!(u(&j["summary"]["generated_tokens"]), 6);
+    assert!(r.stdout().contains("INCOMPLETE"));
+}
+
+#[test]
+fn prompts_file_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.jsonl");
+    std::fs::write(&p, "[1, 2, 3, 4]\n[5, 6]\n[7]\n").unwrap();
+    let r = run(2, &["--model", "tiny", "--prompts", p.to_str().unwrap(), "--generated-tokens", "3"]);
+    let j = ok(&r);
+    check_counts(j, 2, 3, 3);
+    assert_eq!(u(&j["summary"]["prompt_tokens"]), 7);
+    assert_eq!(j["config"]["prompts"]["kind"], "file");
+}
+
+/// Known truth: the mock's decode step k waits 1000 + 200·k µs (a cost that grows with the
+/// context). The per-tenth medians must follow the script: never below it (busy-waits end after
+/// their deadline), not far above it, and rising by what it adds (margins for a loaded machine).
+#[test]
+fn itl_by_tenth_of_decode_follows_a_growing_step_cost() {
+    let r = run(1, &["--engine", "mock", "--engine-options", r#"{"token_us": 1000, "token_us_growth": 200}"#, "--prompt-tokens", "4", "--generated-tokens", "41"]);
+    let j = ok(&r);
+    let tenths: Vec<f64> = j["summary"]["itl_p50_by_tenth_ms"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(tenths.len(), 10, "{tenths:?}");
+    for (d, &ms) in tenths.iter().enumerate() {
+        // Steps 4d+1..=4d+4; the median of four is the lower middle, step 4d+2.
+        let scripted_ms = (1000.0 + 200.0 * (4 * d + 2) as f64) / 1e3;
+        assert!(ms >= scripted_ms * 0.999 && ms <= scripted_ms + 3.0, "tenth {d}: {ms} ms for a scripted {scripted_ms} ms ({tenths:?})");
+    }
+    // The script adds 200 µs × 36 steps = 7.2 ms between the first and the last tenth's medians.
+    assert!(tenths[9] - tenths[0] >= 0.5 * 7.2, "{tenths:?}");
+    assert!(r.stdout().contains("ITL p50 by tenth of the decode steps (rank 0)"), "{}", r.stdout());
+}

@@ -1,0 +1,175 @@
+//! What users read: `tpprof report`, the trace, `tpprof compare`, results of earlier builds, the TP sweep script.
+
+use crate::util::*;
+
+#[test]
+fn report_prints_a_saved_result() {
+    let r = run(1, &["--engine", "mock", "--prompt-tokens", "4", "--generated-tokens", "3"]);
+    ok(&r);
+    let out = Command::new(BIN).arg("report").arg(&r.path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("status: ok") && text.contains("TTFT") && text.contains("ITL"), "{text}");
+    let bad = Command::new(BIN).args(["report", "Cargo.toml"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).starts_with("error: Cargo.toml is not a tpprof result JSON"));
+}
+
+#[test]
+fn trace_has_every_rank_token_and_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.json");
+    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"token_us": 300}"#, "--batch", "2", "--prompt-tokens", "8", "--generated-tokens", "5", "--trace", trace.to_str().unwrap()]);
+    ok(&r);
+    let t: Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let ev = t["traceEvents"].as_array().unwrap();
+    for rank in 0..2 {
+        let tokens = ev.iter().filter(|e| e["name"] == "token" && e["pid"] == rank).count();
+        assert_eq!(tokens, 2 * 5, "rank {rank}");
+        assert!(ev.iter().any(|e| e["ph"] == "C" && e["pid"] == rank), "memory track of rank {rank}");
+        assert!(ev.iter().any(|e| e["name"] == "process_name" && e["pid"] == rank));
+    }
+    // Token times are ordered within a sample and non-negative on rank 0's clock.
+    let mut last = -1.0;
+    for e in ev.iter().filter(|e| e["name"] == "token" && e["pid"] == 0 && e["args"]["sample"] == 1) {
+        let ts = e["ts"].as_f64().unwrap();
+        assert!(ts >= last && ts >= 0.0);
+        last = ts;
+    }
+    // The trace is claimed like the JSON: never overwritten by accident, never the same file.
+    let r = run(1, &["--engine", "mock", "--trace", trace.to_str().unwrap()]);
+    assert_eq!(r.code(), 2);
+    assert!(r.error_lines()[0].contains("already exists"), "{}", r.stderr());
+    let same = dir.path().join("same.json");
+    let r = run_to(1, &["--engine", "mock", "--trace", same.to_str().unwrap()], &same, tempfile::tempdir().unwrap());
+    assert_eq!(r.code(), 2);
+    assert!(r.error_lines()[0].contains("is also the --out file"), "{}", r.stderr());
+}
+
+#[test]
+fn compare_puts_runs_side_by_side_against_the_baseline() {
+    let a = run(1, &["--engine", "mock", "--engine-options", r#"{"token_us": 1000}"#, "--prompt-tokens", "4", "--generated-tokens", "20"]);
+    let b = run(2, &["--engine", "mock", "--engine-options", r#"{"token_us": 3000}"#, "--prompt-tokens", "4", "--generated-tokens", "21"]);
+    let (ja, jb) = (ok(&a), ok(&b));
+    let out = Command::new(BIN).arg("compare").arg(&a.path).arg(&b.path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The legend names both files; the workload difference is pointed out.
+    assert!(text.contains(&format!("A: {}", a.path.display())) && text.contains(&format!("B: {}", b.path.display())), "{text}");
+    assert!(text.contains("generated tokens differ: A 20, B 21"), "{text}");
+    // The ITL row carries both runs' p50 as the JSONs have them, B's with its change against A.
+    let (pa, pb) = (ja["summary"]["itl_ms"]["p50"].as_f64().unwrap(), jb["summary"]["itl_ms"]["p50"].as_f64().unwrap());
+    let itl = text.lines().find(|l| l.starts_with("ITL p50 ms")).unwrap_or_else(|| panic!("no ITL row:\n{text}"));
+    let change = (pb - pa) / pa * 100.0;
+    assert!(itl.contains(&format!("{pa:.3}")) && itl.contains(&format!("{pb:.3} ({change:+.1} %)")), "{itl}\n{text}");
+    assert!(change > 100.0, "3 ms vs 1 ms per token: {change}");
+    // Two ranks in B: its smallest and largest rank peaks are both there.
+    assert!(text.lines().any(|l| l.starts_with("peak memory, smallest rank GiB")), "{text}");
+
+    let md = Command::new(BIN).arg("compare").arg("--markdown").arg(&a.path).arg(&b.path).output().unwrap();
+    let md = String::from_utf8_lossy(&md.stdout).into_owned();
+    assert!(md.contains("| | A (baseline) | B |") && md.contains("| --- | --- | --- |"), "{md}");
+    assert!(md.lines().any(|l| l.starts_with("| ITL p50 ms | ") && l.ends_with(" %) |")), "{md}");
+
+    // Bad input: one line, exit 2.
+    for args in [vec![a.path.display().to_string()], vec![a.path.display().to_string(), "Cargo.toml".into()]] {
+        let bad = Command::new(BIN).arg("compare").args(&args).output().unwrap();
+        assert_eq!(bad.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&bad.stderr).into_owned();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("error: "), "{err}");
+    }
+}
+
+/// Results committed by earlier builds (same schema id, fewer fields) still read: a user's saved
+/// JSONs must survive an upgrade. The two from the very first build lack the job memory record
+/// and get a one-line error saying so.
+#[test]
+fn results_of_earlier_builds_still_read() {
+    let too_old = ["mock_tp2_on_gpu_host.json", "qwen2.5-14b_fp16_tp2_10k-800_first-version.json"];
+    let mut files = Vec::new();
+    let mut dirs = vec![PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/results"))];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "json")
+                && !p.to_string_lossy().ends_with(".trace.json")
+                // an engine timed without tpprof (the yardstick beside a tpprof result)
+                && !p.to_string_lossy().ends_with(".plain.json")
+                && !p.ends_with("results/schema.json")
+            {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() >= 40, "found {} result JSONs", files.len());
+    for f in &files {
+        let out = Command::new(BIN).arg("report").arg(f).output().unwrap();
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        if too_old.contains(&name.as_str()) {
+            assert_eq!(out.status.code(), Some(2), "{name}");
+            assert!(String::from_utf8_lossy(&out.stderr).contains("written by an earlier tpprof build"), "{name}");
+        } else {
+            assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+/// An engine that holds no GPU memory on a GPU host (python:test on the H200: NVML measured, 0 bytes
+/// for this run's processes) shows the host peak the JSON holds, with its source, not "0.000 gpu".
+#[test]
+fn report_shows_the_peak_the_json_holds_with_its_source() {
+    let f = concat!(env!("CARGO_MANIFEST_DIR"), "/results/h200/warmup/python-test_2000us.json");
+    let j: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+    assert_eq!(j["summary"]["peak_memory_source"], "host_rss");
+    assert_eq!(j["ranks"][0]["memory"]["gpu"]["job_peak"]["bytes"], 0, "the case: GPU measured, none of it ours");
+    let out = Command::new(BIN).arg("report").arg(f).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let peak = format!("{:.3} host", j["summary"]["peak_memory_gib"][0].as_f64().unwrap());
+    let row = text.lines().find(|l| l.trim_start().starts_with("0 ")).unwrap_or_else(|| panic!("no rank row:\n{text}"));
+    assert!(row.contains(&peak) && !row.contains(" gpu"), "{row}");
+}
+
+/// launch/tp-sweep.sh: one JSON per TP degree and the compare table, on the cpu engine.
+#[test]
+fn tp_sweep_script_runs_each_degree_and_compares() {
+    let _guard = MPI.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/launch/tp-sweep.sh");
+    let sweep = |tps: &str| {
+        Command::new("timeout")
+            .args(["-k", "5", "180", "bash", script, "-t", tps, "-o"])
+            .arg(&out)
+            .args(["--", "--engine", "cpu", "--model", "tiny", "--prompt-tokens", "16", "--generated-tokens", "4"])
+            .env("TPPROF", BIN)
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+            .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+            .output()
+            .unwrap()
+    };
+    let r = sweep("1 2");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for tp in [1, 2] {
+        let j: Value = serde_json::from_str(&std::fs::read_to_string(out.join(format!("tp{tp}-default.json"))).unwrap()).unwrap();
+        check_schema(&j);
+        assert_eq!(j["config"]["world_size"], tp);
+    }
+    let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    assert!(md.contains("| | A (baseline) | B |") && md.contains("1 rank(s)") && md.contains("2 rank(s)"), "{md}");
+    // tiny's 4 KV heads do not split over 3 ranks: the sweep stops there and names the run.
+    let bad = sweep("3");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("error: the TP=3 default run failed"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let log = std::fs::read_to_string(out.join("tp3-default.log")).unwrap();
+    assert!(log.contains("does not divide"), "the run's own error is in its log: {log}");
+    // One degree: its JSON and no comparison (compare needs two files), still a success.
+    std::fs::remove_dir_all(&out).unwrap();
+    let one = sweep("2");
+    assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
+    assert!(out.join("tp2-default.json").is_file() && !out.join("compare.md").exists());
+}
