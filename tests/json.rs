@@ -102,12 +102,15 @@ pub(crate) struct Engine {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Percentiles {
+    pub min: f64,
     pub p50: f64,
     pub p90: f64,
+    pub p95: f64,
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
     pub mean: f64,
+    pub std: f64,
     pub count: u64,
 }
 
@@ -161,10 +164,12 @@ pub(crate) struct Histogram {
     pub min_ns: u64,
     pub p50_ns: u64,
     pub p90_ns: u64,
+    pub p95_ns: u64,
     pub p99_ns: u64,
     pub p999_ns: u64,
     pub max_ns: u64,
     pub mean_ns: f64,
+    pub stdev_ns: f64,
     pub hdr_v2_base64: String,
 }
 
@@ -243,8 +248,21 @@ pub(crate) struct Sample {
     pub generated: u32,
     pub finish_reason: String,
     pub ttft_ms: Option<f64>,
+    pub e2e_ms: Option<f64>,
+    pub tpot_ms: Option<f64>,
+    pub itl_ms: Option<SampleItl>,
     pub ranks_agree: bool,
     pub tokens: Option<Vec<i32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SampleItl {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub count: u64,
 }
 
 /// Reads a result JSON through the mirror; panics naming the field that does not fit.

@@ -93,10 +93,12 @@ impl LatencyHistogram {
             min_ns: if h.is_empty() { 0 } else { h.min() },
             p50_ns: q(0.50),
             p90_ns: q(0.90),
+            p95_ns: q(0.95),
             p99_ns: q(0.99),
             p999_ns: q(0.999),
             max_ns: if h.is_empty() { 0 } else { h.max() },
             mean_ns: if h.is_empty() { 0.0 } else { h.mean() },
+            stdev_ns: if h.is_empty() { 0.0 } else { h.stdev() },
             hdr_v2_base64: self.to_base64(),
         }
     }
@@ -111,22 +113,36 @@ pub struct HistogramSummary {
     pub min_ns: u64,
     pub p50_ns: u64,
     pub p90_ns: u64,
+    /// Absent in results of builds before p95 and std (read as 0).
+    #[serde(default)]
+    pub p95_ns: u64,
     pub p99_ns: u64,
     pub p999_ns: u64,
     pub max_ns: u64,
     pub mean_ns: f64,
+    /// Standard deviation (population) of the recorded values, from the histogram.
+    #[serde(default)]
+    pub stdev_ns: f64,
     pub hdr_v2_base64: String,
 }
 
 /// The same percentiles in milliseconds, for the summary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PercentilesMs {
+    /// Absent in results of builds before min, p95 and std (read as 0).
+    #[serde(default)]
+    pub min: f64,
     pub p50: f64,
     pub p90: f64,
+    #[serde(default)]
+    pub p95: f64,
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
     pub mean: f64,
+    #[serde(default)]
+    pub std: f64,
+    /// Values in the histogram: for merged histograms, summed over the engine ranks.
     pub count: u64,
 }
 
@@ -134,12 +150,15 @@ impl From<&HistogramSummary> for PercentilesMs {
     fn from(s: &HistogramSummary) -> Self {
         let ms = |ns: u64| ns as f64 / 1e6;
         PercentilesMs {
+            min: ms(s.min_ns),
             p50: ms(s.p50_ns),
             p90: ms(s.p90_ns),
+            p95: ms(s.p95_ns),
             p99: ms(s.p99_ns),
             p999: ms(s.p999_ns),
             max: ms(s.max_ns),
             mean: s.mean_ns / 1e6,
+            std: s.stdev_ns / 1e6,
             count: s.count,
         }
     }
@@ -148,6 +167,19 @@ impl From<&HistogramSummary> for PercentilesMs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Known truth: 1, 2, …, 100 ms, once each: p95 = 95 ms, min 1 ms, population std
+    /// sqrt((100² − 1) / 12) = 28.866 ms (HdrHistogram keeps 3 significant digits).
+    #[test]
+    fn p95_min_and_std_of_a_known_distribution() {
+        let mut h = LatencyHistogram::new();
+        (1..=100u64).for_each(|ms| h.record(ms * 1_000_000));
+        let p = PercentilesMs::from(&h.summary());
+        assert!((p.p95 - 95.0).abs() < 0.1, "{}", p.p95);
+        assert!((p.min - 1.0).abs() < 0.01, "{}", p.min);
+        assert!((p.std - 28.866).abs() < 0.05, "{}", p.std);
+        assert_eq!(p.count, 100);
+    }
 
     #[test]
     fn round_trip_and_exact_merge() {

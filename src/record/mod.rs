@@ -124,6 +124,35 @@ pub struct SampleRecord {
     pub first_token_ns: Option<u64>,
     pub last_token_ns: Option<u64>,
     pub tokens: Vec<i32>,
+    /// The gaps between consecutive tokens (ns), in step order.
+    pub itl_ns: Vec<u64>,
+}
+
+impl SampleRecord {
+    /// End to end: submit to the last token (ns).
+    pub fn e2e_ns(&self, submit_ns: u64) -> Option<u64> {
+        self.last_token_ns.map(|t| t.saturating_sub(submit_ns))
+    }
+
+    /// Time per output token as trtllm-bench defines it: (e2e − TTFT) / (tokens − 1), i.e. the
+    /// mean gap after the first token (ns); None below two tokens.
+    pub fn tpot_ns(&self) -> Option<f64> {
+        match (self.first_token_ns, self.last_token_ns) {
+            (Some(f), Some(l)) if self.generated >= 2 => Some(l.saturating_sub(f) as f64 / (self.generated - 1) as f64),
+            _ => None,
+        }
+    }
+
+    /// The sample's inter-token gaps at quantile q (nearest rank, exact: no histogram), ns.
+    pub fn itl_quantile_ns(&self, q: f64) -> Option<u64> {
+        if self.itl_ns.is_empty() {
+            return None;
+        }
+        let mut v = self.itl_ns.clone();
+        v.sort_unstable();
+        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        Some(v[rank - 1])
+    }
 }
 
 /// Everything derived from one rank's token events.
@@ -174,10 +203,12 @@ impl Recording {
             if let Some(first) = evs.first() {
                 ttft.record(first.t_ns.saturating_sub(submit_ns));
             }
+            let mut itl_ns = Vec::with_capacity(evs.len().saturating_sub(1));
             for w in evs.windows(2) {
                 let gap = w[1].t_ns.saturating_sub(w[0].t_ns);
                 decode.record(gap);
                 gaps.push((w[1].step, gap));
+                itl_ns.push(gap);
             }
             let finish = evs.last().map(|e| FinishReason::from_abi(e.finish)).unwrap_or(FinishReason::None);
             samples.push(SampleRecord {
@@ -187,6 +218,7 @@ impl Recording {
                 first_token_ns: evs.first().map(|e| e.t_ns),
                 last_token_ns: evs.last().map(|e| e.t_ns),
                 tokens: evs.iter().map(|e| e.token).collect(),
+                itl_ns,
             });
         }
         Recording { samples, ttft, decode, submit_ns, decode_deciles_ns: deciles(&gaps), anomalies }

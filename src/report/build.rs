@@ -217,6 +217,12 @@ fn sample_reports(workload: &Workload, root: &Recording, ranks: &[RankReport], r
                 generated: s.generated,
                 finish_reason: s.finish_reason,
                 ttft_ms: s.first_token_ns.map(|t| t.saturating_sub(root.submit_ns) as f64 / 1e6),
+                e2e_ms: s.e2e_ns(root.submit_ns).map(|t| t as f64 / 1e6),
+                tpot_ms: s.tpot_ns().map(|t| t / 1e6),
+                itl_ms: (!s.itl_ns.is_empty()).then(|| {
+                    let q = |x: f64| s.itl_quantile_ns(x).unwrap_or(0) as f64 / 1e6;
+                    SampleItl { p50: q(0.5), p90: q(0.9), p99: q(0.99), max: q(1.0), count: s.itl_ns.len() as u64 }
+                }),
                 ranks_agree: agree,
                 tokens: record_tokens.then(|| s.tokens.clone()),
             }

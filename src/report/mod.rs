@@ -205,6 +205,16 @@ pub struct RankReport {
     pub cupti: Option<CuptiReport>,
 }
 
+/// One sample's inter-token gaps, exact (nearest-rank percentiles of its own gaps), in ms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleItl {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub count: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleReport {
     pub index: u32,
@@ -213,6 +223,15 @@ pub struct SampleReport {
     pub generated: u32,
     pub finish_reason: FinishReason,
     pub ttft_ms: Option<f64>,
+    /// Submit to the last token (rank 0's clock). Absent in results of earlier builds.
+    #[serde(default)]
+    pub e2e_ms: Option<f64>,
+    /// (e2e − TTFT) / (generated − 1), as trtllm-bench defines TPOT.
+    #[serde(default)]
+    pub tpot_ms: Option<f64>,
+    /// This sample's inter-token gaps (exact, rank 0), when it has two tokens or more.
+    #[serde(default)]
+    pub itl_ms: Option<SampleItl>,
     /// Every engine rank produced the same token ids for this sample.
     pub ranks_agree: bool,
     pub tokens: Option<Vec<i32>>,

@@ -36,11 +36,22 @@ pub enum LoadError {
     Older { path: std::path::PathBuf, source: serde_json::Error },
 }
 
+/// Per request (rank 0's clock): TPOT = (e2e − TTFT) / (n − 1) and end to end, median and worst.
+fn per_request_line(samples: &[SampleReport]) -> Option<String> {
+    let stat = |mut v: Vec<f64>| -> Option<(f64, f64)> {
+        v.sort_by(f64::total_cmp);
+        Some((*v.get((v.len().checked_sub(1)?) / 2)?, *v.last()?))
+    };
+    let (tp50, tmax) = stat(samples.iter().filter_map(|s| s.tpot_ms).collect())?;
+    let (e50, emax) = stat(samples.iter().filter_map(|s| s.e2e_ms).collect())?;
+    Some(format!("per request: TPOT (e2e − TTFT)/(n − 1) median {tp50:.3} ms, max {tmax:.3} ms; end to end median {e50:.3} ms, max {emax:.3} ms"))
+}
+
 fn row(out: &mut String, name: &str, p: &PercentilesMs) {
     let _ = writeln!(
         out,
-        "  {name:<10} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>8}",
-        p.p50, p.p90, p.p99, p.p999, p.max, p.mean, p.count
+        "  {name:<6} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>8}",
+        p.min, p.p50, p.p90, p.p95, p.p99, p.p999, p.max, p.mean, p.std, p.count
     );
 }
 
@@ -73,9 +84,14 @@ pub fn render(r: &RunReport) -> String {
         );
         let opt = |v: Option<f64>| v.map(|x| format!("{x:.1} tok/s")).unwrap_or_else(|| "n/a".into());
         let _ = writeln!(out, "prefill {}, decode {}, engine load {:.3} s", opt(s.prefill_tok_s), opt(s.decode_tok_s), s.engine_load_s);
-        let _ = writeln!(out, "  {:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}", "ms", "p50", "p90", "p99", "p99.9", "max", "mean", "count");
+        let _ = writeln!(out, "  {:<6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}", "ms", "min", "p50", "p90", "p95", "p99", "p99.9", "max", "mean", "std", "count");
         row(&mut out, "TTFT", &s.ttft_ms);
         row(&mut out, "ITL", &s.itl_ms);
+        let engine_ranks = r.ranks.iter().filter(|k| k.role == Role::Engine).count();
+        let _ = writeln!(out, "  (counts: {} request(s), TTFT and ITL per rank merged over {engine_ranks} engine rank(s))", r.samples.len());
+        if let Some(line) = per_request_line(&r.samples) {
+            let _ = writeln!(out, "{line}");
+        }
         if let Some(t) = s.itl_p50_by_tenth_ms.as_ref().filter(|t| t.len() >= 2) {
             let (first, last) = (t[0], t[t.len() - 1]);
             let growth = if first > 0.0 { format!(" (last {} {:+.1} % against the first)", if t.len() == 10 { "tenth" } else { "part" }, (last - first) / first * 100.0) } else { String::new() };
