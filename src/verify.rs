@@ -147,7 +147,7 @@ fn run(_world: &World, _args: &VerifyArgs) -> Result<bool, VerifyError> {
 
 #[cfg(feature = "cuda")]
 fn run(world: &World, args: &VerifyArgs) -> Result<bool, VerifyError> {
-    use crate::engine::builtin::cuda::{gpu::Dtype, CudaEngine};
+    use crate::engine::builtin::cuda::{CudaEngine, Dtype};
 
     let dtype = world.agree(Dtype::parse(&args.dtype))?;
     let cfg = {

@@ -103,7 +103,7 @@ pub struct Cuda {
 impl Cuda {
     #[allow(clippy::too_many_arguments)]
     pub fn new(config: &Config, model: &str, dtype: &str, seed: u64, weights: Option<&std::path::Path>, ordinal: usize, rank: usize, world: usize, nccl_id: &[u8]) -> Result<Cuda, EngineError> {
-        let dtype = cuda::gpu::Dtype::parse(dtype).map_err(|e| EngineError::Other(e.to_string()))?;
+        let dtype = cuda::Dtype::parse(dtype).map_err(|e| EngineError::Other(e.to_string()))?;
         let dir = weights.map(open_checkpoint).transpose()?;
         let init = match &dir {
             Some(d) => cuda::WeightInit::Checkpoint(d),
