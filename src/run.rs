@@ -867,18 +867,12 @@ impl<'w> Job<'w> {
         Ok(world.broadcast_bytes(&id.unwrap_or_default()))
     }
 
-    #[cfg(feature = "cuda")]
     fn cuda_engine(&self, c: &RunConfig, gpu: Option<&GpuInfo>, id: &[u8]) -> Result<Box<dyn Engine>, String> {
         let cfg = c.model_config.as_ref().expect("validated: built-in engines have a model");
         let ordinal = gpu.map(|g| g.ordinal as usize).ok_or("no GPU bound")?;
         crate::engine::builtin::Cuda::new(cfg, &c.model, &c.dtype, c.seed, c.weights.as_deref(), ordinal, self.world.rank as usize, self.world.size as usize, id)
             .map(|e| Box::new(e) as Box<dyn Engine>)
             .map_err(|e| e.to_string())
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    fn cuda_engine(&self, _c: &RunConfig, _gpu: Option<&GpuInfo>, _id: &[u8]) -> Result<Box<dyn Engine>, String> {
-        Err(crate::engine::builtin::NO_CUDA.into())
     }
 
     /// Rank 0 builds (or reads) the prompts and checks them; every rank gets them by broadcast.

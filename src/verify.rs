@@ -96,7 +96,6 @@ pub enum VerifyError {
     NoCuda,
     #[error(transparent)]
     Cpu(#[from] crate::engine::builtin::cpu::CpuError),
-    #[cfg(feature = "cuda")]
     #[error(transparent)]
     Cuda(#[from] crate::engine::builtin::cuda::CudaError),
 }
@@ -140,14 +139,11 @@ pub fn main(args: VerifyArgs) -> i32 {
     code
 }
 
-#[cfg(not(feature = "cuda"))]
-fn run(_world: &World, _args: &VerifyArgs) -> Result<bool, VerifyError> {
-    Err(VerifyError::NoCuda)
-}
-
-#[cfg(feature = "cuda")]
 fn run(world: &World, args: &VerifyArgs) -> Result<bool, VerifyError> {
-    use crate::engine::builtin::cuda::{CudaEngine, Dtype};
+    use crate::engine::builtin::cuda::{CudaEngine, Dtype, BUILT};
+    if !BUILT {
+        return Err(VerifyError::NoCuda);
+    }
 
     let dtype = world.agree(Dtype::parse(&args.dtype))?;
     let cfg = {

@@ -1,4 +1,6 @@
-//! tpprof's own engines. `cpu`: the tensor-parallel Qwen2 reference over MPI.
+//! tpprof's own engines. `cpu`: the tensor-parallel Qwen2 reference over MPI. `cuda`: the same
+//! model on NVIDIA GPUs; without the `cuda` feature, its stand-in (cuda/disabled.rs: the same API,
+//! every call the NO_CUDA error), so nothing here or above needs a `cfg(feature = "cuda")`.
 
 pub mod cpu;
 
@@ -89,9 +91,11 @@ impl Engine for Cpu {
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(not(feature = "cuda"))]
+#[path = "cuda/disabled.rs"]
+pub mod cuda;
 
 /// The `cuda` engine behind the `Engine` trait.
-#[cfg(feature = "cuda")]
 pub struct Cuda {
     engine: cuda::CudaEngine,
     config: Config,
@@ -99,7 +103,6 @@ pub struct Cuda {
     weights: String,
 }
 
-#[cfg(feature = "cuda")]
 impl Cuda {
     #[allow(clippy::too_many_arguments)]
     pub fn new(config: &Config, model: &str, dtype: &str, seed: u64, weights: Option<&std::path::Path>, ordinal: usize, rank: usize, world: usize, nccl_id: &[u8]) -> Result<Cuda, EngineError> {
@@ -120,20 +123,12 @@ impl Cuda {
 
 /// Rank 0's NCCL unique id for the cuda engine (broadcast over MPI by the caller).
 pub fn cuda_rendezvous() -> Result<Vec<u8>, String> {
-    #[cfg(feature = "cuda")]
-    {
-        cuda::nccl_unique_id().map_err(|e| e.to_string())
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        Err(NO_CUDA.into())
-    }
+    cuda::nccl_unique_id().map_err(|e| e.to_string())
 }
 
 /// The message of a build without the `cuda` feature.
 pub const NO_CUDA: &str = "this tpprof was built without the `cuda` feature: rebuild with default features (cargo build --release) or use --engine cpu";
 
-#[cfg(feature = "cuda")]
 impl Engine for Cuda {
     fn info(&self) -> EngineInfo {
         EngineInfo {

@@ -19,6 +19,9 @@ use kernel::MODULES;
 use model::{Buffers, DecodeAttention, Dims, GemvOps, Model, Weights};
 pub use types::{CudaError, Dtype, StepTimes, UnknownDtype, WeightInit};
 
+/// Whether this build has the cuda engine (its stand-in, disabled.rs, says false).
+pub const BUILT: bool = true;
+
 pub use gpu::nccl_unique_id;
 
 /// Maps an event time (ms after the first anchor) to CLOCK_MONOTONIC ns. `a0_ns`, `a1_ns`: host

@@ -1,4 +1,5 @@
-//! The cuda engine's plain types — no CUDA in here.
+//! The cuda engine's plain types — no CUDA in here: compiled into the engine and into its stand-in
+//! (disabled.rs, builds without the `cuda` feature), so both have the same API.
 
 /// The element type of weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,9 @@ impl Dtype {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
+    /// A build without the `cuda` feature (the stand-in's one error).
+    #[error("{}", crate::engine::builtin::NO_CUDA)]
+    NotBuilt,
     #[error("the cuda engine needs {0}, which this machine does not have: install the NVIDIA driver and CUDA 13 libraries, or use --engine cpu")]
     Missing(String),
     #[error("CUDA driver: {0}")]
