@@ -880,17 +880,11 @@ impl<'w> Job<'w> {
         Ok(world.broadcast_bytes(&id.unwrap_or_default())) // opaque bytes: no type to read
     }
 
-    #[cfg(feature = "cuda")]
     fn cuda_engine(&self, c: &RunConfig, gpu: Option<&GpuInfo>, id: &[u8]) -> Result<Box<dyn Engine>, EngineError> {
         let cfg = c.model_config.as_ref().expect("validated: built-in engines have a model");
         let ordinal = gpu.expect("rendezvous checked: the cuda engine has a GPU on every rank").ordinal as usize;
         crate::engine::builtin::Cuda::new(cfg, &c.model, &c.dtype, c.seed, c.weights.as_deref(), ordinal, self.world.rank as usize, self.world.size as usize, id)
             .map(|e| Box::new(e) as Box<dyn Engine>)
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    fn cuda_engine(&self, _c: &RunConfig, _gpu: Option<&GpuInfo>, _id: &[u8]) -> Result<Box<dyn Engine>, EngineError> {
-        Err(EngineError::Other(crate::engine::builtin::NO_CUDA.into()))
     }
 
     /// Rank 0 builds (or reads) the prompts and checks them; every rank gets them by broadcast.

@@ -76,7 +76,6 @@ pub enum VerifyError {
     Timeout(f64),
     #[error(transparent)]
     Cpu(#[from] crate::engine::builtin::cpu::CpuError),
-    #[cfg(feature = "cuda")]
     #[error(transparent)]
     Cuda(#[from] crate::engine::builtin::cuda::CudaError),
 }
@@ -98,14 +97,11 @@ pub fn main(world: &World, args: VerifyInput) -> Result<bool, VerifyError> {
     run(world, &args)
 }
 
-#[cfg(not(feature = "cuda"))]
-fn run(_world: &World, _args: &VerifyInput) -> Result<bool, VerifyError> {
-    Err(VerifyError::NoCuda)
-}
-
-#[cfg(feature = "cuda")]
 fn run(world: &World, args: &VerifyInput) -> Result<bool, VerifyError> {
-    use crate::engine::builtin::cuda::{gpu::Dtype, CudaEngine};
+    use crate::engine::builtin::cuda::{CudaEngine, Dtype, BUILT};
+    if !BUILT {
+        return Err(VerifyError::NoCuda);
+    }
 
     let dtype = world.agree(Dtype::parse(&args.dtype))?;
     let cfg = {

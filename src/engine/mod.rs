@@ -80,8 +80,12 @@ pub enum EngineError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     Python(#[from] python::PythonError),
-    #[error("{0}")]
-    Other(String),
+    #[error(transparent)]
+    Cuda(#[from] builtin::cuda::CudaError),
+    #[error(transparent)]
+    Dtype(#[from] builtin::cuda::UnknownDtype),
+    #[error(transparent)]
+    Weights(#[from] safetensors::WeightsError),
 }
 
 /// Where an engine reports what it generates; the profiler's recorder (`record::TokenSink`)
@@ -172,7 +176,7 @@ impl EngineSpec {
             return Ok(EngineSpec::Cpu);
         }
         if s == "cuda" {
-            return if cfg!(feature = "cuda") { Ok(EngineSpec::Cuda) } else { Err(SpecError::NoCuda) };
+            return if builtin::cuda::BUILT { Ok(EngineSpec::Cuda) } else { Err(SpecError::NoCuda) };
         }
         if s == "mock" {
             return Ok(EngineSpec::Adapter(mock_adapter_path()));
@@ -195,7 +199,7 @@ impl EngineSpec {
     /// Resolves `auto` on a rank that has (or has not) a GPU.
     pub fn resolve(&self, has_gpu: bool) -> EngineSpec {
         match self {
-            EngineSpec::Auto if has_gpu && cfg!(feature = "cuda") => EngineSpec::Cuda,
+            EngineSpec::Auto if has_gpu && builtin::cuda::BUILT => EngineSpec::Cuda,
             EngineSpec::Auto => EngineSpec::Cpu,
             other => other.clone(),
         }

@@ -1,4 +1,6 @@
-//! tpprof's own engines. `cpu`: the tensor-parallel Qwen2 reference over MPI.
+//! tpprof's own engines. `cpu`: the tensor-parallel Qwen2 reference over MPI. `cuda`: the same
+//! model on NVIDIA GPUs; without the `cuda` feature, its stand-in (cuda/disabled.rs: the same API,
+//! every call the NO_CUDA error), so nothing here or above needs a `cfg(feature = "cuda")`.
 
 pub mod cpu;
 
@@ -15,7 +17,7 @@ pub struct Cpu {
 
 /// Opens a checkpoint directory; its errors are bad input.
 fn open_checkpoint(dir: &std::path::Path) -> Result<crate::engine::safetensors::SafetensorsDir, EngineError> {
-    crate::engine::safetensors::SafetensorsDir::open(dir).map_err(|e| EngineError::Other(e.to_string()))
+    crate::engine::safetensors::SafetensorsDir::open(dir).map_err(EngineError::from)
 }
 
 /// How the JSON describes the weights.
@@ -89,9 +91,11 @@ impl Engine for Cpu {
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(not(feature = "cuda"))]
+#[path = "cuda/disabled.rs"]
+pub mod cuda;
 
 /// The `cuda` engine behind the `Engine` trait.
-#[cfg(feature = "cuda")]
 pub struct Cuda {
     engine: cuda::CudaEngine,
     config: Config,
@@ -99,17 +103,16 @@ pub struct Cuda {
     weights: String,
 }
 
-#[cfg(feature = "cuda")]
 impl Cuda {
     #[allow(clippy::too_many_arguments)]
     pub fn new(config: &Config, model: &str, dtype: &str, seed: u64, weights: Option<&std::path::Path>, ordinal: usize, rank: usize, world: usize, nccl_id: &[u8]) -> Result<Cuda, EngineError> {
-        let dtype = cuda::gpu::Dtype::parse(dtype).map_err(|e| EngineError::Other(e.to_string()))?;
+        let dtype = cuda::Dtype::parse(dtype).map_err(EngineError::from)?;
         let dir = weights.map(open_checkpoint).transpose()?;
         let init = match &dir {
             Some(d) => cuda::WeightInit::Checkpoint(d),
             None => cuda::WeightInit::Seeded(seed),
         };
-        let engine = cuda::CudaEngine::new(config, dtype, init, ordinal, rank, world, nccl_id).map_err(|e| EngineError::Other(e.to_string()))?;
+        let engine = cuda::CudaEngine::new(config, dtype, init, ordinal, rank, world, nccl_id).map_err(EngineError::from)?;
         Ok(Cuda { engine, config: config.clone(), model: model.to_string(), weights: weights_label(weights) })
     }
 
@@ -119,21 +122,13 @@ impl Cuda {
 }
 
 /// Rank 0's NCCL unique id for the cuda engine (broadcast over MPI by the caller).
-pub fn cuda_rendezvous() -> Result<Vec<u8>, String> {
-    #[cfg(feature = "cuda")]
-    {
-        cuda::nccl_unique_id().map_err(|e| e.to_string())
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        Err(NO_CUDA.into())
-    }
+pub fn cuda_rendezvous() -> Result<Vec<u8>, cuda::CudaError> {
+    cuda::nccl_unique_id()
 }
 
 /// The message of a build without the `cuda` feature.
 pub const NO_CUDA: &str = "this tpprof was built without the `cuda` feature: rebuild with default features (cargo build --release) or use --engine cpu";
 
-#[cfg(feature = "cuda")]
 impl Engine for Cuda {
     fn info(&self) -> EngineInfo {
         EngineInfo {
@@ -157,14 +152,14 @@ impl Engine for Cuda {
     }
 
     fn prepare(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32) -> Result<(), EngineError> {
-        self.engine.prepare(prompts, max_new_tokens as usize).map_err(|e| EngineError::Other(e.to_string()))
+        self.engine.prepare(prompts, max_new_tokens as usize).map_err(EngineError::from)
     }
 
     fn generate(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32, exact_length: bool, sink: &dyn TokenCallback) -> Result<(), EngineError> {
         sink.mark_submit();
         self.engine
             .generate(prompts, max_new_tokens as usize, exact_length, &mut |s, step, tok, fin| sink.on_token(s as u32, step as u32, tok, fin))
-            .map_err(|e| EngineError::Other(e.to_string()))
+            .map_err(EngineError::from)
     }
 
     fn memory(&self) -> Result<EngineMemory, EngineError> {

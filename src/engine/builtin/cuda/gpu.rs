@@ -1,34 +1,34 @@
-//! The GPU of one rank, fenced: context and stream, device buffers, the NVRTC-compiled kernel
-//! registry, cuBLAS GEMMs and the NCCL communicator. Every raw CUDA/cuBLAS/NCCL call of the cuda
-//! engine lives in this file; the model code above it only sees `Gpu`, `Buf` and `Dtype`.
+//! The FFI layer of the cuda engine: the GPU of one rank, fenced. Context and stream, typed device
+//! buffers, the NVRTC-compiled kernel registry, cuBLAS GEMMs and the NCCL communicator. Every raw
+//! CUDA/cuBLAS/NCCL call of the cuda engine (cudarc's `sys` and `result` layers, cuLaunchKernel
+//! through cudarc's launch builder) lives in this file; the engine above it (mod.rs, model.rs)
+//! only sees `Gpu`, `Buf<T>`, `DevSlice<T>`, `Kernel`, `Arg` and `Nccl`, and holds no raw address.
+//!
+//! Layered as cudarc is (sys → result → safe): this file wraps cudarc's safe layer where it fits
+//! and its raw layers where it does not, and offers a safe API whose one `unsafe fn` is
+//! `Gpu::launch` (a kernel's parameters and memory accesses are not visible to Rust).
 //!
 //! One stream per rank and event tracking off: all work is ordered on that stream, which also makes
 //! it capturable into a CUDA graph (cudarc's per-buffer events would be recorded inside the capture).
+//!
+//! Device memory is not Rust memory: a `DevSlice` is a handle (address and length) the device reads
+//! and writes in stream order, so a shared view may be written by a kernel or a collective, like a
+//! file offset. What the types guarantee is that it lies inside a live allocation: only a `Buf`
+//! makes one, and it borrows that `Buf`.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use cudarc::cublas::sys as blas_sys;
-use cudarc::driver::{sys as drv_sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{sys as drv_sys, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError, LaunchConfig, PushKernelArg, ValidAsZeroBits};
 use cudarc::nccl::sys as nccl_sys;
 
-use super::CudaError;
-
-/// The element type of weights and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dtype {
-    F16,
-    Bf16,
-}
+use super::kernel::{Kernel, Module};
+use super::{CudaError, Dtype};
 
 impl Dtype {
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Dtype::F16 => "f16",
-            Dtype::Bf16 => "bf16",
-        }
-    }
     fn blas(self) -> blas_sys::cudaDataType {
         match self {
             Dtype::F16 => blas_sys::cudaDataType::CUDA_R_16F,
@@ -43,53 +43,140 @@ impl Dtype {
     }
 }
 
-/// Element type of a GEMM operand or result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum El {
-    T(Dtype),
-    F32,
-}
+/// One element of the engine's 16-bit type, fp16 or bf16 (the engine's `Dtype` says which): the
+/// raw bits, which the host only moves, never computes with.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Half(pub u16);
 
-impl El {
-    fn blas(self) -> blas_sys::cudaDataType {
-        match self {
-            El::T(d) => d.blas(),
-            El::F32 => blas_sys::cudaDataType::CUDA_R_32F,
-        }
+// SAFETY: a plain 2-byte value, any bit pattern valid (zero included), as the kernels' __half /
+// __nv_bfloat16.
+unsafe impl DeviceRepr for Half {}
+unsafe impl ValidAsZeroBits for Half {}
+
+impl Half {
+    /// fp16 or bf16 bits (as a checkpoint reader returns them) as `Half`s, without a copy.
+    pub fn from_bits(bits: &[u16]) -> &[Half] {
+        // SAFETY: Half is repr(transparent) over u16: same size, alignment and validity.
+        unsafe { std::slice::from_raw_parts(bits.as_ptr().cast::<Half>(), bits.len()) }
     }
 }
 
-/// A device allocation with its raw address (taken once; event tracking is off).
-pub struct Buf {
-    _slice: CudaSlice<u8>,
-    pub ptr: u64,
-    pub bytes: usize,
+/// The element types of device buffers.
+pub trait Elem: DeviceRepr + ValidAsZeroBits + Copy + Default + 'static {}
+impl Elem for Half {}
+impl Elem for f32 {}
+impl Elem for i32 {}
+impl Elem for u8 {}
+
+/// The element types a GEMM may write: f32, or the engine's dtype.
+pub trait GemmOut: Elem {
+    const F32: bool;
+}
+impl GemmOut for f32 {
+    const F32: bool = true;
+}
+impl GemmOut for Half {
+    const F32: bool = false;
 }
 
-impl Buf {
-    /// The address `bytes` into the buffer.
-    pub fn at(&self, bytes: usize) -> u64 {
-        debug_assert!(bytes <= self.bytes);
-        self.ptr + bytes as u64
+/// A device allocation of `len` elements of `T`, with its address (taken once; event tracking is
+/// off). Freed on drop, in stream order (cudarc's cuMemFreeAsync on the engine's one stream), so
+/// work already queued on it completes first.
+pub struct Buf<T> {
+    _slice: CudaSlice<T>,
+    addr: u64,
+    len: usize,
+}
+
+impl<T> Buf<T> {
+    /// The whole buffer.
+    pub fn view(&self) -> DevSlice<'_, T> {
+        DevSlice { addr: self.addr, len: self.len, _buf: PhantomData }
     }
+
+    /// From element `offset` to the end (panics past the end, as slice indexing does).
+    pub fn at(&self, offset: usize) -> DevSlice<'_, T> {
+        self.view().at(offset)
+    }
+
+    /// The buffer's address as a kernel argument.
+    pub fn addr(&self) -> DevAddr<'_> {
+        self.view().addr()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.len * std::mem::size_of::<T>()
+    }
+}
+
+/// Elements `addr..addr + len` of a live `Buf<T>`, which it borrows; made only by a `Buf` (or by
+/// narrowing another `DevSlice`), so it always lies inside the allocation.
+pub struct DevSlice<'a, T> {
+    addr: u64,
+    len: usize,
+    _buf: PhantomData<&'a Buf<T>>,
+}
+
+impl<T> Clone for DevSlice<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for DevSlice<'_, T> {}
+
+impl<'a, T> DevSlice<'a, T> {
+    /// From element `offset` to the end (panics past the end, as slice indexing does).
+    pub fn at(self, offset: usize) -> DevSlice<'a, T> {
+        assert!(offset <= self.len, "device offset {offset} past a {}-element view", self.len);
+        DevSlice { addr: self.addr + (offset * std::mem::size_of::<T>()) as u64, len: self.len - offset, _buf: PhantomData }
+    }
+
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(self) -> usize {
+        self.len
+    }
+
+    /// Whether the address is a multiple of `bytes`.
+    pub fn aligned(self, bytes: u64) -> bool {
+        self.addr % bytes == 0
+    }
+
+    /// The address as a kernel argument.
+    pub fn addr(self) -> DevAddr<'a> {
+        DevAddr { addr: self.addr, _buf: PhantomData }
+    }
+}
+
+/// The device address of a live buffer (or into one), as a kernel argument: made only from a
+/// `Buf` or a `DevSlice`, borrowing it.
+#[derive(Clone, Copy)]
+pub struct DevAddr<'a> {
+    addr: u64,
+    _buf: PhantomData<&'a ()>,
 }
 
 /// A kernel argument: every kind travels as one 8-byte slot; cuLaunchKernel copies as many bytes
 /// as the kernel's parameter has from the slot's start (little-endian x86-64 / aarch64), so a 4-byte
 /// int or float sits in the low half.
-#[derive(Debug, Clone, Copy)]
-pub enum Arg {
-    Ptr(u64),
+#[derive(Clone, Copy)]
+pub enum Arg<'a> {
+    /// A pointer into a live buffer.
+    Ptr(DevAddr<'a>),
+    /// A null pointer (the kernel's "absent").
+    Null,
     I32(i32),
     F32(f32),
     U64(u64),
     I64(i64),
 }
 
-impl Arg {
+impl Arg<'_> {
     fn slot(self) -> u64 {
         match self {
-            Arg::Ptr(p) | Arg::U64(p) => p,
+            Arg::Ptr(p) => p.addr,
+            Arg::Null => 0,
+            Arg::U64(u) => u,
             Arg::I32(i) => i as u32 as u64,
             Arg::F32(f) => f.to_bits() as u64,
             Arg::I64(i) => i as u64,
@@ -101,8 +188,9 @@ pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     blas: blas_sys::cublasHandle_t,
-    _blas_workspace: Option<Buf>,
-    kernels: HashMap<String, CudaFunction>,
+    _blas_workspace: Option<Buf<u8>>,
+    kernels: HashMap<Kernel, CudaFunction>,
+    dtype: Dtype,
     pub allocated: usize,
     pub arch: String,
 }
@@ -133,7 +221,7 @@ pub fn nccl_unique_id() -> Result<Vec<u8>, CudaError> {
     Ok(id.internal.iter().map(|&c| c as u8).collect())
 }
 
-fn drv(what: &str) -> impl Fn(cudarc::driver::DriverError) -> CudaError + '_ {
+fn drv(what: &str) -> impl Fn(DriverError) -> CudaError + '_ {
     move |e| CudaError::Driver(format!("{what}: {e}"))
 }
 
@@ -145,14 +233,24 @@ fn blas_ok(what: &str, s: blas_sys::cublasStatus_t) -> Result<(), CudaError> {
     }
 }
 
+/// Elements a row-major `rows` × `cols` matrix with row stride `ld` spans, `count` of them `stride`
+/// elements apart (0 when empty); `None` for a negative stride or an overflow.
+fn gemm_span(rows: usize, cols: usize, ld: usize, count: usize, stride: i64) -> Option<usize> {
+    if rows == 0 || cols == 0 || count == 0 {
+        return Some(0);
+    }
+    let stride = usize::try_from(stride).ok()?;
+    (count - 1).checked_mul(stride)?.checked_add((rows - 1).checked_mul(ld)?)?.checked_add(cols)
+}
+
 impl Gpu {
     /// Opens device `ordinal`, compiles the kernel sources for its architecture.
     pub fn open(ordinal: usize, modules: &[Module], dtype: Dtype) -> Result<Gpu, CudaError> {
         check_libraries()?;
         let ctx = CudaContext::new(ordinal).map_err(drv("cuCtxCreate"))?;
         // SAFETY: this engine uses exactly one stream, so there is no cross-stream ordering for
-        // cudarc's events to manage, and no buffer is freed while work on it is pending (the engine
-        // synchronizes before dropping buffers).
+        // cudarc's events to manage, and no buffer is freed while work on it is pending (buffers
+        // are freed in stream order, and the engine synchronizes before dropping them).
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(drv("cuStreamCreate"))?;
         let (major, minor) = ctx.compute_capability().map_err(drv("compute capability"))?;
@@ -164,11 +262,12 @@ impl Gpu {
             blas_ok("cublasCreate", blas_sys::cublasCreate_v2(&mut blas))?;
             blas_ok("cublasSetStream", blas_sys::cublasSetStream_v2(blas, stream.cu_stream() as _))?;
         }
-        let mut gpu = Gpu { ctx, stream, blas, _blas_workspace: None, kernels: HashMap::new(), allocated: 0, arch };
+        let mut gpu = Gpu { ctx, stream, blas, _blas_workspace: None, kernels: HashMap::new(), dtype, allocated: 0, arch };
         // A workspace of our own so cuBLAS never allocates inside a graph capture.
-        let ws = gpu.alloc(32 << 20)?;
-        // SAFETY: the workspace buffer lives as long as the handle (both owned by Gpu).
-        unsafe { blas_ok("cublasSetWorkspace", blas_sys::cublasSetWorkspace_v2(gpu.blas, ws.ptr as *mut c_void, ws.bytes))? };
+        let ws = gpu.alloc::<u8>(32 << 20)?;
+        // SAFETY: the workspace buffer lives as long as the handle (both owned by Gpu; Drop destroys
+        // the handle before the fields drop).
+        unsafe { blas_ok("cublasSetWorkspace", blas_sys::cublasSetWorkspace_v2(gpu.blas, ws.addr as *mut c_void, ws.bytes()))? };
         gpu._blas_workspace = Some(ws);
         gpu.compile(modules, dtype)?;
         Ok(gpu)
@@ -190,81 +289,86 @@ impl Gpu {
                 name: Some(format!("{}.cu", m.name)),
                 ..Default::default()
             };
-            let source = format!("{}\n#line 1 \"{}.cu\"\n{}", super::COMMON, m.name, m.source);
+            let source = format!("{}\n#line 1 \"{}.cu\"\n{}", super::kernel::COMMON, m.name, m.source);
             let ptx = cudarc::nvrtc::compile_ptx_with_opts(source, opts)
                 .map_err(|e| CudaError::Compile(format!("{}.cu for {}: {e}", m.name, self.arch)))?;
             let module = self.ctx.load_module(ptx).map_err(drv("cuModuleLoadData"))?;
-            for &(base, typed) in m.kernels {
-                let name = if typed { format!("{base}_{}", dtype.suffix()) } else { base.to_string() };
+            for &k in m.kernels {
+                let name = if k.typed() { format!("{}_{}", k.name(), dtype.suffix()) } else { k.name().to_string() };
                 let func = module.load_function(&name).map_err(|e| CudaError::Compile(format!("{}.cu has no kernel `{name}`: {e}", m.name)))?;
-                self.kernels.insert(base.to_string(), func);
+                self.kernels.insert(k, func);
             }
         }
         Ok(())
     }
 
-    pub fn alloc(&mut self, bytes: usize) -> Result<Buf, CudaError> {
-        let bytes = bytes.max(256);
-        let slice = self.stream.alloc_zeros::<u8>(bytes).map_err(|e| CudaError::OutOfMemory(format!("{bytes} bytes: {e}")))?;
-        let ptr = {
+    /// A zeroed buffer of `len` elements (at least 256 bytes).
+    pub fn alloc<T: Elem>(&mut self, len: usize) -> Result<Buf<T>, CudaError> {
+        let len = len.max(256 / std::mem::size_of::<T>());
+        let bytes = len * std::mem::size_of::<T>();
+        let slice = self.stream.alloc_zeros::<T>(len).map_err(|e| CudaError::OutOfMemory(format!("{bytes} bytes: {e}")))?;
+        let addr = {
             let (ptr, _sync) = slice.device_ptr(&self.stream);
             ptr
         };
         self.allocated += bytes;
-        Ok(Buf { _slice: slice, ptr, bytes })
+        Ok(Buf { _slice: slice, addr, len })
     }
 
-    pub fn upload<T: cudarc::driver::DeviceRepr>(&mut self, host: &[T]) -> Result<Buf, CudaError> {
-        let buf = self.alloc(std::mem::size_of_val(host))?;
+    pub fn upload<T: Elem>(&mut self, host: &[T]) -> Result<Buf<T>, CudaError> {
+        let buf = self.alloc::<T>(host.len())?;
         self.write(&buf, 0, host)?;
         Ok(buf)
     }
 
-    /// Host → device copy into `buf` at byte offset `at` (synchronous with respect to the host data).
-    pub fn write<T>(&self, buf: &Buf, at: usize, host: &[T]) -> Result<(), CudaError> {
+    /// Host → device copy into `buf` at element `at` (synchronous with respect to the host data).
+    pub fn write<T: Elem>(&self, buf: &Buf<T>, at: usize, host: &[T]) -> Result<(), CudaError> {
+        let size = std::mem::size_of::<T>();
         let bytes = std::mem::size_of_val(host);
-        if at + bytes > buf.bytes {
-            return Err(CudaError::Internal(format!("write of {bytes} bytes at {at} past a {}-byte buffer", buf.bytes)));
+        if at + host.len() > buf.len {
+            return Err(CudaError::Internal(format!("write of {bytes} bytes at {} past a {}-byte buffer", at * size, buf.bytes())));
         }
         // SAFETY: bounds checked above; the host slice is read before the call returns (the stream is
         // synchronized right after, so the host memory may be freed afterwards).
         unsafe {
-            drv_sys::cuMemcpyHtoDAsync_v2(buf.at(at), host.as_ptr() as *const c_void, bytes, self.stream.cu_stream())
+            drv_sys::cuMemcpyHtoDAsync_v2(buf.at(at).addr, host.as_ptr() as *const c_void, bytes, self.stream.cu_stream())
                 .result()
                 .map_err(drv("cuMemcpyHtoDAsync"))?;
         }
         self.sync()
     }
 
-    /// Device → host copy (waits for the stream).
-    pub fn read<T: Copy + Default>(&self, ptr: u64, n: usize) -> Result<Vec<T>, CudaError> {
+    /// Device → host copy of the first `n` elements of `src` (waits for the stream).
+    pub fn read<T: Elem>(&self, src: DevSlice<'_, T>, n: usize) -> Result<Vec<T>, CudaError> {
         let mut host = vec![T::default(); n];
-        // SAFETY: `host` has room for n elements; the copy completes before sync() returns.
-        unsafe {
-            drv_sys::cuMemcpyDtoHAsync_v2(host.as_mut_ptr() as *mut c_void, ptr, n * std::mem::size_of::<T>(), self.stream.cu_stream())
-                .result()
-                .map_err(drv("cuMemcpyDtoHAsync"))?;
-        }
-        self.sync()?;
+        self.read_into(src, &mut host)?;
         Ok(host)
     }
 
     /// Device → host copy into a preallocated slice (waits for the stream; no allocation).
-    pub fn read_into<T: Copy>(&self, ptr: u64, host: &mut [T]) -> Result<(), CudaError> {
-        // SAFETY: `host` has room for host.len() elements; the copy completes before sync() returns.
+    pub fn read_into<T: Elem>(&self, src: DevSlice<'_, T>, host: &mut [T]) -> Result<(), CudaError> {
+        if host.len() > src.len {
+            return Err(CudaError::Internal(format!("read of {} elements from a {}-element view", host.len(), src.len)));
+        }
+        // SAFETY: `src` holds at least host.len() elements (checked above) and `host` has room for
+        // them; the copy completes before sync() returns.
         unsafe {
-            drv_sys::cuMemcpyDtoHAsync_v2(host.as_mut_ptr() as *mut c_void, ptr, std::mem::size_of_val(host), self.stream.cu_stream())
+            drv_sys::cuMemcpyDtoHAsync_v2(host.as_mut_ptr() as *mut c_void, src.addr, std::mem::size_of_val(host), self.stream.cu_stream())
                 .result()
                 .map_err(drv("cuMemcpyDtoHAsync"))?;
         }
         self.sync()
     }
 
-    /// Device → device copy on the stream (asynchronous).
-    pub fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<(), CudaError> {
-        // SAFETY: callers pass addresses inside live buffers of at least `bytes`.
+    /// Device → device copy of `n` elements on the stream (asynchronous).
+    pub fn copy<T: Elem>(&self, dst: DevSlice<'_, T>, src: DevSlice<'_, T>, n: usize) -> Result<(), CudaError> {
+        if n > dst.len || n > src.len {
+            return Err(CudaError::Internal(format!("copy of {n} elements between views of {} and {}", src.len, dst.len)));
+        }
+        // SAFETY: both views hold at least n elements of live buffers (checked above); the copy is
+        // ordered on the stream like every other use of them.
         unsafe {
-            drv_sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, self.stream.cu_stream()).result().map_err(drv("cuMemcpyDtoDAsync"))
+            drv_sys::cuMemcpyDtoDAsync_v2(dst.addr, src.addr, n * std::mem::size_of::<T>(), self.stream.cu_stream()).result().map_err(drv("cuMemcpyDtoDAsync"))
         }
     }
 
@@ -272,9 +376,17 @@ impl Gpu {
         self.stream.synchronize().map_err(drv("cuStreamSynchronize"))
     }
 
-    /// Launches kernel `name` (its base name, without the dtype suffix) on the stream.
-    pub fn launch(&self, name: &str, grid: (u32, u32, u32), block: u32, shared: u32, args: &[Arg]) -> Result<(), CudaError> {
-        let func = self.kernels.get(name).ok_or_else(|| CudaError::Internal(format!("no kernel `{name}` in the registry")))?;
+    /// Launches `kernel` (its dtype variant) on the stream.
+    ///
+    /// # Safety
+    ///
+    /// `args` must match the kernel's parameter list in kernels/*.cu: as many, in order, `Ptr`
+    /// (or `Null` where the kernel accepts a null pointer) for a pointer to the element type the
+    /// buffer holds, `I32` for int, `F32` for float, `I64` for long long, `U64` for unsigned long
+    /// long. With this grid, block, dynamic shared memory and these arguments, the kernel must
+    /// read and write only inside the buffers the `Ptr` arguments point into.
+    pub unsafe fn launch(&self, kernel: Kernel, grid: (u32, u32, u32), block: u32, shared: u32, args: &[Arg<'_>]) -> Result<(), CudaError> {
+        let func = self.kernels.get(&kernel).ok_or_else(|| CudaError::Internal(format!("no kernel `{}` in the registry", kernel.name())))?;
         let slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
         let mut b = self.stream.launch_builder(func);
         for s in &slots {
@@ -283,13 +395,12 @@ impl Gpu {
         if shared > 48 * 1024 {
             // Above 48 KiB of dynamic shared memory a kernel must opt in (once is enough; the call
             // is cheap and not a stream operation, so it is allowed while a graph is captured).
-            func.set_attribute(cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared as i32)
+            func.set_attribute(drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared as i32)
                 .map_err(drv("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)"))?;
         }
         let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: shared };
-        // SAFETY: the argument list matches the kernel's signature in kernels/*.cu (one slot per
-        // parameter, see Arg), every pointer addresses a live buffer of the size the kernel reads.
-        unsafe { b.launch(cfg) }.map_err(drv(name))?;
+        // SAFETY: the caller's contract (one slot per parameter, see Arg; accesses inside the buffers).
+        unsafe { b.launch(cfg) }.map_err(drv(kernel.name()))?;
         Ok(())
     }
 
@@ -297,47 +408,59 @@ impl Gpu {
     /// ldb — a Hugging Face (out, in) weight — plus beta · C; C has row stride ldc.
     /// In cuBLAS's column-major terms: Cᵀ = op_T(B') · A' with B' = B viewed (k × n).
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_nt(&self, m: usize, n: usize, k: usize, a: (u64, El, usize), b: (u64, El, usize), c: (u64, El, usize), alpha: f32, batch: Option<(usize, i64, i64, i64)>) -> Result<(), CudaError> {
-        self.gemm(blas_sys::cublasOperation_t::CUBLAS_OP_T, m, n, k, a, b, c, alpha, batch)
+    pub fn gemm_nt<C: GemmOut>(&self, m: usize, n: usize, k: usize, a: (DevSlice<'_, Half>, usize), b: (DevSlice<'_, Half>, usize), c: (DevSlice<'_, C>, usize), alpha: f32, batch: Option<(usize, i64, i64, i64)>) -> Result<(), CudaError> {
+        self.gemm(false, m, n, k, a, b, c, alpha, batch)
     }
 
     /// Row-major C (m × n) = alpha · A (m × k) · B (k × n), B with row stride ldb.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_nn(&self, m: usize, n: usize, k: usize, a: (u64, El, usize), b: (u64, El, usize), c: (u64, El, usize), alpha: f32, batch: Option<(usize, i64, i64, i64)>) -> Result<(), CudaError> {
-        self.gemm(blas_sys::cublasOperation_t::CUBLAS_OP_N, m, n, k, a, b, c, alpha, batch)
+    pub fn gemm_nn<C: GemmOut>(&self, m: usize, n: usize, k: usize, a: (DevSlice<'_, Half>, usize), b: (DevSlice<'_, Half>, usize), c: (DevSlice<'_, C>, usize), alpha: f32, batch: Option<(usize, i64, i64, i64)>) -> Result<(), CudaError> {
+        self.gemm(true, m, n, k, a, b, c, alpha, batch)
     }
 
-    /// `batch`: (count, stride_a, stride_b, stride_c) in elements.
+    /// `batch`: (count, stride_a, stride_b, stride_c) in elements. Every operand's view must hold
+    /// the elements the shapes span (checked: cuBLAS would read or write past it otherwise).
     #[allow(clippy::too_many_arguments)]
-    fn gemm(&self, op_b: blas_sys::cublasOperation_t, m: usize, n: usize, k: usize, a: (u64, El, usize), b: (u64, El, usize), c: (u64, El, usize), alpha: f32, batch: Option<(usize, i64, i64, i64)>) -> Result<(), CudaError> {
+    fn gemm<C: GemmOut>(&self, b_nn: bool, m: usize, n: usize, k: usize, a: (DevSlice<'_, Half>, usize), b: (DevSlice<'_, Half>, usize), c: (DevSlice<'_, C>, usize), alpha: f32, batch: Option<(usize, i64, i64, i64)>) -> Result<(), CudaError> {
         let beta = 0.0f32;
-        let (ap, at, lda) = a;
-        let (bp, bt, ldb) = b;
-        let (cp, ct, ldc) = c;
+        let (a, lda) = a;
+        let (b, ldb) = b;
+        let (c, ldc) = c;
+        let (count, sa, sb, sc) = batch.unwrap_or((1, 0, 0, 0));
+        let (b_rows, b_cols) = if b_nn { (k, n) } else { (n, k) };
+        for (what, len, span) in [("A", a.len, gemm_span(m, k, lda, count, sa)), ("B", b.len, gemm_span(b_rows, b_cols, ldb, count, sb)), ("C", c.len, gemm_span(m, n, ldc, count, sc))] {
+            if span.is_none_or(|s| s > len) {
+                return Err(CudaError::Internal(format!("GEMM {m}×{n}×{k}: operand {what} spans {span:?} elements of a {len}-element view")));
+            }
+        }
+        let op_b = if b_nn { blas_sys::cublasOperation_t::CUBLAS_OP_N } else { blas_sys::cublasOperation_t::CUBLAS_OP_T };
+        let (at, bt) = (self.dtype.blas(), self.dtype.blas());
+        let ct = if C::F32 { blas_sys::cudaDataType::CUDA_R_32F } else { self.dtype.blas() };
+        let (ap, bp, cp) = (a.addr, b.addr, c.addr);
         let n_ = blas_sys::cublasOperation_t::CUBLAS_OP_N;
         let compute = blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F;
         let algo = blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP;
         // Row-major C = A·op(B)  ⇔  column-major Cᵀ = op(B)ᵀ'·Aᵀ: cuBLAS's "A" is our B, its "B" our A.
-        // SAFETY: pointers address live device buffers sized for these shapes (the model code
-        // allocates them from the same dimensions); alpha/beta are host scalars (default pointer mode).
+        // SAFETY: every operand lies inside its view for these shapes (checked above), the views
+        // inside live buffers; alpha/beta are host scalars (default pointer mode).
         let status = unsafe {
             match batch {
                 None => blas_sys::cublasGemmEx(
                     self.blas, op_b, n_, n as i32, m as i32, k as i32,
                     &alpha as *const f32 as *const c_void,
-                    bp as *const c_void, bt.blas(), ldb as i32,
-                    ap as *const c_void, at.blas(), lda as i32,
+                    bp as *const c_void, bt, ldb as i32,
+                    ap as *const c_void, at, lda as i32,
                     &beta as *const f32 as *const c_void,
-                    cp as *mut c_void, ct.blas(), ldc as i32,
+                    cp as *mut c_void, ct, ldc as i32,
                     compute, algo,
                 ),
                 Some((count, sa, sb, sc)) => blas_sys::cublasGemmStridedBatchedEx(
                     self.blas, op_b, n_, n as i32, m as i32, k as i32,
                     &alpha as *const f32 as *const c_void,
-                    bp as *const c_void, bt.blas(), ldb as i32, sb,
-                    ap as *const c_void, at.blas(), lda as i32, sa,
+                    bp as *const c_void, bt, ldb as i32, sb,
+                    ap as *const c_void, at, lda as i32, sa,
                     &beta as *const f32 as *const c_void,
-                    cp as *mut c_void, ct.blas(), ldc as i32, sc,
+                    cp as *mut c_void, ct, ldc as i32, sc,
                     count as i32, compute, algo,
                 ),
             }
@@ -346,8 +469,36 @@ impl Gpu {
     }
 
     /// A timing event (CU_EVENT_DEFAULT).
-    pub fn event(&self) -> Result<cudarc::driver::CudaEvent, CudaError> {
+    pub fn event(&self) -> Result<CudaEvent, CudaError> {
         self.ctx.new_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(drv("cuEventCreate"))
+    }
+
+    /// Records `event` on the stream with CU_EVENT_RECORD_EXTERNAL: inside a stream capture a plain
+    /// record only orders the graph's nodes; this flag makes it a real event-record node that timing
+    /// can read after each launch.
+    pub fn record_external(&self, event: &CudaEvent) -> Result<(), CudaError> {
+        // SAFETY: the event and the stream belong to this GPU's context and are alive (borrowed).
+        unsafe {
+            drv_sys::cuEventRecordWithFlags(event.cu_event(), self.stream.cu_stream(), drv_sys::CUevent_record_flags::CU_EVENT_RECORD_EXTERNAL as u32)
+                .result()
+                .map_err(|e| CudaError::Driver(format!("cuEventRecordWithFlags: {e}")))
+        }
+    }
+
+    /// Starts capturing the stream's work into a CUDA graph (relaxed mode).
+    pub fn begin_capture(&self) -> Result<(), DriverError> {
+        self.stream.begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+    }
+
+    /// Ends the capture and instantiates the graph (no flags). The graph holds the device addresses
+    /// it was captured with: it must be dropped before the buffers they point into.
+    pub fn end_capture(&self) -> Result<Option<CudaGraph>, DriverError> {
+        self.stream.end_capture(drv_sys::CUgraphInstantiate_flags(0))
+    }
+
+    /// The device's streaming multiprocessors (108, an A100's, if the driver does not say).
+    pub fn sm_count(&self) -> usize {
+        self.ctx.attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(108) as usize
     }
 
     /// Free and total device memory from the driver.
@@ -366,14 +517,15 @@ impl Drop for Gpu {
     }
 }
 
-/// One .cu source of kernels/ and the kernels it must define: (base name, has `_f16`/`_bf16` variants).
-pub struct Module {
-    pub name: &'static str,
-    pub source: &'static str,
-    pub kernels: &'static [(&'static str, bool)],
-}
-
 /// NCCL on this rank's stream, owned (destroyed on Drop).
+///
+/// Not cudarc's safe `nccl::Comm`, though its collectives would fit how the engine uses them (they
+/// take any `DevicePtrMut`, so a view into one arena works in place; they run on the stream the
+/// communicator was made with, so they are captured into the CUDA graph): its Drop calls
+/// `ncclCommAbort` and panics if that fails (`expect`), where this engine synchronizes its stream
+/// and calls `ncclCommDestroy`, ignoring a failure at teardown, and `Comm` does not give its raw
+/// handle back to do that instead. (Its f16/bf16 collectives also need cudarc's `f16` feature.)
+/// So the raw calls stay, here, behind safe methods that take typed views and check their bounds.
 pub struct Nccl {
     comm: nccl_sys::ncclComm_t,
     stream: Arc<CudaStream>,
@@ -400,12 +552,18 @@ impl Nccl {
         Ok(Nccl { comm, stream: gpu.stream.clone(), world, bytes: before.saturating_sub(after) })
     }
 
-    /// In-place sum over ranks of `count` elements of `dtype` at `ptr`.
-    pub fn all_reduce(&self, ptr: u64, count: usize, dtype: Dtype) -> Result<(), CudaError> {
+    /// In-place sum over ranks of the first `count` elements of `buf` (of the engine's `dtype`).
+    /// Every rank must call it with the same count (a collective).
+    pub fn all_reduce(&self, buf: DevSlice<'_, Half>, count: usize, dtype: Dtype) -> Result<(), CudaError> {
         if self.world == 1 {
             return Ok(());
         }
-        // SAFETY: ptr addresses `count` elements on this rank's device; the stream is the engine's.
+        if count > buf.len {
+            return Err(CudaError::Internal(format!("all-reduce of {count} elements in a {}-element view", buf.len)));
+        }
+        let ptr = buf.addr;
+        // SAFETY: ptr addresses at least `count` elements of a live buffer on this rank's device
+        // (checked above), of the dtype given; the communicator and the stream are the engine's.
         unsafe {
             cudarc::nccl::result::all_reduce(ptr as *const c_void, ptr as *mut c_void, count, dtype.nccl(), nccl_sys::ncclRedOp_t::ncclSum, self.comm, self.stream.cu_stream() as _)
         }
@@ -413,11 +571,16 @@ impl Nccl {
         .map_err(|e| CudaError::Nccl(format!("ncclAllReduce: {e:?}")))
     }
 
-    /// Gathers `bytes` bytes from every rank into `dst` (rank-major).
-    pub fn all_gather_bytes(&self, src: u64, dst: u64, bytes: usize) -> Result<(), CudaError> {
-        // SAFETY: src holds `bytes`, dst world × bytes, both on this device.
+    /// Gathers the first `count` elements of `src` from every rank into `dst` (rank-major), as
+    /// bytes. Every rank must call it with the same count (a collective).
+    pub fn all_gather<T: Elem>(&self, src: DevSlice<'_, T>, dst: DevSlice<'_, T>, count: usize) -> Result<(), CudaError> {
+        if count > src.len || self.world * count > dst.len {
+            return Err(CudaError::Internal(format!("all-gather of {count} elements × {} ranks from a {}-element view into a {}-element one", self.world, src.len, dst.len)));
+        }
+        let bytes = count * std::mem::size_of::<T>();
+        // SAFETY: src holds `bytes`, dst world × bytes (checked above), both live on this device.
         unsafe {
-            cudarc::nccl::result::all_gather(src as *const c_void, dst as *mut c_void, bytes, nccl_sys::ncclDataType_t::ncclUint8, self.comm, self.stream.cu_stream() as _)
+            cudarc::nccl::result::all_gather(src.addr as *const c_void, dst.addr as *mut c_void, bytes, nccl_sys::ncclDataType_t::ncclUint8, self.comm, self.stream.cu_stream() as _)
         }
         .map(|_| ())
         .map_err(|e| CudaError::Nccl(format!("ncclAllGather: {e:?}")))
@@ -442,6 +605,32 @@ mod tests {
     fn args_fill_the_low_bytes() {
         assert_eq!(Arg::I32(-1).slot(), 0xffff_ffff);
         assert_eq!(Arg::F32(1.0).slot(), 0x3f80_0000);
-        assert_eq!(Arg::Ptr(0xdead_beef_0000).slot(), 0xdead_beef_0000);
+        assert_eq!(Arg::Ptr(DevAddr { addr: 0xdead_beef_0000, _buf: PhantomData }).slot(), 0xdead_beef_0000);
+        assert_eq!(Arg::Null.slot(), 0);
+    }
+
+    #[test]
+    fn views_narrow_inside_their_buffer() {
+        let v: DevSlice<'_, f32> = DevSlice { addr: 0x1000, len: 10, _buf: PhantomData };
+        let w = v.at(4);
+        assert_eq!((w.addr, w.len), (0x1010, 6));
+        assert_eq!(v.at(10).len(), 0);
+        assert!(v.aligned(16) && !w.aligned(32));
+        assert!(std::panic::catch_unwind(|| v.at(11)).is_err());
+    }
+
+    #[test]
+    fn gemm_spans_cover_rows_strides_and_batches() {
+        // 3 × 4 with row stride 5: two full strides and one row.
+        assert_eq!(gemm_span(3, 4, 5, 1, 0), Some(14));
+        // Batched: 2 more matrices 100 elements apart.
+        assert_eq!(gemm_span(3, 4, 5, 3, 100), Some(214));
+        assert_eq!(gemm_span(0, 4, 5, 3, 100), Some(0));
+        assert_eq!(gemm_span(3, 4, 5, 2, -1), None);
+    }
+
+    #[test]
+    fn halves_are_their_bits() {
+        assert_eq!(Half::from_bits(&[0x3c00, 1]), &[Half(0x3c00), Half(1)]);
     }
 }

@@ -4,147 +4,25 @@
 //! per-step CUDA events read after the run. Everything CUDA is loaded at run time, so the binary
 //! builds and runs without CUDA; a missing library is a clear error, not a panic.
 
-pub mod gpu;
+mod gpu;
+mod kernel;
 mod model;
+mod types;
 
 use std::time::Instant;
 
-use cudarc::driver::sys as drv_sys;
 use serde_json::json;
 
 use crate::engine::config::Config;
-use gpu::{Dtype, Gpu, Module, Nccl};
+use gpu::{Gpu, Nccl};
+use kernel::MODULES;
 use model::{Buffers, DecodeAttention, Dims, GemvOps, Model, Weights};
+pub use types::{CudaError, Dtype, StepTimes, UnknownDtype, WeightInit};
 
-/// Helpers every kernel module shares (compiled in front of each .cu).
-pub const COMMON: &str = include_str!("kernels/common.cuh");
-
-/// The kernel sources and the kernels each must define (base name, has dtype variants).
-pub const MODULES: &[Module] = &[
-    Module { name: "init", source: include_str!("kernels/init.cu"), kernels: &[("init_weight", true), ("init_f32", false)] },
-    Module { name: "norm", source: include_str!("kernels/norm.cu"), kernels: &[("add_rmsnorm", true), ("embedding", true)] },
-    Module { name: "rope", source: include_str!("kernels/rope.cu"), kernels: &[("qkv_rope", true)] },
-    Module {
-        name: "attention",
-        source: include_str!("kernels/attention.cu"),
-        kernels: &[("causal_softmax", true), ("decode_attn_partial", true), ("decode_attn_combine", true)],
-    },
-    Module { name: "activation", source: include_str!("kernels/activation.cu"), kernels: &[("silu_mul", true)] },
-    Module { name: "gemv", source: include_str!("kernels/gemv.cu"), kernels: &[("gemv", true)] },
-    Module {
-        name: "decode",
-        source: include_str!("kernels/decode.cu"),
-        kernels: &[
-            ("decode_attn_fast_g1", true),
-            ("decode_attn_fast_g2", true),
-            ("decode_attn_fast_g3", true),
-            ("decode_attn_fast_g4", true),
-            ("decode_attn_fast_g5", true),
-            ("decode_attn_fast_g6", true),
-            ("decode_attn_fast_g7", true),
-            ("decode_attn_fast_g8", true),
-            ("decode_attn_merge", true),
-            ("decode_attn_sk_g1_d64", true),
-            ("decode_attn_sk_g1_d128", true),
-            ("decode_attn_sk_g2_d64", true),
-            ("decode_attn_sk_g2_d128", true),
-            ("decode_attn_sk_g3_d64", true),
-            ("decode_attn_sk_g3_d128", true),
-            ("decode_attn_sk_g4_d64", true),
-            ("decode_attn_sk_g4_d128", true),
-            ("decode_attn_sk_g5_d64", true),
-            ("decode_attn_sk_g5_d128", true),
-            ("decode_attn_sk_g6_d64", true),
-            ("decode_attn_sk_g6_d128", true),
-            ("decode_attn_sk_g7_d64", true),
-            ("decode_attn_sk_g7_d128", true),
-            ("decode_attn_sk_g8_d64", true),
-            ("decode_attn_sk_g8_d128", true),
-            ("decode_attn_pipe_g1_d64", true),
-            ("decode_attn_pipe_g1_d128", true),
-            ("decode_attn_pipe_g2_d64", true),
-            ("decode_attn_pipe_g2_d128", true),
-            ("decode_attn_pipe_g3_d64", true),
-            ("decode_attn_pipe_g3_d128", true),
-            ("decode_attn_pipe_g4_d64", true),
-            ("decode_attn_pipe_g4_d128", true),
-            ("decode_attn_pipe_g5_d64", true),
-            ("decode_attn_pipe_g5_d128", true),
-            ("decode_attn_pipe_g6_d64", true),
-            ("decode_attn_pipe_g6_d128", true),
-            ("decode_attn_pipe_g7_d64", true),
-            ("decode_attn_pipe_g7_d128", true),
-            ("decode_attn_pipe_g8_d64", true),
-            ("decode_attn_pipe_g8_d128", true),
-        ],
-    },
-    Module { name: "sampling", source: include_str!("kernels/sampling.cu"), kernels: &[("argmax_rows", false), ("select_tokens", false)] },
-];
-
-#[derive(Debug, thiserror::Error)]
-pub enum CudaError {
-    #[error("the cuda engine needs {0}, which this machine does not have: install the NVIDIA driver and CUDA 13 libraries, or use --engine cpu")]
-    Missing(String),
-    #[error("CUDA driver: {0}")]
-    Driver(String),
-    #[error("compiling the cuda engine's kernels: {0}")]
-    Compile(String),
-    #[error("cuBLAS: {0}")]
-    Blas(String),
-    #[error("NCCL: {0}")]
-    Nccl(String),
-    #[error("out of GPU memory allocating {0}: use a smaller model, a larger -n, or shorter prompts")]
-    OutOfMemory(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("internal error in the cuda engine: {0}")]
-    Internal(String),
-}
+/// Whether this build has the cuda engine (its stand-in, disabled.rs, says false).
+pub const BUILT: bool = true;
 
 pub use gpu::nccl_unique_id;
-
-/// A `--dtype` the cuda engine does not have.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("unknown --dtype `{0}`: use fp16 or bf16")]
-pub struct UnknownDtype(pub String);
-
-impl Dtype {
-    pub fn parse(s: &str) -> Result<Dtype, UnknownDtype> {
-        match s {
-            "fp16" | "float16" | "f16" => Ok(Dtype::F16),
-            "bf16" | "bfloat16" => Ok(Dtype::Bf16),
-            other => Err(UnknownDtype(other.to_string())),
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F16 => "float16",
-            Dtype::Bf16 => "bfloat16",
-        }
-    }
-}
-
-/// Where the weights come from.
-pub enum WeightInit<'a> {
-    /// The cpu engine's seeded recipe, generated on the device.
-    Seeded(u64),
-    /// A Hugging Face safetensors checkpoint (its config.json must be `cfg`).
-    Checkpoint(&'a crate::engine::safetensors::SafetensorsDir),
-}
-
-/// What one rank measured about its own decode steps.
-#[derive(Debug, Clone, Default)]
-pub struct StepTimes {
-    /// Device time of each decode step (CUDA events around the graph launch), ms.
-    pub device_ms: Vec<f32>,
-    /// Start and end of each step on the host's CLOCK_MONOTONIC (ns): reference events recorded
-    /// on an idle stream at known host times before and after the decode loop anchor the event
-    /// times, and the two anchors correct the GPU timer's drift against the host clock.
-    pub device_abs_ns: Vec<(u64, u64)>,
-    /// The GPU event timer's rate against CLOCK_MONOTONIC over the decode loop, in parts per
-    /// million (host ns per event ns − 1); `None` when the loop was too short to tell.
-    pub event_drift_ppm: Option<f64>,
-}
 
 /// Maps an event time (ms after the first anchor) to CLOCK_MONOTONIC ns. `a0_ns`, `a1_ns`: host
 /// times of the two anchor events, `span_ms`: the event time between them. Over a 10-s run an
@@ -183,19 +61,19 @@ pub struct CudaEngine {
 fn copy_bandwidth(gpu: &mut Gpu) -> Result<f64, CudaError> {
     let (free, _) = gpu.mem_info()?;
     let bytes = (free / 8).clamp(1 << 20, 1 << 30);
-    let src = gpu.alloc(bytes)?;
-    let dst = gpu.alloc(bytes)?;
+    let src = gpu.alloc::<u8>(bytes)?;
+    let dst = gpu.alloc::<u8>(bytes)?;
     let (a, b) = (gpu.event()?, gpu.event()?);
     let mut best = f64::MAX;
     for _ in 0..4 {
         a.record(&gpu.stream).map_err(|e| CudaError::Driver(e.to_string()))?;
-        gpu.copy(dst.ptr, src.ptr, bytes)?;
+        gpu.copy(dst.view(), src.view(), bytes)?;
         b.record(&gpu.stream).map_err(|e| CudaError::Driver(e.to_string()))?;
         gpu.sync()?;
         let ms = a.elapsed_ms(&b).map_err(|e| CudaError::Driver(e.to_string()))? as f64;
         best = best.min(ms);
     }
-    gpu.allocated -= src.bytes + dst.bytes;
+    gpu.allocated -= src.bytes() + dst.bytes();
     Ok(2.0 * bytes as f64 / (best / 1e3))
 }
 
@@ -215,7 +93,7 @@ impl CudaEngine {
         tracing::debug!("cuda engine: opening GPU {ordinal}, compiling kernels");
         let mut gpu = Gpu::open(ordinal, MODULES, dtype)?;
         tracing::debug!("cuda engine: NCCL init (rank {rank} of {world})");
-        let sm_count = gpu.ctx.attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(108) as usize;
+        let sm_count = gpu.sm_count();
         let nccl = Nccl::init(&gpu, rank, world, nccl_id)?;
         let dims = Dims::new(cfg, rank, world);
         tracing::debug!("cuda engine: NCCL ready; measuring copy bandwidth");
@@ -347,12 +225,9 @@ impl CudaEngine {
     }
 
     fn capture(&self, slots: usize) -> Result<Option<cudarc::driver::CudaGraph>, CudaError> {
-        let stream = self.gpu.stream.clone();
-        stream
-            .begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
-            .map_err(|e| CudaError::Driver(format!("cuStreamBeginCapture: {e}")))?;
+        self.gpu.begin_capture().map_err(|e| CudaError::Driver(format!("cuStreamBeginCapture: {e}")))?;
         let recorded = self.model().and_then(|m| m.decode_step(slots));
-        let graph = stream.end_capture(drv_sys::CUgraphInstantiate_flags(0));
+        let graph = self.gpu.end_capture();
         recorded?;
         graph.map_err(|e| CudaError::Driver(format!("capturing the decode step into a CUDA graph: {e}")))
     }
@@ -385,7 +260,7 @@ impl CudaEngine {
             for (s, p) in prompts.iter().enumerate() {
                 m.stage_prompt(p, s)?;
                 m.prefill(p.len(), s)?;
-                self.gpu.read_into(m.b.tokens.at(s * 4), &mut host_tokens[s..s + 1])?;
+                self.gpu.read_into(m.b.tokens.at(s), &mut host_tokens[s..s + 1])?;
                 let f = finish_of(0, host_tokens[s]);
                 done[s] = f != 0;
                 on_token(s, 0, host_tokens[s], f);
@@ -419,8 +294,8 @@ impl CudaEngine {
                 None => self.model()?.decode_step(slots)?,
             }
             rec(&events[2 * (step - 1) + 1], &self.gpu)?;
-            let tokens_ptr = self.bufs.as_ref().map(|b| b.tokens.ptr).unwrap_or(0);
-            self.gpu.read_into(tokens_ptr, &mut host_tokens)?;
+            let tokens = self.bufs.as_ref().map(|b| b.tokens.view()).ok_or_else(|| CudaError::Internal("buffers not prepared".into()))?;
+            self.gpu.read_into(tokens, &mut host_tokens)?;
             for s in 0..slots {
                 if !done[s] {
                     let f = finish_of(step, host_tokens[s]);
@@ -466,13 +341,13 @@ impl CudaEngine {
         let mut m = self.model()?;
         m.stage_decode(&prompts.iter().map(|p| p.len() + max_new - 1 - steps).collect::<Vec<_>>())?;
         m.probe = Some(&probe);
-        let stream = self.gpu.stream.clone();
-        let captured = stream
-            .begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+        let captured = self
+            .gpu
+            .begin_capture()
             .ok()
             .and_then(|_| {
                 let ok = m.decode_step(prompts.len()).is_ok();
-                let g = stream.end_capture(drv_sys::CUgraphInstantiate_flags(0));
+                let g = self.gpu.end_capture();
                 if ok { g.ok().flatten() } else { None }
             });
         let mut totals: Vec<(model::Op, f64)> = Vec::new();
@@ -537,7 +412,7 @@ impl CudaEngine {
         m.stage_prompt(prompt, 0)?;
         m.prefill(prompt.len(), 0)?;
         let logits = m.read_logits(1)?;
-        let tok = self.gpu.read::<i32>(m.b.tokens.ptr, 1)?[0];
+        let tok = self.gpu.read::<i32>(m.b.tokens.view(), 1)?[0];
         Ok((logits, tok))
     }
 
@@ -638,32 +513,6 @@ mod tests {
         assert_eq!(event_to_host_ns(a0, a1, 10_000.0, 5_000.0), a0 + 5_000_050_000);
         // No usable second anchor: the event timer's rate as it is.
         assert_eq!(event_to_host_ns(a0, a0, 0.0, 5.0), a0 + 5_000_000);
-    }
-
-    #[test]
-    fn dtypes_parse() {
-        assert_eq!(Dtype::parse("fp16").unwrap(), Dtype::F16);
-        assert_eq!(Dtype::parse("bfloat16").unwrap(), Dtype::Bf16);
-        assert_eq!(Dtype::parse("fp8").unwrap_err().to_string(), "unknown --dtype `fp8`: use fp16 or bf16");
-    }
-
-    #[test]
-    fn every_registered_kernel_is_in_its_source() {
-        for m in MODULES {
-            for (name, typed) in m.kernels {
-                let variants: Vec<String> = if *typed { vec![format!("{name}_f16"), format!("{name}_bf16")] } else { vec![name.to_string()] };
-                for v in variants {
-                    // Direct definitions, or decode.cu's macro-generated instantiations.
-                    let direct = m.source.contains(&format!(" {v}("));
-                    // (decode_attn_{fast,sk,pipe}_g{G}...: the macro line for that G must be there).
-                    let g = |prefix: &str| v.strip_prefix(prefix).and_then(|r| r.split('_').next()).map(str::to_string);
-                    let by_macro = g("decode_attn_fast_g").is_some_and(|g| m.source.contains(&format!("\nDQ_KERNELS({g}, ")))
-                        || g("decode_attn_sk_g").is_some_and(|g| m.source.contains(&format!("\nSK_KERNELS({g})")))
-                        || g("decode_attn_pipe_g").is_some_and(|g| m.source.contains(&format!("\nPT_KERNELS({g})")));
-                    assert!(direct || by_macro, "{}.cu lacks kernel {v}", m.name);
-                }
-            }
-        }
     }
 
     #[test]
