@@ -249,6 +249,11 @@ pub struct RunArgs {
     /// --warmup auto: at most this many warm-up runs (at least 2).
     #[arg(long, default_value_t = 4, allow_hyphen_values = true)]
     pub warmup_max: i64,
+    /// Goodput: the share of requests within these bounds, in ms: KEY=MS pairs from ttft_ms,
+    /// tpot_ms ((e2e − TTFT)/(n − 1)), itl_ms (every gap of the request), e2e_ms; e.g.
+    /// --slo ttft_ms=500,tpot_ms=50.
+    #[arg(long)]
+    pub slo: Option<String>,
 }
 
 impl From<RunArgs> for crate::run::RunInput {
@@ -278,6 +283,7 @@ impl From<RunArgs> for crate::run::RunInput {
             warmup: a.warmup,
             warmup_tolerance: a.warmup_tolerance,
             warmup_max: a.warmup_max,
+            slo: a.slo,
         }
     }
 }
@@ -328,14 +334,14 @@ mod tests {
             "--prompt-tokens", "7", "--generated-tokens", "9", "--seed", "5", "--vocab-size", "100", "--allow-eos",
             "--out", "o.json", "--force", "--trace", "t.json", "--cupti", "--trace-kernel-steps", "4", "--record-tokens",
             "--devices", "1,2", "--mem-interval-ms", "20", "--timeout", "30", "--warmup", "2", "--warmup-tolerance", "7",
-            "--warmup-max", "6",
+            "--warmup-max", "6", "--slo", "tpot_ms=5",
         ]);
         assert_eq!((i.engine.as_str(), i.dtype.as_str(), i.model.as_deref(), i.engine_options.as_str()), ("mock", "bf16", Some("small"), "{\"a\": 1}"));
         assert_eq!((i.batch, i.prompt_tokens, i.generated_tokens, i.seed, i.vocab_size), (Some(3), 7, 9, 5, Some(100)));
         assert!(i.allow_eos && i.force && i.cupti && i.record_tokens);
         assert_eq!((i.out.as_deref(), i.trace.as_deref()), (Some(std::path::Path::new("o.json")), Some(std::path::Path::new("t.json"))));
         assert_eq!((i.trace_kernel_steps, i.devices.as_deref(), i.mem_interval_ms, i.timeout), (4, Some(&[1, 2][..]), 20, Some(30.0)));
-        assert_eq!((i.warmup.as_str(), i.warmup_tolerance, i.warmup_max), ("2", 7.0, 6));
+        assert_eq!((i.warmup.as_str(), i.warmup_tolerance, i.warmup_max, i.slo.as_deref()), ("2", 7.0, 6, Some("tpot_ms=5")));
         let w = input(&["--weights", "ckpt", "--prompts", "p.jsonl"]);
         assert_eq!((w.weights.as_deref(), w.prompts.as_deref()), (Some(std::path::Path::new("ckpt")), Some(std::path::Path::new("p.jsonl"))));
     }

@@ -83,6 +83,7 @@ pub struct RunInput {
     pub warmup: String,
     pub warmup_tolerance: f64,
     pub warmup_max: i64,
+    pub slo: Option<String>,
 }
 
 /// Validated `run` arguments: everything checkable before MPI, GPU or file work.
@@ -116,6 +117,7 @@ pub struct RunConfig {
     pub warmup: WarmupPolicy,
     /// --warmup-tolerance (also the stationarity check's bound).
     pub warmup_tolerance_pct: f64,
+    pub slo: Option<crate::report::Slo>,
 }
 
 /// Why `tpprof run` cannot go on: bad options, a bad workload or host layout, an engine that
@@ -164,6 +166,8 @@ pub enum RunError {
     SameGpu { low: i32, high: i32, uuid: String },
     #[error("--engine cuda needs a GPU on every rank, and this rank has none ({0})")]
     CudaWithoutGpu(String),
+    #[error("--slo takes KEY=MS pairs separated by commas, each key once, from ttft_ms, tpot_ms, itl_ms (every gap of a request), e2e_ms, e.g. --slo ttft_ms=500,tpot_ms=50 (got {0:?})")]
+    Slo(String),
     #[error("warm-up run {run}: {source}")]
     WarmupRun { run: u32, source: EngineError },
 }
@@ -287,6 +291,7 @@ impl RunConfig {
             timeout,
             warmup: WarmupPolicy::parse(&a.warmup, a.warmup_tolerance, a.warmup_max)?,
             warmup_tolerance_pct: a.warmup_tolerance,
+            slo: a.slo.as_deref().map(parse_slo).transpose()?,
         })
     }
 
@@ -297,6 +302,31 @@ impl RunConfig {
             _ => std::path::Path::new(&self.model).file_name().and_then(|s| s.to_str()).unwrap_or("model").trim_end_matches(".json").to_string(),
         }
     }
+}
+
+/// `--slo ttft_ms=500,tpot_ms=50,itl_ms=200,e2e_ms=60000`: at least one bound, each a positive
+/// number of milliseconds, each key once.
+fn parse_slo(text: &str) -> Result<crate::report::Slo, RunError> {
+    let bad = || RunError::Slo(text.to_string());
+    let mut slo = crate::report::Slo::default();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').ok_or_else(bad)?;
+        let ms: f64 = value.trim().parse().ok().filter(|v: &f64| v.is_finite() && *v > 0.0).ok_or_else(bad)?;
+        let slot = match key.trim() {
+            "ttft_ms" => &mut slo.ttft_ms,
+            "tpot_ms" => &mut slo.tpot_ms,
+            "itl_ms" => &mut slo.itl_ms,
+            "e2e_ms" => &mut slo.e2e_ms,
+            _ => return Err(bad()),
+        };
+        if slot.replace(ms).is_some() {
+            return Err(bad());
+        }
+    }
+    if slo == crate::report::Slo::default() {
+        return Err(bad());
+    }
+    Ok(slo)
 }
 
 fn load_model(model: &str) -> Result<Config, crate::engine::config::ConfigError> {
@@ -841,6 +871,7 @@ impl<'w> Job<'w> {
                 record_tokens: c.record_tokens,
                 trace: c.trace.as_ref().map(|t| t.display().to_string()),
                 cupti: c.cupti,
+                slo: c.slo.clone(),
             },
             environment: Environment {
                 tpprof_version: crate::VERSION.into(),
@@ -1073,7 +1104,36 @@ mod tests {
             warmup: "auto".into(),
             warmup_tolerance: 5.0,
             warmup_max: 4,
+            slo: None,
         }
     }
 
+    #[test]
+    fn slo_bounds_parse_or_say_why_not() {
+        let s = parse_slo("ttft_ms=500, tpot_ms=50").unwrap();
+        assert_eq!((s.ttft_ms, s.tpot_ms, s.itl_ms, s.e2e_ms), (Some(500.0), Some(50.0), None, None));
+        for bad in ["", "ttft=5", "ttft_ms=0", "ttft_ms=-1", "ttft_ms=x", "ttft_ms=1,ttft_ms=2", "tpot_ms"] {
+            assert!(matches!(parse_slo(bad), Err(RunError::Slo(_))), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn goodput_counts_requests_within_every_bound() {
+        use crate::report::{Goodput, SampleItl, SampleReport, Slo};
+        let sample = |ttft: f64, tpot: f64, max_gap: f64| SampleReport {
+            index: 0, prompt_tokens: 1, requested: 11, generated: 11, finish_reason: crate::engine::FinishReason::Length,
+            ttft_ms: Some(ttft), e2e_ms: Some(ttft + 10.0 * tpot), tpot_ms: Some(tpot),
+            itl_ms: Some(SampleItl { p50: tpot, p90: tpot, p99: max_gap, max: max_gap, count: 10 }),
+            ranks_agree: true, tokens: None,
+        };
+        let samples = [sample(100.0, 10.0, 12.0), sample(600.0, 10.0, 12.0), sample(100.0, 10.0, 90.0)];
+        let slo = Slo { ttft_ms: Some(500.0), itl_ms: Some(50.0), ..Slo::default() };
+        let g = Goodput::of(&slo, &samples, 2.0);
+        assert_eq!((g.met, g.requests), (1, 3));
+        assert!((g.share_pct - 100.0 / 3.0).abs() < 1e-9 && (g.requests_per_s - 0.5).abs() < 1e-9);
+        // A bound on a figure the request lacks is not met.
+        let mut no_tpot = samples[0].clone();
+        no_tpot.tpot_ms = None;
+        assert!(!Goodput::meets(&Slo { tpot_ms: Some(1e9), ..Slo::default() }, &no_tpot));
+    }
 }

@@ -4,6 +4,8 @@ use crate::util::*;
 
 #[test]
 fn bad_arguments_are_one_line_errors() {
+    rejected(1, &["--slo", "ttft=5"], 2, "--slo takes KEY=MS pairs");
+    rejected(1, &["--slo", "tpot_ms=-1"], 2, "--slo takes KEY=MS pairs");
     rejected(2, &["--engine", "tensorrt"], 2, "unknown engine `tensorrt`");
     rejected(2, &["--model", "gigantic"], 2, "gigantic");
     rejected(2, &["--generated-tokens", "0"], 2, "--generated-tokens must be a whole number ≥ 1 (got 0)");

@@ -73,6 +73,31 @@ pub(crate) struct Config {
     pub record_tokens: bool,
     pub trace: Option<String>,
     pub cupti: bool,
+    #[serde(default)]
+    pub slo: Option<Slo>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Slo {
+    #[serde(default)]
+    pub ttft_ms: Option<f64>,
+    #[serde(default)]
+    pub tpot_ms: Option<f64>,
+    #[serde(default)]
+    pub itl_ms: Option<f64>,
+    #[serde(default)]
+    pub e2e_ms: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Goodput {
+    pub slo: Slo,
+    pub met: u32,
+    pub requests: u32,
+    pub share_pct: f64,
+    pub requests_per_s: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +161,8 @@ pub(crate) struct Summary {
     pub warmup: Option<WarmupSummary>,
     #[serde(default)]
     pub stationarity: Option<Stationarity>,
+    #[serde(default)]
+    pub goodput: Option<Goodput>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -143,3 +143,25 @@ fn itl_by_tenth_of_decode_follows_a_growing_step_cost() {
     assert!(tenths[9] - tenths[0] >= 0.5 * 7.2, "{tenths:?}");
     assert!(r.stdout().contains("ITL p50 by tenth of the decode steps (rank 0)"), "{}", r.stdout());
 }
+
+/// Goodput against a known truth: the mock's three requests take at least 2 ms per token (TPOT
+/// ≥ 2 ms), so a TPOT bound of 1.5 ms meets none of them and generous bounds meet all three.
+#[test]
+fn goodput_counts_the_requests_within_the_slo() {
+    let args = |slo: &str| ["--engine", "mock", "--engine-options", r#"{"token_us": 2000}"#, "--batch", "3", "--prompt-tokens", "8", "--generated-tokens", "12", "--warmup", "0", "--slo", slo].map(str::to_string);
+    let run_slo = |slo: &str| {
+        let a = args(slo);
+        let r = run(1, &a.iter().map(String::as_str).collect::<Vec<_>>());
+        let j = ok(&r).clone();
+        (j, r.stdout())
+    };
+    let (j, _) = run_slo("tpot_ms=1.5");
+    assert_eq!(j["summary"]["goodput"]["met"], 0, "{}", j["summary"]["goodput"]);
+    assert_eq!(j["summary"]["goodput"]["requests"], 3);
+    let (j, out) = run_slo("tpot_ms=50,itl_ms=500,e2e_ms=60000");
+    let g = &j["summary"]["goodput"];
+    assert_eq!((g["met"].as_u64(), g["share_pct"].as_f64()), (Some(3), Some(100.0)), "{g}");
+    assert_eq!(g["slo"]["tpot_ms"], 50.0);
+    assert_eq!(j["config"]["slo"]["itl_ms"], 500.0);
+    assert!(out.contains("goodput: 3/3 requests (100.0 %) within TPOT ≤ 50 ms, every ITL ≤ 500 ms, e2e ≤ 60000 ms"), "{out}");
+}

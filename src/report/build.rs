@@ -110,6 +110,7 @@ impl Header {
             itl_p50_by_tenth_ms: root.decode_deciles_ms(),
             warmup: Some(warmup_summary(&self.config, &ranks, &ttft, &decode)),
             stationarity: None,
+            goodput: self.config.slo.as_ref().map(|slo| Goodput::of(slo, &samples, total_s)),
         };
         let summary = Summary { stationarity: Some(stationarity(&summary, self.config.warmup_tolerance_pct.unwrap_or(5.0))), ..summary };
 

@@ -84,6 +84,9 @@ pub struct ConfigReport {
     /// --cupti: kernel activity recorded with CUPTI.
     #[serde(default)]
     pub cupti: bool,
+    /// --slo: the bounds goodput counts against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<Slo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -285,10 +288,63 @@ pub struct Summary {
     /// Whether the measured run itself looks steady (absent in JSONs written before the check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stationarity: Option<Stationarity>,
+    /// With --slo: the requests that met it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goodput: Option<Goodput>,
 }
 
 /// The stationarity check on the measured run (rank 0): against the last warm-up run, and within
 /// the run (first against last tenth of the decode steps). A warning does not change the state.
+/// `--slo`: the bounds a request must meet to count for goodput (ms; absent: not bounded).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Slo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<f64>,
+    /// (e2e − TTFT) / (n − 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpot_ms: Option<f64>,
+    /// Every inter-token gap of the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub itl_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e_ms: Option<f64>,
+}
+
+/// Goodput: the requests that met every bound of `--slo`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Goodput {
+    pub slo: Slo,
+    pub met: u32,
+    pub requests: u32,
+    /// met ÷ requests, in percent.
+    pub share_pct: f64,
+    /// Requests that met the SLO per second of the measured run.
+    pub requests_per_s: f64,
+}
+
+impl Goodput {
+    /// Whether one request met every bound (a bound on a figure the request lacks is not met).
+    pub fn meets(slo: &Slo, s: &SampleReport) -> bool {
+        let within = |bound: Option<f64>, v: Option<f64>| bound.is_none_or(|b| v.is_some_and(|v| v <= b));
+        within(slo.ttft_ms, s.ttft_ms)
+            && within(slo.tpot_ms, s.tpot_ms)
+            && within(slo.itl_ms, s.itl_ms.as_ref().map(|i| i.max))
+            && within(slo.e2e_ms, s.e2e_ms)
+    }
+
+    pub fn of(slo: &Slo, samples: &[SampleReport], total_s: f64) -> Goodput {
+        let met = samples.iter().filter(|s| Goodput::meets(slo, s)).count() as u32;
+        let requests = samples.len() as u32;
+        Goodput {
+            slo: slo.clone(),
+            met,
+            requests,
+            share_pct: if requests > 0 { met as f64 * 100.0 / requests as f64 } else { 0.0 },
+            requests_per_s: if total_s > 0.0 { met as f64 / total_s } else { 0.0 },
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stationarity {
     pub tolerance_pct: f64,

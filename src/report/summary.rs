@@ -92,6 +92,11 @@ pub fn render(r: &RunReport) -> String {
         if let Some(line) = per_request_line(&r.samples) {
             let _ = writeln!(out, "{line}");
         }
+        if let Some(g) = &s.goodput {
+            let b = |name: &str, v: Option<f64>| v.map(|v| format!("{name} ≤ {v} ms"));
+            let bounds: Vec<String> = [b("TTFT", g.slo.ttft_ms), b("TPOT", g.slo.tpot_ms), b("every ITL", g.slo.itl_ms), b("e2e", g.slo.e2e_ms)].into_iter().flatten().collect();
+            let _ = writeln!(out, "goodput: {}/{} requests ({:.1} %) within {}; {:.3} requests/s", g.met, g.requests, g.share_pct, bounds.join(", "), g.requests_per_s);
+        }
         if let Some(t) = s.itl_p50_by_tenth_ms.as_ref().filter(|t| t.len() >= 2) {
             let (first, last) = (t[0], t[t.len() - 1]);
             let growth = if first > 0.0 { format!(" (last {} {:+.1} % against the first)", if t.len() == 10 { "tenth" } else { "part" }, (last - first) / first * 100.0) } else { String::new() };
