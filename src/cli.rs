@@ -254,6 +254,10 @@ pub struct RunArgs {
     /// --slo ttft_ms=500,tpot_ms=50.
     #[arg(long)]
     pub slo: Option<String>,
+    /// Write every token of every rank as CSV (rank, sample, step, token, t_ns since rank 0's submit
+    /// on rank 0's clock, itl_ns, device step start/end where known), from rank 0.
+    #[arg(long)]
+    pub token_log: Option<PathBuf>,
 }
 
 impl From<RunArgs> for crate::run::RunInput {
@@ -284,6 +288,7 @@ impl From<RunArgs> for crate::run::RunInput {
             warmup_tolerance: a.warmup_tolerance,
             warmup_max: a.warmup_max,
             slo: a.slo,
+            token_log: a.token_log,
         }
     }
 }
@@ -334,7 +339,7 @@ mod tests {
             "--prompt-tokens", "7", "--generated-tokens", "9", "--seed", "5", "--vocab-size", "100", "--allow-eos",
             "--out", "o.json", "--force", "--trace", "t.json", "--cupti", "--trace-kernel-steps", "4", "--record-tokens",
             "--devices", "1,2", "--mem-interval-ms", "20", "--timeout", "30", "--warmup", "2", "--warmup-tolerance", "7",
-            "--warmup-max", "6", "--slo", "tpot_ms=5",
+            "--warmup-max", "6", "--slo", "tpot_ms=5", "--token-log", "k.csv",
         ]);
         assert_eq!((i.engine.as_str(), i.dtype.as_str(), i.model.as_deref(), i.engine_options.as_str()), ("mock", "bf16", Some("small"), "{\"a\": 1}"));
         assert_eq!((i.batch, i.prompt_tokens, i.generated_tokens, i.seed, i.vocab_size), (Some(3), 7, 9, 5, Some(100)));
@@ -342,6 +347,7 @@ mod tests {
         assert_eq!((i.out.as_deref(), i.trace.as_deref()), (Some(std::path::Path::new("o.json")), Some(std::path::Path::new("t.json"))));
         assert_eq!((i.trace_kernel_steps, i.devices.as_deref(), i.mem_interval_ms, i.timeout), (4, Some(&[1, 2][..]), 20, Some(30.0)));
         assert_eq!((i.warmup.as_str(), i.warmup_tolerance, i.warmup_max, i.slo.as_deref()), ("2", 7.0, 6, Some("tpot_ms=5")));
+        assert_eq!(i.token_log.as_deref(), Some(std::path::Path::new("k.csv")));
         let w = input(&["--weights", "ckpt", "--prompts", "p.jsonl"]);
         assert_eq!((w.weights.as_deref(), w.prompts.as_deref()), (Some(std::path::Path::new("ckpt")), Some(std::path::Path::new("p.jsonl"))));
     }

@@ -84,6 +84,7 @@ pub struct RunInput {
     pub warmup_tolerance: f64,
     pub warmup_max: i64,
     pub slo: Option<String>,
+    pub token_log: Option<PathBuf>,
 }
 
 /// Validated `run` arguments: everything checkable before MPI, GPU or file work.
@@ -118,6 +119,8 @@ pub struct RunConfig {
     /// --warmup-tolerance (also the stationarity check's bound).
     pub warmup_tolerance_pct: f64,
     pub slo: Option<crate::report::Slo>,
+    /// --token-log: every token of every rank as CSV, written by rank 0.
+    pub token_log: Option<PathBuf>,
 }
 
 /// Why `tpprof run` cannot go on: bad options, a bad workload or host layout, an engine that
@@ -166,6 +169,8 @@ pub enum RunError {
     SameGpu { low: i32, high: i32, uuid: String },
     #[error("--engine cuda needs a GPU on every rank, and this rank has none ({0})")]
     CudaWithoutGpu(String),
+    #[error("--token-log {} is also the --out or --trace file: give it its own name", .0.display())]
+    TokenLogClash(PathBuf),
     #[error("--slo takes KEY=MS pairs separated by commas, each key once, from ttft_ms, tpot_ms, itl_ms (every gap of a request), e2e_ms, e.g. --slo ttft_ms=500,tpot_ms=50 (got {0:?})")]
     Slo(String),
     #[error("warm-up run {run}: {source}")]
@@ -292,6 +297,7 @@ impl RunConfig {
             warmup: WarmupPolicy::parse(&a.warmup, a.warmup_tolerance, a.warmup_max)?,
             warmup_tolerance_pct: a.warmup_tolerance,
             slo: a.slo.as_deref().map(parse_slo).transpose()?,
+            token_log: a.token_log.clone(),
         })
     }
 
@@ -435,6 +441,8 @@ struct Gathered {
     /// With --cupti: each rank's per-step activity per device.
     step_activity: Option<Vec<Result<Json<StepActivity>, WireError>>>,
     traces: Option<Vec<Result<Json<RankTrace>, WireError>>>,
+    /// With --token-log: every rank's tokens.
+    token_logs: Option<Vec<Result<Json<crate::report::tokenlog::RankTokens>, WireError>>>,
 }
 
 /// One rank's CUPTI per-step activity, per device (None: the rank recorded none).
@@ -447,12 +455,13 @@ struct Job<'w> {
     config: Option<RunConfig>,
     out: Option<OutputFile>,
     trace_out: Option<OutputFile>,
+    token_log_out: Option<OutputFile>,
     header: Option<Header>,
 }
 
 impl<'w> Job<'w> {
     fn new(world: &'w World, input: RunInput) -> Job<'w> {
-        Job { world, input, config: None, out: None, trace_out: None, header: None }
+        Job { world, input, config: None, out: None, trace_out: None, token_log_out: None, header: None }
     }
 
     fn run(&mut self) -> Result<Verdict, RunFailed> {
@@ -762,9 +771,23 @@ impl<'w> Job<'w> {
             kernel_names: m.recorded.as_ref().map(|r| r.names.clone()).unwrap_or_default(),
         });
         let traces = trace.map(|t| world.gather(&Json(t)));
+        // Only with --token-log (every rank has the same config, so the collective matches).
+        let token_logs = config
+            .token_log
+            .is_some()
+            .then(|| {
+                world.gather(&Json(crate::report::tokenlog::RankTokens {
+                    rank: world.rank,
+                    epoch_mono_ns: obs.epoch_mono_ns,
+                    submit_ns: m.submit_ns,
+                    tokens: m.events.iter().map(|e| (e.sample, e.step, e.token, e.t_ns)).collect(),
+                    device_steps: m.device_steps.clone().unwrap_or_default(),
+                }))
+            })
+            .flatten();
         let reports = world.gather(&Json(rank_report));
         drop(engine);
-        Some(Gathered { reports: reports?, rec: m.rec, offsets, all_steps, step_activity, traces: traces.flatten() })
+        Some(Gathered { reports: reports?, rec: m.rec, offsets, all_steps, step_activity, traces: traces.flatten(), token_logs })
     }
 
     /// 9. Rank 0: the ranks' reports into one RunReport (skew, CUPTI summary), and the trace file.
@@ -793,6 +816,14 @@ impl<'w> Job<'w> {
             let doc = crate::report::trace::build(&traces, &g.offsets);
             match out.write_bytes(&serde_json::to_vec(&doc).expect("a trace always serializes")) {
                 Ok(Written::Yes(p)) | Ok(Written::KeptExisting(p)) => eprintln!("trace: {}", p.display()),
+                Err(e) => return Err(Stop::failed(RankFailures(vec![(0, e.to_string())]))),
+            }
+        }
+        if let (Some(parts), Some(out)) = (g.token_logs, self.token_log_out.take()) {
+            let parts: Vec<_> = parts.into_iter().filter_map(|b| b.ok().map(|Json(p)| p)).collect();
+            // The writer ends the file with the newline.
+            match out.write_bytes(crate::report::tokenlog::csv(&parts, &g.offsets).trim_end_matches('\n').as_bytes()) {
+                Ok(Written::Yes(p)) | Ok(Written::KeptExisting(p)) => eprintln!("token log: {}", p.display()),
                 Err(e) => return Err(Stop::failed(RankFailures(vec![(0, e.to_string())]))),
             }
         }
@@ -836,6 +867,12 @@ impl<'w> Job<'w> {
                 return Err(RunError::TraceIsOut(t.clone()));
             }
             self.trace_out = Some(OutputFile::claim(t, c.force)?);
+        }
+        if let Some(t) = &c.token_log {
+            if *t == path || Some(t) == c.trace.as_ref() {
+                return Err(RunError::TokenLogClash(t.clone()));
+            }
+            self.token_log_out = Some(OutputFile::claim(t, c.force)?);
         }
         Ok(())
     }
@@ -1105,6 +1142,7 @@ mod tests {
             warmup_tolerance: 5.0,
             warmup_max: 4,
             slo: None,
+            token_log: None,
         }
     }
 

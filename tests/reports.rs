@@ -173,3 +173,40 @@ fn tp_sweep_script_runs_each_degree_and_compares() {
     assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
     assert!(out.join("tp2-default.json").is_file() && !out.join("compare.md").exists());
 }
+
+/// --token-log: one CSV row per token per rank, on rank 0's clock from its submit; the mock's
+/// scripted 2 ms per token shows in every gap, and an existing file is never overwritten.
+#[test]
+fn token_log_has_every_token_of_every_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("tokens.csv");
+    let path = dir.path().join("r.json");
+    let csv_arg = csv.to_str().unwrap().to_string();
+    let args = ["--engine", "mock", "--engine-options", r#"{"token_us": 2000}"#, "--batch", "2", "--prompt-tokens", "8", "--generated-tokens", "10", "--token-log", &csv_arg];
+    let r = run_to(2, &args, &path, dir);
+    ok(&r);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(text.lines().next(), Some("rank,sample,step,token,t_ns,itl_ns,device_start_ns,device_end_ns"));
+    assert_eq!(rows.len(), 2 * 2 * 10, "ranks × samples × tokens");
+    for rank in ["0", "1"] {
+        let mine: Vec<&Vec<&str>> = rows.iter().filter(|r| r[0] == rank).collect();
+        assert_eq!(mine.len(), 20);
+        for r in &mine {
+            let t: i64 = r[4].parse().unwrap();
+            // Rank 0's tokens come after its submit; another rank's engine may start a little
+            // before rank 0's (each rank submits on its own).
+            assert!(t.abs() < 60_000_000_000 && (rank != "0" || t > 0), "rank {rank}: t_ns {t} since rank 0's submit");
+            match r[2] {
+                "0" => assert_eq!(r[5], "", "the first token has no gap"),
+                _ => assert!(r[5].parse::<u64>().unwrap() >= 1_998_000, "gap {} below the scripted 2 ms", r[5]),
+            }
+        }
+    }
+    // The same token log again: refused, the first one kept.
+    let dir2 = tempfile::tempdir().unwrap();
+    let again = run_to(1, &args, &dir2.path().join("r.json"), dir2);
+    assert_eq!(again.code(), 2, "{}", again.stderr());
+    assert!(again.error_lines()[0].contains("tokens.csv"), "{}", again.stderr());
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), text);
+}

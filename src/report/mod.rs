@@ -4,6 +4,7 @@
 pub mod build;
 pub mod compare;
 pub mod summary;
+pub mod tokenlog;
 pub mod trace;
 pub mod writer;
 
