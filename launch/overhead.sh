@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The observers' overhead, measured: runs the same job alternately with periodic memory sampling
-# off (--mem-interval-ms 0: one reading at the end) and with the default observers, ROUNDS times
+# and rank 0's progress line off (--mem-interval-ms 0: one reading at the end; --no-progress) and
+# with the default observers, ROUNDS times
 # each, and prints the decode ITL p50 / mean of both and their ratio (default ÷ off). With -c, a
 # third mode adds --cupti (every GPU kernel recorded by CUPTI) and its ratio (cupti ÷ off).
 # Usage: launch/overhead.sh [-n RANKS] [-r ROUNDS] [-c] -- <tpprof run arguments, without --out>
@@ -24,7 +25,7 @@ out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 for i in $(seq "$rounds"); do
   for mode in "${modes[@]}"; do
-    extra=(); [[ $mode == off ]] && extra=(--mem-interval-ms 0); [[ $mode == cupti ]] && extra=(--cupti)
+    extra=(); [[ $mode == off ]] && extra=(--mem-interval-ms 0 --no-progress); [[ $mode == cupti ]] && extra=(--cupti)
     "${MR[@]}" -n "$ranks" "$B" run "$@" "${extra[@]}" --out "$out/$mode-$i.json" >/dev/null 2>&1 || { echo "error: the $mode run $i failed" >&2; exit 1; }
   done
 done

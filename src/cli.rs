@@ -258,6 +258,10 @@ pub struct RunArgs {
     /// on rank 0's clock, itl_ns, device step start/end where known), from rank 0.
     #[arg(long)]
     pub token_log: Option<PathBuf>,
+    /// No progress on rank 0's stderr (by default: a line redrawn on a terminal, a line every 10 s
+    /// when stderr is a pipe, from 5 s into each warm-up and measured run).
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 impl From<RunArgs> for crate::run::RunInput {
@@ -289,6 +293,7 @@ impl From<RunArgs> for crate::run::RunInput {
             warmup_max: a.warmup_max,
             slo: a.slo,
             token_log: a.token_log,
+            no_progress: a.no_progress,
         }
     }
 }
@@ -339,7 +344,7 @@ mod tests {
             "--prompt-tokens", "7", "--generated-tokens", "9", "--seed", "5", "--vocab-size", "100", "--allow-eos",
             "--out", "o.json", "--force", "--trace", "t.json", "--cupti", "--trace-kernel-steps", "4", "--record-tokens",
             "--devices", "1,2", "--mem-interval-ms", "20", "--timeout", "30", "--warmup", "2", "--warmup-tolerance", "7",
-            "--warmup-max", "6", "--slo", "tpot_ms=5", "--token-log", "k.csv",
+            "--warmup-max", "6", "--slo", "tpot_ms=5", "--token-log", "k.csv", "--no-progress",
         ]);
         assert_eq!((i.engine.as_str(), i.dtype.as_str(), i.model.as_deref(), i.engine_options.as_str()), ("mock", "bf16", Some("small"), "{\"a\": 1}"));
         assert_eq!((i.batch, i.prompt_tokens, i.generated_tokens, i.seed, i.vocab_size), (Some(3), 7, 9, 5, Some(100)));
@@ -348,6 +353,7 @@ mod tests {
         assert_eq!((i.trace_kernel_steps, i.devices.as_deref(), i.mem_interval_ms, i.timeout), (4, Some(&[1, 2][..]), 20, Some(30.0)));
         assert_eq!((i.warmup.as_str(), i.warmup_tolerance, i.warmup_max, i.slo.as_deref()), ("2", 7.0, 6, Some("tpot_ms=5")));
         assert_eq!(i.token_log.as_deref(), Some(std::path::Path::new("k.csv")));
+        assert!(i.no_progress);
         let w = input(&["--weights", "ckpt", "--prompts", "p.jsonl"]);
         assert_eq!((w.weights.as_deref(), w.prompts.as_deref()), (Some(std::path::Path::new("ckpt")), Some(std::path::Path::new("p.jsonl"))));
     }

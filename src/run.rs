@@ -85,6 +85,7 @@ pub struct RunInput {
     pub warmup_max: i64,
     pub slo: Option<String>,
     pub token_log: Option<PathBuf>,
+    pub no_progress: bool,
 }
 
 /// Validated `run` arguments: everything checkable before MPI, GPU or file work.
@@ -121,6 +122,8 @@ pub struct RunConfig {
     pub slo: Option<crate::report::Slo>,
     /// --token-log: every token of every rank as CSV, written by rank 0.
     pub token_log: Option<PathBuf>,
+    /// Rank 0 shows progress during warm-up and measured runs (off: --no-progress).
+    pub progress: bool,
 }
 
 /// Why `tpprof run` cannot go on: bad options, a bad workload or host layout, an engine that
@@ -298,6 +301,7 @@ impl RunConfig {
             warmup_tolerance_pct: a.warmup_tolerance,
             slo: a.slo.as_deref().map(parse_slo).transpose()?,
             token_log: a.token_log.clone(),
+            progress: !a.no_progress,
         })
     }
 
@@ -308,6 +312,47 @@ impl RunConfig {
             _ => std::path::Path::new(&self.model).file_name().and_then(|s| s.to_str()).unwrap_or("model").trim_end_matches(".json").to_string(),
         }
     }
+}
+
+/// Runs `generate` (which feeds `sink`) while, when `label` is given, another thread shows how far
+/// it got: on a terminal one line redrawn twice a second, else (mpirun pipes stderr) a line every
+/// 10 s once the run has taken 5 s. Read from the sink, never from the token callback; the line
+/// is cleared (terminal) or closed with the final count.
+fn with_progress<R>(label: Option<String>, sink: &TokenSink, total: u64, generate: impl FnOnce() -> R) -> R {
+    use std::io::{IsTerminal, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(label) = label else { return generate() };
+    let done = AtomicBool::new(false);
+    let tty = std::io::stderr().is_terminal();
+    std::thread::scope(|s| {
+        let shower = s.spawn(|| {
+            let start = Instant::now();
+            let (tick, first, every) = if tty { (Duration::from_millis(100), Duration::from_millis(500), Duration::from_millis(500)) } else { (Duration::from_millis(100), Duration::from_secs(5), Duration::from_secs(10)) };
+            let mut next = first;
+            let mut shown = false;
+            while !done.load(Ordering::Acquire) {
+                std::thread::park_timeout(tick);
+                let t = start.elapsed();
+                if t < next || done.load(Ordering::Acquire) {
+                    continue;
+                }
+                next = t + every;
+                let n = sink.received();
+                let line = format!("{label}: {n}/{total} tokens ({:.0} %), {:.1} s", n as f64 * 100.0 / total.max(1) as f64, t.as_secs_f64());
+                let mut e = std::io::stderr().lock();
+                let _ = if tty { write!(e, "\r\x1b[2K{line}") } else { writeln!(e, "{line}") };
+                let _ = e.flush();
+                shown = true;
+            }
+            if shown && tty {
+                let _ = write!(std::io::stderr().lock(), "\r\x1b[2K");
+            }
+        });
+        let r = generate();
+        done.store(true, Ordering::Release);
+        shower.thread().unpark(); // ends the wait at once: the run does not wait for a tick
+        r
+    })
 }
 
 /// `--slo ttft_ms=500,tpot_ms=50,itl_ms=200,e2e_ms=60000`: at least one bound, each a positive
@@ -634,9 +679,11 @@ impl<'w> Job<'w> {
                     }
                     let warm_sink = TokenSink::new_with_epoch(obs.epoch, requested.iter().map(|&r| r as usize).sum::<usize>() + 64);
                     let prompts = workload.warmup_prompts(config.seed, i);
-                    let r = engine
-                        .generate(&prompts, workload.generated_tokens, config.exact_length, &warm_sink)
-                        .map_err(|source| RunError::WarmupRun { run: i + 1, source });
+                    let show = (config.progress && world.is_root()).then(|| format!("warm-up run {}", i + 1));
+                    let r = with_progress(show, &warm_sink, requested.iter().map(|&r| r as u64).sum(), || {
+                        engine.generate(&prompts, workload.generated_tokens, config.exact_length, &warm_sink)
+                    })
+                    .map_err(|source| RunError::WarmupRun { run: i + 1, source });
                     let submit = warm_sink.submit_ns();
                     let (events, overflow) = warm_sink.into_events();
                     let rec = Recording::analyse(&events, overflow, submit, &requested);
@@ -680,7 +727,10 @@ impl<'w> Job<'w> {
         let generated = match role {
             Role::Engine => {
                 tracing::info!("generating {} sample(s)", workload.prompts.len());
-                engine.generate(&workload.prompts, workload.generated_tokens, config.exact_length, &sink)
+                let show = (config.progress && world.is_root()).then(|| "measured run".to_string());
+                with_progress(show, &sink, requested.iter().map(|&r| r as u64).sum(), || {
+                    engine.generate(&workload.prompts, workload.generated_tokens, config.exact_length, &sink)
+                })
             }
             Role::Observer => Ok(()),
         };
@@ -1143,6 +1193,7 @@ mod tests {
             warmup_max: 4,
             slo: None,
             token_log: None,
+            no_progress: false,
         }
     }
 

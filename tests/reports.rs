@@ -210,3 +210,18 @@ fn token_log_has_every_token_of_every_rank() {
     assert!(again.error_lines()[0].contains("tokens.csv"), "{}", again.stderr());
     assert_eq!(std::fs::read_to_string(&csv).unwrap(), text);
 }
+
+/// Progress on rank 0 (mpirun pipes stderr: a line every 10 s from 5 s into a run): a 5.5 s
+/// measured run shows one line with its token count; --no-progress shows none.
+#[test]
+fn progress_shows_on_long_runs_unless_asked_not_to() {
+    let args = ["--engine", "mock", "--engine-options", r#"{"token_us": 100000}"#, "--prompt-tokens", "4", "--generated-tokens", "55", "--warmup", "0"];
+    let r = run(2, &args);
+    ok(&r);
+    let lines: Vec<String> = r.stderr().lines().filter(|l| l.contains("measured run: ")).map(str::to_string).collect();
+    assert_eq!(lines.len(), 1, "one progress line from rank 0 only:\n{}", r.stderr());
+    assert!(lines[0].contains("/55 tokens"), "{}", lines[0]);
+    let quiet = run(1, &[&args[..], &["--no-progress"]].concat());
+    ok(&quiet);
+    assert!(!quiet.stderr().contains("measured run: "), "{}", quiet.stderr());
+}

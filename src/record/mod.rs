@@ -97,6 +97,11 @@ impl TokenSink {
         }
     }
 
+    /// Tokens received so far (for progress; takes the lock briefly, never called by engines).
+    pub fn received(&self) -> u64 {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).len() as u64 + self.overflow.load(Ordering::Relaxed)
+    }
+
     /// The recorded events and the number that did not fit.
     pub fn into_events(self) -> (Vec<TokenEvent>, u64) {
         let events = self.events.into_inner().unwrap_or_else(|p| p.into_inner());
