@@ -262,6 +262,10 @@ pub struct RunArgs {
     /// when stderr is a pipe, from 5 s into each warm-up and measured run).
     #[arg(long)]
     pub no_progress: bool,
+    /// Measured runs after the warm-up: each one's figures (TTFT and ITL p50, wall) give the
+    /// spread (min / median / max) in the summary; the last is recorded in full.
+    #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
+    pub repeat: i64,
 }
 
 impl From<RunArgs> for crate::run::RunInput {
@@ -294,6 +298,7 @@ impl From<RunArgs> for crate::run::RunInput {
             slo: a.slo,
             token_log: a.token_log,
             no_progress: a.no_progress,
+            repeat: a.repeat,
         }
     }
 }
@@ -344,7 +349,7 @@ mod tests {
             "--prompt-tokens", "7", "--generated-tokens", "9", "--seed", "5", "--vocab-size", "100", "--allow-eos",
             "--out", "o.json", "--force", "--trace", "t.json", "--cupti", "--trace-kernel-steps", "4", "--record-tokens",
             "--devices", "1,2", "--mem-interval-ms", "20", "--timeout", "30", "--warmup", "2", "--warmup-tolerance", "7",
-            "--warmup-max", "6", "--slo", "tpot_ms=5", "--token-log", "k.csv", "--no-progress",
+            "--warmup-max", "6", "--slo", "tpot_ms=5", "--token-log", "k.csv", "--no-progress", "--repeat", "3",
         ]);
         assert_eq!((i.engine.as_str(), i.dtype.as_str(), i.model.as_deref(), i.engine_options.as_str()), ("mock", "bf16", Some("small"), "{\"a\": 1}"));
         assert_eq!((i.batch, i.prompt_tokens, i.generated_tokens, i.seed, i.vocab_size), (Some(3), 7, 9, 5, Some(100)));
@@ -354,6 +359,7 @@ mod tests {
         assert_eq!((i.warmup.as_str(), i.warmup_tolerance, i.warmup_max, i.slo.as_deref()), ("2", 7.0, 6, Some("tpot_ms=5")));
         assert_eq!(i.token_log.as_deref(), Some(std::path::Path::new("k.csv")));
         assert!(i.no_progress);
+        assert_eq!(i.repeat, 3);
         let w = input(&["--weights", "ckpt", "--prompts", "p.jsonl"]);
         assert_eq!((w.weights.as_deref(), w.prompts.as_deref()), (Some(std::path::Path::new("ckpt")), Some(std::path::Path::new("p.jsonl"))));
     }

@@ -16,7 +16,7 @@ use crate::record::{token_digest, Recording, TokenSink};
 use crate::report::build::Header;
 use crate::report::writer::{OutputFile, Written};
 use crate::report::trace::RankTrace;
-use crate::report::{ConfigReport, Environment, RankReport, RankSample, RankTiming, Role, RunReport, State};
+use crate::report::{ConfigReport, Environment, RankReport, RankSample, RankTiming, Role, RunReport, State, WarmupRun};
 use crate::workload::Workload;
 
 /// Vocabulary assumed for adapters that do not say theirs (valid for every Qwen2.5 tokenizer).
@@ -86,6 +86,7 @@ pub struct RunInput {
     pub slo: Option<String>,
     pub token_log: Option<PathBuf>,
     pub no_progress: bool,
+    pub repeat: i64,
 }
 
 /// Validated `run` arguments: everything checkable before MPI, GPU or file work.
@@ -124,6 +125,8 @@ pub struct RunConfig {
     pub token_log: Option<PathBuf>,
     /// Rank 0 shows progress during warm-up and measured runs (off: --no-progress).
     pub progress: bool,
+    /// Measured runs (the last is recorded in full; each one's figures give the spread).
+    pub repeat: u32,
 }
 
 /// Why `tpprof run` cannot go on: bad options, a bad workload or host layout, an engine that
@@ -176,6 +179,8 @@ pub enum RunError {
     TokenLogClash(PathBuf),
     #[error("--slo takes KEY=MS pairs separated by commas, each key once, from ttft_ms, tpot_ms, itl_ms (every gap of a request), e2e_ms, e.g. --slo ttft_ms=500,tpot_ms=50 (got {0:?})")]
     Slo(String),
+    #[error("measured run {run} (--repeat): {source}")]
+    RepeatRun { run: u32, source: EngineError },
     #[error("warm-up run {run}: {source}")]
     WarmupRun { run: u32, source: EngineError },
 }
@@ -302,6 +307,7 @@ impl RunConfig {
             slo: a.slo.as_deref().map(parse_slo).transpose()?,
             token_log: a.token_log.clone(),
             progress: !a.no_progress,
+            repeat: positive("repeat", a.repeat)?,
         })
     }
 
@@ -312,6 +318,26 @@ impl RunConfig {
             _ => std::path::Path::new(&self.model).file_name().and_then(|s| s.to_str()).unwrap_or("model").trim_end_matches(".json").to_string(),
         }
     }
+}
+
+/// One generate() whose tokens are counted, not kept: a warm-up run or an earlier repeat. Its
+/// TTFT and ITL p50 and tokens on this rank (the caller times the wall, barrier included).
+fn figures_run(engine: &mut dyn Engine, config: &RunConfig, workload: &Workload, obs: &Observers, prompts: &[Vec<i32>], progress: Option<String>) -> (WarmupRun, Result<(), EngineError>) {
+    let requested = vec![workload.generated_tokens; workload.prompts.len()];
+    let total: u64 = requested.iter().map(|&r| r as u64).sum();
+    let sink = TokenSink::new_with_epoch(obs.epoch, total as usize + 64);
+    let r = with_progress(progress, &sink, total, || engine.generate(prompts, workload.generated_tokens, config.exact_length, &sink));
+    let submit = sink.submit_ns();
+    let (events, overflow) = sink.into_events();
+    let rec = Recording::analyse(&events, overflow, submit, &requested);
+    let (ttft, itl) = (rec.ttft.summary(), rec.decode.summary());
+    let seen = WarmupRun {
+        wall_s: 0.0,
+        ttft_ms: (ttft.count > 0).then(|| ttft.p50_ns as f64 / 1e6),
+        itl_p50_ms: (itl.count > 0).then(|| itl.p50_ns as f64 / 1e6),
+        tokens: rec.generated_tokens(),
+    };
+    (seen, r)
 }
 
 /// Runs `generate` (which feeds `sink`) while, when `label` is given, another thread shows how far
@@ -459,10 +485,11 @@ struct Created {
     cupti: Option<crate::observe::cupti::CuptiSession>,
 }
 
-/// 6. The warm-up runs: wall time and what each showed.
+/// 6. The warm-up runs: wall time and what each showed; then the earlier repeats (--repeat).
 struct Warmed {
     wall_s: Vec<f64>,
-    runs: Vec<crate::report::WarmupRun>,
+    runs: Vec<WarmupRun>,
+    repeats: Vec<WarmupRun>,
 }
 
 /// 7. The measured run on this rank.
@@ -663,12 +690,10 @@ impl<'w> Job<'w> {
             Role::Observer => Ok(()),
         };
         world.agree(prepared).map_err(Stop::failed)?;
-        let requested = vec![workload.generated_tokens; workload.prompts.len()];
-        let mut warmed = Warmed { wall_s: Vec::new(), runs: Vec::new() };
+        let mut warmed = Warmed { wall_s: Vec::new(), runs: Vec::new(), repeats: Vec::new() };
         for i in 0..config.warmup.max_runs() {
             let t = Instant::now();
-            let mut seen = crate::report::WarmupRun { wall_s: 0.0, ttft_ms: None, itl_p50_ms: None, tokens: 0 };
-            let warm = match role {
+            let (mut seen, warm) = match role {
                 Role::Engine => {
                     match config.warmup {
                         WarmupPolicy::Auto { tolerance_pct, max } => tracing::info!(
@@ -677,23 +702,11 @@ impl<'w> Job<'w> {
                         ),
                         WarmupPolicy::Fixed(n) => tracing::info!("warm-up run {} of {n}", i + 1),
                     }
-                    let warm_sink = TokenSink::new_with_epoch(obs.epoch, requested.iter().map(|&r| r as usize).sum::<usize>() + 64);
-                    let prompts = workload.warmup_prompts(config.seed, i);
                     let show = (config.progress && world.is_root()).then(|| format!("warm-up run {}", i + 1));
-                    let r = with_progress(show, &warm_sink, requested.iter().map(|&r| r as u64).sum(), || {
-                        engine.generate(&prompts, workload.generated_tokens, config.exact_length, &warm_sink)
-                    })
-                    .map_err(|source| RunError::WarmupRun { run: i + 1, source });
-                    let submit = warm_sink.submit_ns();
-                    let (events, overflow) = warm_sink.into_events();
-                    let rec = Recording::analyse(&events, overflow, submit, &requested);
-                    let (ttft, itl) = (rec.ttft.summary(), rec.decode.summary());
-                    seen.ttft_ms = (ttft.count > 0).then(|| ttft.p50_ns as f64 / 1e6);
-                    seen.itl_p50_ms = (itl.count > 0).then(|| itl.p50_ns as f64 / 1e6);
-                    seen.tokens = rec.generated_tokens();
-                    r
+                    let (seen, r) = figures_run(engine.as_mut(), config, workload, obs, &workload.warmup_prompts(config.seed, i), show);
+                    (seen, r.map_err(|source| RunError::WarmupRun { run: i + 1, source }))
                 }
-                Role::Observer => Ok(()),
+                Role::Observer => (WarmupRun::default(), Ok(())),
             };
             world.idle_barrier();
             world.agree(warm).map_err(Stop::failed)?;
@@ -710,6 +723,26 @@ impl<'w> Job<'w> {
                     break;
                 }
             }
+        }
+        // --repeat N: N − 1 measured runs before the recorded one, each prompt's ids in another
+        // order (the shapes of the workload, never a prefix-cache hit), their figures kept.
+        for k in 0..config.repeat.saturating_sub(1) {
+            obs.phase.set(Phase::Generate);
+            let t = Instant::now();
+            let (mut seen, r) = match role {
+                Role::Engine => {
+                    tracing::info!("measured run {} of {}", k + 1, config.repeat);
+                    let show = (config.progress && world.is_root()).then(|| format!("measured run {} of {}", k + 1, config.repeat));
+                    let prompts = workload.warmup_prompts(config.seed ^ 0x7e9ea7, k);
+                    let (seen, r) = figures_run(engine.as_mut(), config, workload, obs, &prompts, show);
+                    (seen, r.map_err(|source| RunError::RepeatRun { run: k + 1, source }))
+                }
+                Role::Observer => (WarmupRun::default(), Ok(())),
+            };
+            world.idle_barrier();
+            world.agree(r).map_err(Stop::failed)?;
+            seen.wall_s = t.elapsed().as_secs_f64();
+            warmed.repeats.push(seen);
         }
         Ok(warmed)
     }
@@ -781,6 +814,7 @@ impl<'w> Job<'w> {
             timing: RankTiming {
                 warmup_s: warmed.wall_s,
                 warmup_runs: warmed.runs,
+                repeat_runs: warmed.repeats,
                 create_s,
                 generate_s: (role == Role::Engine).then(|| rec.last_token_ns().unwrap_or(m.end_ns).saturating_sub(m.submit_ns) as f64 / 1e9),
             },
@@ -955,6 +989,7 @@ impl<'w> Job<'w> {
                 warmup_mode: Some(c.warmup.mode()),
                 warmup_tolerance_pct: Some(c.warmup_tolerance_pct),
                 warmup_max: matches!(c.warmup, WarmupPolicy::Auto { .. }).then(|| c.warmup.max_runs()),
+                repeat: (c.repeat > 1).then_some(c.repeat),
                 record_tokens: c.record_tokens,
                 trace: c.trace.as_ref().map(|t| t.display().to_string()),
                 cupti: c.cupti,
@@ -1194,6 +1229,7 @@ mod tests {
             slo: None,
             token_log: None,
             no_progress: false,
+            repeat: 1,
         }
     }
 

@@ -74,6 +74,8 @@ pub(crate) struct Config {
     pub trace: Option<String>,
     pub cupti: bool,
     #[serde(default)]
+    pub repeat: Option<u32>,
+    #[serde(default)]
     pub slo: Option<Slo>,
 }
 
@@ -163,6 +165,25 @@ pub(crate) struct Summary {
     pub stationarity: Option<Stationarity>,
     #[serde(default)]
     pub goodput: Option<Goodput>,
+    #[serde(default)]
+    pub repeat: Option<RepeatSummary>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Spread {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RepeatSummary {
+    pub runs: u32,
+    pub itl_p50_ms: Option<Spread>,
+    pub ttft_p50_ms: Option<Spread>,
+    pub wall_s: Option<Spread>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -247,6 +268,8 @@ pub(crate) struct Timing {
     pub generate_s: Option<f64>,
     pub warmup_s: Vec<f64>,
     pub warmup_runs: Vec<WarmupRun>,
+    #[serde(default)]
+    pub repeat_runs: Vec<WarmupRun>,
 }
 
 #[derive(Debug, Deserialize)]

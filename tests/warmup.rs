@@ -117,3 +117,24 @@ fn stationarity_warnings_fire_on_scripted_change_and_drift_only() {
     assert!(row.contains("none") && row.contains("% vs warm-up") && row.contains("% drift"), "{row}");
     assert!(text.lines().any(|l| l.starts_with("warm-up") && l.contains("steady")), "{text}");
 }
+
+/// --repeat 3: three measured runs after the warm-up, the last recorded in full; the spread of the
+/// mock's scripted 2 ms per token over them (never below the script), and each earlier run's
+/// figures per rank.
+#[test]
+fn repeated_runs_give_each_figure_with_its_spread() {
+    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"token_us": 2000}"#, "--prompt-tokens", "8", "--generated-tokens", "20", "--warmup", "1", "--repeat", "3"]);
+    let j = ok(&r);
+    check_counts(j, 2, 1, 20);
+    let rp = &j["summary"]["repeat"];
+    assert_eq!(rp["runs"], 3, "{rp}");
+    let (lo, mid, hi) = (rp["itl_p50_ms"]["min"].as_f64().unwrap(), rp["itl_p50_ms"]["median"].as_f64().unwrap(), rp["itl_p50_ms"]["max"].as_f64().unwrap());
+    assert!(lo >= 2.0 * 0.999 && lo <= mid && mid <= hi && hi < 3.5, "{rp}");
+    assert_eq!(j["config"]["repeat"], 3);
+    for rank in j["ranks"].as_array().unwrap() {
+        assert_eq!(rank["timing"]["repeat_runs"].as_array().unwrap().len(), 2, "{}", rank["timing"]);
+        assert_eq!(rank["timing"]["warmup_runs"].as_array().unwrap().len(), 1);
+    }
+    assert!(r.stdout().contains("repeat: 3 measured runs (rank 0), min / median / max: ITL p50 "), "{}", r.stdout());
+    rejected(1, &["--repeat", "0"], 2, "--repeat must be a whole number ≥ 1");
+}

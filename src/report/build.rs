@@ -111,6 +111,16 @@ impl Header {
             warmup: Some(warmup_summary(&self.config, &ranks, &ttft, &decode)),
             stationarity: None,
             goodput: self.config.slo.as_ref().map(|slo| Goodput::of(slo, &samples, total_s)),
+            repeat: self.config.repeat.filter(|&n| n > 1).and_then(|_| {
+                let r0 = ranks.iter().find(|r| r.rank == 0)?;
+                let recorded = WarmupRun {
+                    wall_s: r0.timing.generate_s.unwrap_or(total_s),
+                    ttft_ms: (r0.ttft.count > 0).then(|| r0.ttft.p50_ns as f64 / 1e6),
+                    itl_p50_ms: (r0.decode.count > 0).then(|| r0.decode.p50_ns as f64 / 1e6),
+                    tokens: r0.tokens_generated,
+                };
+                Some(RepeatSummary::of(&[r0.timing.repeat_runs.clone(), vec![recorded]].concat()))
+            }),
         };
         let summary = Summary { stationarity: Some(stationarity(&summary, self.config.warmup_tolerance_pct.unwrap_or(5.0))), ..summary };
 

@@ -85,6 +85,9 @@ pub struct ConfigReport {
     /// --cupti: kernel activity recorded with CUPTI.
     #[serde(default)]
     pub cupti: bool,
+    /// --repeat (absent: 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<u32>,
     /// --slo: the bounds goodput counts against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo: Option<Slo>,
@@ -135,6 +138,9 @@ pub struct RankTiming {
     /// Each warm-up run as this rank saw it: TTFT and ITL p50 (engine ranks).
     #[serde(default)]
     pub warmup_runs: Vec<WarmupRun>,
+    /// --repeat N: the N − 1 measured runs before the recorded one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repeat_runs: Vec<WarmupRun>,
 }
 
 /// The warm-up policy (`--warmup auto|N`).
@@ -145,8 +151,8 @@ pub enum WarmupMode {
     Fixed,
 }
 
-/// One unmeasured warm-up run on one rank.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One run's figures on one rank: a warm-up run, or a measured run before the recorded one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WarmupRun {
     pub wall_s: f64,
     /// Median time to first token over the samples, ms (engine ranks).
@@ -292,6 +298,53 @@ pub struct Summary {
     /// With --slo: the requests that met it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goodput: Option<Goodput>,
+    /// With --repeat N > 1: how the measured runs spread (rank 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<RepeatSummary>,
+}
+
+/// Smallest, median and largest of a figure over repeated runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// None without values; the median of an even count is the mean of the middle two.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
+        let mut v: Vec<f64> = values.into_iter().collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = match n {
+            0 => return None,
+            _ if n % 2 == 1 => v[n / 2],
+            _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        };
+        Some(Spread { min: v[0], median, max: v[n - 1] })
+    }
+}
+
+/// `--repeat N`: every measured run's figures on rank 0 (the recorded run last), and their spread.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepeatSummary {
+    pub runs: u32,
+    pub itl_p50_ms: Option<Spread>,
+    pub ttft_p50_ms: Option<Spread>,
+    pub wall_s: Option<Spread>,
+}
+
+impl RepeatSummary {
+    /// From rank 0's earlier runs and the recorded run's own figures.
+    pub fn of(runs: &[WarmupRun]) -> RepeatSummary {
+        RepeatSummary {
+            runs: runs.len() as u32,
+            itl_p50_ms: Spread::of(runs.iter().filter_map(|r| r.itl_p50_ms)),
+            ttft_p50_ms: Spread::of(runs.iter().filter_map(|r| r.ttft_ms)),
+            wall_s: Spread::of(runs.iter().map(|r| r.wall_s)),
+        }
+    }
 }
 
 /// The stationarity check on the measured run (rank 0): against the last warm-up run, and within
@@ -421,4 +474,17 @@ pub struct RunReport {
     pub cupti: Option<CuptiSummary>,
     pub ranks: Vec<RankReport>,
     pub samples: Vec<SampleReport>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spreads_of_known_values() {
+        let s = Spread::of([3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.min, s.median, s.max), (1.0, 2.0, 3.0));
+        assert_eq!(Spread::of([4.0, 1.0, 2.0, 3.0]).unwrap().median, 2.5);
+        assert!(Spread::of(std::iter::empty()).is_none());
+    }
 }

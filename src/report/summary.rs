@@ -92,6 +92,11 @@ pub fn render(r: &RunReport) -> String {
         if let Some(line) = per_request_line(&r.samples) {
             let _ = writeln!(out, "{line}");
         }
+        if let Some(rp) = &s.repeat {
+            let f = |name: &str, sp: &Option<Spread>, unit: &str| sp.as_ref().map(|x| format!("{name} {:.3} / {:.3} / {:.3} {unit}", x.min, x.median, x.max));
+            let parts: Vec<String> = [f("ITL p50", &rp.itl_p50_ms, "ms"), f("TTFT p50", &rp.ttft_p50_ms, "ms"), f("wall", &rp.wall_s, "s")].into_iter().flatten().collect();
+            let _ = writeln!(out, "repeat: {} measured runs (rank 0), min / median / max: {}", rp.runs, parts.join("; "));
+        }
         if let Some(g) = &s.goodput {
             let b = |name: &str, v: Option<f64>| v.map(|v| format!("{name} ≤ {v} ms"));
             let bounds: Vec<String> = [b("TTFT", g.slo.ttft_ms), b("TPOT", g.slo.tpot_ms), b("every ITL", g.slo.itl_ms), b("e2e", g.slo.e2e_ms)].into_iter().flatten().collect();
