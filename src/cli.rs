@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "tpprof", version, about = "MPI-aware profiler for tensor-parallel LLM inference",
+#[command(name = "tpprof", version, args_override_self = true, about = "MPI-aware profiler for tensor-parallel LLM inference",
           long_about = "MPI-aware profiler for tensor-parallel LLM inference.\n\n\
                         Start one rank per GPU: `mpirun -n 2 tpprof run --model small`.")]
 pub struct Cli {
@@ -339,6 +339,14 @@ mod tests {
         assert_eq!(model(&["--engine", "python:hf", "--engine-options", r#"{"preset": "qwen2.5-7b"}"#]), "qwen2.5-7b");
         assert_eq!(model(&["--engine", "mock"]), "(engine options)");
         assert_eq!(model(&[]), "tiny");
+    }
+
+    /// A later flag overrides an earlier one (scripts pass defaults, users add their own):
+    /// launch/quickstart.sh --generated-tokens 16.
+    #[test]
+    fn later_flags_override_earlier_ones() {
+        let i = input(&["--generated-tokens", "8", "--engine", "cpu", "--generated-tokens", "16", "--cupti", "--cupti"]);
+        assert_eq!((i.generated_tokens, i.engine.as_str(), i.cupti), (16, "cpu", true));
     }
 
     #[test]

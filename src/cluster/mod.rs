@@ -37,9 +37,24 @@ pub fn launcher_rank() -> Option<i32> {
 #[derive(Debug, Clone)]
 pub struct RankFailures(pub Vec<(i32, String)>);
 
+/// One line: each distinct message once, with the ranks that reported it ("rank 1: X",
+/// "ranks 0, 1: Y"), in the order the messages first appear.
 impl std::fmt::Display for RankFailures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let parts: Vec<String> = self.0.iter().map(|(r, m)| format!("rank {r}: {m}")).collect();
+        let mut groups: Vec<(&str, Vec<i32>)> = Vec::new();
+        for (r, m) in &self.0 {
+            match groups.iter_mut().find(|(g, _)| *g == m.as_str()) {
+                Some((_, ranks)) => ranks.push(*r),
+                None => groups.push((m.as_str(), vec![*r])),
+            }
+        }
+        let parts: Vec<String> = groups
+            .iter()
+            .map(|(m, ranks)| match ranks.as_slice() {
+                [r] => format!("rank {r}: {m}"),
+                rs => format!("ranks {}: {m}", rs.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")),
+            })
+            .collect();
         write!(f, "{}", parts.join("; "))
     }
 }
@@ -322,5 +337,8 @@ mod tests {
         let f = RankFailures(vec![(1, "boom".into()), (3, "bang".into())]);
         assert_eq!(f.to_string(), "rank 1: boom; rank 3: bang");
         assert_eq!(f.first_rank(), 1);
+        // The same message from several ranks: said once, with every rank that said it.
+        let same = RankFailures(vec![(0, "no GPU".into()), (1, "boom".into()), (2, "no GPU".into())]);
+        assert_eq!(same.to_string(), "ranks 0, 2: no GPU; rank 1: boom");
     }
 }
