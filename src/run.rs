@@ -545,7 +545,7 @@ impl<'w> Job<'w> {
         let speaks = self.world.is_root();
         let mut report = None;
         if let (true, Some(out), Some(header)) = (speaks, self.out.take(), self.header.take()) {
-            let failed = header.failed(&stop.failures.0, Vec::new());
+            let failed = header.failed(&stop.failures.list, Vec::new());
             report = Some(match out.write(&failed) {
                 Ok(Written::Yes(p)) => FailedReport::Written(p),
                 Ok(Written::KeptExisting(p)) => FailedReport::KeptExisting(p),
@@ -612,7 +612,7 @@ impl<'w> Job<'w> {
         let labels: Vec<String> = world.all_gather(&spec.label().to_string()).into_iter().map(Result::unwrap_or_default).collect();
         if labels.iter().any(|l| *l != labels[0]) {
             let which: Vec<String> = labels.iter().enumerate().map(|(r, l)| format!("rank {r}: {l}")).collect();
-            return Err(Stop::input(RankFailures(vec![(0, format!("--engine auto chose different engines on different ranks ({}): some ranks have no GPU; pass --engine explicitly", which.join(", ")))])));
+            return Err(Stop::input(RankFailures::one(0, format!("--engine auto chose different engines on different ranks ({}): some ranks have no GPU; pass --engine explicitly", which.join(", ")))));
         }
         tracing::info!("creating engine {}", spec.label());
         let t_create = Instant::now();
@@ -882,10 +882,10 @@ impl<'w> Job<'w> {
             .enumerate()
             .map(|(r, b)| b.map(|Json(report)| report).map_err(|e| (r as i32, format!("unreadable rank report: {e}"))))
             .collect::<Result<_, _>>()
-            .map_err(|f| Stop::failed(RankFailures(vec![f])))?;
+            .map_err(|f| Stop::failed(RankFailures::one(f.0, f.1)))?;
         let header = self.header.take().expect("header set in bind()");
         let steps: Vec<Vec<(u64, u64)>> = g.all_steps.unwrap_or_default().into_iter().map(Result::unwrap_or_default).collect();
-        let mut report = header.finished(workload, &g.rec, ranks).map_err(|e| Stop::failed(RankFailures(vec![(0, e.to_string())])))?;
+        let mut report = header.finished(workload, &g.rec, ranks).map_err(|e| Stop::failed(RankFailures::one(0, e.to_string())))?;
         report.skew = crate::report::build::skew(&steps, &g.offsets);
         if let Some(all) = g.step_activity {
             let per_rank: Vec<StepActivity> = all.into_iter().map(|b| b.ok().and_then(|Json(a)| a)).collect();
@@ -900,7 +900,7 @@ impl<'w> Job<'w> {
             let doc = crate::report::trace::build(&traces, &g.offsets);
             match out.write_bytes(&serde_json::to_vec(&doc).expect("a trace always serializes")) {
                 Ok(Written::Yes(p)) | Ok(Written::KeptExisting(p)) => eprintln!("trace: {}", p.display()),
-                Err(e) => return Err(Stop::failed(RankFailures(vec![(0, e.to_string())]))),
+                Err(e) => return Err(Stop::failed(RankFailures::one(0, e.to_string()))),
             }
         }
         if let (Some(parts), Some(out)) = (g.token_logs, self.token_log_out.take()) {
@@ -908,7 +908,7 @@ impl<'w> Job<'w> {
             // The writer ends the file with the newline.
             match out.write_bytes(crate::report::tokenlog::csv(&parts, &g.offsets).trim_end_matches('\n').as_bytes()) {
                 Ok(Written::Yes(p)) | Ok(Written::KeptExisting(p)) => eprintln!("token log: {}", p.display()),
-                Err(e) => return Err(Stop::failed(RankFailures(vec![(0, e.to_string())]))),
+                Err(e) => return Err(Stop::failed(RankFailures::one(0, e.to_string()))),
             }
         }
         Ok(report)
@@ -919,7 +919,7 @@ impl<'w> Job<'w> {
         print!("{}", crate::report::summary::render(&report));
         match out.write(&report) {
             Ok(Written::Yes(p)) | Ok(Written::KeptExisting(p)) => println!("JSON: {}", p.display()),
-            Err(e) => return Err(Stop::failed(RankFailures(vec![(0, e.to_string())]))),
+            Err(e) => return Err(Stop::failed(RankFailures::one(0, e.to_string()))),
         }
         Ok(match report.status.state {
             State::Ok => Verdict::Ok,

@@ -18,6 +18,8 @@ fn bad_arguments_are_one_line_errors() {
 
 #[test]
 fn bad_adapters_are_one_line_errors() {
+    // The same failure on every rank is said once: "all 2 ranks: …".
+    rejected(2, &["--engine", "/nonexistent/libnothing.so"], 1, "all 2 ranks: ");
     rejected(2, &["--engine", "/nonexistent/libnothing.so"], 1, "does not exist");
     rejected(2, &["--engine", concat!("adapter:", env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")], 1, "could not load adapter");
     rejected(2, &["--engine", env!("TPPROF_MOCK_ADAPTER_BAD_ABI")], 1, "ABI version 42");

@@ -35,14 +35,19 @@ pub fn launcher_rank() -> Option<i32> {
 
 /// Failures on one or more ranks, as every rank learns them from `World::agree`.
 #[derive(Debug, Clone)]
-pub struct RankFailures(pub Vec<(i32, String)>);
+pub struct RankFailures {
+    /// (rank, one-line message), in rank order.
+    pub list: Vec<(i32, String)>,
+    /// The world's size when every rank took part (so "all N ranks" can be said), else None.
+    pub world_size: Option<i32>,
+}
 
 /// One line: each distinct message once, with the ranks that reported it ("rank 1: X",
-/// "ranks 0, 1: Y"), in the order the messages first appear.
+/// "ranks 0, 1: Y", "all 2 ranks: Z"), in the order the messages first appear.
 impl std::fmt::Display for RankFailures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut groups: Vec<(&str, Vec<i32>)> = Vec::new();
-        for (r, m) in &self.0 {
+        for (r, m) in &self.list {
             match groups.iter_mut().find(|(g, _)| *g == m.as_str()) {
                 Some((_, ranks)) => ranks.push(*r),
                 None => groups.push((m.as_str(), vec![*r])),
@@ -52,6 +57,7 @@ impl std::fmt::Display for RankFailures {
             .iter()
             .map(|(m, ranks)| match ranks.as_slice() {
                 [r] => format!("rank {r}: {m}"),
+                rs if self.world_size == Some(rs.len() as i32) => format!("all {} ranks: {m}", rs.len()),
                 rs => format!("ranks {}: {m}", rs.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")),
             })
             .collect();
@@ -62,8 +68,13 @@ impl std::fmt::Display for RankFailures {
 impl std::error::Error for RankFailures {}
 
 impl RankFailures {
+    /// One rank's failure (rank 0's checks, the assembly of the report).
+    pub fn one(rank: i32, message: impl Into<String>) -> RankFailures {
+        RankFailures { list: vec![(rank, message.into())], world_size: None }
+    }
+
     pub fn first_rank(&self) -> i32 {
-        self.0.first().map(|(r, _)| *r).unwrap_or(0)
+        self.list.first().map(|(r, _)| *r).unwrap_or(0)
     }
 }
 
@@ -198,7 +209,7 @@ impl World {
         if failures.is_empty() {
             local.map_err(|_| unreachable_failure())
         } else {
-            Err(RankFailures(failures))
+            Err(RankFailures { list: failures, world_size: Some(self.size) })
         }
     }
 
@@ -285,7 +296,7 @@ impl World {
 
 
 fn unreachable_failure() -> RankFailures {
-    RankFailures(vec![(-1, "internal: agreement lost a failure".into())])
+    RankFailures::one(-1, "internal: agreement lost a failure")
 }
 
 fn partition(lens: &[u64]) -> (Vec<Rank>, Vec<Rank>) {
@@ -334,11 +345,17 @@ mod tests {
 
     #[test]
     fn failures_name_ranks() {
-        let f = RankFailures(vec![(1, "boom".into()), (3, "bang".into())]);
+        let f = RankFailures { list: vec![(1, "boom".into()), (3, "bang".into())], world_size: Some(4) };
         assert_eq!(f.to_string(), "rank 1: boom; rank 3: bang");
         assert_eq!(f.first_rank(), 1);
         // The same message from several ranks: said once, with every rank that said it.
-        let same = RankFailures(vec![(0, "no GPU".into()), (1, "boom".into()), (2, "no GPU".into())]);
+        let same = RankFailures { list: vec![(0, "no GPU".into()), (1, "boom".into()), (2, "no GPU".into())], world_size: Some(3) };
         assert_eq!(same.to_string(), "ranks 0, 2: no GPU; rank 1: boom");
+        // Every rank with the same message: "all N ranks", once.
+        let all = RankFailures { list: vec![(0, "no GPU".into()), (1, "no GPU".into())], world_size: Some(2) };
+        assert_eq!(all.to_string(), "all 2 ranks: no GPU");
+        // Without the world's size, the ranks are listed.
+        let unknown = RankFailures { list: all.list.clone(), world_size: None };
+        assert_eq!(unknown.to_string(), "ranks 0, 1: no GPU");
     }
 }
