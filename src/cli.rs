@@ -135,6 +135,15 @@ pub struct CompareArgs {
     /// A Markdown table (for a results page) instead of aligned text.
     #[arg(long)]
     pub markdown: bool,
+    /// A regression gate, repeatable: METRIC>+N% / METRIC<-N% against the baseline, or
+    /// METRIC>X / METRIC<X in the figure's unit, checked on every run after the baseline. Any
+    /// crossed (or a figure a run lacks) exits with 4. With --repeat results on both sides, medians
+    /// are compared and a change inside the run-to-run spread does not count. Metrics: itl_p50,
+    /// itl_p90, itl_p99, itl_max, itl_mean, ttft_p50, ttft_p90, ttft_p99, ttft_max, ttft_mean,
+    /// throughput, decode_tok_s, prefill_tok_s, total_time, peak_memory (GiB, largest rank),
+    /// goodput (%), device_step_p50.
+    #[arg(long = "fail-if", value_name = "METRIC>LIMIT")]
+    pub fail_if: Vec<String>,
 }
 
 /// Raw `run` arguments. Numbers are parsed as signed integers so that a negative value gets our

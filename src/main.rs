@@ -1,7 +1,7 @@
 //! The `tpprof` binary: parse, hand over to the library, and turn what each subcommand returns into
 //! the one exit path: errors are printed here and nowhere else, and the exit code is chosen here.
 //! Exit codes: 0 ok, 1 the run failed, 2 bad input, 3 the run finished but a sample got fewer
-//! tokens than requested.
+//! tokens than requested, 4 `compare --fail-if`: a threshold was crossed.
 
 use clap::Parser;
 use tpprof::cli::{Cli, Command};
@@ -13,6 +13,7 @@ const EXIT_OK: i32 = 0;
 const EXIT_FAILED: i32 = 1;
 const EXIT_BAD_INPUT: i32 = 2;
 const EXIT_INCOMPLETE: i32 = 3;
+const EXIT_REGRESSED: i32 = 4;
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -34,10 +35,14 @@ fn main() {
             }
             Err(e) => error(EXIT_BAD_INPUT, e),
         },
-        Command::Compare(args) => match tpprof::report::compare::compare_files(&args.files, args.markdown) {
-            Ok(table) => {
-                print!("{table}");
-                EXIT_OK
+        Command::Compare(args) => match tpprof::report::compare::compare_files(&args.files, args.markdown, &args.fail_if) {
+            Ok(c) => {
+                print!("{}{}", c.table, c.gate);
+                if c.regressed {
+                    EXIT_REGRESSED
+                } else {
+                    EXIT_OK
+                }
             }
             Err(e) => error(EXIT_BAD_INPUT, e),
         },

@@ -57,6 +57,9 @@ fn compare_puts_runs_side_by_side_against_the_baseline() {
     // The legend names both files; the workload difference is pointed out.
     assert!(text.contains(&format!("A: {}", a.path.display())) && text.contains(&format!("B: {}", b.path.display())), "{text}");
     assert!(text.contains("generated tokens differ: A 20, B 21"), "{text}");
+    // What the figures were measured with is named too when it differs.
+    assert!(text.contains("rank counts differ: A 1, B 2"), "{text}");
+    assert!(!text.contains("engines differ") && !text.contains("builds differ"), "{text}");
     // The ITL row carries both runs' p50 as the JSONs have them, B's with its change against A.
     let (pa, pb) = (ja["summary"]["itl_ms"]["p50"].as_f64().unwrap(), jb["summary"]["itl_ms"]["p50"].as_f64().unwrap());
     let itl = text.lines().find(|l| l.starts_with("ITL p50 ms")).unwrap_or_else(|| panic!("no ITL row:\n{text}"));
@@ -70,6 +73,30 @@ fn compare_puts_runs_side_by_side_against_the_baseline() {
     let md = String::from_utf8_lossy(&md.stdout).into_owned();
     assert!(md.contains("| | A (baseline) | B |") && md.contains("| --- | --- | --- |"), "{md}");
     assert!(md.lines().any(|l| l.starts_with("| ITL p50 ms | ") && l.ends_with(" %) |")), "{md}");
+
+    // The gate: B's 3 ms against A's 1 ms crosses +5 % (exit 4, the figure named); +250 % holds.
+    let gate = |specs: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.arg("compare").arg(&a.path).arg(&b.path);
+        for s in specs {
+            c.arg("--fail-if").arg(s);
+        }
+        c.output().unwrap()
+    };
+    let crossed = gate(&["itl_p50>+5%", "ttft_p50>1000000"]);
+    let text = String::from_utf8_lossy(&crossed.stdout).into_owned();
+    assert_eq!(crossed.status.code(), Some(4), "{text}");
+    assert!(text.contains(&format!("gate: FAILED  B itl_p50>+5%: {pb:.3} ms vs {pa:.3} ms ({change:+.1} %)")), "{text}");
+    assert!(text.contains("gate: ok      B ttft_p50>1000000") && text.ends_with("gate: FAILED: 1 of 2 check(s) crossed their limit\n"), "{text}");
+    let held = gate(&["itl_p50>+250%", "throughput<-90%"]);
+    let text = String::from_utf8_lossy(&held.stdout).into_owned();
+    assert_eq!(held.status.code(), Some(0), "{text}");
+    assert!(text.ends_with("gate: passed (2 check(s))\n"), "{text}");
+    // A bad threshold: one line, exit 2, before any file is read.
+    let bad = gate(&["itl_p50>5%"]);
+    let err = String::from_utf8_lossy(&bad.stderr).into_owned();
+    assert_eq!((bad.status.code(), err.lines().count()), (Some(2), 1), "{err}");
+    assert!(err.contains("METRIC>+N%"), "{err}");
 
     // Bad input: one line, exit 2.
     for args in [vec![a.path.display().to_string()], vec![a.path.display().to_string(), "Cargo.toml".into()]] {

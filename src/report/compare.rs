@@ -17,15 +17,33 @@ pub enum CompareError {
     TooFew(usize),
     #[error(transparent)]
     Load(#[from] super::summary::LoadError),
+    #[error(transparent)]
+    Threshold(#[from] super::gate::ThresholdError),
 }
 
-/// `tpprof compare`: the table of the given result files, the first the baseline.
-pub fn compare_files(files: &[std::path::PathBuf], markdown: bool) -> Result<String, CompareError> {
+/// What `tpprof compare` prints, and whether a `--fail-if` threshold was crossed.
+pub struct Comparison {
+    pub table: String,
+    /// The gate's lines (empty without thresholds).
+    pub gate: String,
+    pub regressed: bool,
+}
+
+/// `tpprof compare`: the table of the given result files, the first the baseline, and the gate's
+/// verdict on the `--fail-if` thresholds (checked before any file is read).
+pub fn compare_files(files: &[std::path::PathBuf], markdown: bool, fail_if: &[String]) -> Result<Comparison, CompareError> {
     if files.len() < 2 {
         return Err(CompareError::TooFew(files.len()));
     }
+    let thresholds = fail_if.iter().map(|s| s.parse()).collect::<Result<Vec<super::gate::Threshold>, _>>()?;
     let runs = files.iter().map(|f| Ok((f.display().to_string(), super::summary::load(f)?))).collect::<Result<Vec<_>, CompareError>>()?;
-    Ok(render(&runs, markdown))
+    let table = render(&runs, markdown);
+    if thresholds.is_empty() {
+        return Ok(Comparison { table, gate: String::new(), regressed: false });
+    }
+    let reports: Vec<&RunReport> = runs.iter().map(|(_, r)| r).collect();
+    let findings = super::gate::check(&reports, &thresholds);
+    Ok(Comparison { table, gate: super::gate::render(&findings, letter), regressed: findings.iter().any(|f| f.failed()) })
 }
 
 /// One row of the table: a text per run, or a number per run (with the decimals to print).
@@ -40,7 +58,7 @@ struct Row {
 }
 
 /// Column letters: A, B, …, Z, then A2, B2, … (nobody compares 27 runs, but it must not panic).
-fn letter(i: usize) -> String {
+pub fn letter(i: usize) -> String {
     let c = (b'A' + (i % 26) as u8) as char;
     if i < 26 { c.to_string() } else { format!("{c}{}", i / 26 + 1) }
 }
@@ -94,15 +112,32 @@ fn rows(runs: &[(String, RunReport)]) -> Vec<Row> {
     out
 }
 
+fn engine_name(r: &RunReport) -> String {
+    r.engine.as_ref().map(|e| e.name.clone()).unwrap_or_else(|| r.config.engine.clone())
+}
+
+/// The element type the built-in engines computed in (another engine's is in its options).
+fn dtype_label(r: &RunReport) -> String {
+    match engine_name(r).as_str() {
+        "cuda" => r.config.dtype.clone(),
+        "cpu" => "f32".to_string(),
+        _ => r.config.engine_options.get("dtype").and_then(|d| d.as_str()).unwrap_or("engine's own").to_string(),
+    }
+}
+
+fn gpu_name(r: &RunReport) -> String {
+    r.ranks.iter().find_map(|k| k.gpu.as_ref().map(|g| g.name.clone())).unwrap_or_else(|| "no GPU".into())
+}
+
 /// One line per run: what it was.
 fn legend(i: usize, file: &str, r: &RunReport) -> String {
     let c = &r.config;
-    let engine = r.engine.as_ref().map(|e| e.name.clone()).unwrap_or_else(|| c.engine.clone());
+    let engine = engine_name(r);
     let prompt = match &c.prompts {
         crate::workload::PromptSource::Random { tokens_per_prompt, .. } => tokens_per_prompt.to_string(),
         crate::workload::PromptSource::File { path } => format!("prompts from {path}"),
     };
-    let gpu = r.ranks.iter().find_map(|k| k.gpu.as_ref().map(|g| g.name.clone())).unwrap_or_else(|| "no GPU".into());
+    let gpu = gpu_name(r);
     let state = state_label(&r.status);
     let tokens = r.summary.as_ref().map(|s| format!(", {}/{} tokens", s.generated_tokens, s.requested_tokens)).unwrap_or_default();
     let build = if r.environment.tpprof_commit.is_empty() { String::new() } else { format!(", build {}", r.environment.tpprof_commit) };
@@ -150,6 +185,15 @@ fn workload_notes(runs: &[(String, RunReport)]) -> Vec<String> {
     );
     differs("EOS handling", runs.iter().map(|(_, r)| if r.config.exact_length { "exact length" } else { "EOS may stop" }.to_string()).collect());
     differs("models", runs.iter().map(|(_, r)| r.config.model.clone()).collect());
+    // What the figures were measured with: engine, element type, ranks, build, GPU.
+    differs("engines", runs.iter().map(|(_, r)| engine_name(r)).collect());
+    differs("element types", runs.iter().map(|(_, r)| dtype_label(r)).collect());
+    differs("rank counts", runs.iter().map(|(_, r)| r.config.world_size.to_string()).collect());
+    differs(
+        "builds",
+        runs.iter().map(|(_, r)| if r.environment.tpprof_commit.is_empty() { "unknown".to_string() } else { r.environment.tpprof_commit.clone() }).collect(),
+    );
+    differs("GPUs", runs.iter().map(|(_, r)| gpu_name(r)).collect());
     differs(
         "peak memory sources (GPU memory vs host RSS: not like for like)",
         runs.iter().map(|(_, r)| if r.ranks.is_empty() { "none".to_string() } else { source_label(&super::build::rank_peaks(&r.ranks).1).to_string() }).collect(),

@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod compare;
+pub mod gate;
 pub mod summary;
 pub mod tokenlog;
 pub mod trace;
