@@ -320,13 +320,26 @@ impl RunConfig {
     }
 }
 
+/// `engine.generate` into the sink; with an NVTX-collecting tool attached (nsys), through a wrapper
+/// that adds a range per decode step (observe::nvtx).
+fn generate_into(engine: &mut dyn Engine, prompts: &[Vec<i32>], workload: &Workload, config: &RunConfig, sink: &TokenSink) -> Result<(), EngineError> {
+    if crate::observe::nvtx::active() {
+        let steps = crate::observe::nvtx::Steps::new(sink);
+        engine.generate(prompts, workload.generated_tokens, config.exact_length, &steps)
+    } else {
+        engine.generate(prompts, workload.generated_tokens, config.exact_length, sink)
+    }
+}
+
 /// One generate() whose tokens are counted, not kept: a warm-up run or an earlier repeat. Its
 /// TTFT and ITL p50 and tokens on this rank (the caller times the wall, barrier included).
-fn figures_run(engine: &mut dyn Engine, config: &RunConfig, workload: &Workload, obs: &Observers, prompts: &[Vec<i32>], progress: Option<String>) -> (WarmupRun, Result<(), EngineError>) {
+fn figures_run(engine: &mut dyn Engine, config: &RunConfig, workload: &Workload, obs: &Observers, prompts: &[Vec<i32>], name: &str, progress: bool) -> (WarmupRun, Result<(), EngineError>) {
+    let progress = progress.then(|| name.to_string());
     let requested = vec![workload.generated_tokens; workload.prompts.len()];
     let total: u64 = requested.iter().map(|&r| r as u64).sum();
     let sink = TokenSink::new_with_epoch(obs.epoch, total as usize + 64);
-    let r = with_progress(progress, &sink, total, || engine.generate(prompts, workload.generated_tokens, config.exact_length, &sink));
+    let _range = crate::observe::nvtx::range(name);
+    let r = with_progress(progress, &sink, total, || generate_into(engine, prompts, workload, config, &sink));
     let submit = sink.submit_ns();
     let (events, overflow) = sink.into_events();
     let rec = Recording::analyse(&events, overflow, submit, &requested);
@@ -558,17 +571,19 @@ impl<'w> Job<'w> {
     /// The run, phase by phase. Every rank walks the same phases in the same order, so their
     /// collectives match; a phase that fails on one rank fails on all (World::agree).
     fn try_run(&mut self) -> Result<Verdict, Stop> {
+        // Each phase is an NVTX range too (observe::nvtx: seen in nsys when it collects NVTX).
+        use crate::observe::nvtx::range;
         let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let config = self.configure(&started_at)?; // 1. arguments agreed, output claimed, watchdog
-        let site = self.bind(&config, started_at)?; // 2. GPU binding, the JSON's header
+        let config = { let _r = range("tpprof configure"); self.configure(&started_at)? }; // 1. arguments agreed, output claimed, watchdog
+        let site = { let _r = range("tpprof bind"); self.bind(&config, started_at)? }; // 2. GPU binding, the JSON's header
         let mut obs = Observers::start(self.world, &config, &site); // 3. memory sampler, clock epoch
-        let mut created = self.create_engine(&config, &site, &obs)?; // 4. the engine, CUPTI
+        let mut created = { let _r = range("tpprof create engine"); self.create_engine(&config, &site, &obs)? }; // 4. the engine, CUPTI
         let workload = self.workload_for(&config, created.engine.as_ref())?; // 5. prompts, broadcast
-        let warmed = self.warm_up(&config, &mut created, &workload, &obs)?; // 6. prepare, warm-up runs
-        let measured = self.measure(&config, &mut created, &workload, &obs)?; // 7. the measured generate()
-        let gathered = self.gather(&config, created, &mut obs, warmed, measured, &site); // 8. to rank 0
+        let warmed = { let _r = range("tpprof warm-up"); self.warm_up(&config, &mut created, &workload, &obs)? }; // 6. prepare, warm-up runs
+        let measured = { let _r = range("tpprof measure"); self.measure(&config, &mut created, &workload, &obs)? }; // 7. the measured generate()
+        let gathered = { let _r = range("tpprof gather"); self.gather(&config, created, &mut obs, warmed, measured, &site) }; // 8. to rank 0
         let Some(gathered) = gathered else { return Ok(Verdict::Ok) };
-        let report = self.assemble(&workload, gathered)?; // 9. rank 0: one report, the trace
+        let report = { let _r = range("tpprof assemble"); self.assemble(&workload, gathered)? }; // 9. rank 0: one report, the trace
         self.finish(report, config.exact_length) // 10. written, summary printed
     }
 
@@ -702,8 +717,9 @@ impl<'w> Job<'w> {
                         ),
                         WarmupPolicy::Fixed(n) => tracing::info!("warm-up run {} of {n}", i + 1),
                     }
-                    let show = (config.progress && world.is_root()).then(|| format!("warm-up run {}", i + 1));
-                    let (seen, r) = figures_run(engine.as_mut(), config, workload, obs, &workload.warmup_prompts(config.seed, i), show);
+                    let show = config.progress && world.is_root();
+                    let name = format!("warm-up run {}", i + 1);
+                    let (seen, r) = figures_run(engine.as_mut(), config, workload, obs, &workload.warmup_prompts(config.seed, i), &name, show);
                     (seen, r.map_err(|source| RunError::WarmupRun { run: i + 1, source }))
                 }
                 Role::Observer => (WarmupRun::default(), Ok(())),
@@ -732,9 +748,10 @@ impl<'w> Job<'w> {
             let (mut seen, r) = match role {
                 Role::Engine => {
                     tracing::info!("measured run {} of {}", k + 1, config.repeat);
-                    let show = (config.progress && world.is_root()).then(|| format!("measured run {} of {}", k + 1, config.repeat));
+                    let show = config.progress && world.is_root();
+                    let name = format!("measured run {} of {}", k + 1, config.repeat);
                     let prompts = workload.warmup_prompts(config.seed ^ 0x7e9ea7, k);
-                    let (seen, r) = figures_run(engine.as_mut(), config, workload, obs, &prompts, show);
+                    let (seen, r) = figures_run(engine.as_mut(), config, workload, obs, &prompts, &name, show);
                     (seen, r.map_err(|source| RunError::RepeatRun { run: k + 1, source }))
                 }
                 Role::Observer => (WarmupRun::default(), Ok(())),
@@ -761,8 +778,9 @@ impl<'w> Job<'w> {
             Role::Engine => {
                 tracing::info!("generating {} sample(s)", workload.prompts.len());
                 let show = (config.progress && world.is_root()).then(|| "measured run".to_string());
+                let _range = crate::observe::nvtx::range("measured run");
                 with_progress(show, &sink, requested.iter().map(|&r| r as u64).sum(), || {
-                    engine.generate(&workload.prompts, workload.generated_tokens, config.exact_length, &sink)
+                    generate_into(engine.as_mut(), &workload.prompts, workload, config, &sink)
                 })
             }
             Role::Observer => Ok(()),

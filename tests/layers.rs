@@ -15,7 +15,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("verify", &["clock", "cluster", "engine", "observe", "record", "report", "workload"]),
     // The parts.
     ("report", &["clock", "engine", "observe", "record", "workload"]),
-    ("observe", &["clock", "record"]),
+    ("observe", &["clock", "engine", "record"]),
     ("record", &["clock", "engine"]),
     ("engine", &["clock"]),
     ("workload", &["clock"]),

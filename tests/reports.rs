@@ -22,6 +22,20 @@ fn trace_has_every_rank_token_and_memory() {
     let r = run(2, &["--engine", "mock", "--engine-options", r#"{"token_us": 300}"#, "--batch", "2", "--prompt-tokens", "8", "--generated-tokens", "5", "--trace", trace.to_str().unwrap()]);
     ok(&r);
     let t: Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    // The same trace gzip-compressed when its name ends in .gz (the token log too).
+    let gz = dir.path().join("t.json.gz");
+    let log = dir.path().join("tokens.csv.gz");
+    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"token_us": 300}"#, "--batch", "2", "--prompt-tokens", "8", "--generated-tokens", "5", "--trace", gz.to_str().unwrap(), "--token-log", log.to_str().unwrap()]);
+    ok(&r);
+    let gunzip = |p: &std::path::Path| {
+        use std::io::Read;
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(p).unwrap()).read_to_string(&mut s).unwrap();
+        s
+    };
+    let tz: Value = serde_json::from_str(&gunzip(&gz)).unwrap();
+    assert_eq!(tz["traceEvents"].as_array().unwrap().iter().filter(|e| e["name"] == "token").count(), 2 * 2 * 5);
+    assert_eq!(gunzip(&log).lines().count(), 1 + 2 * 2 * 5, "header + a row per token per rank");
     let ev = t["traceEvents"].as_array().unwrap();
     for rank in 0..2 {
         let tokens = ev.iter().filter(|e| e["name"] == "token" && e["pid"] == rank).count();

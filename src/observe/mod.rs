@@ -4,3 +4,4 @@
 pub mod gpu;
 pub mod memory;
 pub mod cupti;
+pub mod nvtx;

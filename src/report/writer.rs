@@ -64,11 +64,24 @@ impl OutputFile {
         self.write_bytes(&json)
     }
 
-    /// Writes any document (the trace) with the same temp-file-and-rename discipline.
-    pub fn write_bytes(self, json: &[u8]) -> Result<Written, WriteError> {
+    /// Whether the file is written gzip-compressed (its name ends in `.gz`).
+    pub fn gzipped(&self) -> bool {
+        self.path.extension().is_some_and(|e| e == "gz")
+    }
+
+    /// Writes any document (the trace, the token log) with the same temp-file-and-rename
+    /// discipline, ended by a newline; gzip-compressed when the name ends in `.gz` (Perfetto,
+    /// chrome://tracing, pandas and zcat read those as they are).
+    pub fn write_bytes(self, doc: &[u8]) -> Result<Written, WriteError> {
         let err = |e: String| WriteError::Unwritable { path: self.path.clone(), reason: e };
         let mut temp = self.temp;
-        temp.write_all(json).and_then(|_| temp.write_all(b"\n")).and_then(|_| temp.as_file().sync_all()).map_err(|e| err(e.to_string()))?;
+        let written = if self.path.extension().is_some_and(|e| e == "gz") {
+            let mut gz = flate2::write::GzEncoder::new(temp.as_file_mut(), flate2::Compression::default());
+            gz.write_all(doc).and_then(|_| gz.write_all(b"\n")).and_then(|_| gz.finish().map(|_| ()))
+        } else {
+            temp.write_all(doc).and_then(|_| temp.write_all(b"\n"))
+        };
+        written.and_then(|_| temp.as_file().sync_all()).map_err(|e| err(e.to_string()))?;
         let persisted = if self.force { temp.persist(&self.path).map(|_| ()) } else { temp.persist_noclobber(&self.path).map(|_| ()) };
         persisted.map_err(|e| err(e.error.to_string()))?;
         Ok(Written::Yes(self.path))
@@ -91,5 +104,25 @@ mod tests {
         // The claim leaves no stray files behind when dropped.
         let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(entries.len(), 1);
+    }
+
+    #[test]
+    fn a_gz_name_gets_a_gzip_file() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let gz = dir.path().join("t.json.gz");
+        let out = OutputFile::claim(&gz, false).unwrap();
+        assert!(out.gzipped());
+        out.write_bytes(b"{\"a\": 1}").unwrap();
+        let raw = std::fs::read(&gz).unwrap();
+        assert_eq!(&raw[..2], &[0x1f, 0x8b], "gzip magic");
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&raw[..]).read_to_string(&mut text).unwrap();
+        assert_eq!(text, "{\"a\": 1}\n");
+        let plain = dir.path().join("t.json");
+        let out = OutputFile::claim(&plain, false).unwrap();
+        assert!(!out.gzipped());
+        out.write_bytes(b"{}").unwrap();
+        assert_eq!(std::fs::read_to_string(&plain).unwrap(), "{}\n");
     }
 }
