@@ -30,13 +30,24 @@ fn embed_git_commit() {
     if let Some(r) = std::fs::read_to_string(".git/HEAD").ok().and_then(|h| h.strip_prefix("ref: ").map(|r| r.trim().to_string())) {
         println!("cargo:rerun-if-changed=.git/{r}");
     }
-    let commit = std::process::Command::new("git")
-        .args(["describe", "--always", "--dirty", "--abbrev=12"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    // Not `git describe --dirty`: it refreshes and rewrites .git/index, whose new mtime re-ran this
+    // script at the next cargo call — every `cargo build` and `cargo test` (launch/quickstart.sh,
+    // launch/test.sh) rebuilt the crate, ~25 s each time. `status --no-optional-locks` reads only.
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(hash) => match git(&["--no-optional-locks", "status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if !changes.is_empty() => format!("{hash}-dirty"),
+            _ => hash,
+        },
+        None => String::new(),
+    };
     println!("cargo:rustc-env=TPPROF_GIT_COMMIT={commit}");
 }
 

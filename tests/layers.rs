@@ -175,3 +175,47 @@ fn the_string_error_check_reads_types() {
     assert!(!result_errs_with_string("Vec<String>, E>"));
     assert!(!result_errs_with_string("T>"));
 }
+
+/// build.rs embeds the commit (and whether the tree is dirty) and re-runs when .git/index changes.
+/// `git describe --dirty` refreshed and rewrote the index, so every cargo call re-ran the build
+/// script and rebuilt the crate (launch/test.sh and launch/quickstart.sh rebuilt each other's
+/// binary, ~25 s each). Every git command build.rs runs must leave the index alone; plain
+/// `describe --dirty` does not (checked too, so this test shows the hazard with the git at hand).
+#[test]
+fn the_build_script_leaves_the_git_index_alone() {
+    let build = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/build.rs")).unwrap();
+    let calls: Vec<Vec<String>> = build
+        .match_indices("git(&[")
+        .map(|(i, m)| {
+            let rest = &build[i + m.len()..];
+            rest[..rest.find(']').unwrap()].split(',').map(|a| a.trim().trim_matches('"').to_string()).filter(|a| !a.is_empty()).collect()
+        })
+        .collect();
+    assert!(calls.len() >= 2, "build.rs's git calls not found: {calls:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("r");
+    let git = |args: &[&str]| std::process::Command::new("git").args(args).current_dir(&repo).output().unwrap();
+    std::fs::create_dir(&repo).unwrap();
+    for a in [&["init", "-q"][..], &["config", "user.email", "t@t"], &["config", "user.name", "t"]] {
+        assert!(git(a).status.success());
+    }
+    std::fs::write(repo.join("f"), "x").unwrap();
+    assert!(git(&["add", "f"]).status.success() && git(&["commit", "-qm", "c"]).status.success());
+    let index_mtime = || std::fs::metadata(repo.join(".git/index")).unwrap().modified().unwrap();
+    // A tracked file whose stat no longer matches the index (an editor's save, a checkout).
+    let stale = || {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::File::options().write(true).open(repo.join("f")).unwrap().set_modified(std::time::SystemTime::now()).unwrap();
+    };
+    for args in &calls {
+        stale();
+        let before = index_mtime();
+        let out = git(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(index_mtime(), before, "build.rs's `git {}` rewrote .git/index", args.join(" "));
+    }
+    stale();
+    let before = index_mtime();
+    assert!(git(&["describe", "--always", "--dirty"]).status.success());
+    assert_ne!(index_mtime(), before, "`git describe --dirty` leaves the index alone here: the check above proves nothing");
+}
