@@ -25,6 +25,10 @@ pub enum Command {
     Compare(CompareArgs),
     /// List the built-in model presets.
     Models,
+    /// Check the machine(s) before a long job, alone or under mpirun: MPI and launcher, ranks,
+    /// hosts, CPU binding, GPUs per rank and duplicates, driver, CUDA libraries (where found,
+    /// versions), libpython, an adapter's ABI. Exit 1 when a check fails.
+    Doctor(DoctorArgs),
     /// Check the cuda engine against the cpu reference (logits and greedy tokens), under mpirun.
     Verify(VerifyArgs),
     /// Write a model's seeded weights as a Hugging Face Qwen2 checkpoint (f32, fp16 or bf16).
@@ -32,6 +36,28 @@ pub enum Command {
     /// config.json, generation_config.json and safetensors files that --weights, transformers and
     /// LMDeploy load. Streamed: a 14B model needs no more memory than a small one.
     WriteCheckpoint(WriteCheckpointArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DoctorArgs {
+    /// An adapter (PATH.so) whose symbols and ABI version to check.
+    #[arg(long, value_name = "PATH.so")]
+    pub engine: Option<PathBuf>,
+    /// The Python interpreter python:DRIVER engines would use (default: python3 on PATH).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// GPU ordinals per local rank, as `tpprof run --devices` takes them.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Option<Vec<i32>>,
+    /// Print the report as JSON (rank 0) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl From<DoctorArgs> for crate::doctor::DoctorInput {
+    fn from(a: DoctorArgs) -> Self {
+        crate::doctor::DoctorInput { adapter: a.engine, python: a.python, devices: a.devices, json: a.json }
+    }
 }
 
 #[derive(Debug, Args, Clone)]

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod clock;
 pub mod cluster;
+pub mod doctor;
 pub mod engine;
 pub mod observe;
 pub mod record;

@@ -58,6 +58,24 @@ fn main() {
             Ok(()) => EXIT_OK,
             Err(e) => error(if e.is_bad_input() { EXIT_BAD_INPUT } else { EXIT_FAILED }, e),
         },
+        Command::Doctor(args) => with_world(|w| {
+            let input: tpprof::doctor::DoctorInput = args.into();
+            match tpprof::doctor::main(w, &input) {
+                Some(report) => {
+                    if input.json {
+                        println!("{}", serde_json::to_string_pretty(&report).expect("the report serializes"));
+                    } else {
+                        print!("{}", tpprof::doctor::render(&report));
+                    }
+                    if report.failed() {
+                        EXIT_FAILED
+                    } else {
+                        EXIT_OK
+                    }
+                }
+                None => EXIT_OK, // rank 0 speaks and decides the job's exit code (mpirun keeps the worst)
+            }
+        }),
         Command::Models => {
             tpprof::engine::print_models();
             EXIT_OK

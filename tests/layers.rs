@@ -8,11 +8,12 @@ use std::path::Path;
 /// Each top-level module and the modules it may use.
 const ALLOWED: &[(&str, &[&str])] = &[
     // The face: parses, turns clap types into plain typed values, prints, exits.
-    ("main", &["cli", "cluster", "engine", "report", "run", "verify"]),
-    ("cli", &["engine", "run", "verify"]),
+    ("main", &["cli", "cluster", "doctor", "engine", "report", "run", "verify"]),
+    ("cli", &["doctor", "engine", "run", "verify"]),
     // The job and the other subcommands.
     ("run", &["clock", "cluster", "engine", "observe", "record", "report", "workload"]),
     ("verify", &["clock", "cluster", "engine", "observe", "record", "report", "workload"]),
+    ("doctor", &["clock", "cluster", "engine", "observe"]),
     // The parts.
     ("report", &["clock", "engine", "observe", "record", "workload"]),
     ("observe", &["clock", "engine", "record"]),

@@ -8,6 +8,7 @@ mod json;
 mod util;
 
 mod checkpoint;
+mod doctor;
 mod engines;
 mod failures;
 mod measure;

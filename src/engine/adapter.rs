@@ -16,6 +16,9 @@ pub mod sys {
 }
 
 const ERR_LEN: usize = 1024;
+
+/// The engine ABI version this tpprof speaks (ffi/tpprof_engine.h).
+pub const ABI_VERSION: u32 = sys::TPPROF_ABI_VERSION;
 /// `TPPROF_UNKNOWN` of the header (UINT64_MAX; bindgen does not expand that macro).
 const UNKNOWN: u64 = u64::MAX;
 
@@ -158,6 +161,12 @@ pub struct AdapterEngine {
     handle: *mut sys::tpprof_engine,
     name: String,
     info: serde_json::Value,
+}
+
+/// Loads an adapter only to check it (`tpprof doctor`): every symbol resolved and the ABI version
+/// checked, nothing created; what its engine_info says.
+pub fn probe(path: &Path) -> Result<serde_json::Value, AdapterError> {
+    Ok(Api::load(path)?.info_json())
 }
 
 impl AdapterEngine {
