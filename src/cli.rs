@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "tpprof", version, args_override_self = true, about = "MPI-aware profiler for tensor-parallel LLM inference",
@@ -172,6 +174,89 @@ pub struct CompareArgs {
     pub fail_if: Vec<String>,
 }
 
+/// Why `--config FILE` could not be read into arguments.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("--config needs a file: tpprof run --config run.toml")]
+    Missing,
+    #[error("cannot read --config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("--config {path} is not TOML: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("--config {path}: unknown option `{key}` (the keys are `tpprof run`'s long options, e.g. generated-tokens = 800)")]
+    Unknown { path: PathBuf, key: String },
+    #[error("--config {path}: `{key}` must be {want}")]
+    Type { path: PathBuf, key: String, want: &'static str },
+}
+
+/// `tpprof run --config run.toml ...`: the file's keys are `run`'s long options (`generated-tokens`
+/// or `generated_tokens`), its values strings, numbers, booleans (a flag: `cupti = true`), arrays
+/// (`devices = [0, 1]`) or, for `engine-options`, a table. They become arguments placed before the
+/// command line's own, so the command line wins (a later flag overrides an earlier one).
+pub fn expand_config(args: Vec<OsString>) -> Result<Vec<OsString>, ConfigFileError> {
+    if args.get(1).is_none_or(|a| a != "run") {
+        return Ok(args);
+    }
+    let mut path = None;
+    let mut rest = Vec::new();
+    let mut it = args.into_iter();
+    let head: Vec<OsString> = it.by_ref().take(2).collect();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            rest.push(a);
+            rest.extend(it.by_ref());
+            break;
+        }
+        match a.to_str().and_then(|s| s.strip_prefix("--config")) {
+            Some("") => path = Some(PathBuf::from(it.next().ok_or(ConfigFileError::Missing)?)),
+            Some(v) if v.starts_with('=') => path = Some(PathBuf::from(&v[1..])),
+            _ => rest.push(a),
+        }
+    }
+    let Some(path) = path else {
+        return Ok(head.into_iter().chain(rest).collect());
+    };
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigFileError::Read { path: path.clone(), source })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigFileError::Parse { path: path.clone(), reason: e.message().to_string() })?;
+    let run = Cli::command();
+    let run = run.find_subcommand("run").expect("the run subcommand exists");
+    let mut from_file: Vec<OsString> = Vec::new();
+    for (key, value) in &table {
+        let name = key.replace('_', "-");
+        let arg = run.get_arguments().find(|a| a.get_long() == Some(name.as_str()) && name != "config");
+        let Some(arg) = arg else { return Err(ConfigFileError::Unknown { path, key: key.clone() }) };
+        let flag = format!("--{name}");
+        let takes_value = arg.get_action().takes_values();
+        let ty = |want| ConfigFileError::Type { path: path.clone(), key: key.clone(), want };
+        let scalar = |v: &toml::Value| -> Option<String> {
+            match v {
+                toml::Value::String(s) => Some(s.clone()),
+                toml::Value::Integer(i) => Some(i.to_string()),
+                toml::Value::Float(f) => Some(f.to_string()),
+                _ => None,
+            }
+        };
+        match (value, takes_value) {
+            (toml::Value::Boolean(b), false) => {
+                if *b {
+                    from_file.push(flag.into());
+                }
+            }
+            (_, false) => return Err(ty("true or false (a flag)")),
+            (toml::Value::Table(t), true) if name == "engine-options" => {
+                let json = serde_json::to_string(t).map_err(|_| ty("a table of JSON-like values"))?;
+                from_file.extend([flag.into(), json.into()]);
+            }
+            (toml::Value::Array(items), true) => {
+                let parts: Option<Vec<String>> = items.iter().map(scalar).collect();
+                from_file.extend([flag.into(), parts.ok_or_else(|| ty("an array of numbers or strings"))?.join(",").into()]);
+            }
+            (v, true) => from_file.extend([flag.into(), scalar(v).ok_or_else(|| ty("a string or a number"))?.into()]),
+        }
+    }
+    Ok(head.into_iter().chain(from_file).chain(rest).collect())
+}
+
 /// Raw `run` arguments. Numbers are parsed as signed integers so that a negative value gets our
 /// own one-line error instead of being mistaken for a flag.
 #[derive(Debug, Args, Clone)]
@@ -195,6 +280,11 @@ pub struct RunArgs {
     /// model.safetensors or model.safetensors.index.json); each rank reads only its shard.
     #[arg(long)]
     pub weights: Option<PathBuf>,
+
+    /// Options from a TOML file (keys: these long options, e.g. generated-tokens = 800; flags as
+    /// true; engine-options as a table); the command line overrides them.
+    #[arg(long, value_name = "run.toml")]
+    pub config: Option<PathBuf>,
 
     /// Engine options as a JSON object, passed to adapters verbatim (e.g. '{"token_us": 500}').
     #[arg(long, default_value = "{}")]
@@ -405,5 +495,50 @@ mod tests {
         assert_eq!(i.repeat, 3);
         let w = input(&["--weights", "ckpt", "--prompts", "p.jsonl"]);
         assert_eq!((w.weights.as_deref(), w.prompts.as_deref()), (Some(std::path::Path::new("ckpt")), Some(std::path::Path::new("p.jsonl"))));
+    }
+
+    /// `--config run.toml`: the file's options, then the command line's (which win).
+    #[test]
+    fn a_config_file_gives_options_the_command_line_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("run.toml");
+        std::fs::write(
+            &f,
+            "engine = \"mock\"\ngenerated_tokens = 800\nprompt-tokens = 10000\ncupti = true\nallow-eos = false\n\
+             devices = [0, 1]\nwarmup-tolerance = 2.5\nslo = \"ttft_ms=500\"\n[engine-options]\ntoken_us = 500\n",
+        )
+        .unwrap();
+        let argv = |extra: &[&str]| -> Vec<OsString> { ["tpprof", "run"].iter().chain(extra).map(OsString::from).collect() };
+        let parse = |extra: &[&str]| -> RunInput {
+            match Cli::try_parse_from(expand_config(argv(extra)).unwrap()).unwrap().command {
+                Command::Run(a) => (*a).into(),
+                _ => unreachable!(),
+            }
+        };
+        let path = f.to_str().unwrap();
+        let i = parse(&["--config", path]);
+        assert_eq!((i.engine.as_str(), i.generated_tokens, i.prompt_tokens, i.cupti, i.allow_eos), ("mock", 800, 10000, true, false));
+        assert_eq!((i.devices.as_deref(), i.warmup_tolerance, i.slo.as_deref()), (Some(&[0, 1][..]), 2.5, Some("ttft_ms=500")));
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&i.engine_options).unwrap(), serde_json::json!({"token_us": 500}));
+        // The command line wins, before or after --config; `--config=FILE` too.
+        let i = parse(&["--generated-tokens", "16", &format!("--config={path}"), "--engine", "cpu"]);
+        assert_eq!((i.generated_tokens, i.engine.as_str(), i.prompt_tokens), (16, "cpu", 10000));
+        // Without --config nothing changes; other subcommands are left alone.
+        assert_eq!(expand_config(argv(&["--engine", "cpu"])).unwrap(), argv(&["--engine", "cpu"]));
+        let other: Vec<OsString> = ["tpprof", "compare", "--config", "x"].iter().map(OsString::from).collect();
+        assert_eq!(expand_config(other.clone()).unwrap(), other);
+        // Bad files: one line naming the file and the key.
+        let bad = |body: &str| {
+            std::fs::write(&f, body).unwrap();
+            expand_config(argv(&["--config", path])).unwrap_err().to_string()
+        };
+        assert!(bad("generated-tokenz = 5").contains("unknown option `generated-tokenz`"));
+        assert!(bad("cupti = 3").contains("`cupti` must be true or false"));
+        assert!(bad("model = true").contains("`model` must be a string or a number"));
+        assert!(bad("devices = [[0]]").contains("`devices` must be an array"));
+        assert!(bad("config = \"other.toml\"").contains("unknown option `config`"));
+        assert!(bad("engine = ").contains("is not TOML"));
+        assert!(expand_config(argv(&["--config", "/nonexistent/run.toml"])).unwrap_err().to_string().starts_with("cannot read --config /nonexistent/run.toml"));
+        assert!(matches!(expand_config(argv(&["--config"])), Err(ConfigFileError::Missing)));
     }
 }

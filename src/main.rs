@@ -16,7 +16,16 @@ const EXIT_INCOMPLETE: i32 = 3;
 const EXIT_REGRESSED: i32 = 4;
 
 fn main() {
-    let cli = match Cli::try_parse() {
+    let args = match tpprof::cli::expand_config(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            if tpprof::cluster::launcher_rank().unwrap_or(0) == 0 {
+                eprintln!("error: {e}");
+            }
+            std::process::exit(EXIT_BAD_INPUT);
+        }
+    };
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             // Under mpirun every rank parses the same arguments: only rank 0 shows the message.

@@ -266,3 +266,17 @@ fn progress_shows_on_long_runs_unless_asked_not_to() {
     ok(&quiet);
     assert!(!quiet.stderr().contains("measured run: "), "{}", quiet.stderr());
 }
+
+/// `--config run.toml` on every rank: its options, the command line's on top; a bad file is one line.
+#[test]
+fn a_config_file_runs_on_every_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("run.toml");
+    std::fs::write(&f, "engine = \"mock\"\nprompt-tokens = 6\ngenerated-tokens = 50\n[engine-options]\ntoken_us = 200\n").unwrap();
+    let r = run(2, &["--config", f.to_str().unwrap(), "--generated-tokens", "7"]);
+    let j = ok(&r);
+    assert_eq!((j["config"]["engine"].as_str(), j["config"]["generated_tokens"].as_u64()), (Some("mock"), Some(7)));
+    assert_eq!(j["config"]["engine_options"]["token_us"], 200);
+    std::fs::write(&f, "generated-tokns = 5\n").unwrap();
+    crate::util::rejected(2, &["--config", f.to_str().unwrap()], 2, "unknown option `generated-tokns`");
+}
