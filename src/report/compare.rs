@@ -40,7 +40,7 @@ struct Row {
 }
 
 /// Column letters: A, B, …, Z, then A2, B2, … (nobody compares 27 runs, but it must not panic).
-fn letter(i: usize) -> String {
+pub(super) fn letter(i: usize) -> String {
     let c = (b'A' + (i % 26) as u8) as char;
     if i < 26 { c.to_string() } else { format!("{c}{}", i / 26 + 1) }
 }
@@ -95,7 +95,7 @@ fn rows(runs: &[(String, RunReport)]) -> Vec<Row> {
 }
 
 /// One line per run: what it was.
-fn legend(i: usize, file: &str, r: &RunReport) -> String {
+pub(super) fn legend(i: usize, file: &str, r: &RunReport) -> String {
     let c = &r.config;
     let engine = r.engine.as_ref().map(|e| e.name.clone()).unwrap_or_else(|| c.engine.clone());
     let prompt = match &c.prompts {
@@ -125,7 +125,7 @@ fn legend(i: usize, file: &str, r: &RunReport) -> String {
 }
 
 /// What differs between the runs' workloads (a comparison across them measures the workload too).
-fn workload_notes(runs: &[(String, RunReport)]) -> Vec<String> {
+pub(super) fn workload_notes(runs: &[(String, RunReport)]) -> Vec<String> {
     let mut notes = Vec::new();
     let mut differs = |what: &str, vals: Vec<String>| {
         if vals.iter().any(|v| *v != vals[0]) {

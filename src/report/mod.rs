@@ -3,6 +3,8 @@
 
 pub mod build;
 pub mod compare;
+pub mod html;
+pub mod plot;
 pub mod summary;
 pub mod tokenlog;
 pub mod trace;
