@@ -10,6 +10,7 @@ mod util;
 mod checkpoint;
 mod engines;
 mod failures;
+mod html;
 mod measure;
 mod reports;
 mod warmup;

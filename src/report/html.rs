@@ -201,7 +201,7 @@ impl Page {
     }
 
     fn summary_table(&mut self, runs: &[(String, RunReport)]) {
-        self.push("<h2 id=\"summary\">Summary</h2>\n<table>\n<thead><tr><th></th>");
+        self.push("<h2 id=\"summary\">Summary</h2>\n<div class=\"wide\"><table>\n<thead><tr><th></th>");
         for (i, _) in runs.iter().enumerate() {
             let _ = write!(self.html, "<th><span class=\"swatch\" style=\"background:{}\"></span>{}</th>", plot::css(plot::palette(i)), super::compare::letter(i));
         }
@@ -262,7 +262,7 @@ impl Page {
             }
             self.push("</tr>\n");
         }
-        self.push("</tbody>\n</table>\n");
+        self.push("</tbody>\n</table></div>\n");
         for (i, (file, r)) in runs.iter().enumerate() {
             let _ = writeln!(
                 self.html,
@@ -398,7 +398,7 @@ impl Page {
             let gpu = with_timeline.iter().all(|k| matches!(k.memory.gpu, GpuMemory::Measured { .. }) && k.memory.timeline.gpu_job_bytes.len() == k.memory.timeline.t_s.len());
             let what = if gpu { "GPU memory of the job's processes (NVML)" } else { "host memory (RSS): no GPU memory measured" };
             let mut chart = LineChart::new(format!("{letter}: {what}"), "seconds since the run's start", "GiB");
-            chart.legend = plot::LegendAt::UpperLeft;
+            chart.legend = plot::LegendAt::LowerRight;
             for k in &with_timeline {
                 let tl = &k.memory.timeline;
                 let bytes = if gpu { &tl.gpu_job_bytes } else { &tl.rss_bytes };
@@ -420,11 +420,11 @@ impl Page {
                 "memory",
                 &chart.svg()?,
                 &format!(
-                    "{letter} ({}): each rank's {} from its memory timeline (<code>ranks[].memory.timeline</code>, a reading every {} ms{}). Shaded: rank {}'s phases of the run, placed by each phase's reading count (<code>memory.phase_peaks</code>; the ranks move through them together). Rings: each rank's peak as the sampler recorded it (every reading counts, also those the timeline thinned out).",
+                    "{}: each rank's {} from its memory timeline (<code>ranks[].memory.timeline</code>, a reading every {} ms{}). Shaded: rank {}'s phases of the run, placed by each phase's reading count (<code>memory.phase_peaks</code>; the ranks move through them together). Rings: each rank's peak as the sampler recorded it (every reading counts, also those the timeline thinned out).",
                     esc(&label(i, file, r)),
                     if gpu { "GPU memory held by this run's processes" } else { "resident set" },
                     first.memory.interval_ms,
-                    if tl.stride > 1 { format!(", every {}th kept", tl.stride) } else { String::new() },
+                    if tl.stride > 1 { format!(", one in {} kept", tl.stride) } else { String::new() },
                     first.rank
                 ),
             );
@@ -465,7 +465,7 @@ impl Page {
                 "cupti",
                 &chart.svg()?,
                 &format!(
-                    "{} : per decode step, from each rank's CUPTI kernel records (<code>ranks[].cupti.devices[]</code>, histograms over {} steps): busy = time any kernel ran, NCCL = time an NCCL kernel ran (communication and waiting for the other ranks), compute = time another kernel ran, idle = step wall time − busy. Over the whole decode: {}.",
+                    "{}: per decode step, from each rank's CUPTI kernel records (<code>ranks[].cupti.devices[]</code>, histograms over {} steps): busy = time any kernel ran, NCCL = time an NCCL kernel ran (communication and waiting for the other ranks), compute = time another kernel ran, idle = step wall time − busy. Over the whole decode: {}.",
                     esc(&label(i, file, r)),
                     devices[0].1.steps,
                     esc(&shares.join("; "))
@@ -483,7 +483,7 @@ table{border-collapse:collapse;font-size:14px;margin:8px 0}th,td{border:1px soli
 tbody th{font-weight:600;background:#f6f6f6;white-space:nowrap}td{font-variant-numeric:tabular-nums}
 .swatch{display:inline-block;width:12px;height:12px;margin-right:6px;border-radius:2px;vertical-align:-1px}
 ul.legend{list-style:none;padding:0;font-size:14px}ul.legend li{margin:3px 0}
-figure{margin:16px 0}svg.plot{max-width:100%;height:auto;border:1px solid #eee}
+div.wide{overflow-x:auto}figure{margin:16px 0}svg.plot{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:13px;color:#444;margin-top:4px}
 p.missing{font-style:italic;color:#8a5a00;background:#fff8e6;padding:6px 10px;border-left:3px solid #e0a800}
 p.note{color:#8a5a00}pre{font-size:12px;overflow-x:auto;background:#f6f6f6;padding:8px}details{margin:6px 0}

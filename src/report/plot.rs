@@ -229,10 +229,10 @@ impl LineChart {
             let root = SVGBackend::with_string(&mut buf, SIZE).into_drawing_area();
             root.fill(&WHITE)?;
             let mut chart = ChartBuilder::on(&root)
-                .caption(&self.title, ("sans-serif", 18))
+                .caption(&self.title, ("sans-serif", 22))
                 .margin(12)
-                .x_label_area_size(44)
-                .y_label_area_size(64)
+                .x_label_area_size(52)
+                .y_label_area_size(72)
                 .build_cartesian_2d(x, y.clone())?;
             chart
                 .configure_mesh()
@@ -240,7 +240,10 @@ impl LineChart {
                 .y_desc(&self.y_desc)
                 .x_label_formatter(&|v| number(*v))
                 .y_label_formatter(&|v| number(*v))
-                .light_line_style(RGBColor(235, 235, 235))
+                .label_style(("sans-serif", 15))
+                .axis_desc_style(("sans-serif", 16))
+                .max_light_lines(1)
+                .light_line_style(RGBColor(240, 240, 240))
                 .draw()?;
             for b in &self.bands {
                 let c = color(b.color);
@@ -271,7 +274,7 @@ impl LineChart {
                     .position(self.legend.clone())
                     .background_style(WHITE.mix(0.85))
                     .border_style(RGBColor(160, 160, 160))
-                    .label_font(("sans-serif", 13))
+                    .label_font(("sans-serif", 15))
                     .draw()?;
             }
             root.present()?;
@@ -308,10 +311,10 @@ impl BarChart {
             let root = SVGBackend::with_string(&mut buf, SIZE).into_drawing_area();
             root.fill(&WHITE)?;
             let mut chart = ChartBuilder::on(&root)
-                .caption(&self.title, ("sans-serif", 18))
+                .caption(&self.title, ("sans-serif", 22))
                 .margin(12)
-                .x_label_area_size(44)
-                .y_label_area_size(64)
+                .x_label_area_size(52)
+                .y_label_area_size(72)
                 .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..top)?;
             let groups = &self.groups;
             chart
@@ -324,7 +327,10 @@ impl BarChart {
                 })
                 .y_desc(&self.y_desc)
                 .y_label_formatter(&|v| number(*v))
-                .light_line_style(RGBColor(235, 235, 235))
+                .label_style(("sans-serif", 15))
+                .axis_desc_style(("sans-serif", 16))
+                .max_light_lines(1)
+                .light_line_style(RGBColor(240, 240, 240))
                 .draw()?;
             let width = 0.8 / k;
             for (j, (name, rgb)) in self.kinds.iter().enumerate() {
@@ -347,7 +353,7 @@ impl BarChart {
                 .position(SeriesLabelPosition::UpperRight)
                 .background_style(WHITE.mix(0.85))
                 .border_style(RGBColor(160, 160, 160))
-                .label_font(("sans-serif", 13))
+                .label_font(("sans-serif", 15))
                 .draw()?;
             root.present()?;
         }
