@@ -206,7 +206,7 @@ impl Page {
             let _ = write!(self.html, "<th><span class=\"swatch\" style=\"background:{}\"></span>{}</th>", plot::css(plot::palette(i)), super::compare::letter(i));
         }
         self.push("</tr></thead>\n<tbody>\n");
-        type Cell = dyn Fn(&str, &RunReport) -> Option<String>;
+        type Cell = dyn Fn(&str, &RunReport) -> Option<String>; // (file, its report) → the cell
         fn f(d: usize, v: f64) -> String {
             format!("{v:.d$}")
         }
@@ -217,7 +217,6 @@ impl Page {
             format!("{} / {} / {} / {}", f(d, p.p50), f(d, p.p90), f(d, p.p99), f(d, p.max))
         }
         let rows: Vec<(&str, Box<Cell>)> = vec![
-            ("file", Box::new(|file, _| Some(Path::new(file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| file.to_string())))),
             ("engine", Box::new(|_, r| Some(r.engine.as_ref().map(|e| format!("{} ({})", e.name, e.kind)).unwrap_or_else(|| r.config.engine.clone())))),
             ("model", Box::new(|_, r| Some(r.config.model.clone()))),
             ("dtype", Box::new(|_, r| Some(r.config.dtype.clone()))),
