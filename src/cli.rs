@@ -21,7 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Run an engine over a workload on every rank and write one JSON from rank 0.
     Run(Box<RunArgs>),
-    /// Print the human summary of a saved result JSON.
+    /// Print the human summary of saved result JSONs, or with --html write them as one page of
+    /// tables and charts.
     Report(ReportArgs),
     /// Saved runs side by side: every figure with its change against the first (the baseline).
     Compare(CompareArgs),
@@ -151,8 +152,17 @@ impl From<CheckpointDtype> for crate::engine::safetensors::Dtype {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// A JSON written by `tpprof run`.
-    pub file: PathBuf,
+    /// One or more JSONs written by `tpprof run` (with --html: overlaid, one colour per file).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Write one self-contained HTML page (summary tables, ITL CDF merged and per rank, ITL by
+    /// position, TTFT per sample, memory over time with phases, CUPTI per-step GPU time) instead of
+    /// printing; an existing file is kept unless --force.
+    #[arg(long, value_name = "OUT.html")]
+    pub html: Option<PathBuf>,
+    /// Replace an existing --html file.
+    #[arg(long, requires = "html")]
+    pub force: bool,
 }
 
 #[derive(Debug, Args, Clone)]

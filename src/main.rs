@@ -37,12 +37,15 @@ fn main() {
     };
     let code = match cli.command {
         Command::Run(args) => with_world(|w| run_exit(tpprof::run::main(w, (*args).into()))),
-        Command::Report(args) => match tpprof::report::summary::load(&args.file) {
-            Ok(r) => {
-                print!("{}", tpprof::report::summary::render(&r));
-                EXIT_OK
-            }
-            Err(e) => error(EXIT_BAD_INPUT, e),
+        Command::Report(args) => match &args.html {
+            Some(out) => match tpprof::report::html::write_report(&args.files, out, args.force) {
+                Ok(path) => {
+                    println!("wrote {}", path.display());
+                    EXIT_OK
+                }
+                Err(e) => error(if e.is_bad_input() { EXIT_BAD_INPUT } else { EXIT_FAILED }, e),
+            },
+            None => report_text(&args.files),
         },
         Command::Compare(args) => match tpprof::report::compare::compare_files(&args.files, args.markdown, &args.fail_if) {
             Ok(c) => {
@@ -98,6 +101,17 @@ fn main() {
         unsafe { libc::_exit(code) };
     }
     std::process::exit(code);
+}
+
+/// `tpprof report FILE...`: each file's summary, a blank line between; the first bad file stops it.
+fn report_text(files: &[std::path::PathBuf]) -> i32 {
+    for (i, f) in files.iter().enumerate() {
+        match tpprof::report::summary::load(f) {
+            Ok(r) => print!("{}{}", if i > 0 { "\n" } else { "" }, tpprof::report::summary::render(&r)),
+            Err(e) => return error(EXIT_BAD_INPUT, e),
+        }
+    }
+    EXIT_OK
 }
 
 /// One line on stderr; the code to exit with.

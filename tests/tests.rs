@@ -11,6 +11,7 @@ mod checkpoint;
 mod doctor;
 mod engines;
 mod failures;
+mod html;
 mod measure;
 mod reports;
 mod warmup;

@@ -130,7 +130,7 @@ fn gpu_name(r: &RunReport) -> String {
 }
 
 /// One line per run: what it was.
-fn legend(i: usize, file: &str, r: &RunReport) -> String {
+pub(super) fn legend(i: usize, file: &str, r: &RunReport) -> String {
     let c = &r.config;
     let engine = engine_name(r);
     let prompt = match &c.prompts {
@@ -160,7 +160,7 @@ fn legend(i: usize, file: &str, r: &RunReport) -> String {
 }
 
 /// What differs between the runs' workloads (a comparison across them measures the workload too).
-fn workload_notes(runs: &[(String, RunReport)]) -> Vec<String> {
+pub(super) fn workload_notes(runs: &[(String, RunReport)]) -> Vec<String> {
     let mut notes = Vec::new();
     let mut differs = |what: &str, vals: Vec<String>| {
         if vals.iter().any(|v| *v != vals[0]) {

@@ -4,6 +4,8 @@
 pub mod build;
 pub mod compare;
 pub mod gate;
+pub mod html;
+pub mod plot;
 pub mod summary;
 pub mod tokenlog;
 pub mod trace;
