@@ -43,9 +43,12 @@ impl OutputFile {
             _ => PathBuf::from("."),
         };
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("tpprof");
+        // 0666 before the umask, as any file a program creates (the temp file's default is 0600).
+        use std::os::unix::fs::PermissionsExt;
         let temp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".tmp")
+            .permissions(std::fs::Permissions::from_mode(0o666))
             .tempfile_in(&dir)
             .map_err(|e| WriteError::Unwritable { path: path.to_path_buf(), reason: format!("cannot create a file in {}: {e}", dir.display()) })?;
         Ok(OutputFile { path: path.to_path_buf(), force, temp })
@@ -104,6 +107,24 @@ mod tests {
         // The claim leaves no stray files behind when dropped.
         let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(entries.len(), 1);
+    }
+
+    /// Result files follow the umask like any other file (they were 0600 whatever the umask, and
+    /// --force turned a 0644 file into 0600).
+    #[test]
+    fn results_follow_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: umask only swaps the process's mask; read it and put it back at once.
+        let mask = unsafe {
+            let m = libc::umask(0o022);
+            libc::umask(m);
+            m
+        } as u32;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.json");
+        OutputFile::claim(&p, false).unwrap().write_bytes(b"{}").unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o666 & !mask);
+        assert_ne!(0o666 & !mask, 0o600, "a umask of 066 would make this test prove nothing");
     }
 
     #[test]
