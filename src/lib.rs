@@ -18,3 +18,23 @@ pub mod workload;
 
 /// The version written into every JSON.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `print!` for results on stdout that treats a closed stdout (`tpprof report r.json | head -1`) as
+/// a normal end: the rest of the output is dropped; nothing panics, the exit code is the command's.
+#[macro_export]
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `println!` with [`out!`]'s rule.
+#[macro_export]
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+

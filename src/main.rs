@@ -40,7 +40,7 @@ fn main() {
         Command::Report(args) => match &args.html {
             Some(out) => match tpprof::report::html::write_report(&args.files, out, args.force) {
                 Ok(path) => {
-                    println!("wrote {}", path.display());
+                    tpprof::outln!("wrote {}", path.display());
                     EXIT_OK
                 }
                 Err(e) => error(if e.is_bad_input() { EXIT_BAD_INPUT } else { EXIT_FAILED }, e),
@@ -49,7 +49,7 @@ fn main() {
         },
         Command::Compare(args) => match tpprof::report::compare::compare_files(&args.files, args.markdown, &args.fail_if) {
             Ok(c) => {
-                print!("{}{}", c.table, c.gate);
+                tpprof::out!("{}{}", c.table, c.gate);
                 if c.regressed {
                     EXIT_REGRESSED
                 } else {
@@ -75,9 +75,9 @@ fn main() {
             match tpprof::doctor::main(w, &input) {
                 Some(report) => {
                     if input.json {
-                        println!("{}", serde_json::to_string_pretty(&report).expect("the report serializes"));
+                        tpprof::outln!("{}", serde_json::to_string_pretty(&report).expect("the report serializes"));
                     } else {
-                        print!("{}", tpprof::doctor::render(&report));
+                        tpprof::out!("{}", tpprof::doctor::render(&report));
                     }
                     if report.failed() {
                         EXIT_FAILED
@@ -107,7 +107,7 @@ fn main() {
 fn report_text(files: &[std::path::PathBuf]) -> i32 {
     for (i, f) in files.iter().enumerate() {
         match tpprof::report::summary::load(f) {
-            Ok(r) => print!("{}{}", if i > 0 { "\n" } else { "" }, tpprof::report::summary::render(&r)),
+            Ok(r) => tpprof::out!("{}{}", if i > 0 { "\n" } else { "" }, tpprof::report::summary::render(&r)),
             Err(e) => return error(EXIT_BAD_INPUT, e),
         }
     }

@@ -934,9 +934,9 @@ impl<'w> Job<'w> {
 
     fn finish(&mut self, report: RunReport, exact_length: bool) -> Result<Verdict, Stop> {
         let out = self.out.take().expect("rank 0 claimed the output");
-        print!("{}", crate::report::summary::render(&report));
+        crate::out!("{}", crate::report::summary::render(&report));
         match out.write(&report) {
-            Ok(Written::Yes(p)) | Ok(Written::KeptExisting(p)) => println!("JSON: {}", p.display()),
+            Ok(Written::Yes(p)) | Ok(Written::KeptExisting(p)) => crate::outln!("JSON: {}", p.display()),
             Err(e) => return Err(Stop::failed(RankFailures::one(0, e.to_string()))),
         }
         Ok(match report.status.state {

@@ -139,7 +139,7 @@ fn run(world: &World, args: &VerifyInput) -> Result<bool, VerifyError> {
     let v0 = crate::engine::builtin::cpu::Shard { rank: world.rank as usize, world: world.size as usize }.range(cfg.vocab_size).start;
 
     if world.is_root() {
-        println!(
+        crate::outln!(
             "verify: cuda ({}, {}) vs cpu (f32), model {}, {} rank(s), {}, |cuda-cpu| <= {atol} + {rtol}*|cpu|",
             dtype.name(), cuda.device_name(), args.weights.as_ref().map(|d| d.display().to_string()).unwrap_or(args.model.clone()), world.size,
             if dir.is_some() { "checkpoint weights".to_string() } else { format!("seed {seed}") }
@@ -176,21 +176,21 @@ fn run(world: &World, args: &VerifyInput) -> Result<bool, VerifyError> {
             if i == 0 {
                 // Which decode attention kernel these decode steps ran (a silent fallback would
                 // otherwise pass unnoticed).
-                println!("decode attention: {}", cuda.decode_attention().unwrap_or_else(|| "unknown".into()));
+                crate::outln!("decode attention: {}", cuda.decode_attention().unwrap_or_else(|| "unknown".into()));
             }
-            println!(
+            crate::outln!(
                 "prompt {i} ({} tokens): logits {}/{} within tolerance ({}), max |diff| {max_abs:.3e} (max |cpu| {max_ref:.3e}); greedy tokens identical for {same}/{} steps {}",
                 p.len(), n - bad, n, if decode.is_some() { "after prefill and after the last decode step" } else { "after prefill" }, args.steps, if pass { "PASS" } else { "FAIL" }
             );
             for (what, cs) in [("prefill", Some(&prefill)), ("last decode step", decode.as_ref())] {
                 for (r, c) in cs.into_iter().flatten().enumerate() {
                     for (idx, a, b) in &c.first_bad {
-                        println!("  {what}, rank {r}: token {idx}: cpu {a:.6} cuda {b:.6}");
+                        crate::outln!("  {what}, rank {r}: token {idx}: cpu {a:.6} cuda {b:.6}");
                     }
                 }
             }
             if same < args.steps {
-                println!("  cpu : {:?}\n  cuda: {:?}", tc, tg);
+                crate::outln!("  cpu : {:?}\n  cuda: {:?}", tc, tg);
             }
         }
     }
@@ -218,7 +218,7 @@ fn run(world: &World, args: &VerifyInput) -> Result<bool, VerifyError> {
         let pass = complete && bad == 0;
         ok &= pass;
         if world.is_root() {
-            println!(
+            crate::outln!(
                 "batch of {} (prompt lengths {:?}; {}): {}, last decode step logits {}/{n} within tolerance, max |diff| {max_abs:.3e} {}",
                 batch.len(),
                 batch.iter().map(Vec::len).collect::<Vec<_>>(),
@@ -229,13 +229,13 @@ fn run(world: &World, args: &VerifyInput) -> Result<bool, VerifyError> {
             );
             for (i, c) in all.iter().enumerate() {
                 for (idx, a, b) in &c.first_bad {
-                    println!("  sample {}, rank {}: token {idx}: cpu {a:.6} cuda {b:.6}", i / world.size as usize, i % world.size as usize);
+                    crate::outln!("  sample {}, rank {}: token {idx}: cpu {a:.6} cuda {b:.6}", i / world.size as usize, i % world.size as usize);
                 }
             }
         }
     }
     if world.is_root() {
-        println!("verify: {}", if ok { "PASS" } else { "FAIL" });
+        crate::outln!("verify: {}", if ok { "PASS" } else { "FAIL" });
     }
     Ok(ok)
 }

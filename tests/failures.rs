@@ -133,3 +133,28 @@ fn cuda_without_a_gpu_is_a_one_line_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
 }
+
+/// A closed stdout (`tpprof run ... | head -1`) is a normal end: no panic, the run's exit code, the
+/// JSON written; the same for `report` and `compare`.
+#[test]
+fn a_closed_stdout_is_a_normal_end() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let closed = |args: &[&str]| {
+        let mut child = Command::new(crate::util::BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take()); // the reader is gone before the first line
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = closed(&["run", "--engine", "mock", "--prompt-tokens", "4", "--generated-tokens", "4", "--no-progress", "--out", json.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert!(json.is_file(), "the JSON is written");
+    let (code, err) = closed(&["report", json.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let (code, err) = closed(&["compare", json.to_str().unwrap(), json.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

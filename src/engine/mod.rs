@@ -294,7 +294,7 @@ pub fn write_checkpoint_main(a: &CheckpointRequest) -> Result<(), CheckpointErro
     let w = write_checkpoint(&cfg, a.seed, a.out, dtype, split)?;
     let secs = start.elapsed().as_secs_f64();
     let gb = w.tensor_bytes as f64 / 1e9;
-    println!(
+    crate::outln!(
         "wrote {} (model {}, seed {}, {}, {} file(s), {:.2} GB of tensors in {:.1} s, {:.2} GB/s)",
         a.out.display(), a.model, a.seed, dtype.torch_name(), w.files.len(), gb, secs, gb / secs.max(1e-9)
     );
@@ -303,10 +303,10 @@ pub fn write_checkpoint_main(a: &CheckpointRequest) -> Result<(), CheckpointErro
 
 /// `tpprof models`: the built-in presets with their shapes.
 pub fn print_models() {
-    println!("{:<14} {:>7} {:>7} {:>6} {:>6} {:>4} {:>7} {:>8} {:>10}", "preset", "vocab", "hidden", "inter", "layers", "heads", "kv_heads", "max_pos", "params");
+    crate::outln!("{:<14} {:>7} {:>7} {:>6} {:>6} {:>4} {:>7} {:>8} {:>10}", "preset", "vocab", "hidden", "inter", "layers", "heads", "kv_heads", "max_pos", "params");
     for name in config::Config::preset_names() {
         if let Ok(c) = config::Config::preset(name) {
-            println!(
+            crate::outln!(
                 "{:<14} {:>7} {:>7} {:>6} {:>6} {:>4} {:>7} {:>8} {:>10}",
                 name, c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
                 c.num_attention_heads, c.num_key_value_heads, c.max_position_embeddings, c.param_count()
