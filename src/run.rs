@@ -133,6 +133,8 @@ pub struct RunConfig {
 /// would not start. Each message names the cause and the fix; `World::agree` carries it to rank 0.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("the engine's vocabulary size is {0} (engine_info or the vocab_size option): token ids are INT32, so it must be 1 ..= 2147483648; pass --vocab-size N or fix the engine")]
+    Vocab(u64),
     #[error(transparent)]
     Engine(#[from] crate::engine::SpecError),
     #[error("--{flag} must be a whole number ≥ 1 (got {got})")]
@@ -681,7 +683,13 @@ impl<'w> Job<'w> {
 
     /// 5. The workload: built on rank 0, broadcast, so every rank feeds identical prompts.
     fn workload_for(&mut self, config: &RunConfig, engine: &dyn Engine) -> Result<Workload, Stop> {
-        let vocab = config.vocab_size.or(engine.vocab_size()).or_else(|| options_vocab(&config.engine_options)).unwrap_or(DEFAULT_ADAPTER_VOCAB);
+        let vocab = config.vocab_size.map(u64::from).or(engine.vocab_size().map(u64::from)).or_else(|| options_vocab(&config.engine_options)).unwrap_or(DEFAULT_ADAPTER_VOCAB.into());
+        // Token ids are INT32: a vocabulary of 0 (or one beyond 2^31) cannot be sampled from.
+        let checked = match u32::try_from(vocab) {
+            Ok(v) if v > 0 && v <= 1 << 31 => Ok(v),
+            _ => Err(RunError::Vocab(vocab)),
+        };
+        let vocab = self.world.agree(checked).map_err(Stop::input)?;
         let workload = self.workload(config, vocab, engine.max_context())?;
         if let Some(h) = &mut self.header {
             h.config.vocab_size = vocab;
@@ -768,6 +776,10 @@ impl<'w> Job<'w> {
     /// phase moves to decode when every sample has its first token. Then CUPTI's recording.
     fn measure(&mut self, config: &RunConfig, created: &mut Created, workload: &Workload, obs: &Observers) -> Result<Measured, Stop> {
         let world = self.world;
+        // A test hook (tests/failures.rs): a panic on this rank, to show it ends the whole job.
+        if std::env::var("TPPROF_TEST_PANIC_RANK").ok().and_then(|r| r.parse::<i32>().ok()) == Some(world.rank) {
+            panic!("TPPROF_TEST_PANIC_RANK");
+        }
         let (engine, role) = (&mut created.engine, created.role);
         let requested = vec![workload.generated_tokens; workload.prompts.len()];
         let sink = TokenSink::new_with_epoch(obs.epoch, requested.iter().map(|&r| r as usize).sum::<usize>() + 64);
@@ -1097,8 +1109,8 @@ fn options_model(options: &str) -> Option<String> {
     ["preset", "model", "model_dir", "model_path", "engine_dir", "workspace"].iter().find_map(|k| v.get(*k)?.as_str().map(str::to_string))
 }
 
-fn options_vocab(options: &str) -> Option<u32> {
-    serde_json::from_str::<serde_json::Value>(options).ok()?.get("vocab_size")?.as_u64().map(|v| v as u32)
+fn options_vocab(options: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(options).ok()?.get("vocab_size")?.as_u64()
 }
 
 /// Two ranks on one GPU would share its memory and compute: refuse, naming both ranks.

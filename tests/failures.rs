@@ -26,6 +26,8 @@ fn bad_adapters_are_one_line_errors() {
     rejected(2, &["--engine", env!("TPPROF_MOCK_ADAPTER_NO_GENERATE")], 1, "does not export `tpprof_generate`");
     // An adapter's own create() error reaches the user as one line too.
     rejected(2, &["--engine", "mock", "--engine-options", r#"{"gpu_kernels_per_step": 2}"#], 1, "gpu_kernels_per_step needs gpu_alloc_mib");
+    // A vocabulary that truncated to 0 made a rank panic in `% vocab` and the job hang.
+    rejected(2, &["--engine", "mock", "--engine-options", r#"{"vocab_size": 4294967296}"#], 2, "the engine's vocabulary size is 4294967296");
 }
 
 #[test]
@@ -157,4 +159,20 @@ fn a_closed_stdout_is_a_normal_end() {
     let (code, err) = closed(&["compare", json.to_str().unwrap(), json.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// A panic on one rank ends the whole job within seconds (it used to hang: the panicking rank sat
+/// in MPI_Finalize while the other waited in a collective): one line naming the rank and the place,
+/// MPI_Abort, no backtrace.
+#[test]
+fn a_panic_on_one_rank_ends_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.json");
+    let r = crate::util::run_env(2, &["--engine", "mock", "--prompt-tokens", "4", "--generated-tokens", "4"], &path, dir, &[("TPPROF_TEST_PANIC_RANK", "1")]);
+    assert_ne!(r.code(), 0);
+    assert!(r.elapsed < std::time::Duration::from_secs(30), "took {:?}", r.elapsed);
+    let lines: Vec<String> = r.stderr().lines().filter(|l| l.contains("internal error")).map(str::to_string).collect();
+    assert_eq!(lines.len(), 1, "{}", r.stderr());
+    assert!(lines[0].starts_with("error: rank 1: internal error at src/run.rs:") && lines[0].contains("TPPROF_TEST_PANIC_RANK"), "{}", lines[0]);
+    assert!(!r.stderr().contains("stack backtrace"), "{}", r.stderr());
 }

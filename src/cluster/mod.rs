@@ -103,6 +103,7 @@ impl World {
         let rank = comm.rank();
         let local = comm.split_shared(rank);
         let host = mpi::environment::processor_name().unwrap_or_else(|_| "unknown".into());
+        abort_on_panic(rank);
         Ok(World {
             rank,
             size: comm.size(),
@@ -294,6 +295,18 @@ impl World {
     }
 }
 
+
+/// A panic on any rank ends the whole job at once: one line naming the rank and the place, then
+/// MPI_Abort — never a panicking rank stuck in MPI_Finalize while the others wait in a collective.
+fn abort_on_panic(rank: i32) {
+    std::panic::set_hook(Box::new(move |info| {
+        let place = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_else(|| "an unknown place".into());
+        let p = info.payload();
+        let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a panic".into());
+        eprintln!("error: rank {rank}: internal error at {place}: {what} (a tpprof bug: please report it); aborting every rank");
+        World::abort_all(1);
+    }));
+}
 
 fn unreachable_failure() -> RankFailures {
     RankFailures::one(-1, "internal: agreement lost a failure")

@@ -285,11 +285,12 @@ impl Engine for AdapterEngine {
     }
 
     fn vocab_size(&self) -> Option<u32> {
-        self.info.get("vocab_size").and_then(|v| v.as_u64()).map(|v| v as u32)
+        // Saturated, not truncated: the run range-checks it (4294967296 must not become 0).
+        self.info.get("vocab_size").and_then(|v| v.as_u64()).map(|v| u32::try_from(v).unwrap_or(u32::MAX))
     }
 
     fn max_context(&self) -> Option<u32> {
-        self.info.get("max_context").and_then(|v| v.as_u64()).map(|v| v as u32)
+        self.info.get("max_context").and_then(|v| v.as_u64()).map(|v| u32::try_from(v).unwrap_or(u32::MAX))
     }
 }
 
