@@ -53,6 +53,10 @@ fn main() {
             Ok(()) => EXIT_OK,
             Err(e) => error(if e.is_bad_input() { EXIT_BAD_INPUT } else { EXIT_FAILED }, e),
         },
+        Command::Schema => {
+            print!("{}", tpprof::report::schema::pretty());
+            EXIT_OK
+        }
         Command::Models => {
             tpprof::engine::print_models();
             EXIT_OK
