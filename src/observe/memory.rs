@@ -136,9 +136,13 @@ const TIMELINE_POINTS: usize = 1024;
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum GpuMemory {
     /// No GPU memory reading: the reason (no GPU, NVML missing, ...).
-    Unavailable { reason: String },
+    Unavailable {
+        /// Why, in one line.
+        reason: String,
+    },
     /// Read with NVML from this rank's GPU.
     Measured {
+        /// NVML's UUID of the GPU.
         uuid: String,
         /// NVML per-process used memory of this process on the GPU.
         process_peak: Peak,
@@ -150,11 +154,13 @@ pub enum GpuMemory {
         device_used_peak: Peak,
         /// The lowest NVML free memory seen.
         min_free_bytes: u64,
+        /// Memory of the GPU, bytes.
         total_bytes: u64,
         /// Every process seen on the GPU with its peak.
         processes: Vec<GpuProcess>,
         /// Readings that failed (e.g. NVML refused the process list), with the last reason.
         failed_readings: u64,
+        /// The last failed reading's reason (null: none failed).
         last_error: Option<String>,
     },
 }
