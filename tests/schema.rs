@@ -75,3 +75,37 @@ fn every_committed_result_validates_and_loads() {
     assert!(valid >= 70, "only {valid} result JSONs found under {}", root.display());
     eprintln!("{valid} committed result JSONs validate and load; {} too old for both", refused.len());
 }
+
+/// What the schema requires and what it leaves open, on a committed result: a field added since
+/// the first build may be absent, one every build wrote may not; an unknown or renamed field fails,
+/// deep inside too; the free-form engine options take anything.
+#[test]
+fn the_schema_refuses_unknown_fields_and_missing_required_ones() {
+    let schema = tpprof::report::schema::generate().to_value();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let f = concat!(env!("CARGO_MANIFEST_DIR"), "/results/h200/warmup/python-test_2000us.json");
+    let good: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+    assert!(validator.is_valid(&good));
+    let changed = |f: &dyn Fn(&mut Value)| {
+        let mut j = good.clone();
+        f(&mut j);
+        validator.is_valid(&j)
+    };
+    assert!(changed(&|j| {
+        j["config"].as_object_mut().unwrap().remove("warmup");
+    }));
+    assert!(changed(&|j| {
+        j["summary"].as_object_mut().unwrap().remove("itl_p50_by_tenth_ms");
+    }));
+    assert!(changed(&|j| j["config"]["engine_options"]["anything"] = Value::from(1)));
+    assert!(!changed(&|j| {
+        j["config"].as_object_mut().unwrap().remove("engine");
+    }));
+    assert!(!changed(&|j| j["throughput"] = Value::from(1.0)));
+    assert!(!changed(&|j| {
+        let p99 = j["summary"]["itl_ms"].as_object_mut().unwrap().remove("p99").unwrap();
+        j["summary"]["itl_ms"]["p99_ms"] = p99;
+    }));
+    assert!(!changed(&|j| j["ranks"][0]["memory"]["gpu"]["state"] = Value::from("guessed")));
+    assert!(!changed(&|j| j["schema"] = Value::from("tpprof.run/2")));
+}
