@@ -39,6 +39,9 @@ pub enum Command {
     /// config.json, generation_config.json and safetensors files that --weights, transformers and
     /// LMDeploy load. Streamed: a 14B model needs no more memory than a small one.
     WriteCheckpoint(WriteCheckpointArgs),
+    /// Print the JSON Schema of the result JSON (generated from the report types; results/schema.json
+    /// is a copy of it).
+    Schema,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -267,13 +270,28 @@ pub fn expand_config(args: Vec<OsString>) -> Result<Vec<OsString>, ConfigFileErr
     Ok(head.into_iter().chain(from_file).chain(rest).collect())
 }
 
+/// `run --help`'s examples: flags as the README uses them, ready to copy.
+const RUN_EXAMPLES: &str = "\
+Examples:
+  mpirun -n 2 tpprof run --engine cpu --model small --prompt-tokens 256 --generated-tokens 64
+  mpirun -n 2 tpprof run --engine cuda --model qwen2.5-14b --prompt-tokens 10000 --generated-tokens 800 --cupti --trace t.json
+  mpirun -n 2 tpprof run --engine python:hf --engine-options '{\"preset\": \"qwen2.5-7b\", \"dtype\": \"bf16\"}' --repeat 3
+  tpprof run --engine mock --engine-options '{\"token_us\": 500}' --warmup 0 --slo ttft_ms=50,tpot_ms=2 --out mock.json
+
+As root (a container), Open MPI wants OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1.
+The JSON's schema: `tpprof schema`.";
+
 /// Raw `run` arguments. Numbers are parsed as signed integers so that a negative value gets our
 /// own one-line error instead of being mistaken for a flag.
 #[derive(Debug, Args, Clone)]
+#[command(after_help = RUN_EXAMPLES)]
 pub struct RunArgs {
     /// Engine: `auto` (`cuda` where every rank has a GPU, else `cpu`), `cuda` (built-in, NCCL tensor
     /// parallel), `cpu` (built-in reference, MPI tensor parallel), `mock` (the test adapter built with
-    /// tpprof), or the path of an adapter shared library (`./libmy_engine.so`, or `adapter:PATH`).
+    /// tpprof), `python:DRIVER` (an engine written in Python, run in-process: `python:hf`
+    /// transformers, `python:lmdeploy` TurboMind, `python:test` scripted delays, or
+    /// `python:/path/driver.py`), or the path of an adapter shared library (`./libmy_engine.so`, or
+    /// `adapter:PATH`).
     #[arg(long, default_value = "auto")]
     pub engine: String,
 
@@ -300,7 +318,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "{}")]
     pub engine_options: String,
 
-    /// Number of samples (sequences) generated together.
+    /// Number of samples (sequences) generated together. Default: 1, or one per line of --prompts.
     #[arg(long, allow_hyphen_values = true)]
     pub batch: Option<i64>,
 
@@ -366,7 +384,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10, allow_hyphen_values = true)]
     pub mem_interval_ms: i64,
 
-    /// Abort the whole job (every rank, non-zero exit) if it has not finished after this many seconds.
+    /// Abort the whole job (every rank, non-zero exit) if it has not finished after this many seconds
+    /// (default: no limit).
     #[arg(long)]
     pub timeout: Option<f64>,
 
@@ -386,7 +405,7 @@ pub struct RunArgs {
     pub warmup_max: i64,
     /// Goodput: the share of requests within these bounds, in ms: KEY=MS pairs from ttft_ms,
     /// tpot_ms ((e2e − TTFT)/(n − 1)), itl_ms (every gap of the request), e2e_ms; e.g.
-    /// --slo ttft_ms=500,tpot_ms=50.
+    /// --slo ttft_ms=500,tpot_ms=50 (default: no goodput).
     #[arg(long)]
     pub slo: Option<String>,
     /// Write every token of every rank as CSV (rank, sample, step, token, t_ns since rank 0's submit

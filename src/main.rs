@@ -88,6 +88,10 @@ fn main() {
                 None => EXIT_OK, // rank 0 speaks and decides the job's exit code (mpirun keeps the worst)
             }
         }),
+        Command::Schema => {
+            tpprof::out!("{}", tpprof::report::schema::pretty());
+            EXIT_OK
+        }
         Command::Models => {
             tpprof::engine::print_models();
             EXIT_OK

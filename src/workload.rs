@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -21,11 +22,21 @@ pub enum WorkloadError {
 }
 
 /// Where the prompts came from, for the JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PromptSource {
-    Random { seed: u64, tokens_per_prompt: u32 },
-    File { path: String },
+    /// Seeded random ids within the vocabulary.
+    Random {
+        /// `--seed`.
+        seed: u64,
+        /// `--prompt-tokens`.
+        tokens_per_prompt: u32,
+    },
+    /// `--prompts FILE` (JSON Lines, one array of token ids per line).
+    File {
+        /// The file as given.
+        path: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

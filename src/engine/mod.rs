@@ -9,11 +9,12 @@ pub mod safetensors;
 
 use std::path::PathBuf;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 
 /// Who runs the engine (see `tpprof_topology` in the header).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Topology {
     /// Every rank runs the engine.
@@ -23,14 +24,18 @@ pub enum Topology {
 }
 
 /// Why a sample stopped (values of `tpprof_finish_reason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// Still running, or the engine never said (a sample cut short without a reason).
     None,
+    /// Generated the requested number of tokens.
     Length,
+    /// Stopped at an end-of-sequence token.
     Eos,
+    /// Stopped at a stop sequence.
     Stop,
+    /// The engine failed on this sample.
     Error,
 }
 
@@ -47,20 +52,26 @@ impl FinishReason {
 }
 
 /// What an engine knows of its own memory on this rank; None where it cannot tell.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct EngineMemory {
+    /// Model weights held by this rank.
     pub weights_bytes: Option<u64>,
+    /// KV cache.
     pub kv_cache_bytes: Option<u64>,
+    /// Scratch buffers.
     pub workspace_bytes: Option<u64>,
+    /// Communication buffers (NCCL, MPI).
     pub comm_bytes: Option<u64>,
+    /// Host memory the engine holds.
     pub host_bytes: Option<u64>,
 }
 
 /// Identity of the engine, for the JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct EngineInfo {
     /// `cpu`, `mock`, or what an adapter's tpprof_engine_info() calls itself.
     pub name: String,
+    /// The engine's version.
     pub version: String,
     /// `builtin` or `adapter`.
     pub kind: String,

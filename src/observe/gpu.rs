@@ -3,17 +3,21 @@
 //! NVML itself ignores that variable, so the mapping is made here.
 
 use nvml_wrapper::Nvml;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// One GPU as this rank sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct GpuInfo {
     /// The CUDA ordinal in this process (what an engine passes to cudaSetDevice).
     pub ordinal: i32,
     /// NVML's index (the physical index, independent of CUDA_VISIBLE_DEVICES).
     pub nvml_index: u32,
+    /// NVML's UUID of the GPU.
     pub uuid: String,
+    /// Product name.
     pub name: String,
+    /// Memory of the GPU, bytes.
     pub total_bytes: u64,
 }
 

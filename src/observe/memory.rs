@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::Nvml;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::gpu::GpuInfo;
@@ -63,9 +64,11 @@ impl PhaseCell {
 }
 
 /// A peak and when it was seen (seconds since the run's epoch).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Peak {
+    /// The peak, bytes.
     pub bytes: u64,
+    /// When it was seen, seconds since the run's epoch.
     pub at_s: f64,
 }
 
@@ -77,7 +80,8 @@ impl Peak {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// This process's host memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct HostMemory {
     /// Peak of the sampled resident set size.
     pub peak_rss: Peak,
@@ -86,32 +90,40 @@ pub struct HostMemory {
 }
 
 /// One process seen on this rank's GPU.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct GpuProcess {
+    /// Process id.
     pub pid: u32,
     /// The rank of this run that owns the pid (same host), if any.
     pub rank: Option<i32>,
+    /// Its peak used memory on the GPU, bytes.
     pub peak_bytes: u64,
 }
 
 /// Peak of one phase of the run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PhasePeak {
+    /// `start`, `engine_load`, `prepare`, `prefill`, `decode`, `generate` (a ONE_PROCESS
+    /// observer's whole generation) or `finish`.
     pub phase: String,
     /// Job processes on this GPU (or this process's RSS without a GPU); None when the phase was
     /// shorter than the sampling interval and got no reading.
     pub bytes: Option<u64>,
+    /// Readings taken in the phase.
     pub samples: u64,
 }
 
 /// Samples kept for plotting, down-sampled to at most TIMELINE_POINTS (every reading still counts
 /// for the peaks).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Timeline {
+    /// Time of each point, seconds since the run's epoch.
     pub t_s: Vec<f64>,
+    /// This process's resident set, bytes.
     pub rss_bytes: Vec<u64>,
     /// Job processes on this rank's GPU; empty without a GPU.
     pub gpu_job_bytes: Vec<u64>,
+    /// NVML device used memory of this rank's GPU, bytes; empty without a GPU.
     pub gpu_device_used_bytes: Vec<u64>,
     /// Every kept point stands for this many readings.
     pub stride: u64,
@@ -120,11 +132,17 @@ pub struct Timeline {
 const TIMELINE_POINTS: usize = 1024;
 
 /// GPU memory of this rank's GPU, or why there is none.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum GpuMemory {
-    Unavailable { reason: String },
+    /// No GPU memory reading: the reason (no GPU, NVML missing, ...).
+    Unavailable {
+        /// Why, in one line.
+        reason: String,
+    },
+    /// Read with NVML from this rank's GPU.
     Measured {
+        /// NVML's UUID of the GPU.
         uuid: String,
         /// NVML per-process used memory of this process on the GPU.
         process_peak: Peak,
@@ -136,23 +154,31 @@ pub enum GpuMemory {
         device_used_peak: Peak,
         /// The lowest NVML free memory seen.
         min_free_bytes: u64,
+        /// Memory of the GPU, bytes.
         total_bytes: u64,
         /// Every process seen on the GPU with its peak.
         processes: Vec<GpuProcess>,
         /// Readings that failed (e.g. NVML refused the process list), with the last reason.
         failed_readings: u64,
+        /// The last failed reading's reason (null: none failed).
         last_error: Option<String>,
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Memory of one rank, sampled every `interval_ms` through the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MemoryReport {
+    /// Sampling interval, ms; 0 = no periodic sampling, one reading at the end.
     pub interval_ms: u64,
+    /// Readings taken.
     pub samples: u64,
+    /// This process's host memory.
     pub host: HostMemory,
+    /// This rank's GPU memory, or why there is none.
     pub gpu: GpuMemory,
     /// Peak per phase: job GPU memory, or host RSS without a GPU.
     pub phase_peaks: Vec<PhasePeak>,
+    /// Readings kept for plotting.
     pub timeline: Timeline,
 }
 

@@ -5,6 +5,7 @@
 use base64::Engine as _;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub const SIGNIFICANT_DIGITS: u8 = 3;
@@ -107,39 +108,57 @@ impl LatencyHistogram {
 /// Percentiles of a histogram (ns; every value is the highest value equivalent to the recorded ones
 /// at 3 significant digits, so a reported percentile is never below what was recorded), with the
 /// histogram itself as base64 HdrHistogram V2 for anyone who wants other percentiles.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct HistogramSummary {
+    /// Values recorded.
     pub count: u64,
+    /// Smallest value (0 when empty).
     pub min_ns: u64,
+    /// Median.
     pub p50_ns: u64,
+    /// 90th percentile.
     pub p90_ns: u64,
     /// Absent in results of builds before p95 and std (read as 0).
     #[serde(default)]
     pub p95_ns: u64,
+    /// 99th percentile.
     pub p99_ns: u64,
+    /// 99.9th percentile.
     pub p999_ns: u64,
+    /// Largest value (0 when empty).
     pub max_ns: u64,
+    /// Mean of the recorded values.
     pub mean_ns: f64,
     /// Standard deviation (population) of the recorded values, from the histogram.
     #[serde(default)]
     pub stdev_ns: f64,
+    /// The histogram itself: HdrHistogram V2 serialization (uncompressed), base64.
+    #[schemars(extend("contentEncoding" = "base64"))]
     pub hdr_v2_base64: String,
 }
 
 /// The same percentiles in milliseconds, for the summary.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PercentilesMs {
     /// Absent in results of builds before min, p95 and std (read as 0).
     #[serde(default)]
     pub min: f64,
+    /// Median.
     pub p50: f64,
+    /// 90th percentile.
     pub p90: f64,
+    /// 95th percentile.
     #[serde(default)]
     pub p95: f64,
+    /// 99th percentile.
     pub p99: f64,
+    /// 99.9th percentile.
     pub p999: f64,
+    /// Largest value.
     pub max: f64,
+    /// Mean.
     pub mean: f64,
+    /// Standard deviation (population), from the histogram.
     #[serde(default)]
     pub std: f64,
     /// Values in the histogram: for merged histograms, summed over the engine ranks.

@@ -1,16 +1,18 @@
-//! The result JSON: its types (results/schema.json describes the same), how rank 0 assembles it from
-//! every rank's report, the atomic writer, and the human summary.
+//! The result JSON: its types (results/schema.json is generated from them: `tpprof schema`), how
+//! rank 0 assembles it from every rank's report, the atomic writer, and the human summary.
 
 pub mod build;
 pub mod compare;
 pub mod gate;
 pub mod html;
 pub mod plot;
+pub mod schema;
 pub mod summary;
 pub mod tokenlog;
 pub mod trace;
 pub mod writer;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineInfo, EngineMemory, FinishReason, Topology};
@@ -23,7 +25,8 @@ use crate::workload::PromptSource;
 /// The schema identifier written into every JSON; bump on incompatible change.
 pub const SCHEMA: &str = "tpprof.run/1";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// How the run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Every sample got what was requested.
@@ -34,40 +37,60 @@ pub enum State {
     Failed,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One rank's failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Failure {
+    /// The failing rank.
     pub rank: i32,
+    /// What went wrong there, in one line.
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Whether the run succeeded, and why not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Status {
+    /// `ok`, `incomplete` or `failed`.
     pub state: State,
     /// The first failing rank, when failed.
     pub failed_rank: Option<i32>,
     /// One line: what went wrong (failed) or what is missing (incomplete).
     pub reason: Option<String>,
+    /// Every failing rank with its reason (empty unless failed).
     pub failures: Vec<Failure>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What was run: the arguments as tpprof understood them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ConfigReport {
+    /// The command line of rank 0, as given.
     pub command_line: Vec<String>,
+    /// The `--engine` argument.
     pub engine: String,
     /// Element type of the cuda engine (fp16 / bf16); the cpu engine computes in f32.
     pub dtype: String,
+    /// The model's label: a preset, a config path, or what an adapter's options name.
     pub model: String,
     /// The model's Qwen2 config (built-in engines).
     pub model_config: Option<serde_json::Value>,
+    /// `--engine-options`, the JSON object passed to the engine.
     pub engine_options: serde_json::Value,
+    /// Number of MPI ranks.
     pub world_size: i32,
+    /// Samples (sequences) generated together.
     pub batch: u32,
+    /// Where the prompts came from.
     pub prompts: PromptSource,
+    /// Tokens requested per sample.
     pub generated_tokens: u32,
+    /// true: EOS ignored, every sample must get `generated_tokens`.
     pub exact_length: bool,
+    /// `--seed`: random prompts and the built-in engines' weights.
     pub seed: u64,
+    /// Vocabulary size the prompt ids were drawn from and checked against.
     pub vocab_size: u32,
+    /// `--devices`: GPU ordinal per local rank (null: GPU = local rank).
     pub devices: Option<Vec<i32>>,
+    /// `--mem-interval-ms`: memory sampling interval (0: one reading at the end).
     pub mem_interval_ms: u64,
     /// Unmeasured whole-workload runs made before the measured one (`--warmup N`: N; the default
     /// `--warmup auto`: as many as it took).
@@ -78,10 +101,13 @@ pub struct ConfigReport {
     /// written before the policy existed (they are `fixed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_mode: Option<WarmupMode>,
+    /// `--warmup-tolerance`, percent: the auto policy's and the stationarity check's bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_tolerance_pct: Option<f64>,
+    /// `--warmup-max` (auto only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_max: Option<u32>,
+    /// `--record-tokens`: samples carry their token ids.
     pub record_tokens: bool,
     /// The --trace file, if any.
     pub trace: Option<String>,
@@ -96,23 +122,31 @@ pub struct ConfigReport {
     pub slo: Option<Slo>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Where and with what the run happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Environment {
+    /// Version of the tpprof binary (Cargo package version).
     pub tpprof_version: String,
     /// `git describe` of the source the binary was built from (empty outside a git checkout, and in
     /// JSONs written before the field existed).
     #[serde(default)]
     pub tpprof_commit: String,
+    /// When rank 0 started, RFC 3339, UTC.
     pub started_at: String,
+    /// The MPI library's version string.
     pub mpi_library: String,
+    /// Host names of the ranks, in rank order, a repeat of the previous one dropped.
     pub hosts: Vec<String>,
     /// GPU driver and CUDA driver versions of rank 0's host, or why there is no GPU.
     pub gpu_driver: Option<String>,
+    /// CUDA driver version of rank 0's host.
     pub cuda_driver: Option<String>,
+    /// Why there is no GPU, when there is none.
     pub gpu_note: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a rank does in the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Runs the engine and records tokens.
@@ -122,14 +156,18 @@ pub enum Role {
 }
 
 /// One rank's view of one sample (ranks compare these to catch diverging tensor-parallel ranks).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RankSample {
+    /// Tokens this rank saw for the sample.
     pub generated: u32,
+    /// Why the sample stopped, as this rank saw it.
     pub finish_reason: FinishReason,
+    /// FNV-1a digest of the sample's token ids on this rank.
     pub token_digest: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Where a rank's time went, seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RankTiming {
     /// Engine creation (weights, communicators), seconds.
     pub create_s: f64,
@@ -147,21 +185,25 @@ pub struct RankTiming {
 }
 
 /// The warm-up policy (`--warmup auto|N`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WarmupMode {
+    /// Until two runs in a row agree (`--warmup auto`).
     Auto,
+    /// A fixed number of runs (`--warmup N`).
     Fixed,
 }
 
 /// One run's figures on one rank: a warm-up run, or a measured run before the recorded one.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WarmupRun {
+    /// Wall time of the run, seconds.
     pub wall_s: f64,
     /// Median time to first token over the samples, ms (engine ranks).
     pub ttft_ms: Option<f64>,
     /// Median decode latency, ms (engine ranks, runs with 2+ tokens per sample).
     pub itl_p50_ms: Option<f64>,
+    /// Tokens the rank received in the run.
     pub tokens: u64,
 }
 
@@ -193,25 +235,40 @@ pub fn warmup_converged(runs: &[WarmupRun], tolerance_pct: f64) -> bool {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One rank's own view of the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RankReport {
+    /// MPI rank.
     pub rank: i32,
+    /// Host name.
     pub host: String,
+    /// Rank among the ranks of its host.
     pub local_rank: i32,
+    /// Process id.
     pub pid: u32,
+    /// `engine` or `observer`.
     pub role: Role,
+    /// The GPU this rank is bound to (null: none).
     pub gpu: Option<GpuInfo>,
+    /// Memory sampled on this rank: host RSS, GPU memory, per-phase peaks, a timeline.
     pub memory: MemoryReport,
+    /// What the engine says of its own memory on this rank.
     pub engine_memory: Option<EngineMemory>,
+    /// Engine creation, generation and warm-up times.
     pub timing: RankTiming,
+    /// Tokens this rank received (engine ranks; 0 for an observer).
     pub tokens_generated: u64,
+    /// Time to first token of each sample on this rank, ns.
     pub ttft: HistogramSummary,
+    /// Inter-token gaps of the decode steps on this rank, ns.
     pub decode: HistogramSummary,
     /// Device time of each decode step (CUDA events), for engines that measure it.
     pub device_decode: Option<HistogramSummary>,
     /// Engine-specific figures of the run (the cuda engine: copy bandwidth, decode floor, ...).
     pub engine_stats: Option<serde_json::Value>,
+    /// Per sample, in sample order.
     pub samples: Vec<RankSample>,
+    /// Irregularities in the engine's token stream on this rank, one line each.
     pub anomalies: Vec<String>,
     /// --cupti: this process's GPU kernels per decode step.
     #[serde(default)]
@@ -219,22 +276,34 @@ pub struct RankReport {
 }
 
 /// One sample's inter-token gaps, exact (nearest-rank percentiles of its own gaps), in ms.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SampleItl {
+    /// Median gap, ms.
     pub p50: f64,
+    /// 90th percentile gap, ms.
     pub p90: f64,
+    /// 99th percentile gap, ms.
     pub p99: f64,
+    /// Largest gap, ms.
     pub max: f64,
+    /// Number of gaps (tokens − 1).
     pub count: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One sample (request) of the workload, as rank 0 saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SampleReport {
+    /// Sample index, from 0.
     pub index: u32,
+    /// Tokens in the prompt.
     pub prompt_tokens: u32,
+    /// Tokens requested.
     pub requested: u32,
+    /// Tokens generated.
     pub generated: u32,
+    /// Why the sample stopped.
     pub finish_reason: FinishReason,
+    /// Submit to the sample's first token, ms (null: no token).
     pub ttft_ms: Option<f64>,
     /// Submit to the last token (rank 0's clock). Absent in results of earlier builds.
     #[serde(default)]
@@ -247,10 +316,12 @@ pub struct SampleReport {
     pub itl_ms: Option<SampleItl>,
     /// Every engine rank produced the same token ids for this sample.
     pub ranks_agree: bool,
+    /// The generated token ids (`--record-tokens`).
     pub tokens: Option<Vec<i32>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Where the summary's peak memory comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MemorySource {
     /// NVML per-process used memory of this run's processes on the rank's GPU.
@@ -261,20 +332,25 @@ pub enum MemorySource {
 
 /// Seed-compatible figures first (total_time_s, throughput_tok_s, generated_tokens, prompt_tokens,
 /// peak_memory_gib), then the richer ones.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Summary {
     /// Rank 0: submit to last token of any sample.
     pub total_time_s: f64,
     /// generated_tokens / total_time_s, as the customer's scripts define it.
     pub throughput_tok_s: f64,
+    /// Tokens generated over all samples.
     pub generated_tokens: u64,
+    /// Tokens requested over all samples.
     pub requested_tokens: u64,
+    /// Prompt tokens over all samples.
     pub prompt_tokens: u64,
     /// Per rank, in rank order, GiB (2^30 bytes).
     pub peak_memory_gib: Vec<f64>,
+    /// What `peak_memory_gib` measures.
     pub peak_memory_source: MemorySource,
     /// Merged over engine ranks.
     pub ttft_ms: PercentilesMs,
+    /// Inter-token latency merged over engine ranks.
     pub itl_ms: PercentilesMs,
     /// prompt tokens / (submit → last sample's first token).
     pub prefill_tok_s: Option<f64>,
@@ -307,10 +383,13 @@ pub struct Summary {
 }
 
 /// Smallest, median and largest of a figure over repeated runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Spread {
+    /// Smallest value.
     pub min: f64,
+    /// Median (an even count: the mean of the middle two).
     pub median: f64,
+    /// Largest value.
     pub max: f64,
 }
 
@@ -330,11 +409,15 @@ impl Spread {
 }
 
 /// `--repeat N`: every measured run's figures on rank 0 (the recorded run last), and their spread.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RepeatSummary {
+    /// Measured runs (`--repeat N`: N).
     pub runs: u32,
+    /// ITL p50 of each run, ms.
     pub itl_p50_ms: Option<Spread>,
+    /// TTFT p50 of each run, ms.
     pub ttft_p50_ms: Option<Spread>,
+    /// Wall time of each run, seconds.
     pub wall_s: Option<Spread>,
 }
 
@@ -350,11 +433,10 @@ impl RepeatSummary {
     }
 }
 
-/// The stationarity check on the measured run (rank 0): against the last warm-up run, and within
-/// the run (first against last tenth of the decode steps). A warning does not change the state.
 /// `--slo`: the bounds a request must meet to count for goodput (ms; absent: not bounded).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Slo {
+    /// Time to first token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttft_ms: Option<f64>,
     /// (e2e − TTFT) / (n − 1).
@@ -363,15 +445,19 @@ pub struct Slo {
     /// Every inter-token gap of the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub itl_ms: Option<f64>,
+    /// Submit to the request's last token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e2e_ms: Option<f64>,
 }
 
 /// Goodput: the requests that met every bound of `--slo`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Goodput {
+    /// The bounds counted against.
     pub slo: Slo,
+    /// Requests that met every bound.
     pub met: u32,
+    /// Requests of the measured run.
     pub requests: u32,
     /// met ÷ requests, in percent.
     pub share_pct: f64,
@@ -402,8 +488,11 @@ impl Goodput {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The stationarity check on the measured run (rank 0): against the last warm-up run, and within
+/// the run (first against last tenth of the decode steps). A warning does not change the state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Stationarity {
+    /// `--warmup-tolerance`, percent.
     pub tolerance_pct: f64,
     /// Measured ITL p50 (TTFT without decode) against the last warm-up run's, percent.
     pub vs_last_warmup_pct: Option<f64>,
@@ -414,9 +503,11 @@ pub struct Stationarity {
 }
 
 /// The warm-up before the measured run, as rank 0 saw it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WarmupSummary {
+    /// `auto` or `fixed`.
     pub mode: WarmupMode,
+    /// Warm-up runs made.
     pub runs: u32,
     /// `steady` (auto: the last two warm-up runs agreed), `not_converged` (auto: the bound was
     /// reached first), `fixed` (`--warmup N`, N > 0: not checked), `cold` (`--warmup 0`: the first
@@ -426,24 +517,32 @@ pub struct WarmupSummary {
     pub key_ms: Vec<Option<f64>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The warm-up's outcome (see `WarmupSummary.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WarmupState {
+    /// Auto: the last two warm-up runs agreed.
     Steady,
+    /// Auto: `--warmup-max` was reached first.
     NotConverged,
+    /// `--warmup N`, N > 0: not checked.
     Fixed,
+    /// `--warmup 0`: the first request of the process was measured.
     Cold,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Histograms merged exactly over the engine ranks, ns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Latency {
+    /// Time to first token of every sample on every engine rank.
     pub ttft: HistogramSummary,
+    /// Every inter-token gap of every engine rank.
     pub decode: HistogramSummary,
 }
 
 /// Cross-rank skew of the decode steps, from device-side step times (CUDA events) placed on rank
 /// 0's clock.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Skew {
     /// Decode steps compared (those every rank has).
     pub steps: u64,
@@ -459,14 +558,25 @@ pub struct Skew {
     pub last_to_start_steps: Vec<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One JSON per `tpprof run`, written atomically by rank 0. Times in ns unless the key says
+/// otherwise; memory in bytes unless it says GiB (2^30).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "tpprof run result (schema tpprof.run/1)", extend("$id" = "https://github.com/tpprof/tpprof/results/schema.json"))]
 pub struct RunReport {
+    /// The schema identifier, `tpprof.run/1`.
+    #[schemars(extend("const" = SCHEMA))]
     pub schema: String,
+    /// How the run ended.
     pub status: Status,
+    /// What was run.
     pub config: ConfigReport,
+    /// Where and with what it ran.
     pub environment: Environment,
+    /// The engine's identity (null: it was not created).
     pub engine: Option<EngineInfo>,
+    /// Who runs the engine (null: unknown, the engine was not created).
     pub topology: Option<Topology>,
+    /// The headline figures (null: the run failed before measuring).
     pub summary: Option<Summary>,
     /// Histograms merged exactly over the engine ranks.
     pub latency: Option<Latency>,
@@ -475,7 +585,9 @@ pub struct RunReport {
     /// --cupti: NCCL share per rank and who was waited for, per decode step.
     #[serde(default)]
     pub cupti: Option<CuptiSummary>,
+    /// Each rank's own view, in rank order.
     pub ranks: Vec<RankReport>,
+    /// Each sample, as rank 0 saw it.
     pub samples: Vec<SampleReport>,
 }
 

@@ -2,6 +2,7 @@
 //! from host token times), per-device activity, the rank's report, and the cross-rank summary.
 //! Plain Rust over plain records, no FFI: tested without a GPU.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::record::histogram::{HistogramSummary, LatencyHistogram};
@@ -49,7 +50,7 @@ fn union_ns(iv: &mut [(u64, u64)], lo: u64, hi: u64) -> u64 {
 }
 
 /// GPU activity inside one window (a decode step, or the prefill).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Activity {
     /// The window's length.
     pub wall_ns: u64,
@@ -59,7 +60,9 @@ pub struct Activity {
     pub nccl_ns: u64,
     /// Time at least one other kernel ran.
     pub compute_ns: u64,
+    /// Kernels that started in the window.
     pub kernels: u32,
+    /// NCCL kernels among them.
     pub nccl_kernels: u32,
 }
 
@@ -80,7 +83,7 @@ impl Activity {
 }
 
 /// Where the decode steps came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepSource {
     /// The engine's device step times (CUDA events): windows reach halfway into the gaps between
@@ -190,19 +193,24 @@ pub fn per_step(kernels: &[Kernel], nccl: &[bool], windows: &[(u64, u64, u64)]) 
 }
 
 /// Total time per kernel name in the decode steps.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TopKernel {
+    /// Kernel name as CUPTI reports it (mangled or not).
     pub name: String,
+    /// An NCCL kernel.
     pub nccl: bool,
+    /// Executions in the decode steps.
     pub count: u64,
+    /// Their total time, ms.
     pub total_ms: f64,
+    /// Their mean time, µs.
     pub mean_us: f64,
     /// Of all kernel time in the decode steps.
     pub share: f64,
 }
 
 /// One device's activity over the run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DeviceActivity {
     /// CUDA device ordinal in this rank's process (CUPTI's deviceId).
     pub device: u32,
@@ -213,36 +221,47 @@ pub struct DeviceActivity {
     pub prefill: Option<Activity>,
     /// Decode steps analysed.
     pub steps: u64,
+    /// Where the decode steps came from.
     pub step_source: StepSource,
     /// Per decode step: GPU busy / NCCL / compute / idle (wall − busy) time.
     pub busy: Option<HistogramSummary>,
+    /// Per decode step: time at least one NCCL kernel ran, ns.
     pub nccl: Option<HistogramSummary>,
+    /// Per decode step: time at least one other kernel ran, ns.
     pub compute: Option<HistogramSummary>,
+    /// Per decode step: wall − busy time, ns.
     pub idle: Option<HistogramSummary>,
     /// Kernels per decode step: mean, and the least and most.
     pub kernels_per_step_mean: f64,
+    /// Fewest kernels in a decode step.
     pub kernels_per_step_min: u32,
+    /// Most kernels in a decode step.
     pub kernels_per_step_max: u32,
+    /// NCCL kernels per decode step, mean.
     pub nccl_kernels_per_step_mean: f64,
     /// Sums over the decode steps ÷ summed step wall time.
     pub busy_share: f64,
+    /// NCCL time ÷ step wall time over the decode steps.
     pub nccl_share: f64,
+    /// Compute time ÷ step wall time over the decode steps.
     pub compute_share: f64,
     /// The most expensive kernels of the decode steps (by total time, at most 12).
     pub top_kernels: Vec<TopKernel>,
 }
 
 /// What `--cupti` adds to a rank's report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CuptiReport {
     /// CUPTI's API version (cuptiGetVersion).
     pub cupti_version: u32,
     /// `monotonic_callback`: CUPTI timestamps taken from CLOCK_MONOTONIC; `measured_offset`: CUPTI's
     /// own clock shifted by an offset measured at start and end (`offset_drift_ns` says how stable).
     pub clock: String,
+    /// With `measured_offset`: how far the offset moved between start and end, ns.
     pub offset_drift_ns: Option<i64>,
     /// Kernel records received, and those CUPTI reported dropped (buffers full).
     pub records: u64,
+    /// Kernel records CUPTI dropped.
     pub dropped: u64,
     /// One entry per device the process ran kernels on (one for ALL_RANKS engines; rank 0 of a
     /// ONE_PROCESS engine has one per GPU it drives).
@@ -319,7 +338,7 @@ pub fn analyse_device(
 /// Cross-rank view of the NCCL time per step (rank 0 builds it from every rank's per-step NCCL
 /// time): inside a step with a collective, the rank that arrives last waits least, so the rank
 /// with the least NCCL time in a step is the one the others waited for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CuptiSummary {
     /// Who is compared: one entry per rank with CUPTI data ("rank 1 GPU1"), or, for a rank whose
     /// process drives several GPUs (ONE_PROCESS engines), one per GPU ("rank 0 GPU0", "rank 0
