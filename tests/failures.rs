@@ -73,6 +73,9 @@ fn a_hung_engine_is_stopped_by_the_timeout() {
     assert_ne!(r.code(), 0);
     assert!(r.elapsed < Duration::from_secs(30), "took {:?}", r.elapsed);
     assert!(r.stderr().contains("did not finish within --timeout 1.0 s"), "{}", r.stderr());
+    // An aborted job leaves nothing beside --out (a 0-byte .r.json.XXXXXX.tmp was left every time).
+    let left: Vec<_> = std::fs::read_dir(r.path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[test]
@@ -175,4 +178,24 @@ fn a_panic_on_one_rank_ends_the_job() {
     assert_eq!(lines.len(), 1, "{}", r.stderr());
     assert!(lines[0].starts_with("error: rank 1: internal error at src/run.rs:") && lines[0].contains("TPPROF_TEST_PANIC_RANK"), "{}", lines[0]);
     assert!(!r.stderr().contains("stack backtrace"), "{}", r.stderr());
+}
+
+/// `report` reads only regular files, with a size limit: /dev/zero was read without end, a FIFO
+/// blocked it. Each gets one line and exit 2, at once.
+#[test]
+fn report_reads_only_regular_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let sparse = dir.path().join("huge.json");
+    std::fs::File::create(&sparse).unwrap().set_len((1 << 30) + 1).unwrap();
+    for (file, needle) in [(std::path::Path::new("/dev/zero"), "is not a regular file"), (&fifo, "is not a regular file"), (&sparse, "more than any result JSON")] {
+        let t = std::time::Instant::now();
+        let out = std::process::Command::new("timeout").arg("20").arg(crate::util::BIN).arg("report").arg(file).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{}: {err}", file.display());
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{err}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    }
 }

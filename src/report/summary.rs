@@ -11,6 +11,15 @@ const GIB: f64 = (1u64 << 30) as f64;
 /// load; a file that lacks a field this build cannot do without says which.
 pub fn load(path: &std::path::Path) -> Result<RunReport, LoadError> {
     let path_buf = || path.to_path_buf();
+    // Only regular files, and not beyond a size no result reaches: /dev/zero must not be read
+    // without end, nor a FIFO block.
+    let meta = std::fs::metadata(path).map_err(|source| LoadError::Read { path: path_buf(), source })?;
+    if !meta.is_file() {
+        return Err(LoadError::NotAFile { path: path_buf() });
+    }
+    if meta.len() > MAX_RESULT_BYTES {
+        return Err(LoadError::TooLarge { path: path_buf(), bytes: meta.len() });
+    }
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path_buf(), source })?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| LoadError::NotJson { path: path_buf(), source })?;
     match value.get("schema").and_then(|s| s.as_str()) {
@@ -21,9 +30,16 @@ pub fn load(path: &std::path::Path) -> Result<RunReport, LoadError> {
     serde_json::from_value::<RunReport>(value).map_err(|source| LoadError::Older { path: path_buf(), source })
 }
 
+/// The largest result JSON `load` reads (a 16-rank 20K-token run with --cupti is a few MB).
+pub const MAX_RESULT_BYTES: u64 = 1 << 30;
+
 /// Why a file is not a result this build can read; one line naming the file and the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    #[error("{} is not a regular file: give the path of a result JSON", path.display())]
+    NotAFile { path: std::path::PathBuf },
+    #[error("{} is {bytes} bytes, more than any result JSON (at most 1 GiB is read): is it the right file?", path.display())]
+    TooLarge { path: std::path::PathBuf, bytes: u64 },
     #[error("cannot read {}: {source}", path.display())]
     Read { path: std::path::PathBuf, source: std::io::Error },
     #[error("{} is not a tpprof result JSON ({source})", path.display())]

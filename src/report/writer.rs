@@ -19,7 +19,6 @@ pub enum WriteError {
 pub struct OutputFile {
     path: PathBuf,
     force: bool,
-    temp: tempfile::NamedTempFile,
 }
 
 /// What happened to the JSON at the end.
@@ -38,20 +37,10 @@ impl OutputFile {
         if path.is_dir() {
             return Err(WriteError::Unwritable { path: path.to_path_buf(), reason: "it is a directory".into() });
         }
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("tpprof");
-        // 0666 before the umask, as any file a program creates (the temp file's default is 0600).
-        use std::os::unix::fs::PermissionsExt;
-        let temp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            .permissions(std::fs::Permissions::from_mode(0o666))
-            .tempfile_in(&dir)
-            .map_err(|e| WriteError::Unwritable { path: path.to_path_buf(), reason: format!("cannot create a file in {}: {e}", dir.display()) })?;
-        Ok(OutputFile { path: path.to_path_buf(), force, temp })
+        // Writable? A temp file made and removed at once: nothing stays beside the target while
+        // the run goes on (a rank killed with -9 leaves no litter); the real one is made at the end.
+        drop(temp_beside(path)?);
+        Ok(OutputFile { path: path.to_path_buf(), force })
     }
 
     pub fn path(&self) -> &Path {
@@ -77,7 +66,7 @@ impl OutputFile {
     /// chrome://tracing, pandas and zcat read those as they are).
     pub fn write_bytes(self, doc: &[u8]) -> Result<Written, WriteError> {
         let err = |e: String| WriteError::Unwritable { path: self.path.clone(), reason: e };
-        let mut temp = self.temp;
+        let mut temp = temp_beside(&self.path)?;
         let written = if self.path.extension().is_some_and(|e| e == "gz") {
             let mut gz = flate2::write::GzEncoder::new(temp.as_file_mut(), flate2::Compression::default());
             gz.write_all(doc).and_then(|_| gz.write_all(b"\n")).and_then(|_| gz.finish().map(|_| ()))
@@ -89,6 +78,23 @@ impl OutputFile {
         persisted.map_err(|e| err(e.error.to_string()))?;
         Ok(Written::Yes(self.path))
     }
+}
+
+/// A temp file in the target's directory (so the rename is atomic), removed when dropped.
+fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile, WriteError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("tpprof");
+    // 0666 before the umask, as any file a program creates (the temp file's default is 0600).
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(&dir)
+        .map_err(|e| WriteError::Unwritable { path: path.to_path_buf(), reason: format!("cannot create a file in {}: {e}", dir.display()) })
 }
 
 #[cfg(test)]
@@ -104,7 +110,11 @@ mod tests {
         assert!(OutputFile::claim(&p, true).is_ok());
         assert!(OutputFile::claim(&dir.path().join("missing/r.json"), false).err().unwrap().to_string().contains("cannot create a file in"));
         assert!(OutputFile::claim(dir.path(), true).err().unwrap().to_string().contains("directory"));
-        // The claim leaves no stray files behind when dropped.
+        // A claim leaves no file beside the target while it is held, nor after.
+        let held = OutputFile::claim(&dir.path().join("new.json"), false).unwrap();
+        let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(entries.len(), 1);
+        drop(held);
         let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(entries.len(), 1);
     }
