@@ -57,7 +57,7 @@ pub enum FailedReport {
 /// `tpprof run`'s options as the face hands them over: plain values, not validated yet
 /// ([`RunConfig::from_input`] does that once MPI is up, so every rank stops on the same error).
 /// The field meanings are `tpprof run --help`'s.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct RunInput {
     pub engine: String,
     pub dtype: String,
@@ -592,6 +592,12 @@ impl<'w> Job<'w> {
     /// 1. Arguments and the model shape against the world size; rank 0 claims the output file.
     fn configure(&mut self, started_at: &str) -> Result<RunConfig, Stop> {
         let world = self.world;
+        // The first collective of the run: every rank must run the same build with the same
+        // options (an MPMD launch, a --config file that differs between hosts, mixed installs
+        // would otherwise hang or die in a mismatched collective later).
+        if let Some(why) = differing_ranks(world, &self.input) {
+            return Err(Stop::input(why));
+        }
         let config = world.agree(self.validate()).map_err(Stop::input)?;
         self.config = Some(config.clone());
         let claimed = if world.is_root() { self.claim_output(&config, started_at) } else { Ok(()) };
@@ -1111,6 +1117,61 @@ fn options_model(options: &str) -> Option<String> {
 
 fn options_vocab(options: &str) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(options).ok()?.get("vocab_size")?.as_u64()
+}
+
+/// What must be the same on every rank: the build and the run's options.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Fingerprint {
+    build: String,
+    options: serde_json::Value,
+}
+
+/// Every rank's build and options against rank 0's (all-gathered, so every rank decides alike):
+/// the ranks that differ and the first difference, or None.
+fn differing_ranks(world: &World, input: &RunInput) -> Option<RankFailures> {
+    let mine = Fingerprint {
+        build: format!("{} {}", crate::VERSION, env!("TPPROF_GIT_COMMIT")),
+        options: serde_json::to_value(input).unwrap_or_default(),
+    };
+    let all: Vec<Option<Fingerprint>> = world.all_gather(&Json(mine)).into_iter().map(|r| r.ok().map(|Json(f)| f)).collect();
+    let base = all.first()?.as_ref()?;
+    let mut differ: Vec<(i32, String)> = Vec::new();
+    for (r, f) in all.iter().enumerate().skip(1) {
+        let why = match f {
+            None => "its options could not be read".to_string(),
+            Some(f) if f.build != base.build => format!("runs tpprof {} where rank 0 runs {}", f.build, base.build),
+            Some(f) => match first_difference(&base.options, &f.options) {
+                Some((field, theirs, ours)) => format!("has {field} = {theirs} where rank 0 has {ours}"),
+                None => continue,
+            },
+        };
+        differ.push((r as i32, why));
+    }
+    if differ.is_empty() {
+        return None;
+    }
+    let ranks: Vec<String> = differ.iter().map(|(r, _)| r.to_string()).collect();
+    let message = format!(
+        "every rank must run the same tpprof build with the same options; rank{} {} differ{}: rank {} {} (one command line for all ranks: not an MPMD launch, the same --config file and binary on every host)",
+        if ranks.len() > 1 { "s" } else { "" },
+        ranks.join(", "),
+        if ranks.len() > 1 { "" } else { "s" },
+        differ[0].0,
+        differ[0].1
+    );
+    Some(RankFailures::one(differ[0].0, message))
+}
+
+/// The first field (in the options' order) whose value differs: (field as a flag, theirs, ours).
+fn first_difference(ours: &serde_json::Value, theirs: &serde_json::Value) -> Option<(String, String, String)> {
+    let (a, b) = (ours.as_object()?, theirs.as_object()?);
+    for (k, v) in a {
+        let w = b.get(k).unwrap_or(&serde_json::Value::Null);
+        if v != w {
+            return Some((format!("--{}", k.replace('_', "-")), w.to_string(), v.to_string()));
+        }
+    }
+    b.keys().find(|k| !a.contains_key(*k)).map(|k| (format!("--{}", k.replace('_', "-")), b[k].to_string(), "nothing".into()))
 }
 
 /// Two ranks on one GPU would share its memory and compute: refuse, naming both ranks.

@@ -199,3 +199,25 @@ fn report_reads_only_regular_files() {
         assert!(t.elapsed() < std::time::Duration::from_secs(5));
     }
 }
+
+/// Ranks started with different options (an MPMD launch) stop at once with one line naming the rank
+/// and the first difference (they hung, or died in Open MPI's MPI_ERR_TRUNCATE).
+#[test]
+fn ranks_with_different_options_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.json");
+    let rank = |tokens: &str, model: &str| -> Vec<String> {
+        ["run", "--engine", "cpu", "--model", model, "--prompt-tokens", "4", "--generated-tokens", tokens, "--out", out.to_str().unwrap()].iter().map(|s| s.to_string()).collect()
+    };
+    for (b, needle) in [(rank("40", "tiny"), "--generated-tokens = 40 where rank 0 has 4"), (rank("4", "small"), "--model = \"small\" where rank 0 has \"tiny\"")] {
+        let t = std::time::Instant::now();
+        let o = crate::util::mpirun(1).arg(crate::util::BIN).args(rank("4", "tiny")).args([":", "-n", "1"]).arg(crate::util::BIN).args(&b).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(lines[0].contains("rank 1 has ") && lines[0].contains(needle), "{}", lines[0]);
+        assert!(t.elapsed() < std::time::Duration::from_secs(30));
+        assert!(!out.exists(), "nothing measured, nothing written");
+    }
+}
