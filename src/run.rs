@@ -133,6 +133,8 @@ pub struct RunConfig {
 /// would not start. Each message names the cause and the fix; `World::agree` carries it to rank 0.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("{what} would need {:.1} GiB on this host, which has {:.1} GiB available: {fix}", *need as f64 / (1u64 << 30) as f64, *avail as f64 / (1u64 << 30) as f64)]
+    TooLarge { what: String, need: u128, avail: u64, fix: &'static str },
     #[error("the engine's vocabulary size is {0} (engine_info or the vocab_size option): token ids are INT32, so it must be 1 ..= 2147483648; pass --vocab-size N or fix the engine")]
     Vocab(u64),
     #[error(transparent)]
@@ -970,6 +972,7 @@ impl<'w> Job<'w> {
         if let Some(m) = &c.model_config {
             m.check_tensor_parallel(self.world.size as usize)?;
         }
+        check_host_memory(&c, self.world)?;
         Ok(c)
     }
 
@@ -1117,6 +1120,50 @@ fn options_model(options: &str) -> Option<String> {
 
 fn options_vocab(options: &str) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(options).ok()?.get("vocab_size")?.as_u64()
+}
+
+/// This host's MemAvailable (bytes), from /proc/meminfo.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// Sizes estimated before anything is allocated: the token records (and prompts) every rank keeps,
+/// and the cpu engine's weights, times the ranks on this host, against the host's available
+/// memory. Too much is a one-line error naming the figure, not an allocation abort.
+fn check_host_memory(c: &RunConfig, world: &World) -> Result<(), RunError> {
+    let Some(avail) = available_memory() else { return Ok(()) };
+    let per_host = world.local_size.max(1) as u128;
+    let batch = c.batch.unwrap_or(1) as u128;
+    let per_token = std::mem::size_of::<crate::record::TokenEvent>() as u128;
+    let records = batch * (c.generated_tokens as u128 * per_token + c.prompt_tokens as u128 * 4) * per_host;
+    if records > avail as u128 / 2 {
+        return Err(RunError::TooLarge {
+            what: format!("--batch {} × (--generated-tokens {} + --prompt-tokens {}) of token records", batch, c.generated_tokens, c.prompt_tokens),
+            need: records,
+            avail,
+            fix: "lower --batch, --generated-tokens or --prompt-tokens",
+        });
+    }
+    let cpu = match c.engine {
+        EngineSpec::Cpu => true,
+        EngineSpec::Auto => !matches!(HostGpus::probe(), HostGpus::Present { .. }),
+        _ => false,
+    };
+    if let (true, Some(m)) = (cpu, &c.model_config) {
+        // f32 weights, sharded over the ranks (the embedding and norms are not, counted once each).
+        let weights = m.param_count() as u128 * 4 / world.size.max(1) as u128 * per_host;
+        if weights > avail as u128 {
+            return Err(RunError::TooLarge {
+                what: format!("the cpu engine's f32 weights of {} ({} parameters, {} rank(s) on this host)", c.model, m.param_count(), per_host),
+                need: weights,
+                avail,
+                fix: "use a smaller model, more hosts, or the cuda engine",
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What must be the same on every rank: the build and the run's options.

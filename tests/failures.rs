@@ -12,6 +12,15 @@ fn bad_arguments_are_one_line_errors() {
     rejected(1, &["--prompt-tokens", "-3"], 2, "--prompt-tokens must be a whole number ≥ 1 (got -3)");
     rejected(2, &["--batch", "0"], 2, "--batch");
     rejected(2, &["--engine-options", "not json"], 2, "--engine-options must be a JSON object");
+    // Sizes are estimated before anything is allocated (these aborted with "memory allocation of
+    // … bytes failed", SIGABRT and interleaved backtraces).
+    rejected(2, &["--engine", "mock", "--generated-tokens", "4294967295"], 2, "of token records would need");
+    rejected(2, &["--engine", "mock", "--batch", "4294967295"], 2, "of token records would need");
+    let dir = tempfile::tempdir().unwrap();
+    let huge = dir.path().join("huge.json");
+    std::fs::write(&huge, r#"{"vocab_size": 1000, "hidden_size": 1000000000, "intermediate_size": 4000, "num_hidden_layers": 2, "num_attention_heads": 8,
+        "num_key_value_heads": 2, "max_position_embeddings": 4096, "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": true}"#).unwrap();
+    rejected(2, &["--engine", "cpu", "--model", huge.to_str().unwrap()], 2, "the cpu engine's f32 weights");
     rejected(3, &["--model", "tiny"], 2, "does not divide");
     rejected(1, &["--model", "tiny", "--prompt-tokens", "2000", "--generated-tokens", "100"], 2, "exceeds the model's context of 2048");
 }
