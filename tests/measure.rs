@@ -41,20 +41,22 @@ fn mock_latency_is_what_the_histogram_reports() {
         // Never below the script (busy-waits end after their deadline; HdrHistogram reports the top
         // of a value's bucket), and p50 within a tolerance a loaded 2-core machine survives.
         assert!(min_us >= token_us * 0.999, "min {min_us} µs below the scripted {token_us} µs");
-        assert!(p50_us <= token_us * 1.5 + 500.0, "p50 {p50_us} µs far above the scripted {token_us} µs");
+        assert!(p50_us <= token_us * 2.0 + 1000.0, "p50 {p50_us} µs far above the scripted {token_us} µs");
         let ttft_us = u(&rank["ttft"]["min_ns"]) as f64 / 1e3;
         assert!(ttft_us >= 2000.0 * 0.999, "TTFT {ttft_us} µs below the scripted 2000 µs prefill");
     }
     let itl = j["summary"]["itl_ms"]["p50"].as_f64().unwrap();
-    assert!(itl >= 2.0 * 0.999 && itl <= 3.5, "merged ITL p50 {itl} ms");
+    // Upper bounds are sanity checks only: two busy-waiting ranks on a 2-core machine that also
+    // compiles (load average 6–7) were seen at 4 ms; the script's 2 ms is the bound that matters.
+    assert!(itl >= 2.0 * 0.999 && itl <= 5.0, "merged ITL p50 {itl} ms");
     let p = &j["summary"]["itl_ms"];
     let f = |k: &str| p[k].as_f64().unwrap();
     assert!(f("min") >= 2.0 * 0.999 && f("min") <= f("p50") && f("p90") <= f("p95") && f("p95") <= f("p99"), "{p}");
-    assert!(f("std") >= 0.0 && f("std") < 1.0, "a steady 2 ms script has a small spread: {p}");
+    assert!(f("std") >= 0.0 && f("std") < 3.0, "a steady 2 ms script has a bounded spread: {p}");
     // Per sample: TPOT as trtllm-bench defines it, end to end, and the sample's own gaps.
     let s = &j["samples"][0];
     let (ttft, e2e, tpot) = (s["ttft_ms"].as_f64().unwrap(), s["e2e_ms"].as_f64().unwrap(), s["tpot_ms"].as_f64().unwrap());
-    assert!(tpot >= 2.0 * 0.999 && tpot <= 3.5, "TPOT {tpot} ms against the scripted 2 ms");
+    assert!(tpot >= 2.0 * 0.999 && tpot <= 5.0, "TPOT {tpot} ms against the scripted 2 ms");
     assert!(((e2e - ttft) / 59.0 - tpot).abs() < 1e-6, "TPOT = (e2e − TTFT) / (n − 1): {e2e} {ttft} {tpot}");
     assert_eq!(u(&s["itl_ms"]["count"]), 59);
     assert!(s["itl_ms"]["p50"].as_f64().unwrap() >= 2.0 * 0.999 && s["itl_ms"]["max"].as_f64().unwrap() >= tpot);
