@@ -557,11 +557,12 @@ impl<'w> Job<'w> {
         self.try_run().map_err(|stop| self.fail(stop))
     }
 
-    /// Writes the failed report (rank 0).
+    /// Writes the failed report (rank 0) — not for bad input: nothing was measured, and an input
+    /// error leaves no file whenever it is found.
     fn fail(&mut self, stop: Stop) -> RunFailed {
         let speaks = self.world.is_root();
         let mut report = None;
-        if let (true, Some(out), Some(header)) = (speaks, self.out.take(), self.header.take()) {
+        if let (true, false, Some(out), Some(header)) = (speaks, stop.bad_input, self.out.take(), self.header.take()) {
             let failed = header.failed(&stop.failures.list, Vec::new());
             report = Some(match out.write(&failed) {
                 Ok(Written::Yes(p)) => FailedReport::Written(p),
@@ -671,7 +672,15 @@ impl<'w> Job<'w> {
                 AdapterEngine::load(path, &init).map(|e| Box::new(e) as Box<dyn Engine>).map_err(EngineError::from)
             }
         };
-        let engine = world.agree(engine).map_err(Stop::failed)?;
+        let bad_input = engine.as_ref().err().is_some_and(EngineError::is_bad_input);
+        let engine = match world.agree(engine) {
+            Ok(e) => e,
+            Err(f) => {
+                // Every rank is here: the failure is bad input when any rank's cause was.
+                let input = world.all_gather(&Json(bad_input)).into_iter().any(|r| matches!(r, Ok(Json(true))));
+                return Err(if input { Stop::input(f) } else { Stop::failed(f) });
+            }
+        };
         // CUPTI attaches to the engine's existing CUDA context(s), before prepare (warm-up, graph
         // capture) and generate. Not earlier: enabling activity before the engine's cuInit
         // deadlocked inside cuInit on the H200 machine (CUPTI 13.0, driver 580; see observe/cupti/session.rs).

@@ -80,9 +80,14 @@ fn mock_executor_failures_are_one_line_errors_on_every_rank() {
     rejected_mx(2, r#"{"enqueue_fail_sample": 1, "token_us": 1000}"#, &gen, "enqueue of sample 1 failed: injected enqueue failure");
     rejected_mx(2, r#"{"extra_tokens": 2, "burst": 5}"#, &gen, "more than max_new_tokens = 12 tokens");
     rejected_mx(2, r#"{"fail_create_rank": 1}"#, &gen, "injected failure in create() on rank 1");
-    rejected_mx(1, r#"{"tokens_us": 5}"#, &gen, "unknown engine option \"tokens_us\"");
-    rejected_mx(1, r#"{"burst": [1, 2]}"#, &gen, "flat values only");
-    rejected_mx(1, r#"{"burst": 0}"#, &gen, "\"burst\" must be a whole number in [1,");
+    // Options the adapter refuses (create() says invalid argument) are bad input: exit 2, no file.
+    let bad_option = |opts: &str, needle: &str| {
+        let args = crate::util::mock_executor(opts, &gen);
+        crate::util::rejected(1, &args.iter().map(String::as_str).collect::<Vec<_>>(), 2, needle);
+    };
+    bad_option(r#"{"tokens_us": 5}"#, "unknown engine option \"tokens_us\"");
+    bad_option(r#"{"burst": [1, 2]}"#, "flat values only");
+    bad_option(r#"{"burst": 0}"#, "\"burst\" must be a whole number in [1,");
     // A hung executor: the glue's response timeout ends generate() on that rank, not a hang.
     let r = rejected_mx(2, r#"{"stall_rank": 1, "stall_at_token": 3, "response_timeout_s": 1, "cancel_grace_s": 0.5}"#, &gen, "no response from the engine for 1 s");
     assert!(r.elapsed < Duration::from_secs(30), "took {:?}", r.elapsed);

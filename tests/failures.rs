@@ -28,13 +28,14 @@ fn bad_arguments_are_one_line_errors() {
 #[test]
 fn bad_adapters_are_one_line_errors() {
     // The same failure on every rank is said once: "all 2 ranks: …".
-    rejected(2, &["--engine", "/nonexistent/libnothing.so"], 1, "all 2 ranks: ");
-    rejected(2, &["--engine", "/nonexistent/libnothing.so"], 1, "does not exist");
-    rejected(2, &["--engine", concat!("adapter:", env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")], 1, "could not load adapter");
-    rejected(2, &["--engine", env!("TPPROF_MOCK_ADAPTER_BAD_ABI")], 1, "ABI version 42");
-    rejected(2, &["--engine", env!("TPPROF_MOCK_ADAPTER_NO_GENERATE")], 1, "does not export `tpprof_generate`");
+    // Bad input, as the README lists it: exit 2 (a missing adapter exited 1), and no result file.
+    rejected(2, &["--engine", "/nonexistent/libnothing.so"], 2, "all 2 ranks: ");
+    rejected(2, &["--engine", "/nonexistent/libnothing.so"], 2, "does not exist");
+    rejected(2, &["--engine", concat!("adapter:", env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")], 2, "could not load adapter");
+    rejected(2, &["--engine", env!("TPPROF_MOCK_ADAPTER_BAD_ABI")], 2, "ABI version 42");
+    rejected(2, &["--engine", env!("TPPROF_MOCK_ADAPTER_NO_GENERATE")], 2, "does not export `tpprof_generate`");
     // An adapter's own create() error reaches the user as one line too.
-    rejected(2, &["--engine", "mock", "--engine-options", r#"{"gpu_kernels_per_step": 2}"#], 1, "gpu_kernels_per_step needs gpu_alloc_mib");
+    rejected(2, &["--engine", "mock", "--engine-options", r#"{"gpu_kernels_per_step": 2}"#], 2, "gpu_kernels_per_step needs gpu_alloc_mib");
     // A vocabulary that truncated to 0 made a rank panic in `% vocab` and the job hang.
     rejected(2, &["--engine", "mock", "--engine-options", r#"{"vocab_size": 4294967296}"#], 2, "the engine's vocabulary size is 4294967296");
 }

@@ -151,6 +151,10 @@ pub(crate) fn rejected(n: usize, args: &[&str], code: i32, needle: &str) -> Run 
     if let Some(j) = &r.json {
         assert_eq!(j["status"]["state"], "failed");
     }
+    // Bad input is found before anything is measured: it leaves no result file.
+    if code == 2 {
+        assert!(r.json.is_none() && !r.path.exists(), "bad input wrote {} for {args:?}", r.path.display());
+    }
     assert!(!r.stderr().contains("panicked"), "{}", r.stderr());
     r
 }

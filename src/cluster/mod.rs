@@ -303,7 +303,10 @@ fn abort_on_panic(rank: i32) {
         let place = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_else(|| "an unknown place".into());
         let p = info.payload();
         let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a panic".into());
-        eprintln!("error: rank {rank}: internal error at {place}: {what} (a tpprof bug: please report it); aborting every rank");
+        // One write: formatted first, so another rank's output (mpirun merges them) cannot split it.
+        let line = format!("error: rank {rank}: internal error at {place}: {what} (a tpprof bug: please report it); aborting every rank\n");
+        use std::io::Write as _;
+        let _ = std::io::stderr().write_all(line.as_bytes());
         World::abort_all(1);
     }));
 }

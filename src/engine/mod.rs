@@ -99,6 +99,19 @@ pub enum EngineError {
     Weights(#[from] safetensors::WeightsError),
 }
 
+impl EngineError {
+    /// Whether the request was wrong (an adapter that is missing, not loadable, of another ABI,
+    /// or that refused its options; a bad model config, element type or weights directory), not
+    /// the engine while running: exit 2, and no result file (nothing was measured).
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            EngineError::Adapter(adapter::AdapterError::Call { status, .. }) => *status == "invalid argument",
+            EngineError::Adapter(_) | EngineError::Config(_) | EngineError::Dtype(_) | EngineError::Weights(_) => true,
+            EngineError::Cpu(_) | EngineError::Python(_) | EngineError::Cuda(_) => false,
+        }
+    }
+}
+
 /// Where an engine reports what it generates; the profiler's recorder (`record::TokenSink`)
 /// implements it and timestamps each call on entry. Called from any of the engine's threads; an
 /// implementation must be cheap, thread-safe and never panic (C and Python call it).
