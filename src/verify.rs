@@ -177,6 +177,7 @@ fn run(world: &World, args: &VerifyInput) -> Result<bool, VerifyError> {
                 // Which decode attention kernel these decode steps ran (a silent fallback would
                 // otherwise pass unnoticed).
                 crate::outln!("decode attention: {}", cuda.decode_attention().unwrap_or_else(|| "unknown".into()));
+                crate::outln!("prefill attention: {}", cuda.prefill_attention());
             }
             crate::outln!(
                 "prompt {i} ({} tokens): logits {}/{} within tolerance ({}), max |diff| {max_abs:.3e} (max |cpu| {max_ref:.3e}); greedy tokens identical for {same}/{} steps {}",

@@ -9,7 +9,12 @@ token reaches the host (the streamer's .tolist()); TTFT from just before generat
 Every run is reported, the warm-up runs too (their ITL p50 shows the slow first generate() of a
 process without tpprof in the picture).
 
-usage: python3 plain_timing.py MODEL_DIR P G [--runs N] [--json OUT]
+With --static-compile, generate() gets a static KV cache (cache_implementation="static"), which
+makes transformers compile the decode step with torch.compile (its CompileConfig default:
+inductor, mode "reduce-overhead" = CUDA graphs, fullgraph); the prefill runs eager (SDPA). This is
+the "HF compiled" yardstick of launch/bench.sh; the first generate() pays the compilation.
+
+usage: python3 plain_timing.py MODEL_DIR P G [--runs N] [--json OUT] [--static-compile] [--dtype fp16|bf16]
   --runs N   generate() calls in the process (default 4); the last one is "the measured run"
 """
 
@@ -31,6 +36,9 @@ def main():
     ap.add_argument("gen", type=int)
     ap.add_argument("--runs", type=int, default=4)
     ap.add_argument("--json")
+    ap.add_argument("--static-compile", action="store_true",
+                    help="static KV cache, decode step compiled by torch.compile (transformers' auto-compile)")
+    ap.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16")
     a = ap.parse_args()
 
     import torch
@@ -39,7 +47,8 @@ def main():
     from transformers.generation.streamers import BaseStreamer
 
     t0 = time.monotonic()
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float16, attn_implementation="sdpa")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype, attn_implementation="sdpa")
     model = model.to("cuda:0").eval()
     torch.cuda.synchronize()
     load_s = time.monotonic() - t0
@@ -66,11 +75,12 @@ def main():
         ids = torch.tensor([[rng.randrange(vocab) for _ in range(a.prompt)]], device="cuda:0")
         mask = torch.ones_like(ids)
         st = Times()
+        extra = {"cache_implementation": "static"} if a.static_compile else {}
         submit = time.monotonic()
         with torch.inference_mode():
             model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=a.gen, min_new_tokens=a.gen,
                            do_sample=False, num_beams=1, use_cache=True, streamer=st,
-                           temperature=None, top_p=None, top_k=None, pad_token_id=0)
+                           temperature=None, top_p=None, top_k=None, pad_token_id=0, **extra)
         if len(st.t) != a.gen:
             raise SystemExit("generate() gave %d of %d tokens" % (len(st.t), a.gen))
         itl = [(y - x) * 1e3 for x, y in zip(st.t, st.t[1:])]
@@ -84,7 +94,11 @@ def main():
     res.update({
         "engine": "transformers %s (torch %s), no tpprof" % (transformers.__version__, torch.__version__),
         "model": a.model, "prompt_tokens": a.prompt, "requested": a.gen, "generated": a.gen,
-        "dtype": "fp16", "attn_implementation": "sdpa", "load_s": round(load_s, 3),
+        "dtype": a.dtype, "attn_implementation": "sdpa", "load_s": round(load_s, 3),
+        "static_cache": a.static_compile,
+        # transformers keeps the torch.compile'd forward it made for the decode steps here.
+        "decode_compiled": getattr(model, "_compiled_call", None) is not None,
+        "gpu": torch.cuda.get_device_name(0),
         "warmup_runs": a.runs - 1, "runs": runs,
     })
     print(json.dumps(res))

@@ -31,6 +31,7 @@ EXPECTED = {
     "activation.cu": [("silu_mul", True)],
     "gemv.cu": [("gemv", True)],
     "decode.cu": [(f"decode_attn_fast_g{g}", True) for g in range(1, 9)] + [("decode_attn_merge", True)],
+    "prefill.cu": [(f"prefill_attn_d{d}_w{w}", True) for d in (64, 128) for w in (4, 8)],
 }
 
 

@@ -37,6 +37,9 @@ impl CudaEngine {
     pub fn decode_attention(&self) -> Option<String> {
         match *self {}
     }
+    pub fn prefill_attention(&self) -> String {
+        match *self {}
+    }
     pub fn skip_breakdown(&mut self) {
         match *self {}
     }

@@ -95,6 +95,11 @@ kernels! {
     DecodeAttnPipeG7D128 = "decode_attn_pipe_g7_d128", true;
     DecodeAttnPipeG8D64 = "decode_attn_pipe_g8_d64", true;
     DecodeAttnPipeG8D128 = "decode_attn_pipe_g8_d128", true;
+    // prefill.cu
+    PrefillAttnD64W4 = "prefill_attn_d64_w4", true;
+    PrefillAttnD128W4 = "prefill_attn_d128_w4", true;
+    PrefillAttnD64W8 = "prefill_attn_d64_w8", true;
+    PrefillAttnD128W8 = "prefill_attn_d128_w8", true;
     // sampling.cu
     ArgmaxRows = "argmax_rows", false;
     SelectTokens = "select_tokens", false;
@@ -133,6 +138,11 @@ pub const MODULES: &[Module] = {
                 DecodeAttnPipeG5D64, DecodeAttnPipeG5D128, DecodeAttnPipeG6D64, DecodeAttnPipeG6D128,
                 DecodeAttnPipeG7D64, DecodeAttnPipeG7D128, DecodeAttnPipeG8D64, DecodeAttnPipeG8D128,
             ],
+        },
+        Module {
+            name: "prefill",
+            source: include_str!("kernels/prefill.cu"),
+            kernels: &[PrefillAttnD64W4, PrefillAttnD128W4, PrefillAttnD64W8, PrefillAttnD128W8],
         },
         Module { name: "sampling", source: include_str!("kernels/sampling.cu"), kernels: &[ArgmaxRows, SelectTokens] },
     ]

@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::engine::config::Config;
 use gpu::{Gpu, Nccl};
 use kernel::MODULES;
-use model::{Buffers, DecodeAttention, Dims, GemvOps, Model, Weights};
+use model::{Buffers, DecodeAttention, Dims, GemvOps, Model, PrefillAttention, Weights};
 pub use types::{CudaError, Dtype, StepTimes, UnknownDtype, WeightInit};
 
 /// Whether this build has the cuda engine (its stand-in, disabled.rs, says false).
@@ -50,6 +50,8 @@ pub struct CudaEngine {
     use_graph: bool,
     gemv: GemvOps,
     attention: DecodeAttention,
+    /// The prefill attention, resolved for this model's head_dim and this GPU.
+    prefill: PrefillAttention,
     attn_blocks_per_sm: usize,
     attn_split: Option<usize>,
     /// Decode steps of the after-run breakdown (`TPPROF_CUDA_BREAKDOWN`, default 8; 0 = none).
@@ -113,7 +115,9 @@ impl CudaEngine {
         // slower, 48.7 vs 28.8 us per layer for qwen2.5-14b TP=1 at 10K);
         // TPPROF_CUDA_ATTN_BLOCKS=N (decode attention
         // blocks per SM in one wave, sizing the splits; default 2); TPPROF_CUDA_ATTN_SPLIT=N (positions
-        // per split, rounded up to 16: for tests of long splits on short prompts).
+        // per split, rounded up to 16: for tests of long splits on short prompts);
+        // TPPROF_CUDA_PREFILL_ATTN=cublas (the chunked cuBLAS prefill attention instead of prefill.cu's
+        // tensor-core kernel), =flash4 (that kernel with 64 queries per block instead of 128).
         let use_graph = std::env::var("TPPROF_CUDA_GRAPH").map(|v| v != "0").unwrap_or(true);
         let gemv = match std::env::var("TPPROF_CUDA_GEMV") {
             Ok(v) => GemvOps::parse(&v).map_err(|e| CudaError::Invalid(format!("TPPROF_CUDA_GEMV={v}: {e}")))?,
@@ -130,6 +134,10 @@ impl CudaEngine {
             }
         };
         let attn_split = std::env::var("TPPROF_CUDA_ATTN_SPLIT").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0);
+        let prefill_env = std::env::var("TPPROF_CUDA_PREFILL_ATTN").ok();
+        let prefill = PrefillAttention::parse(prefill_env.as_deref()).map_err(|e| CudaError::Invalid(format!("TPPROF_CUDA_PREFILL_ATTN: {e}")))?;
+        let sm: u32 = gpu.arch.trim_start_matches("sm_").parse().unwrap_or(0);
+        let prefill = prefill.resolve(dims.d, sm);
         let attn_blocks_per_sm = std::env::var("TPPROF_CUDA_ATTN_BLOCKS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0).unwrap_or(2);
         Ok(CudaEngine {
             cfg: cfg.clone(),
@@ -147,6 +155,7 @@ impl CudaEngine {
             use_graph,
             gemv,
             attention,
+            prefill,
             attn_blocks_per_sm,
             attn_split,
             breakdown_steps: std::env::var("TPPROF_CUDA_BREAKDOWN").ok().and_then(|v| v.parse().ok()).unwrap_or(8),
@@ -167,6 +176,7 @@ impl CudaEngine {
             theta: self.cfg.rope_theta as f32,
             gemv: self.gemv,
             attention: self.attention,
+            prefill: self.prefill,
             probe: None,
         })
     }
@@ -204,7 +214,7 @@ impl CudaEngine {
             self.graph = None;
             self.bufs = None;
             self.gpu.sync()?;
-            let b = Buffers::new(&mut self.gpu, &self.dims, slots, max_len, max_prompt, self.sm_count * self.attn_blocks_per_sm, self.attn_split)?;
+            let b = Buffers::new(&mut self.gpu, &self.dims, slots, max_len, max_prompt, self.sm_count * self.attn_blocks_per_sm, self.attn_split, self.prefill)?;
             self.bufs = Some(b);
             self.prepared = Some(want);
         }
@@ -423,6 +433,11 @@ impl CudaEngine {
     }
 
     /// The same in words, e.g. "decode.cu decode_attn_sk, 62 splits of 176 positions".
+    /// The prefill attention that runs (tpprof verify prints it).
+    pub fn prefill_attention(&self) -> String {
+        self.prefill.label()
+    }
+
     pub fn decode_attention(&self) -> Option<String> {
         self.attention_kernel().map(|(k, n, len)| format!("{}, {n} splits of {len} positions", k.label()))
     }
@@ -480,6 +495,7 @@ impl CudaEngine {
             "cuda_graph": self.graph.is_some(),
             "decode_gemv": self.gemv.names(),
             "decode_attention": self.attention_kernel().map(|(k, _, _)| k.label()),
+            "prefill_attention": self.prefill.label(),
             "decode_attention_splits": self.attention_kernel().map(|(_, n, len)| [n, len]),
             "copy_bandwidth_gb_s": self.copy_bandwidth / 1e9,
             "event_clock_drift_ppm": self.steps.event_drift_ppm,

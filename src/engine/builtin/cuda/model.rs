@@ -1,5 +1,6 @@
 //! The Qwen2 decoder on one GPU of a tensor-parallel group: weights (this rank's shard), the
-//! activation and KV-cache buffers, prefill (chunked attention through cuBLAS) and the decode step
+//! activation and KV-cache buffers, prefill (causal attention on tensor cores, prefill.cu; or chunked
+//! through cuBLAS) and the decode step
 //! (one CUDA graph: embedding → layers → LM head → global argmax → next token, all on the device).
 //!
 //! Sharding is the cpu engine's, exactly: q/k/v/gate/up column-parallel, o/down row-parallel with an
@@ -293,7 +294,10 @@ pub struct Buffers {
 impl Buffers {
     /// `attn_blocks`: decode attention blocks that run at once (SMs × blocks per SM).
     /// `split`: positions per split instead of the computed ones (rounded up to 16).
-    pub fn new(gpu: &mut Gpu, dims: &Dims, slots: usize, max_len: usize, max_rows: usize, attn_blocks: usize, split: Option<usize>) -> Result<Buffers, CudaError> {
+    /// `prefill`: the prefill attention that will run (only the cuBLAS path needs the score and
+    /// probability buffers, up to 1.5 GiB).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(gpu: &mut Gpu, dims: &Dims, slots: usize, max_len: usize, max_rows: usize, attn_blocks: usize, split: Option<usize>, prefill: PrefillAttention) -> Result<Buffers, CudaError> {
         let (h, d) = (dims.hidden, dims.d);
         let rows = max_rows.max(slots);
         let q_chunk = (SCORES_BUDGET / (dims.hkv * max_len * (4 + T_BYTES))).clamp(16, MAX_Q_CHUNK);
@@ -329,8 +333,8 @@ impl Buffers {
             down: gpu.alloc::<Half>(rows * h)?,
             k_cache,
             v_cache,
-            scores: gpu.alloc::<f32>(dims.hkv * q_chunk * max_len)?,
-            probs: gpu.alloc::<Half>(dims.hkv * q_chunk * max_len)?,
+            scores: gpu.alloc::<f32>(if prefill == PrefillAttention::Cublas { dims.hkv * q_chunk * max_len } else { 0 })?,
+            probs: gpu.alloc::<Half>(if prefill == PrefillAttention::Cublas { dims.hkv * q_chunk * max_len } else { 0 })?,
             part_ml: gpu.alloc::<f32>(slots * dims.hq * n_splits * 2)?,
             part_acc: gpu.alloc::<f32>(slots * dims.hq * n_splits * d)?,
             // decode_attn_pipe's finished-split count per (sample, KV head); its last block resets it.
@@ -456,6 +460,8 @@ pub struct Model<'a> {
     pub gemv: GemvOps,
     /// Which decode attention kernel to prefer (each falls back where its constraints fail).
     pub attention: DecodeAttention,
+    /// The prefill attention (resolved for this shape and GPU: `PrefillAttention::resolve`).
+    pub prefill: PrefillAttention,
     /// When set, an event at every op boundary (eager steps only, never in a graph).
     pub probe: Option<&'a Probe>,
 }
@@ -501,6 +507,64 @@ impl DecodeAttention {
         }
     }
 }
+
+/// The prefill attention: prefill.cu's tensor-core kernel (FlashAttention-2 style, `warps` × 16
+/// queries per block; head_dim 64 or 128, sm_80 or newer), or the chunked cuBLAS path (S = Q·Kᵀ,
+/// attention.cu's causal_softmax, O = P·V; any shape). The kernel (8 warps, 128 queries per block) is
+/// the default where it applies; `TPPROF_CUDA_PREFILL_ATTN=cublas` picks the cuBLAS path, `=flash4`
+/// the kernel with 4 warps (64 queries). qwen2.5-14b TP=1, 10 000-token TTFT on an H100: 1 118 ms
+/// (cuBLAS) → 693 ms (results/h100/prefill-attn/).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefillAttention {
+    Flash { warps: u32 },
+    Cublas,
+}
+
+impl PrefillAttention {
+    /// TPPROF_CUDA_PREFILL_ATTN's value: flash (default, 8 warps), flash4, flash8 or cublas.
+    pub fn parse(v: Option<&str>) -> Result<PrefillAttention, UnknownPrefillAttention> {
+        match v.map(str::trim) {
+            None | Some("") | Some("flash") | Some("flash8") => Ok(PrefillAttention::Flash { warps: 8 }),
+            Some("cublas") => Ok(PrefillAttention::Cublas),
+            Some("flash4") => Ok(PrefillAttention::Flash { warps: 4 }),
+            Some(other) => Err(UnknownPrefillAttention(other.to_string())),
+        }
+    }
+
+    /// What runs for head_dim `d` on a GPU of compute capability `sm` (e.g. 90): the kernel where
+    /// it applies, else the cuBLAS path.
+    pub fn resolve(self, d: usize, sm: u32) -> PrefillAttention {
+        match self {
+            PrefillAttention::Flash { warps } if matches!(d, 64 | 128) && sm >= 80 && matches!(warps, 4 | 8) => self,
+            _ => PrefillAttention::Cublas,
+        }
+    }
+
+    pub fn label(self) -> String {
+        match self {
+            PrefillAttention::Flash { warps } => format!("prefill.cu prefill_attn (tensor cores, {} queries per block)", 16 * warps),
+            PrefillAttention::Cublas => "cuBLAS S = Q·Kᵀ, causal_softmax, O = P·V (chunked)".into(),
+        }
+    }
+
+    /// The kernel for head_dim `d` (resolved: d is 64 or 128, warps 4 or 8).
+    fn kernel(warps: u32, d: usize) -> Kernel {
+        match (warps, d) {
+            (4, 64) => Kernel::PrefillAttnD64W4,
+            (4, _) => Kernel::PrefillAttnD128W4,
+            (_, 64) => Kernel::PrefillAttnD64W8,
+            _ => Kernel::PrefillAttnD128W8,
+        }
+    }
+}
+
+/// A TPPROF_CUDA_PREFILL_ATTN value that names no prefill attention.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("`{0}` is not a prefill attention: use flash (default), flash4 or cublas")]
+pub struct UnknownPrefillAttention(pub String);
+
+/// prefill.cu's FA_BN (keys per K/V tile): the kernel's shared memory is (16·warps + 4·FA_BN)·head_dim elements.
+const FA_BN: usize = 64;
 
 /// decode.cu's SK_MAX_SPLIT and SK_WARPS.
 const SK_MAX_SPLIT: usize = 512;
@@ -834,10 +898,38 @@ impl<'a> Model<'a> {
         (self.b.k_cache.at(l * per), self.b.v_cache.at(l * per))
     }
 
+    /// Causal attention of one prompt of `n` tokens (cache slot `slot`) into attn (n, hq·d): prefill.cu's
+    /// kernel, or the cuBLAS path (`self.prefill`).
+    fn prefill_attention(&self, n: usize, slot: usize, kc: DevSlice<'_, Half>, vc: DevSlice<'_, Half>) -> Result<(), CudaError> {
+        let dm = self.dims;
+        let PrefillAttention::Flash { warps } = self.prefill else {
+            return self.prefill_attention_cublas(n, slot, kc, vc);
+        };
+        let d = dm.d;
+        let slot_stride = dm.hkv * self.b.max_len * d;
+        let (kc, vc) = (kc.at(slot * slot_stride), vc.at(slot * slot_stride));
+        if self.b.q.view().len() < dm.hq * n * d || self.b.attn.view().len() < n * dm.hq * d || kc.len() < slot_stride || vc.len() < slot_stride || n > self.b.max_len {
+            return Err(CudaError::Internal(format!("prefill attention of {n} tokens on too small a view")));
+        }
+        let bm = 16 * warps as usize;
+        let shared = (bm + 4 * FA_BN) * d * T_BYTES;
+        // SAFETY: prefill_attn_d{64,128}_w{4,8}_T(const T* q, const T* k, const T* v, T* out, int n,
+        // int hq, int hkv, int max_len, float scale) (prefill.cu) reads q (hq, n, d), keys and values
+        // 0..n-1 of every KV head of this slot's (hkv, max_len, d) caches (n <= max_len), writes attn
+        // (n, hq d): the views hold them (checked above); `resolve` made d 64 or 128, warps 4 or 8
+        // and the GPU sm_80+, with block = 32 · warps and this shared memory.
+        unsafe {
+            self.gpu.launch(PrefillAttention::kernel(warps, d), (dm.hq as u32, n.div_ceil(bm) as u32, 1), 32 * warps, shared as u32, &[
+                Arg::Ptr(self.b.q.addr()), Arg::Ptr(kc.addr()), Arg::Ptr(vc.addr()), Arg::Ptr(self.b.attn.addr()),
+                Arg::I32(n as i32), Arg::I32(dm.hq as i32), Arg::I32(dm.hkv as i32), Arg::I32(self.b.max_len as i32), Arg::F32(1.0 / (d as f32).sqrt()),
+            ])
+        }
+    }
+
     /// Causal attention of one prompt (slot row_slot[0]) in query chunks: per chunk and per query
     /// head of a GQA group, S = Q·Kᵀ/√d (cuBLAS, f32, batched over kv heads), masked softmax, O = P·V.
     /// The score buffer holds one chunk: hkv × q_chunk × kv_len f32 (bounded by SCORES_BUDGET).
-    fn prefill_attention(&self, n: usize, slot: usize, kc: DevSlice<'_, Half>, vc: DevSlice<'_, Half>) -> Result<(), CudaError> {
+    fn prefill_attention_cublas(&self, n: usize, slot: usize, kc: DevSlice<'_, Half>, vc: DevSlice<'_, Half>) -> Result<(), CudaError> {
         let dm = self.dims;
         let (d, hkv, group) = (dm.d, dm.hkv, dm.group());
         let scale = 1.0 / (d as f32).sqrt();
@@ -982,6 +1074,27 @@ mod tests {
         // The kernel tables cover every group size decode_attn_sk / decode_attn_fast accept.
         assert!(DECODE_SK.iter().enumerate().all(|(g, n)| n[0].name().ends_with(&format!("_sk_g{}_d64", g + 1)) && n[1].name().ends_with(&format!("_sk_g{}_d128", g + 1))));
         assert!(DECODE_FAST.iter().enumerate().all(|(g, n)| n.name().ends_with(&format!("_fast_g{}", g + 1))));
+    }
+
+    #[test]
+    fn prefill_attention_parses_and_falls_back_to_cublas() {
+        use PrefillAttention::*;
+        assert_eq!(PrefillAttention::parse(None).unwrap(), Flash { warps: 8 });
+        assert_eq!(PrefillAttention::parse(Some("flash")).unwrap(), Flash { warps: 8 });
+        assert_eq!(PrefillAttention::parse(Some("flash4")).unwrap(), Flash { warps: 4 });
+        assert_eq!(PrefillAttention::parse(Some(" cublas ")).unwrap(), Cublas);
+        assert!(PrefillAttention::parse(Some("fa3")).unwrap_err().to_string().contains("`fa3` is not a prefill attention"));
+        let f = Flash { warps: 8 };
+        assert_eq!(f.resolve(128, 90), f);
+        assert_eq!(f.resolve(64, 80), f);
+        assert_eq!(f.resolve(64, 75), Cublas, "mma m16n8k16 and cp.async need sm_80");
+        assert_eq!(f.resolve(8, 90), Cublas, "tiny's head_dim 8");
+        assert_eq!(f.resolve(96, 90), Cublas);
+        assert_eq!(Cublas.resolve(128, 90), Cublas);
+        assert_eq!(PrefillAttention::kernel(4, 64), Kernel::PrefillAttnD64W4);
+        assert_eq!(PrefillAttention::kernel(8, 128), Kernel::PrefillAttnD128W8);
+        // prefill.cu's own constant, as the host sizes the shared memory with it.
+        assert!(include_str!("kernels/prefill.cu").contains(&format!("#define FA_BN {FA_BN}")));
     }
 
     #[test]

@@ -1,0 +1,337 @@
+//! prefill.cu — causal attention of one prompt on tensor cores, FlashAttention-2 style: one block per
+//! (query head, tile of BM queries), K/V tiles of 64 keys streamed through shared memory with
+//! cp.async (two stages), S = Q·Kᵀ and O += P·V with mma.sync m16n8k16 (fp16/bf16 in, f32
+//! accumulate), an online softmax in registers; neither the scores nor the probabilities ever reach
+//! global memory.
+//
+// Layouts (those of model.rs):
+//   q       (hq, n, D): query head h, prompt position i at q[((long long)h * n + i) * D]
+//   k, v    this slot's cache, (hkv, max_len, D): KV head g, position j at k[((long long)g * max_len + j) * D]
+//   out     (n, hq * D) row-major: out[(long long)i * hq * D + h * D + c]
+//   GQA: query head h reads KV head h / (hq / hkv). Positions are 0..n-1 (a whole prompt); query i
+//   sees keys 0..i.
+//
+// Per block: WARPS warps, BM = 16 * WARPS queries (16 rows per warp, the M of one mma), keys in
+// tiles of FA_BN = 64. A warp keeps its Q rows as mma A fragments in registers (D/16 k-steps), its
+// 16 × 64 scores as 8 C fragments, its 16 × D output as D/8 C fragments; thread (g = lane/4,
+// t = lane%4) holds rows g and g+8 of each fragment. The score fragments of two adjacent 8-key
+// n-tiles are exactly the A fragment of a 16-key k-step of P·V (after rounding to T), so P never
+// leaves registers. K is read with ldmatrix (it is the col-major B of Q·Kᵀ as stored), V with
+// ldmatrix.trans. Shared tiles are rows of D elements whose 16-byte chunks are XOR-swizzled by
+// (row & 7), so the 8 row addresses of an ldmatrix hit 8 different bank groups.
+//
+// Softmax: s = q·k · scale · log2(e) (f32), running row max m and sum l (each thread sums its own
+// columns; the 4 threads of a row add theirs at the end), p = exp2(s − m), O rescaled by
+// exp2(m_old − m_new) when the max grows; out = O / l, rounded to T once. Keys above the diagonal
+// are −inf (only tiles that reach past a warp's first row are masked; 16-key pairs wholly above a
+// warp's last row are skipped). Rows past n and keys past the block's last query are zero-filled
+// by cp.async and never written / always masked.
+//
+// Launch: grid = (hq, ceil(n / BM), 1) — blockIdx.y counts from the LAST query tile, so the longest
+//   blocks start first and all heads of one tile run together (GQA heads share K/V in L2);
+//   block = 32 * WARPS; dynamic shared memory = (BM + 4 * 64) * D * 2 bytes
+//   (D = 128: 80 KiB for WARPS = 4, 96 KiB for WARPS = 8; the host opts in above 48 KiB).
+// Constraints: D in {64, 128}; q/k/v 16-byte aligned (D * 2 bytes per row); sm_80 or newer (the
+//   host falls back to the cuBLAS path below that; on older targets the body is compiled out).
+
+#define FA_BN 64
+
+__device__ __forceinline__ void fa_cp_async16(void* smem, const void* gmem, bool live) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    const int bytes = live ? 16 : 0;  // 0: the 16 bytes are zero-filled, nothing is read
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
+#endif
+}
+__device__ __forceinline__ void fa_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+__device__ __forceinline__ void fa_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+__device__ __forceinline__ void fa_ldsm_x4(unsigned (&r)[4], const void* smem) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+#endif
+}
+__device__ __forceinline__ void fa_ldsm_x4_trans(unsigned (&r)[4], const void* smem) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+#endif
+}
+
+// c (16×8 f32) += a (16×16, row) · b (16×8, col).
+template <typename T>
+__device__ __forceinline__ void fa_mma(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1);
+template <>
+__device__ __forceinline__ void fa_mma<__half>(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+#if __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+template <>
+__device__ __forceinline__ void fa_mma<__nv_bfloat16>(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+#if __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+// Two floats rounded to T, packed (x in the low half: the lower column / key).
+template <typename T>
+__device__ __forceinline__ unsigned fa_pack(float x, float y);
+template <>
+__device__ __forceinline__ unsigned fa_pack<__half>(float x, float y) {
+    __half2 h = __floats2half2_rn(x, y);
+    return *reinterpret_cast<unsigned*>(&h);
+}
+template <>
+__device__ __forceinline__ unsigned fa_pack<__nv_bfloat16>(float x, float y) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+    return *reinterpret_cast<unsigned*>(&h);
+}
+
+// Element offset of 16-byte chunk `chunk` of row `row` in a swizzled tile of D-element rows.
+template <int D>
+__device__ __forceinline__ int fa_sw(int row, int chunk) {
+    return row * D + ((chunk ^ (row & 7)) << 3);
+}
+
+template <typename T, int D, int WARPS>
+__device__ __forceinline__ void prefill_attn_impl(const T* __restrict__ q, const T* __restrict__ k,
+                                                  const T* __restrict__ v, T* __restrict__ out, int n, int hq,
+                                                  int hkv, int max_len, float scale) {
+#if __CUDA_ARCH__ >= 800
+    static_assert(D == 64 || D == 128, "prefill_attn: head_dim 64 or 128");
+    constexpr int BM = 16 * WARPS;
+    constexpr int THREADS = 32 * WARPS;
+    constexpr int CPR = D / 8;  // 16-byte chunks per row
+    constexpr int KS = D / 16;  // k-steps of Q·Kᵀ
+    constexpr int NT = FA_BN / 8;  // 8-key n-tiles per K tile
+    constexpr int DT = D / 8;  // 8-column n-tiles of O
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    T* qs = reinterpret_cast<T*>(fa_smem);  // BM × D
+    T* ks = qs + BM * D;                    // 2 stages × FA_BN × D
+    T* vs = ks + 2 * FA_BN * D;             // 2 stages × FA_BN × D
+
+    const int h = blockIdx.x;
+    const int mt = gridDim.y - 1 - blockIdx.y;
+    const int m0 = mt * BM;
+    const int g = h / (hq / hkv);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const T* qh = q + (long long)h * n * D;
+    const T* kh = k + (long long)g * max_len * D;
+    const T* vh = v + (long long)g * max_len * D;
+    // Keys this block needs: 0 .. kv_end - 1 (its last query's).
+    const int kv_end = min(m0 + BM, n);
+    const int n_tiles = (kv_end + FA_BN - 1) / FA_BN;
+
+    for (int c = tid; c < BM * CPR; c += THREADS) {
+        const int r = c / CPR, ch = c % CPR;
+        const bool live = m0 + r < n;
+        fa_cp_async16(qs + fa_sw<D>(r, ch), qh + (long long)(live ? m0 + r : 0) * D + ch * 8, live);
+    }
+    auto load_kv = [&](int t, int stage) {
+        const int n0 = t * FA_BN;
+        T* kd = ks + stage * FA_BN * D;
+        T* vd = vs + stage * FA_BN * D;
+        for (int c = tid; c < FA_BN * CPR; c += THREADS) {
+            const int r = c / CPR, ch = c % CPR;
+            const bool live = n0 + r < kv_end;
+            const long long off = (long long)(live ? n0 + r : 0) * D + ch * 8;
+            fa_cp_async16(kd + fa_sw<D>(r, ch), kh + off, live);
+            fa_cp_async16(vd + fa_sw<D>(r, ch), vh + off, live);
+        }
+    };
+    load_kv(0, 0);
+    fa_commit();  // group 0: Q and K/V tile 0
+
+    const float sl2 = scale * 1.4426950408889634f;  // scale · log2(e): softmax in base 2
+    const int row0 = m0 + warp * 16;            // this warp's first query
+    const int r_lo = row0 + (lane >> 2);        // the thread's rows: r_lo and r_lo + 8
+    unsigned qf[KS][4];
+    float o[DT][4];
+#pragma unroll
+    for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float m_run[2] = {NEG_INF, NEG_INF}, l_run[2] = {0.0f, 0.0f};
+
+    for (int t = 0; t < n_tiles; ++t) {
+        if (t + 1 < n_tiles) load_kv(t + 1, (t + 1) & 1);
+        fa_commit();  // (possibly empty) group t + 1
+        fa_wait<1>();  // groups 0..t have landed (this thread's copies)
+        __syncthreads();  // ... and every thread's
+        if (t == 0) {
+#pragma unroll
+            for (int kk = 0; kk < KS; ++kk) {
+                const int r = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+                fa_ldsm_x4(qf[kk], qs + fa_sw<D>(r, kk * 2 + (lane >> 4)));
+            }
+        }
+        const T* kb = ks + (t & 1) * FA_BN * D;
+        const T* vb = vs + (t & 1) * FA_BN * D;
+        const int n0 = t * FA_BN;
+        // 16-key pairs this warp needs: those with a key <= its last row (row0 + 15).
+        const int reach = row0 + 15 - n0;
+        const int pairs = reach < 0 ? 0 : min(NT / 2, reach / 16 + 1);
+        if (pairs > 0) {  // warp-uniform
+            float s[NT][4];
+#pragma unroll
+            for (int i = 0; i < NT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < KS; ++kk) {
+#pragma unroll
+                for (int p = 0; p < NT / 2; ++p) {
+                    if (p < pairs) {
+                        unsigned b[4];
+                        const int r = p * 16 + (lane & 7) + (lane >> 4) * 8;
+                        fa_ldsm_x4(b, kb + fa_sw<D>(r, kk * 2 + ((lane >> 3) & 1)));
+                        fa_mma<T>(s[2 * p], qf[kk], b[0], b[1]);
+                        fa_mma<T>(s[2 * p + 1], qf[kk], b[2], b[3]);
+                    }
+                }
+            }
+            // Scale, mask (only where a key may pass the warp's first row), row max.
+            const bool mask = n0 + FA_BN - 1 > row0;
+            float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int key = n0 + nt * 8 + 2 * (lane & 3) + (e & 1);
+                    const int row = r_lo + (e >> 1) * 8;
+                    float x = s[nt][e] * sl2;
+                    if (nt >= 2 * pairs || (mask && key > row)) x = NEG_INF;
+                    s[nt][e] = x;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], x);
+                }
+            }
+            float corr[2], base[2];
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+                const float m_new = fmaxf(m_run[r], mx[r]);
+                // A row with every key so far masked (only rows past n can be) keeps zeros.
+                base[r] = m_new == NEG_INF ? 0.0f : m_new;
+                corr[r] = exp2f(m_run[r] - base[r]);  // m_run = -inf gives 0
+                m_run[r] = m_new;
+            }
+            float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float p = exp2f(s[nt][e] - base[e >> 1]);  // -inf gives 0
+                    s[nt][e] = p;
+                    sum[e >> 1] += p;
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < 2; ++r) l_run[r] = fmaf(l_run[r], corr[r], sum[r]);
+#pragma unroll
+            for (int i = 0; i < DT; ++i) {
+                o[i][0] *= corr[0];
+                o[i][1] *= corr[0];
+                o[i][2] *= corr[1];
+                o[i][3] *= corr[1];
+            }
+            // O += P · V over the 16-key k-steps this warp needs.
+#pragma unroll
+            for (int kk = 0; kk < NT / 2; ++kk) {
+                if (kk < pairs) {
+                    const unsigned a[4] = {fa_pack<T>(s[2 * kk][0], s[2 * kk][1]), fa_pack<T>(s[2 * kk][2], s[2 * kk][3]),
+                                           fa_pack<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                           fa_pack<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+                    for (int dp = 0; dp < DT / 2; ++dp) {
+                        unsigned b[4];
+                        const int r = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+                        fa_ldsm_x4_trans(b, vb + fa_sw<D>(r, dp * 2 + (lane >> 4)));
+                        fa_mma<T>(o[2 * dp], a, b[0], b[1]);
+                        fa_mma<T>(o[2 * dp + 1], a, b[2], b[3]);
+                    }
+                }
+            }
+        }
+        __syncthreads();  // this stage is reloaded by the next iteration's copies
+    }
+
+    // The 4 threads of a row hold partial sums of its columns.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
+        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
+    }
+    const float inv[2] = {l_run[0] > 0.0f ? 1.0f / l_run[0] : 0.0f, l_run[1] > 0.0f ? 1.0f / l_run[1] : 0.0f};
+    const long long ld = (long long)hq * D;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = r_lo + r * 8;
+        if (row < n) {
+            T* dst = out + (long long)row * ld + (long long)h * D + 2 * (lane & 3);
+#pragma unroll
+            for (int i = 0; i < DT; ++i) {
+                *reinterpret_cast<unsigned*>(dst + i * 8) = fa_pack<T>(o[i][2 * r] * inv[r], o[i][2 * r + 1] * inv[r]);
+            }
+        }
+    }
+#else
+    __trap();  // the host never launches it below sm_80
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(128, 1) prefill_attn_d64_w4_f16(const __half* q, const __half* k, const __half* v,
+                                                                          __half* out, int n, int hq, int hkv, int max_len,
+                                                                          float scale) {
+    prefill_attn_impl<__half, 64, 4>(q, k, v, out, n, hq, hkv, max_len, scale);
+}
+extern "C" __global__ void __launch_bounds__(128, 1) prefill_attn_d64_w4_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k,
+                                                                           const __nv_bfloat16* v, __nv_bfloat16* out, int n,
+                                                                           int hq, int hkv, int max_len, float scale) {
+    prefill_attn_impl<__nv_bfloat16, 64, 4>(q, k, v, out, n, hq, hkv, max_len, scale);
+}
+extern "C" __global__ void __launch_bounds__(128, 1) prefill_attn_d128_w4_f16(const __half* q, const __half* k, const __half* v,
+                                                                           __half* out, int n, int hq, int hkv, int max_len,
+                                                                           float scale) {
+    prefill_attn_impl<__half, 128, 4>(q, k, v, out, n, hq, hkv, max_len, scale);
+}
+extern "C" __global__ void __launch_bounds__(128, 1) prefill_attn_d128_w4_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k,
+                                                                            const __nv_bfloat16* v, __nv_bfloat16* out, int n,
+                                                                            int hq, int hkv, int max_len, float scale) {
+    prefill_attn_impl<__nv_bfloat16, 128, 4>(q, k, v, out, n, hq, hkv, max_len, scale);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) prefill_attn_d64_w8_f16(const __half* q, const __half* k, const __half* v,
+                                                                          __half* out, int n, int hq, int hkv, int max_len,
+                                                                          float scale) {
+    prefill_attn_impl<__half, 64, 8>(q, k, v, out, n, hq, hkv, max_len, scale);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) prefill_attn_d64_w8_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k,
+                                                                           const __nv_bfloat16* v, __nv_bfloat16* out, int n,
+                                                                           int hq, int hkv, int max_len, float scale) {
+    prefill_attn_impl<__nv_bfloat16, 64, 8>(q, k, v, out, n, hq, hkv, max_len, scale);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) prefill_attn_d128_w8_f16(const __half* q, const __half* k, const __half* v,
+                                                                           __half* out, int n, int hq, int hkv, int max_len,
+                                                                           float scale) {
+    prefill_attn_impl<__half, 128, 8>(q, k, v, out, n, hq, hkv, max_len, scale);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) prefill_attn_d128_w8_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k,
+                                                                            const __nv_bfloat16* v, __nv_bfloat16* out, int n,
+                                                                            int hq, int hkv, int max_len, float scale) {
+    prefill_attn_impl<__nv_bfloat16, 128, 8>(q, k, v, out, n, hq, hkv, max_len, scale);
+}
