@@ -290,7 +290,8 @@ impl World {
 
     pub fn mpi_library_version() -> String {
         mpi::environment::library_version()
-            .map(|s| s.trim().lines().next().unwrap_or("").trim().to_string())
+            // Open MPI 4.1.6 pads the string with NUL bytes (seen on the GPU machines' doctor output).
+            .map(|s| s.replace('\0', "").trim().lines().next().unwrap_or("").trim().to_string())
             .unwrap_or_else(|_| "unknown".into())
     }
 }
