@@ -532,6 +532,8 @@ struct Gathered {
     traces: Option<Vec<Result<Json<RankTrace>, WireError>>>,
     /// With --token-log: every rank's tokens.
     token_logs: Option<Vec<Result<Json<crate::report::tokenlog::RankTokens>, WireError>>>,
+    /// When the gather phase began (rank 0's merge time counts from here).
+    started: Instant,
 }
 
 /// One rank's CUPTI per-step activity, per device (None: the rank recorded none).
@@ -843,6 +845,7 @@ impl<'w> Job<'w> {
     #[allow(clippy::too_many_arguments)]
     fn gather(&mut self, config: &RunConfig, created: Created, obs: &mut Observers, warmed: Warmed, m: Measured, site: &Site) -> Option<Gathered> {
         let world = self.world;
+        let started = Instant::now();
         let Created { engine, create_s, role, .. } = created;
         let engine_memory = engine.memory().ok();
         let offsets = world.clock_offsets(16);
@@ -918,7 +921,7 @@ impl<'w> Job<'w> {
             .flatten();
         let reports = world.gather(&Json(rank_report));
         drop(engine);
-        Some(Gathered { reports: reports?, rec: m.rec, offsets, all_steps, step_activity, traces: traces.flatten(), token_logs })
+        Some(Gathered { reports: reports?, rec: m.rec, offsets, all_steps, step_activity, traces: traces.flatten(), token_logs, started })
     }
 
     /// 9. Rank 0: the ranks' reports into one RunReport (skew, CUPTI summary), and the trace file.
@@ -941,6 +944,9 @@ impl<'w> Job<'w> {
                 c.participants = names;
                 c
             });
+        }
+        if let Some(s) = report.summary.as_mut() {
+            s.merge_s = Some(g.started.elapsed().as_secs_f64());
         }
         if let (Some(traces), Some(out)) = (g.traces, self.trace_out.take()) {
             let traces: Vec<RankTrace> = traces.into_iter().filter_map(|b| b.ok().map(|Json(t)| t)).collect();

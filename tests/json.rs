@@ -174,6 +174,8 @@ pub(crate) struct Summary {
     pub goodput: Option<Goodput>,
     #[serde(default)]
     pub repeat: Option<RepeatSummary>,
+    #[serde(default)]
+    pub merge_s: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

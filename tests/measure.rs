@@ -167,3 +167,24 @@ fn goodput_counts_the_requests_within_the_slo() {
     assert_eq!(j["config"]["slo"]["itl_ms"], 500.0);
     assert!(out.contains("goodput: 3/3 requests (100.0 %) within TPOT ≤ 50 ms, every ITL ≤ 500 ms, e2e ≤ 60000 ms"), "{out}");
 }
+
+/// Scale: 16 ranks of the mock on a 2-core machine, 1 000 064 tokens in all (8 samples × 7 813 per
+/// rank): every count exact, and the JSON's size independent of the token count (histograms, not
+/// token lists) — within 2× of the same run with 100× fewer tokens. Merge time and memory at this
+/// scale: results/vm/scale.md.
+#[test]
+fn sixteen_ranks_a_million_tokens_exact_counts_bounded_json() {
+    let big = run(16, &["--engine", "mock", "--engine-options", r#"{"token_us": 0}"#, "--batch", "8", "--prompt-tokens", "8", "--generated-tokens", "7813", "--warmup", "0", "--no-progress"]);
+    let j = ok(&big);
+    check_counts(j, 16, 8, 7813);
+    let ranks = j["ranks"].as_array().unwrap();
+    assert_eq!(ranks.len(), 16);
+    let total: u64 = ranks.iter().map(|r| u(&r["decode"]["count"]) + u(&r["ttft"]["count"])).sum();
+    assert_eq!(total, 16 * 8 * 7813, "every token of every rank, once");
+    assert_eq!(u(&j["summary"]["itl_ms"]["count"]), 16 * 8 * 7812);
+    assert!(j["summary"]["merge_s"].as_f64().unwrap() > 0.0);
+    let small = run(16, &["--engine", "mock", "--engine-options", r#"{"token_us": 0}"#, "--batch", "8", "--prompt-tokens", "8", "--generated-tokens", "78", "--warmup", "0", "--no-progress"]);
+    ok(&small);
+    let (b, s) = (std::fs::metadata(&big.path).unwrap().len(), std::fs::metadata(&small.path).unwrap().len());
+    assert!(b < 2 * s && b < 1 << 20, "JSON {b} bytes for 1M tokens vs {s} for 10K: it must not grow with the tokens");
+}

@@ -121,6 +121,7 @@ impl Header {
                 };
                 Some(RepeatSummary::of(&[r0.timing.repeat_runs.clone(), vec![recorded]].concat()))
             }),
+            merge_s: None, // set by the run once the report is assembled
         };
         let summary = Summary { stationarity: Some(stationarity(&summary, self.config.warmup_tolerance_pct.unwrap_or(5.0))), ..summary };
 

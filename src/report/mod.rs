@@ -380,6 +380,11 @@ pub struct Summary {
     /// With --repeat N > 1: how the measured runs spread (rank 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat: Option<RepeatSummary>,
+    /// Rank 0: seconds from the end of the measured run to the assembled report — clock offsets,
+    /// every rank's report gathered, histograms merged, skew and CUPTI summaries (writing the
+    /// trace and token log not included). Absent in JSONs of earlier builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_s: Option<f64>,
 }
 
 /// Smallest, median and largest of a figure over repeated runs.
