@@ -16,6 +16,7 @@ mod failures;
 mod html;
 mod help;
 mod measure;
+mod multihost;
 mod reports;
 mod schema;
 mod warmup;
