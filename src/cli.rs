@@ -166,6 +166,10 @@ pub struct ReportArgs {
     /// Replace an existing --html file.
     #[arg(long, requires = "html")]
     pub force: bool,
+    /// Also print these percentiles of TTFT and ITL (merged, and ITL per rank), read from the
+    /// JSON's HdrHistograms: any percentile, e.g. 50,75,99.99.
+    #[arg(long, value_name = "P,P,...", conflicts_with = "html")]
+    pub percentiles: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]

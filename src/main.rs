@@ -45,7 +45,7 @@ fn main() {
                 }
                 Err(e) => error(if e.is_bad_input() { EXIT_BAD_INPUT } else { EXIT_FAILED }, e),
             },
-            None => report_text(&args.files),
+            None => report_text(&args.files, args.percentiles.as_deref()),
         },
         Command::Compare(args) => match tpprof::report::compare::compare_files(&args.files, args.markdown, &args.fail_if) {
             Ok(c) => {
@@ -108,10 +108,23 @@ fn main() {
 }
 
 /// `tpprof report FILE...`: each file's summary, a blank line between; the first bad file stops it.
-fn report_text(files: &[std::path::PathBuf]) -> i32 {
+fn report_text(files: &[std::path::PathBuf], percentiles: Option<&str>) -> i32 {
+    use tpprof::report::summary;
+    let percents = match percentiles.map(summary::parse_percentiles).transpose() {
+        Ok(p) => p,
+        Err(e) => return error(EXIT_BAD_INPUT, e),
+    };
     for (i, f) in files.iter().enumerate() {
-        match tpprof::report::summary::load(f) {
-            Ok(r) => tpprof::out!("{}{}", if i > 0 { "\n" } else { "" }, tpprof::report::summary::render(&r)),
+        match summary::load(f) {
+            Ok(r) => {
+                tpprof::out!("{}{}", if i > 0 { "\n" } else { "" }, summary::render(&r));
+                if let Some(p) = &percents {
+                    match summary::render_percentiles(&f.display().to_string(), &r, p) {
+                        Ok(t) => tpprof::out!("{t}"),
+                        Err(e) => return error(EXIT_BAD_INPUT, e),
+                    }
+                }
+            }
             Err(e) => return error(EXIT_BAD_INPUT, e),
         }
     }

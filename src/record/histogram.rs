@@ -86,6 +86,11 @@ impl LatencyHistogram {
         Ok(LatencyHistogram(h))
     }
 
+    /// The value at quantile `q` (0..=1), ns; 0 when empty.
+    pub fn at_quantile(&self, q: f64) -> u64 {
+        if self.0.is_empty() { 0 } else { self.0.value_at_quantile(q) }
+    }
+
     pub fn summary(&self) -> HistogramSummary {
         let h = &self.0;
         let q = |x: f64| if h.is_empty() { 0 } else { h.value_at_quantile(x) };

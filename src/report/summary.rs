@@ -33,6 +33,50 @@ pub fn load(path: &std::path::Path) -> Result<RunReport, LoadError> {
 /// The largest result JSON `load` reads (a 16-rank 20K-token run with --cupti is a few MB).
 pub const MAX_RESULT_BYTES: u64 = 1 << 30;
 
+/// Why `--percentiles` cannot be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum PercentilesError {
+    #[error("--percentiles takes numbers in (0, 100], comma-separated, e.g. 50,90,99.9 (got `{0}`)")]
+    Spec(String),
+    #[error("{file}: its {what} histogram cannot be read ({source})")]
+    Histogram { file: String, what: &'static str, source: crate::record::histogram::HistogramError },
+}
+
+/// `--percentiles 50,99.99`: the percents asked for, each in (0, 100].
+pub fn parse_percentiles(spec: &str) -> Result<Vec<f64>, PercentilesError> {
+    spec.split(',')
+        .map(|p| match p.trim().trim_start_matches('p').parse::<f64>() {
+            Ok(v) if v > 0.0 && v <= 100.0 => Ok(v),
+            _ => Err(PercentilesError::Spec(spec.to_string())),
+        })
+        .collect()
+}
+
+/// The chosen percentiles of TTFT and ITL (merged over the engine ranks, then rank by rank), read
+/// from the HdrHistograms the JSON carries — any percentile, not only the ones the JSON lists.
+pub fn render_percentiles(file: &str, r: &RunReport, percents: &[f64]) -> Result<String, PercentilesError> {
+    use crate::record::histogram::LatencyHistogram;
+    let decode = |what: &'static str, s: &HistogramSummary| {
+        LatencyHistogram::from_base64(&s.hdr_v2_base64).map_err(|source| PercentilesError::Histogram { file: file.to_string(), what, source })
+    };
+    let mut out = String::new();
+    let heads: Vec<String> = percents.iter().map(|p| format!("p{p}")).collect();
+    let _ = writeln!(out, "chosen percentiles, ms");
+    let _ = writeln!(out, "  {:<14} {}", "", heads.iter().map(|h| format!("{h:>10}")).collect::<Vec<_>>().join(""));
+    let mut row = |name: String, h: &LatencyHistogram| {
+        let cells: String = percents.iter().map(|p| format!("{:>10.3}", h.at_quantile(p / 100.0) as f64 / 1e6)).collect();
+        let _ = writeln!(out, "  {name:<14} {cells}   (n = {})", h.count());
+    };
+    if let Some(l) = &r.latency {
+        row("TTFT".into(), &decode("merged TTFT", &l.ttft)?);
+        row("ITL".into(), &decode("merged ITL", &l.decode)?);
+    }
+    for k in &r.ranks {
+        row(format!("ITL rank {}", k.rank), &decode("rank ITL", &k.decode)?);
+    }
+    Ok(out)
+}
+
 /// Why a file is not a result this build can read; one line naming the file and the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -238,5 +282,28 @@ pub fn warmup_line(w: &WarmupSummary, tolerance_pct: f64) -> String {
         ),
         WarmupState::Fixed => format!("warm-up: {} run(s) (--warmup {}, not checked for a steady state; --warmup auto checks) ({series})", w.runs, w.runs),
         WarmupState::Cold => "warm-up: none (--warmup 0): cold, the first request of the process was measured, not a steady state".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--percentiles` reads the JSON's own histograms: p50 / p90 / p99 agree with the summary's.
+    #[test]
+    fn chosen_percentiles_come_from_the_histograms() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/results/h200/mock_all_ranks_3g_5g.json");
+        let r = load(std::path::Path::new(path)).unwrap();
+        let text = render_percentiles(path, &r, &[50.0, 90.0, 99.0, 99.99]).unwrap();
+        let itl = text.lines().find(|l| l.trim_start().starts_with("ITL ") && !l.contains("rank")).unwrap();
+        let s = r.summary.as_ref().unwrap();
+        for v in [s.itl_ms.p50, s.itl_ms.p90, s.itl_ms.p99] {
+            assert!(itl.contains(&format!("{v:.3}")), "{v} in {itl}");
+        }
+        assert_eq!(text.lines().filter(|l| l.contains("ITL rank")).count(), r.ranks.len());
+        assert_eq!(parse_percentiles("50, p99.9,100").unwrap(), vec![50.0, 99.9, 100.0]);
+        for bad in ["0", "101", "abc", "50,,90", ""] {
+            assert!(parse_percentiles(bad).is_err(), "{bad}");
+        }
     }
 }
