@@ -41,6 +41,17 @@ fn bad_adapters_are_one_line_errors() {
 }
 
 #[test]
+fn unknown_mock_options_are_bad_input() {
+    // A misspelt option was ignored: the run measured something else than asked, with status ok.
+    let r = rejected(2, &["--engine", "mock", "--engine-options", r#"{"token_usx": 5}"#], 2, "unknown engine option \"token_usx\"");
+    let line = &r.error_lines()[0];
+    assert!(line.contains("invalid argument") && line.contains("this adapter knows topology, vocab_size"), "{line}");
+    // Known keys, an array value among them, still pass.
+    let r = run(1, &["--engine", "mock", "--engine-options", r#"{"token_us": 5, "gpu_alloc_mib": [0], "vocab_size": 1000}"#, "--generated-tokens", "3"]);
+    ok(&r);
+}
+
+#[test]
 fn bad_prompt_files_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     let range = dir.path().join("range.jsonl");
