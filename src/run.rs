@@ -346,7 +346,8 @@ fn figures_run(engine: &mut dyn Engine, config: &RunConfig, workload: &Workload,
     let r = with_progress(progress, &sink, total, || generate_into(engine, prompts, workload, config, &sink));
     let submit = sink.submit_ns();
     let (events, overflow) = sink.into_events();
-    let rec = Recording::analyse(&events, overflow, submit, &requested);
+    // Warm-up tokens are counted, not checked: the measured run's recording reports bad values.
+    let rec = Recording::analyse(&events, overflow, submit, &requested, None);
     let (ttft, itl) = (rec.ttft.summary(), rec.decode.summary());
     let seen = WarmupRun {
         wall_s: 0.0,
@@ -835,7 +836,7 @@ impl<'w> Job<'w> {
                 config.trace_kernel_steps,
             ))
             .map_err(Stop::failed)?;
-        let rec = Recording::analyse(&events, overflow, submit_ns, &requested);
+        let rec = Recording::analyse(&events, overflow, submit_ns, &requested, engine_vocab(&**engine, config));
         Ok(Measured { events, rec, submit_ns, end_ns, device_steps, recorded })
     }
 
@@ -1131,6 +1132,13 @@ fn build_workload(c: &RunConfig, vocab: u32, max_context: Option<u32>) -> Result
 fn options_model(options: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(options).ok()?;
     ["preset", "model", "model_dir", "model_path", "engine_dir", "workspace"].iter().find_map(|k| v.get(*k)?.as_str().map(str::to_string))
+}
+
+/// The vocabulary the engine itself states (engine_info, or the vocab_size engine option), which
+/// its token ids must lie below; not --vocab-size, which only draws the prompts. None: unknown
+/// (then only negative ids are out of range).
+fn engine_vocab(engine: &dyn Engine, config: &RunConfig) -> Option<u32> {
+    engine.vocab_size().or_else(|| options_vocab(&config.engine_options).map(|v| u32::try_from(v).unwrap_or(u32::MAX)))
 }
 
 fn options_vocab(options: &str) -> Option<u64> {

@@ -41,6 +41,38 @@ fn bad_adapters_are_one_line_errors() {
 }
 
 #[test]
+fn unknown_mock_options_are_bad_input() {
+    // A misspelt option was ignored: the run measured something else than asked, with status ok.
+    let r = rejected(2, &["--engine", "mock", "--engine-options", r#"{"token_usx": 5}"#], 2, "unknown engine option \"token_usx\"");
+    let line = &r.error_lines()[0];
+    assert!(line.contains("invalid argument") && line.contains("this adapter knows topology, vocab_size"), "{line}");
+    // Known keys, an array value among them, still pass.
+    let r = run(1, &["--engine", "mock", "--engine-options", r#"{"token_us": 5, "gpu_alloc_mib": [0], "vocab_size": 1000}"#, "--generated-tokens", "3"]);
+    ok(&r);
+}
+
+#[test]
+fn hostile_adapter_values_are_not_ok() {
+    // A topology the ABI does not define was read as ALL_RANKS: now a failed create, bad input.
+    let r = rejected(2, &["--engine", "mock", "--engine-options", r#"{"bad_topology": 7}"#], 2, "reported topology 7");
+    assert!(r.error_lines()[0].contains("mock (") && r.error_lines()[0].contains("libtpprof_mock.so"), "names the adapter: {}", r.error_lines()[0]);
+    // Token ids outside the engine's vocabulary and finish reason 99 were status ok.
+    let gen = ["--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "6"];
+    for (opts, needle) in [
+        (r#"{"vocab_size": 1000, "bad_token_at_step": 3}"#, "rank 0: sample 0 step 3: token id 1000 outside the vocabulary [0, 1000)"),
+        (r#"{"bad_finish_reason": 99}"#, "rank 0: sample 0 step 5: finish reason 99, which the engine ABI does not define"),
+    ] {
+        let r = run(2, &[&["--engine", "mock", "--engine-options", opts][..], &gen[..]].concat());
+        assert_eq!(r.code(), 3, "exit code for {opts}\nstderr:\n{}", r.stderr());
+        let j = r.json();
+        assert_eq!(j["status"]["state"], "incomplete", "{opts}: {}", j["status"]);
+        let reason = j["status"]["reason"].as_str().unwrap();
+        assert!(reason.contains(needle), "{opts}: {reason}");
+        assert!(reason.contains("rank 1: "), "every rank checks its own tokens: {reason}");
+    }
+}
+
+#[test]
 fn bad_prompt_files_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     let range = dir.path().join("range.jsonl");

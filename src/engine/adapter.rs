@@ -36,6 +36,8 @@ pub enum AdapterError {
     Call { engine: String, call: &'static str, status: &'static str, message: String },
     #[error("engine options must be a JSON object without NUL bytes")]
     BadOptions,
+    #[error("{engine} ({path}) reported topology {value}, which the engine ABI does not define (0 = all ranks, 1 = one process): the adapter is broken")]
+    BadTopology { engine: String, path: PathBuf, value: i32 },
 }
 
 type AbiVersionFn = unsafe extern "C" fn() -> u32;
@@ -161,6 +163,8 @@ pub struct AdapterEngine {
     handle: *mut sys::tpprof_engine,
     name: String,
     info: serde_json::Value,
+    /// What tpprof_get_topology() said right after create(), checked.
+    topology: Topology,
 }
 
 /// Loads an adapter only to check it (`tpprof doctor`): every symbol resolved and the ABI version
@@ -198,7 +202,20 @@ impl AdapterEngine {
                 message: message(&err),
             });
         }
-        Ok(AdapterEngine { api, handle, name, info })
+        // Asked once, here, so a value the ABI does not define is a failed create, not a silent
+        // ALL_RANKS.
+        // SAFETY: handle is the live engine create() just returned.
+        let value = unsafe { (api.topology)(handle) };
+        let topology = match u32::try_from(value) {
+            Ok(sys::TPPROF_TOPOLOGY_ALL_RANKS) => Topology::AllRanks,
+            Ok(sys::TPPROF_TOPOLOGY_ONE_PROCESS) => Topology::OneProcess,
+            _ => {
+                // SAFETY: handle came from create() and is destroyed exactly once (no AdapterEngine owns it).
+                unsafe { (api.destroy)(handle) };
+                return Err(AdapterError::BadTopology { engine: name, path: api.path.clone(), value });
+            }
+        };
+        Ok(AdapterEngine { api, handle, name, info, topology })
     }
 
     fn call_error(&self, call: &'static str, code: i32, err: &[u8]) -> EngineError {
@@ -226,11 +243,7 @@ impl Engine for AdapterEngine {
     }
 
     fn topology(&self) -> Topology {
-        // SAFETY: handle is a live engine created by this adapter.
-        match unsafe { (self.api.topology)(self.handle) } as u32 {
-            sys::TPPROF_TOPOLOGY_ONE_PROCESS => Topology::OneProcess,
-            _ => Topology::AllRanks,
-        }
+        self.topology
     }
 
     fn generate(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32, exact_length: bool, sink: &dyn TokenCallback)
@@ -334,6 +347,13 @@ mod tests {
     fn one_process_topology_is_reported() {
         let e = AdapterEngine::load(Path::new(env!("TPPROF_MOCK_ADAPTER")), &init(r#"{"topology": "one_process"}"#)).unwrap();
         assert_eq!(e.topology(), Topology::OneProcess);
+    }
+
+    #[test]
+    fn an_undefined_topology_is_a_failed_create() {
+        let e = AdapterEngine::load(Path::new(env!("TPPROF_MOCK_ADAPTER")), &init(r#"{"bad_topology": 7}"#)).err().unwrap();
+        assert!(matches!(e, AdapterError::BadTopology { value: 7, .. }), "{e}");
+        assert!(e.to_string().starts_with("mock (") && e.to_string().contains("reported topology 7"), "{e}");
     }
 
     #[test]

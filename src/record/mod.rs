@@ -169,15 +169,19 @@ pub struct Recording {
     /// Median decode latency (ns) of each tenth of the decode steps, in step order (fewer parts
     /// when there are fewer than ten steps): how the per-token cost grows with the context.
     pub decode_deciles_ns: Vec<u64>,
-    /// Problems in the event stream (unknown sample, steps out of order, more tokens than asked).
+    /// Problems in the event stream (unknown sample, steps out of order, more tokens than asked,
+    /// token ids outside the vocabulary, finish reasons the ABI does not define).
     pub anomalies: Vec<String>,
 }
 
 impl Recording {
     /// Sorts the events per sample and derives TTFT (first token − submit) and the decode
-    /// latencies (gap between consecutive tokens of a sample).
-    pub fn analyse(events: &[TokenEvent], overflow: u64, submit_ns: u64, requested: &[u32]) -> Recording {
-        let mut anomalies = Vec::new();
+    /// latencies (gap between consecutive tokens of a sample). Token ids are checked against
+    /// [0, vocab) (only for negative ids when the engine's vocabulary is unknown) and finish
+    /// reasons against the ABI's values: the first bad one of each kind is an anomaly naming the
+    /// sample, step and value, with how many there were.
+    pub fn analyse(events: &[TokenEvent], overflow: u64, submit_ns: u64, requested: &[u32], vocab: Option<u32>) -> Recording {
+        let mut anomalies = bad_values(events, vocab);
         if overflow > 0 {
             anomalies.push(format!("the engine reported {overflow} tokens more than requested"));
         }
@@ -249,6 +253,34 @@ impl Recording {
     }
 }
 
+/// The first token id outside [0, vocab) and the first finish reason outside the ABI's
+/// `tpprof_finish_reason`, each with the count of such events.
+fn bad_values(events: &[TokenEvent], vocab: Option<u32>) -> Vec<String> {
+    let bad_token = |t: i32| t < 0 || vocab.is_some_and(|v| t as u32 >= v);
+    let bad_finish = |f: i32| !(0..=4).contains(&f);
+    let more = |n: usize, what: &str| if n > 1 { format!(" ({n} such {what} in all)") } else { String::new() };
+    let mut out = Vec::new();
+    let tokens: Vec<&TokenEvent> = events.iter().filter(|e| bad_token(e.token)).collect();
+    if let Some(e) = tokens.iter().min_by_key(|e| (e.step, e.sample)) {
+        let range = match vocab {
+            Some(v) => format!("outside the vocabulary [0, {v})"),
+            None => "negative".to_string(),
+        };
+        out.push(format!("sample {} step {}: token id {} {range}{}", e.sample, e.step, e.token, more(tokens.len(), "tokens")));
+    }
+    let finishes: Vec<&TokenEvent> = events.iter().filter(|e| bad_finish(e.finish)).collect();
+    if let Some(e) = finishes.iter().min_by_key(|e| (e.step, e.sample)) {
+        out.push(format!(
+            "sample {} step {}: finish reason {}, which the engine ABI does not define (0 none, 1 length, 2 eos, 3 stop, 4 error){}",
+            e.sample,
+            e.step,
+            e.finish,
+            more(finishes.len(), "finish reasons")
+        ));
+    }
+    out
+}
+
 /// FNV-1a over the token ids: ranks compare their samples without shipping every id.
 pub fn token_digest(tokens: &[i32]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -294,7 +326,7 @@ mod tests {
     #[test]
     fn ttft_and_gaps_come_from_timestamps() {
         let events = vec![ev(0, 0, 1_000, 0), ev(1, 0, 1_500, 0), ev(0, 1, 3_000, 0), ev(1, 1, 3_500, 1), ev(0, 2, 6_000, 1)];
-        let r = Recording::analyse(&events, 0, 400, &[3, 2]);
+        let r = Recording::analyse(&events, 0, 400, &[3, 2], None);
         assert!(r.anomalies.is_empty(), "{:?}", r.anomalies);
         assert_eq!(r.ttft.count(), 2);
         assert_eq!(r.decode.count(), 3);
@@ -318,25 +350,25 @@ mod tests {
             t += 1_000 + 100 * k as u64;
             events.push(ev(0, k, t, if k == 20 { 1 } else { 0 }));
         }
-        let r = Recording::analyse(&events, 0, 0, &[21]);
+        let r = Recording::analyse(&events, 0, 0, &[21], None);
         // Tenths of steps 1..=20: (1,2), (3,4), … (19,20); the median of two is the lower one.
         assert_eq!(r.decode_deciles_ns, (0..10).map(|d| 1_000 + 100 * (2 * d + 1)).collect::<Vec<u64>>());
         // Fewer steps than ten: one part per step; no decode at all: none.
-        let three = Recording::analyse(&[ev(0, 0, 0, 0), ev(0, 1, 10, 0), ev(0, 2, 30, 1)], 0, 0, &[3]);
+        let three = Recording::analyse(&[ev(0, 0, 0, 0), ev(0, 1, 10, 0), ev(0, 2, 30, 1)], 0, 0, &[3], None);
         assert_eq!(three.decode_deciles_ns, vec![10, 20]);
-        assert!(Recording::analyse(&[ev(0, 0, 5, 1)], 0, 0, &[1]).decode_deciles_ms().is_none());
+        assert!(Recording::analyse(&[ev(0, 0, 5, 1)], 0, 0, &[1], None).decode_deciles_ms().is_none());
         // An engine that repeats step 0: an anomaly, no decode parts, no panic.
-        let repeated = Recording::analyse(&[ev(0, 0, 0, 0), ev(0, 0, 10, 1)], 0, 0, &[2]);
+        let repeated = Recording::analyse(&[ev(0, 0, 0, 0), ev(0, 0, 10, 1)], 0, 0, &[2], None);
         assert!(repeated.decode_deciles_ns.is_empty() && !repeated.anomalies.is_empty());
         // Two samples: both samples' gaps at a step count in its part.
-        let two = Recording::analyse(&[ev(0, 0, 0, 0), ev(1, 0, 0, 0), ev(0, 1, 10, 1), ev(1, 1, 30, 1)], 0, 0, &[2, 2]);
+        let two = Recording::analyse(&[ev(0, 0, 0, 0), ev(1, 0, 0, 0), ev(0, 1, 10, 1), ev(1, 1, 30, 1)], 0, 0, &[2, 2], None);
         assert_eq!(two.decode_deciles_ns, vec![10]);
     }
 
     #[test]
     fn out_of_order_callbacks_are_sorted_and_faults_reported() {
         let events = vec![ev(0, 1, 2_000, 0), ev(0, 0, 1_000, 0), ev(0, 3, 4_000, 0), ev(5, 0, 1, 0)];
-        let r = Recording::analyse(&events, 2, 0, &[2]);
+        let r = Recording::analyse(&events, 2, 0, &[2], None);
         assert_eq!(r.samples[0].tokens, vec![0, 1, 3]);
         let all = r.anomalies.join("\n");
         assert!(all.contains("2 tokens more than requested"), "{all}");
@@ -346,8 +378,24 @@ mod tests {
     }
 
     #[test]
+    fn bad_token_ids_and_finish_reasons_are_anomalies() {
+        let tok = |sample, step, token, finish| TokenEvent { sample, step, token, finish, t_ns: step as u64 };
+        let events = vec![tok(0, 0, 5, 0), tok(1, 0, 5, 0), tok(0, 1, 100, 0), tok(1, 1, 7, 99), tok(0, 2, 101, 1)];
+        let r = Recording::analyse(&events, 0, 0, &[3, 2], Some(100));
+        let all = r.anomalies.join("\n");
+        assert!(all.contains("sample 0 step 1: token id 100 outside the vocabulary [0, 100) (2 such tokens in all)"), "{all}");
+        assert!(all.contains("sample 1 step 1: finish reason 99, which the engine ABI does not define"), "{all}");
+        // Unknown vocabulary: only negative ids are out of range.
+        let r = Recording::analyse(&[tok(0, 0, 1 << 30, 0), tok(0, 1, -3, 1)], 0, 0, &[2], None);
+        assert_eq!(r.anomalies, vec!["sample 0 step 1: token id -3 negative".to_string()]);
+        // Every value the ABI defines passes.
+        let fine: Vec<_> = (0..5).map(|f| tok(f as u32, 0, 0, f)).collect();
+        assert!(Recording::analyse(&fine, 0, 0, &[1; 5], Some(1)).anomalies.is_empty());
+    }
+
+    #[test]
     fn a_sample_without_tokens_is_visible() {
-        let r = Recording::analyse(&[], 0, 0, &[4]);
+        let r = Recording::analyse(&[], 0, 0, &[4], None);
         assert_eq!(r.samples[0].generated, 0);
         assert_eq!(r.samples[0].finish_reason, FinishReason::None);
         assert_eq!(r.ttft.count(), 0);

@@ -1,7 +1,8 @@
 /*
  * mock_adapter.c — a scripted engine on the tpprof ABI, so tests know the truth they measure against.
  *
- * Options (a flat JSON object of numbers and strings; unknown keys are ignored):
+ * Options (a flat JSON object of numbers and strings; an unknown key fails create() with
+ * TPPROF_ERR_INVALID_ARGUMENT and a message listing the keys below):
  *   topology            "all_ranks" (default) | "one_process"
  *   vocab_size          token ids are produced in [0, vocab_size)            (default 32000)
  *   prefill_us_per_token busy-wait per prompt token before the first token  (default 0)
@@ -30,6 +31,11 @@
  *                       every GPU the mock allocated on, once in the prefill and once per decode
  *                       step before its tokens, and wait for them: the known truth for --cupti
  *                       (kernels per step, per device, ONE_PROCESS included).
+ * Hostile values, for tpprof's own checks of what an adapter reports (an honest engine never does this):
+ *   bad_token_at_step   at this step sample 0's token id is vocab_size (outside [0, vocab_size)) (default -1)
+ *   bad_finish_reason   the last token of every sample carries this finish reason instead of the
+ *                       right one (e.g. 99, which the ABI does not define)           (default: none)
+ *   bad_topology        tpprof_get_topology() returns this number (e.g. 7)           (default: none)
  *
  * Timing is scripted with busy-waits against CLOCK_MONOTONIC deadlines measured from the previous
  * token, so a measured gap can be longer than the script on a loaded machine but never shorter.
@@ -101,6 +107,9 @@ struct tpprof_engine {
     double token_us_growth;
     long generate_calls;
     long fail_rank, fail_at_token, crash_rank, crash_at_token, eos_at_step;
+    long bad_token_at_step;
+    int has_bad_finish, has_bad_topology;
+    int32_t bad_finish, bad_topology;
     int callback_thread;
     unsigned char *alloc;
     size_t alloc_bytes;
@@ -137,6 +146,64 @@ static int opt_str_eq(const char *json, const char *key, const char *want) {
     if (v == NULL || *v != '"') return 0;
     size_t n = strlen(want);
     return strncmp(v + 1, want, n) == 0 && v[1 + n] == '"';
+}
+
+static void set_err(char *err, size_t errlen, const char *msg);
+
+/* Every option the mock reads; create() refuses any other key. */
+static const char *const MOCK_KEYS[] = {
+    "topology", "vocab_size", "prefill_us_per_token", "token_us", "token_us_growth", "create_ms",
+    "first_generate_ms", "slow_generates", "slow_factor", "alloc_bytes", "alloc_rank", "fail_create_rank",
+    "fail_rank", "fail_at_token", "crash_rank", "crash_at_token", "eos_at_step", "callback_thread",
+    "gpu_alloc_mib", "gpu_kernels_per_step", "bad_token_at_step", "bad_finish_reason", "bad_topology",
+};
+#define MOCK_N_KEYS (sizeof MOCK_KEYS / sizeof MOCK_KEYS[0])
+
+/* Past the JSON string starting at p (which points at its opening quote). */
+static const char *skip_string(const char *p) {
+    for (p++; *p != '\0' && *p != '"'; p++)
+        if (*p == '\\' && p[1] != '\0') p++;
+    return *p == '"' ? p + 1 : p;
+}
+
+/* Checks that every top-level key of the options object is one the mock knows; 0 if so, else -1
+ * with the message in err. The run has already checked that the options are a JSON object. */
+static int check_keys(const char *json, char *err, size_t errlen) {
+    const char *p = json;
+    while (isspace((unsigned char)*p)) p++;
+    if (*p != '{') {
+        set_err(err, errlen, "mock: engine options must be a JSON object");
+        return -1;
+    }
+    p++;
+    int depth = 1, want_key = 1;
+    while (*p != '\0' && depth > 0) {
+        char c = *p;
+        if (c == '"') {
+            const char *end = skip_string(p);
+            if (depth == 1 && want_key) {
+                size_t len = end > p + 1 ? (size_t)(end - p - 2) : 0;
+                int known = 0;
+                for (size_t i = 0; i < MOCK_N_KEYS && !known; i++)
+                    known = strlen(MOCK_KEYS[i]) == len && strncmp(MOCK_KEYS[i], p + 1, len) == 0;
+                if (!known) {
+                    int n = snprintf(err, errlen, "mock: unknown engine option \"%.*s\": this adapter knows ",
+                                     len > 64 ? 64 : (int)len, p + 1);
+                    for (size_t i = 0; i < MOCK_N_KEYS && n >= 0 && (size_t)n < errlen; i++)
+                        n += snprintf(err + n, errlen - (size_t)n, "%s%s", i ? ", " : "", MOCK_KEYS[i]);
+                    return -1;
+                }
+                want_key = 0;
+            }
+            p = end;
+            continue;
+        }
+        if (c == '{' || c == '[') depth++;
+        else if (c == '}' || c == ']') depth--;
+        else if (c == ',' && depth == 1) want_key = 1;
+        p++;
+    }
+    return 0;
 }
 
 /* ---- timing ---- */
@@ -294,6 +361,7 @@ int32_t tpprof_create(const tpprof_init *init, tpprof_engine **out, char *err, s
         return TPPROF_ERR_INVALID_ARGUMENT;
     }
     const char *o = init->options_json != NULL ? init->options_json : "{}";
+    if (check_keys(o, err, errlen) != 0) return TPPROF_ERR_INVALID_ARGUMENT;
     if ((long)opt_num(o, "fail_create_rank", -1) == init->rank) {
         snprintf(err, errlen, "mock: injected failure in create() on rank %d", init->rank);
         return TPPROF_ERR_RUNTIME;
@@ -318,6 +386,11 @@ int32_t tpprof_create(const tpprof_init *init, tpprof_engine **out, char *err, s
     e->crash_at_token = (long)opt_num(o, "crash_at_token", -1);
     e->eos_at_step = (long)opt_num(o, "eos_at_step", -1);
     e->callback_thread = (int)opt_num(o, "callback_thread", 0);
+    e->bad_token_at_step = (long)opt_num(o, "bad_token_at_step", -1);
+    e->has_bad_finish = json_value(o, "bad_finish_reason") != NULL;
+    e->bad_finish = (int32_t)opt_num(o, "bad_finish_reason", 0);
+    e->has_bad_topology = json_value(o, "bad_topology") != NULL;
+    e->bad_topology = (int32_t)opt_num(o, "bad_topology", 0);
     if (e->vocab <= 0) {
         free(e);
         set_err(err, errlen, "mock: vocab_size must be > 0");
@@ -368,6 +441,7 @@ int32_t tpprof_create(const tpprof_init *init, tpprof_engine **out, char *err, s
 }
 
 int32_t tpprof_get_topology(const tpprof_engine *e) {
+    if (e->has_bad_topology) return e->bad_topology;
     return e->one_process ? TPPROF_TOPOLOGY_ONE_PROCESS : TPPROF_TOPOLOGY_ALL_RANKS;
 }
 
@@ -396,6 +470,8 @@ static void token_of(const struct gen_job *j, size_t s, uint32_t step, int32_t *
         *finish = TPPROF_FINISH_LENGTH;
         *done = 1;
     }
+    if (s == 0 && (long)step == e->bad_token_at_step) *tok = (int32_t)e->vocab;
+    if (*done && e->has_bad_finish) *finish = e->bad_finish;
 }
 
 static void *run_job(void *arg) {
