@@ -147,9 +147,9 @@ pub enum RunError {
     NoConfigJson(PathBuf),
     #[error(transparent)]
     Model(#[from] crate::engine::config::ConfigError),
-    #[error("unknown --dtype `{0}`: use fp16 or bf16")]
+    #[error("unknown --dtype `{}`: use fp16 or bf16", crate::engine::one_line(.0))]
     UnknownDtype(String),
-    #[error("--engine-options must be a JSON object, e.g. '{{\"token_us\": 500}}' (got {0})")]
+    #[error("--engine-options must be a JSON object, e.g. '{{\"token_us\": 500}}' (got {})", crate::engine::one_line(.0))]
     EngineOptions(String),
     #[error("--devices takes GPU ordinals ≥ 0 (got {0})")]
     Device(i64),

@@ -105,6 +105,8 @@ impl Workload {
             if ids.is_empty() {
                 return Err(malformed("empty prompt".into()));
             }
+            // Token ids are INT32: a vocabulary past 2^31 still takes no id past i32::MAX.
+            let vocab = vocab.min(1 << 31);
             if let Some((pos, &id)) = ids.iter().enumerate().find(|(_, &id)| id < 0 || id >= vocab as i64) {
                 return Err(WorkloadError::OutOfRange { path: path.to_path_buf(), line: line_no, pos, id, vocab });
             }

@@ -281,6 +281,24 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{field} must be positive")));
             }
         }
+        // The engines' sizes are 32-bit (the kernels' and the C ABI's int); a larger one is a
+        // corrupt file, not a model.
+        let sizes = [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (field, value) in sizes {
+            if value > i32::MAX as usize {
+                return Err(ConfigError::Invalid(format!(
+                    "{field} {value} is larger than {} (the engines' sizes are 32-bit)",
+                    i32::MAX
+                )));
+            }
+        }
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(ConfigError::Invalid(format!(
                 "num_attention_heads {} does not divide hidden_size {}",
@@ -342,8 +360,22 @@ impl Config {
             gcd(self.num_attention_heads, self.num_key_value_heads),
             self.intermediate_size,
         );
-        (1..=g)
-            .filter(|w| g % w == 0 && *w <= self.vocab_size)
+        // The divisors in pairs (d, g / d) up to the square root: a config.json with a huge
+        // common divisor must not be counted through one by one.
+        let (mut low, mut high) = (Vec::new(), Vec::new());
+        let mut d = 1;
+        while d <= g / d {
+            if g % d == 0 {
+                low.push(d);
+                if d != g / d {
+                    high.push(g / d);
+                }
+            }
+            d += 1;
+        }
+        low.into_iter()
+            .chain(high.into_iter().rev())
+            .filter(|w| *w <= self.vocab_size)
             .collect()
     }
 
@@ -432,18 +464,20 @@ impl Config {
 
     /// Number of parameters of the full (unsharded) model, biases and norms included.
     pub fn param_count(&self) -> u64 {
-        let h = self.hidden_size as u64;
-        let v = self.vocab_size as u64;
-        let i = self.intermediate_size as u64;
-        let q = (self.num_attention_heads * self.head_dim()) as u64;
-        let kv = (self.num_key_value_heads * self.head_dim()) as u64;
+        // u128: a valid config's sizes are 32-bit, whose products overflow u64 (saturated below).
+        let h = self.hidden_size as u128;
+        let v = self.vocab_size as u128;
+        let i = self.intermediate_size as u128;
+        let q = self.num_attention_heads as u128 * self.head_dim() as u128;
+        let kv = self.num_key_value_heads as u128 * self.head_dim() as u128;
         let attention = (h * q + q) + 2 * (h * kv + kv) + q * h; // q/k/v with bias, o without
         let mlp = 3 * h * i; // gate, up, down
         let norms = 2 * h; // input and post-attention RMSNorm
         let per_layer = attention + mlp + norms;
         let embedding = v * h;
         let lm_head = if self.tie_word_embeddings { 0 } else { v * h };
-        embedding + self.num_hidden_layers as u64 * per_layer + h + lm_head
+        let total = embedding + self.num_hidden_layers as u128 * per_layer + h + lm_head;
+        u64::try_from(total).unwrap_or(u64::MAX)
     }
 }
 
@@ -474,6 +508,32 @@ fn gcd(a: usize, b: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tensor_parallel_sizes_of_a_huge_common_divisor_are_found_by_square_root() {
+        // gcd 2^29: counting to it took seconds; the divisor pairs take 2^15 steps.
+        let mut c = Config::preset("tiny").unwrap();
+        c.hidden_size = 1 << 30;
+        c.num_attention_heads = 1 << 29;
+        c.num_key_value_heads = 1 << 29;
+        c.intermediate_size = 1 << 30;
+        c.vocab_size = 1 << 20;
+        c.validate().unwrap();
+        let t = std::time::Instant::now();
+        let sizes = c.tensor_parallel_sizes();
+        assert_eq!(sizes, (0..=20).map(|k| 1usize << k).collect::<Vec<_>>());
+        assert!(t.elapsed().as_millis() < 500, "{:?}", t.elapsed());
+        assert_eq!(Config::preset("qwen2.5-7b").unwrap().tensor_parallel_sizes(), vec![1, 2, 4]);
+        assert!(c.param_count() > 1 << 62);
+    }
+
+    #[test]
+    fn sizes_past_32_bits_are_invalid() {
+        let mut c = Config::preset("tiny").unwrap();
+        c.intermediate_size = 1 << 40;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("intermediate_size 1099511627776 is larger than 2147483647"), "{e}");
+    }
 
     #[test]
     fn presets_are_valid_and_named() {

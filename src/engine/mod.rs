@@ -12,6 +12,12 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// `s` with its control characters escaped (`\n`, `\r`, `\u{1b}`, ...), the rest unchanged: a
+/// user's text quoted in an error keeps the message one line.
+pub fn one_line(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect()
+}
+
 
 /// Who runs the engine (see `tpprof_topology` in the header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -383,7 +383,7 @@ impl SafetensorsDir {
             let parsed: IndexJson =
                 serde_json::from_str(&text).map_err(|e| WeightsError::Index {
                     path: index.clone(),
-                    reason: e.to_string(),
+                    reason: crate::engine::one_line(&e.to_string()),
                 })?;
             // Each distinct file once, in name order.
             let mut by_file: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -503,7 +503,7 @@ impl SafetensorsDir {
         shard: Sharding,
     ) -> Result<Vec<f32>, WeightsError> {
         let p = self.pieces(name, expect_shape, shard)?;
-        let mut out = Vec::with_capacity(p.shape.iter().product());
+        let mut out = Vec::with_capacity(p.slices.iter().map(|s| s.len()).sum::<usize>() / p.dtype.size());
         p.slices
             .iter()
             .for_each(|s| decode_f32(p.dtype, s, &mut out));
@@ -538,7 +538,7 @@ impl SafetensorsDir {
         to: Dtype,
     ) -> Result<Vec<u16>, WeightsError> {
         let p = self.pieces(name, expect_shape, shard)?;
-        let mut out = Vec::with_capacity(p.shape.iter().product());
+        let mut out = Vec::with_capacity(p.slices.iter().map(|s| s.len()).sum::<usize>() / p.dtype.size());
         p.slices
             .iter()
             .for_each(|s| encode_16(p.dtype, to, s, &mut out));
@@ -592,22 +592,31 @@ impl SafetensorsDir {
                     return Err(bad_shard());
                 }
                 // Row-major: rows r are one contiguous byte range.
-                let row_bytes = shape[1..].iter().product::<usize>() * es;
+                // Checked: with 0 rows the other dimensions are not bounded by the file's size.
+                let row_bytes = shape[1..].iter().try_fold(es, |a, &d| a.checked_mul(d));
+                let piece = match row_bytes {
+                    Some(b) => &data[r.start * b..r.end * b],
+                    None if r.is_empty() => &data[..0],
+                    None => return Err(bad_shard()),
+                };
                 let mut piece_shape = shape.clone();
                 piece_shape[0] = r.len();
-                (
-                    piece_shape,
-                    vec![&data[r.start * row_bytes..r.end * row_bytes]],
-                )
+                (piece_shape, vec![piece])
             }
             Sharding::Cols(c) => {
                 if shape.len() != 2 || !fits(c, shape[1]) {
                     return Err(bad_shard());
                 }
                 let (rows, cols) = (shape[0], shape[1]);
-                let pieces = (0..rows)
-                    .map(|row| &data[(row * cols + c.start) * es..(row * cols + c.end) * es])
-                    .collect();
+                // An empty column range has no bytes: no piece per row (a header may claim 2^60
+                // rows of zero columns, which is zero bytes and a valid file).
+                let pieces = if c.is_empty() {
+                    Vec::new()
+                } else {
+                    (0..rows)
+                        .map(|row| &data[(row * cols + c.start) * es..(row * cols + c.end) * es])
+                        .collect()
+                };
                 (vec![rows, c.len()], pieces)
             }
         };
@@ -649,7 +658,7 @@ fn map_file(path: &Path) -> Result<MappedFile, WeightsError> {
 fn header(file: &mut MappedFile) -> Result<safetensors::tensor::Metadata, WeightsError> {
     let (n, meta) = SafeTensors::read_metadata(&file.map).map_err(|e| WeightsError::Header {
         path: file.path.clone(),
-        reason: header_reason(&e),
+        reason: crate::engine::one_line(&header_reason(&e)),
     })?;
     file.data_start = 8 + n;
     Ok(meta)
