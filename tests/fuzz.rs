@@ -704,3 +704,16 @@ fn prompt_ids_past_i32_are_refused_whatever_the_vocabulary() {
     std::fs::write(&path, "[2147483647]\n").unwrap();
     assert_eq!(Workload::from_file(&path, u32::MAX, 4).unwrap().prompts, vec![vec![i32::MAX]]);
 }
+
+#[test]
+fn result_with_a_memory_time_of_f64_max_draws_without_hanging() {
+    // Found by the fuzzer (result case in the 2500): a memory timeline time of 1.8e308 made the
+    // HTML page's x axis infinite and plotters' tick search looped for ever.
+    let seed = include_str!("../results/h200/mock_all_ranks_3g_5g.json");
+    let mut v: serde_json::Value = serde_json::from_str(seed).unwrap();
+    let t = v["ranks"][0]["memory"]["timeline"]["t_s"].as_array_mut().expect("a memory timeline");
+    let last = t.len() - 1;
+    t[last] = serde_json::json!(1.7976931348623157e308);
+    let dir = scratch("regress-result-f64-max");
+    replay("regress-result-f64-max", &serde_json::to_vec(&v).unwrap(), |i| check_result(&dir, i));
+}

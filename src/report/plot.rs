@@ -152,6 +152,32 @@ pub enum Scale {
     Log,
 }
 
+/// A range plotters can place its ticks on: finite, within ±1e15, ordered, and wide against its
+/// magnitude. A JSON holding 1.8e308 (or a span of 1e-9 at 1e12) made plotters' tick search loop
+/// for ever; such a figure is off the chart, not a hang.
+fn sane(r: Range<f64>, scale: Scale) -> Range<f64> {
+    const LIMIT: f64 = 1e15;
+    let clamp = |v: f64, nan: f64| if v.is_nan() { nan } else { v.clamp(-LIMIT, LIMIT) };
+    let (mut a, mut b) = (clamp(r.start, 0.0), clamp(r.end, 1.0));
+    if a > b {
+        (a, b) = (b, a);
+    }
+    match scale {
+        Scale::Log => {
+            a = a.max(1e-12);
+            b = b.max(a * 1.01);
+        }
+        Scale::Linear => {
+            let span = (a.abs().max(b.abs()) * 1e-6).max(1e-9);
+            if b - a < span {
+                let mid = a / 2.0 + b / 2.0;
+                (a, b) = (mid - span, mid + span);
+            }
+        }
+    }
+    a..b
+}
+
 /// Lines over x, with optional shaded bands and marks.
 #[derive(Debug, Clone)]
 pub struct LineChart {
@@ -206,7 +232,7 @@ impl LineChart {
             let top = if top.is_finite() && top > bottom { top } else { bottom + 1.0 };
             bottom..top + (top - bottom) * 0.08
         });
-        (x0..x1, y)
+        (sane(x0..x1, self.x_scale), sane(y, Scale::Linear))
     }
 
     /// The chart as one `<svg>` element.
@@ -303,7 +329,7 @@ impl BarChart {
 
     fn draw(&self) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
         let top = self.values.iter().flatten().flatten().map(|&(a, b)| a.max(b)).fold(0.0, f64::max);
-        let top = if top > 0.0 { top * 1.12 } else { 1.0 };
+        let top = sane(0.0..if top > 0.0 { top * 1.12 } else { 1.0 }, Scale::Linear).end;
         let n = self.groups.len().max(1);
         let k = self.kinds.len().max(1) as f64;
         let mut buf = String::new();
