@@ -27,7 +27,9 @@ fn embed_git_commit() {
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/index");
     // A commit moves the branch's ref file, not HEAD.
-    if let Some(r) = std::fs::read_to_string(".git/HEAD").ok().and_then(|h| h.strip_prefix("ref: ").map(|r| r.trim().to_string())) {
+    if let Some(r) =
+        std::fs::read_to_string(".git/HEAD").ok().and_then(|h| h.strip_prefix("ref: ").map(|r| r.trim().to_string()))
+    {
         println!("cargo:rerun-if-changed=.git/{r}");
     }
     // Not `git describe --dirty`: it refreshes and rewrites .git/index, whose new mtime re-ran this

@@ -9,9 +9,14 @@ use std::ffi::OsString;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "tpprof", version, args_override_self = true, about = "MPI-aware profiler for tensor-parallel LLM inference",
-          long_about = "MPI-aware profiler for tensor-parallel LLM inference.\n\n\
-                        Start one rank per GPU: `mpirun -n 2 tpprof run --model small`.")]
+#[command(
+    name = "tpprof",
+    version,
+    args_override_self = true,
+    about = "MPI-aware profiler for tensor-parallel LLM inference",
+    long_about = "MPI-aware profiler for tensor-parallel LLM inference.\n\n\
+                        Start one rank per GPU: `mpirun -n 2 tpprof run --model small`."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -234,7 +239,9 @@ pub fn expand_config(args: Vec<OsString>) -> Result<Vec<OsString>, ConfigFileErr
         return Ok(head.into_iter().chain(rest).collect());
     };
     let text = std::fs::read_to_string(&path).map_err(|source| ConfigFileError::Read { path: path.clone(), source })?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigFileError::Parse { path: path.clone(), reason: e.message().to_string() })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigFileError::Parse { path: path.clone(), reason: e.message().to_string() })?;
     let run = Cli::command();
     let run = run.find_subcommand("run").expect("the run subcommand exists");
     let mut from_file: Vec<OsString> = Vec::new();
@@ -266,7 +273,8 @@ pub fn expand_config(args: Vec<OsString>) -> Result<Vec<OsString>, ConfigFileErr
             }
             (toml::Value::Array(items), true) => {
                 let parts: Option<Vec<String>> = items.iter().map(scalar).collect();
-                from_file.extend([flag.into(), parts.ok_or_else(|| ty("an array of numbers or strings"))?.join(",").into()]);
+                from_file
+                    .extend([flag.into(), parts.ok_or_else(|| ty("an array of numbers or strings"))?.join(",").into()]);
             }
             (v, true) => from_file.extend([flag.into(), scalar(v).ok_or_else(|| ty("a string or a number"))?.into()]),
         }
@@ -480,7 +488,10 @@ mod tests {
     fn bad_lengths_are_one_line_errors() {
         let parse = |extra: &[&str]| RunConfig::from_input(&input(extra)).map_err(|e| e.to_string());
         assert!(parse(&[]).is_ok());
-        assert_eq!(parse(&["--generated-tokens", "0"]).unwrap_err(), "--generated-tokens must be a whole number ≥ 1 (got 0)");
+        assert_eq!(
+            parse(&["--generated-tokens", "0"]).unwrap_err(),
+            "--generated-tokens must be a whole number ≥ 1 (got 0)"
+        );
         assert!(parse(&["--prompt-tokens", "-5"]).unwrap_err().contains("--prompt-tokens must be"));
         assert!(parse(&["--batch", "0"]).unwrap_err().contains("--batch"));
         assert!(parse(&["--engine", "trt"]).unwrap_err().contains("unknown engine `trt`"));
@@ -503,7 +514,8 @@ mod tests {
     /// launch/quickstart.sh --generated-tokens 16.
     #[test]
     fn later_flags_override_earlier_ones() {
-        let i = input(&["--generated-tokens", "8", "--engine", "cpu", "--generated-tokens", "16", "--cupti", "--cupti"]);
+        let i =
+            input(&["--generated-tokens", "8", "--engine", "cpu", "--generated-tokens", "16", "--cupti", "--cupti"]);
         assert_eq!((i.generated_tokens, i.engine.as_str(), i.cupti), (16, "cpu", true));
     }
 
@@ -511,23 +523,80 @@ mod tests {
     fn every_run_option_reaches_the_run_layer() {
         // The conversion moves each field: a value given on the command line arrives unchanged.
         let i = input(&[
-            "--engine", "mock", "--dtype", "bf16", "--model", "small", "--engine-options", "{\"a\": 1}", "--batch", "3",
-            "--prompt-tokens", "7", "--generated-tokens", "9", "--seed", "5", "--vocab-size", "100", "--allow-eos",
-            "--out", "o.json", "--force", "--trace", "t.json", "--cupti", "--trace-kernel-steps", "4", "--record-tokens",
-            "--devices", "1,2", "--mem-interval-ms", "20", "--timeout", "30", "--warmup", "2", "--warmup-tolerance", "7",
-            "--warmup-max", "6", "--slo", "tpot_ms=5", "--token-log", "k.csv", "--no-progress", "--repeat", "3",
+            "--engine",
+            "mock",
+            "--dtype",
+            "bf16",
+            "--model",
+            "small",
+            "--engine-options",
+            "{\"a\": 1}",
+            "--batch",
+            "3",
+            "--prompt-tokens",
+            "7",
+            "--generated-tokens",
+            "9",
+            "--seed",
+            "5",
+            "--vocab-size",
+            "100",
+            "--allow-eos",
+            "--out",
+            "o.json",
+            "--force",
+            "--trace",
+            "t.json",
+            "--cupti",
+            "--trace-kernel-steps",
+            "4",
+            "--record-tokens",
+            "--devices",
+            "1,2",
+            "--mem-interval-ms",
+            "20",
+            "--timeout",
+            "30",
+            "--warmup",
+            "2",
+            "--warmup-tolerance",
+            "7",
+            "--warmup-max",
+            "6",
+            "--slo",
+            "tpot_ms=5",
+            "--token-log",
+            "k.csv",
+            "--no-progress",
+            "--repeat",
+            "3",
         ]);
-        assert_eq!((i.engine.as_str(), i.dtype.as_str(), i.model.as_deref(), i.engine_options.as_str()), ("mock", "bf16", Some("small"), "{\"a\": 1}"));
+        assert_eq!(
+            (i.engine.as_str(), i.dtype.as_str(), i.model.as_deref(), i.engine_options.as_str()),
+            ("mock", "bf16", Some("small"), "{\"a\": 1}")
+        );
         assert_eq!((i.batch, i.prompt_tokens, i.generated_tokens, i.seed, i.vocab_size), (Some(3), 7, 9, 5, Some(100)));
         assert!(i.allow_eos && i.force && i.cupti && i.record_tokens);
-        assert_eq!((i.out.as_deref(), i.trace.as_deref()), (Some(std::path::Path::new("o.json")), Some(std::path::Path::new("t.json"))));
-        assert_eq!((i.trace_kernel_steps, i.devices.as_deref(), i.mem_interval_ms, i.timeout), (4, Some(&[1, 2][..]), 20, Some(30.0)));
-        assert_eq!((i.warmup.as_str(), i.warmup_tolerance, i.warmup_max, i.slo.as_deref()), ("2", 7.0, 6, Some("tpot_ms=5")));
+        assert_eq!(
+            (i.out.as_deref(), i.trace.as_deref()),
+            (Some(std::path::Path::new("o.json")), Some(std::path::Path::new("t.json")))
+        );
+        assert_eq!(
+            (i.trace_kernel_steps, i.devices.as_deref(), i.mem_interval_ms, i.timeout),
+            (4, Some(&[1, 2][..]), 20, Some(30.0))
+        );
+        assert_eq!(
+            (i.warmup.as_str(), i.warmup_tolerance, i.warmup_max, i.slo.as_deref()),
+            ("2", 7.0, 6, Some("tpot_ms=5"))
+        );
         assert_eq!(i.token_log.as_deref(), Some(std::path::Path::new("k.csv")));
         assert!(i.no_progress);
         assert_eq!(i.repeat, 3);
         let w = input(&["--weights", "ckpt", "--prompts", "p.jsonl"]);
-        assert_eq!((w.weights.as_deref(), w.prompts.as_deref()), (Some(std::path::Path::new("ckpt")), Some(std::path::Path::new("p.jsonl"))));
+        assert_eq!(
+            (w.weights.as_deref(), w.prompts.as_deref()),
+            (Some(std::path::Path::new("ckpt")), Some(std::path::Path::new("p.jsonl")))
+        );
     }
 
     /// `--config run.toml`: the file's options, then the command line's (which win).
@@ -541,7 +610,8 @@ mod tests {
              devices = [0, 1]\nwarmup-tolerance = 2.5\nslo = \"ttft_ms=500\"\n[engine-options]\ntoken_us = 500\n",
         )
         .unwrap();
-        let argv = |extra: &[&str]| -> Vec<OsString> { ["tpprof", "run"].iter().chain(extra).map(OsString::from).collect() };
+        let argv =
+            |extra: &[&str]| -> Vec<OsString> { ["tpprof", "run"].iter().chain(extra).map(OsString::from).collect() };
         let parse = |extra: &[&str]| -> RunInput {
             match Cli::try_parse_from(expand_config(argv(extra)).unwrap()).unwrap().command {
                 Command::Run(a) => (*a).into(),
@@ -550,9 +620,18 @@ mod tests {
         };
         let path = f.to_str().unwrap();
         let i = parse(&["--config", path]);
-        assert_eq!((i.engine.as_str(), i.generated_tokens, i.prompt_tokens, i.cupti, i.allow_eos), ("mock", 800, 10000, true, false));
-        assert_eq!((i.devices.as_deref(), i.warmup_tolerance, i.slo.as_deref()), (Some(&[0, 1][..]), 2.5, Some("ttft_ms=500")));
-        assert_eq!(serde_json::from_str::<serde_json::Value>(&i.engine_options).unwrap(), serde_json::json!({"token_us": 500}));
+        assert_eq!(
+            (i.engine.as_str(), i.generated_tokens, i.prompt_tokens, i.cupti, i.allow_eos),
+            ("mock", 800, 10000, true, false)
+        );
+        assert_eq!(
+            (i.devices.as_deref(), i.warmup_tolerance, i.slo.as_deref()),
+            (Some(&[0, 1][..]), 2.5, Some("ttft_ms=500"))
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&i.engine_options).unwrap(),
+            serde_json::json!({"token_us": 500})
+        );
         // The command line wins, before or after --config; `--config=FILE` too.
         let i = parse(&["--generated-tokens", "16", &format!("--config={path}"), "--engine", "cpu"]);
         assert_eq!((i.generated_tokens, i.engine.as_str(), i.prompt_tokens), (16, "cpu", 10000));
@@ -571,7 +650,10 @@ mod tests {
         assert!(bad("devices = [[0]]").contains("`devices` must be an array"));
         assert!(bad("config = \"other.toml\"").contains("unknown option `config`"));
         assert!(bad("engine = ").contains("is not TOML"));
-        assert!(expand_config(argv(&["--config", "/nonexistent/run.toml"])).unwrap_err().to_string().starts_with("cannot read --config /nonexistent/run.toml"));
+        assert!(expand_config(argv(&["--config", "/nonexistent/run.toml"]))
+            .unwrap_err()
+            .to_string()
+            .starts_with("cannot read --config /nonexistent/run.toml"));
         assert!(matches!(expand_config(argv(&["--config"])), Err(ConfigFileError::Missing)));
     }
 }

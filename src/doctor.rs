@@ -144,7 +144,12 @@ fn mapped_path(name: &str) -> Option<String> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
     maps.lines()
         .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| Path::new(p).file_name().and_then(|f| f.to_str()).is_some_and(|f| f.starts_with(&format!("{stem}.so")) || f.starts_with(&format!("{stem}-"))))
+        .find(|p| {
+            Path::new(p)
+                .file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with(&format!("{stem}.so")) || f.starts_with(&format!("{stem}-")))
+        })
         .map(str::to_string)
 }
 
@@ -214,7 +219,13 @@ fn candidates(_lib: &str) -> Vec<String> {
 fn find(what: &str, lib: &str, version: Versioner, fix: &str) -> Library {
     let names = candidates(lib);
     if names.is_empty() {
-        return Library { what: what.into(), name: None, path: None, version: None, problem: Some("this tpprof was built without the cuda feature".into()) };
+        return Library {
+            what: what.into(),
+            name: None,
+            path: None,
+            version: None,
+            problem: Some("this tpprof was built without the cuda feature".into()),
+        };
     }
     for name in &names {
         // SAFETY: loading a CUDA library runs its initialisers, as the engine's own load would.
@@ -231,7 +242,10 @@ fn find(what: &str, lib: &str, version: Versioner, fix: &str) -> Library {
         name: None,
         path: None,
         version: None,
-        problem: Some(format!("none of {} found by the loader: {fix}", names.iter().filter(|n| n.contains(".so")).take(3).cloned().collect::<Vec<_>>().join(", "))),
+        problem: Some(format!(
+            "none of {} found by the loader: {fix}",
+            names.iter().filter(|n| n.contains(".so")).take(3).cloned().collect::<Vec<_>>().join(", ")
+        )),
     }
 }
 
@@ -240,7 +254,9 @@ pub fn look(world: &World, input: &DoctorInput) -> RankDoctor {
     let cpus = affinity();
     let host_gpus = HostGpus::probe();
     let (gpus, no_gpu_reason, driver_version, cuda_driver_version) = match &host_gpus {
-        HostGpus::Present { gpus, driver_version, cuda_driver_version } => (gpus.clone(), None, Some(driver_version.clone()), Some(cuda_driver_version.clone())),
+        HostGpus::Present { gpus, driver_version, cuda_driver_version } => {
+            (gpus.clone(), None, Some(driver_version.clone()), Some(cuda_driver_version.clone()))
+        }
         HostGpus::Absent { reason } => (Vec::new(), Some(reason.clone()), None, None),
     };
     let (bound_gpu, bind_problem) = match host_gpus.bind(world.local_rank, input.devices.as_deref()) {
@@ -252,7 +268,12 @@ pub fn look(world: &World, input: &DoctorInput) -> RankDoctor {
         find("CUDA driver", "cuda", cuda_version, "install the NVIDIA driver (libcuda.so.1)"),
         find("NVRTC (cuda engine kernels)", "nvrtc", nvrtc_version, path_fix),
         find("cuBLAS (cuda engine GEMMs)", "cublas", cublas_version, path_fix),
-        find("NCCL (cuda engine TP > 1)", "nccl", nccl_version, "the engine loads libnccl.so: link it to libnccl.so.2 in a directory on LD_LIBRARY_PATH"),
+        find(
+            "NCCL (cuda engine TP > 1)",
+            "nccl",
+            nccl_version,
+            "the engine loads libnccl.so: link it to libnccl.so.2 in a directory on LD_LIBRARY_PATH",
+        ),
         find("CUPTI (--cupti)", "cupti", cupti_version, path_fix),
     ];
     let python = match crate::engine::python::find_libpython(input.python.as_deref()) {
@@ -263,7 +284,13 @@ pub fn look(world: &World, input: &DoctorInput) -> RankDoctor {
             version: crate::engine::python::probe_python(input.python.as_deref()).ok().map(|p| p.version),
             problem: None,
         },
-        Err(e) => Library { what: "libpython (python:DRIVER engines)".into(), name: None, path: None, version: None, problem: Some(e.to_string()) },
+        Err(e) => Library {
+            what: "libpython (python:DRIVER engines)".into(),
+            name: None,
+            path: None,
+            version: None,
+            problem: Some(e.to_string()),
+        },
     };
     let adapter = input.adapter.as_ref().map(|path| {
         let what = format!("adapter {}", path.display());
@@ -275,7 +302,13 @@ pub fn look(world: &World, input: &DoctorInput) -> RankDoctor {
                 version: Some(format!("ABI {}", crate::engine::adapter::ABI_VERSION)),
                 problem: None,
             },
-            Err(e) => Library { what, name: None, path: Some(path.display().to_string()), version: None, problem: Some(e.to_string()) },
+            Err(e) => Library {
+                what,
+                name: None,
+                path: Some(path.display().to_string()),
+                version: None,
+                problem: Some(e.to_string()),
+            },
         }
     });
     RankDoctor {
@@ -303,24 +336,37 @@ pub fn look(world: &World, input: &DoctorInput) -> RankDoctor {
 /// The checks over every rank's view.
 pub fn checks(ranks: &[RankDoctor], world_size: i32) -> Vec<Check> {
     let mut out = Vec::new();
-    let mut push = |level, what: String, fix: Option<&str>| out.push(Check { level, what, fix: fix.map(str::to_string) });
+    let mut push =
+        |level, what: String, fix: Option<&str>| out.push(Check { level, what, fix: fix.map(str::to_string) });
     let list = |rs: &[i32]| rs.iter().map(i32::to_string).collect::<Vec<_>>().join(", ");
     if ranks.len() as i32 != world_size {
-        push(Level::Fail, format!("only {} of {world_size} ranks answered", ranks.len()), Some("check the missing ranks' hosts (MPI, the tpprof binary's path)"));
+        push(
+            Level::Fail,
+            format!("only {} of {world_size} ranks answered", ranks.len()),
+            Some("check the missing ranks' hosts (MPI, the tpprof binary's path)"),
+        );
     }
     // The same build everywhere.
     let mut builds: Vec<&str> = ranks.iter().map(|r| r.tpprof_commit.as_str()).collect();
     builds.sort();
     builds.dedup();
     if builds.len() > 1 {
-        push(Level::Fail, format!("ranks run different tpprof builds: {}", builds.join(", ")), Some("install one build on every host"));
+        push(
+            Level::Fail,
+            format!("ranks run different tpprof builds: {}", builds.join(", ")),
+            Some("install one build on every host"),
+        );
     } else {
         push(Level::Ok, format!("every rank runs tpprof build {}", builds.first().copied().unwrap_or("?")), None);
     }
     // GPUs: binding and duplicates.
     let gpu_ranks: Vec<&RankDoctor> = ranks.iter().filter(|r| r.bound_gpu.is_some()).collect();
     for r in ranks.iter().filter(|r| r.bind_problem.is_some()) {
-        push(Level::Fail, format!("rank {} cannot bind a GPU: {}", r.rank, r.bind_problem.as_deref().unwrap_or("")), None);
+        push(
+            Level::Fail,
+            format!("rank {} cannot bind a GPU: {}", r.rank, r.bind_problem.as_deref().unwrap_or("")),
+            None,
+        );
     }
     let mut dup = false;
     for (i, a) in gpu_ranks.iter().enumerate() {
@@ -337,46 +383,88 @@ pub fn checks(ranks: &[RankDoctor], world_size: i32) -> Vec<Check> {
         }
     }
     if gpu_ranks.len() == ranks.len() && !ranks.is_empty() && !dup {
-        push(Level::Ok, format!("every rank has its own GPU ({})", list(&gpu_ranks.iter().map(|r| r.rank).collect::<Vec<_>>())), None);
+        push(
+            Level::Ok,
+            format!("every rank has its own GPU ({})", list(&gpu_ranks.iter().map(|r| r.rank).collect::<Vec<_>>())),
+            None,
+        );
     } else if gpu_ranks.is_empty() {
         let why = ranks.first().and_then(|r| r.no_gpu_reason.clone()).unwrap_or_else(|| "no GPU".into());
-        push(Level::Warn, format!("no rank has a GPU ({why}): the cuda engine and --cupti cannot run; cpu, mock and Python engines can"), Some("run on the GPU hosts; check the NVIDIA driver and CUDA_VISIBLE_DEVICES"));
+        push(
+            Level::Warn,
+            format!(
+                "no rank has a GPU ({why}): the cuda engine and --cupti cannot run; cpu, mock and Python engines can"
+            ),
+            Some("run on the GPU hosts; check the NVIDIA driver and CUDA_VISIBLE_DEVICES"),
+        );
     } else {
         let without: Vec<i32> = ranks.iter().filter(|r| r.bound_gpu.is_none()).map(|r| r.rank).collect();
-        push(Level::Warn, format!("ranks {} have no GPU while others do: --engine auto refuses mixed ranks", list(&without)), Some("pass --engine explicitly, or start ranks only on GPU hosts"));
+        push(
+            Level::Warn,
+            format!("ranks {} have no GPU while others do: --engine auto refuses mixed ranks", list(&without)),
+            Some("pass --engine explicitly, or start ranks only on GPU hosts"),
+        );
     }
     // Libraries: missing on some ranks, or different versions across ranks.
     let n_libs = ranks.first().map(|r| r.libraries.len()).unwrap_or(0);
     let has_gpu = !gpu_ranks.is_empty();
     if !has_gpu {
         // Without a GPU the CUDA libraries are expected to be missing: one line says which.
-        let missing: Vec<&str> = (0..n_libs).filter(|&k| ranks.iter().any(|r| r.libraries[k].problem.is_some())).map(|k| ranks[0].libraries[k].what.as_str()).collect();
+        let missing: Vec<&str> = (0..n_libs)
+            .filter(|&k| ranks.iter().any(|r| r.libraries[k].problem.is_some()))
+            .map(|k| ranks[0].libraries[k].what.as_str())
+            .collect();
         if !missing.is_empty() {
             push(Level::Warn, format!("not found (expected without a GPU): {}", missing.join("; ")), None);
         }
     }
     for k in (0..n_libs).filter(|_| has_gpu) {
         let what = &ranks[0].libraries[k].what;
-        let missing: Vec<i32> = ranks.iter().filter(|r| r.libraries.get(k).is_none_or(|l| l.problem.is_some())).map(|r| r.rank).collect();
+        let missing: Vec<i32> =
+            ranks.iter().filter(|r| r.libraries.get(k).is_none_or(|l| l.problem.is_some())).map(|r| r.rank).collect();
         let mut versions: Vec<String> = ranks.iter().filter_map(|r| r.libraries.get(k)?.version.clone()).collect();
         versions.sort();
         versions.dedup();
         if !missing.is_empty() {
-            let problem = ranks.iter().find(|r| missing.contains(&r.rank)).and_then(|r| r.libraries[k].problem.clone()).unwrap_or_default();
-            let who = if missing.len() == ranks.len() { format!("all {} ranks", ranks.len()) } else { format!("ranks {}", list(&missing)) };
+            let problem = ranks
+                .iter()
+                .find(|r| missing.contains(&r.rank))
+                .and_then(|r| r.libraries[k].problem.clone())
+                .unwrap_or_default();
+            let who = if missing.len() == ranks.len() {
+                format!("all {} ranks", ranks.len())
+            } else {
+                format!("ranks {}", list(&missing))
+            };
             push(Level::Fail, format!("{what}: missing on {who}: {problem}"), None);
         } else if versions.len() > 1 {
-            push(Level::Warn, format!("{what}: different versions across ranks ({})", versions.join(", ")), Some("use one CUDA / NCCL installation on every host"));
+            push(
+                Level::Warn,
+                format!("{what}: different versions across ranks ({})", versions.join(", ")),
+                Some("use one CUDA / NCCL installation on every host"),
+            );
         } else {
             push(Level::Ok, format!("{what}: {}", versions.first().map(String::as_str).unwrap_or("found")), None);
         }
     }
     let no_python: Vec<i32> = ranks.iter().filter(|r| r.python.problem.is_some()).map(|r| r.rank).collect();
     match (no_python.is_empty(), ranks.first()) {
-        (true, Some(r)) => push(Level::Ok, format!("libpython {} ({})", r.python.version.as_deref().unwrap_or("?"), r.python.path.as_deref().unwrap_or("?")), None),
+        (true, Some(r)) => push(
+            Level::Ok,
+            format!(
+                "libpython {} ({})",
+                r.python.version.as_deref().unwrap_or("?"),
+                r.python.path.as_deref().unwrap_or("?")
+            ),
+            None,
+        ),
         (false, Some(_)) => {
             let problem = ranks.iter().find_map(|r| r.python.problem.clone()).unwrap_or_default();
-            push(Level::Warn, format!("python:DRIVER engines cannot start on ranks {}: {problem}", list(&no_python)), None);
+            push(
+                Level::Warn,
+                format!("python:DRIVER engines cannot start on ranks {}: {problem}", list(&no_python)),
+                None,
+            );
         }
         _ => {}
     }
@@ -390,12 +478,27 @@ pub fn checks(ranks: &[RankDoctor], world_size: i32) -> Vec<Check> {
         }
     }
     for (p, rs) in adapter_problems {
-        let who = if rs.len() == ranks.len() && rs.len() > 1 { format!("all {} ranks", rs.len()) } else if rs.len() == 1 { format!("rank {}", rs[0]) } else { format!("ranks {}", list(&rs)) };
+        let who = if rs.len() == ranks.len() && rs.len() > 1 {
+            format!("all {} ranks", rs.len())
+        } else if rs.len() == 1 {
+            format!("rank {}", rs[0])
+        } else {
+            format!("ranks {}", list(&rs))
+        };
         push(Level::Fail, format!("{who}: {p}"), None);
     }
     if let Some(a) = ranks.first().and_then(|r| r.adapter.as_ref()).filter(|a| a.problem.is_none()) {
         if ranks.iter().all(|r| r.adapter.as_ref().is_some_and(|a| a.problem.is_none())) {
-            push(Level::Ok, format!("{}: engine `{}`, {}", a.what, a.name.as_deref().unwrap_or("?"), a.version.as_deref().unwrap_or("")), None);
+            push(
+                Level::Ok,
+                format!(
+                    "{}: engine `{}`, {}",
+                    a.what,
+                    a.name.as_deref().unwrap_or("?"),
+                    a.version.as_deref().unwrap_or("")
+                ),
+                None,
+            );
         }
     }
     // CPU binding: ranks of one host pinned to overlapping CPU sets fight for cores.
@@ -410,7 +513,10 @@ pub fn checks(ranks: &[RankDoctor], world_size: i32) -> Vec<Check> {
     if let Some((a, b)) = overlap.first() {
         push(
             Level::Warn,
-            format!("ranks {a} and {b} may run only on the same {} CPU(s): the host work of each engine competes", ranks[*a as usize].cpu_count.max(1)),
+            format!(
+                "ranks {a} and {b} may run only on the same {} CPU(s): the host work of each engine competes",
+                ranks[*a as usize].cpu_count.max(1)
+            ),
             Some("mpirun --bind-to none, or --map-by with enough cores per rank"),
         );
     }
@@ -425,15 +531,33 @@ pub fn main(world: &World, input: &DoctorInput) -> Option<DoctorReport> {
     let mut hosts: Vec<String> = ranks.iter().map(|r| r.host.clone()).collect();
     hosts.dedup();
     let checks = checks(&ranks, world.size);
-    Some(DoctorReport { mpi_library: World::mpi_library_version(), launcher: launcher(), world_size: world.size, hosts, ranks, checks })
+    Some(DoctorReport {
+        mpi_library: World::mpi_library_version(),
+        launcher: launcher(),
+        world_size: world.size,
+        hosts,
+        ranks,
+        checks,
+    })
 }
 
 /// The table and the checks, as rank 0 prints them.
 pub fn render(r: &DoctorReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let _ = writeln!(out, "tpprof doctor: {} rank(s) on {} host(s); MPI: {}; launcher: {}", r.world_size, r.hosts.len(), r.mpi_library, r.launcher);
-    let _ = writeln!(out, "  {:<5} {:<16} {:<7} {:<7} {:<12} {:<40} {}", "rank", "host", "local", "pid", "cpus", "GPU (bound)", "driver / CUDA");
+    let _ = writeln!(
+        out,
+        "tpprof doctor: {} rank(s) on {} host(s); MPI: {}; launcher: {}",
+        r.world_size,
+        r.hosts.len(),
+        r.mpi_library,
+        r.launcher
+    );
+    let _ = writeln!(
+        out,
+        "  {:<5} {:<16} {:<7} {:<7} {:<12} {:<40} {}",
+        "rank", "host", "local", "pid", "cpus", "GPU (bound)", "driver / CUDA"
+    );
     for k in &r.ranks {
         let gpu = match (&k.bound_gpu, &k.bind_problem) {
             (Some(g), _) => format!("GPU{} {} ({} seen)", g.ordinal, g.name, k.gpus.len()),
@@ -445,7 +569,16 @@ pub fn render(r: &DoctorReport) -> String {
             _ => "—".into(),
         };
         let host: String = k.host.chars().take(16).collect();
-        let _ = writeln!(out, "  {:<5} {:<16} {:<7} {:<7} {:<12} {:<40} {drv}", k.rank, host, format!("{}/{}", k.local_rank, k.local_size), k.pid, k.cpus, gpu);
+        let _ = writeln!(
+            out,
+            "  {:<5} {:<16} {:<7} {:<7} {:<12} {:<40} {drv}",
+            k.rank,
+            host,
+            format!("{}/{}", k.local_rank, k.local_size),
+            k.pid,
+            k.cpus,
+            gpu
+        );
     }
     if let Some(k) = r.ranks.first() {
         let _ = writeln!(out, "libraries (rank {}):", k.rank);
@@ -485,7 +618,13 @@ mod tests {
 
     fn rank(r: i32, host: &str, gpu: Option<&str>) -> RankDoctor {
         let g = gpu.map(|u| GpuInfo { ordinal: 0, nvml_index: 0, uuid: u.into(), name: "H200".into(), total_bytes: 1 });
-        let lib = |v: &str| Library { what: "NCCL (cuda engine TP > 1)".into(), name: Some("libnccl.so".into()), path: None, version: Some(v.into()), problem: None };
+        let lib = |v: &str| Library {
+            what: "NCCL (cuda engine TP > 1)".into(),
+            name: Some("libnccl.so".into()),
+            path: None,
+            version: Some(v.into()),
+            problem: None,
+        };
         RankDoctor {
             rank: r,
             host: host.into(),
@@ -503,7 +642,13 @@ mod tests {
             bound_gpu: g,
             bind_problem: None,
             libraries: vec![lib(if r == 0 { "2.28.3" } else { "2.28.9" })],
-            python: Library { what: "libpython".into(), name: None, path: None, version: None, problem: Some("no libpython".into()) },
+            python: Library {
+                what: "libpython".into(),
+                name: None,
+                path: None,
+                version: None,
+                problem: Some("no libpython".into()),
+            },
             adapter: None,
         }
     }
@@ -514,12 +659,18 @@ mod tests {
         let c = checks(&rs, 2);
         let fails: Vec<&str> = c.iter().filter(|c| c.level == Level::Fail).map(|c| c.what.as_str()).collect();
         assert_eq!(fails, vec!["ranks 0 and 1 on a would share GPU 0 (GPU-1)"]);
-        assert!(c.iter().any(|c| c.level == Level::Warn && c.what.contains("different versions across ranks (2.28.3, 2.28.9)")), "{c:?}");
+        assert!(
+            c.iter()
+                .any(|c| c.level == Level::Warn && c.what.contains("different versions across ranks (2.28.3, 2.28.9)")),
+            "{c:?}"
+        );
         // The same GPU uuid on two hosts is two GPUs.
         rs[1].host = "b".into();
         assert!(checks(&rs, 2).iter().all(|c| c.level != Level::Fail));
         rs[1].tpprof_commit = "def".into();
-        assert!(checks(&rs, 2).iter().any(|c| c.level == Level::Fail && c.what == "ranks run different tpprof builds: abc, def"));
+        assert!(checks(&rs, 2)
+            .iter()
+            .any(|c| c.level == Level::Fail && c.what == "ranks run different tpprof builds: abc, def"));
         // A rank that did not answer.
         assert!(checks(&rs[..1], 2).iter().any(|c| c.level == Level::Fail && c.what.starts_with("only 1 of 2")));
         // Without GPUs a missing CUDA library is a warning.
@@ -528,10 +679,20 @@ mod tests {
         let c = checks(&cpu, 1);
         assert!(c.iter().all(|c| c.level != Level::Fail), "{c:?}");
         assert!(c.iter().any(|c| c.level == Level::Warn && c.what.starts_with("no rank has a GPU")));
-        assert!(c.iter().any(|c| c.level == Level::Warn && c.what == "not found (expected without a GPU): NCCL (cuda engine TP > 1)"), "{c:?}");
+        assert!(
+            c.iter()
+                .any(|c| c.level == Level::Warn
+                    && c.what == "not found (expected without a GPU): NCCL (cuda engine TP > 1)"),
+            "{c:?}"
+        );
         // With a GPU it is a failure.
         let mut gpu = vec![rank(0, "a", Some("GPU-1"))];
         gpu[0].libraries[0].problem = Some("none found".into());
-        assert!(checks(&gpu, 1).iter().any(|c| c.level == Level::Fail && c.what.starts_with("NCCL (cuda engine TP > 1): missing on all 1 ranks")));
+        assert!(
+            checks(&gpu, 1)
+                .iter()
+                .any(|c| c.level == Level::Fail
+                    && c.what.starts_with("NCCL (cuda engine TP > 1): missing on all 1 ranks"))
+        );
     }
 }

@@ -47,17 +47,19 @@ fn main() {
             },
             None => report_text(&args.files, args.percentiles.as_deref()),
         },
-        Command::Compare(args) => match tpprof::report::compare::compare_files(&args.files, args.markdown, &args.fail_if) {
-            Ok(c) => {
-                tpprof::out!("{}{}", c.table, c.gate);
-                if c.regressed {
-                    EXIT_REGRESSED
-                } else {
-                    EXIT_OK
+        Command::Compare(args) => {
+            match tpprof::report::compare::compare_files(&args.files, args.markdown, &args.fail_if) {
+                Ok(c) => {
+                    tpprof::out!("{}{}", c.table, c.gate);
+                    if c.regressed {
+                        EXIT_REGRESSED
+                    } else {
+                        EXIT_OK
+                    }
                 }
+                Err(e) => error(EXIT_BAD_INPUT, e),
             }
-            Err(e) => error(EXIT_BAD_INPUT, e),
-        },
+        }
         Command::Verify(args) => with_world(|w| verify_exit(w.rank, tpprof::verify::main(w, args.into()))),
         Command::WriteCheckpoint(a) => match tpprof::engine::write_checkpoint_main(&tpprof::engine::CheckpointRequest {
             model: &a.model,

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::engine::builtin::cpu::mpi_comm::MpiComm;
 use crate::cluster::{Json, RankFailures, WireError, World};
 use crate::engine::adapter::{AdapterEngine, InitParams};
+use crate::engine::builtin::cpu::mpi_comm::MpiComm;
 use crate::engine::builtin::Cpu;
 use crate::engine::config::Config;
 use crate::engine::{Engine, EngineError, EngineSpec, Topology};
@@ -14,8 +14,8 @@ use crate::observe::gpu::{GpuInfo, HostGpus};
 use crate::observe::memory::{MemorySampler, Phase, PhaseCell, SamplerSetup};
 use crate::record::{token_digest, Recording, TokenSink};
 use crate::report::build::Header;
-use crate::report::writer::{OutputFile, Written};
 use crate::report::trace::RankTrace;
+use crate::report::writer::{OutputFile, Written};
 use crate::report::{ConfigReport, Environment, RankReport, RankSample, RankTiming, Role, RunReport, State, WarmupRun};
 use crate::workload::Workload;
 
@@ -274,7 +274,8 @@ impl RunConfig {
         if a.cupti && !cfg!(feature = "cuda") {
             return Err(RunError::CuptiNeedsCuda);
         }
-        let trace_kernel_steps = u32::try_from(a.trace_kernel_steps).map_err(|_| RunError::TraceKernelSteps(a.trace_kernel_steps))?;
+        let trace_kernel_steps =
+            u32::try_from(a.trace_kernel_steps).map_err(|_| RunError::TraceKernelSteps(a.trace_kernel_steps))?;
         let timeout = match a.timeout {
             Some(t) if !(t > 0.0 && t.is_finite()) => return Err(RunError::Timeout(t)),
             Some(t) => Some(Duration::from_secs_f64(t)),
@@ -319,14 +320,25 @@ impl RunConfig {
         match &self.engine {
             EngineSpec::Adapter(_) => "adapter".into(),
             EngineSpec::Python(_) => "python".into(),
-            _ => std::path::Path::new(&self.model).file_name().and_then(|s| s.to_str()).unwrap_or("model").trim_end_matches(".json").to_string(),
+            _ => std::path::Path::new(&self.model)
+                .file_name()
+                .and_then(|s| s.to_str())
+                .unwrap_or("model")
+                .trim_end_matches(".json")
+                .to_string(),
         }
     }
 }
 
 /// `engine.generate` into the sink; with an NVTX-collecting tool attached (nsys), through a wrapper
 /// that adds a range per decode step (observe::nvtx).
-fn generate_into(engine: &mut dyn Engine, prompts: &[Vec<i32>], workload: &Workload, config: &RunConfig, sink: &TokenSink) -> Result<(), EngineError> {
+fn generate_into(
+    engine: &mut dyn Engine,
+    prompts: &[Vec<i32>],
+    workload: &Workload,
+    config: &RunConfig,
+    sink: &TokenSink,
+) -> Result<(), EngineError> {
     if crate::observe::nvtx::active() {
         let steps = crate::observe::nvtx::Steps::new(sink);
         engine.generate(prompts, workload.generated_tokens, config.exact_length, &steps)
@@ -337,7 +349,15 @@ fn generate_into(engine: &mut dyn Engine, prompts: &[Vec<i32>], workload: &Workl
 
 /// One generate() whose tokens are counted, not kept: a warm-up run or an earlier repeat. Its
 /// TTFT and ITL p50 and tokens on this rank (the caller times the wall, barrier included).
-fn figures_run(engine: &mut dyn Engine, config: &RunConfig, workload: &Workload, obs: &Observers, prompts: &[Vec<i32>], name: &str, progress: bool) -> (WarmupRun, Result<(), EngineError>) {
+fn figures_run(
+    engine: &mut dyn Engine,
+    config: &RunConfig,
+    workload: &Workload,
+    obs: &Observers,
+    prompts: &[Vec<i32>],
+    name: &str,
+    progress: bool,
+) -> (WarmupRun, Result<(), EngineError>) {
     let progress = progress.then(|| name.to_string());
     let requested = vec![workload.generated_tokens; workload.prompts.len()];
     let total: u64 = requested.iter().map(|&r| r as u64).sum();
@@ -371,7 +391,11 @@ fn with_progress<R>(label: Option<String>, sink: &TokenSink, total: u64, generat
     std::thread::scope(|s| {
         let shower = s.spawn(|| {
             let start = Instant::now();
-            let (tick, first, every) = if tty { (Duration::from_millis(100), Duration::from_millis(500), Duration::from_millis(500)) } else { (Duration::from_millis(100), Duration::from_secs(5), Duration::from_secs(10)) };
+            let (tick, first, every) = if tty {
+                (Duration::from_millis(100), Duration::from_millis(500), Duration::from_millis(500))
+            } else {
+                (Duration::from_millis(100), Duration::from_secs(5), Duration::from_secs(10))
+            };
             let mut next = first;
             let mut shown = false;
             while !done.load(Ordering::Acquire) {
@@ -382,7 +406,11 @@ fn with_progress<R>(label: Option<String>, sink: &TokenSink, total: u64, generat
                 }
                 next = t + every;
                 let n = sink.received();
-                let line = format!("{label}: {n}/{total} tokens ({:.0} %), {:.1} s", n as f64 * 100.0 / total.max(1) as f64, t.as_secs_f64());
+                let line = format!(
+                    "{label}: {n}/{total} tokens ({:.0} %), {:.1} s",
+                    n as f64 * 100.0 / total.max(1) as f64,
+                    t.as_secs_f64()
+                );
                 let mut e = std::io::stderr().lock();
                 let _ = if tty { write!(e, "\r\x1b[2K{line}") } else { writeln!(e, "{line}") };
                 let _ = e.flush();
@@ -582,16 +610,37 @@ impl<'w> Job<'w> {
         // Each phase is an NVTX range too (observe::nvtx: seen in nsys when it collects NVTX).
         use crate::observe::nvtx::range;
         let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let config = { let _r = range("tpprof configure"); self.configure(&started_at)? }; // 1. arguments agreed, output claimed, watchdog
-        let site = { let _r = range("tpprof bind"); self.bind(&config, started_at)? }; // 2. GPU binding, the JSON's header
+        let config = {
+            let _r = range("tpprof configure");
+            self.configure(&started_at)?
+        }; // 1. arguments agreed, output claimed, watchdog
+        let site = {
+            let _r = range("tpprof bind");
+            self.bind(&config, started_at)?
+        }; // 2. GPU binding, the JSON's header
         let mut obs = Observers::start(self.world, &config, &site); // 3. memory sampler, clock epoch
-        let mut created = { let _r = range("tpprof create engine"); self.create_engine(&config, &site, &obs)? }; // 4. the engine, CUPTI
+        let mut created = {
+            let _r = range("tpprof create engine");
+            self.create_engine(&config, &site, &obs)?
+        }; // 4. the engine, CUPTI
         let workload = self.workload_for(&config, created.engine.as_ref())?; // 5. prompts, broadcast
-        let warmed = { let _r = range("tpprof warm-up"); self.warm_up(&config, &mut created, &workload, &obs)? }; // 6. prepare, warm-up runs
-        let measured = { let _r = range("tpprof measure"); self.measure(&config, &mut created, &workload, &obs)? }; // 7. the measured generate()
-        let gathered = { let _r = range("tpprof gather"); self.gather(&config, created, &mut obs, warmed, measured, &site) }; // 8. to rank 0
+        let warmed = {
+            let _r = range("tpprof warm-up");
+            self.warm_up(&config, &mut created, &workload, &obs)?
+        }; // 6. prepare, warm-up runs
+        let measured = {
+            let _r = range("tpprof measure");
+            self.measure(&config, &mut created, &workload, &obs)?
+        }; // 7. the measured generate()
+        let gathered = {
+            let _r = range("tpprof gather");
+            self.gather(&config, created, &mut obs, warmed, measured, &site)
+        }; // 8. to rank 0
         let Some(gathered) = gathered else { return Ok(Verdict::Ok) };
-        let report = { let _r = range("tpprof assemble"); self.assemble(&workload, gathered)? }; // 9. rank 0: one report, the trace
+        let report = {
+            let _r = range("tpprof assemble");
+            self.assemble(&workload, gathered)?
+        }; // 9. rank 0: one report, the trace
         self.finish(report, config.exact_length) // 10. written, summary printed
     }
 
@@ -638,7 +687,8 @@ impl<'w> Job<'w> {
         obs.phase.set(Phase::EngineLoad);
         let gpu = site.gpu.as_ref();
         let spec = config.engine.resolve(gpu.is_some());
-        let labels: Vec<String> = world.all_gather(&spec.label().to_string()).into_iter().map(Result::unwrap_or_default).collect();
+        let labels: Vec<String> =
+            world.all_gather(&spec.label().to_string()).into_iter().map(Result::unwrap_or_default).collect();
         if labels.iter().any(|l| *l != labels[0]) {
             let which: Vec<String> = labels.iter().enumerate().map(|(r, l)| format!("rank {r}: {l}")).collect();
             return Err(Stop::input(RankFailures::one(0, format!("--engine auto chose different engines on different ranks ({}): some ranks have no GPU; pass --engine explicitly", which.join(", ")))));
@@ -660,7 +710,14 @@ impl<'w> Job<'w> {
         let engine: Result<Box<dyn Engine>, EngineError> = match &spec {
             EngineSpec::Cpu | EngineSpec::Auto => {
                 let cfg = config.model_config.as_ref().expect("validated: built-in engines have a model");
-                Cpu::new(cfg, &config.model, config.seed, config.weights.as_deref(), Box::new(MpiComm::new(engine_comm))).map(|e| Box::new(e) as Box<dyn Engine>)
+                Cpu::new(
+                    cfg,
+                    &config.model,
+                    config.seed,
+                    config.weights.as_deref(),
+                    Box::new(MpiComm::new(engine_comm)),
+                )
+                .map(|e| Box::new(e) as Box<dyn Engine>)
             }
             EngineSpec::Cuda => {
                 drop(engine_comm);
@@ -668,7 +725,9 @@ impl<'w> Job<'w> {
             }
             EngineSpec::Python(driver) => {
                 drop(engine_comm);
-                crate::engine::python::PythonEngine::load(driver, &init).map(|e| Box::new(e) as Box<dyn Engine>).map_err(EngineError::from)
+                crate::engine::python::PythonEngine::load(driver, &init)
+                    .map(|e| Box::new(e) as Box<dyn Engine>)
+                    .map_err(EngineError::from)
             }
             EngineSpec::Adapter(path) => {
                 drop(engine_comm);
@@ -692,7 +751,9 @@ impl<'w> Job<'w> {
         // Not on ONE_PROCESS observer ranks: their process runs no kernels (rank 0's records every
         // GPU it drives).
         let observer = topology == Topology::OneProcess && !world.is_root();
-        let cupti = world.agree(crate::observe::cupti::CuptiSession::start(config.cupti && !observer, gpu.is_some())).map_err(Stop::input)?;
+        let cupti = world
+            .agree(crate::observe::cupti::CuptiSession::start(config.cupti && !observer, gpu.is_some()))
+            .map_err(Stop::input)?;
         if let Some(h) = &mut self.header {
             h.engine = Some(engine.info());
             h.topology = Some(topology);
@@ -703,7 +764,12 @@ impl<'w> Job<'w> {
 
     /// 5. The workload: built on rank 0, broadcast, so every rank feeds identical prompts.
     fn workload_for(&mut self, config: &RunConfig, engine: &dyn Engine) -> Result<Workload, Stop> {
-        let vocab = config.vocab_size.map(u64::from).or(engine.vocab_size().map(u64::from)).or_else(|| options_vocab(&config.engine_options)).unwrap_or(DEFAULT_ADAPTER_VOCAB.into());
+        let vocab = config
+            .vocab_size
+            .map(u64::from)
+            .or(engine.vocab_size().map(u64::from))
+            .or_else(|| options_vocab(&config.engine_options))
+            .unwrap_or(DEFAULT_ADAPTER_VOCAB.into());
         // Token ids are INT32: a vocabulary of 0 (or one beyond 2^31) cannot be sampled from.
         let checked = match u32::try_from(vocab) {
             Ok(v) if v > 0 && v <= 1 << 31 => Ok(v),
@@ -724,7 +790,13 @@ impl<'w> Job<'w> {
     /// tokens), each prompt's ids in another order (no prefix-cache hits for the measured run),
     /// tokens discarded (memory phase `prepare`; CUPTI counts their kernels only in kernels_total,
     /// like the engine's own warm-up).
-    fn warm_up(&mut self, config: &RunConfig, created: &mut Created, workload: &Workload, obs: &Observers) -> Result<Warmed, Stop> {
+    fn warm_up(
+        &mut self,
+        config: &RunConfig,
+        created: &mut Created,
+        workload: &Workload,
+        obs: &Observers,
+    ) -> Result<Warmed, Stop> {
         let world = self.world;
         let (engine, role) = (&mut created.engine, created.role);
         obs.phase.set(Phase::Prepare);
@@ -747,7 +819,15 @@ impl<'w> Job<'w> {
                     }
                     let show = config.progress && world.is_root();
                     let name = format!("warm-up run {}", i + 1);
-                    let (seen, r) = figures_run(engine.as_mut(), config, workload, obs, &workload.warmup_prompts(config.seed, i), &name, show);
+                    let (seen, r) = figures_run(
+                        engine.as_mut(),
+                        config,
+                        workload,
+                        obs,
+                        &workload.warmup_prompts(config.seed, i),
+                        &name,
+                        show,
+                    );
                     (seen, r.map_err(|source| RunError::WarmupRun { run: i + 1, source }))
                 }
                 Role::Observer => (WarmupRun::default(), Ok(())),
@@ -794,7 +874,13 @@ impl<'w> Job<'w> {
 
     /// 7. The measured generate(): every token timestamped on entry into the sink; the memory
     /// phase moves to decode when every sample has its first token. Then CUPTI's recording.
-    fn measure(&mut self, config: &RunConfig, created: &mut Created, workload: &Workload, obs: &Observers) -> Result<Measured, Stop> {
+    fn measure(
+        &mut self,
+        config: &RunConfig,
+        created: &mut Created,
+        workload: &Workload,
+        obs: &Observers,
+    ) -> Result<Measured, Stop> {
         let world = self.world;
         // A test hook (tests/failures.rs): a panic on this rank, to show it ends the whole job.
         if std::env::var("TPPROF_TEST_PANIC_RANK").ok().and_then(|r| r.parse::<i32>().ok()) == Some(world.rank) {
@@ -824,7 +910,8 @@ impl<'w> Job<'w> {
         let device_steps = engine.device_steps();
         let submit_ns = sink.submit_ns();
         let (events, overflow) = sink.into_events();
-        let abs_tokens: Vec<(u32, u32, u64)> = events.iter().map(|e| (e.sample, e.step, obs.epoch_mono_ns + e.t_ns)).collect();
+        let abs_tokens: Vec<(u32, u32, u64)> =
+            events.iter().map(|e| (e.sample, e.step, obs.epoch_mono_ns + e.t_ns)).collect();
         let cupti = created.cupti.take().expect("CUPTI's session is taken once, here");
         let recorded = world
             .agree(cupti.finish(
@@ -844,7 +931,15 @@ impl<'w> Job<'w> {
     /// the cross-rank skew), CUPTI's per-step activity and the trace parts. The engine is released
     /// here, before rank 0 assembles. `None` on every rank but 0.
     #[allow(clippy::too_many_arguments)]
-    fn gather(&mut self, config: &RunConfig, created: Created, obs: &mut Observers, warmed: Warmed, m: Measured, site: &Site) -> Option<Gathered> {
+    fn gather(
+        &mut self,
+        config: &RunConfig,
+        created: Created,
+        obs: &mut Observers,
+        warmed: Warmed,
+        m: Measured,
+        site: &Site,
+    ) -> Option<Gathered> {
         let world = self.world;
         let started = Instant::now();
         let Created { engine, create_s, role, .. } = created;
@@ -867,29 +962,34 @@ impl<'w> Job<'w> {
                 warmup_runs: warmed.runs,
                 repeat_runs: warmed.repeats,
                 create_s,
-                generate_s: (role == Role::Engine).then(|| rec.last_token_ns().unwrap_or(m.end_ns).saturating_sub(m.submit_ns) as f64 / 1e9),
+                generate_s: (role == Role::Engine)
+                    .then(|| rec.last_token_ns().unwrap_or(m.end_ns).saturating_sub(m.submit_ns) as f64 / 1e9),
             },
             tokens_generated: rec.generated_tokens(),
             ttft: rec.ttft.summary(),
             decode: rec.decode.summary(),
-            device_decode: m
-                .device_steps
-                .as_ref()
-                .map(|v| v.iter().map(|&(a, b)| b.saturating_sub(a)).collect::<crate::record::histogram::LatencyHistogram>().summary()),
+            device_decode: m.device_steps.as_ref().map(|v| {
+                v.iter()
+                    .map(|&(a, b)| b.saturating_sub(a))
+                    .collect::<crate::record::histogram::LatencyHistogram>()
+                    .summary()
+            }),
             engine_stats: engine.run_stats(),
             samples: rec
                 .samples
                 .iter()
-                .map(|s| RankSample { generated: s.generated, finish_reason: s.finish_reason, token_digest: token_digest(&s.tokens) })
+                .map(|s| RankSample {
+                    generated: s.generated,
+                    finish_reason: s.finish_reason,
+                    token_digest: token_digest(&s.tokens),
+                })
                 .collect(),
             anomalies: rec.anomalies.clone(),
             cupti: m.recorded.as_ref().map(|r| r.report.clone()),
         };
         // Only with --cupti (every rank has the same config, so the collective matches).
-        let step_activity = config
-            .cupti
-            .then(|| world.gather(&Json(m.recorded.as_ref().map(|r| r.device_steps.clone()))))
-            .flatten();
+        let step_activity =
+            config.cupti.then(|| world.gather(&Json(m.recorded.as_ref().map(|r| r.device_steps.clone())))).flatten();
         let trace = config.trace.is_some().then(|| RankTrace {
             rank: world.rank,
             label: format!(
@@ -902,7 +1002,11 @@ impl<'w> Job<'w> {
             tokens: m.events.iter().map(|e| (e.sample, e.step, e.token, e.t_ns)).collect(),
             device_steps: m.device_steps.clone().unwrap_or_default(),
             memory: rank_report.memory.timeline.clone(),
-            kernels: m.recorded.as_ref().map(|r| r.trace_kernels.iter().map(|k| (k.start, k.end, k.device, k.stream, k.name)).collect()).unwrap_or_default(),
+            kernels: m
+                .recorded
+                .as_ref()
+                .map(|r| r.trace_kernels.iter().map(|k| (k.start, k.end, k.device, k.stream, k.name)).collect())
+                .unwrap_or_default(),
             kernel_names: m.recorded.as_ref().map(|r| r.names.clone()).unwrap_or_default(),
         });
         let traces = trace.map(|t| world.gather(&Json(t)));
@@ -922,7 +1026,16 @@ impl<'w> Job<'w> {
             .flatten();
         let reports = world.gather(&Json(rank_report));
         drop(engine);
-        Some(Gathered { reports: reports?, rec: m.rec, offsets, all_steps, step_activity, traces: traces.flatten(), token_logs, started })
+        Some(Gathered {
+            reports: reports?,
+            rec: m.rec,
+            offsets,
+            all_steps,
+            step_activity,
+            traces: traces.flatten(),
+            token_logs,
+            started,
+        })
     }
 
     /// 9. Rank 0: the ranks' reports into one RunReport (skew, CUPTI summary), and the trace file.
@@ -935,8 +1048,10 @@ impl<'w> Job<'w> {
             .collect::<Result<_, _>>()
             .map_err(|f| Stop::failed(RankFailures::one(f.0, f.1)))?;
         let header = self.header.take().expect("header set in bind()");
-        let steps: Vec<Vec<(u64, u64)>> = g.all_steps.unwrap_or_default().into_iter().map(Result::unwrap_or_default).collect();
-        let mut report = header.finished(workload, &g.rec, ranks).map_err(|e| Stop::failed(RankFailures::one(0, e.to_string())))?;
+        let steps: Vec<Vec<(u64, u64)>> =
+            g.all_steps.unwrap_or_default().into_iter().map(Result::unwrap_or_default).collect();
+        let mut report =
+            header.finished(workload, &g.rec, ranks).map_err(|e| Stop::failed(RankFailures::one(0, e.to_string())))?;
         report.skew = crate::report::build::skew(&steps, &g.offsets);
         if let Some(all) = g.step_activity {
             let per_rank: Vec<StepActivity> = all.into_iter().map(|b| b.ok().and_then(|Json(a)| a)).collect();
@@ -997,7 +1112,12 @@ impl<'w> Job<'w> {
             let stamp: String = started_at.chars().filter(|ch| ch.is_ascii_alphanumeric()).collect();
             // Name the engine `auto` will become on this host (the GPU probe is cheap).
             let has_gpu = matches!(HostGpus::probe(), HostGpus::Present { .. });
-            PathBuf::from(format!("tpprof-{}-{}-n{}-{stamp}.json", c.engine.resolve(has_gpu).label(), c.model_label(), self.world.size))
+            PathBuf::from(format!(
+                "tpprof-{}-{}-n{}-{stamp}.json",
+                c.engine.resolve(has_gpu).label(),
+                c.model_label(),
+                self.world.size
+            ))
         });
         let out = OutputFile::claim(&path, c.force)?;
         self.out = Some(out);
@@ -1017,10 +1137,13 @@ impl<'w> Job<'w> {
     }
 
     fn header_for(&self, c: &RunConfig, gpus: &HostGpus, started_at: String) -> Header {
-        let mut hosts: Vec<String> = self.world.all_gather(&self.world.host).into_iter().map(Result::unwrap_or_default).collect();
+        let mut hosts: Vec<String> =
+            self.world.all_gather(&self.world.host).into_iter().map(Result::unwrap_or_default).collect();
         hosts.dedup();
         let (gpu_driver, cuda_driver, gpu_note) = match gpus {
-            HostGpus::Present { driver_version, cuda_driver_version, .. } => (Some(driver_version.clone()), Some(cuda_driver_version.clone()), None),
+            HostGpus::Present { driver_version, cuda_driver_version, .. } => {
+                (Some(driver_version.clone()), Some(cuda_driver_version.clone()), None)
+            }
             HostGpus::Absent { reason } => (None, None, Some(reason.clone())),
         };
         Header {
@@ -1079,7 +1202,9 @@ impl<'w> Job<'w> {
             return Ok(Vec::new());
         }
         let local = match gpu {
-            None => Err(RunError::CudaWithoutGpu(self.header.as_ref().and_then(|h| h.environment.gpu_note.clone()).unwrap_or_default())),
+            None => Err(RunError::CudaWithoutGpu(
+                self.header.as_ref().and_then(|h| h.environment.gpu_note.clone()).unwrap_or_default(),
+            )),
             Some(_) => Ok(()),
         };
         world.agree(local).map_err(Stop::input)?;
@@ -1091,8 +1216,18 @@ impl<'w> Job<'w> {
     fn cuda_engine(&self, c: &RunConfig, gpu: Option<&GpuInfo>, id: &[u8]) -> Result<Box<dyn Engine>, EngineError> {
         let cfg = c.model_config.as_ref().expect("validated: built-in engines have a model");
         let ordinal = gpu.expect("rendezvous checked: the cuda engine has a GPU on every rank").ordinal as usize;
-        crate::engine::builtin::Cuda::new(cfg, &c.model, &c.dtype, c.seed, c.weights.as_deref(), ordinal, self.world.rank as usize, self.world.size as usize, id)
-            .map(|e| Box::new(e) as Box<dyn Engine>)
+        crate::engine::builtin::Cuda::new(
+            cfg,
+            &c.model,
+            &c.dtype,
+            c.seed,
+            c.weights.as_deref(),
+            ordinal,
+            self.world.rank as usize,
+            self.world.size as usize,
+            id,
+        )
+        .map(|e| Box::new(e) as Box<dyn Engine>)
     }
 
     /// Rank 0 builds (or reads) the prompts and checks them; every rank gets them by broadcast.
@@ -1101,7 +1236,9 @@ impl<'w> Job<'w> {
         let local = if world.is_root() { build_workload(c, vocab, max_context).map(Some) } else { Ok(None) };
         let mine = world.agree(local).map_err(Stop::input)?;
         let prompts = world.agree(world.broadcast(mine.as_ref().map(|w| &w.prompts))).map_err(Stop::failed)?;
-        let source = mine.map(|w| w.source).unwrap_or(crate::workload::PromptSource::Random { seed: c.seed, tokens_per_prompt: c.prompt_tokens });
+        let source = mine
+            .map(|w| w.source)
+            .unwrap_or(crate::workload::PromptSource::Random { seed: c.seed, tokens_per_prompt: c.prompt_tokens });
         Ok(Workload { prompts, generated_tokens: c.generated_tokens, source })
     }
 }
@@ -1122,7 +1259,12 @@ fn build_workload(c: &RunConfig, vocab: u32, max_context: Option<u32>) -> Result
     if let Some(max) = max_context {
         let need = w.longest_prompt() as u64 + c.generated_tokens as u64;
         if need > max as u64 {
-            return Err(RunError::ContextOverflow { prompt: w.longest_prompt(), generated: c.generated_tokens, need, max });
+            return Err(RunError::ContextOverflow {
+                prompt: w.longest_prompt(),
+                generated: c.generated_tokens,
+                need,
+                max,
+            });
         }
     }
     Ok(w)
@@ -1131,7 +1273,9 @@ fn build_workload(c: &RunConfig, vocab: u32, max_context: Option<u32>) -> Result
 /// The model an adapter or driver was given, from the usual option names.
 fn options_model(options: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(options).ok()?;
-    ["preset", "model", "model_dir", "model_path", "engine_dir", "workspace"].iter().find_map(|k| v.get(*k)?.as_str().map(str::to_string))
+    ["preset", "model", "model_dir", "model_path", "engine_dir", "workspace"]
+        .iter()
+        .find_map(|k| v.get(*k)?.as_str().map(str::to_string))
 }
 
 /// The vocabulary the engine itself states (engine_info, or the vocab_size engine option), which
@@ -1163,7 +1307,10 @@ fn check_host_memory(c: &RunConfig, world: &World) -> Result<(), RunError> {
     let records = batch * (c.generated_tokens as u128 * per_token + c.prompt_tokens as u128 * 4) * per_host;
     if records > avail as u128 / 2 {
         return Err(RunError::TooLarge {
-            what: format!("--batch {} × (--generated-tokens {} + --prompt-tokens {}) of token records", batch, c.generated_tokens, c.prompt_tokens),
+            what: format!(
+                "--batch {} × (--generated-tokens {} + --prompt-tokens {}) of token records",
+                batch, c.generated_tokens, c.prompt_tokens
+            ),
             need: records,
             avail,
             fix: "lower --batch, --generated-tokens or --prompt-tokens",
@@ -1179,7 +1326,12 @@ fn check_host_memory(c: &RunConfig, world: &World) -> Result<(), RunError> {
         let weights = m.param_count() as u128 * 4 / world.size.max(1) as u128 * per_host;
         if weights > avail as u128 {
             return Err(RunError::TooLarge {
-                what: format!("the cpu engine's f32 weights of {} ({} parameters, {} rank(s) on this host)", c.model, m.param_count(), per_host),
+                what: format!(
+                    "the cpu engine's f32 weights of {} ({} parameters, {} rank(s) on this host)",
+                    c.model,
+                    m.param_count(),
+                    per_host
+                ),
                 need: weights,
                 avail,
                 fix: "use a smaller model, more hosts, or the cuda engine",
@@ -1203,7 +1355,8 @@ fn differing_ranks(world: &World, input: &RunInput) -> Option<RankFailures> {
         build: format!("{} {}", crate::VERSION, env!("TPPROF_GIT_COMMIT")),
         options: serde_json::to_value(input).unwrap_or_default(),
     };
-    let all: Vec<Option<Fingerprint>> = world.all_gather(&Json(mine)).into_iter().map(|r| r.ok().map(|Json(f)| f)).collect();
+    let all: Vec<Option<Fingerprint>> =
+        world.all_gather(&Json(mine)).into_iter().map(|r| r.ok().map(|Json(f)| f)).collect();
     let base = all.first()?.as_ref()?;
     let mut differ: Vec<(i32, String)> = Vec::new();
     for (r, f) in all.iter().enumerate().skip(1) {
@@ -1241,7 +1394,9 @@ fn first_difference(ours: &serde_json::Value, theirs: &serde_json::Value) -> Opt
             return Some((format!("--{}", k.replace('_', "-")), w.to_string(), v.to_string()));
         }
     }
-    b.keys().find(|k| !a.contains_key(*k)).map(|k| (format!("--{}", k.replace('_', "-")), b[k].to_string(), "nothing".into()))
+    b.keys()
+        .find(|k| !a.contains_key(*k))
+        .map(|k| (format!("--{}", k.replace('_', "-")), b[k].to_string(), "nothing".into()))
 }
 
 /// Two ranks on one GPU would share its memory and compute: refuse, naming both ranks.
@@ -1251,7 +1406,11 @@ fn check_unique_gpus(world: &World, gpu: Option<&GpuInfo>) -> Result<(), RunErro
     // Reported by the higher rank of each pair only, so the message appears once.
     for (r, a) in all.iter().enumerate() {
         if (r as i32) < world.rank && !mine.is_empty() && a.as_ref().is_ok_and(|a| *a == mine) {
-            return Err(RunError::SameGpu { low: world.rank.min(r as i32), high: world.rank.max(r as i32), uuid: gpu.map(|g| g.uuid.clone()).unwrap_or_default() });
+            return Err(RunError::SameGpu {
+                low: world.rank.min(r as i32),
+                high: world.rank.max(r as i32),
+                uuid: gpu.map(|g| g.uuid.clone()).unwrap_or_default(),
+            });
         }
     }
     Ok(())
@@ -1314,7 +1473,8 @@ impl Drop for SamplerGuard {
 fn init_logging(rank: i32) {
     use tracing_subscriber::fmt::format::FmtSpan;
     let default = if rank == 0 { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TPPROF_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TPPROF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -1407,10 +1567,17 @@ mod tests {
     fn goodput_counts_requests_within_every_bound() {
         use crate::report::{Goodput, SampleItl, SampleReport, Slo};
         let sample = |ttft: f64, tpot: f64, max_gap: f64| SampleReport {
-            index: 0, prompt_tokens: 1, requested: 11, generated: 11, finish_reason: crate::engine::FinishReason::Length,
-            ttft_ms: Some(ttft), e2e_ms: Some(ttft + 10.0 * tpot), tpot_ms: Some(tpot),
+            index: 0,
+            prompt_tokens: 1,
+            requested: 11,
+            generated: 11,
+            finish_reason: crate::engine::FinishReason::Length,
+            ttft_ms: Some(ttft),
+            e2e_ms: Some(ttft + 10.0 * tpot),
+            tpot_ms: Some(tpot),
             itl_ms: Some(SampleItl { p50: tpot, p90: tpot, p99: max_gap, max: max_gap, count: 10 }),
-            ranks_agree: true, tokens: None,
+            ranks_agree: true,
+            tokens: None,
         };
         let samples = [sample(100.0, 10.0, 12.0), sample(600.0, 10.0, 12.0), sample(100.0, 10.0, 90.0)];
         let slo = Slo { ttft_ms: Some(500.0), itl_ms: Some(50.0), ..Slo::default() };

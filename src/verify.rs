@@ -7,8 +7,8 @@
 //! prompts as one batch, cut to different lengths, each sample's last decode step logits likewise.
 //! Fresh random weights every run (the seed defaults to the clock and is printed).
 
-use crate::engine::builtin::cpu::mpi_comm::MpiComm;
 use crate::cluster::World;
+use crate::engine::builtin::cpu::mpi_comm::MpiComm;
 use crate::engine::builtin::cpu::{CpuEngine, GenerateRequest};
 use crate::engine::config::Config;
 use crate::observe::gpu::HostGpus;
@@ -106,16 +106,24 @@ fn run(world: &World, args: &VerifyInput) -> Result<bool, VerifyError> {
     let dtype = world.agree(Dtype::parse(&args.dtype))?;
     let cfg = {
         let p = args.weights.clone().unwrap_or_else(|| std::path::PathBuf::from(&args.model));
-        if p.exists() { Config::from_json_file(&p) } else { Config::preset(&args.model) }
+        if p.exists() {
+            Config::from_json_file(&p)
+        } else {
+            Config::preset(&args.model)
+        }
     };
     let cfg = world.agree(cfg.and_then(|c| c.check_tensor_parallel(world.size as usize).map(|_| c)))?;
-    let seed_local = args.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
+    let seed_local = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    });
     let seed = u64::from_le_bytes(world.broadcast_bytes(&seed_local.to_le_bytes())[..8].try_into().expect("8 bytes"));
     let (atol, rtol) = match dtype {
         Dtype::F16 => (args.atol.unwrap_or(1e-2), args.rtol.or(args.atol).unwrap_or(1e-2)),
         Dtype::Bf16 => (args.atol.unwrap_or(5e-2), args.rtol.or(args.atol).unwrap_or(5e-2)),
     };
-    let gpu = world.agree(HostGpus::probe().bind(world.local_rank, None).and_then(|g| g.ok_or(crate::observe::gpu::BindError::Missing)))?;
+    let gpu = world.agree(
+        HostGpus::probe().bind(world.local_rank, None).and_then(|g| g.ok_or(crate::observe::gpu::BindError::Missing)),
+    )?;
     let id = if world.is_root() { crate::engine::builtin::cuda::nccl_unique_id().map(Some) } else { Ok(None) };
     let id = world.agree(id)?.unwrap_or_default();
     let id = world.broadcast_bytes(&id);
@@ -136,16 +144,28 @@ fn run(world: &World, args: &VerifyInput) -> Result<bool, VerifyError> {
     let cuda = CudaEngine::new(&cfg, dtype, init, gpu.ordinal as usize, world.rank as usize, world.size as usize, &id);
     let mut cuda = world.agree(cuda)?;
     cuda.skip_breakdown();
-    let v0 = crate::engine::builtin::cpu::Shard { rank: world.rank as usize, world: world.size as usize }.range(cfg.vocab_size).start;
+    let v0 = crate::engine::builtin::cpu::Shard { rank: world.rank as usize, world: world.size as usize }
+        .range(cfg.vocab_size)
+        .start;
 
     if world.is_root() {
         crate::outln!(
             "verify: cuda ({}, {}) vs cpu (f32), model {}, {} rank(s), {}, |cuda-cpu| <= {atol} + {rtol}*|cpu|",
-            dtype.name(), cuda.device_name(), args.weights.as_ref().map(|d| d.display().to_string()).unwrap_or(args.model.clone()), world.size,
+            dtype.name(),
+            cuda.device_name(),
+            args.weights.as_ref().map(|d| d.display().to_string()).unwrap_or(args.model.clone()),
+            world.size,
             if dir.is_some() { "checkpoint weights".to_string() } else { format!("seed {seed}") }
         );
     }
-    let prompts = crate::workload::Workload::random(args.prompts as u32, args.prompt_tokens as u32, cfg.vocab_size as u32, seed ^ 0x5eed, args.steps as u32).prompts;
+    let prompts = crate::workload::Workload::random(
+        args.prompts as u32,
+        args.prompt_tokens as u32,
+        cfg.vocab_size as u32,
+        seed ^ 0x5eed,
+        args.steps as u32,
+    )
+    .prompts;
     let mut ok = true;
     for (i, p) in prompts.iter().enumerate() {
         // Logits of the last prompt position, this rank's shard.
@@ -200,7 +220,8 @@ fn run(world: &World, args: &VerifyInput) -> Result<bool, VerifyError> {
     // row of the last decode step's logits against the cpu engine's prefill of that sample's prompt
     // plus its generated tokens.
     if prompts.len() >= 2 && args.steps >= 2 {
-        let batch: Vec<Vec<i32>> = prompts.iter().enumerate().map(|(s, p)| p[..p.len().saturating_sub(13 * s).max(1)].to_vec()).collect();
+        let batch: Vec<Vec<i32>> =
+            prompts.iter().enumerate().map(|(s, p)| p[..p.len().saturating_sub(13 * s).max(1)].to_vec()).collect();
         let mut toks: Vec<Vec<i32>> = vec![Vec::new(); batch.len()];
         cuda.generate(&batch, args.steps, true, &mut |s, _, t, _| toks[s].push(t))?;
         let complete = toks.iter().all(|t| t.len() == args.steps);
@@ -230,7 +251,11 @@ fn run(world: &World, args: &VerifyInput) -> Result<bool, VerifyError> {
             );
             for (i, c) in all.iter().enumerate() {
                 for (idx, a, b) in &c.first_bad {
-                    crate::outln!("  sample {}, rank {}: token {idx}: cpu {a:.6} cuda {b:.6}", i / world.size as usize, i % world.size as usize);
+                    crate::outln!(
+                        "  sample {}, rank {}: token {idx}: cpu {a:.6} cuda {b:.6}",
+                        i / world.size as usize,
+                        i % world.size as usize
+                    );
                 }
             }
         }

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 pub enum WorkloadError {
     #[error("cannot read prompts file {path}: {reason}")]
     Read { path: PathBuf, reason: String },
-    #[error("prompts file {path} line {line}: {reason} (expected one JSON array of token ids per line, e.g. [1, 2, 3])")]
+    #[error(
+        "prompts file {path} line {line}: {reason} (expected one JSON array of token ids per line, e.g. [1, 2, 3])"
+    )]
     Malformed { path: PathBuf, line: usize, reason: String },
     #[error("prompts file {path} line {line}: token id {id} at position {pos} is outside the vocabulary [0, {vocab}); use ids of this model's tokenizer or pass --vocab-size")]
     OutOfRange { path: PathBuf, line: usize, pos: usize, id: i64, vocab: u32 },
@@ -60,7 +62,12 @@ impl Workload {
         let prompts = (0..batch as u64)
             .map(|s| {
                 (0..tokens as u64)
-                    .map(|i| (splitmix64(seed ^ splitmix64(s.wrapping_add(0x7770_7072_6f6d_7074)) ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) % vocab as u64) as i32)
+                    .map(|i| {
+                        (splitmix64(
+                            seed ^ splitmix64(s.wrapping_add(0x7770_7072_6f6d_7074))
+                                ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                        ) % vocab as u64) as i32
+                    })
                     .collect()
             })
             .collect();
@@ -100,8 +107,10 @@ impl Workload {
             if line.trim().is_empty() {
                 continue;
             }
-            let malformed = |reason: String| WorkloadError::Malformed { path: path.to_path_buf(), line: line_no, reason };
-            let ids: Vec<i64> = serde_json::from_str(line).map_err(|e| malformed(format!("not an array of integers ({e})")))?;
+            let malformed =
+                |reason: String| WorkloadError::Malformed { path: path.to_path_buf(), line: line_no, reason };
+            let ids: Vec<i64> =
+                serde_json::from_str(line).map_err(|e| malformed(format!("not an array of integers ({e})")))?;
             if ids.is_empty() {
                 return Err(malformed("empty prompt".into()));
             }
@@ -182,6 +191,9 @@ mod tests {
         assert!(err("1 2 3\n").contains("line 1: not an array of integers"));
         assert!(err("[1.5]\n").contains("not an array of integers"));
         assert!(err("\n\n").contains("holds no prompt"));
-        assert!(Workload::from_file(Path::new("/nonexistent/p.jsonl"), 10, 5).unwrap_err().to_string().contains("cannot read prompts file"));
+        assert!(Workload::from_file(Path::new("/nonexistent/p.jsonl"), 10, 5)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read prompts file"));
     }
 }

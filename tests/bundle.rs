@@ -75,7 +75,12 @@ fn bundle_parts_arrive_one_call_at_a_time_are_checked_and_resume() {
     let first = bundle(&["install", "-b", &s(&carried), "-d", &s(&dest)]);
     assert_eq!(first.code, 3, "{}", first.text);
     let missing: Vec<String> = (2..=n).map(|k| k.to_string()).collect();
-    assert!(first.text.contains(&format!("1 of {n} parts")) && first.text.contains(&format!("missing part(s) {}", missing.join(" "))), "{}", first.text);
+    assert!(
+        first.text.contains(&format!("1 of {n} parts"))
+            && first.text.contains(&format!("missing part(s) {}", missing.join(" "))),
+        "{}",
+        first.text
+    );
     assert!(!dest.join("READY").exists());
 
     // A part broken on the way is refused, and nothing is unpacked.

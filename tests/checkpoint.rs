@@ -6,7 +6,11 @@ use crate::util::*;
 fn checkpoint_weights_give_the_seeded_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("tiny-ckpt");
-    let out = Command::new(BIN).args(["write-checkpoint", "--model", "tiny", "--seed", "9", "--files", "2", "--out"]).arg(&ckpt).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["write-checkpoint", "--model", "tiny", "--seed", "9", "--files", "2", "--out"])
+        .arg(&ckpt)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let args = ["--prompt-tokens", "20", "--generated-tokens", "6", "--batch", "2", "--record-tokens"];
     let seeded = run(2, &[&["--model", "tiny", "--seed", "9"][..], &args[..]].concat());
@@ -26,14 +30,25 @@ fn fp16_checkpoints_in_one_file_or_many_give_the_same_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, extra: &[&str]| {
         let ckpt = dir.path().join(name);
-        let out = Command::new(BIN).args(["write-checkpoint", "--model", "tiny", "--seed", "9", "--dtype", "fp16"]).args(extra).arg("--out").arg(&ckpt).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["write-checkpoint", "--model", "tiny", "--seed", "9", "--dtype", "fp16"])
+            .args(extra)
+            .arg("--out")
+            .arg(&ckpt)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         ckpt
     };
     let one = write("one", &[]);
     // 0.00005 GiB = 53 687 bytes: the tiny model's 263 296 bytes of f16 go into several files.
     let many = write("many", &["--shard-gib", "0.00005"]);
-    let shards = |d: &Path| std::fs::read_dir(d).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".safetensors")).count();
+    let shards = |d: &Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".safetensors"))
+            .count()
+    };
     assert_eq!(shards(&one), 1);
     assert!(one.join("model.safetensors").exists() && !one.join("model.safetensors.index.json").exists());
     assert!(shards(&many) > 1 && many.join("model.safetensors.index.json").exists(), "{} files", shards(&many));

@@ -7,8 +7,17 @@ use serde_json::Value;
 use crate::util::{mpirun, BIN};
 
 fn doctor(n: usize, args: &[&str]) -> (i32, String, String) {
-    let out = if n == 0 { Command::new(BIN).arg("doctor").args(args).output() } else { mpirun(n).arg(BIN).arg("doctor").args(args).output() }.unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = if n == 0 {
+        Command::new(BIN).arg("doctor").args(args).output()
+    } else {
+        mpirun(n).arg(BIN).arg("doctor").args(args).output()
+    }
+    .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -27,7 +36,12 @@ fn doctor_reports_every_rank_and_its_checks() {
         assert_eq!(r["libraries"].as_array().unwrap().len(), 5, "driver, NVRTC, cuBLAS, NCCL, CUPTI");
     }
     let checks = j["checks"].as_array().unwrap();
-    assert!(checks.iter().any(|c| c["level"] == "ok" && c["what"].as_str().unwrap().starts_with("every rank runs tpprof build")), "{checks:?}");
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["level"] == "ok" && c["what"].as_str().unwrap().starts_with("every rank runs tpprof build")),
+        "{checks:?}"
+    );
     // Every check is ok, warn or fail, and nothing failed.
     assert!(checks.iter().all(|c| c["level"] == "ok" || c["level"] == "warn"), "{checks:?}");
 

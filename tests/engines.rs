@@ -7,7 +7,22 @@ fn python_driver_runs_under_mpirun_with_native_timestamps() {
     if !python_available() {
         return;
     }
-    let r = run(2, &["--engine", "python:test", "--engine-options", r#"{"token_us": 2000, "vocab_size": 1000}"#, "--batch", "2", "--prompt-tokens", "16", "--generated-tokens", "20", "--record-tokens"]);
+    let r = run(
+        2,
+        &[
+            "--engine",
+            "python:test",
+            "--engine-options",
+            r#"{"token_us": 2000, "vocab_size": 1000}"#,
+            "--batch",
+            "2",
+            "--prompt-tokens",
+            "16",
+            "--generated-tokens",
+            "20",
+            "--record-tokens",
+        ],
+    );
     let j = ok(&r);
     check_counts(j, 2, 2, 20);
     assert_eq!(j["engine"]["kind"], "python");
@@ -17,7 +32,12 @@ fn python_driver_runs_under_mpirun_with_native_timestamps() {
     }
     assert_eq!(tokens(j)[0][..3], [1, 8, 15], "the test driver's token formula");
     // A Python exception on one rank: one line with its type and message, every rank exits non-zero.
-    let r = rejected(2, &["--engine", "python:test", "--engine-options", r#"{"fail_create": "no model here"}"#], 1, "python driver `test`");
+    let r = rejected(
+        2,
+        &["--engine", "python:test", "--engine-options", r#"{"fail_create": "no model here"}"#],
+        1,
+        "python driver `test`",
+    );
     assert!(r.error_lines()[0].contains("no model here"), "{}", r.error_lines()[0]);
     rejected(1, &["--engine", "python:does_not_exist"], 1, "does_not_exist");
 }
@@ -27,7 +47,11 @@ fn python_driver_runs_under_mpirun_with_native_timestamps() {
 #[test]
 fn mock_executor_counts_every_token_of_a_multi_token_response() {
     // Three tokens per response: each is its own on_token call, step and decode gap.
-    let r = run_mx(2, r#"{"burst": 3, "token_us": 300}"#, &["--batch", "3", "--prompt-tokens", "8", "--generated-tokens", "10", "--record-tokens"]);
+    let r = run_mx(
+        2,
+        r#"{"burst": 3, "token_us": 300}"#,
+        &["--batch", "3", "--prompt-tokens", "8", "--generated-tokens", "10", "--record-tokens"],
+    );
     let j = ok(&r);
     check_counts(j, 2, 3, 10);
     assert_eq!(j["engine"]["name"], "mock_executor");
@@ -39,10 +63,18 @@ fn mock_executor_counts_every_token_of_a_multi_token_response() {
         assert!(u(&rank["decode"]["min_ns"]) < 300_000, "rank {}: min gap {}", rank["rank"], rank["decode"]["min_ns"]);
     }
     // The final flag in a separate, empty response after the last token; four tokens a response.
-    let r = run_mx(1, r#"{"burst": 4, "empty_final": true}"#, &["--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "9"]);
+    let r = run_mx(
+        1,
+        r#"{"burst": 4, "empty_final": true}"#,
+        &["--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "9"],
+    );
     check_counts(ok(&r), 1, 2, 9);
     // ONE_PROCESS: rank 0 drives, rank 1 observes.
-    let r = run_mx(2, r#"{"topology": "one_process", "burst": 2}"#, &["--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "5"]);
+    let r = run_mx(
+        2,
+        r#"{"topology": "one_process", "burst": 2}"#,
+        &["--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "5"],
+    );
     let j = ok(&r);
     check_counts(j, 2, 2, 5);
     assert_eq!(j["ranks"][1]["role"], "observer");
@@ -51,10 +83,18 @@ fn mock_executor_counts_every_token_of_a_multi_token_response() {
 #[test]
 fn mock_executor_finish_reasons_reach_the_json() {
     // Exact length (the default): the executor ignores EOS.
-    let r = run_mx(1, r#"{"eos_at_step": 3, "burst": 2}"#, &["--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "10"]);
+    let r = run_mx(
+        1,
+        r#"{"eos_at_step": 3, "burst": 2}"#,
+        &["--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "10"],
+    );
     check_counts(ok(&r), 1, 2, 10);
     // --allow-eos: EOS after 4 tokens, arriving in a response of two.
-    let r = run_mx(2, r#"{"eos_at_step": 3, "burst": 2}"#, &["--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "10", "--allow-eos"]);
+    let r = run_mx(
+        2,
+        r#"{"eos_at_step": 3, "burst": 2}"#,
+        &["--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "10", "--allow-eos"],
+    );
     let j = r.json();
     assert_eq!(j["status"]["state"], "incomplete", "{}", r.stderr());
     for s in j["samples"].as_array().unwrap() {
@@ -64,7 +104,11 @@ fn mock_executor_finish_reasons_reach_the_json() {
     assert_eq!(u(&j["summary"]["generated_tokens"]), 8);
     // An engine that silently clips the length (TensorRT-LLM at its max_seq_len): the short
     // samples are reported with the engine's reason, not hidden.
-    let r = run_mx(1, r#"{"clip_tokens": 6, "burst": 4}"#, &["--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "10"]);
+    let r = run_mx(
+        1,
+        r#"{"clip_tokens": 6, "burst": 4}"#,
+        &["--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "10"],
+    );
     let j = r.json();
     assert_eq!(j["status"]["state"], "incomplete");
     assert!(j["status"]["reason"].as_str().unwrap().contains("sample 1 got 6 of 10 tokens"), "{}", j["status"]);
@@ -77,7 +121,12 @@ fn mock_executor_failures_are_one_line_errors_on_every_rank() {
     let r = rejected_mx(2, r#"{"error_rank": 1, "error_at_token": 4, "token_us": 200}"#, &gen, "rank 1: ");
     assert!(r.error_lines()[0].contains("injected executor error at token 4"), "{}", r.error_lines()[0]);
     assert_eq!(r.json()["status"]["failed_rank"], 1);
-    rejected_mx(2, r#"{"enqueue_fail_sample": 1, "token_us": 1000}"#, &gen, "enqueue of sample 1 failed: injected enqueue failure");
+    rejected_mx(
+        2,
+        r#"{"enqueue_fail_sample": 1, "token_us": 1000}"#,
+        &gen,
+        "enqueue of sample 1 failed: injected enqueue failure",
+    );
     rejected_mx(2, r#"{"extra_tokens": 2, "burst": 5}"#, &gen, "more than max_new_tokens = 12 tokens");
     rejected_mx(2, r#"{"fail_create_rank": 1}"#, &gen, "injected failure in create() on rank 1");
     // Options the adapter refuses (create() says invalid argument) are bad input: exit 2, no file.
@@ -89,7 +138,12 @@ fn mock_executor_failures_are_one_line_errors_on_every_rank() {
     bad_option(r#"{"burst": [1, 2]}"#, "flat values only");
     bad_option(r#"{"burst": 0}"#, "\"burst\" must be a whole number in [1,");
     // A hung executor: the glue's response timeout ends generate() on that rank, not a hang.
-    let r = rejected_mx(2, r#"{"stall_rank": 1, "stall_at_token": 3, "response_timeout_s": 1, "cancel_grace_s": 0.5}"#, &gen, "no response from the engine for 1 s");
+    let r = rejected_mx(
+        2,
+        r#"{"stall_rank": 1, "stall_at_token": 3, "response_timeout_s": 1, "cancel_grace_s": 0.5}"#,
+        &gen,
+        "no response from the engine for 1 s",
+    );
     assert!(r.elapsed < Duration::from_secs(30), "took {:?}", r.elapsed);
 }
 
@@ -100,7 +154,9 @@ fn mock_executor_failures_are_one_line_errors_on_every_rank() {
 /// end ids, and closing a stream before it ends cancels the request (logged to $FAKE_LMDEPLOY_LOG).
 const FAKE_LMDEPLOY: &[(&str, &str)] = &[
     ("lmdeploy/__init__.py", "__version__ = '0.0.stand-in'\n"),
-    ("lmdeploy/messages.py", r#"
+    (
+        "lmdeploy/messages.py",
+        r#"
 import dataclasses, enum
 
 @dataclasses.dataclass
@@ -127,9 +183,12 @@ class EngineOutput:
     status: ResponseType
     token_ids: list
     num_token: int = None
-"#),
+"#,
+    ),
     ("lmdeploy/turbomind/__init__.py", "from .turbomind import TurboMind\n"),
-    ("lmdeploy/turbomind/turbomind.py", r#"
+    (
+        "lmdeploy/turbomind/turbomind.py",
+        r#"
 import asyncio, os
 from lmdeploy.messages import EngineOutput, ResponseType
 
@@ -174,7 +233,8 @@ class TurboMind:
 
     def create_instance(self):
         return _Inst()
-"#),
+"#,
+    ),
 ];
 
 #[test]
@@ -192,12 +252,25 @@ fn lmdeploy_driver_counts_every_token_against_a_stand_in_lmdeploy() {
     // A checkpoint directory without tokenizer files, as `tpprof write-checkpoint` writes it.
     let ckpt = tempfile::tempdir().unwrap();
     let options = format!(r#"{{"model_path": "{}", "vocab_size": 1000}}"#, ckpt.path().display());
-    let args = ["--engine", "python:lmdeploy", "--engine-options", &options, "--batch", "3", "--prompt-tokens", "5", "--generated-tokens", "10", "--record-tokens"];
+    let args = [
+        "--engine",
+        "python:lmdeploy",
+        "--engine-options",
+        &options,
+        "--batch",
+        "3",
+        "--prompt-tokens",
+        "5",
+        "--generated-tokens",
+        "10",
+        "--record-tokens",
+    ];
     for mode in ["cumulative", "incremental"] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("r.json");
         let log = dir.path().join("lmdeploy.log");
-        let envs = [("PYTHONPATH", pythonpath), ("FAKE_LMDEPLOY_MODE", mode), ("FAKE_LMDEPLOY_LOG", log.to_str().unwrap())];
+        let envs =
+            [("PYTHONPATH", pythonpath), ("FAKE_LMDEPLOY_MODE", mode), ("FAKE_LMDEPLOY_LOG", log.to_str().unwrap())];
         let r = run_env(2, &args, &out, dir, &envs);
         let j = ok(&r);
         check_counts(j, 2, 3, 10);

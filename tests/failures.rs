@@ -22,7 +22,12 @@ fn bad_arguments_are_one_line_errors() {
         "num_key_value_heads": 2, "max_position_embeddings": 4096, "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": true}"#).unwrap();
     rejected(2, &["--engine", "cpu", "--model", huge.to_str().unwrap()], 2, "the cpu engine's f32 weights");
     rejected(3, &["--model", "tiny"], 2, "does not divide");
-    rejected(1, &["--model", "tiny", "--prompt-tokens", "2000", "--generated-tokens", "100"], 2, "exceeds the model's context of 2048");
+    rejected(
+        1,
+        &["--model", "tiny", "--prompt-tokens", "2000", "--generated-tokens", "100"],
+        2,
+        "exceeds the model's context of 2048",
+    );
 }
 
 #[test]
@@ -31,23 +36,53 @@ fn bad_adapters_are_one_line_errors() {
     // Bad input, as the README lists it: exit 2 (a missing adapter exited 1), and no result file.
     rejected(2, &["--engine", "/nonexistent/libnothing.so"], 2, "all 2 ranks: ");
     rejected(2, &["--engine", "/nonexistent/libnothing.so"], 2, "does not exist");
-    rejected(2, &["--engine", concat!("adapter:", env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")], 2, "could not load adapter");
+    rejected(
+        2,
+        &["--engine", concat!("adapter:", env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")],
+        2,
+        "could not load adapter",
+    );
     rejected(2, &["--engine", env!("TPPROF_MOCK_ADAPTER_BAD_ABI")], 2, "ABI version 42");
     rejected(2, &["--engine", env!("TPPROF_MOCK_ADAPTER_NO_GENERATE")], 2, "does not export `tpprof_generate`");
     // An adapter's own create() error reaches the user as one line too.
-    rejected(2, &["--engine", "mock", "--engine-options", r#"{"gpu_kernels_per_step": 2}"#], 2, "gpu_kernels_per_step needs gpu_alloc_mib");
+    rejected(
+        2,
+        &["--engine", "mock", "--engine-options", r#"{"gpu_kernels_per_step": 2}"#],
+        2,
+        "gpu_kernels_per_step needs gpu_alloc_mib",
+    );
     // A vocabulary that truncated to 0 made a rank panic in `% vocab` and the job hang.
-    rejected(2, &["--engine", "mock", "--engine-options", r#"{"vocab_size": 4294967296}"#], 2, "the engine's vocabulary size is 4294967296");
+    rejected(
+        2,
+        &["--engine", "mock", "--engine-options", r#"{"vocab_size": 4294967296}"#],
+        2,
+        "the engine's vocabulary size is 4294967296",
+    );
 }
 
 #[test]
 fn unknown_mock_options_are_bad_input() {
     // A misspelt option was ignored: the run measured something else than asked, with status ok.
-    let r = rejected(2, &["--engine", "mock", "--engine-options", r#"{"token_usx": 5}"#], 2, "unknown engine option \"token_usx\"");
+    let r = rejected(
+        2,
+        &["--engine", "mock", "--engine-options", r#"{"token_usx": 5}"#],
+        2,
+        "unknown engine option \"token_usx\"",
+    );
     let line = &r.error_lines()[0];
     assert!(line.contains("invalid argument") && line.contains("this adapter knows topology, vocab_size"), "{line}");
     // Known keys, an array value among them, still pass.
-    let r = run(1, &["--engine", "mock", "--engine-options", r#"{"token_us": 5, "gpu_alloc_mib": [0], "vocab_size": 1000}"#, "--generated-tokens", "3"]);
+    let r = run(
+        1,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"token_us": 5, "gpu_alloc_mib": [0], "vocab_size": 1000}"#,
+            "--generated-tokens",
+            "3",
+        ],
+    );
     ok(&r);
 }
 
@@ -55,12 +90,22 @@ fn unknown_mock_options_are_bad_input() {
 fn hostile_adapter_values_are_not_ok() {
     // A topology the ABI does not define was read as ALL_RANKS: now a failed create, bad input.
     let r = rejected(2, &["--engine", "mock", "--engine-options", r#"{"bad_topology": 7}"#], 2, "reported topology 7");
-    assert!(r.error_lines()[0].contains("mock (") && r.error_lines()[0].contains("libtpprof_mock.so"), "names the adapter: {}", r.error_lines()[0]);
+    assert!(
+        r.error_lines()[0].contains("mock (") && r.error_lines()[0].contains("libtpprof_mock.so"),
+        "names the adapter: {}",
+        r.error_lines()[0]
+    );
     // Token ids outside the engine's vocabulary and finish reason 99 were status ok.
     let gen = ["--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "6"];
     for (opts, needle) in [
-        (r#"{"vocab_size": 1000, "bad_token_at_step": 3}"#, "rank 0: sample 0 step 3: token id 1000 outside the vocabulary [0, 1000)"),
-        (r#"{"bad_finish_reason": 99}"#, "rank 0: sample 0 step 5: finish reason 99, which the engine ABI does not define"),
+        (
+            r#"{"vocab_size": 1000, "bad_token_at_step": 3}"#,
+            "rank 0: sample 0 step 3: token id 1000 outside the vocabulary [0, 1000)",
+        ),
+        (
+            r#"{"bad_finish_reason": 99}"#,
+            "rank 0: sample 0 step 5: finish reason 99, which the engine ABI does not define",
+        ),
     ] {
         let r = run(2, &[&["--engine", "mock", "--engine-options", opts][..], &gen[..]].concat());
         assert_eq!(r.code(), 3, "exit code for {opts}\nstderr:\n{}", r.stderr());
@@ -93,7 +138,19 @@ fn engine_failures_stop_every_rank_with_a_failed_json() {
     assert!(r.error_lines()[0].contains("injected failure in create() on rank 1"));
     assert_eq!(r.json()["status"]["failed_rank"], 1);
 
-    let r = rejected(4, &["--engine", "mock", "--engine-options", r#"{"fail_rank": 2, "fail_at_token": 5, "token_us": 100}"#, "--generated-tokens", "20"], 1, "rank 2: ");
+    let r = rejected(
+        4,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"fail_rank": 2, "fail_at_token": 5, "token_us": 100}"#,
+            "--generated-tokens",
+            "20",
+        ],
+        1,
+        "rank 2: ",
+    );
     assert!(r.error_lines()[0].contains("injected failure at decode step 5 on rank 2"));
     let j = r.json();
     assert_eq!(j["status"]["failed_rank"], 2);
@@ -102,7 +159,17 @@ fn engine_failures_stop_every_rank_with_a_failed_json() {
 
 #[test]
 fn a_crashing_rank_ends_the_job() {
-    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"crash_rank": 1, "crash_at_token": 3, "token_us": 1000}"#, "--generated-tokens", "50"]);
+    let r = run(
+        2,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"crash_rank": 1, "crash_at_token": 3, "token_us": 1000}"#,
+            "--generated-tokens",
+            "50",
+        ],
+    );
     assert_ne!(r.code(), 0);
     assert!(r.elapsed < Duration::from_secs(60), "took {:?}", r.elapsed);
     assert!(r.json.is_none(), "no JSON from a crashed job");
@@ -111,7 +178,19 @@ fn a_crashing_rank_ends_the_job() {
 #[test]
 fn a_hung_engine_is_stopped_by_the_timeout() {
     // 10 s per token, 1 s budget.
-    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"token_us": 10000000}"#, "--generated-tokens", "5", "--timeout", "1"]);
+    let r = run(
+        2,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"token_us": 10000000}"#,
+            "--generated-tokens",
+            "5",
+            "--timeout",
+            "1",
+        ],
+    );
     assert_ne!(r.code(), 0);
     assert!(r.elapsed < Duration::from_secs(30), "took {:?}", r.elapsed);
     assert!(r.stderr().contains("did not finish within --timeout 1.0 s"), "{}", r.stderr());
@@ -145,7 +224,8 @@ fn existing_results_are_never_overwritten_by_accident() {
     let r = run_to(2, &forced, &path, tempfile::tempdir().unwrap());
     ok(&r);
     // No temp files left beside it.
-    let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names, vec!["keep.json".to_string()]);
 }
 
@@ -169,7 +249,12 @@ fn cuda_without_a_gpu_is_a_one_line_error() {
     rejected(1, &["--engine", "cpu", "--dtype", "fp8"], 2, "unknown --dtype `fp8`");
     // --cupti records GPU kernels: without a GPU it is refused up front, on every rank.
     rejected(2, &["--engine", "mock", "--cupti"], 2, "--cupti needs a GPU on every rank");
-    rejected(1, &["--cupti", "--trace-kernel-steps", "-1"], 2, "--trace-kernel-steps must be a whole number ≥ 0 (got -1)");
+    rejected(
+        1,
+        &["--cupti", "--trace-kernel-steps", "-1"],
+        2,
+        "--trace-kernel-steps must be a whole number ≥ 0 (got -1)",
+    );
     // `auto` (the default) is the cpu engine here.
     let r = run(1, &["--prompt-tokens", "4", "--generated-tokens", "2"]);
     assert_eq!(ok(&r)["engine"]["name"], "cpu");
@@ -189,12 +274,24 @@ fn a_closed_stdout_is_a_normal_end() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("r.json");
     let closed = |args: &[&str]| {
-        let mut child = Command::new(crate::util::BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child =
+            Command::new(crate::util::BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         drop(child.stdout.take()); // the reader is gone before the first line
         let out = child.wait_with_output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    let (code, err) = closed(&["run", "--engine", "mock", "--prompt-tokens", "4", "--generated-tokens", "4", "--no-progress", "--out", json.to_str().unwrap()]);
+    let (code, err) = closed(&[
+        "run",
+        "--engine",
+        "mock",
+        "--prompt-tokens",
+        "4",
+        "--generated-tokens",
+        "4",
+        "--no-progress",
+        "--out",
+        json.to_str().unwrap(),
+    ]);
     assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
     assert!(json.is_file(), "the JSON is written");
@@ -213,12 +310,23 @@ fn a_closed_stdout_is_a_normal_end() {
 fn a_panic_on_one_rank_ends_the_job() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.json");
-    let r = crate::util::run_env(2, &["--engine", "mock", "--prompt-tokens", "4", "--generated-tokens", "4"], &path, dir, &[("TPPROF_TEST_PANIC_RANK", "1")]);
+    let r = crate::util::run_env(
+        2,
+        &["--engine", "mock", "--prompt-tokens", "4", "--generated-tokens", "4"],
+        &path,
+        dir,
+        &[("TPPROF_TEST_PANIC_RANK", "1")],
+    );
     assert_ne!(r.code(), 0);
     assert!(r.elapsed < std::time::Duration::from_secs(30), "took {:?}", r.elapsed);
     let lines: Vec<String> = r.stderr().lines().filter(|l| l.contains("internal error")).map(str::to_string).collect();
     assert_eq!(lines.len(), 1, "{}", r.stderr());
-    assert!(lines[0].starts_with("error: rank 1: internal error at src/run.rs:") && lines[0].contains("TPPROF_TEST_PANIC_RANK"), "{}", lines[0]);
+    assert!(
+        lines[0].starts_with("error: rank 1: internal error at src/run.rs:")
+            && lines[0].contains("TPPROF_TEST_PANIC_RANK"),
+        "{}",
+        lines[0]
+    );
     assert!(!r.stderr().contains("stack backtrace"), "{}", r.stderr());
 }
 
@@ -231,9 +339,19 @@ fn report_reads_only_regular_files() {
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let sparse = dir.path().join("huge.json");
     std::fs::File::create(&sparse).unwrap().set_len((1 << 30) + 1).unwrap();
-    for (file, needle) in [(std::path::Path::new("/dev/zero"), "is not a regular file"), (&fifo, "is not a regular file"), (&sparse, "more than any result JSON")] {
+    for (file, needle) in [
+        (std::path::Path::new("/dev/zero"), "is not a regular file"),
+        (&fifo, "is not a regular file"),
+        (&sparse, "more than any result JSON"),
+    ] {
         let t = std::time::Instant::now();
-        let out = std::process::Command::new("timeout").arg("20").arg(crate::util::BIN).arg("report").arg(file).output().unwrap();
+        let out = std::process::Command::new("timeout")
+            .arg("20")
+            .arg(crate::util::BIN)
+            .arg("report")
+            .arg(file)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(out.status.code(), Some(2), "{}: {err}", file.display());
         assert_eq!(err.lines().count(), 1, "{err}");
@@ -249,11 +367,36 @@ fn ranks_with_different_options_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r.json");
     let rank = |tokens: &str, model: &str| -> Vec<String> {
-        ["run", "--engine", "cpu", "--model", model, "--prompt-tokens", "4", "--generated-tokens", tokens, "--out", out.to_str().unwrap()].iter().map(|s| s.to_string()).collect()
+        [
+            "run",
+            "--engine",
+            "cpu",
+            "--model",
+            model,
+            "--prompt-tokens",
+            "4",
+            "--generated-tokens",
+            tokens,
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
-    for (b, needle) in [(rank("40", "tiny"), "--generated-tokens = 40 where rank 0 has 4"), (rank("4", "small"), "--model = \"small\" where rank 0 has \"tiny\"")] {
+    for (b, needle) in [
+        (rank("40", "tiny"), "--generated-tokens = 40 where rank 0 has 4"),
+        (rank("4", "small"), "--model = \"small\" where rank 0 has \"tiny\""),
+    ] {
         let t = std::time::Instant::now();
-        let o = crate::util::mpirun(1).arg(crate::util::BIN).args(rank("4", "tiny")).args([":", "-n", "1"]).arg(crate::util::BIN).args(&b).output().unwrap();
+        let o = crate::util::mpirun(1)
+            .arg(crate::util::BIN)
+            .args(rank("4", "tiny"))
+            .args([":", "-n", "1"])
+            .arg(crate::util::BIN)
+            .args(&b)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert_eq!(o.status.code(), Some(2), "{err}");
         let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();

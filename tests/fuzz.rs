@@ -114,20 +114,89 @@ impl Rng {
 }
 
 const NUMBERS: &[&str] = &[
-    "0", "-0", "-1", "1", "3", "0.5", "-0.5", "1e309", "-1e309", "1e-400", "1.7976931348623157e308", "NaN", "Infinity", "-Infinity",
-    "2147483647", "2147483648", "-2147483649", "4294967295", "4294967296", "9223372036854775807", "9223372036854775808",
-    "-9223372036854775808", "18446744073709551615", "18446744073709551616", "1152921504606846976", "99999999999999999999999999999999",
-    "1e18", "0x10", "00", "1.", ".5", "-",
+    "0",
+    "-0",
+    "-1",
+    "1",
+    "3",
+    "0.5",
+    "-0.5",
+    "1e309",
+    "-1e309",
+    "1e-400",
+    "1.7976931348623157e308",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "2147483647",
+    "2147483648",
+    "-2147483649",
+    "4294967295",
+    "4294967296",
+    "9223372036854775807",
+    "9223372036854775808",
+    "-9223372036854775808",
+    "18446744073709551615",
+    "18446744073709551616",
+    "1152921504606846976",
+    "99999999999999999999999999999999",
+    "1e18",
+    "0x10",
+    "00",
+    "1.",
+    ".5",
+    "-",
 ];
 
 const STRINGS: &[&str] = &[
-    "\"\"", "\"a\nb\"", "\"a\\nb\"", "\"\\u0000\"", "\"\\ud800\"", "\"\u{202e}\"", "\"../x\"", "\"/\"", "null", "true", "[]", "{}",
-    "\"F64\"", "\"BF16\"", "\"I8\"", "\"BOOL\"", "\"tpprof.run/1\"", "\"tpprof.run/2\"", "\"auto\"", "\"ok\"",
+    "\"\"",
+    "\"a\nb\"",
+    "\"a\\nb\"",
+    "\"\\u0000\"",
+    "\"\\ud800\"",
+    "\"\u{202e}\"",
+    "\"../x\"",
+    "\"/\"",
+    "null",
+    "true",
+    "[]",
+    "{}",
+    "\"F64\"",
+    "\"BF16\"",
+    "\"I8\"",
+    "\"BOOL\"",
+    "\"tpprof.run/1\"",
+    "\"tpprof.run/2\"",
+    "\"auto\"",
+    "\"ok\"",
 ];
 
 const TOKENS: &[&[u8]] = &[
-    b"[", b"]", b"{", b"}", b",", b":", b"\"", b"\\", b"\n", b"\r\n", b" ", b"\t", b"\0", b"null", b"true", b"-", b"e", b".", b"=", b"#",
-    b"[[", b"]]", b"\"\"\"", b"'", b"\xef\xbb\xbf",
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b",",
+    b":",
+    b"\"",
+    b"\\",
+    b"\n",
+    b"\r\n",
+    b" ",
+    b"\t",
+    b"\0",
+    b"null",
+    b"true",
+    b"-",
+    b"e",
+    b".",
+    b"=",
+    b"#",
+    b"[[",
+    b"]]",
+    b"\"\"\"",
+    b"'",
+    b"\xef\xbb\xbf",
 ];
 
 const BAD_UTF8: &[&[u8]] = &[b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82", b"\xc0\xaf"];
@@ -150,7 +219,10 @@ fn mutate_once(rng: &mut Rng, v: &mut Vec<u8>) {
         }
         1 if !v.is_empty() => {
             let i = rng.below(v.len());
-            v[i] = *rng.pick(&[0u8, 0xff, 0x7f, 0x80, b'"', b'\\', b'[', b']', b'{', b'}', b',', b':', b'\n', b'-', b'0', b'9', b'.', b'e', 0xc3]);
+            v[i] = *rng.pick(&[
+                0u8, 0xff, 0x7f, 0x80, b'"', b'\\', b'[', b']', b'{', b'}', b',', b':', b'\n', b'-', b'0', b'9', b'.',
+                b'e', 0xc3,
+            ]);
         }
         2 => {
             let n = at(rng, v);
@@ -210,7 +282,8 @@ fn mutate_once(rng: &mut Rng, v: &mut Vec<u8>) {
 
 /// Replaces a run of digits (a number, most likely) by an interesting number.
 fn replace_number(rng: &mut Rng, v: &mut Vec<u8>) {
-    let digits: Vec<usize> = (0..v.len()).filter(|&i| v[i].is_ascii_digit() && (i == 0 || !v[i - 1].is_ascii_digit())).collect();
+    let digits: Vec<usize> =
+        (0..v.len()).filter(|&i| v[i].is_ascii_digit() && (i == 0 || !v[i - 1].is_ascii_digit())).collect();
     if digits.is_empty() {
         return;
     }
@@ -273,7 +346,11 @@ fn fuzz(reader: &str, seeds: &[Vec<u8>], n: usize, mut check: impl FnMut(&[u8]) 
         let messages = match catch_unwind(AssertUnwindSafe(|| check(&input))) {
             Ok(m) => m,
             Err(p) => {
-                let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
                 failures.push(failure(format!("panicked: {msg}")));
                 let _ = std::fs::write(dir.join(format!("crash-{case}")), &input);
                 continue;
@@ -290,7 +367,11 @@ fn fuzz(reader: &str, seeds: &[Vec<u8>], n: usize, mut check: impl FnMut(&[u8]) 
             let _ = std::fs::write(dir.join(format!("alloc-{case}")), &input);
         }
     }
-    eprintln!("fuzz {reader}: {n} cases, {errors} error messages, {} failures, {:.2} s", failures.len(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "fuzz {reader}: {n} cases, {errors} error messages, {} failures, {:.2} s",
+        failures.len(),
+        started.elapsed().as_secs_f64()
+    );
     if !failures.is_empty() {
         let total = failures.len();
         failures.truncate(10);
@@ -394,8 +475,14 @@ fn safetensors_seeds(dir: &Path) -> Vec<Vec<u8>> {
     let sets: Vec<Vec<(String, HostTensor)>> = vec![
         vec![
             ("model.embed_tokens.weight".into(), HostTensor::from_f32(vec![4, 6], &f32s(24))),
-            ("model.norm.weight".into(), HostTensor::from_f32(vec![6], &f32s(6)).convert(tpprof::engine::safetensors::Dtype::BF16)),
-            ("lm_head.weight".into(), HostTensor::from_f32(vec![2, 3], &f32s(6)).convert(tpprof::engine::safetensors::Dtype::F16)),
+            (
+                "model.norm.weight".into(),
+                HostTensor::from_f32(vec![6], &f32s(6)).convert(tpprof::engine::safetensors::Dtype::BF16),
+            ),
+            (
+                "lm_head.weight".into(),
+                HostTensor::from_f32(vec![2, 3], &f32s(6)).convert(tpprof::engine::safetensors::Dtype::F16),
+            ),
         ],
         vec![("w".into(), HostTensor::from_f32(vec![3, 2, 2], &f32s(12)))],
     ];
@@ -484,7 +571,11 @@ fn safetensors_header() {
         .map(|case| {
             let mut rng = Rng::new("safetensors-header", case);
             let seed = rng.pick(&seeds).clone();
-            if (case as usize) < seeds.len() { seeds[case as usize].clone() } else { mutate_safetensors(&mut rng, &seed) }
+            if (case as usize) < seeds.len() {
+                seeds[case as usize].clone()
+            } else {
+                mutate_safetensors(&mut rng, &seed)
+            }
         })
         .collect();
     fuzz("safetensors", &inputs, n, |input| check_safetensors(&dir, &config, input));
@@ -530,7 +621,12 @@ fn base_input() -> RunInput {
 fn options_seeds() -> Vec<Vec<u8>> {
     [
         [r#"{"token_us": 500}"#, "ttft_ms=500,tpot_ms=50", "auto", "fp16"],
-        [r#"{"preset": "qwen2.5-7b", "dtype": "bf16", "vocab_size": 152064, "python": "/usr/bin/python3"}"#, "ttft_ms=500, itl_ms=200, e2e_ms=60000", "3", "bf16"],
+        [
+            r#"{"preset": "qwen2.5-7b", "dtype": "bf16", "vocab_size": 152064, "python": "/usr/bin/python3"}"#,
+            "ttft_ms=500, itl_ms=200, e2e_ms=60000",
+            "3",
+            "bf16",
+        ],
         [r#"{"model": "m", "nested": {"a": [1, 2.5, null, true]}, "s": "x"}"#, "e2e_ms=1e3", "0", "float16"],
     ]
     .iter()
@@ -599,7 +695,8 @@ fn run_toml_seeds() -> Vec<Vec<u8>> {
 fn check_run_toml(dir: &Path, input: &[u8]) -> Vec<String> {
     let path = dir.join("run.toml");
     std::fs::write(&path, input).unwrap();
-    let args: Vec<OsString> = ["tpprof", "run", "--config", path.to_str().unwrap(), "--seed", "3"].iter().map(OsString::from).collect();
+    let args: Vec<OsString> =
+        ["tpprof", "run", "--config", path.to_str().unwrap(), "--seed", "3"].iter().map(OsString::from).collect();
     msg(&tpprof::cli::expand_config(args)).into_iter().collect()
 }
 
@@ -629,7 +726,10 @@ fn replay(reader: &str, input: &[u8], check: impl FnMut(&[u8]) -> Vec<String>) {
 #[test]
 fn safetensors_header_claiming_a_2_pow_60_byte_tensor_is_an_error() {
     let dir = scratch("regress-st-huge");
-    let st = safetensors_file(r#"{"w":{"dtype":"F32","shape":[268435456,1073741824],"data_offsets":[0,1152921504606846976]}}"#, &[0; 16]);
+    let st = safetensors_file(
+        r#"{"w":{"dtype":"F32","shape":[268435456,1073741824],"data_offsets":[0,1152921504606846976]}}"#,
+        &[0; 16],
+    );
     replay("regress-st-huge", &st, |i| check_safetensors(&dir, &tiny_config_json(), i));
     std::fs::write(dir.join("model.safetensors"), &st).unwrap();
     let e = SafetensorsDir::open(&dir).err().expect("a 2^60-byte tensor in a 16-byte file is refused").to_string();
@@ -639,7 +739,10 @@ fn safetensors_header_claiming_a_2_pow_60_byte_tensor_is_an_error() {
 #[test]
 fn safetensors_shape_whose_product_overflows_is_an_error() {
     let dir = scratch("regress-st-overflow");
-    let st = safetensors_file(r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,0]}}"#, &[]);
+    let st = safetensors_file(
+        r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,0]}}"#,
+        &[],
+    );
     replay("regress-st-overflow", &st, |i| check_safetensors(&dir, &tiny_config_json(), i));
     std::fs::write(dir.join("model.safetensors"), &st).unwrap();
     assert!(SafetensorsDir::open(&dir).is_err());

@@ -8,7 +8,23 @@ fn mock_run(n: usize, token_us: u32, name: &str) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(name);
     let opts = format!(r#"{{"token_us": {token_us}}}"#);
-    run_to(n, &["--engine", "mock", "--engine-options", &opts, "--batch", "2", "--prompt-tokens", "8", "--generated-tokens", "24"], &path, dir)
+    run_to(
+        n,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            &opts,
+            "--batch",
+            "2",
+            "--prompt-tokens",
+            "8",
+            "--generated-tokens",
+            "24",
+        ],
+        &path,
+        dir,
+    )
 }
 
 fn report_html(files: &[&Path], out: &Path, extra: &[&str]) -> Output {
@@ -41,15 +57,29 @@ fn html_report_of_two_mock_runs() {
     // ITL by tenth where the JSONs hold it, TTFT per sample, memory per file; no CUPTI (a sentence).
     let tenths = [ja, jb].iter().filter(|j| j["summary"]["itl_p50_by_tenth_ms"].is_array()).count();
     let figures = |kind: &str| page.matches(&format!("<figure data-plot=\"{kind}\">")).count();
-    for (kind, n) in [("itl-cdf", 1), ("itl-cdf-ranks", 2), ("itl-position", usize::from(tenths > 0)), ("ttft", 1), ("memory", 2), ("cupti", 0)] {
+    for (kind, n) in [
+        ("itl-cdf", 1),
+        ("itl-cdf-ranks", 2),
+        ("itl-position", usize::from(tenths > 0)),
+        ("ttft", 1),
+        ("memory", 2),
+        ("cupti", 0),
+    ] {
         assert_eq!(figures(kind), n, "{kind}");
     }
     assert_eq!(page.matches("<svg").count(), 6 + usize::from(tenths > 0));
-    assert!(page.contains("data-missing=\"cupti\">A: no CUPTI data (the run was made without --cupti)"), "a sentence instead of the CUPTI chart");
+    assert!(
+        page.contains("data-missing=\"cupti\">A: no CUPTI data (the run was made without --cupti)"),
+        "a sentence instead of the CUPTI chart"
+    );
     // The legend names both files with engine and TP; both ranks of each are in the rank CDFs.
     assert!(page.contains("A: mock TP=2 a.json") && page.contains("B: mock TP=2 b.json"), "legend");
     for rank in 0..2 {
-        assert_eq!(page.matches(&format!("rank {rank} ({} gaps)", 2 * 23)).count(), 2, "rank {rank}: 2 samples × 23 gaps, in both files");
+        assert_eq!(
+            page.matches(&format!("rank {rank} ({} gaps)", 2 * 23)).count(),
+            2,
+            "rank {rank}: 2 samples × 23 gaps, in both files"
+        );
     }
     // The mock has no GPU: memory is the host RSS, said so.
     assert!(page.contains("host memory (RSS): no GPU memory measured"));
@@ -68,9 +98,16 @@ fn html_report_of_two_mock_runs() {
     let elsewhere = dir.path().join("missing/out.html");
     refused(&report_html(&[&a.path], &elsewhere, &[]), "does not exist");
     refused(&report_html(&[Path::new("no-such.json")], &dir.path().join("n.html"), &[]), "cannot read no-such.json");
-    refused(&report_html(&[&a.path, Path::new("results/schema.json")], &dir.path().join("s.html"), &[]), "is not a tpprof result JSON");
+    refused(
+        &report_html(&[&a.path, Path::new("results/schema.json")], &dir.path().join("s.html"), &[]),
+        "is not a tpprof result JSON",
+    );
     refused(&report_html(&[&a.path], dir.path(), &[]), "is a directory");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only out.html: no temp files, no pages of bad input");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "only out.html: no temp files, no pages of bad input"
+    );
     // Without --html: each file's text summary.
     let o = Command::new(BIN).arg("report").arg(&a.path).arg(&b.path).output().unwrap();
     assert!(o.status.success());
@@ -94,7 +131,8 @@ fn headless(browser: &Path, page: &Path, args: &[&str]) -> (String, Vec<String>)
         .output()
         .expect("start chromium");
     assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
-    let console = String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains(":CONSOLE")).map(str::to_string).collect();
+    let console =
+        String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains(":CONSOLE")).map(str::to_string).collect();
     (String::from_utf8_lossy(&out.stdout).into_owned(), console)
 }
 
@@ -108,8 +146,10 @@ fn html_report_renders_in_headless_chromium() {
     let browser = chromium().expect("chromium not found on PATH: apt-get install chromium");
     let dir = tempfile::tempdir().unwrap();
     let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/h200/tp-scaling-x4");
-    let files: Vec<PathBuf> =
-        ["tp1_10k-800_default", "tp4_10k-800_cupti"].iter().map(|n| results.join(format!("qwen2.5-32b_fp16_{n}.json"))).collect();
+    let files: Vec<PathBuf> = ["tp1_10k-800_default", "tp4_10k-800_cupti"]
+        .iter()
+        .map(|n| results.join(format!("qwen2.5-32b_fp16_{n}.json")))
+        .collect();
     let page = dir.path().join("report.html");
     let o = report_html(&files.iter().map(PathBuf::as_path).collect::<Vec<_>>(), &page, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -135,7 +175,8 @@ fn html_report_renders_in_headless_chromium() {
     assert!(dom.contains("<th>TP (ranks)</th>") && dom.contains("</table>"));
     // The rendered page: a screenshot far larger than a blank page's of the same size.
     let png = dir.path().join("report.png");
-    let (_, console) = headless(&browser, &page, &["--window-size=1100,3000", &format!("--screenshot={}", png.display())]);
+    let (_, console) =
+        headless(&browser, &page, &["--window-size=1100,3000", &format!("--screenshot={}", png.display())]);
     assert!(console.is_empty(), "console messages: {console:?}");
     let (size, blank_size) = (std::fs::metadata(&png).unwrap().len(), std::fs::metadata(&blank_png).unwrap().len());
     assert!(size > 10 * blank_size.max(1), "screenshot {size} B, a blank page's {blank_size} B");

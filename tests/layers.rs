@@ -25,8 +25,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
 ];
 
 /// Upward imports that exist today, each to be removed by a later step of issue [4/7].
-const KNOWN: &[(&str, &str, &str)] = &[
-];
+const KNOWN: &[(&str, &str, &str)] = &[];
 
 fn module_of(rel: &str) -> String {
     rel.split('/').next().unwrap().trim_end_matches(".rs").to_string()
@@ -70,7 +69,9 @@ fn violations(refs: &BTreeMap<(String, String), BTreeSet<String>>) -> Vec<String
             bad.push(format!("{from} -> {to} (in {})", files.iter().cloned().collect::<Vec<_>>().join(", ")));
         }
         if !allowed.contains_key(from.as_str()) {
-            bad.push(format!("src/{from}: a module the layer table does not know: add it to ALLOWED and ARCHITECTURE.md"));
+            bad.push(format!(
+                "src/{from}: a module the layer table does not know: add it to ALLOWED and ARCHITECTURE.md"
+            ));
         }
     }
     for (from, to, why) in KNOWN {
@@ -134,7 +135,10 @@ fn string_results(dir: &Path, root: &Path, out: &mut BTreeSet<String>) {
         }
         let text = std::fs::read_to_string(&p).unwrap();
         let code = text.lines().filter(|l| !l.trim_start().starts_with("//"));
-        if code.into_iter().any(|l| l.match_indices("Result<").any(|(i, _)| result_errs_with_string(&l[i + "Result<".len()..]))) {
+        if code
+            .into_iter()
+            .any(|l| l.match_indices("Result<").any(|(i, _)| result_errs_with_string(&l[i + "Result<".len()..])))
+        {
             out.insert(rel);
         }
     }
@@ -189,7 +193,11 @@ fn the_build_script_leaves_the_git_index_alone() {
         .match_indices("git(&[")
         .map(|(i, m)| {
             let rest = &build[i + m.len()..];
-            rest[..rest.find(']').unwrap()].split(',').map(|a| a.trim().trim_matches('"').to_string()).filter(|a| !a.is_empty()).collect()
+            rest[..rest.find(']').unwrap()]
+                .split(',')
+                .map(|a| a.trim().trim_matches('"').to_string())
+                .filter(|a| !a.is_empty())
+                .collect()
         })
         .collect();
     assert!(calls.len() >= 2, "build.rs's git calls not found: {calls:?}");
@@ -206,7 +214,12 @@ fn the_build_script_leaves_the_git_index_alone() {
     // A tracked file whose stat no longer matches the index (an editor's save, a checkout).
     let stale = || {
         std::thread::sleep(std::time::Duration::from_millis(20));
-        std::fs::File::options().write(true).open(repo.join("f")).unwrap().set_modified(std::time::SystemTime::now()).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(repo.join("f"))
+            .unwrap()
+            .set_modified(std::time::SystemTime::now())
+            .unwrap();
     };
     for args in &calls {
         stale();
@@ -218,5 +231,9 @@ fn the_build_script_leaves_the_git_index_alone() {
     stale();
     let before = index_mtime();
     assert!(git(&["describe", "--always", "--dirty"]).status.success());
-    assert_ne!(index_mtime(), before, "`git describe --dirty` leaves the index alone here: the check above proves nothing");
+    assert_ne!(
+        index_mtime(),
+        before,
+        "`git describe --dirty` leaves the index alone here: the check above proves nothing"
+    );
 }

@@ -4,7 +4,21 @@ use crate::util::*;
 
 #[test]
 fn cpu_engine_tokens_agree_across_tp_degrees() {
-    let args = ["--engine", "cpu", "--model", "tiny", "--batch", "2", "--prompt-tokens", "24", "--generated-tokens", "12", "--seed", "5", "--record-tokens"];
+    let args = [
+        "--engine",
+        "cpu",
+        "--model",
+        "tiny",
+        "--batch",
+        "2",
+        "--prompt-tokens",
+        "24",
+        "--generated-tokens",
+        "12",
+        "--seed",
+        "5",
+        "--record-tokens",
+    ];
     let mut seen = Vec::new();
     for n in [1, 2, 4] {
         let r = run(n, &args);
@@ -32,7 +46,19 @@ fn singleton_without_mpirun_works() {
 fn mock_latency_is_what_the_histogram_reports() {
     // 2 ms per decode step, 20 µs per prompt token (100 tokens → 2 ms prefill).
     let token_us = 2000.0;
-    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"token_us": 2000, "prefill_us_per_token": 20}"#, "--prompt-tokens", "100", "--generated-tokens", "60"]);
+    let r = run(
+        2,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"token_us": 2000, "prefill_us_per_token": 20}"#,
+            "--prompt-tokens",
+            "100",
+            "--generated-tokens",
+            "60",
+        ],
+    );
     let j = ok(&r);
     check_counts(j, 2, 1, 60);
     for rank in j["ranks"].as_array().unwrap() {
@@ -57,7 +83,8 @@ fn mock_latency_is_what_the_histogram_reports() {
     assert!(f("std") >= 0.0, "{p}");
     // Per sample: TPOT as trtllm-bench defines it, end to end, and the sample's own gaps.
     let s = &j["samples"][0];
-    let (ttft, e2e, tpot) = (s["ttft_ms"].as_f64().unwrap(), s["e2e_ms"].as_f64().unwrap(), s["tpot_ms"].as_f64().unwrap());
+    let (ttft, e2e, tpot) =
+        (s["ttft_ms"].as_f64().unwrap(), s["e2e_ms"].as_f64().unwrap(), s["tpot_ms"].as_f64().unwrap());
     assert!(tpot >= 2.0 * 0.999 && tpot <= 5.0, "TPOT {tpot} ms against the scripted 2 ms");
     assert!(((e2e - ttft) / 59.0 - tpot).abs() < 1e-6, "TPOT = (e2e − TTFT) / (n − 1): {e2e} {ttft} {tpot}");
     assert_eq!(u(&s["itl_ms"]["count"]), 59);
@@ -68,7 +95,21 @@ fn mock_latency_is_what_the_histogram_reports() {
 fn mock_allocation_shows_in_each_ranks_peak() {
     let size: u64 = 256 << 20;
     let opts = format!(r#"{{"alloc_bytes": {size}}}"#);
-    let r = run(2, &["--engine", "mock", "--engine-options", &opts, "--prompt-tokens", "4", "--generated-tokens", "4", "--mem-interval-ms", "5"]);
+    let r = run(
+        2,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            &opts,
+            "--prompt-tokens",
+            "4",
+            "--generated-tokens",
+            "4",
+            "--mem-interval-ms",
+            "5",
+        ],
+    );
     let j = ok(&r);
     for rank in j["ranks"].as_array().unwrap() {
         let peak = u(&rank["memory"]["host"]["peak_rss"]["bytes"]);
@@ -84,7 +125,21 @@ fn mock_allocation_shows_in_each_ranks_peak() {
 
 #[test]
 fn one_process_topology_has_observer_ranks() {
-    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"topology": "one_process", "token_us": 200}"#, "--batch", "3", "--prompt-tokens", "4", "--generated-tokens", "5"]);
+    let r = run(
+        2,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"topology": "one_process", "token_us": 200}"#,
+            "--batch",
+            "3",
+            "--prompt-tokens",
+            "4",
+            "--generated-tokens",
+            "5",
+        ],
+    );
     let j = ok(&r);
     check_counts(j, 2, 3, 5);
     assert_eq!(j["topology"], "one_process");
@@ -96,7 +151,21 @@ fn one_process_topology_has_observer_ranks() {
 
 #[test]
 fn tokens_from_an_engine_thread_are_recorded() {
-    let r = run(1, &["--engine", "mock", "--engine-options", r#"{"callback_thread": 1}"#, "--batch", "2", "--prompt-tokens", "4", "--generated-tokens", "7"]);
+    let r = run(
+        1,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"callback_thread": 1}"#,
+            "--batch",
+            "2",
+            "--prompt-tokens",
+            "4",
+            "--generated-tokens",
+            "7",
+        ],
+    );
     check_counts(ok(&r), 1, 2, 7);
 }
 
@@ -107,7 +176,20 @@ fn eos_is_reported_not_hidden() {
     let r = run(1, &["--engine", "mock", "--engine-options", opts, "--prompt-tokens", "4", "--generated-tokens", "10"]);
     check_counts(ok(&r), 1, 1, 10);
     // --allow-eos: the short sample is visible in status and samples.
-    let r = run(1, &["--engine", "mock", "--engine-options", opts, "--prompt-tokens", "4", "--generated-tokens", "10", "--allow-eos"]);
+    let r = run(
+        1,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            opts,
+            "--prompt-tokens",
+            "4",
+            "--generated-tokens",
+            "10",
+            "--allow-eos",
+        ],
+    );
     assert_eq!(r.code(), 0);
     let j = r.json();
     assert_eq!(j["status"]["state"], "incomplete");
@@ -134,14 +216,30 @@ fn prompts_file_is_used() {
 /// their deadline), not far above it, and rising by what it adds (margins for a loaded machine).
 #[test]
 fn itl_by_tenth_of_decode_follows_a_growing_step_cost() {
-    let r = run(1, &["--engine", "mock", "--engine-options", r#"{"token_us": 1000, "token_us_growth": 200}"#, "--prompt-tokens", "4", "--generated-tokens", "41"]);
+    let r = run(
+        1,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"token_us": 1000, "token_us_growth": 200}"#,
+            "--prompt-tokens",
+            "4",
+            "--generated-tokens",
+            "41",
+        ],
+    );
     let j = ok(&r);
-    let tenths: Vec<f64> = j["summary"]["itl_p50_by_tenth_ms"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let tenths: Vec<f64> =
+        j["summary"]["itl_p50_by_tenth_ms"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
     assert_eq!(tenths.len(), 10, "{tenths:?}");
     for (d, &ms) in tenths.iter().enumerate() {
         // Steps 4d+1..=4d+4; the median of four is the lower middle, step 4d+2.
         let scripted_ms = (1000.0 + 200.0 * (4 * d + 2) as f64) / 1e3;
-        assert!(ms >= scripted_ms * 0.999 && ms <= scripted_ms + 3.0, "tenth {d}: {ms} ms for a scripted {scripted_ms} ms ({tenths:?})");
+        assert!(
+            ms >= scripted_ms * 0.999 && ms <= scripted_ms + 3.0,
+            "tenth {d}: {ms} ms for a scripted {scripted_ms} ms ({tenths:?})"
+        );
     }
     // The script adds 200 µs × 36 steps = 7.2 ms between the first and the last tenth's medians.
     assert!(tenths[9] - tenths[0] >= 0.5 * 7.2, "{tenths:?}");
@@ -152,7 +250,25 @@ fn itl_by_tenth_of_decode_follows_a_growing_step_cost() {
 /// ≥ 2 ms), so a TPOT bound of 1.5 ms meets none of them and generous bounds meet all three.
 #[test]
 fn goodput_counts_the_requests_within_the_slo() {
-    let args = |slo: &str| ["--engine", "mock", "--engine-options", r#"{"token_us": 2000}"#, "--batch", "3", "--prompt-tokens", "8", "--generated-tokens", "12", "--warmup", "0", "--slo", slo].map(str::to_string);
+    let args = |slo: &str| {
+        [
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"token_us": 2000}"#,
+            "--batch",
+            "3",
+            "--prompt-tokens",
+            "8",
+            "--generated-tokens",
+            "12",
+            "--warmup",
+            "0",
+            "--slo",
+            slo,
+        ]
+        .map(str::to_string)
+    };
     let run_slo = |slo: &str| {
         let a = args(slo);
         let r = run(1, &a.iter().map(String::as_str).collect::<Vec<_>>());
@@ -167,7 +283,10 @@ fn goodput_counts_the_requests_within_the_slo() {
     assert_eq!((g["met"].as_u64(), g["share_pct"].as_f64()), (Some(3), Some(100.0)), "{g}");
     assert_eq!(g["slo"]["tpot_ms"], 50.0);
     assert_eq!(j["config"]["slo"]["itl_ms"], 500.0);
-    assert!(out.contains("goodput: 3/3 requests (100.0 %) within TPOT ≤ 50 ms, every ITL ≤ 500 ms, e2e ≤ 60000 ms"), "{out}");
+    assert!(
+        out.contains("goodput: 3/3 requests (100.0 %) within TPOT ≤ 50 ms, every ITL ≤ 500 ms, e2e ≤ 60000 ms"),
+        "{out}"
+    );
 }
 
 /// Scale: 16 ranks of the mock on a 2-core machine, 1 000 064 tokens in all (8 samples × 7 813 per
@@ -176,7 +295,24 @@ fn goodput_counts_the_requests_within_the_slo() {
 /// scale: results/vm/scale.md.
 #[test]
 fn sixteen_ranks_a_million_tokens_exact_counts_bounded_json() {
-    let big = run(16, &["--engine", "mock", "--engine-options", r#"{"token_us": 0}"#, "--batch", "8", "--prompt-tokens", "8", "--generated-tokens", "7813", "--warmup", "0", "--no-progress"]);
+    let big = run(
+        16,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"token_us": 0}"#,
+            "--batch",
+            "8",
+            "--prompt-tokens",
+            "8",
+            "--generated-tokens",
+            "7813",
+            "--warmup",
+            "0",
+            "--no-progress",
+        ],
+    );
     let j = ok(&big);
     check_counts(j, 16, 8, 7813);
     let ranks = j["ranks"].as_array().unwrap();
@@ -185,7 +321,24 @@ fn sixteen_ranks_a_million_tokens_exact_counts_bounded_json() {
     assert_eq!(total, 16 * 8 * 7813, "every token of every rank, once");
     assert_eq!(u(&j["summary"]["itl_ms"]["count"]), 16 * 8 * 7812);
     assert!(j["summary"]["merge_s"].as_f64().unwrap() > 0.0);
-    let small = run(16, &["--engine", "mock", "--engine-options", r#"{"token_us": 0}"#, "--batch", "8", "--prompt-tokens", "8", "--generated-tokens", "78", "--warmup", "0", "--no-progress"]);
+    let small = run(
+        16,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"token_us": 0}"#,
+            "--batch",
+            "8",
+            "--prompt-tokens",
+            "8",
+            "--generated-tokens",
+            "78",
+            "--warmup",
+            "0",
+            "--no-progress",
+        ],
+    );
     ok(&small);
     let (b, s) = (std::fs::metadata(&big.path).unwrap().len(), std::fs::metadata(&small.path).unwrap().len());
     assert!(b < 2 * s && b < 1 << 20, "JSON {b} bytes for 1M tokens vs {s} for 10K: it must not grow with the tokens");

@@ -26,7 +26,12 @@ impl Drop for HostB {
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().unwrap_or_else(|e| panic!("ip {args:?}: {e} (install iproute2)"));
-    assert!(out.status.success(), "ip {}: {} (the multi-host test needs root: CAP_NET_ADMIN)", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    assert!(
+        out.status.success(),
+        "ip {}: {} (the multi-host test needs root: CAP_NET_ADMIN)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
 }
 
 #[test]
@@ -42,7 +47,11 @@ fn a_run_across_two_hosts_gathers_every_rank() {
     ip(&["addr", "add", &format!("{ip_a}/24"), "dev", &a]);
     ip(&["link", "set", &a, "up"]);
     let cidr_b = format!("{ip_b}/24");
-    for args in [&["addr", "add", cidr_b.as_str(), "dev", b.as_str()][..], &["link", "set", b.as_str(), "up"], &["link", "set", "lo", "up"]] {
+    for args in [
+        &["addr", "add", cidr_b.as_str(), "dev", b.as_str()][..],
+        &["link", "set", b.as_str(), "up"],
+        &["link", "set", "lo", "up"],
+    ] {
         let mut full = vec!["netns", "exec", ns.as_str(), "ip"];
         full.extend_from_slice(args);
         ip(&full);
@@ -50,7 +59,11 @@ fn a_run_across_two_hosts_gathers_every_rank() {
     let dir = tempfile::tempdir().unwrap();
     // The rsh agent: `agent HOST COMMAND...` runs COMMAND on host B, as ssh does on a node.
     let agent = dir.path().join("agent.sh");
-    std::fs::write(&agent, format!("#!/bin/sh\nshift\nexec ip netns exec {ns} unshare --uts sh -c \"hostname tpprof-host-b; exec $*\"\n")).unwrap();
+    std::fs::write(
+        &agent,
+        format!("#!/bin/sh\nshift\nexec ip netns exec {ns} unshare --uts sh -c \"hostname tpprof-host-b; exec $*\"\n"),
+    )
+    .unwrap();
     assert!(Command::new("chmod").arg("+x").arg(&agent).status().unwrap().success());
     let hostfile = dir.path().join("hosts");
     std::fs::write(&hostfile, format!("{ip_a} slots=1\n{ip_b} slots=1\n")).unwrap();
@@ -64,7 +77,21 @@ fn a_run_across_two_hosts_gathers_every_rank() {
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .arg(BIN)
-        .args(["run", "--engine", "mock", "--engine-options", r#"{"token_us": 500}"#, "--batch", "2", "--prompt-tokens", "8", "--generated-tokens", "16", "--no-progress", "--out"])
+        .args([
+            "run",
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"token_us": 500}"#,
+            "--batch",
+            "2",
+            "--prompt-tokens",
+            "8",
+            "--generated-tokens",
+            "16",
+            "--no-progress",
+            "--out",
+        ])
         .arg(&out)
         .output()
         .unwrap();
@@ -78,6 +105,9 @@ fn a_run_across_two_hosts_gathers_every_rank() {
     assert_eq!(hosts[1], "tpprof-host-b");
     let ranks = j["ranks"].as_array().unwrap();
     // One rank per host: each is local rank 0 of its host, and rank 1's report came from host B.
-    assert_eq!(ranks.iter().map(|r| (r["host"].as_str().unwrap(), r["local_rank"].as_i64().unwrap())).collect::<Vec<_>>(), vec![(hosts[0], 0), ("tpprof-host-b", 0)]);
+    assert_eq!(
+        ranks.iter().map(|r| (r["host"].as_str().unwrap(), r["local_rank"].as_i64().unwrap())).collect::<Vec<_>>(),
+        vec![(hosts[0], 0), ("tpprof-host-b", 0)]
+    );
     assert!(String::from_utf8_lossy(&o.stdout).contains("2 rank(s) on 2 host(s)"));
 }

@@ -23,7 +23,10 @@ fn hf_python() -> String {
         Ok(o) if o.status.success() => {}
         Ok(o) => {
             let err = String::from_utf8_lossy(&o.stderr);
-            panic!("cannot run the python:hf test: `{py}` cannot import torch and transformers ({})", err.lines().last().unwrap_or("").trim());
+            panic!(
+                "cannot run the python:hf test: `{py}` cannot import torch and transformers ({})",
+                err.lines().last().unwrap_or("").trim()
+            );
         }
         Err(e) => {
             panic!("cannot run the python:hf test: cannot run `{py}` ({e})");
@@ -52,7 +55,13 @@ impl Run {
         String::from_utf8_lossy(&self.out.stderr).into_owned()
     }
     fn ok(&self) -> &Value {
-        assert_eq!(self.out.status.code(), Some(0), "exit code\nstdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&self.out.stdout), self.stderr());
+        assert_eq!(
+            self.out.status.code(),
+            Some(0),
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&self.out.stdout),
+            self.stderr()
+        );
         let j = self.json.as_ref().expect("a JSON");
         assert_eq!(j["status"]["state"], "ok", "{}", j["status"]);
         j
@@ -84,7 +93,12 @@ fn run(n: usize, args: &[&str]) -> Run {
 }
 
 fn tokens(j: &Value) -> Vec<Vec<i64>> {
-    j["samples"].as_array().unwrap().iter().map(|s| s["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect()).collect()
+    j["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect())
+        .collect()
 }
 
 fn weights(j: &Value, rank: usize) -> u64 {
@@ -99,10 +113,22 @@ fn hf_driver_on_cpu_tensor_parallel_exact_length_and_errors() {
     // Untied lm_head, so its vocabulary sharding and logits all_gather are exercised too.
     let base = opts(r#", "config": {"tie_word_embeddings": false}"#);
     let args = |o: &str| -> Vec<String> {
-        ["--engine", "python:hf", "--engine-options", o, "--batch", "2", "--prompt-tokens", "24", "--generated-tokens", "8", "--record-tokens"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "--engine",
+            "python:hf",
+            "--engine-options",
+            o,
+            "--batch",
+            "2",
+            "--prompt-tokens",
+            "24",
+            "--generated-tokens",
+            "8",
+            "--record-tokens",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let a = args(&base);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();

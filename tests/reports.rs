@@ -19,13 +19,47 @@ fn report_prints_a_saved_result() {
 fn trace_has_every_rank_token_and_memory() {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("t.json");
-    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"token_us": 300}"#, "--batch", "2", "--prompt-tokens", "8", "--generated-tokens", "5", "--trace", trace.to_str().unwrap()]);
+    let r = run(
+        2,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"token_us": 300}"#,
+            "--batch",
+            "2",
+            "--prompt-tokens",
+            "8",
+            "--generated-tokens",
+            "5",
+            "--trace",
+            trace.to_str().unwrap(),
+        ],
+    );
     ok(&r);
     let t: Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
     // The same trace gzip-compressed when its name ends in .gz (the token log too).
     let gz = dir.path().join("t.json.gz");
     let log = dir.path().join("tokens.csv.gz");
-    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"token_us": 300}"#, "--batch", "2", "--prompt-tokens", "8", "--generated-tokens", "5", "--trace", gz.to_str().unwrap(), "--token-log", log.to_str().unwrap()]);
+    let r = run(
+        2,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"token_us": 300}"#,
+            "--batch",
+            "2",
+            "--prompt-tokens",
+            "8",
+            "--generated-tokens",
+            "5",
+            "--trace",
+            gz.to_str().unwrap(),
+            "--token-log",
+            log.to_str().unwrap(),
+        ],
+    );
     ok(&r);
     let gunzip = |p: &std::path::Path| {
         use std::io::Read;
@@ -62,14 +96,41 @@ fn trace_has_every_rank_token_and_memory() {
 
 #[test]
 fn compare_puts_runs_side_by_side_against_the_baseline() {
-    let a = run(1, &["--engine", "mock", "--engine-options", r#"{"token_us": 1000}"#, "--prompt-tokens", "4", "--generated-tokens", "20"]);
-    let b = run(2, &["--engine", "mock", "--engine-options", r#"{"token_us": 3000}"#, "--prompt-tokens", "4", "--generated-tokens", "21"]);
+    let a = run(
+        1,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"token_us": 1000}"#,
+            "--prompt-tokens",
+            "4",
+            "--generated-tokens",
+            "20",
+        ],
+    );
+    let b = run(
+        2,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"token_us": 3000}"#,
+            "--prompt-tokens",
+            "4",
+            "--generated-tokens",
+            "21",
+        ],
+    );
     let (ja, jb) = (ok(&a), ok(&b));
     let out = Command::new(BIN).arg("compare").arg(&a.path).arg(&b.path).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The legend names both files; the workload difference is pointed out.
-    assert!(text.contains(&format!("A: {}", a.path.display())) && text.contains(&format!("B: {}", b.path.display())), "{text}");
+    assert!(
+        text.contains(&format!("A: {}", a.path.display())) && text.contains(&format!("B: {}", b.path.display())),
+        "{text}"
+    );
     assert!(text.contains("generated tokens differ: A 20, B 21"), "{text}");
     // What the figures were measured with is named too when it differs.
     assert!(text.contains("rank counts differ: A 1, B 2"), "{text}");
@@ -100,8 +161,15 @@ fn compare_puts_runs_side_by_side_against_the_baseline() {
     let crossed = gate(&["itl_p50>+5%", "ttft_p50>1000000"]);
     let text = String::from_utf8_lossy(&crossed.stdout).into_owned();
     assert_eq!(crossed.status.code(), Some(4), "{text}");
-    assert!(text.contains(&format!("gate: FAILED  B itl_p50>+5%: {pb:.3} ms vs {pa:.3} ms ({change:+.1} %)")), "{text}");
-    assert!(text.contains("gate: ok      B ttft_p50>1000000") && text.ends_with("gate: FAILED: 1 of 2 check(s) crossed their limit\n"), "{text}");
+    assert!(
+        text.contains(&format!("gate: FAILED  B itl_p50>+5%: {pb:.3} ms vs {pa:.3} ms ({change:+.1} %)")),
+        "{text}"
+    );
+    assert!(
+        text.contains("gate: ok      B ttft_p50>1000000")
+            && text.ends_with("gate: FAILED: 1 of 2 check(s) crossed their limit\n"),
+        "{text}"
+    );
     let held = gate(&["itl_p50>+250%", "throughput<-90%"]);
     let text = String::from_utf8_lossy(&held.stdout).into_owned();
     assert_eq!(held.status.code(), Some(0), "{text}");
@@ -202,7 +270,8 @@ fn tp_sweep_script_runs_each_degree_and_compares() {
     let r = sweep("1 2");
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     for tp in [1, 2] {
-        let j: Value = serde_json::from_str(&std::fs::read_to_string(out.join(format!("tp{tp}-default.json"))).unwrap()).unwrap();
+        let j: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(format!("tp{tp}-default.json"))).unwrap()).unwrap();
         check_schema(&j);
         assert_eq!(j["config"]["world_size"], tp);
     }
@@ -211,7 +280,11 @@ fn tp_sweep_script_runs_each_degree_and_compares() {
     // tiny's 4 KV heads do not split over 3 ranks: the sweep stops there and names the run.
     let bad = sweep("3");
     assert_eq!(bad.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("error: the TP=3 default run failed"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("error: the TP=3 default run failed"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     let log = std::fs::read_to_string(out.join("tp3-default.log")).unwrap();
     assert!(log.contains("does not divide"), "the run's own error is in its log: {log}");
     // One degree: its JSON and no comparison (compare needs two files), still a success.
@@ -229,7 +302,20 @@ fn token_log_has_every_token_of_every_rank() {
     let csv = dir.path().join("tokens.csv");
     let path = dir.path().join("r.json");
     let csv_arg = csv.to_str().unwrap().to_string();
-    let args = ["--engine", "mock", "--engine-options", r#"{"token_us": 2000}"#, "--batch", "2", "--prompt-tokens", "8", "--generated-tokens", "10", "--token-log", &csv_arg];
+    let args = [
+        "--engine",
+        "mock",
+        "--engine-options",
+        r#"{"token_us": 2000}"#,
+        "--batch",
+        "2",
+        "--prompt-tokens",
+        "8",
+        "--generated-tokens",
+        "10",
+        "--token-log",
+        &csv_arg,
+    ];
     let r = run_to(2, &args, &path, dir);
     ok(&r);
     let text = std::fs::read_to_string(&csv).unwrap();
@@ -262,7 +348,18 @@ fn token_log_has_every_token_of_every_rank() {
 /// measured run shows one line with its token count; --no-progress shows none.
 #[test]
 fn progress_shows_on_long_runs_unless_asked_not_to() {
-    let args = ["--engine", "mock", "--engine-options", r#"{"token_us": 100000}"#, "--prompt-tokens", "4", "--generated-tokens", "55", "--warmup", "0"];
+    let args = [
+        "--engine",
+        "mock",
+        "--engine-options",
+        r#"{"token_us": 100000}"#,
+        "--prompt-tokens",
+        "4",
+        "--generated-tokens",
+        "55",
+        "--warmup",
+        "0",
+    ];
     let r = run(2, &args);
     ok(&r);
     let lines: Vec<String> = r.stderr().lines().filter(|l| l.contains("measured run: ")).map(str::to_string).collect();
@@ -278,7 +375,11 @@ fn progress_shows_on_long_runs_unless_asked_not_to() {
 fn a_config_file_runs_on_every_rank() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("run.toml");
-    std::fs::write(&f, "engine = \"mock\"\nprompt-tokens = 6\ngenerated-tokens = 50\n[engine-options]\ntoken_us = 200\n").unwrap();
+    std::fs::write(
+        &f,
+        "engine = \"mock\"\nprompt-tokens = 6\ngenerated-tokens = 50\n[engine-options]\ntoken_us = 200\n",
+    )
+    .unwrap();
     let r = run(2, &["--config", f.to_str().unwrap(), "--generated-tokens", "7"]);
     let j = ok(&r);
     assert_eq!((j["config"]["engine"].as_str(), j["config"]["generated_tokens"].as_u64()), (Some("mock"), Some(7)));

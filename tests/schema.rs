@@ -13,7 +13,11 @@ fn committed_schema_is_the_generated_one() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let generated = String::from_utf8(out.stdout).unwrap();
     if generated != COMMITTED {
-        let first = generated.lines().zip(COMMITTED.lines()).position(|(a, b)| a != b).unwrap_or(generated.lines().count().min(COMMITTED.lines().count()));
+        let first = generated
+            .lines()
+            .zip(COMMITTED.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(generated.lines().count().min(COMMITTED.lines().count()));
         panic!(
             "results/schema.json is not the schema of the report types (first difference at line {}: generated `{}`, committed `{}`): \
              run `tpprof schema > results/schema.json` and review the diff",
@@ -48,7 +52,11 @@ fn every_committed_result_validates_and_loads() {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
             if p.is_dir() {
                 dirs.push(p);
-            } else if name.ends_with(".json") && !name.ends_with(".trace.json") && !name.ends_with(".plain.json") && p != root.join("schema.json") {
+            } else if name.ends_with(".json")
+                && !name.ends_with(".trace.json")
+                && !name.ends_with(".plain.json")
+                && p != root.join("schema.json")
+            {
                 files.push(p);
             }
         }
@@ -57,12 +65,16 @@ fn every_committed_result_validates_and_loads() {
     let (mut valid, mut refused, mut problems) = (0, Vec::new(), Vec::new());
     for f in &files {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
-        let j: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        if j.get("schema").is_none() && ((name == "bench.json" && j.get("rows").is_some()) || j.get("hidden_size").is_some()) {
+        let j: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        if j.get("schema").is_none()
+            && ((name == "bench.json" && j.get("rows").is_some()) || j.get("hidden_size").is_some())
+        {
             continue;
         }
         assert_eq!(j["schema"], "tpprof.run/1", "{} is neither a run JSON nor a kind this test skips", f.display());
-        let errors: Vec<String> = validator.iter_errors(&j).take(5).map(|e| format!("{e} at {}", e.instance_path)).collect();
+        let errors: Vec<String> =
+            validator.iter_errors(&j).take(5).map(|e| format!("{e} at {}", e.instance_path)).collect();
         let loaded = tpprof::report::summary::load(f);
         match (errors.is_empty(), &loaded) {
             (true, Ok(_)) => valid += 1,
@@ -75,7 +87,12 @@ fn every_committed_result_validates_and_loads() {
             )),
         }
     }
-    assert!(problems.is_empty(), "{} committed result(s) and the schema or the loader disagree:\n{}", problems.len(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} committed result(s) and the schema or the loader disagree:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
     assert_eq!(refused.len(), TOO_OLD.len(), "refused: {refused:?}");
     assert!(valid >= 70, "only {valid} result JSONs found under {}", root.display());
     eprintln!("{valid} committed result JSONs validate and load; {} too old for both", refused.len());

@@ -34,7 +34,9 @@ impl Run {
         self.out.status.code().unwrap_or(-1)
     }
     pub(crate) fn json(&self) -> &Value {
-        self.json.as_ref().unwrap_or_else(|| panic!("no JSON written\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr()))
+        self.json
+            .as_ref()
+            .unwrap_or_else(|| panic!("no JSON written\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr()))
     }
     /// The lines tpprof printed as errors (mpirun adds its own chatter around them).
     pub(crate) fn error_lines(&self) -> Vec<String> {
@@ -136,7 +138,12 @@ pub(crate) fn check_counts(j: &Value, ranks: usize, batch: u64, gen: u64) {
 }
 
 pub(crate) fn tokens(j: &Value) -> Vec<Vec<i64>> {
-    j["samples"].as_array().unwrap().iter().map(|s| s["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect()).collect()
+    j["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect())
+        .collect()
 }
 
 /// Bad input: a one-line error naming the cause, non-zero exit on every rank, within seconds, and
@@ -174,7 +181,8 @@ pub(crate) const MOCK_EXECUTOR: &str = env!("TPPROF_MOCK_EXECUTOR_ADAPTER");
 
 /// `--engine <mock executor .so> --engine-options OPTS` followed by `rest`.
 pub(crate) fn mock_executor(opts: &str, rest: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["--engine", MOCK_EXECUTOR, "--engine-options", opts].iter().map(|s| s.to_string()).collect();
+    let mut v: Vec<String> =
+        ["--engine", MOCK_EXECUTOR, "--engine-options", opts].iter().map(|s| s.to_string()).collect();
     v.extend(rest.iter().map(|s| s.to_string()));
     v
 }

@@ -27,23 +27,57 @@ fn warmup_runs_take_the_first_request_cost_off_the_clock() {
     // On every rank (the merged p50 would hide one rank that stayed cold).
     for r in jw["ranks"].as_array().unwrap() {
         let max_ms = u(&r["ttft"]["max_ns"]) as f64 / 1e6;
-        assert!(max_ms < 400.0, "rank {}: after warm-up the TTFT no longer holds the first-request cost: {max_ms} ms", r["rank"]);
+        assert!(
+            max_ms < 400.0,
+            "rank {}: after warm-up the TTFT no longer holds the first-request cost: {max_ms} ms",
+            r["rank"]
+        );
     }
     for r in jw["ranks"].as_array().unwrap() {
         let w: Vec<f64> = r["timing"]["warmup_s"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0] >= 0.4 && w[1] < 0.4, "the first warm-up run paid the cold start: {w:?}");
         // Each warm-up run's TTFT is in the JSON beside its wall time (ALL_RANKS: every rank's own).
-        let t: Vec<f64> = r["timing"]["warmup_runs"].as_array().unwrap().iter().map(|x| x["ttft_ms"].as_f64().unwrap()).collect();
+        let t: Vec<f64> =
+            r["timing"]["warmup_runs"].as_array().unwrap().iter().map(|x| x["ttft_ms"].as_f64().unwrap()).collect();
         assert!(t[0] >= 400.0 && t[1] < 400.0, "rank {}: warm-up TTFTs {t:?}", r["rank"]);
     }
     assert!(warm.stdout().contains("warm-up: 2 run(s) (--warmup 2, not checked"), "{}", warm.stdout());
 
-    rejected(1, &["--engine", "mock", "--warmup", "-1"], 2, "--warmup must be `auto` or a whole number ≥ 0 (got \"-1\")");
-    rejected(1, &["--engine", "mock", "--warmup-max", "1"], 2, "--warmup-max must be a whole number in [2, 100] (got 1)");
-    rejected(1, &["--engine", "mock", "--warmup-tolerance", "0"], 2, "--warmup-tolerance must be a percentage in (0, 100] (got 0)");
+    rejected(
+        1,
+        &["--engine", "mock", "--warmup", "-1"],
+        2,
+        "--warmup must be `auto` or a whole number ≥ 0 (got \"-1\")",
+    );
+    rejected(
+        1,
+        &["--engine", "mock", "--warmup-max", "1"],
+        2,
+        "--warmup-max must be a whole number in [2, 100] (got 1)",
+    );
+    rejected(
+        1,
+        &["--engine", "mock", "--warmup-tolerance", "0"],
+        2,
+        "--warmup-tolerance must be a percentage in (0, 100] (got 0)",
+    );
     // A failure inside a warm-up run stops every rank and says where it happened.
-    rejected(2, &["--engine", "mock", "--engine-options", r#"{"fail_rank": 1, "fail_at_token": 3}"#, "--generated-tokens", "5", "--warmup", "1"], 1, "warm-up run 1");
+    rejected(
+        2,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"fail_rank": 1, "fail_at_token": 3}"#,
+            "--generated-tokens",
+            "5",
+            "--warmup",
+            "1",
+        ],
+        1,
+        "warm-up run 1",
+    );
 }
 
 /// Known truth: an engine whose first generate() runs 3× slower for its whole length (the mock's
@@ -56,7 +90,10 @@ fn default_warmup_reaches_the_scripted_steady_state() {
         eprintln!("skipped python:test half: no python3 with a shared libpython");
     }
     let engines: Vec<(&str, &str)> = if python_available() {
-        vec![("mock", r#"{"token_us": 2000, "slow_generates": 1, "slow_factor": 3}"#), ("python:test", r#"{"token_us": 2000, "slow_generates": 1, "slow_factor": 3, "vocab_size": 1000}"#)]
+        vec![
+            ("mock", r#"{"token_us": 2000, "slow_generates": 1, "slow_factor": 3}"#),
+            ("python:test", r#"{"token_us": 2000, "slow_generates": 1, "slow_factor": 3, "vocab_size": 1000}"#),
+        ]
     } else {
         vec![("mock", r#"{"token_us": 2000, "slow_generates": 1, "slow_factor": 3}"#)]
     };
@@ -70,11 +107,19 @@ fn default_warmup_reaches_the_scripted_steady_state() {
         assert_eq!(w["mode"], "auto", "{engine}");
         assert_eq!(w["state"], "steady", "{engine}: {w}");
         let runs = j["ranks"][0]["timing"]["warmup_runs"].as_array().unwrap();
-        assert!(runs.len() >= 3 && runs.len() as u64 == w["runs"].as_u64().unwrap(), "{engine}: slow, fast, fast: {runs:?}");
+        assert!(
+            runs.len() >= 3 && runs.len() as u64 == w["runs"].as_u64().unwrap(),
+            "{engine}: slow, fast, fast: {runs:?}"
+        );
         let first = runs[0]["itl_p50_ms"].as_f64().unwrap();
         assert!(first >= 6.0, "{engine}: the first warm-up run is the slow one: {first}");
         assert!(p50(j) >= 2.0 && p50(j) < 2.4, "{engine}: the measured run is the scripted 2 ms: {}", p50(j));
-        assert_eq!(j["summary"]["stationarity"]["warnings"].as_array().unwrap().len(), 0, "{engine}: {}", j["summary"]["stationarity"]);
+        assert_eq!(
+            j["summary"]["stationarity"]["warnings"].as_array().unwrap().len(),
+            0,
+            "{engine}: {}",
+            j["summary"]["stationarity"]
+        );
         assert!(d.stdout().contains("steady state"), "{}", d.stdout());
 
         let c = run(1, &[&base[..], &["--warmup", "0"]].concat());
@@ -91,12 +136,45 @@ fn default_warmup_reaches_the_scripted_steady_state() {
 fn stationarity_warnings_fire_on_scripted_change_and_drift_only() {
     // Every run at 20 % (scheduling noise on a loaded machine is neither drift nor a change, and two
     // slow warm-up runs must agree with each other): the scripted changes are 3× and 4×.
-    let steady = run(1, &["--engine", "mock", "--engine-options", r#"{"token_us": 2000}"#, "--prompt-tokens", "4", "--generated-tokens", "60", "--warmup-tolerance", "20"]);
+    let steady = run(
+        1,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"token_us": 2000}"#,
+            "--prompt-tokens",
+            "4",
+            "--generated-tokens",
+            "60",
+            "--warmup-tolerance",
+            "20",
+        ],
+    );
     let js = ok(&steady);
-    assert_eq!(js["summary"]["stationarity"]["warnings"].as_array().unwrap().len(), 0, "{}", js["summary"]["stationarity"]);
+    assert_eq!(
+        js["summary"]["stationarity"]["warnings"].as_array().unwrap().len(),
+        0,
+        "{}",
+        js["summary"]["stationarity"]
+    );
     assert!(!steady.stdout().contains("not stationary"), "{}", steady.stdout());
 
-    let changed = run(1, &["--engine", "mock", "--engine-options", r#"{"token_us": 2000, "slow_generates": 2, "slow_factor": 3}"#, "--prompt-tokens", "4", "--generated-tokens", "30", "--warmup-tolerance", "20"]);
+    let changed = run(
+        1,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"token_us": 2000, "slow_generates": 2, "slow_factor": 3}"#,
+            "--prompt-tokens",
+            "4",
+            "--generated-tokens",
+            "30",
+            "--warmup-tolerance",
+            "20",
+        ],
+    );
     let jc = ok(&changed);
     assert_eq!(jc["status"]["state"], "ok");
     let st = &jc["summary"]["stationarity"];
@@ -105,7 +183,21 @@ fn stationarity_warnings_fire_on_scripted_change_and_drift_only() {
     assert!(changed.stdout().contains("warning: not stationary: the measured ITL p50"), "{}", changed.stdout());
 
     // 1 ms + 0.1 ms per step over 40 steps: the last tenth is ~4× the first.
-    let drift = run(1, &["--engine", "mock", "--engine-options", r#"{"token_us": 1000, "token_us_growth": 100}"#, "--prompt-tokens", "4", "--generated-tokens", "40", "--warmup-tolerance", "20"]);
+    let drift = run(
+        1,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"token_us": 1000, "token_us_growth": 100}"#,
+            "--prompt-tokens",
+            "4",
+            "--generated-tokens",
+            "40",
+            "--warmup-tolerance",
+            "20",
+        ],
+    );
     let jd = ok(&drift);
     let st = &jd["summary"]["stationarity"];
     assert!(st["first_to_last_tenth_pct"].as_f64().unwrap() > 100.0, "{st}");
@@ -114,7 +206,10 @@ fn stationarity_warnings_fire_on_scripted_change_and_drift_only() {
     // compare shows it.
     let out = Command::new(BIN).arg("compare").arg(&steady.path).arg(&changed.path).arg(&drift.path).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let row = text.lines().find(|l| l.starts_with("not stationary")).unwrap_or_else(|| panic!("no stationarity row:\n{text}"));
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("not stationary"))
+        .unwrap_or_else(|| panic!("no stationarity row:\n{text}"));
     assert!(row.contains("none") && row.contains("% vs warm-up") && row.contains("% drift"), "{row}");
     assert!(text.lines().any(|l| l.starts_with("warm-up") && l.contains("steady")), "{text}");
 }
@@ -124,12 +219,32 @@ fn stationarity_warnings_fire_on_scripted_change_and_drift_only() {
 /// figures per rank.
 #[test]
 fn repeated_runs_give_each_figure_with_its_spread() {
-    let r = run(2, &["--engine", "mock", "--engine-options", r#"{"token_us": 2000}"#, "--prompt-tokens", "8", "--generated-tokens", "20", "--warmup", "1", "--repeat", "3"]);
+    let r = run(
+        2,
+        &[
+            "--engine",
+            "mock",
+            "--engine-options",
+            r#"{"token_us": 2000}"#,
+            "--prompt-tokens",
+            "8",
+            "--generated-tokens",
+            "20",
+            "--warmup",
+            "1",
+            "--repeat",
+            "3",
+        ],
+    );
     let j = ok(&r);
     check_counts(j, 2, 1, 20);
     let rp = &j["summary"]["repeat"];
     assert_eq!(rp["runs"], 3, "{rp}");
-    let (lo, mid, hi) = (rp["itl_p50_ms"]["min"].as_f64().unwrap(), rp["itl_p50_ms"]["median"].as_f64().unwrap(), rp["itl_p50_ms"]["max"].as_f64().unwrap());
+    let (lo, mid, hi) = (
+        rp["itl_p50_ms"]["min"].as_f64().unwrap(),
+        rp["itl_p50_ms"]["median"].as_f64().unwrap(),
+        rp["itl_p50_ms"]["max"].as_f64().unwrap(),
+    );
     assert!(lo >= 2.0 * 0.999 && lo <= mid && mid <= hi && hi < 3.5, "{rp}");
     assert_eq!(j["config"]["repeat"], 3);
     for rank in j["ranks"].as_array().unwrap() {

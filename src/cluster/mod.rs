@@ -2,12 +2,11 @@
 //! watchdog. Every collective the profiler itself runs lives here, on a duplicate of MPI_COMM_WORLD
 //! so that engine traffic (the cpu engine's all-reduces, an adapter's MPI) never matches ours.
 
-
 use std::time::Duration;
 
 use mpi::collective::CommunicatorCollectives;
-use mpi::point_to_point::{Destination, Source};
 use mpi::datatype::PartitionMut;
+use mpi::point_to_point::{Destination, Source};
 use mpi::topology::{Communicator, Rank, SimpleCommunicator};
 use mpi::traits::Root;
 use mpi::Threading;
@@ -296,14 +295,18 @@ impl World {
     }
 }
 
-
 /// A panic on any rank ends the whole job at once: one line naming the rank and the place, then
 /// MPI_Abort — never a panicking rank stuck in MPI_Finalize while the others wait in a collective.
 fn abort_on_panic(rank: i32) {
     std::panic::set_hook(Box::new(move |info| {
-        let place = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_else(|| "an unknown place".into());
+        let place =
+            info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_else(|| "an unknown place".into());
         let p = info.payload();
-        let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a panic".into());
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
         // One write: formatted first, so another rank's output (mpirun merges them) cannot split it.
         let line = format!("error: rank {rank}: internal error at {place}: {what} (a tpprof bug: please report it); aborting every rank\n");
         use std::io::Write as _;
@@ -340,11 +343,7 @@ fn framed(mine: &[u8]) -> Vec<u8> {
 
 /// Cuts the gathered bytes back into per-rank messages, dropping each leading frame byte.
 fn split(all: &[u8], counts: &[Rank], displs: &[Rank]) -> Vec<Vec<u8>> {
-    counts
-        .iter()
-        .zip(displs)
-        .map(|(&c, &d)| all[d as usize + 1..(d + c) as usize].to_vec())
-        .collect()
+    counts.iter().zip(displs).map(|(&c, &d)| all[d as usize + 1..(d + c) as usize].to_vec()).collect()
 }
 
 #[cfg(test)]
@@ -366,7 +365,10 @@ mod tests {
         assert_eq!(f.to_string(), "rank 1: boom; rank 3: bang");
         assert_eq!(f.first_rank(), 1);
         // The same message from several ranks: said once, with every rank that said it.
-        let same = RankFailures { list: vec![(0, "no GPU".into()), (1, "boom".into()), (2, "no GPU".into())], world_size: Some(3) };
+        let same = RankFailures {
+            list: vec![(0, "no GPU".into()), (1, "boom".into()), (2, "no GPU".into())],
+            world_size: Some(3),
+        };
         assert_eq!(same.to_string(), "ranks 0, 2: no GPU; rank 1: boom");
         // Every rank with the same message: "all N ranks", once.
         let all = RankFailures { list: vec![(0, "no GPU".into()), (1, "no GPU".into())], world_size: Some(2) };

@@ -33,7 +33,8 @@ impl<'a> Reader<'a> {
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let end = end.ok_or(WireError::Short { what: self.what, got: self.bytes.len(), need: self.at.saturating_add(n) })?;
+        let end =
+            end.ok_or(WireError::Short { what: self.what, got: self.bytes.len(), need: self.at.saturating_add(n) })?;
         let s = &self.bytes[self.at..end];
         self.at = end;
         Ok(s)
@@ -107,7 +108,11 @@ impl Wire for Vec<Vec<i32>> {
         let mut out = Vec::with_capacity(n.min(bytes.len() / 8));
         for _ in 0..n {
             let len = r.len()?;
-            let raw = r.take(len.checked_mul(4).ok_or(WireError::Short { what: "token lists", got: bytes.len(), need: usize::MAX })?)?;
+            let raw = r.take(len.checked_mul(4).ok_or(WireError::Short {
+                what: "token lists",
+                got: bytes.len(),
+                need: usize::MAX,
+            })?)?;
             out.push(raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes"))).collect());
         }
         r.end()?;

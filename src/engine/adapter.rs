@@ -55,7 +55,8 @@ type GenerateFn = unsafe extern "C" fn(
     *mut c_char,
     usize,
 ) -> i32;
-type MemoryFn = unsafe extern "C" fn(*const sys::tpprof_engine, *mut sys::tpprof_memory_stats, *mut c_char, usize) -> i32;
+type MemoryFn =
+    unsafe extern "C" fn(*const sys::tpprof_engine, *mut sys::tpprof_memory_stats, *mut c_char, usize) -> i32;
 type DestroyFn = unsafe extern "C" fn(*mut sys::tpprof_engine);
 
 /// The adapter's functions, every one resolved and the ABI version checked before any is called.
@@ -93,7 +94,11 @@ fn with_source(e: &dyn std::error::Error) -> String {
 fn message(buf: &[u8]) -> String {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     let s = String::from_utf8_lossy(&buf[..end]).trim().to_string();
-    if s.is_empty() { "(the adapter gave no message)".into() } else { s }
+    if s.is_empty() {
+        "(the adapter gave no message)".into()
+    } else {
+        s
+    }
 }
 
 impl Api {
@@ -246,8 +251,13 @@ impl Engine for AdapterEngine {
         self.topology
     }
 
-    fn generate(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32, exact_length: bool, sink: &dyn TokenCallback)
-        -> Result<(), EngineError> {
+    fn generate(
+        &mut self,
+        prompts: &[Vec<i32>],
+        max_new_tokens: u32,
+        exact_length: bool,
+        sink: &dyn TokenCallback,
+    ) -> Result<(), EngineError> {
         let raw: Vec<sys::tpprof_prompt> =
             prompts.iter().map(|p| sys::tpprof_prompt { tokens: p.as_ptr(), len: p.len() }).collect();
         let mut err = [0u8; ERR_LEN];
@@ -321,7 +331,15 @@ mod tests {
     use crate::engine::FinishReason;
 
     fn init<'a>(opts: &'a str) -> InitParams<'a> {
-        InitParams { rank: 0, world_size: 1, local_rank: 0, local_world_size: 1, devices: &[], options_json: opts, rendezvous: &[] }
+        InitParams {
+            rank: 0,
+            world_size: 1,
+            local_rank: 0,
+            local_world_size: 1,
+            devices: &[],
+            options_json: opts,
+            rendezvous: &[],
+        }
     }
 
     #[test]
@@ -345,13 +363,15 @@ mod tests {
 
     #[test]
     fn one_process_topology_is_reported() {
-        let e = AdapterEngine::load(Path::new(env!("TPPROF_MOCK_ADAPTER")), &init(r#"{"topology": "one_process"}"#)).unwrap();
+        let e = AdapterEngine::load(Path::new(env!("TPPROF_MOCK_ADAPTER")), &init(r#"{"topology": "one_process"}"#))
+            .unwrap();
         assert_eq!(e.topology(), Topology::OneProcess);
     }
 
     #[test]
     fn an_undefined_topology_is_a_failed_create() {
-        let e = AdapterEngine::load(Path::new(env!("TPPROF_MOCK_ADAPTER")), &init(r#"{"bad_topology": 7}"#)).err().unwrap();
+        let e =
+            AdapterEngine::load(Path::new(env!("TPPROF_MOCK_ADAPTER")), &init(r#"{"bad_topology": 7}"#)).err().unwrap();
         assert!(matches!(e, AdapterError::BadTopology { value: 7, .. }), "{e}");
         assert!(e.to_string().starts_with("mock (") && e.to_string().contains("reported topology 7"), "{e}");
     }

@@ -233,10 +233,7 @@ impl Config {
             .iter()
             .find(|p| p.name == name)
             .map(|p| p.config.clone())
-            .ok_or_else(|| ConfigError::UnknownPreset {
-                name: name.to_string(),
-                known: PRESET_NAMES.join(", "),
-            })
+            .ok_or_else(|| ConfigError::UnknownPreset { name: name.to_string(), known: PRESET_NAMES.join(", ") })
     }
 
     /// Names accepted by [`Config::preset`].
@@ -253,15 +250,8 @@ impl Config {
     /// containing `config.json`.
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
-        let file = if path.is_dir() {
-            path.join("config.json")
-        } else {
-            path.to_path_buf()
-        };
-        let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
-            path: file.clone(),
-            source,
-        })?;
+        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read { path: file.clone(), source })?;
         Config::from_json_str(&text).map_err(|source| ConfigError::Parse { path: file, source })
     }
 
@@ -326,21 +316,12 @@ impl Config {
             )));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            return Err(ConfigError::Invalid(format!(
-                "rope_theta {} must be positive",
-                self.rope_theta
-            )));
+            return Err(ConfigError::Invalid(format!("rope_theta {} must be positive", self.rope_theta)));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
-            return Err(ConfigError::Invalid(format!(
-                "rms_norm_eps {} must be non-negative",
-                self.rms_norm_eps
-            )));
+            return Err(ConfigError::Invalid(format!("rms_norm_eps {} must be non-negative", self.rms_norm_eps)));
         }
-        for (field, id) in [
-            ("eos_token_id", self.eos_token_id),
-            ("bos_token_id", self.bos_token_id),
-        ] {
+        for (field, id) in [("eos_token_id", self.eos_token_id), ("bos_token_id", self.bos_token_id)] {
             if let Some(id) = id {
                 if id < 0 || id as usize >= self.vocab_size {
                     return Err(ConfigError::Invalid(format!(
@@ -356,10 +337,7 @@ impl Config {
     /// The tensor-parallel world sizes this model supports: the divisors of
     /// gcd(num_attention_heads, num_key_value_heads, intermediate_size), at most vocab_size.
     pub fn tensor_parallel_sizes(&self) -> Vec<usize> {
-        let g = gcd(
-            gcd(self.num_attention_heads, self.num_key_value_heads),
-            self.intermediate_size,
-        );
+        let g = gcd(gcd(self.num_attention_heads, self.num_key_value_heads), self.intermediate_size);
         // The divisors in pairs (d, g / d) up to the square root: a config.json with a huge
         // common divisor must not be counted through one by one.
         let (mut low, mut high) = (Vec::new(), Vec::new());
@@ -373,22 +351,13 @@ impl Config {
             }
             d += 1;
         }
-        low.into_iter()
-            .chain(high.into_iter().rev())
-            .filter(|w| *w <= self.vocab_size)
-            .collect()
+        low.into_iter().chain(high.into_iter().rev()).filter(|w| *w <= self.vocab_size).collect()
     }
 
     /// Checks that Megatron-style sharding over `world` ranks is possible: query heads, key/value
     /// heads and the MLP width must split evenly (the vocabulary may split unevenly).
     pub fn check_tensor_parallel(&self, world: usize) -> Result<(), ConfigError> {
-        let choices = || {
-            self.tensor_parallel_sizes()
-                .iter()
-                .map(|w| w.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let choices = || self.tensor_parallel_sizes().iter().map(|w| w.to_string()).collect::<Vec<_>>().join(", ");
         if world == 0 {
             return Err(ConfigError::TensorParallel {
                 world,
@@ -404,12 +373,7 @@ impl Config {
         ];
         for (field, value) in sharded {
             if value % world != 0 {
-                return Err(ConfigError::TensorParallel {
-                    world,
-                    field,
-                    value,
-                    choices: choices(),
-                });
+                return Err(ConfigError::TensorParallel { world, field, value, choices: choices() });
             }
         }
         // Every rank must own at least one vocabulary row for the vocab-parallel LM head.
@@ -539,15 +503,7 @@ mod tests {
     fn presets_are_valid_and_named() {
         assert_eq!(
             Config::preset_names(),
-            &[
-                "tiny",
-                "small",
-                "qwen2.5-0.5b",
-                "qwen2.5-1.5b",
-                "qwen2.5-7b",
-                "qwen2.5-14b",
-                "qwen2.5-32b"
-            ]
+            &["tiny", "small", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b"]
         );
         for name in Config::preset_names() {
             let cfg = Config::preset(name).unwrap();
@@ -558,10 +514,7 @@ mod tests {
         }
         for name in ["tiny", "small"] {
             for w in [1, 2, 4] {
-                Config::preset(name)
-                    .unwrap()
-                    .check_tensor_parallel(w)
-                    .unwrap();
+                Config::preset(name).unwrap().check_tensor_parallel(w).unwrap();
             }
         }
         let tiny = Config::preset("tiny").unwrap();
@@ -589,10 +542,7 @@ mod tests {
         for name in ["qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b"] {
             let cfg = Config::preset(name).unwrap();
             assert_eq!(cfg.head_dim(), 128, "{name}");
-            assert!(
-                !cfg.tie_word_embeddings && cfg.vocab_size == 152_064,
-                "{name}"
-            );
+            assert!(!cfg.tie_word_embeddings && cfg.vocab_size == 152_064, "{name}");
         }
     }
 
@@ -607,10 +557,7 @@ mod tests {
             assert_eq!(back, cfg, "{name}");
         }
         let cfg = Config::preset("qwen2.5-14b").unwrap();
-        assert_eq!(
-            (cfg.bos_token_id, cfg.eos_token_id),
-            (Some(151643), Some(151645))
-        );
+        assert_eq!((cfg.bos_token_id, cfg.eos_token_id), (Some(151643), Some(151645)));
         let json = cfg.to_hf_json("float16");
         let field = |k: &str| json.get(k).cloned();
         assert_eq!(field("model_type"), Some("qwen2".into()));
@@ -634,10 +581,7 @@ mod tests {
     fn tensor_parallel_error_names_numbers_and_fix() {
         let cfg = Config::preset("tiny").unwrap();
         let err = cfg.check_tensor_parallel(3).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            "world size 3 does not divide num_attention_heads 8 (choose -n among 1, 2, 4)"
-        );
+        assert_eq!(err, "world size 3 does not divide num_attention_heads 8 (choose -n among 1, 2, 4)");
         let err = cfg.check_tensor_parallel(8).unwrap_err().to_string();
         assert!(err.contains("num_key_value_heads 4"), "{err}");
     }
@@ -693,25 +637,17 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tpprof-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let err = Config::from_json_file(&dir).unwrap_err().to_string();
-        assert!(
-            err.contains("config.json") && err.contains("cannot read"),
-            "{err}"
-        );
+        assert!(err.contains("config.json") && err.contains("cannot read"), "{err}");
         std::fs::write(dir.join("config.json"), r#"{"vocab_size": 10}"#).unwrap();
         let err = Config::from_json_file(&dir).unwrap_err().to_string();
-        assert!(
-            err.contains("config.json") && err.contains("hidden_size"),
-            "{err}"
-        );
+        assert!(err.contains("config.json") && err.contains("hidden_size"), "{err}");
         std::fs::write(
             dir.join("config.json"),
             r#"{"vocab_size": 10, "hidden_size": 30, "intermediate_size": 8,
                 "num_hidden_layers": 1, "num_attention_heads": 4}"#,
         )
         .unwrap();
-        let err = Config::from_json_file(dir.join("config.json"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::from_json_file(dir.join("config.json")).unwrap_err().to_string();
         assert!(err.contains("does not divide hidden_size 30"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -18,7 +18,6 @@ pub fn one_line(s: &str) -> String {
     s.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect()
 }
 
-
 /// Who runs the engine (see `tpprof_topology` in the header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -148,8 +147,13 @@ pub(crate) unsafe fn callback_from<'a>(p: *const std::ffi::c_void) -> &'a dyn To
 pub trait Engine {
     fn info(&self) -> EngineInfo;
     fn topology(&self) -> Topology;
-    fn generate(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32, exact_length: bool, sink: &dyn TokenCallback)
-        -> Result<(), EngineError>;
+    fn generate(
+        &mut self,
+        prompts: &[Vec<i32>],
+        max_new_tokens: u32,
+        exact_length: bool,
+        sink: &dyn TokenCallback,
+    ) -> Result<(), EngineError>;
     fn memory(&self) -> Result<EngineMemory, EngineError>;
     /// Vocabulary size, when the engine knows it (random prompts and range checks use it).
     fn vocab_size(&self) -> Option<u32>;
@@ -326,20 +330,45 @@ pub fn write_checkpoint_main(a: &CheckpointRequest) -> Result<(), CheckpointErro
     let gb = w.tensor_bytes as f64 / 1e9;
     crate::outln!(
         "wrote {} (model {}, seed {}, {}, {} file(s), {:.2} GB of tensors in {:.1} s, {:.2} GB/s)",
-        a.out.display(), a.model, a.seed, dtype.torch_name(), w.files.len(), gb, secs, gb / secs.max(1e-9)
+        a.out.display(),
+        a.model,
+        a.seed,
+        dtype.torch_name(),
+        w.files.len(),
+        gb,
+        secs,
+        gb / secs.max(1e-9)
     );
     Ok(())
 }
 
 /// `tpprof models`: the built-in presets with their shapes.
 pub fn print_models() {
-    crate::outln!("{:<14} {:>7} {:>7} {:>6} {:>6} {:>4} {:>7} {:>8} {:>10}", "preset", "vocab", "hidden", "inter", "layers", "heads", "kv_heads", "max_pos", "params");
+    crate::outln!(
+        "{:<14} {:>7} {:>7} {:>6} {:>6} {:>4} {:>7} {:>8} {:>10}",
+        "preset",
+        "vocab",
+        "hidden",
+        "inter",
+        "layers",
+        "heads",
+        "kv_heads",
+        "max_pos",
+        "params"
+    );
     for name in config::Config::preset_names() {
         if let Ok(c) = config::Config::preset(name) {
             crate::outln!(
                 "{:<14} {:>7} {:>7} {:>6} {:>6} {:>4} {:>7} {:>8} {:>10}",
-                name, c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
-                c.num_attention_heads, c.num_key_value_heads, c.max_position_embeddings, c.param_count()
+                name,
+                c.vocab_size,
+                c.hidden_size,
+                c.intermediate_size,
+                c.num_hidden_layers,
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                c.max_position_embeddings,
+                c.param_count()
             );
         }
     }
@@ -373,7 +402,13 @@ pub(crate) mod testing {
 
     impl Collector {
         pub fn new(capacity: usize) -> Collector {
-            Collector { epoch: Instant::now(), submit_ns: AtomicU64::new(0), capacity, tokens: Mutex::new(Vec::new()), overflow: AtomicU64::new(0) }
+            Collector {
+                epoch: Instant::now(),
+                submit_ns: AtomicU64::new(0),
+                capacity,
+                tokens: Mutex::new(Vec::new()),
+                overflow: AtomicU64::new(0),
+            }
         }
 
         pub fn submit_ns(&self) -> u64 {
@@ -417,7 +452,10 @@ mod tests {
         assert!(EngineSpec::parse("python:").is_err());
         let e = EngineSpec::parse("tensorrt").unwrap_err();
         assert_eq!(e, SpecError::Unknown("tensorrt".into()));
-        assert!(e.to_string().starts_with("unknown engine `tensorrt`: use one of auto, cpu, cuda, mock, python:DRIVER"), "{e}");
+        assert!(
+            e.to_string().starts_with("unknown engine `tensorrt`: use one of auto, cpu, cuda, mock, python:DRIVER"),
+            "{e}"
+        );
         assert_eq!(EngineSpec::parse("/a/libtpprof_mock.so").unwrap().label(), "mock");
     }
 

@@ -75,27 +75,13 @@ pub enum WeightsError {
         "tensor {tensor} in {} has shape {found:?}, expected {expected:?} (from config.json)",
         path.display()
     )]
-    Shape {
-        tensor: String,
-        path: PathBuf,
-        found: Vec<usize>,
-        expected: Vec<usize>,
-    },
+    Shape { tensor: String, path: PathBuf, found: Vec<usize>, expected: Vec<usize> },
     /// A tensor's dtype is not one of F32, F16, BF16.
     #[error("tensor {tensor} in {} has dtype {dtype}, expected F32, F16 or BF16", path.display())]
-    Dtype {
-        tensor: String,
-        path: PathBuf,
-        dtype: String,
-    },
+    Dtype { tensor: String, path: PathBuf, dtype: String },
     /// The requested shard does not fit the tensor (a caller bug, not bad input).
     #[error("tensor {tensor} in {} of shape {shape:?}: cannot take shard {shard}", path.display())]
-    Shard {
-        tensor: String,
-        path: PathBuf,
-        shape: Vec<usize>,
-        shard: Sharding,
-    },
+    Shard { tensor: String, path: PathBuf, shape: Vec<usize>, shard: Sharding },
     /// Writing a checkpoint failed.
     #[error("cannot write {}: {reason}", path.display())]
     Write { path: PathBuf, reason: String },
@@ -196,17 +182,9 @@ pub struct HostTensor {
 impl HostTensor {
     /// An F32 tensor from values (row-major); panics if `values` does not fill `shape`.
     pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> HostTensor {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            values.len(),
-            "shape {shape:?}"
-        );
+        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape {shape:?}");
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        HostTensor {
-            dtype: Dtype::F32,
-            shape,
-            bytes,
-        }
+        HostTensor { dtype: Dtype::F32, shape, bytes }
     }
 
     /// Number of elements.
@@ -244,22 +222,10 @@ impl HostTensor {
         let bytes = match (self.dtype, dtype) {
             (a, b) if a == b => self.bytes.clone(),
             (_, Dtype::F32) => self.to_f32().iter().flat_map(|v| v.to_le_bytes()).collect(),
-            (_, Dtype::F16) => self
-                .to_f16_bits()
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
-            (_, Dtype::BF16) => self
-                .to_bf16_bits()
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
+            (_, Dtype::F16) => self.to_f16_bits().iter().flat_map(|v| v.to_le_bytes()).collect(),
+            (_, Dtype::BF16) => self.to_bf16_bits().iter().flat_map(|v| v.to_le_bytes()).collect(),
         };
-        HostTensor {
-            dtype,
-            shape: self.shape.clone(),
-            bytes,
-        }
+        HostTensor { dtype, shape: self.shape.clone(), bytes }
     }
 }
 
@@ -270,21 +236,9 @@ fn le_u16(c: &[u8]) -> u16 {
 /// Appends the f32 values of little-endian `bytes` of `dtype` to `out`.
 fn decode_f32(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) {
     match dtype {
-        Dtype::F32 => out.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        ),
-        Dtype::F16 => out.extend(
-            bytes
-                .chunks_exact(2)
-                .map(|c| f16::from_bits(le_u16(c)).to_f32()),
-        ),
-        Dtype::BF16 => out.extend(
-            bytes
-                .chunks_exact(2)
-                .map(|c| bf16::from_bits(le_u16(c)).to_f32()),
-        ),
+        Dtype::F32 => out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        Dtype::F16 => out.extend(bytes.chunks_exact(2).map(|c| f16::from_bits(le_u16(c)).to_f32())),
+        Dtype::BF16 => out.extend(bytes.chunks_exact(2).map(|c| bf16::from_bits(le_u16(c)).to_f32())),
     }
 }
 
@@ -376,24 +330,19 @@ impl SafetensorsDir {
             files.push(file);
             listing = single;
         } else if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(|source| WeightsError::Io {
+            let text =
+                std::fs::read_to_string(&index).map_err(|source| WeightsError::Io { path: index.clone(), source })?;
+            let parsed: IndexJson = serde_json::from_str(&text).map_err(|e| WeightsError::Index {
                 path: index.clone(),
-                source,
+                reason: crate::engine::one_line(&e.to_string()),
             })?;
-            let parsed: IndexJson =
-                serde_json::from_str(&text).map_err(|e| WeightsError::Index {
-                    path: index.clone(),
-                    reason: crate::engine::one_line(&e.to_string()),
-                })?;
             // Each distinct file once, in name order.
             let mut by_file: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
             for (tensor, file) in &parsed.weight_map {
                 by_file.entry(file).or_default().push(tensor);
             }
             for (file_name, names) in by_file {
-                let plain = Path::new(file_name)
-                    .components()
-                    .all(|c| matches!(c, Component::Normal(_)));
+                let plain = Path::new(file_name).components().all(|c| matches!(c, Component::Normal(_)));
                 if !plain {
                     return Err(WeightsError::Index {
                         path: index.clone(),
@@ -405,9 +354,7 @@ impl SafetensorsDir {
                 for name in names {
                     let info = meta.info(name).ok_or_else(|| WeightsError::Index {
                         path: index.clone(),
-                        reason: format!(
-                            "weight_map puts tensor {name} in {file_name}, whose header lacks it"
-                        ),
+                        reason: format!("weight_map puts tensor {name} in {file_name}, whose header lacks it"),
                     })?;
                     tensors.insert(name.to_string(), entry(files.len(), info));
                 }
@@ -417,13 +364,7 @@ impl SafetensorsDir {
         } else {
             return Err(WeightsError::NoWeights { dir });
         }
-        Ok(SafetensorsDir {
-            dir,
-            config,
-            files,
-            tensors,
-            listing,
-        })
+        Ok(SafetensorsDir { dir, config, files, tensors, listing })
     }
 
     /// The model shape, from the directory's `config.json`.
@@ -463,20 +404,11 @@ impl SafetensorsDir {
 
     /// Shard `shard` of tensor `name`, in the file's dtype. `expect_shape` is the FULL tensor's
     /// shape as the config implies it (Hugging Face layout); the result's shape is the shard's.
-    pub fn read(
-        &self,
-        name: &str,
-        expect_shape: &[usize],
-        shard: Sharding,
-    ) -> Result<HostTensor, WeightsError> {
+    pub fn read(&self, name: &str, expect_shape: &[usize], shard: Sharding) -> Result<HostTensor, WeightsError> {
         let p = self.pieces(name, expect_shape, shard)?;
         let mut bytes = Vec::with_capacity(p.slices.iter().map(|s| s.len()).sum());
         p.slices.iter().for_each(|s| bytes.extend_from_slice(s));
-        Ok(HostTensor {
-            dtype: p.dtype,
-            shape: p.shape,
-            bytes,
-        })
+        Ok(HostTensor { dtype: p.dtype, shape: p.shape, bytes })
     }
 
     /// Like [`read`](Self::read), converted to `dtype` (e.g. the bytes a GPU engine uploads).
@@ -488,35 +420,19 @@ impl SafetensorsDir {
         dtype: Dtype,
     ) -> Result<HostTensor, WeightsError> {
         let t = self.read(name, expect_shape, shard)?;
-        Ok(if t.dtype == dtype {
-            t
-        } else {
-            t.convert(dtype)
-        })
+        Ok(if t.dtype == dtype { t } else { t.convert(dtype) })
     }
 
     /// Like [`read`](Self::read), as f32 values (converted straight from the mapped bytes).
-    pub fn read_f32(
-        &self,
-        name: &str,
-        expect_shape: &[usize],
-        shard: Sharding,
-    ) -> Result<Vec<f32>, WeightsError> {
+    pub fn read_f32(&self, name: &str, expect_shape: &[usize], shard: Sharding) -> Result<Vec<f32>, WeightsError> {
         let p = self.pieces(name, expect_shape, shard)?;
         let mut out = Vec::with_capacity(p.slices.iter().map(|s| s.len()).sum::<usize>() / p.dtype.size());
-        p.slices
-            .iter()
-            .for_each(|s| decode_f32(p.dtype, s, &mut out));
+        p.slices.iter().for_each(|s| decode_f32(p.dtype, s, &mut out));
         Ok(out)
     }
 
     /// Like [`read`](Self::read), as IEEE half bits.
-    pub fn read_f16_bits(
-        &self,
-        name: &str,
-        expect_shape: &[usize],
-        shard: Sharding,
-    ) -> Result<Vec<u16>, WeightsError> {
+    pub fn read_f16_bits(&self, name: &str, expect_shape: &[usize], shard: Sharding) -> Result<Vec<u16>, WeightsError> {
         self.read_16(name, expect_shape, shard, Dtype::F16)
     }
 
@@ -539,27 +455,17 @@ impl SafetensorsDir {
     ) -> Result<Vec<u16>, WeightsError> {
         let p = self.pieces(name, expect_shape, shard)?;
         let mut out = Vec::with_capacity(p.slices.iter().map(|s| s.len()).sum::<usize>() / p.dtype.size());
-        p.slices
-            .iter()
-            .for_each(|s| encode_16(p.dtype, to, s, &mut out));
+        p.slices.iter().for_each(|s| encode_16(p.dtype, to, s, &mut out));
         Ok(out)
     }
 
     /// Checks tensor `name` (present, supported dtype, `expect_shape`, shard within bounds) and
     /// locates the shard's bytes.
-    fn pieces(
-        &self,
-        name: &str,
-        expect_shape: &[usize],
-        shard: Sharding,
-    ) -> Result<Pieces<'_>, WeightsError> {
+    fn pieces(&self, name: &str, expect_shape: &[usize], shard: Sharding) -> Result<Pieces<'_>, WeightsError> {
         let entry = self
             .tensors
             .get(name)
-            .ok_or_else(|| WeightsError::MissingTensor {
-                tensor: name.to_string(),
-                place: self.listing.clone(),
-            })?;
+            .ok_or_else(|| WeightsError::MissingTensor { tensor: name.to_string(), place: self.listing.clone() })?;
         let file = &self.files[entry.file];
         let dtype = Dtype::from_header(entry.dtype).ok_or_else(|| WeightsError::Dtype {
             tensor: name.to_string(),
@@ -574,8 +480,7 @@ impl SafetensorsDir {
                 expected: expect_shape.to_vec(),
             });
         }
-        let data =
-            &file.map[file.data_start + entry.bytes.start..file.data_start + entry.bytes.end];
+        let data = &file.map[file.data_start + entry.bytes.start..file.data_start + entry.bytes.end];
         let es = dtype.size();
         let bad_shard = || WeightsError::Shard {
             tensor: name.to_string(),
@@ -613,44 +518,26 @@ impl SafetensorsDir {
                 let pieces = if c.is_empty() {
                     Vec::new()
                 } else {
-                    (0..rows)
-                        .map(|row| &data[(row * cols + c.start) * es..(row * cols + c.end) * es])
-                        .collect()
+                    (0..rows).map(|row| &data[(row * cols + c.start) * es..(row * cols + c.end) * es]).collect()
                 };
                 (vec![rows, c.len()], pieces)
             }
         };
-        Ok(Pieces {
-            dtype,
-            shape,
-            slices,
-        })
+        Ok(Pieces { dtype, shape, slices })
     }
 }
 
 fn entry(file: usize, info: &safetensors::tensor::TensorInfo) -> Entry {
-    Entry {
-        file,
-        dtype: info.dtype,
-        shape: info.shape.clone(),
-        bytes: info.data_offsets.0..info.data_offsets.1,
-    }
+    Entry { file, dtype: info.dtype, shape: info.shape.clone(), bytes: info.data_offsets.0..info.data_offsets.1 }
 }
 
 fn map_file(path: &Path) -> Result<MappedFile, WeightsError> {
-    let io = |source| WeightsError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| WeightsError::Io { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(io)?;
     // SAFETY: a read-only private mapping; see the note on SafetensorsDir about files changing
     // underneath it.
     let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-    Ok(MappedFile {
-        path: path.to_path_buf(),
-        map,
-        data_start: 0,
-    })
+    Ok(MappedFile { path: path.to_path_buf(), map, data_start: 0 })
 }
 
 /// Parses and validates the header of a mapped file, records where its data section starts
@@ -672,9 +559,7 @@ fn header_reason(e: &safetensors::SafeTensorError) -> String {
         E::InvalidHeaderLength => "header length runs past the end of the file".into(),
         E::InvalidHeader(_) => "header is not UTF-8".into(),
         E::InvalidHeaderDeserialization(err) => format!("header is not valid JSON: {err}"),
-        E::MetadataIncompleteBuffer => {
-            "tensor data does not end where the file ends (truncated or padded file)".into()
-        }
+        E::MetadataIncompleteBuffer => "tensor data does not end where the file ends (truncated or padded file)".into(),
         E::InvalidOffset(name) => format!("tensor {name} has invalid data offsets"),
         E::TensorInvalidInfo => "a tensor's byte size does not match its shape and dtype".into(),
         other => format!("{other:?}"),
@@ -683,15 +568,9 @@ fn header_reason(e: &safetensors::SafeTensorError) -> String {
 
 /// Writes `tensors` as one safetensors file at `path` (the crate's serializer: tensors sorted by
 /// dtype then name, header padded to 8 bytes). Each tensor's bytes must fill its shape.
-pub fn write_safetensors(
-    path: impl AsRef<Path>,
-    tensors: &[(String, HostTensor)],
-) -> Result<(), WeightsError> {
+pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[(String, HostTensor)]) -> Result<(), WeightsError> {
     let path = path.as_ref();
-    let err = |reason: String| WeightsError::Write {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let err = |reason: String| WeightsError::Write { path: path.to_path_buf(), reason };
     let mut views = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let want = t.shape.iter().product::<usize>() * t.dtype.size();
@@ -703,9 +582,8 @@ pub fn write_safetensors(
                 t.bytes.len()
             )));
         }
-        let view =
-            safetensors::tensor::TensorView::new(t.dtype.to_header(), t.shape.clone(), &t.bytes)
-                .map_err(|e| err(format!("tensor {name}: {e:?}")))?;
+        let view = safetensors::tensor::TensorView::new(t.dtype.to_header(), t.shape.clone(), &t.bytes)
+            .map_err(|e| err(format!("tensor {name}: {e:?}")))?;
         views.push((name.as_str(), view));
     }
     safetensors::serialize_to_file(views, None, path).map_err(|e| err(format!("{e:?}")))
@@ -758,10 +636,7 @@ pub fn write_safetensors_streamed(
     mut write_data: impl FnMut(usize, &mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), WeightsError> {
     let path = path.as_ref();
-    let err = |reason: String| WeightsError::Write {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let err = |reason: String| WeightsError::Write { path: path.to_path_buf(), reason };
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), serde_json::json!(metadata));
@@ -775,10 +650,7 @@ pub fn write_safetensors_streamed(
             "data_offsets": [offset, end],
         });
         if t.name == "__metadata__" || header.insert(t.name.clone(), info).is_some() {
-            return Err(err(format!(
-                "tensor name {} is reserved or used twice",
-                t.name
-            )));
+            return Err(err(format!("tensor name {} is reserved or used twice", t.name)));
         }
         offset = end;
     }
@@ -792,10 +664,7 @@ pub fn write_safetensors_streamed(
         .and_then(|()| out.write_all(&json))
         .map_err(|e| err(e.to_string()))?;
     for (i, t) in tensors.iter().enumerate() {
-        let mut counting = Counting {
-            inner: &mut out,
-            bytes: 0,
-        };
+        let mut counting = Counting { inner: &mut out, bytes: 0 };
         write_data(i, &mut counting).map_err(|e| err(format!("tensor {}: {e}", t.name)))?;
         if counting.bytes != t.byte_len() {
             return Err(err(format!(
@@ -819,16 +688,9 @@ pub fn write_index(
     total_size: u64,
 ) -> Result<(), WeightsError> {
     let path = path.as_ref();
-    let json =
-        serde_json::json!({ "metadata": { "total_size": total_size }, "weight_map": weight_map });
-    std::fs::write(
-        path,
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
-    )
-    .map_err(|e| WeightsError::Write {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+    let json = serde_json::json!({ "metadata": { "total_size": total_size }, "weight_map": weight_map });
+    std::fs::write(path, serde_json::to_string_pretty(&json).unwrap_or_default())
+        .map_err(|e| WeightsError::Write { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 #[cfg(test)]
@@ -845,11 +707,7 @@ mod tests {
     fn model_dir(tensors: &[(String, HostTensor)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let cfg = Config::preset("tiny").unwrap();
-        std::fs::write(
-            dir.path().join("config.json"),
-            serde_json::to_string(&cfg).unwrap(),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
         write_safetensors(dir.path().join(SINGLE_FILE), tensors).unwrap();
         dir
     }
@@ -861,10 +719,7 @@ mod tests {
         let tensors: Vec<(String, HostTensor)> = [Dtype::F32, Dtype::F16, Dtype::BF16]
             .iter()
             .map(|&d| (format!("w.{d}"), f32_t.convert(d)))
-            .chain([(
-                "bias".to_string(),
-                HostTensor::from_f32(vec![4], &[0.5, -1.0, 2.0, 3.25]),
-            )])
+            .chain([("bias".to_string(), HostTensor::from_f32(vec![4], &[0.5, -1.0, 2.0, 3.25]))])
             .collect();
         let dir = model_dir(&tensors);
         let st = SafetensorsDir::open(dir.path()).unwrap();
@@ -883,52 +738,24 @@ mod tests {
             assert_eq!(t.shape, vec![2, 5]);
             // Columns 1..3 of every row.
             let cols = st.read_f32(&name, &[6, 5], Sharding::Cols(1..3)).unwrap();
-            let want: Vec<f32> = (0..6)
-                .flat_map(|r| [r * 5 + 1, r * 5 + 2])
-                .map(|v| v as f32)
-                .collect();
+            let want: Vec<f32> = (0..6).flat_map(|r| [r * 5 + 1, r * 5 + 2]).map(|v| v as f32).collect();
             assert_eq!(cols, want);
-            assert_eq!(
-                st.read(&name, &[6, 5], Sharding::Cols(1..3)).unwrap().shape,
-                vec![6, 2]
-            );
+            assert_eq!(st.read(&name, &[6, 5], Sharding::Cols(1..3)).unwrap().shape, vec![6, 2]);
             // 16-bit views for a GPU upload, whatever the stored dtype.
-            let f16_bits = st
-                .read_f16_bits(&name, &[6, 5], Sharding::Cols(1..3))
-                .unwrap();
-            let bf16_bits = st
-                .read_bf16_bits(&name, &[6, 5], Sharding::Cols(1..3))
-                .unwrap();
-            assert_eq!(
-                f16_bits,
-                want.iter()
-                    .map(|&v| f16::from_f32(v).to_bits())
-                    .collect::<Vec<_>>()
-            );
-            assert_eq!(
-                bf16_bits,
-                want.iter()
-                    .map(|&v| bf16::from_f32(v).to_bits())
-                    .collect::<Vec<_>>()
-            );
-            let up = st
-                .read_as(&name, &[6, 5], Sharding::Rows(0..1), Dtype::BF16)
-                .unwrap();
+            let f16_bits = st.read_f16_bits(&name, &[6, 5], Sharding::Cols(1..3)).unwrap();
+            let bf16_bits = st.read_bf16_bits(&name, &[6, 5], Sharding::Cols(1..3)).unwrap();
+            assert_eq!(f16_bits, want.iter().map(|&v| f16::from_f32(v).to_bits()).collect::<Vec<_>>());
+            assert_eq!(bf16_bits, want.iter().map(|&v| bf16::from_f32(v).to_bits()).collect::<Vec<_>>());
+            let up = st.read_as(&name, &[6, 5], Sharding::Rows(0..1), Dtype::BF16).unwrap();
             assert_eq!(up.dtype, Dtype::BF16);
             assert_eq!(up.bytes.len(), 10);
             assert_eq!(up.to_f32(), full[..5].to_vec());
         }
         // 1-D: an element range.
-        assert_eq!(
-            st.read_f32("bias", &[4], Sharding::Rows(1..3)).unwrap(),
-            vec![-1.0, 2.0]
-        );
+        assert_eq!(st.read_f32("bias", &[4], Sharding::Rows(1..3)).unwrap(), vec![-1.0, 2.0]);
         // f32 → f16/bf16 rounds to nearest even.
         let x = HostTensor::from_f32(vec![2], &[1.0 + 1.0 / 4096.0, 0.1]);
-        assert_eq!(
-            x.to_f16_bits(),
-            vec![f16::ONE.to_bits(), f16::from_f32(0.1).to_bits()]
-        );
+        assert_eq!(x.to_f16_bits(), vec![f16::ONE.to_bits(), f16::from_f32(0.1).to_bits()]);
         assert_eq!(x.to_bf16_bits()[0], bf16::ONE.to_bits());
     }
 
@@ -940,64 +767,37 @@ mod tests {
         let b = HostTensor::from_f32(vec![3], &[5.0, 6.0, 7.0]);
         write_safetensors(dir.path().join("part-1.safetensors"), &[("a".into(), a)]).unwrap();
         write_safetensors(dir.path().join("part-2.safetensors"), &[("b".into(), b)]).unwrap();
-        let map: BTreeMap<String, String> = [
-            ("a".to_string(), "part-1.safetensors".to_string()),
-            ("b".to_string(), "part-2.safetensors".to_string()),
-        ]
-        .into();
+        let map: BTreeMap<String, String> =
+            [("a".to_string(), "part-1.safetensors".to_string()), ("b".to_string(), "part-2.safetensors".to_string())]
+                .into();
         write_index(dir.path().join(INDEX_FILE), &map, 28).unwrap();
         let st = SafetensorsDir::open(dir.path()).unwrap();
         assert_eq!(st.files().count(), 2);
         assert!(st.meta("b").unwrap().file.ends_with("part-2.safetensors"));
-        assert_eq!(
-            st.read_f32("a", &[2, 2], Sharding::Cols(1..2)).unwrap(),
-            vec![2.0, 4.0]
-        );
-        assert_eq!(
-            st.read_f32("b", &[3], Sharding::Full).unwrap(),
-            vec![5.0, 6.0, 7.0]
-        );
-        let err = st
-            .read("c", &[1], Sharding::Full)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.starts_with("tensor c not found in ") && err.ends_with(INDEX_FILE),
-            "{err}"
-        );
+        assert_eq!(st.read_f32("a", &[2, 2], Sharding::Cols(1..2)).unwrap(), vec![2.0, 4.0]);
+        assert_eq!(st.read_f32("b", &[3], Sharding::Full).unwrap(), vec![5.0, 6.0, 7.0]);
+        let err = st.read("c", &[1], Sharding::Full).err().unwrap().to_string();
+        assert!(err.starts_with("tensor c not found in ") && err.ends_with(INDEX_FILE), "{err}");
 
         // An index naming a file that is not there.
-        let map: BTreeMap<String, String> =
-            [("a".to_string(), "part-9.safetensors".to_string())].into();
+        let map: BTreeMap<String, String> = [("a".to_string(), "part-9.safetensors".to_string())].into();
         write_index(dir.path().join(INDEX_FILE), &map, 28).unwrap();
         let err = SafetensorsDir::open(dir.path()).err().unwrap().to_string();
-        assert!(
-            err.starts_with("cannot read ") && err.contains("part-9.safetensors"),
-            "{err}"
-        );
+        assert!(err.starts_with("cannot read ") && err.contains("part-9.safetensors"), "{err}");
         // An index putting a tensor in a file that lacks it.
-        let map: BTreeMap<String, String> =
-            [("b".to_string(), "part-1.safetensors".to_string())].into();
+        let map: BTreeMap<String, String> = [("b".to_string(), "part-1.safetensors".to_string())].into();
         write_index(dir.path().join(INDEX_FILE), &map, 28).unwrap();
         let err = SafetensorsDir::open(dir.path()).err().unwrap().to_string();
-        assert!(
-            err.contains("weight_map puts tensor b in part-1.safetensors, whose header lacks it"),
-            "{err}"
-        );
+        assert!(err.contains("weight_map puts tensor b in part-1.safetensors, whose header lacks it"), "{err}");
         // An index pointing outside the directory.
-        let map: BTreeMap<String, String> =
-            [("b".to_string(), "../part-2.safetensors".to_string())].into();
+        let map: BTreeMap<String, String> = [("b".to_string(), "../part-2.safetensors".to_string())].into();
         write_index(dir.path().join(INDEX_FILE), &map, 28).unwrap();
         let err = SafetensorsDir::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("is not inside the directory"), "{err}");
         // Not an index at all.
         std::fs::write(dir.path().join(INDEX_FILE), "{\"metadata\": {}}").unwrap();
         let err = SafetensorsDir::open(dir.path()).err().unwrap().to_string();
-        assert!(
-            err.starts_with("invalid checkpoint index ") && err.contains("weight_map"),
-            "{err}"
-        );
+        assert!(err.starts_with("invalid checkpoint index ") && err.contains("weight_map"), "{err}");
     }
 
     #[test]
@@ -1005,10 +805,7 @@ mod tests {
         // Missing directory / config / weights.
         let dir = tempfile::tempdir().unwrap();
         let err = SafetensorsDir::open(dir.path()).err().unwrap().to_string();
-        assert!(
-            err.contains("config.json") && err.starts_with("cannot read model config"),
-            "{err}"
-        );
+        assert!(err.contains("config.json") && err.starts_with("cannot read model config"), "{err}");
         std::fs::write(
             dir.path().join("config.json"),
             serde_json::to_string(&Config::preset("tiny").unwrap()).unwrap(),
@@ -1029,50 +826,31 @@ mod tests {
         let dir = model_dir(&[("w".into(), w)]);
         let file = dir.path().join(SINGLE_FILE);
         let st = SafetensorsDir::open(dir.path()).unwrap();
-        let err = st
-            .read("model.norm.weight", &[64], Sharding::Full)
-            .err()
-            .unwrap();
-        assert_eq!(
-            err.to_string(),
-            format!("tensor model.norm.weight not found in {}", file.display())
-        );
+        let err = st.read("model.norm.weight", &[64], Sharding::Full).err().unwrap();
+        assert_eq!(err.to_string(), format!("tensor model.norm.weight not found in {}", file.display()));
         let err = st.read("w", &[3, 2], Sharding::Full).err().unwrap();
         assert_eq!(
             err.to_string(),
-            format!(
-                "tensor w in {} has shape [2, 3], expected [3, 2] (from config.json)",
-                file.display()
-            )
+            format!("tensor w in {} has shape [2, 3], expected [3, 2] (from config.json)", file.display())
         );
         let err = st.read("w", &[2, 3], Sharding::Rows(1..3)).err().unwrap();
         assert_eq!(
             err.to_string(),
-            format!(
-                "tensor w in {} of shape [2, 3]: cannot take shard rows 1..3",
-                file.display()
-            )
+            format!("tensor w in {} of shape [2, 3]: cannot take shard rows 1..3", file.display())
         );
         assert!(st.read("w", &[2, 3], Sharding::Cols(2..4)).is_err());
         assert!(st.read("w", &[2, 3], Sharding::Rows(0..2)).is_ok());
         drop(st);
 
         // Unsupported dtype (written with the crate's own serializer).
-        let ints = [1i32, 2, 3]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect::<Vec<u8>>();
-        let view =
-            safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![3], &ints).unwrap();
+        let ints = [1i32, 2, 3].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![3], &ints).unwrap();
         safetensors::serialize_to_file([("ids", view)], None, &file).unwrap();
         let st = SafetensorsDir::open(dir.path()).unwrap();
         let err = st.read_f32("ids", &[3], Sharding::Full).err().unwrap();
         assert_eq!(
             err.to_string(),
-            format!(
-                "tensor ids in {} has dtype I32, expected F32, F16 or BF16",
-                file.display()
-            )
+            format!("tensor ids in {} has dtype I32, expected F32, F16 or BF16", file.display())
         );
         drop(st);
 
@@ -1090,25 +868,12 @@ mod tests {
         );
         std::fs::write(&file, b"").unwrap();
         let err = SafetensorsDir::open(dir.path()).err().unwrap().to_string();
-        assert!(
-            err.contains("shorter than the 8-byte header length"),
-            "{err}"
-        );
+        assert!(err.contains("shorter than the 8-byte header length"), "{err}");
 
         // The writer refuses bytes that do not fill the shape.
-        let bad = HostTensor {
-            dtype: Dtype::F16,
-            shape: vec![3],
-            bytes: vec![0; 4],
-        };
-        let err = write_safetensors(&file, &[("x".into(), bad)])
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.contains("tensor x of shape [3] F16 needs 6 bytes, has 4"),
-            "{err}"
-        );
+        let bad = HostTensor { dtype: Dtype::F16, shape: vec![3], bytes: vec![0; 4] };
+        let err = write_safetensors(&file, &[("x".into(), bad)]).err().unwrap().to_string();
+        assert!(err.contains("tensor x of shape [3] F16 needs 6 bytes, has 4"), "{err}");
     }
 
     /// The streamed writer's files read back through the crate, tensor by tensor; it refuses a
@@ -1117,11 +882,7 @@ mod tests {
     fn streamed_files_read_back_and_mistakes_are_refused() {
         let dir = model_dir(&[]);
         let file = dir.path().join(SINGLE_FILE);
-        let h = |name: &str, dtype, shape: &[usize]| TensorHeader {
-            name: name.into(),
-            dtype,
-            shape: shape.to_vec(),
-        };
+        let h = |name: &str, dtype, shape: &[usize]| TensorHeader { name: name.into(), dtype, shape: shape.to_vec() };
         let tensors = [h("w", Dtype::F16, &[2, 3]), h("bias", Dtype::F32, &[3])];
         let w = HostTensor::from_f32(vec![2, 3], &counting(2, 3)).convert(Dtype::F16);
         let bias = HostTensor::from_f32(vec![3], &[0.5, -1.0, 2.0]);
@@ -1138,23 +899,16 @@ mod tests {
         assert_eq!(st.read("bias", &[3], Sharding::Full).unwrap(), bias);
         drop(st);
 
-        let err =
-            write_safetensors_streamed(&file, &tensors, &meta, |_, out| out.write_all(&[0; 6]))
-                .err()
-                .unwrap()
-                .to_string();
-        assert!(
-            err.contains("tensor w of shape [2, 3] F16 needs 12 bytes, 6 were written"),
-            "{err}"
-        );
+        let err = write_safetensors_streamed(&file, &tensors, &meta, |_, out| out.write_all(&[0; 6]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("tensor w of shape [2, 3] F16 needs 12 bytes, 6 were written"), "{err}");
         let twice = [h("w", Dtype::F16, &[1]), h("w", Dtype::F16, &[1])];
         let err = write_safetensors_streamed(&file, &twice, &meta, |_, out| out.write_all(&[0; 2]))
             .err()
             .unwrap()
             .to_string();
-        assert!(
-            err.contains("tensor name w is reserved or used twice"),
-            "{err}"
-        );
+        assert!(err.contains("tensor name w is reserved or used twice"), "{err}");
     }
 }

@@ -76,10 +76,16 @@ impl HostGpus {
             },
             HostGpus::Present { gpus, .. } => {
                 let ordinal = match devices {
-                    Some(d) => *d.get(local_rank as usize).ok_or(BindError::TooFewDevices { listed: d.len(), local_rank })?,
+                    Some(d) => {
+                        *d.get(local_rank as usize).ok_or(BindError::TooFewDevices { listed: d.len(), local_rank })?
+                    }
                     None => local_rank,
                 };
-                gpus.get(ordinal as usize).cloned().map(Some).ok_or(BindError::NoSuchGpu { local_rank, ordinal, present: gpus.len() })
+                gpus.get(ordinal as usize).cloned().map(Some).ok_or(BindError::NoSuchGpu {
+                    local_rank,
+                    ordinal,
+                    present: gpus.len(),
+                })
             }
         }
     }
@@ -90,7 +96,9 @@ impl HostGpus {
 pub enum BindError {
     #[error("--devices was given but {0}")]
     NoGpus(String),
-    #[error("--devices lists {listed} GPUs but this host runs local rank {local_rank}: give one ordinal per local rank")]
+    #[error(
+        "--devices lists {listed} GPUs but this host runs local rank {local_rank}: give one ordinal per local rank"
+    )]
     TooFewDevices { listed: usize, local_rank: i32 },
     #[error("local rank {local_rank} needs GPU {ordinal} but this host shows {present} GPU(s): start at most {present} ranks per host or pass --devices")]
     NoSuchGpu { local_rank: i32, ordinal: i32, present: usize },
@@ -108,7 +116,9 @@ fn visible_in_cuda_order(all: &[GpuInfo], cvd: Option<&str>) -> Vec<GpuInfo> {
             for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 let found = match item.parse::<u32>() {
                     Ok(i) => all.iter().find(|g| g.nvml_index == i),
-                    Err(_) => all.iter().find(|g| g.uuid.starts_with(item) || g.uuid.trim_start_matches("GPU-").starts_with(item)),
+                    Err(_) => all
+                        .iter()
+                        .find(|g| g.uuid.starts_with(item) || g.uuid.trim_start_matches("GPU-").starts_with(item)),
                 };
                 match found {
                     Some(g) => out.push(g.clone()),
@@ -118,10 +128,14 @@ fn visible_in_cuda_order(all: &[GpuInfo], cvd: Option<&str>) -> Vec<GpuInfo> {
             out
         }
     };
-    picked.into_iter().enumerate().map(|(i, mut g)| {
-        g.ordinal = i as i32;
-        g
-    }).collect()
+    picked
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut g)| {
+            g.ordinal = i as i32;
+            g
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -129,7 +143,15 @@ mod tests {
     use super::*;
 
     fn gpus(n: u32) -> Vec<GpuInfo> {
-        (0..n).map(|i| GpuInfo { ordinal: -1, nvml_index: i, uuid: format!("GPU-{i}aaa"), name: "H200".into(), total_bytes: 1 }).collect()
+        (0..n)
+            .map(|i| GpuInfo {
+                ordinal: -1,
+                nvml_index: i,
+                uuid: format!("GPU-{i}aaa"),
+                name: "H200".into(),
+                total_bytes: 1,
+            })
+            .collect()
     }
 
     #[test]
@@ -141,7 +163,11 @@ mod tests {
 
     #[test]
     fn binding_follows_local_rank_or_devices() {
-        let host = HostGpus::Present { gpus: visible_in_cuda_order(&gpus(2), None), driver_version: "x".into(), cuda_driver_version: "y".into() };
+        let host = HostGpus::Present {
+            gpus: visible_in_cuda_order(&gpus(2), None),
+            driver_version: "x".into(),
+            cuda_driver_version: "y".into(),
+        };
         assert_eq!(host.bind(1, None).unwrap().unwrap().nvml_index, 1);
         assert_eq!(host.bind(0, Some(&[1, 0])).unwrap().unwrap().nvml_index, 1);
         assert!(host.bind(2, None).unwrap_err().to_string().contains("shows 2 GPU(s)"));

@@ -34,7 +34,8 @@ pub enum Phase {
     Finish = 6,
 }
 
-pub const PHASES: [Phase; 7] = [Phase::Start, Phase::EngineLoad, Phase::Prepare, Phase::Prefill, Phase::Decode, Phase::Generate, Phase::Finish];
+pub const PHASES: [Phase; 7] =
+    [Phase::Start, Phase::EngineLoad, Phase::Prepare, Phase::Prefill, Phase::Decode, Phase::Generate, Phase::Finish];
 
 impl Phase {
     pub fn name(self) -> &'static str {
@@ -382,7 +383,11 @@ impl State {
                     processes: g
                         .procs
                         .iter()
-                        .map(|&(pid, peak)| GpuProcess { pid, rank: job.iter().find(|(p, _)| *p == pid).map(|(_, r)| *r), peak_bytes: peak })
+                        .map(|&(pid, peak)| GpuProcess {
+                            pid,
+                            rank: job.iter().find(|(p, _)| *p == pid).map(|(_, r)| *r),
+                            peak_bytes: peak,
+                        })
                         .collect(),
                     failed_readings: g.failed,
                     last_error: g.last_error,

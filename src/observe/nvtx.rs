@@ -15,7 +15,11 @@ use crate::engine::TokenCallback;
 /// Whether a tool that collects NVTX is attached (decided once per process).
 pub fn active() -> bool {
     static ACTIVE: OnceLock<bool> = OnceLock::new();
-    *ACTIVE.get_or_init(|| ["NVTX_INJECTION64_PATH", "NVTX_INJECTION32_PATH"].iter().any(|v| std::env::var_os(v).is_some_and(|p| !p.is_empty())))
+    *ACTIVE.get_or_init(|| {
+        ["NVTX_INJECTION64_PATH", "NVTX_INJECTION32_PATH"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|p| !p.is_empty()))
+    })
 }
 
 /// A range on the calling thread, ended when dropped (phases of the run).

@@ -88,7 +88,11 @@ impl LatencyHistogram {
 
     /// The value at quantile `q` (0..=1), ns; 0 when empty.
     pub fn at_quantile(&self, q: f64) -> u64 {
-        if self.0.is_empty() { 0 } else { self.0.value_at_quantile(q) }
+        if self.0.is_empty() {
+            0
+        } else {
+            self.0.value_at_quantile(q)
+        }
     }
 
     pub fn summary(&self) -> HistogramSummary {
@@ -224,7 +228,10 @@ mod tests {
         merged.add(&a2).unwrap();
         merged.add(&b2).unwrap();
         let (m, t) = (merged.summary(), all.summary());
-        assert_eq!((m.count, m.p50_ns, m.p99_ns, m.p999_ns, m.max_ns), (t.count, t.p50_ns, t.p99_ns, t.p999_ns, t.max_ns));
+        assert_eq!(
+            (m.count, m.p50_ns, m.p99_ns, m.p999_ns, m.max_ns),
+            (t.count, t.p50_ns, t.p99_ns, t.p999_ns, t.max_ns)
+        );
         assert_eq!(m.count, 1010);
         // Merged percentiles differ from the average of per-rank percentiles: the point of merging.
         assert_ne!(m.p99_ns, (a.summary().p99_ns + b.summary().p99_ns) / 2);

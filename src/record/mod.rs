@@ -180,7 +180,13 @@ impl Recording {
     /// [0, vocab) (only for negative ids when the engine's vocabulary is unknown) and finish
     /// reasons against the ABI's values: the first bad one of each kind is an anomaly naming the
     /// sample, step and value, with how many there were.
-    pub fn analyse(events: &[TokenEvent], overflow: u64, submit_ns: u64, requested: &[u32], vocab: Option<u32>) -> Recording {
+    pub fn analyse(
+        events: &[TokenEvent],
+        overflow: u64,
+        submit_ns: u64,
+        requested: &[u32],
+        vocab: Option<u32>,
+    ) -> Recording {
         let mut anomalies = bad_values(events, vocab);
         if overflow > 0 {
             anomalies.push(format!("the engine reported {overflow} tokens more than requested"));
@@ -189,7 +195,9 @@ impl Recording {
         for ev in events {
             match per_sample.get_mut(ev.sample as usize) {
                 Some(v) => v.push(*ev),
-                None => anomalies.push(format!("token for unknown sample {} (batch has {})", ev.sample, requested.len())),
+                None => {
+                    anomalies.push(format!("token for unknown sample {} (batch has {})", ev.sample, requested.len()))
+                }
             }
         }
         let mut ttft = LatencyHistogram::new();
@@ -202,7 +210,10 @@ impl Recording {
             evs.sort_by_key(|e| (e.step, e.t_ns));
             for (i, e) in evs.iter().enumerate() {
                 if e.step as usize != i {
-                    anomalies.push(format!("sample {s}: token {i} arrived with step {} (missing or repeated steps)", e.step));
+                    anomalies.push(format!(
+                        "sample {s}: token {i} arrived with step {} (missing or repeated steps)",
+                        e.step
+                    ));
                     break;
                 }
             }
@@ -266,7 +277,13 @@ fn bad_values(events: &[TokenEvent], vocab: Option<u32>) -> Vec<String> {
             Some(v) => format!("outside the vocabulary [0, {v})"),
             None => "negative".to_string(),
         };
-        out.push(format!("sample {} step {}: token id {} {range}{}", e.sample, e.step, e.token, more(tokens.len(), "tokens")));
+        out.push(format!(
+            "sample {} step {}: token id {} {range}{}",
+            e.sample,
+            e.step,
+            e.token,
+            more(tokens.len(), "tokens")
+        ));
     }
     let finishes: Vec<&TokenEvent> = events.iter().filter(|e| bad_finish(e.finish)).collect();
     if let Some(e) = finishes.iter().min_by_key(|e| (e.step, e.sample)) {
@@ -325,7 +342,8 @@ mod tests {
 
     #[test]
     fn ttft_and_gaps_come_from_timestamps() {
-        let events = vec![ev(0, 0, 1_000, 0), ev(1, 0, 1_500, 0), ev(0, 1, 3_000, 0), ev(1, 1, 3_500, 1), ev(0, 2, 6_000, 1)];
+        let events =
+            vec![ev(0, 0, 1_000, 0), ev(1, 0, 1_500, 0), ev(0, 1, 3_000, 0), ev(1, 1, 3_500, 1), ev(0, 2, 6_000, 1)];
         let r = Recording::analyse(&events, 0, 400, &[3, 2], None);
         assert!(r.anomalies.is_empty(), "{:?}", r.anomalies);
         assert_eq!(r.ttft.count(), 2);
@@ -361,7 +379,13 @@ mod tests {
         let repeated = Recording::analyse(&[ev(0, 0, 0, 0), ev(0, 0, 10, 1)], 0, 0, &[2], None);
         assert!(repeated.decode_deciles_ns.is_empty() && !repeated.anomalies.is_empty());
         // Two samples: both samples' gaps at a step count in its part.
-        let two = Recording::analyse(&[ev(0, 0, 0, 0), ev(1, 0, 0, 0), ev(0, 1, 10, 1), ev(1, 1, 30, 1)], 0, 0, &[2, 2], None);
+        let two = Recording::analyse(
+            &[ev(0, 0, 0, 0), ev(1, 0, 0, 0), ev(0, 1, 10, 1), ev(1, 1, 30, 1)],
+            0,
+            0,
+            &[2, 2],
+            None,
+        );
         assert_eq!(two.decode_deciles_ns, vec![10]);
     }
 
@@ -383,7 +407,10 @@ mod tests {
         let events = vec![tok(0, 0, 5, 0), tok(1, 0, 5, 0), tok(0, 1, 100, 0), tok(1, 1, 7, 99), tok(0, 2, 101, 1)];
         let r = Recording::analyse(&events, 0, 0, &[3, 2], Some(100));
         let all = r.anomalies.join("\n");
-        assert!(all.contains("sample 0 step 1: token id 100 outside the vocabulary [0, 100) (2 such tokens in all)"), "{all}");
+        assert!(
+            all.contains("sample 0 step 1: token id 100 outside the vocabulary [0, 100) (2 such tokens in all)"),
+            "{all}"
+        );
         assert!(all.contains("sample 1 step 1: finish reason 99, which the engine ABI does not define"), "{all}");
         // Unknown vocabulary: only negative ids are out of range.
         let r = Recording::analyse(&[tok(0, 0, 1 << 30, 0), tok(0, 1, -3, 1)], 0, 0, &[2], None);

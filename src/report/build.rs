@@ -28,7 +28,8 @@ pub struct RankHistogramError {
 impl Header {
     /// A report for a run that failed on one or more ranks.
     pub fn failed(self, failures: &[(i32, String)], ranks: Vec<RankReport>) -> RunReport {
-        let failures: Vec<Failure> = failures.iter().map(|(rank, reason)| Failure { rank: *rank, reason: reason.clone() }).collect();
+        let failures: Vec<Failure> =
+            failures.iter().map(|(rank, reason)| Failure { rank: *rank, reason: reason.clone() }).collect();
         RunReport {
             schema: SCHEMA.into(),
             status: Status {
@@ -52,7 +53,12 @@ impl Header {
 
     /// The report of a run that finished on every rank. `root` is rank 0's own recording (rank 0 is
     /// always an engine rank); `ranks` are all ranks' reports in rank order.
-    pub fn finished(self, workload: &Workload, root: &Recording, ranks: Vec<RankReport>) -> Result<RunReport, RankHistogramError> {
+    pub fn finished(
+        self,
+        workload: &Workload,
+        root: &Recording,
+        ranks: Vec<RankReport>,
+    ) -> Result<RunReport, RankHistogramError> {
         let mut ttft = LatencyHistogram::new();
         let mut decode = LatencyHistogram::new();
         for r in ranks.iter().filter(|r| r.role == Role::Engine) {
@@ -123,13 +129,18 @@ impl Header {
             }),
             merge_s: None, // set by the run once the report is assembled
         };
-        let summary = Summary { stationarity: Some(stationarity(&summary, self.config.warmup_tolerance_pct.unwrap_or(5.0))), ..summary };
+        let summary = Summary {
+            stationarity: Some(stationarity(&summary, self.config.warmup_tolerance_pct.unwrap_or(5.0))),
+            ..summary
+        };
 
         let mut problems = Vec::new();
         let short: Vec<String> = samples
             .iter()
             .filter(|s| s.generated < s.requested)
-            .map(|s| format!("sample {} got {} of {} tokens ({:?})", s.index, s.generated, s.requested, s.finish_reason))
+            .map(|s| {
+                format!("sample {} got {} of {} tokens ({:?})", s.index, s.generated, s.requested, s.finish_reason)
+            })
             .collect();
         problems.extend(short);
         if samples.iter().any(|s| !s.ranks_agree) {
@@ -163,7 +174,12 @@ impl Header {
 
 /// What the measured run stands on: rank 0's warm-up runs, the policy, and whether it reached a
 /// steady state.
-fn warmup_summary(config: &ConfigReport, ranks: &[RankReport], ttft: &HistogramSummary, decode: &HistogramSummary) -> WarmupSummary {
+fn warmup_summary(
+    config: &ConfigReport,
+    ranks: &[RankReport],
+    ttft: &HistogramSummary,
+    decode: &HistogramSummary,
+) -> WarmupSummary {
     let runs: &[WarmupRun] = ranks.first().map(|r| r.timing.warmup_runs.as_slice()).unwrap_or(&[]);
     let mode = config.warmup_mode.unwrap_or(WarmupMode::Fixed);
     let state = match mode {
@@ -212,7 +228,12 @@ fn stationarity(s: &Summary, tolerance_pct: f64) -> Stationarity {
     Stationarity { tolerance_pct, vs_last_warmup_pct, first_to_last_tenth_pct, warnings }
 }
 
-fn sample_reports(workload: &Workload, root: &Recording, ranks: &[RankReport], record_tokens: bool) -> Vec<SampleReport> {
+fn sample_reports(
+    workload: &Workload,
+    root: &Recording,
+    ranks: &[RankReport],
+    record_tokens: bool,
+) -> Vec<SampleReport> {
     root.samples
         .iter()
         .enumerate()

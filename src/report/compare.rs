@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
-use super::*;
 use super::summary::{source_label, state_label};
+use super::*;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -31,19 +31,30 @@ pub struct Comparison {
 
 /// `tpprof compare`: the table of the given result files, the first the baseline, and the gate's
 /// verdict on the `--fail-if` thresholds (checked before any file is read).
-pub fn compare_files(files: &[std::path::PathBuf], markdown: bool, fail_if: &[String]) -> Result<Comparison, CompareError> {
+pub fn compare_files(
+    files: &[std::path::PathBuf],
+    markdown: bool,
+    fail_if: &[String],
+) -> Result<Comparison, CompareError> {
     if files.len() < 2 {
         return Err(CompareError::TooFew(files.len()));
     }
     let thresholds = fail_if.iter().map(|s| s.parse()).collect::<Result<Vec<super::gate::Threshold>, _>>()?;
-    let runs = files.iter().map(|f| Ok((f.display().to_string(), super::summary::load(f)?))).collect::<Result<Vec<_>, CompareError>>()?;
+    let runs = files
+        .iter()
+        .map(|f| Ok((f.display().to_string(), super::summary::load(f)?)))
+        .collect::<Result<Vec<_>, CompareError>>()?;
     let table = render(&runs, markdown);
     if thresholds.is_empty() {
         return Ok(Comparison { table, gate: String::new(), regressed: false });
     }
     let reports: Vec<&RunReport> = runs.iter().map(|(_, r)| r).collect();
     let findings = super::gate::check(&reports, &thresholds);
-    Ok(Comparison { table, gate: super::gate::render(&findings, letter), regressed: findings.iter().any(|f| f.failed()) })
+    Ok(Comparison {
+        table,
+        gate: super::gate::render(&findings, letter),
+        regressed: findings.iter().any(|f| f.failed()),
+    })
 }
 
 /// One row of the table: a text per run, or a number per run (with the decimals to print).
@@ -60,7 +71,11 @@ struct Row {
 /// Column letters: A, B, …, Z, then A2, B2, … (nobody compares 27 runs, but it must not panic).
 pub fn letter(i: usize) -> String {
     let c = (b'A' + (i % 26) as u8) as char;
-    if i < 26 { c.to_string() } else { format!("{c}{}", i / 26 + 1) }
+    if i < 26 {
+        c.to_string()
+    } else {
+        format!("{c}{}", i / 26 + 1)
+    }
 }
 
 /// The change of `v` against `base` in percent, when both exist and the base is not zero.
@@ -92,19 +107,29 @@ fn rows(runs: &[(String, RunReport)]) -> Vec<Row> {
     num("ITL max ms", 3, &|r| s(r).map(|s| s.itl_ms.max));
     num("prefill tok/s", 0, &|r| s(r).and_then(|s| s.prefill_tok_s));
     num("decode tok/s", 1, &|r| s(r).and_then(|s| s.decode_tok_s));
-    num("ITL p50, last tenth of decode ms", 3, &|r| s(r).and_then(|s| s.itl_p50_by_tenth_ms.as_ref()).and_then(|t| t.last().copied()));
+    num("ITL p50, last tenth of decode ms", 3, &|r| {
+        s(r).and_then(|s| s.itl_p50_by_tenth_ms.as_ref()).and_then(|t| t.last().copied())
+    });
     num("ITL p50 ÷ decode floor", 2, &|r| s(r).and_then(|s| s.itl_over_floor));
     num("device step p50 ms", 3, &|r| s(r).and_then(|s| s.device_step_ms.as_ref()).map(|d| d.p50));
-    num("peak memory, largest rank GiB", 2, &|r| super::build::rank_peaks(&r.ranks).0.into_iter().map(|b| b as f64).reduce(f64::max).map(|b| b / GIB));
-    num("peak memory, smallest rank GiB", 2, &|r| super::build::rank_peaks(&r.ranks).0.into_iter().map(|b| b as f64).reduce(f64::min).map(|b| b / GIB));
+    num("peak memory, largest rank GiB", 2, &|r| {
+        super::build::rank_peaks(&r.ranks).0.into_iter().map(|b| b as f64).reduce(f64::max).map(|b| b / GIB)
+    });
+    num("peak memory, smallest rank GiB", 2, &|r| {
+        super::build::rank_peaks(&r.ranks).0.into_iter().map(|b| b as f64).reduce(f64::min).map(|b| b / GIB)
+    });
     num("skew: step start spread p50 µs", 1, &|r| r.skew.as_ref().map(|k| k.start_spread.p50_ns as f64 / 1e3));
     num("skew: step start spread p99 µs", 1, &|r| r.skew.as_ref().map(|k| k.start_spread.p99_ns as f64 / 1e3));
     num("skew: step end spread p50 µs", 1, &|r| r.skew.as_ref().map(|k| k.end_spread.p50_ns as f64 / 1e3));
     let most = |v: &[Option<f64>]| v.iter().flatten().copied().reduce(f64::max);
     let least = |v: &[Option<f64>]| v.iter().flatten().copied().reduce(f64::min);
-    num("CUPTI: NCCL % of step, highest", 1, &|r| r.cupti.as_ref().and_then(|c| most(&c.nccl_share)).map(|x| x * 100.0));
+    num("CUPTI: NCCL % of step, highest", 1, &|r| {
+        r.cupti.as_ref().and_then(|c| most(&c.nccl_share)).map(|x| x * 100.0)
+    });
     num("CUPTI: NCCL ms per step, highest", 3, &|r| r.cupti.as_ref().and_then(|c| most(&c.nccl_ms_mean)));
-    num("CUPTI: GPU busy % of step, lowest", 1, &|r| r.cupti.as_ref().and_then(|c| least(&c.busy_share)).map(|x| x * 100.0));
+    num("CUPTI: GPU busy % of step, lowest", 1, &|r| {
+        r.cupti.as_ref().and_then(|c| least(&c.busy_share)).map(|x| x * 100.0)
+    });
     num("CUPTI: kernels per step (rank 0)", 0, &|r| {
         r.ranks.first().and_then(|k| k.cupti.as_ref()).and_then(|c| c.devices.first()).map(|d| d.kernels_per_step_mean)
     });
@@ -139,8 +164,16 @@ pub(super) fn legend(i: usize, file: &str, r: &RunReport) -> String {
     };
     let gpu = gpu_name(r);
     let state = state_label(&r.status);
-    let tokens = r.summary.as_ref().map(|s| format!(", {}/{} tokens", s.generated_tokens, s.requested_tokens)).unwrap_or_default();
-    let build = if r.environment.tpprof_commit.is_empty() { String::new() } else { format!(", build {}", r.environment.tpprof_commit) };
+    let tokens = r
+        .summary
+        .as_ref()
+        .map(|s| format!(", {}/{} tokens", s.generated_tokens, s.requested_tokens))
+        .unwrap_or_default();
+    let build = if r.environment.tpprof_commit.is_empty() {
+        String::new()
+    } else {
+        format!(", build {}", r.environment.tpprof_commit)
+    };
     // The element type means something for the built-in engines only.
     let dtype = match engine.as_str() {
         "cuda" => format!(" {}", c.dtype),
@@ -168,10 +201,17 @@ pub(super) fn workload_notes(runs: &[(String, RunReport)]) -> Vec<String> {
             notes.push(format!("{what} differ: {}", each.join(", ")));
         }
     };
-    differs("prompts", runs.iter().map(|(_, r)| match &r.config.prompts {
-        crate::workload::PromptSource::Random { tokens_per_prompt, seed } => format!("{tokens_per_prompt} random (seed {seed})"),
-        crate::workload::PromptSource::File { path } => path.clone(),
-    }).collect());
+    differs(
+        "prompts",
+        runs.iter()
+            .map(|(_, r)| match &r.config.prompts {
+                crate::workload::PromptSource::Random { tokens_per_prompt, seed } => {
+                    format!("{tokens_per_prompt} random (seed {seed})")
+                }
+                crate::workload::PromptSource::File { path } => path.clone(),
+            })
+            .collect(),
+    );
     differs("generated tokens", runs.iter().map(|(_, r)| r.config.generated_tokens.to_string()).collect());
     differs("batch sizes", runs.iter().map(|(_, r)| r.config.batch.to_string()).collect());
     differs(
@@ -183,7 +223,12 @@ pub(super) fn workload_notes(runs: &[(String, RunReport)]) -> Vec<String> {
             })
             .collect(),
     );
-    differs("EOS handling", runs.iter().map(|(_, r)| if r.config.exact_length { "exact length" } else { "EOS may stop" }.to_string()).collect());
+    differs(
+        "EOS handling",
+        runs.iter()
+            .map(|(_, r)| if r.config.exact_length { "exact length" } else { "EOS may stop" }.to_string())
+            .collect(),
+    );
     differs("models", runs.iter().map(|(_, r)| r.config.model.clone()).collect());
     // What the figures were measured with: engine, element type, ranks, build, GPU.
     differs("engines", runs.iter().map(|(_, r)| engine_name(r)).collect());
@@ -191,12 +236,28 @@ pub(super) fn workload_notes(runs: &[(String, RunReport)]) -> Vec<String> {
     differs("rank counts", runs.iter().map(|(_, r)| r.config.world_size.to_string()).collect());
     differs(
         "builds",
-        runs.iter().map(|(_, r)| if r.environment.tpprof_commit.is_empty() { "unknown".to_string() } else { r.environment.tpprof_commit.clone() }).collect(),
+        runs.iter()
+            .map(|(_, r)| {
+                if r.environment.tpprof_commit.is_empty() {
+                    "unknown".to_string()
+                } else {
+                    r.environment.tpprof_commit.clone()
+                }
+            })
+            .collect(),
     );
     differs("GPUs", runs.iter().map(|(_, r)| gpu_name(r)).collect());
     differs(
         "peak memory sources (GPU memory vs host RSS: not like for like)",
-        runs.iter().map(|(_, r)| if r.ranks.is_empty() { "none".to_string() } else { source_label(&super::build::rank_peaks(&r.ranks).1).to_string() }).collect(),
+        runs.iter()
+            .map(|(_, r)| {
+                if r.ranks.is_empty() {
+                    "none".to_string()
+                } else {
+                    source_label(&super::build::rank_peaks(&r.ranks).1).to_string()
+                }
+            })
+            .collect(),
     );
     notes
 }
@@ -214,7 +275,13 @@ pub fn render(runs: &[(String, RunReport)], markdown: bool) -> String {
     }
     let mut table = rows(runs);
     // Status first (text), then the figures.
-    table.insert(0, Row { name: "status", cells: Cells::Text(runs.iter().map(|(_, r)| format!("{:?}", r.status.state).to_lowercase()).collect()) });
+    table.insert(
+        0,
+        Row {
+            name: "status",
+            cells: Cells::Text(runs.iter().map(|(_, r)| format!("{:?}", r.status.state).to_lowercase()).collect()),
+        },
+    );
     // What each measured run stands on: warm-up state and the stationarity warnings.
     if runs.iter().any(|(_, r)| r.summary.as_ref().is_some_and(|s| s.warmup.is_some())) {
         let warm = |r: &RunReport| -> String {
@@ -251,7 +318,10 @@ pub fn render(runs: &[(String, RunReport)], markdown: bool) -> String {
             }
         };
         table.insert(1, Row { name: "warm-up", cells: Cells::Text(runs.iter().map(|(_, r)| warm(r)).collect()) });
-        table.insert(2, Row { name: "not stationary", cells: Cells::Text(runs.iter().map(|(_, r)| warnings(r)).collect()) });
+        table.insert(
+            2,
+            Row { name: "not stationary", cells: Cells::Text(runs.iter().map(|(_, r)| warnings(r)).collect()) },
+        );
     }
     // Cells: the value, and from the second run on its change against the first.
     let cells: Vec<Vec<String>> = table
@@ -269,7 +339,8 @@ pub fn render(runs: &[(String, RunReport)], markdown: bool) -> String {
                 .collect(),
         })
         .collect();
-    let heads: Vec<String> = (0..runs.len()).map(|i| if i == 0 { format!("{} (baseline)", letter(i)) } else { letter(i) }).collect();
+    let heads: Vec<String> =
+        (0..runs.len()).map(|i| if i == 0 { format!("{} (baseline)", letter(i)) } else { letter(i) }).collect();
     if markdown {
         let _ = writeln!(out, "| | {} |", heads.join(" | "));
         let _ = writeln!(out, "| --- |{}", " --- |".repeat(runs.len()));

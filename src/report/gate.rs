@@ -154,11 +154,11 @@ impl FromStr for Threshold {
             _ => return Err(ThresholdError::Shape(spec.into())),
         };
         let (name, limit) = (&compact[..at], &compact[at + 1..]);
-        let metric = METRICS.iter().find(|(n, _, _)| *n == name).map(|(_, m, _)| *m).ok_or_else(|| ThresholdError::Metric {
-            spec: spec.into(),
-            name: name.into(),
-            known: Metric::names(),
-        })?;
+        let metric = METRICS
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, m, _)| *m)
+            .ok_or_else(|| ThresholdError::Metric { spec: spec.into(), name: name.into(), known: Metric::names() })?;
         let limit = match limit.strip_suffix('%') {
             Some(pct) => {
                 let v: f64 = pct.parse().map_err(|_| ThresholdError::Number(spec.into()))?;
@@ -253,16 +253,22 @@ fn judge(base: &RunReport, run: &RunReport, t: &Threshold) -> Outcome {
         }
         Limit::Relative(pct) => {
             let Some(b) = b else { return Outcome::Missing { in_baseline: true } };
-            let Some(change) = super::compare::change_pct(Some(b), Some(v)) else { return Outcome::Missing { in_baseline: true } };
+            let Some(change) = super::compare::change_pct(Some(b), Some(v)) else {
+                return Outcome::Missing { in_baseline: true };
+            };
             if !beyond(change, pct) {
                 return Outcome::Held { value: v, base: Some(b) };
             }
             match spreads {
                 // The ranges must not overlap in the direction of the change.
-                Some((bs, rs)) if !match t.direction {
-                    Direction::Above => rs.min > bs.max,
-                    Direction::Below => rs.max < bs.min,
-                } => Outcome::WithinSpread { value: v, base: b, spread: rs.clone(), base_spread: bs.clone() },
+                Some((bs, rs))
+                    if !match t.direction {
+                        Direction::Above => rs.min > bs.max,
+                        Direction::Below => rs.max < bs.min,
+                    } =>
+                {
+                    Outcome::WithinSpread { value: v, base: b, spread: rs.clone(), base_spread: bs.clone() }
+                }
                 _ => Outcome::Crossed { value: v, base: Some(b) },
             }
         }
@@ -278,7 +284,9 @@ pub fn render(findings: &[Finding], letter: impl Fn(usize) -> String) -> String 
         let run = letter(f.run);
         let vs = |value: f64, base: Option<f64>| match base {
             Some(b) => {
-                let c = super::compare::change_pct(Some(b), Some(value)).map(|c| format!(" ({c:+.1} %)")).unwrap_or_default();
+                let c = super::compare::change_pct(Some(b), Some(value))
+                    .map(|c| format!(" ({c:+.1} %)"))
+                    .unwrap_or_default();
                 format!("{value:.3} {u} vs {:.3} {u}{c}", b)
             }
             None => format!("{value:.3} {u}"),
@@ -324,7 +332,10 @@ mod tests {
         let t: Threshold = "itl_p50>+5%".parse().unwrap();
         assert_eq!(t, Threshold { metric: Metric::ItlP50, direction: Direction::Above, limit: Limit::Relative(5.0) });
         let t: Threshold = " throughput < -3.5% ".parse().unwrap();
-        assert_eq!(t, Threshold { metric: Metric::Throughput, direction: Direction::Below, limit: Limit::Relative(-3.5) });
+        assert_eq!(
+            t,
+            Threshold { metric: Metric::Throughput, direction: Direction::Below, limit: Limit::Relative(-3.5) }
+        );
         let t: Threshold = "peak_memory>70".parse().unwrap();
         assert_eq!(t.limit, Limit::Absolute(70.0));
         assert_eq!(t.to_string(), "peak_memory>70");
@@ -372,7 +383,8 @@ mod tests {
     fn relative_and_absolute_limits_judge_each_run_after_the_baseline() {
         let (a, b, c) = (run(10.0, 100.0), run(10.4, 100.0), run(10.6, 90.0));
         let f = check(&[&a, &b, &c], &[t("itl_p50>+5%"), t("ttft_p50<-5%"), t("itl_p50>10.5")]);
-        let failed: Vec<(usize, String)> = f.iter().filter(|f| f.failed()).map(|f| (f.run, f.threshold.to_string())).collect();
+        let failed: Vec<(usize, String)> =
+            f.iter().filter(|f| f.failed()).map(|f| (f.run, f.threshold.to_string())).collect();
         // B: +4 % ITL held, TTFT unchanged, 10.4 ≤ 10.5. C: +6 % ITL, −10 % TTFT, 10.6 > 10.5.
         assert_eq!(failed, vec![(2, "itl_p50>+5%".into()), (2, "ttft_p50<-5%".into()), (2, "itl_p50>10.5".into())]);
         assert_eq!(f.len(), 6);
@@ -405,12 +417,19 @@ mod tests {
         // Median +8 % and every run above the baseline's slowest: a regression.
         let slower = with_repeat(run(99.0, 100.0), (10.5, 10.8, 11.0));
         let f = check(&[&base, &noisy, &slower], &[t("itl_p50>+5%")]);
-        assert!(matches!(f[0].outcome, Outcome::WithinSpread { value, .. } if (value - 10.6).abs() < 1e-9), "{:?}", f[0]);
+        assert!(
+            matches!(f[0].outcome, Outcome::WithinSpread { value, .. } if (value - 10.6).abs() < 1e-9),
+            "{:?}",
+            f[0]
+        );
         assert!(!f[0].failed());
         // The medians were compared, not the recorded run's 99 ms.
         assert_eq!(f[1].outcome, Outcome::Crossed { value: 10.8, base: Some(10.0) });
         // Without repeats on both sides, the recorded figures are compared.
         let single = run(10.3, 100.0);
-        assert_eq!(check(&[&base, &single], &[t("itl_p50>+5%")])[0].outcome, Outcome::Held { value: 10.3, base: Some(10.0) });
+        assert_eq!(
+            check(&[&base, &single], &[t("itl_p50>+5%")])[0].outcome,
+            Outcome::Held { value: 10.3, base: Some(10.0) }
+        );
     }
 }

@@ -62,7 +62,10 @@ pub fn write_report(files: &[PathBuf], out: &Path, force: bool) -> Result<PathBu
         return Err(HtmlError::NoDir { path: out.to_path_buf(), dir });
     }
     let claimed = OutputFile::claim(out, force)?;
-    let runs = files.iter().map(|f| Ok((f.display().to_string(), super::summary::load(f)?))).collect::<Result<Vec<_>, HtmlError>>()?;
+    let runs = files
+        .iter()
+        .map(|f| Ok((f.display().to_string(), super::summary::load(f)?)))
+        .collect::<Result<Vec<_>, HtmlError>>()?;
     let page = render(&runs)?;
     match claimed.write_bytes(page.as_bytes())? {
         super::writer::Written::Yes(p) | super::writer::Written::KeptExisting(p) => Ok(p),
@@ -101,7 +104,8 @@ pub fn esc(s: &str) -> String {
 
 /// A run's short name in chart legends: letter, engine, TP degree, file name.
 fn label(i: usize, file: &str, r: &RunReport) -> String {
-    let name = Path::new(file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| file.to_string());
+    let name =
+        Path::new(file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| file.to_string());
     format!("{}: {} TP={} {name}", super::compare::letter(i), engine_name(r), r.config.world_size)
 }
 
@@ -110,7 +114,11 @@ fn engine_name(r: &RunReport) -> String {
 }
 
 fn decode(file: &str, what: &str, s: &HistogramSummary) -> Result<LatencyHistogram, HtmlError> {
-    LatencyHistogram::from_base64(&s.hdr_v2_base64).map_err(|source| HtmlError::Histogram { file: file.to_string(), what: what.to_string(), source })
+    LatencyHistogram::from_base64(&s.hdr_v2_base64).map_err(|source| HtmlError::Histogram {
+        file: file.to_string(),
+        what: what.to_string(),
+        source,
+    })
 }
 
 /// The order the memory phases happen in (`PHASES` is declaration order: `--repeat`'s earlier
@@ -163,7 +171,8 @@ impl Page {
     }
 
     fn figure(&mut self, kind: &str, svg: &str, caption: &str) {
-        let _ = write!(self.html, "<figure data-plot=\"{kind}\">\n{svg}<figcaption>{caption}</figcaption>\n</figure>\n");
+        let _ =
+            write!(self.html, "<figure data-plot=\"{kind}\">\n{svg}<figcaption>{caption}</figcaption>\n</figure>\n");
     }
 
     fn missing(&mut self, kind: &str, sentence: &str) {
@@ -203,7 +212,12 @@ impl Page {
     fn summary_table(&mut self, runs: &[(String, RunReport)]) {
         self.push("<h2 id=\"summary\">Summary</h2>\n<div class=\"wide\"><table>\n<thead><tr><th></th>");
         for (i, _) in runs.iter().enumerate() {
-            let _ = write!(self.html, "<th><span class=\"swatch\" style=\"background:{}\"></span>{}</th>", plot::css(plot::palette(i)), super::compare::letter(i));
+            let _ = write!(
+                self.html,
+                "<th><span class=\"swatch\" style=\"background:{}\"></span>{}</th>",
+                plot::css(plot::palette(i)),
+                super::compare::letter(i)
+            );
         }
         self.push("</tr></thead>\n<tbody>\n");
         type Cell = dyn Fn(&str, &RunReport) -> Option<String>; // (file, its report) → the cell
@@ -217,23 +231,53 @@ impl Page {
             format!("{} / {} / {} / {}", f(d, p.p50), f(d, p.p90), f(d, p.p99), f(d, p.max))
         }
         let rows: Vec<(&str, Box<Cell>)> = vec![
-            ("engine", Box::new(|_, r| Some(r.engine.as_ref().map(|e| format!("{} ({})", e.name, e.kind)).unwrap_or_else(|| r.config.engine.clone())))),
+            (
+                "engine",
+                Box::new(|_, r| {
+                    Some(
+                        r.engine
+                            .as_ref()
+                            .map(|e| format!("{} ({})", e.name, e.kind))
+                            .unwrap_or_else(|| r.config.engine.clone()),
+                    )
+                }),
+            ),
             ("model", Box::new(|_, r| Some(r.config.model.clone()))),
             ("dtype", Box::new(|_, r| Some(r.config.dtype.clone()))),
             ("TP (ranks)", Box::new(|_, r| Some(r.config.world_size.to_string()))),
-            ("GPU", Box::new(|_, r| Some(r.ranks.iter().find_map(|k| k.gpu.as_ref().map(|g| g.name.clone())).unwrap_or_else(|| "no GPU".into())))),
-            ("batch × prompt → generated", Box::new(|_, r| {
-                let prompt = match &r.config.prompts {
-                    crate::workload::PromptSource::Random { tokens_per_prompt, .. } => tokens_per_prompt.to_string(),
-                    crate::workload::PromptSource::File { path } => format!("file {path}"),
-                };
-                Some(format!("{} × {prompt} → {}", r.config.batch, r.config.generated_tokens))
-            })),
+            (
+                "GPU",
+                Box::new(|_, r| {
+                    Some(
+                        r.ranks
+                            .iter()
+                            .find_map(|k| k.gpu.as_ref().map(|g| g.name.clone()))
+                            .unwrap_or_else(|| "no GPU".into()),
+                    )
+                }),
+            ),
+            (
+                "batch × prompt → generated",
+                Box::new(|_, r| {
+                    let prompt = match &r.config.prompts {
+                        crate::workload::PromptSource::Random { tokens_per_prompt, .. } => {
+                            tokens_per_prompt.to_string()
+                        }
+                        crate::workload::PromptSource::File { path } => format!("file {path}"),
+                    };
+                    Some(format!("{} × {prompt} → {}", r.config.batch, r.config.generated_tokens))
+                }),
+            ),
             ("--cupti", Box::new(|_, r| Some(if r.config.cupti { "yes" } else { "no" }.into()))),
             ("state", Box::new(|_, r| Some(super::summary::state_label(&r.status)))),
-            ("warm-up", Box::new(|_, r| {
-                s(r).and_then(|s| s.warmup.as_ref()).map(|w| format!("{:?}, {} run(s)", w.state, w.runs).to_lowercase()).or_else(|| Some(format!("{} run(s)", r.config.warmup)))
-            })),
+            (
+                "warm-up",
+                Box::new(|_, r| {
+                    s(r).and_then(|s| s.warmup.as_ref())
+                        .map(|w| format!("{:?}, {} run(s)", w.state, w.runs).to_lowercase())
+                        .or_else(|| Some(format!("{} run(s)", r.config.warmup)))
+                }),
+            ),
             ("total s", Box::new(|_, r| s(r).map(|s| f(3, s.total_time_s)))),
             ("throughput tok/s", Box::new(|_, r| s(r).map(|s| f(1, s.throughput_tok_s)))),
             ("decode tok/s", Box::new(|_, r| s(r).and_then(|s| s.decode_tok_s).map(|v| f(1, v)))),
@@ -241,17 +285,29 @@ impl Page {
             ("ITL ms p50 / p90 / p99 / max", Box::new(|_, r| s(r).map(|s| pct(&s.itl_ms, 3)))),
             ("ITL p50 ÷ decode floor", Box::new(|_, r| s(r).and_then(|s| s.itl_over_floor).map(|v| f(2, v)))),
             ("device step p50 ms", Box::new(|_, r| s(r).and_then(|s| s.device_step_ms.as_ref()).map(|d| f(3, d.p50)))),
-            ("peak memory per rank GiB", Box::new(|_, r| {
-                if r.ranks.is_empty() {
-                    return None;
-                }
-                let (peaks, source) = super::build::rank_peaks(&r.ranks);
-                let v: Vec<String> = peaks.iter().map(|&b| f(2, b as f64 / GIB)).collect();
-                Some(format!("{} ({})", v.join(" / "), super::summary::source_label(&source)))
-            })),
-            ("CUPTI NCCL % of step per rank", Box::new(|_, r| {
-                r.cupti.as_ref().map(|c| c.nccl_share.iter().map(|x| x.map(|x| f(1, x * 100.0)).unwrap_or_else(|| "—".into())).collect::<Vec<_>>().join(" / "))
-            })),
+            (
+                "peak memory per rank GiB",
+                Box::new(|_, r| {
+                    if r.ranks.is_empty() {
+                        return None;
+                    }
+                    let (peaks, source) = super::build::rank_peaks(&r.ranks);
+                    let v: Vec<String> = peaks.iter().map(|&b| f(2, b as f64 / GIB)).collect();
+                    Some(format!("{} ({})", v.join(" / "), super::summary::source_label(&source)))
+                }),
+            ),
+            (
+                "CUPTI NCCL % of step per rank",
+                Box::new(|_, r| {
+                    r.cupti.as_ref().map(|c| {
+                        c.nccl_share
+                            .iter()
+                            .map(|x| x.map(|x| f(1, x * 100.0)).unwrap_or_else(|| "—".into()))
+                            .collect::<Vec<_>>()
+                            .join(" / ")
+                    })
+                }),
+            ),
             ("engine load s", Box::new(|_, r| s(r).map(|s| f(1, s.engine_load_s)))),
         ];
         for (name, cell) in rows {
@@ -276,7 +332,11 @@ impl Page {
     /// The ITL CDF: every file's merged histogram overlaid, then one chart per file with its ranks.
     fn itl_cdf(&mut self, runs: &[(String, RunReport)]) -> Result<(), HtmlError> {
         self.push("<h2 id=\"itl-cdf\">Inter-token latency: distribution</h2>\n");
-        let mut chart = LineChart::new("ITL CDF, merged over the engine ranks", "inter-token latency, ms (log scale)", "fraction of gaps ≤ x");
+        let mut chart = LineChart::new(
+            "ITL CDF, merged over the engine ranks",
+            "inter-token latency, ms (log scale)",
+            "fraction of gaps ≤ x",
+        );
         chart.x_scale = Scale::Log;
         chart.y_range = Some(0.0..1.02);
         let mut lacking = Vec::new();
@@ -284,7 +344,11 @@ impl Page {
             match r.latency.as_ref().filter(|l| l.decode.count > 0) {
                 Some(l) => {
                     let h = decode(file, "merged decode", &l.decode)?;
-                    chart.lines.push(Line::new(label(i, file, r), plot::palette(i), plot::staircase(&plot::cdf(&h, plot::CDF_POINTS))));
+                    chart.lines.push(Line::new(
+                        label(i, file, r),
+                        plot::palette(i),
+                        plot::staircase(&plot::cdf(&h, plot::CDF_POINTS)),
+                    ));
                 }
                 None => lacking.push(super::compare::letter(i)),
             }
@@ -300,17 +364,29 @@ impl Page {
             self.missing("itl-cdf", &format!("{}: no inter-token gaps in the JSON (no merged decode histogram, or fewer than two tokens per sample): no ITL CDF.", lacking.join(", ")));
         }
         for (i, (file, r)) in runs.iter().enumerate() {
-            let ranks: Vec<&RankReport> = r.ranks.iter().filter(|k| k.role == Role::Engine && k.decode.count > 0).collect();
+            let ranks: Vec<&RankReport> =
+                r.ranks.iter().filter(|k| k.role == Role::Engine && k.decode.count > 0).collect();
             if ranks.is_empty() {
-                self.missing("itl-cdf-ranks", &format!("{}: no rank has inter-token gaps: no per-rank ITL CDF.", super::compare::letter(i)));
+                self.missing(
+                    "itl-cdf-ranks",
+                    &format!("{}: no rank has inter-token gaps: no per-rank ITL CDF.", super::compare::letter(i)),
+                );
                 continue;
             }
-            let mut chart = LineChart::new(format!("ITL CDF per rank — {}", label(i, file, r)), "inter-token latency, ms (log scale)", "fraction of gaps ≤ x");
+            let mut chart = LineChart::new(
+                format!("ITL CDF per rank — {}", label(i, file, r)),
+                "inter-token latency, ms (log scale)",
+                "fraction of gaps ≤ x",
+            );
             chart.x_scale = Scale::Log;
             chart.y_range = Some(0.0..1.02);
             for k in &ranks {
                 let h = decode(file, &format!("rank {} decode", k.rank), &k.decode)?;
-                let mut line = Line::new(format!("rank {} ({} gaps)", k.rank, k.decode.count), plot::palette(k.rank as usize), plot::staircase(&plot::cdf(&h, plot::CDF_POINTS)));
+                let mut line = Line::new(
+                    format!("rank {} ({} gaps)", k.rank, k.decode.count),
+                    plot::palette(k.rank as usize),
+                    plot::staircase(&plot::cdf(&h, plot::CDF_POINTS)),
+                );
                 line.width = 2;
                 chart.lines.push(line);
             }
@@ -332,13 +408,21 @@ impl Page {
 
     fn itl_by_position(&mut self, runs: &[(String, RunReport)]) -> Result<(), HtmlError> {
         self.push("<h2 id=\"itl-position\">Inter-token latency against position in the decode</h2>\n");
-        let mut chart = LineChart::new("ITL p50 by tenth of the decode steps (rank 0)", "tenth of the decode steps (1 = first, 10 = last)", "ITL p50, ms");
+        let mut chart = LineChart::new(
+            "ITL p50 by tenth of the decode steps (rank 0)",
+            "tenth of the decode steps (1 = first, 10 = last)",
+            "ITL p50, ms",
+        );
         chart.legend = plot::LegendAt::LowerRight;
         let mut lacking = Vec::new();
         for (i, (file, r)) in runs.iter().enumerate() {
             match r.summary.as_ref().and_then(|s| s.itl_p50_by_tenth_ms.as_ref()).filter(|t| !t.is_empty()) {
                 Some(t) => {
-                    let mut line = Line::new(label(i, file, r), plot::palette(i), t.iter().enumerate().map(|(k, v)| ((k + 1) as f64, *v)).collect());
+                    let mut line = Line::new(
+                        label(i, file, r),
+                        plot::palette(i),
+                        t.iter().enumerate().map(|(k, v)| ((k + 1) as f64, *v)).collect(),
+                    );
                     line.dots = true;
                     chart.lines.push(line);
                 }
@@ -366,7 +450,8 @@ impl Page {
         let mut chart = LineChart::new("TTFT per sample", "sample (request) index", "TTFT, ms");
         let mut lacking = Vec::new();
         for (i, (file, r)) in runs.iter().enumerate() {
-            let points: Vec<(f64, f64)> = r.samples.iter().filter_map(|s| s.ttft_ms.map(|t| (s.index as f64, t))).collect();
+            let points: Vec<(f64, f64)> =
+                r.samples.iter().filter_map(|s| s.ttft_ms.map(|t| (s.index as f64, t))).collect();
             if points.is_empty() {
                 lacking.push(super::compare::letter(i));
                 continue;
@@ -379,7 +464,10 @@ impl Page {
             self.figure("ttft", &chart.svg()?, "Each sample's time to first token, submit to its first token on rank 0's clock (<code>samples[].ttft_ms</code>); a batch is submitted together.");
         }
         if !lacking.is_empty() {
-            self.missing("ttft", &format!("{}: no sample has a first token in the JSON: no TTFT chart.", lacking.join(", ")));
+            self.missing(
+                "ttft",
+                &format!("{}: no sample has a first token in the JSON: no TTFT chart.", lacking.join(", ")),
+            );
         }
         Ok(())
     }
@@ -388,14 +476,25 @@ impl Page {
         self.push("<h2 id=\"memory\">Memory per rank over time</h2>\n");
         for (i, (file, r)) in runs.iter().enumerate() {
             let letter = super::compare::letter(i);
-            let with_timeline: Vec<&RankReport> = r.ranks.iter().filter(|k| !k.memory.timeline.t_s.is_empty()).collect();
+            let with_timeline: Vec<&RankReport> =
+                r.ranks.iter().filter(|k| !k.memory.timeline.t_s.is_empty()).collect();
             if with_timeline.is_empty() {
-                self.missing("memory", &format!("{letter}: no memory timeline in the JSON (no ranks, or no readings): no memory chart."));
+                self.missing(
+                    "memory",
+                    &format!("{letter}: no memory timeline in the JSON (no ranks, or no readings): no memory chart."),
+                );
                 continue;
             }
             // GPU memory where every rank has a full GPU timeline, else every rank's host RSS.
-            let gpu = with_timeline.iter().all(|k| matches!(k.memory.gpu, GpuMemory::Measured { .. }) && k.memory.timeline.gpu_job_bytes.len() == k.memory.timeline.t_s.len());
-            let what = if gpu { "GPU memory of the job's processes (NVML)" } else { "host memory (RSS): no GPU memory measured" };
+            let gpu = with_timeline.iter().all(|k| {
+                matches!(k.memory.gpu, GpuMemory::Measured { .. })
+                    && k.memory.timeline.gpu_job_bytes.len() == k.memory.timeline.t_s.len()
+            });
+            let what = if gpu {
+                "GPU memory of the job's processes (NVML)"
+            } else {
+                "host memory (RSS): no GPU memory measured"
+            };
             let mut chart = LineChart::new(format!("{letter}: {what}"), "seconds since the run's start", "GiB");
             chart.legend = plot::LegendAt::LowerRight;
             for k in &with_timeline {
@@ -407,7 +506,11 @@ impl Page {
                     _ => k.memory.host.peak_rss,
                 };
                 let c = plot::palette(k.rank as usize);
-                chart.lines.push(Line::new(format!("rank {}: peak {:.2} GiB at {:.1} s", k.rank, peak.bytes as f64 / GIB, peak.at_s), c, plot::thin(points, 500)));
+                chart.lines.push(Line::new(
+                    format!("rank {}: peak {:.2} GiB at {:.1} s", k.rank, peak.bytes as f64 / GIB, peak.at_s),
+                    c,
+                    plot::thin(points, 500),
+                ));
                 chart.marks.push(Mark { x: peak.at_s, y: peak.bytes as f64 / GIB, color: c });
             }
             let first = with_timeline[0];
@@ -441,10 +544,19 @@ impl Page {
         ];
         for (i, (file, r)) in runs.iter().enumerate() {
             let letter = super::compare::letter(i);
-            let devices: Vec<(i32, &DeviceActivity)> =
-                r.ranks.iter().flat_map(|k| k.cupti.iter().flat_map(|c| c.devices.iter()).filter(|d| d.steps > 0).map(move |d| (k.rank, d))).collect();
+            let devices: Vec<(i32, &DeviceActivity)> = r
+                .ranks
+                .iter()
+                .flat_map(|k| {
+                    k.cupti.iter().flat_map(|c| c.devices.iter()).filter(|d| d.steps > 0).map(move |d| (k.rank, d))
+                })
+                .collect();
             if devices.is_empty() {
-                let why = if r.config.cupti { "the run had --cupti but recorded no decode steps" } else { "the run was made without --cupti" };
+                let why = if r.config.cupti {
+                    "the run had --cupti but recorded no decode steps"
+                } else {
+                    "the run was made without --cupti"
+                };
                 self.missing("cupti", &format!("{letter}: no CUPTI data ({why}): no per-step GPU time chart."));
                 continue;
             }
@@ -454,11 +566,23 @@ impl Page {
                 y_desc: "ms per decode step".into(),
                 groups: devices.iter().map(|(rank, d)| format!("rank {rank} GPU{}", d.device)).collect(),
                 kinds: kinds.iter().map(|(n, c, _)| (n.to_string(), *c)).collect(),
-                values: devices.iter().map(|(_, d)| kinds.iter().map(|(_, _, get)| get(d).as_ref().map(|h| (ms(h.p50_ns), ms(h.p90_ns)))).collect()).collect(),
+                values: devices
+                    .iter()
+                    .map(|(_, d)| {
+                        kinds.iter().map(|(_, _, get)| get(d).as_ref().map(|h| (ms(h.p50_ns), ms(h.p90_ns)))).collect()
+                    })
+                    .collect(),
             };
             let shares: Vec<String> = devices
                 .iter()
-                .map(|(rank, d)| format!("rank {rank}: busy {:.0} %, NCCL {:.0} %, {:.0} kernels/step", d.busy_share * 100.0, d.nccl_share * 100.0, d.kernels_per_step_mean))
+                .map(|(rank, d)| {
+                    format!(
+                        "rank {rank}: busy {:.0} %, NCCL {:.0} %, {:.0} kernels/step",
+                        d.busy_share * 100.0,
+                        d.nccl_share * 100.0,
+                        d.kernels_per_step_mean
+                    )
+                })
                 .collect();
             self.figure(
                 "cupti",
@@ -507,9 +631,14 @@ mod tests {
     /// and a sentence for each chart a JSON lacks the data for.
     #[test]
     fn one_svg_per_expected_plot() {
-        let runs = [committed("qwen2.5-32b_fp16_tp1_10k-800_default.json"), committed("qwen2.5-32b_fp16_tp4_10k-800_cupti.json")];
+        let runs = [
+            committed("qwen2.5-32b_fp16_tp1_10k-800_default.json"),
+            committed("qwen2.5-32b_fp16_tp4_10k-800_cupti.json"),
+        ];
         let page = render(&runs).unwrap();
-        for (kind, n) in [("itl-cdf", 1), ("itl-cdf-ranks", 2), ("itl-position", 0), ("ttft", 1), ("memory", 2), ("cupti", 1)] {
+        for (kind, n) in
+            [("itl-cdf", 1), ("itl-cdf-ranks", 2), ("itl-position", 0), ("ttft", 1), ("memory", 2), ("cupti", 1)]
+        {
             assert_eq!(count(&page, &format!("<figure data-plot=\"{kind}\">")), n, "{kind}");
         }
         assert_eq!(count(&page, "<svg"), 7);
@@ -558,9 +687,13 @@ mod tests {
     /// Nothing in the page reaches outside it: no URL, no external script, style, font or image.
     #[test]
     fn the_page_is_self_contained() {
-        let runs = [committed("qwen2.5-32b_fp16_tp2_10k-800_default.json"), committed("qwen2.5-32b_fp16_tp2_10k-800_cupti.json")];
+        let runs = [
+            committed("qwen2.5-32b_fp16_tp2_10k-800_default.json"),
+            committed("qwen2.5-32b_fp16_tp2_10k-800_cupti.json"),
+        ];
         let page = render(&runs).unwrap();
-        for needle in ["http://", "https://", "src=", "href=", "url(", "@import", "<script", "<link", "<img", "<iframe"] {
+        for needle in ["http://", "https://", "src=", "href=", "url(", "@import", "<script", "<link", "<img", "<iframe"]
+        {
             assert!(!page.contains(needle), "the page contains {needle:?}");
         }
         assert!(page.starts_with("<!DOCTYPE html>") && page.trim_end().ends_with("</html>"));
@@ -583,9 +716,22 @@ mod tests {
         m.timeline = Timeline { t_s: (0..10).map(f64::from).collect(), stride: 2, ..Default::default() };
         let pp = |phase: &str, samples: u64| PhasePeak { phase: phase.into(), bytes: Some(1), samples };
         // In PHASES (declaration) order, as the JSON lists them; `generate` (--repeat) ran before prefill.
-        m.phase_peaks = vec![pp("engine_load", 4), pp("prepare", 6), pp("prefill", 2), pp("decode", 6), pp("generate", 2), pp("finish", 0)];
+        m.phase_peaks = vec![
+            pp("engine_load", 4),
+            pp("prepare", 6),
+            pp("prefill", 2),
+            pp("decode", 6),
+            pp("generate", 2),
+            pp("finish", 0),
+        ];
         let spans = phase_spans(&m);
-        let expect = [("engine_load", 0.0, 2.0), ("prepare", 2.0, 5.0), ("generate", 5.0, 6.0), ("prefill", 6.0, 7.0), ("decode", 7.0, 9.0)];
+        let expect = [
+            ("engine_load", 0.0, 2.0),
+            ("prepare", 2.0, 5.0),
+            ("generate", 5.0, 6.0),
+            ("prefill", 6.0, 7.0),
+            ("decode", 7.0, 9.0),
+        ];
         assert_eq!(spans.len(), expect.len(), "{spans:?}");
         for ((n, a, b), (en, ea, eb)) in spans.iter().zip(expect) {
             assert_eq!((n.as_str(), *a, *b), (en, ea, eb));
@@ -597,7 +743,10 @@ mod tests {
     #[test]
     fn bad_output_paths_are_refused_before_any_work() {
         let dir = tempfile::tempdir().unwrap();
-        let good = [PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/results/h200/tp-scaling-x4/qwen2.5-32b_fp16_tp1_10k-800_default.json"))];
+        let good = [PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/results/h200/tp-scaling-x4/qwen2.5-32b_fp16_tp1_10k-800_default.json"
+        ))];
         let e = write_report(&good, &dir.path().join("no/such/dir/r.html"), false).unwrap_err();
         assert!(matches!(e, HtmlError::NoDir { .. }) && e.to_string().contains("create it first"), "{e}");
         let e = write_report(&good, dir.path(), false).unwrap_err();
@@ -607,7 +756,12 @@ mod tests {
         let e = write_report(&good, &out, false).unwrap_err();
         assert!(matches!(e, HtmlError::Exists(_)) && e.to_string().contains("--force"), "{e}");
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "earlier", "left as it was");
-        let e = write_report(&[PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))], &dir.path().join("x.html"), false).unwrap_err();
+        let e = write_report(
+            &[PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))],
+            &dir.path().join("x.html"),
+            false,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("is not a tpprof result JSON"), "{e}");
         assert!(!dir.path().join("x.html").exists(), "nothing written for bad input");
         assert_eq!(write_report(&good, &out, true).unwrap(), out);

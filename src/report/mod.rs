@@ -16,8 +16,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineInfo, EngineMemory, FinishReason, Topology};
-use crate::observe::gpu::GpuInfo;
 use crate::observe::cupti::{CuptiReport, CuptiSummary};
+use crate::observe::gpu::GpuInfo;
 use crate::observe::memory::MemoryReport;
 use crate::record::histogram::{HistogramSummary, PercentilesMs};
 use crate::workload::PromptSource;

@@ -72,7 +72,8 @@ pub fn cdf(h: &LatencyHistogram, max_points: usize) -> Vec<(f64, f64)> {
     let mut out: Vec<(f64, f64)> = Vec::new();
     let mut seen = 0u64;
     let mut last_kept = f64::NEG_INFINITY;
-    let buckets: Vec<_> = hist.iter_recorded().map(|v| (v.value_iterated_to(), v.count_since_last_iteration())).collect();
+    let buckets: Vec<_> =
+        hist.iter_recorded().map(|v| (v.value_iterated_to(), v.count_since_last_iteration())).collect();
     for (i, (value, count)) in buckets.iter().enumerate() {
         seen += count;
         let fraction = seen as f64 / total as f64;
@@ -210,10 +211,22 @@ impl LineChart {
 
     /// The x and y extent of the data (lines, bands, marks), padded so nothing sits on the frame.
     fn extent(&self) -> (Range<f64>, Range<f64>) {
-        let xs = self.lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)).chain(self.bands.iter().flat_map(|b| [b.x0, b.x1])).chain(self.marks.iter().map(|m| m.x));
+        let xs = self
+            .lines
+            .iter()
+            .flat_map(|l| l.points.iter().map(|p| p.0))
+            .chain(self.bands.iter().flat_map(|b| [b.x0, b.x1]))
+            .chain(self.marks.iter().map(|m| m.x));
         let xs: Vec<f64> = xs.filter(|x| x.is_finite() && (self.x_scale == Scale::Linear || *x > 0.0)).collect();
-        let ys: Vec<f64> = self.lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)).chain(self.marks.iter().map(|m| m.y)).filter(|y| y.is_finite()).collect();
-        let (mut x0, mut x1) = (xs.iter().copied().fold(f64::INFINITY, f64::min), xs.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+        let ys: Vec<f64> = self
+            .lines
+            .iter()
+            .flat_map(|l| l.points.iter().map(|p| p.1))
+            .chain(self.marks.iter().map(|m| m.y))
+            .filter(|y| y.is_finite())
+            .collect();
+        let (mut x0, mut x1) =
+            (xs.iter().copied().fold(f64::INFINITY, f64::min), xs.iter().copied().fold(f64::NEG_INFINITY, f64::max));
         if !x0.is_finite() {
             (x0, x1) = if self.x_scale == Scale::Log { (0.1, 10.0) } else { (0.0, 1.0) };
         }
@@ -274,7 +287,10 @@ impl LineChart {
             for b in &self.bands {
                 let c = color(b.color);
                 chart
-                    .draw_series(std::iter::once(Rectangle::new([(b.x0, y.start), (b.x1, y.end)], c.mix(0.14).filled())))?
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(b.x0, y.start), (b.x1, y.end)],
+                        c.mix(0.14).filled(),
+                    )))?
                     .label(&b.label)
                     .legend(move |(px, py)| Rectangle::new([(px, py - 5), (px + 16, py + 5)], c.mix(0.3).filled()));
             }
@@ -287,7 +303,9 @@ impl LineChart {
                     chart.draw_series(LineSeries::new(l.points.iter().copied(), style))?
                 };
                 if !l.label.is_empty() {
-                    series.label(&l.label).legend(move |(px, py)| PathElement::new(vec![(px, py), (px + 16, py)], c.stroke_width(3)));
+                    series
+                        .label(&l.label)
+                        .legend(move |(px, py)| PathElement::new(vec![(px, py), (px + 16, py)], c.stroke_width(3)));
                 }
                 if l.dots {
                     chart.draw_series(l.points.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
@@ -349,7 +367,11 @@ impl BarChart {
                 .x_labels(n)
                 .x_label_formatter(&|v| {
                     let i = v.round();
-                    if (v - i).abs() < 1e-6 && i >= 0.0 { groups.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+                    if (v - i).abs() < 1e-6 && i >= 0.0 {
+                        groups.get(i as usize).cloned().unwrap_or_default()
+                    } else {
+                        String::new()
+                    }
                 })
                 .y_desc(&self.y_desc)
                 .y_label_formatter(&|v| number(*v))
@@ -366,7 +388,10 @@ impl BarChart {
                     let x0 = g as f64 - 0.4 + j as f64 * width;
                     Some(Rectangle::new([(x0 + width * 0.08, 0.0), (x0 + width * 0.92, v)], c.filled()))
                 });
-                chart.draw_series(bars)?.label(name).legend(move |(px, py)| Rectangle::new([(px, py - 5), (px + 12, py + 5)], c.filled()));
+                chart
+                    .draw_series(bars)?
+                    .label(name)
+                    .legend(move |(px, py)| Rectangle::new([(px, py - 5), (px + 12, py + 5)], c.filled()));
                 let whiskers = self.values.iter().enumerate().filter_map(|(g, row)| {
                     let (v, w) = row.get(j).copied().flatten()?;
                     let mid = g as f64 - 0.4 + (j as f64 + 0.5) * width;
@@ -403,7 +428,11 @@ pub fn number(v: f64) -> String {
     } else {
         format!("{v:.1e}")
     };
-    if s.contains('.') && !s.contains('e') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+    if s.contains('.') && !s.contains('e') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
 }
 
 /// plotters' standalone SVG document as an element inside HTML: the XML namespace is implied there

@@ -55,7 +55,11 @@ struct Unwrapped;
 impl Transform for Unwrapped {
     fn transform(&mut self, schema: &mut Schema) {
         if let Some(serde_json::Value::String(d)) = schema.get_mut("description") {
-            *d = d.split("\n\n").map(|p| p.split('\n').map(str::trim).collect::<Vec<_>>().join(" ")).collect::<Vec<_>>().join("\n\n");
+            *d = d
+                .split("\n\n")
+                .map(|p| p.split('\n').map(str::trim).collect::<Vec<_>>().join(" "))
+                .collect::<Vec<_>>()
+                .join("\n\n");
         }
         transform_subschemas(self, schema);
     }

@@ -21,7 +21,8 @@ pub fn load(path: &std::path::Path) -> Result<RunReport, LoadError> {
         return Err(LoadError::TooLarge { path: path_buf(), bytes: meta.len() });
     }
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path_buf(), source })?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| LoadError::NotJson { path: path_buf(), source })?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| LoadError::NotJson { path: path_buf(), source })?;
     match value.get("schema").and_then(|s| s.as_str()) {
         Some(SCHEMA) => {}
         Some(other) => return Err(LoadError::Schema { path: path_buf(), found: other.to_string() }),
@@ -57,14 +58,19 @@ pub fn parse_percentiles(spec: &str) -> Result<Vec<f64>, PercentilesError> {
 pub fn render_percentiles(file: &str, r: &RunReport, percents: &[f64]) -> Result<String, PercentilesError> {
     use crate::record::histogram::LatencyHistogram;
     let decode = |what: &'static str, s: &HistogramSummary| {
-        LatencyHistogram::from_base64(&s.hdr_v2_base64).map_err(|source| PercentilesError::Histogram { file: file.to_string(), what, source })
+        LatencyHistogram::from_base64(&s.hdr_v2_base64).map_err(|source| PercentilesError::Histogram {
+            file: file.to_string(),
+            what,
+            source,
+        })
     };
     let mut out = String::new();
     let heads: Vec<String> = percents.iter().map(|p| format!("p{p}")).collect();
     let _ = writeln!(out, "chosen percentiles, ms");
     let _ = writeln!(out, "  {:<14} {}", "", heads.iter().map(|h| format!("{h:>10}")).collect::<Vec<_>>().join(""));
     let mut row = |name: String, h: &LatencyHistogram| {
-        let cells: String = percents.iter().map(|p| format!("{:>10.3}", h.at_quantile(p / 100.0) as f64 / 1e6)).collect();
+        let cells: String =
+            percents.iter().map(|p| format!("{:>10.3}", h.at_quantile(p / 100.0) as f64 / 1e6)).collect();
         let _ = writeln!(out, "  {name:<14} {cells}   (n = {})", h.count());
     };
     if let Some(l) = &r.latency {
@@ -143,40 +149,92 @@ pub fn render(r: &RunReport) -> String {
             s.generated_tokens, s.requested_tokens, s.prompt_tokens, s.total_time_s, s.throughput_tok_s
         );
         let opt = |v: Option<f64>| v.map(|x| format!("{x:.1} tok/s")).unwrap_or_else(|| "n/a".into());
-        let _ = writeln!(out, "prefill {}, decode {}, engine load {:.3} s", opt(s.prefill_tok_s), opt(s.decode_tok_s), s.engine_load_s);
-        let _ = writeln!(out, "  {:<6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}", "ms", "min", "p50", "p90", "p95", "p99", "p99.9", "max", "mean", "std", "count");
+        let _ = writeln!(
+            out,
+            "prefill {}, decode {}, engine load {:.3} s",
+            opt(s.prefill_tok_s),
+            opt(s.decode_tok_s),
+            s.engine_load_s
+        );
+        let _ = writeln!(
+            out,
+            "  {:<6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "ms", "min", "p50", "p90", "p95", "p99", "p99.9", "max", "mean", "std", "count"
+        );
         row(&mut out, "TTFT", &s.ttft_ms);
         row(&mut out, "ITL", &s.itl_ms);
         let engine_ranks = r.ranks.iter().filter(|k| k.role == Role::Engine).count();
-        let _ = writeln!(out, "  (counts: {} request(s), TTFT and ITL per rank merged over {engine_ranks} engine rank(s))", r.samples.len());
+        let _ = writeln!(
+            out,
+            "  (counts: {} request(s), TTFT and ITL per rank merged over {engine_ranks} engine rank(s))",
+            r.samples.len()
+        );
         if let Some(line) = per_request_line(&r.samples) {
             let _ = writeln!(out, "{line}");
         }
         if let Some(rp) = &s.repeat {
-            let f = |name: &str, sp: &Option<Spread>, unit: &str| sp.as_ref().map(|x| format!("{name} {:.3} / {:.3} / {:.3} {unit}", x.min, x.median, x.max));
-            let parts: Vec<String> = [f("ITL p50", &rp.itl_p50_ms, "ms"), f("TTFT p50", &rp.ttft_p50_ms, "ms"), f("wall", &rp.wall_s, "s")].into_iter().flatten().collect();
-            let _ = writeln!(out, "repeat: {} measured runs (rank 0), min / median / max: {}", rp.runs, parts.join("; "));
+            let f = |name: &str, sp: &Option<Spread>, unit: &str| {
+                sp.as_ref().map(|x| format!("{name} {:.3} / {:.3} / {:.3} {unit}", x.min, x.median, x.max))
+            };
+            let parts: Vec<String> =
+                [f("ITL p50", &rp.itl_p50_ms, "ms"), f("TTFT p50", &rp.ttft_p50_ms, "ms"), f("wall", &rp.wall_s, "s")]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+            let _ =
+                writeln!(out, "repeat: {} measured runs (rank 0), min / median / max: {}", rp.runs, parts.join("; "));
         }
         if let Some(g) = &s.goodput {
             let b = |name: &str, v: Option<f64>| v.map(|v| format!("{name} ≤ {v} ms"));
-            let bounds: Vec<String> = [b("TTFT", g.slo.ttft_ms), b("TPOT", g.slo.tpot_ms), b("every ITL", g.slo.itl_ms), b("e2e", g.slo.e2e_ms)].into_iter().flatten().collect();
-            let _ = writeln!(out, "goodput: {}/{} requests ({:.1} %) within {}; {:.3} requests/s", g.met, g.requests, g.share_pct, bounds.join(", "), g.requests_per_s);
+            let bounds: Vec<String> = [
+                b("TTFT", g.slo.ttft_ms),
+                b("TPOT", g.slo.tpot_ms),
+                b("every ITL", g.slo.itl_ms),
+                b("e2e", g.slo.e2e_ms),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let _ = writeln!(
+                out,
+                "goodput: {}/{} requests ({:.1} %) within {}; {:.3} requests/s",
+                g.met,
+                g.requests,
+                g.share_pct,
+                bounds.join(", "),
+                g.requests_per_s
+            );
         }
         if let Some(t) = s.itl_p50_by_tenth_ms.as_ref().filter(|t| t.len() >= 2) {
             let (first, last) = (t[0], t[t.len() - 1]);
-            let growth = if first > 0.0 { format!(" (last {} {:+.1} % against the first)", if t.len() == 10 { "tenth" } else { "part" }, (last - first) / first * 100.0) } else { String::new() };
+            let growth = if first > 0.0 {
+                format!(
+                    " (last {} {:+.1} % against the first)",
+                    if t.len() == 10 { "tenth" } else { "part" },
+                    (last - first) / first * 100.0
+                )
+            } else {
+                String::new()
+            };
             let v: Vec<String> = t.iter().map(|x| format!("{x:.3}")).collect();
             let _ = writeln!(out, "ITL p50 by tenth of the decode steps (rank 0), ms: {}{growth}", v.join(" "));
         }
     }
     if let Some(w) = r.summary.as_ref().and_then(|s| s.warmup.as_ref()) {
         let _ = writeln!(out, "{}", warmup_line(w, r.config.warmup_tolerance_pct.unwrap_or(5.0)));
-        for warning in r.summary.as_ref().and_then(|s| s.stationarity.as_ref()).map(|s| s.warnings.as_slice()).unwrap_or(&[]) {
+        for warning in
+            r.summary.as_ref().and_then(|s| s.stationarity.as_ref()).map(|s| s.warnings.as_slice()).unwrap_or(&[])
+        {
             let _ = writeln!(out, "warning: not stationary: {warning}");
         }
     } else if let Some(k) = r.ranks.first().filter(|k| !k.timing.warmup_s.is_empty()) {
         let times: Vec<String> = k.timing.warmup_s.iter().map(|s| format!("{s:.3}")).collect();
-        let _ = writeln!(out, "warm-up: {} unmeasured run(s) of the workload before the clock, rank 0: {} s", times.len(), times.join(" / "));
+        let _ = writeln!(
+            out,
+            "warm-up: {} unmeasured run(s) of the workload before the clock, rank 0: {} s",
+            times.len(),
+            times.join(" / ")
+        );
     }
     if let Some(k) = &r.skew {
         let _ = writeln!(
@@ -190,20 +248,32 @@ pub fn render(r: &RunReport) -> String {
         );
     }
     if let Some(c) = &r.cupti {
-        let pct = |v: &[Option<f64>]| v.iter().map(|x| x.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "-".into())).collect::<Vec<_>>().join(" / ");
+        let pct = |v: &[Option<f64>]| {
+            v.iter()
+                .map(|x| x.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "-".into()))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
         let _ = writeln!(out, "CUPTI participants: {}", c.participants.join(", "));
         let waited = if c.waited_for_steps.len() > 1 && c.steps > 0 {
             format!("; waited for (least NCCL): {:?} of {} steps ({} tied)", c.waited_for_steps, c.steps, c.tied_steps)
         } else {
             String::new()
         };
-        let _ = writeln!(out, "CUPTI, decode steps: GPU busy {}, NCCL {} of step time{waited}", pct(&c.busy_share), pct(&c.nccl_share));
+        let _ = writeln!(
+            out,
+            "CUPTI, decode steps: GPU busy {}, NCCL {} of step time{waited}",
+            pct(&c.busy_share),
+            pct(&c.nccl_share)
+        );
         for k in &r.ranks {
             if let Some(c) = k.cupti.as_ref().filter(|c| c.dropped > 0) {
                 let _ = writeln!(out, "  WARNING rank {}: CUPTI dropped {} kernel records (buffers full): its busy/NCCL figures are too low", k.rank, c.dropped);
             }
             for d in k.cupti.iter().flat_map(|c| &c.devices) {
-                let p50 = |h: &Option<crate::record::histogram::HistogramSummary>| h.as_ref().map(|h| format!("{:.3}", h.p50_ns as f64 / 1e6)).unwrap_or_else(|| "-".into());
+                let p50 = |h: &Option<crate::record::histogram::HistogramSummary>| {
+                    h.as_ref().map(|h| format!("{:.3}", h.p50_ns as f64 / 1e6)).unwrap_or_else(|| "-".into())
+                };
                 let _ = writeln!(
                     out,
                     "  rank {} GPU{}: per step p50 busy {} ms, NCCL {} ms, compute {} ms, idle {} ms; {:.0} kernels/step; top: {}",
@@ -220,10 +290,15 @@ pub fn render(r: &RunReport) -> String {
         }
     }
     if !r.ranks.is_empty() {
-        let _ = writeln!(out, "  {:<5} {:<16} {:<9} {:<24} {:>10} {:>10} {:>10}", "rank", "host", "role", "device", "peak GiB", "ITL p50", "ITL p99");
+        let _ = writeln!(
+            out,
+            "  {:<5} {:<16} {:<9} {:<24} {:>10} {:>10} {:>10}",
+            "rank", "host", "role", "device", "peak GiB", "ITL p50", "ITL p99"
+        );
         let (peaks, source) = super::build::rank_peaks(&r.ranks);
         for (k, &peak) in r.ranks.iter().zip(&peaks) {
-            let device = k.gpu.as_ref().map(|g| format!("GPU{} {}", g.ordinal, g.name)).unwrap_or_else(|| "no GPU".into());
+            let device =
+                k.gpu.as_ref().map(|g| format!("GPU{} {}", g.ordinal, g.name)).unwrap_or_else(|| "no GPU".into());
             let src = source_label(&source);
             let peak = peak as f64 / GIB;
             let _ = writeln!(
@@ -261,7 +336,11 @@ pub(super) fn source_label(source: &MemorySource) -> &'static str {
 }
 
 fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_string() } else { s.chars().take(n - 1).collect::<String>() + "…" }
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n - 1).collect::<String>() + "…"
+    }
 }
 
 /// One line on what the measured run stands on: warmed up to a steady state, or not, with the

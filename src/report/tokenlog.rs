@@ -26,7 +26,12 @@ pub const HEADER: &str = "rank,sample,step,token,t_ns,itl_ns,device_start_ns,dev
 /// `device_*_ns`: the decode step on the device, same clock and origin (empty where unknown).
 /// `offsets[r]`: rank r's clock minus rank 0's (ns).
 pub fn csv(parts: &[RankTokens], offsets: &[i64]) -> String {
-    let origin = parts.iter().find(|p| p.rank == 0).or(parts.first()).map(|p| p.epoch_mono_ns as i128 + p.submit_ns as i128).unwrap_or(0);
+    let origin = parts
+        .iter()
+        .find(|p| p.rank == 0)
+        .or(parts.first())
+        .map(|p| p.epoch_mono_ns as i128 + p.submit_ns as i128)
+        .unwrap_or(0);
     let mut out = String::with_capacity(64 * parts.iter().map(|p| p.tokens.len()).sum::<usize>() + HEADER.len() + 1);
     out.push_str(HEADER);
     out.push('\n');
@@ -43,7 +48,9 @@ pub fn csv(parts: &[RankTokens], offsets: &[i64]) -> String {
             };
             prev = Some((sample, t));
             let device = (step as usize).checked_sub(1).and_then(|i| p.device_steps.get(i));
-            let (ds, de) = device.map(|&(a, b)| (on_rank0(a as i128).to_string(), on_rank0(b as i128).to_string())).unwrap_or_default();
+            let (ds, de) = device
+                .map(|&(a, b)| (on_rank0(a as i128).to_string(), on_rank0(b as i128).to_string()))
+                .unwrap_or_default();
             let t0 = on_rank0(p.epoch_mono_ns as i128 + t as i128);
             out.push_str(&format!("{},{sample},{step},{token},{t0},{itl},{ds},{de}\n", p.rank));
         }
@@ -59,8 +66,20 @@ mod tests {
     /// tokens land where they happened on rank 0's clock.
     #[test]
     fn rows_are_on_rank_zeros_clock_from_its_submit() {
-        let r0 = RankTokens { rank: 0, epoch_mono_ns: 1_000_000, submit_ns: 100, tokens: vec![(0, 1, 7, 3_100), (0, 0, 5, 2_100)], device_steps: vec![(1_002_500, 1_003_000)] };
-        let r1 = RankTokens { rank: 1, epoch_mono_ns: 1_510_000, submit_ns: 0, tokens: vec![(0, 0, 5, 0)], device_steps: vec![] };
+        let r0 = RankTokens {
+            rank: 0,
+            epoch_mono_ns: 1_000_000,
+            submit_ns: 100,
+            tokens: vec![(0, 1, 7, 3_100), (0, 0, 5, 2_100)],
+            device_steps: vec![(1_002_500, 1_003_000)],
+        };
+        let r1 = RankTokens {
+            rank: 1,
+            epoch_mono_ns: 1_510_000,
+            submit_ns: 0,
+            tokens: vec![(0, 0, 5, 0)],
+            device_steps: vec![],
+        };
         let text = csv(&[r0, r1], &[0, 10_000]);
         let rows: Vec<&str> = text.lines().collect();
         assert_eq!(rows[0], HEADER);

@@ -41,7 +41,9 @@ pub fn build(traces: &[RankTrace], offsets: &[i64]) -> Value {
         ev.push(json!({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": t.label}}));
         ev.push(json!({"ph": "M", "name": "process_sort_index", "pid": pid, "args": {"sort_index": pid}}));
         ev.push(json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": 1, "args": {"name": "tokens (host)"}}));
-        ev.push(json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": 2, "args": {"name": "decode steps (device)"}}));
+        ev.push(
+            json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": 2, "args": {"name": "decode steps (device)"}}),
+        );
         for &(sample, step, token, ns) in &t.tokens {
             ev.push(json!({"ph": "i", "s": "t", "name": "token", "pid": pid, "tid": 1,
                            "ts": us(t.epoch_mono_ns as i128 + ns as i128), "args": {"sample": sample, "step": step, "id": token}}));
@@ -84,7 +86,13 @@ mod tests {
 
     #[test]
     fn ranks_land_on_rank_0s_clock() {
-        let r0 = RankTrace { rank: 0, label: "rank 0".into(), epoch_mono_ns: 1_000_000, tokens: vec![(0, 0, 5, 2_000)], ..Default::default() };
+        let r0 = RankTrace {
+            rank: 0,
+            label: "rank 0".into(),
+            epoch_mono_ns: 1_000_000,
+            tokens: vec![(0, 0, 5, 2_000)],
+            ..Default::default()
+        };
         // Rank 1's clock is 500 µs ahead and its epoch 10 µs later in real time.
         let r1 = RankTrace {
             rank: 1,
@@ -92,7 +100,13 @@ mod tests {
             epoch_mono_ns: 1_000_000 + 500_000 + 10_000,
             tokens: vec![(0, 0, 5, 2_000)],
             device_steps: vec![(1_000_000 + 500_000 + 20_000, 1_000_000 + 500_000 + 28_000)],
-            memory: Timeline { t_s: vec![0.0], rss_bytes: vec![1 << 30], gpu_job_bytes: vec![], gpu_device_used_bytes: vec![], stride: 1 },
+            memory: Timeline {
+                t_s: vec![0.0],
+                rss_bytes: vec![1 << 30],
+                gpu_job_bytes: vec![],
+                gpu_device_used_bytes: vec![],
+                stride: 1,
+            },
             kernels: vec![(1_000_000 + 500_000 + 21_000, 1_000_000 + 500_000 + 23_000, 0, 7, 1)],
             kernel_names: vec!["gemm".into(), "ncclDevKernel_AllReduce_Sum_f16".into()],
         };

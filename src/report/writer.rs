@@ -52,7 +52,8 @@ impl OutputFile {
         if failed && self.path.exists() {
             return Ok(Written::KeptExisting(self.path));
         }
-        let json = serde_json::to_vec_pretty(report).map_err(|e| WriteError::Unwritable { path: self.path.clone(), reason: e.to_string() })?;
+        let json = serde_json::to_vec_pretty(report)
+            .map_err(|e| WriteError::Unwritable { path: self.path.clone(), reason: e.to_string() })?;
         self.write_bytes(&json)
     }
 
@@ -74,7 +75,11 @@ impl OutputFile {
             temp.write_all(doc).and_then(|_| temp.write_all(b"\n"))
         };
         written.and_then(|_| temp.as_file().sync_all()).map_err(|e| err(e.to_string()))?;
-        let persisted = if self.force { temp.persist(&self.path).map(|_| ()) } else { temp.persist_noclobber(&self.path).map(|_| ()) };
+        let persisted = if self.force {
+            temp.persist(&self.path).map(|_| ())
+        } else {
+            temp.persist_noclobber(&self.path).map(|_| ())
+        };
         persisted.map_err(|e| err(e.error.to_string()))?;
         Ok(Written::Yes(self.path))
     }
@@ -94,7 +99,10 @@ fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile, WriteError> {
         .suffix(".tmp")
         .permissions(std::fs::Permissions::from_mode(0o666))
         .tempfile_in(&dir)
-        .map_err(|e| WriteError::Unwritable { path: path.to_path_buf(), reason: format!("cannot create a file in {}: {e}", dir.display()) })
+        .map_err(|e| WriteError::Unwritable {
+            path: path.to_path_buf(),
+            reason: format!("cannot create a file in {}: {e}", dir.display()),
+        })
 }
 
 #[cfg(test)]
@@ -108,7 +116,11 @@ mod tests {
         std::fs::write(&p, "old").unwrap();
         assert!(matches!(OutputFile::claim(&p, false), Err(WriteError::Exists(_))));
         assert!(OutputFile::claim(&p, true).is_ok());
-        assert!(OutputFile::claim(&dir.path().join("missing/r.json"), false).err().unwrap().to_string().contains("cannot create a file in"));
+        assert!(OutputFile::claim(&dir.path().join("missing/r.json"), false)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("cannot create a file in"));
         assert!(OutputFile::claim(dir.path(), true).err().unwrap().to_string().contains("directory"));
         // A claim leaves no file beside the target while it is held, nor after.
         let held = OutputFile::claim(&dir.path().join("new.json"), false).unwrap();

@@ -31,7 +31,13 @@ fn weights_label(dir: Option<&std::path::Path>) -> String {
 impl Cpu {
     /// Seeded random weights, or this rank's shard of a checkpoint (`weights`, whose config.json
     /// must be `config`).
-    pub fn new(config: &Config, model: &str, seed: u64, weights: Option<&std::path::Path>, comm: Box<dyn cpu::comm::TpComm>) -> Result<Cpu, EngineError> {
+    pub fn new(
+        config: &Config,
+        model: &str,
+        seed: u64,
+        weights: Option<&std::path::Path>,
+        comm: Box<dyn cpu::comm::TpComm>,
+    ) -> Result<Cpu, EngineError> {
         let engine = match weights {
             None => cpu::CpuEngine::new(config, seed, comm)?,
             // The directory (and its memory maps) closes when this returns: the shard lives on as f32.
@@ -61,11 +67,18 @@ impl Engine for Cpu {
         Topology::AllRanks
     }
 
-    fn generate(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32, exact_length: bool, sink: &dyn TokenCallback)
-        -> Result<(), EngineError> {
+    fn generate(
+        &mut self,
+        prompts: &[Vec<i32>],
+        max_new_tokens: u32,
+        exact_length: bool,
+        sink: &dyn TokenCallback,
+    ) -> Result<(), EngineError> {
         let req = cpu::GenerateRequest { prompts, max_new_tokens: max_new_tokens as usize, exact_length };
         sink.mark_submit();
-        self.engine.generate(&req, &mut |sample, step, token, finish| sink.on_token(sample as u32, step as u32, token, finish))?;
+        self.engine.generate(&req, &mut |sample, step, token, finish| {
+            sink.on_token(sample as u32, step as u32, token, finish)
+        })?;
         Ok(())
     }
 
@@ -105,14 +118,25 @@ pub struct Cuda {
 
 impl Cuda {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(config: &Config, model: &str, dtype: &str, seed: u64, weights: Option<&std::path::Path>, ordinal: usize, rank: usize, world: usize, nccl_id: &[u8]) -> Result<Cuda, EngineError> {
+    pub fn new(
+        config: &Config,
+        model: &str,
+        dtype: &str,
+        seed: u64,
+        weights: Option<&std::path::Path>,
+        ordinal: usize,
+        rank: usize,
+        world: usize,
+        nccl_id: &[u8],
+    ) -> Result<Cuda, EngineError> {
         let dtype = cuda::Dtype::parse(dtype).map_err(EngineError::from)?;
         let dir = weights.map(open_checkpoint).transpose()?;
         let init = match &dir {
             Some(d) => cuda::WeightInit::Checkpoint(d),
             None => cuda::WeightInit::Seeded(seed),
         };
-        let engine = cuda::CudaEngine::new(config, dtype, init, ordinal, rank, world, nccl_id).map_err(EngineError::from)?;
+        let engine =
+            cuda::CudaEngine::new(config, dtype, init, ordinal, rank, world, nccl_id).map_err(EngineError::from)?;
         Ok(Cuda { engine, config: config.clone(), model: model.to_string(), weights: weights_label(weights) })
     }
 
@@ -155,16 +179,30 @@ impl Engine for Cuda {
         self.engine.prepare(prompts, max_new_tokens as usize).map_err(EngineError::from)
     }
 
-    fn generate(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32, exact_length: bool, sink: &dyn TokenCallback) -> Result<(), EngineError> {
+    fn generate(
+        &mut self,
+        prompts: &[Vec<i32>],
+        max_new_tokens: u32,
+        exact_length: bool,
+        sink: &dyn TokenCallback,
+    ) -> Result<(), EngineError> {
         sink.mark_submit();
         self.engine
-            .generate(prompts, max_new_tokens as usize, exact_length, &mut |s, step, tok, fin| sink.on_token(s as u32, step as u32, tok, fin))
+            .generate(prompts, max_new_tokens as usize, exact_length, &mut |s, step, tok, fin| {
+                sink.on_token(s as u32, step as u32, tok, fin)
+            })
             .map_err(EngineError::from)
     }
 
     fn memory(&self) -> Result<EngineMemory, EngineError> {
         let (w, kv, ws, comm) = self.engine.memory();
-        Ok(EngineMemory { weights_bytes: Some(w), kv_cache_bytes: Some(kv), workspace_bytes: Some(ws), comm_bytes: Some(comm), host_bytes: None })
+        Ok(EngineMemory {
+            weights_bytes: Some(w),
+            kv_cache_bytes: Some(kv),
+            workspace_bytes: Some(ws),
+            comm_bytes: Some(comm),
+            host_bytes: None,
+        })
     }
 
     fn vocab_size(&self) -> Option<u32> {

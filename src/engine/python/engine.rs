@@ -43,7 +43,9 @@ impl PythonEngine {
         let python = match options.get("python") {
             None => None,
             Some(serde_json::Value::String(p)) => Some(PathBuf::from(p)),
-            Some(_) => return Err(PythonError::BadOptions("\"python\" must be the path of a Python interpreter".into())),
+            Some(_) => {
+                return Err(PythonError::BadOptions("\"python\" must be the path of a Python interpreter".into()))
+            }
         };
         let rt = Runtime::get(None, python.as_deref())?;
         let init_json = serde_json::json!({
@@ -57,7 +59,8 @@ impl PythonEngine {
         })
         .to_string();
         let dir = drivers_dir();
-        let py_err = |call: &str, what: PyFailure| PythonError::Python { driver: label.clone(), call: call.into(), what };
+        let py_err =
+            |call: &str, what: PyFailure| PythonError::Python { driver: label.clone(), call: call.into(), what };
         let gil = Gil::acquire(&rt.api);
         let driver_obj = (|| {
             let args = vec![rt.string(driver)?, rt.string(&dir.to_string_lossy())?, rt.string(&init_json)?];
@@ -82,11 +85,18 @@ impl PythonEngine {
             None => Topology::AllRanks,
             Some(serde_json::Value::String(s)) if s.eq_ignore_ascii_case("all_ranks") => Topology::AllRanks,
             Some(serde_json::Value::String(s)) if s.eq_ignore_ascii_case("one_process") => Topology::OneProcess,
-            Some(other) => return Err(engine.bad_return("topology()", format!("{other}: it must be \"all_ranks\" or \"one_process\""))),
+            Some(other) => {
+                return Err(
+                    engine.bad_return("topology()", format!("{other}: it must be \"all_ranks\" or \"one_process\""))
+                )
+            }
         };
         engine.path = {
             let _gil = Gil::acquire(&rt.api);
-            let module = rt.attr(engine.driver, c"__class__").and_then(|c| rt.attr(c.ptr, c"__module__")).and_then(|m| rt.text(m.ptr));
+            let module = rt
+                .attr(engine.driver, c"__class__")
+                .and_then(|c| rt.attr(c.ptr, c"__module__"))
+                .and_then(|m| rt.text(m.ptr));
             module.unwrap_or_default()
         };
         Ok(engine)
@@ -108,10 +118,13 @@ impl PythonEngine {
             }
             rt.text(r.ptr).map(Some).ok_or_else(|| PyFailure("call_json returned a non-str".into()))
         })();
-        let text = r.map_err(|what| PythonError::Python { driver: self.label.clone(), call: format!("{method}()"), what })?;
+        let text =
+            r.map_err(|what| PythonError::Python { driver: self.label.clone(), call: format!("{method}()"), what })?;
         match text {
             None => Ok(None),
-            Some(t) => serde_json::from_str(&t).map(Some).map_err(|e| self.bad_return(&format!("{method}()"), format!("JSON tpprof cannot read ({e})"))),
+            Some(t) => serde_json::from_str(&t)
+                .map(Some)
+                .map_err(|e| self.bad_return(&format!("{method}()"), format!("JSON tpprof cannot read ({e})"))),
         }
     }
 
@@ -150,14 +163,24 @@ impl Engine for PythonEngine {
         let rt = self.rt;
         let _gil = Gil::acquire(&rt.api);
         let r = (|| {
-            let args = vec![rt.share(self.driver), rt.string("prepare")?, rt.prompts(prompts)?, rt.long(max_new_tokens as i64)?];
+            let args = vec![
+                rt.share(self.driver),
+                rt.string("prepare")?,
+                rt.prompts(prompts)?,
+                rt.long(max_new_tokens as i64)?,
+            ];
             rt.bridge_call(c"call_opt", args).map(drop)
         })();
         r.map_err(|what| PythonError::Python { driver: self.label.clone(), call: "prepare()".into(), what }.into())
     }
 
-    fn generate(&mut self, prompts: &[Vec<i32>], max_new_tokens: u32, exact_length: bool, sink: &dyn TokenCallback)
-        -> Result<(), EngineError> {
+    fn generate(
+        &mut self,
+        prompts: &[Vec<i32>],
+        max_new_tokens: u32,
+        exact_length: bool,
+        sink: &dyn TokenCallback,
+    ) -> Result<(), EngineError> {
         let rt = self.rt;
         let api = &rt.api;
         let _gil = Gil::acquire(api);
@@ -213,11 +236,11 @@ impl Engine for PythonEngine {
         let get = |k: &str| -> Result<Option<u64>, PythonError> {
             match obj.get(k) {
                 None | Some(serde_json::Value::Null) => Ok(None),
-                Some(x) => x
-                    .as_u64()
-                    .or_else(|| x.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-                    .map(Some)
-                    .ok_or_else(|| self.bad_return("memory()", format!("{k} = {x}: byte counts must be non-negative numbers"))),
+                Some(x) => {
+                    x.as_u64().or_else(|| x.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)).map(Some).ok_or_else(
+                        || self.bad_return("memory()", format!("{k} = {x}: byte counts must be non-negative numbers")),
+                    )
+                }
             }
         };
         Ok(EngineMemory {
@@ -259,7 +282,15 @@ mod tests {
     use crate::engine::FinishReason;
 
     fn init<'a>(opts: &'a str) -> InitParams<'a> {
-        InitParams { rank: 0, world_size: 1, local_rank: 0, local_world_size: 1, devices: &[], options_json: opts, rendezvous: b"127.0.0.1:29500" }
+        InitParams {
+            rank: 0,
+            world_size: 1,
+            local_rank: 0,
+            local_world_size: 1,
+            devices: &[],
+            options_json: opts,
+            rendezvous: b"127.0.0.1:29500",
+        }
     }
 
     #[test]
@@ -341,7 +372,10 @@ mod tests {
         let mut e = PythonEngine::load("test", &init(r#"{"fail_at_step": 3}"#)).unwrap();
         let sink = Collector::new(16);
         let err = e.generate(&[vec![1]], 8, true, &sink).unwrap_err().to_string();
-        assert!(err.starts_with("python driver `test` generate() raised RuntimeError: injected failure at step 3"), "{err}");
+        assert!(
+            err.starts_with("python driver `test` generate() raised RuntimeError: injected failure at step 3"),
+            "{err}"
+        );
         assert!(!err.contains('\n'), "{err}");
         assert_eq!(sink.into_events().0.len(), 3);
         // The interpreter is fine afterwards.
@@ -357,7 +391,8 @@ mod tests {
         // cost with it loaded); its version shows in the engine's details.
         let e = PythonEngine::load("test", &init(r#"{"import": ["json"]}"#)).unwrap();
         assert!(e.info().details["imported"]["json"].is_string(), "{}", e.info().details);
-        let err = PythonEngine::load("test", &init(r#"{"import": ["no_such_module_tpprof"]}"#)).err().unwrap().to_string();
+        let err =
+            PythonEngine::load("test", &init(r#"{"import": ["no_such_module_tpprof"]}"#)).err().unwrap().to_string();
         assert!(err.contains("ModuleNotFoundError") && err.contains("no_such_module_tpprof"), "{err}");
     }
 
@@ -371,7 +406,10 @@ mod tests {
         assert!(err.contains("TypeError: on_token(sample, step, token, finish): `token` must be an int"), "{err}");
         let mut e = PythonEngine::load("test", &init(r#"{"bad_callback": "arity"}"#)).unwrap();
         let err = e.generate(&[vec![1]], 2, true, &Collector::new(4)).unwrap_err().to_string();
-        assert!(err.contains("TypeError: on_token(sample, step, token, finish) takes 4 integer arguments (3 given)"), "{err}");
+        assert!(
+            err.contains("TypeError: on_token(sample, step, token, finish) takes 4 integer arguments (3 given)"),
+            "{err}"
+        );
         let mut e = PythonEngine::load("test", &init(r#"{"bad_callback": "late"}"#)).unwrap();
         e.generate(&[vec![1]], 2, true, &Collector::new(4)).unwrap();
         // The driver kept the callable and calls it after generate() returned: a Python error, no crash.
@@ -399,7 +437,15 @@ mod tests {
             return;
         }
         let devices = [3, 5];
-        let ip = InitParams { rank: 1, world_size: 2, local_rank: 1, local_world_size: 2, devices: &devices, options_json: r#"{"topology": "one_process", "host_bytes": 4096, "max_context": 777}"#, rendezvous: b"node1:12345" };
+        let ip = InitParams {
+            rank: 1,
+            world_size: 2,
+            local_rank: 1,
+            local_world_size: 2,
+            devices: &devices,
+            options_json: r#"{"topology": "one_process", "host_bytes": 4096, "max_context": 777}"#,
+            rendezvous: b"node1:12345",
+        };
         let e = PythonEngine::load("test", &ip).unwrap();
         let info = e.info();
         assert_eq!(info.name, "python-test");
@@ -457,13 +503,23 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let venv = dir.path().join("venv");
-        let ok = std::process::Command::new("python3").args(["-m", "venv", "--without-pip"]).arg(&venv).status().map(|s| s.success()).unwrap_or(false);
+        let ok = std::process::Command::new("python3")
+            .args(["-m", "venv", "--without-pip"])
+            .arg(&venv)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
         if !ok {
             println!("skipped: python3 -m venv failed");
             return;
         }
         let py = venv.join("bin/python3");
-        let site = probe_python(Some(&py)).unwrap().site_packages.into_iter().find(|p| p.starts_with(venv.to_str().unwrap())).unwrap();
+        let site = probe_python(Some(&py))
+            .unwrap()
+            .site_packages
+            .into_iter()
+            .find(|p| p.starts_with(venv.to_str().unwrap()))
+            .unwrap();
         std::fs::write(Path::new(&site).join("tpprof_venv_only_pkg.py"), "MAGIC = 42\n").unwrap();
         let file = dir.path().join("venv_drv.py");
         std::fs::write(&file, "import sys\nimport tpprof_venv_only_pkg as p\nclass Driver:\n    def __init__(self, init):\n        pass\n    def info(self):\n        return {'name': 'venv', 'magic': p.MAGIC, 'exe': sys.executable}\n").unwrap();

@@ -17,7 +17,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 mod capi;
 mod engine;
 mod probe;
@@ -91,7 +90,8 @@ pub fn driver_label(driver: &str) -> String {
 /// creates it; tpprof broadcasts it), for `torch.distributed` `init_method=f"tcp://{rendezvous}"`.
 /// The host is this machine's hostname (it must resolve on every rank's host).
 pub fn python_rendezvous() -> Result<Vec<u8>, PythonError> {
-    let port = std::net::TcpListener::bind(("0.0.0.0", 0)).and_then(|l| l.local_addr()).map_err(PythonError::NoPort)?.port();
+    let port =
+        std::net::TcpListener::bind(("0.0.0.0", 0)).and_then(|l| l.local_addr()).map_err(PythonError::NoPort)?.port();
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

@@ -64,7 +64,10 @@ pub fn probe_python(python: Option<&Path>) -> Result<PythonProbe, PythonError> {
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
     let probe: PythonProbe = serde_json::from_str(line).map_err(|e| {
-        PythonError::Interpreter(format!("{} did not describe itself ({e}): is it CPython 3.8 or newer?", exe.display()))
+        PythonError::Interpreter(format!(
+            "{} did not describe itself ({e}): is it CPython 3.8 or newer?",
+            exe.display()
+        ))
     })?;
     let minor = probe.version.strip_prefix("3.").and_then(|m| m.parse::<u32>().ok());
     if !matches!(minor, Some(m) if m >= 8) {
@@ -79,7 +82,8 @@ pub fn probe_python(python: Option<&Path>) -> Result<PythonProbe, PythonError> {
 fn is_shared_object(p: &Path) -> bool {
     let named = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".so"));
     let mut magic = [0u8; 4];
-    let elf = std::fs::File::open(p).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok() && magic == *b"\x7fELF";
+    let elf = std::fs::File::open(p).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok()
+        && magic == *b"\x7fELF";
     named && elf
 }
 
@@ -99,7 +103,12 @@ pub(super) fn libpython_of(probe: &PythonProbe) -> Result<PathBuf, PythonError> 
     let mut names: Vec<String> = Vec::new();
     names.extend(probe.instsoname.clone());
     names.extend(probe.ldlibrary.clone());
-    names.extend([format!("libpython{v}.so.1.0"), format!("libpython{v}.so"), format!("libpython{v}m.so.1.0"), format!("libpython{v}m.so")]);
+    names.extend([
+        format!("libpython{v}.so.1.0"),
+        format!("libpython{v}.so"),
+        format!("libpython{v}m.so.1.0"),
+        format!("libpython{v}m.so"),
+    ]);
     for d in &dirs {
         for n in &names {
             let p = d.join(n);
@@ -180,6 +189,9 @@ mod tests {
             ..Default::default()
         };
         let e = libpython_of(&probe).unwrap_err().to_string();
-        assert!(e.contains("built without --enable-shared") && e.contains("TPPROF_LIBPYTHON=/path/libpython3.12.so"), "{e}");
+        assert!(
+            e.contains("built without --enable-shared") && e.contains("TPPROF_LIBPYTHON=/path/libpython3.12.so"),
+            "{e}"
+        );
     }
 }

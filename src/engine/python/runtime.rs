@@ -122,7 +122,8 @@ impl Runtime {
                     Some(p) => p.to_path_buf(),
                     None => find_libpython(python)?,
                 };
-                let same = |a: &Path, b: &Path| a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b);
+                let same =
+                    |a: &Path, b: &Path| a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b);
                 if !same(&wanted, &rt.libpython) {
                     return Err(PythonError::Interpreter(format!(
                         "this process already embeds {}; one process holds one Python: {} cannot be loaded too",
@@ -133,7 +134,12 @@ impl Runtime {
                 // Same libpython, maybe another venv: add that interpreter's paths too.
                 if let Some(probe) = python.map(|p| probe_python(Some(p))).transpose()? {
                     let _gil = Gil::acquire(&rt.api);
-                    rt.setup(&probe).map_err(|e| PythonError::Interpreter(format!("the embedded Python could not take the paths of {}: {e}", probe.executable)))?;
+                    rt.setup(&probe).map_err(|e| {
+                        PythonError::Interpreter(format!(
+                            "the embedded Python could not take the paths of {}: {e}",
+                            probe.executable
+                        ))
+                    })?;
                 }
             }
             return Ok(rt);
@@ -156,13 +162,17 @@ impl Runtime {
         let lib_name = lib.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
         let probe = probe.filter(|p| lib_name.starts_with(&format!("libpython{}", p.version)));
         if probe.is_none() {
-            tracing::warn!("python: {} embedded without an interpreter's sys.path fix-ups (no matching python3 found)", lib.display());
+            tracing::warn!(
+                "python: {} embedded without an interpreter's sys.path fix-ups (no matching python3 found)",
+                lib.display()
+            );
         }
         let mut api = Api::load(&lib)?;
         // SAFETY: plain query, allowed before initialisation.
         let already = unsafe { (api.is_initialized)() } != 0;
         if already {
-            let e = "libpython was already initialised in this process by someone else: tpprof cannot embed it".to_string();
+            let e =
+                "libpython was already initialised in this process by someone else: tpprof cannot embed it".to_string();
             *start = Some(e.clone());
             return Err(PythonError::Interpreter(e));
         }
@@ -352,7 +362,8 @@ impl Runtime {
     /// The pending Python exception as one line, "TypeName: message (at file.py:12 in f)"; clears it.
     fn fetch_error(&self) -> PyFailure {
         let api = &self.api;
-        let (mut t, mut v, mut tb): (Obj, Obj, Obj) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
+        let (mut t, mut v, mut tb): (Obj, Obj, Obj) =
+            (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
         // SAFETY: GIL held; the three out-pointers are valid; we own the returned references.
         unsafe { (api.err_fetch)(&mut t, &mut v, &mut tb) };
         if t.is_null() {
@@ -454,7 +465,10 @@ fn on_token_body(rt: &Runtime, slf: Obj, args: Obj) -> Option<()> {
     // SAFETY: GIL held; METH_VARARGS passes a tuple.
     let n = unsafe { (api.tuple_size)(args) };
     if n != 4 {
-        rt.raise(api.exc_type_error, &format!("on_token(sample, step, token, finish) takes 4 integer arguments ({n} given)"));
+        rt.raise(
+            api.exc_type_error,
+            &format!("on_token(sample, step, token, finish) takes 4 integer arguments ({n} given)"),
+        );
         return None;
     }
     let mut v = [0i64; 4];
@@ -468,7 +482,10 @@ fn on_token_body(rt: &Runtime, slf: Obj, args: Obj) -> Option<()> {
             // SAFETY: GIL held.
             unsafe { (api.err_clear)() };
             let names = ["sample", "step", "token", "finish"];
-            rt.raise(api.exc_type_error, &format!("on_token(sample, step, token, finish): `{}` must be an int", names[i]));
+            rt.raise(
+                api.exc_type_error,
+                &format!("on_token(sample, step, token, finish): `{}` must be an int", names[i]),
+            );
             return None;
         }
         #[allow(clippy::useless_conversion)] // c_long is i32 on some targets
@@ -477,8 +494,10 @@ fn on_token_body(rt: &Runtime, slf: Obj, args: Obj) -> Option<()> {
         }
     }
     let [sample, step, token, finish] = v;
-    if !(0..=u32::MAX as i64).contains(&sample) || !(0..=u32::MAX as i64).contains(&step)
-        || !(i32::MIN as i64..=i32::MAX as i64).contains(&token) || !(0..=4).contains(&finish)
+    if !(0..=u32::MAX as i64).contains(&sample)
+        || !(0..=u32::MAX as i64).contains(&step)
+        || !(i32::MIN as i64..=i32::MAX as i64).contains(&token)
+        || !(0..=4).contains(&finish)
     {
         rt.raise(api.exc_value_error, &format!(
             "on_token({sample}, {step}, {token}, {finish}): sample and step must be >= 0, token an int32, finish 0 none / 1 length / 2 eos / 3 stop / 4 error"
@@ -489,7 +508,10 @@ fn on_token_body(rt: &Runtime, slf: Obj, args: Obj) -> Option<()> {
     // `slf`, alive during this call.
     let sink = unsafe { &*slot }.sink.load(Ordering::Acquire);
     if sink.is_null() {
-        rt.raise(api.exc_runtime_error, "on_token called outside generate(): tpprof only records tokens while generate() runs");
+        rt.raise(
+            api.exc_runtime_error,
+            "on_token called outside generate(): tpprof only records tokens while generate() runs",
+        );
         return None;
     }
     // SAFETY: non-null only during PythonEngine::generate, which holds the callback (and the

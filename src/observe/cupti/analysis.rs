@@ -69,8 +69,10 @@ pub struct Activity {
 impl Activity {
     fn of(kernels: &[&Kernel], nccl: &[bool], lo: u64, hi: u64) -> Activity {
         let mut all: Vec<(u64, u64)> = kernels.iter().map(|k| (k.start, k.end)).collect();
-        let mut comm: Vec<(u64, u64)> = kernels.iter().filter(|k| nccl[k.name as usize]).map(|k| (k.start, k.end)).collect();
-        let mut comp: Vec<(u64, u64)> = kernels.iter().filter(|k| !nccl[k.name as usize]).map(|k| (k.start, k.end)).collect();
+        let mut comm: Vec<(u64, u64)> =
+            kernels.iter().filter(|k| nccl[k.name as usize]).map(|k| (k.start, k.end)).collect();
+        let mut comp: Vec<(u64, u64)> =
+            kernels.iter().filter(|k| !nccl[k.name as usize]).map(|k| (k.start, k.end)).collect();
         Activity {
             wall_ns: hi.saturating_sub(lo),
             busy_ns: union_ns(&mut all, lo, hi),
@@ -125,7 +127,11 @@ pub fn windows_from_device_steps(steps: &[(u64, u64)]) -> Vec<(u64, u64, u64)> {
 /// and repeats, are ignored: the recording reports them as anomalies). Step s runs from the moment
 /// every running sample had token s−1 to the moment every sample still running had token s.
 /// Returns (first token moment, windows).
-pub fn windows_from_tokens(tokens: &[(u32, u32, u64)], batch: u32, max_steps: u32) -> Option<(u64, Vec<(u64, u64, u64)>)> {
+pub fn windows_from_tokens(
+    tokens: &[(u32, u32, u64)],
+    batch: u32,
+    max_steps: u32,
+) -> Option<(u64, Vec<(u64, u64, u64)>)> {
     let n = (max_steps as usize).min(tokens.len());
     let mut done = vec![None::<u64>; n];
     let mut seen = std::collections::HashSet::new();
@@ -159,7 +165,8 @@ pub fn per_step(kernels: &[Kernel], nccl: &[bool], windows: &[(u64, u64, u64)]) 
         (i > 0 && k.start < windows[i - 1].1).then(|| i - 1)
     };
     let mut at: Vec<Option<usize>> = kernels.iter().map(bucket).collect();
-    let mut votes: std::collections::HashMap<u32, std::collections::HashMap<usize, u32>> = std::collections::HashMap::new();
+    let mut votes: std::collections::HashMap<u32, std::collections::HashMap<usize, u32>> =
+        std::collections::HashMap::new();
     for (k, b) in kernels.iter().zip(&at) {
         if let (true, Some(b)) = (k.corr != 0, b) {
             *votes.entry(k.corr).or_default().entry(*b).or_default() += 1;
@@ -168,7 +175,9 @@ pub fn per_step(kernels: &[Kernel], nccl: &[bool], windows: &[(u64, u64, u64)]) 
     let home: std::collections::HashMap<u32, usize> = votes
         .into_iter()
         .filter(|(_, v)| v.len() > 1)
-        .map(|(c, v)| (c, v.into_iter().max_by_key(|&(b, n)| (n, std::cmp::Reverse(b))).map(|(b, _)| b).expect("non-empty")))
+        .map(|(c, v)| {
+            (c, v.into_iter().max_by_key(|&(b, n)| (n, std::cmp::Reverse(b))).map(|(b, _)| b).expect("non-empty"))
+        })
         .collect();
     for (k, b) in kernels.iter().zip(at.iter_mut()) {
         if let (Some(h), Some(_)) = (home.get(&k.corr), *b) {
@@ -424,7 +433,11 @@ pub fn summarise(per_rank: &[Option<Vec<Activity>>]) -> Option<CuptiSummary> {
         busy_share: share(|a| a.busy_ns),
         nccl_ms_mean: per_rank
             .iter()
-            .map(|r| r.as_ref().filter(|v| !v.is_empty()).map(|v| v.iter().map(|a| a.nccl_ns).sum::<u64>() as f64 / v.len() as f64 / 1e6))
+            .map(|r| {
+                r.as_ref()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| v.iter().map(|a| a.nccl_ns).sum::<u64>() as f64 / v.len() as f64 / 1e6)
+            })
             .collect(),
         waited_for_steps: waited,
         tied_steps: tied,
@@ -512,7 +525,14 @@ mod tests {
 
     #[test]
     fn one_process_gpus_are_participants() {
-        let a = |nccl| Activity { wall_ns: 100, busy_ns: 90, nccl_ns: nccl, compute_ns: 90 - nccl, kernels: 3, nccl_kernels: 1 };
+        let a = |nccl| Activity {
+            wall_ns: 100,
+            busy_ns: 90,
+            nccl_ns: nccl,
+            compute_ns: 90 - nccl,
+            kernels: 3,
+            nccl_kernels: 1,
+        };
         // Rank 0 drives GPU0 and GPU1 (ONE_PROCESS), rank 1 observes (None).
         let (names, data) = participants(&[Some(vec![(0, vec![a(30)]), (1, vec![a(5)])]), None]);
         assert_eq!(names, vec!["rank 0 GPU0", "rank 0 GPU1"]);
@@ -522,7 +542,14 @@ mod tests {
 
     #[test]
     fn the_rank_with_least_nccl_was_waited_for() {
-        let a = |nccl| Activity { wall_ns: 100, busy_ns: 90, nccl_ns: nccl, compute_ns: 90 - nccl, kernels: 3, nccl_kernels: 1 };
+        let a = |nccl| Activity {
+            wall_ns: 100,
+            busy_ns: 90,
+            nccl_ns: nccl,
+            compute_ns: 90 - nccl,
+            kernels: 3,
+            nccl_kernels: 1,
+        };
         let s = summarise(&[Some(vec![a(40), a(10), a(40)]), Some(vec![a(10), a(30), a(12)])]).unwrap();
         assert_eq!(s.steps, 3);
         assert_eq!(s.waited_for_steps, vec![1, 2]);

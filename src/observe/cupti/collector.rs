@@ -41,7 +41,13 @@ extern "C" fn buffer_requested(buffer: *mut *mut u8, size: *mut usize, max_recor
     }
 }
 
-extern "C" fn buffer_completed(ctx: cudarc::driver::sys::CUcontext, stream: u32, buffer: *mut u8, _size: usize, valid: usize) {
+extern "C" fn buffer_completed(
+    ctx: cudarc::driver::sys::CUcontext,
+    stream: u32,
+    buffer: *mut u8,
+    _size: usize,
+    valid: usize,
+) {
     if buffer.is_null() {
         return;
     }
@@ -56,7 +62,9 @@ extern "C" fn buffer_completed(ctx: cudarc::driver::sys::CUcontext, stream: u32,
             }
             // SAFETY: every record starts with its kind.
             let kind = unsafe { (*rec).kind };
-            if kind != sys::CUpti_ActivityKind::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL && kind != sys::CUpti_ActivityKind::CUPTI_ACTIVITY_KIND_KERNEL {
+            if kind != sys::CUpti_ActivityKind::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL
+                && kind != sys::CUpti_ActivityKind::CUPTI_ACTIVITY_KIND_KERNEL
+            {
                 continue;
             }
             // Every kernel record since CUpti_ActivityKernel4 keeps start, end, deviceId,
@@ -86,11 +94,20 @@ extern "C" fn buffer_completed(ctx: cudarc::driver::sys::CUcontext, stream: u32,
                 }
             };
             store.records += 1;
-            store.kernels.push(Kernel { start: k.start, end: k.end, device: k.deviceId, stream: k.streamId, name, corr: k.correlationId });
+            store.kernels.push(Kernel {
+                start: k.start,
+                end: k.end,
+                device: k.deviceId,
+                stream: k.streamId,
+                name,
+                corr: k.correlationId,
+            });
         }
         let mut dropped = 0usize;
         // SAFETY: plain query on the context/stream CUPTI gave us.
-        if unsafe { sys::cuptiActivityGetNumDroppedRecords(ctx as _, stream, &mut dropped) } == sys::CUptiResult::CUPTI_SUCCESS {
+        if unsafe { sys::cuptiActivityGetNumDroppedRecords(ctx as _, stream, &mut dropped) }
+            == sys::CUptiResult::CUPTI_SUCCESS
+        {
             store.dropped += dropped as u64;
         }
     }
@@ -127,7 +144,8 @@ impl Drop for Collector {
     fn drop(&mut self) {
         if self.active {
             // SAFETY: plain call into the loaded library.
-            let _ = unsafe { sys::cuptiActivityDisable(sys::CUpti_ActivityKind::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) };
+            let _ =
+                unsafe { sys::cuptiActivityDisable(sys::CUpti_ActivityKind::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) };
             *STORE.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
@@ -181,21 +199,33 @@ impl Collector {
             check("cuptiGetVersion", sys::cuptiGetVersion(&mut version))?;
             // The timestamp callback is recent (CUPTI 12.x); look it up before calling it,
             // cudarc's loader would panic on a missing symbol.
-            let has_cb = sys::culib().get::<unsafe extern "C" fn()>(b"cuptiActivityRegisterTimestampCallback\0").is_ok()
-                && std::env::var("TPPROF_CUPTI_CLOCK").map(|v| v != "cupti").unwrap_or(true);
-            let offset_start = if has_cb && sys::cuptiActivityRegisterTimestampCallback(Some(clock)) == sys::CUptiResult::CUPTI_SUCCESS {
+            let has_cb =
+                sys::culib().get::<unsafe extern "C" fn()>(b"cuptiActivityRegisterTimestampCallback\0").is_ok()
+                    && std::env::var("TPPROF_CUPTI_CLOCK").map(|v| v != "cupti").unwrap_or(true);
+            let offset_start = if has_cb
+                && sys::cuptiActivityRegisterTimestampCallback(Some(clock)) == sys::CUptiResult::CUPTI_SUCCESS
+            {
                 None
             } else {
                 Some(offset())
             };
-            check("cuptiActivityRegisterCallbacks", sys::cuptiActivityRegisterCallbacks(Some(buffer_requested), Some(buffer_completed)))?;
+            check(
+                "cuptiActivityRegisterCallbacks",
+                sys::cuptiActivityRegisterCallbacks(Some(buffer_requested), Some(buffer_completed)),
+            )?;
             *guard = Some(Store::default());
             drop(guard);
-            if let Err(e) = check("cuptiActivityEnable(CONCURRENT_KERNEL)", sys::cuptiActivityEnable(sys::CUpti_ActivityKind::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL)) {
+            if let Err(e) = check(
+                "cuptiActivityEnable(CONCURRENT_KERNEL)",
+                sys::cuptiActivityEnable(sys::CUpti_ActivityKind::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL),
+            ) {
                 *STORE.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 return Err(e);
             }
-            tracing::debug!("CUPTI {version} recording kernels ({})", if offset_start.is_none() { "CLOCK_MONOTONIC callback" } else { "offset to CUPTI's clock" });
+            tracing::debug!(
+                "CUPTI {version} recording kernels ({})",
+                if offset_start.is_none() { "CLOCK_MONOTONIC callback" } else { "offset to CUPTI's clock" }
+            );
             Ok(Collector { version, offset_start, active: true })
         }
     }
@@ -224,7 +254,15 @@ impl Collector {
                 k.end = (k.end as i64 - shift).max(0) as u64;
             }
         }
-        Ok(Collected { kernels, names: store.names, records: store.records, dropped: store.dropped, version: self.version, clock, offset_drift_ns: drift })
+        Ok(Collected {
+            kernels,
+            names: store.names,
+            records: store.records,
+            dropped: store.dropped,
+            version: self.version,
+            clock,
+            offset_drift_ns: drift,
+        })
     }
 }
 

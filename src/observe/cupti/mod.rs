@@ -19,8 +19,8 @@ mod collector;
 mod session;
 
 pub use analysis::{
-    analyse_device, is_nccl, participants, per_step, summarise, windows_from_device_steps, windows_from_tokens, Activity,
-    CuptiReport, CuptiSummary, DeviceActivity, Kernel, StepSource, TopKernel,
+    analyse_device, is_nccl, participants, per_step, summarise, windows_from_device_steps, windows_from_tokens,
+    Activity, CuptiReport, CuptiSummary, DeviceActivity, Kernel, StepSource, TopKernel,
 };
 #[cfg(feature = "cuda")]
 pub use collector::Collector;

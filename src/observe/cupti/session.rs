@@ -1,11 +1,11 @@
 //! `CuptiSession`: what a run drives with `--cupti` (check before the engine loads, start after it
 //! created its CUDA context, finish and analyse after the measured generate()).
 
-use super::{Activity, CuptiError, CuptiReport, Kernel};
 #[cfg(feature = "cuda")]
 use super::collector::Collector;
 #[cfg(feature = "cuda")]
 use super::{analyse_device, windows_from_device_steps, windows_from_tokens, StepSource};
+use super::{Activity, CuptiError, CuptiReport, Kernel};
 
 /// What run.rs drives: CUPTI on when `--cupti`, nothing otherwise (and in builds without CUDA).
 pub struct CuptiSession {
@@ -61,7 +61,15 @@ impl CuptiSession {
 
     /// Stops CUPTI and analyses what it recorded. `device_steps`: the engine's device step times;
     /// `tokens`: (sample, step, t) on CLOCK_MONOTONIC; `submit`: when generate() was called.
-    pub fn finish(self, device_steps: Option<&[(u64, u64)]>, tokens: &[(u32, u32, u64)], batch: u32, max_steps: u32, submit: u64, trace_steps: u32) -> Result<Option<Recorded>, CuptiError> {
+    pub fn finish(
+        self,
+        device_steps: Option<&[(u64, u64)]>,
+        tokens: &[(u32, u32, u64)],
+        batch: u32,
+        max_steps: u32,
+        submit: u64,
+        trace_steps: u32,
+    ) -> Result<Option<Recorded>, CuptiError> {
         #[cfg(feature = "cuda")]
         {
             let Some(c) = self.inner else { return Ok(None) };
@@ -91,7 +99,14 @@ impl CuptiSession {
             };
             let trace_kernels = c.kernels.iter().filter(|k| k.start >= lo && k.start < hi).copied().collect();
             Ok(Some(Recorded {
-                report: CuptiReport { cupti_version: c.version, clock: c.clock, offset_drift_ns: c.offset_drift_ns, records: c.records, dropped: c.dropped, devices: out },
+                report: CuptiReport {
+                    cupti_version: c.version,
+                    clock: c.clock,
+                    offset_drift_ns: c.offset_drift_ns,
+                    records: c.records,
+                    dropped: c.dropped,
+                    devices: out,
+                },
                 device_steps: per_device,
                 trace_kernels,
                 names: c.names,

@@ -80,12 +80,7 @@ impl ThreadComm {
             f32_slots: Mutex::new(vec![Vec::new(); world]),
             i32_slots: Mutex::new(vec![Vec::new(); world]),
         });
-        (0..world)
-            .map(|rank| ThreadComm {
-                rank,
-                shared: Arc::clone(&shared),
-            })
-            .collect()
+        (0..world).map(|rank| ThreadComm { rank, shared: Arc::clone(&shared) }).collect()
     }
 
     /// Publishes this rank's contribution, waits for all, lets `read` see all contributions,
@@ -98,18 +93,13 @@ impl ThreadComm {
         read: impl FnOnce(&[Vec<T>]) -> Result<R, CommError>,
     ) -> Result<R, CommError> {
         let poisoned = |_| CommError("thread communicator: a rank panicked".to_string());
-        let published = slots
-            .lock()
-            .map_err(poisoned)
-            .map(|mut s| s[self.rank] = send.to_vec());
+        let published = slots.lock().map_err(poisoned).map(|mut s| s[self.rank] = send.to_vec());
         self.shared.barrier.wait();
         let result = published.and_then(|_| {
             let all = slots.lock().map_err(poisoned)?;
             if all.iter().any(|c| c.len() != send.len()) {
                 let lens: Vec<_> = all.iter().map(Vec::len).collect();
-                return Err(CommError(format!(
-                    "collective with different lengths per rank: {lens:?}"
-                )));
+                return Err(CommError(format!("collective with different lengths per rank: {lens:?}")));
             }
             read(&all)
         });
@@ -117,12 +107,7 @@ impl ThreadComm {
         result
     }
 
-    fn gather<T: Copy>(
-        &self,
-        slots: &Mutex<Vec<Vec<T>>>,
-        send: &[T],
-        recv: &mut [T],
-    ) -> Result<(), CommError> {
+    fn gather<T: Copy>(&self, slots: &Mutex<Vec<Vec<T>>>, send: &[T], recv: &mut [T]) -> Result<(), CommError> {
         let world = self.shared.world;
         let size_ok = recv.len() == send.len() * world;
         self.exchange(slots, send, |all| {
@@ -184,13 +169,9 @@ mod tests {
                     let mut gathered = vec![0.0; 3];
                     comm.all_gather_f32(&[r], &mut gathered).unwrap();
                     let mut ids = vec![0; 6];
-                    comm.all_gather_i32(&[comm.rank() as i32, -1], &mut ids)
-                        .unwrap();
+                    comm.all_gather_i32(&[comm.rank() as i32, -1], &mut ids).unwrap();
                     // A mismatched length is an error on every rank, not a deadlock.
-                    let mismatch = comm.all_gather_i32(
-                        &vec![0; comm.rank() + 1],
-                        &mut vec![0; 3 * (comm.rank() + 1)],
-                    );
+                    let mismatch = comm.all_gather_i32(&vec![0; comm.rank() + 1], &mut vec![0; 3 * (comm.rank() + 1)]);
                     (buf, gathered, ids, mismatch.is_err())
                 })
             })

@@ -11,8 +11,8 @@
 //! variable `MATMUL_NUM_THREADS` (default: physical cores, at most 4).
 
 pub mod comm;
-pub mod mpi_comm;
 pub mod model;
+pub mod mpi_comm;
 pub mod ops;
 pub mod weights;
 
@@ -44,23 +44,15 @@ pub enum CpuError {
     BadCommunicator { rank: usize, world: usize },
     #[error("sample {sample}: empty prompt")]
     EmptyPrompt { sample: usize },
-    #[error("sample {sample}: token id {token} at prompt position {position} is outside the vocabulary [0, {vocab_size})")]
-    TokenOutOfRange {
-        sample: usize,
-        position: usize,
-        token: i32,
-        vocab_size: usize,
-    },
+    #[error(
+        "sample {sample}: token id {token} at prompt position {position} is outside the vocabulary [0, {vocab_size})"
+    )]
+    TokenOutOfRange { sample: usize, position: usize, token: i32, vocab_size: usize },
     #[error(
         "sample {sample}: prompt length {prompt_len} + max_new_tokens {max_new_tokens} exceeds \
          max_position_embeddings {max_position_embeddings}"
     )]
-    TooLong {
-        sample: usize,
-        prompt_len: usize,
-        max_new_tokens: usize,
-        max_position_embeddings: usize,
-    },
+    TooLong { sample: usize, prompt_len: usize, max_new_tokens: usize, max_position_embeddings: usize },
     #[error("tensor-parallel communication failed: {0}")]
     Comm(#[from] CommError),
     #[error("internal shape error: {0}")]
@@ -110,11 +102,7 @@ impl CpuEngine {
 
     /// Checks the config against the communicator's world size and takes this rank's shard of
     /// every weight from `weights`.
-    pub fn with_weights(
-        cfg: &Config,
-        weights: &dyn WeightSource,
-        comm: Box<dyn TpComm>,
-    ) -> Result<Self, CpuError> {
+    pub fn with_weights(cfg: &Config, weights: &dyn WeightSource, comm: Box<dyn TpComm>) -> Result<Self, CpuError> {
         let (rank, world) = (comm.rank(), comm.world());
         if world == 0 || rank >= world {
             return Err(CpuError::BadCommunicator { rank, world });
@@ -122,12 +110,7 @@ impl CpuEngine {
         cfg.validate()?;
         cfg.check_tensor_parallel(world)?;
         let model = Transformer::load(cfg, Shard { rank, world }, weights)?;
-        Ok(CpuEngine {
-            cfg: cfg.clone(),
-            comm,
-            model,
-            scratch: Scratch::default(),
-        })
+        Ok(CpuEngine { cfg: cfg.clone(), comm, model, scratch: Scratch::default() })
     }
 
     pub fn config(&self) -> &Config {
@@ -149,11 +132,7 @@ impl CpuEngine {
         }
         let max_new = req.max_new_tokens;
         // Stop on EOS only when asked to; then finish = EOS even on the last step.
-        let eos = if req.exact_length {
-            None
-        } else {
-            self.cfg.eos_token_id
-        };
+        let eos = if req.exact_length { None } else { self.cfg.eos_token_id };
         let finish_of = |token: i32, step: usize| {
             if Some(token) == eos {
                 FINISH_EOS
@@ -171,11 +150,7 @@ impl CpuEngine {
         let mut last_token = vec![0i32; req.prompts.len()];
         let mut running = Vec::with_capacity(req.prompts.len()); // samples still generating
         for (sample, prompt) in req.prompts.iter().enumerate() {
-            let seg = Segment {
-                sample,
-                start: 0,
-                rows: prompt.len(),
-            };
+            let seg = Segment { sample, start: 0, rows: prompt.len() };
             let token = self.next_tokens(prompt, &[seg])?[0];
             let finish = finish_of(token, 0);
             on_token(sample, 0, token, finish);
@@ -196,11 +171,7 @@ impl CpuEngine {
             segments.clear();
             for &sample in &running {
                 tokens.push(last_token[sample]);
-                segments.push(Segment {
-                    sample,
-                    start: req.prompts[sample].len() + step - 1,
-                    rows: 1,
-                });
+                segments.push(Segment { sample, start: req.prompts[sample].len() + step - 1, rows: 1 });
             }
             let next = self.next_tokens(&tokens, &segments)?;
             let mut still = Vec::with_capacity(running.len());
@@ -218,8 +189,7 @@ impl CpuEngine {
     }
 
     fn next_tokens(&mut self, tokens: &[i32], segments: &[Segment]) -> Result<Vec<i32>, CpuError> {
-        self.model
-            .next_tokens(tokens, segments, &mut self.scratch, self.comm.as_mut())
+        self.model.next_tokens(tokens, segments, &mut self.scratch, self.comm.as_mut())
     }
 
     /// Input checks, before any collective (every rank sees the same prompts, so every rank
@@ -230,17 +200,10 @@ impl CpuEngine {
             if prompt.is_empty() {
                 return Err(CpuError::EmptyPrompt { sample });
             }
-            if let Some((position, &token)) = prompt
-                .iter()
-                .enumerate()
-                .find(|(_, &t)| t < 0 || t as usize >= vocab_size)
+            if let Some((position, &token)) =
+                prompt.iter().enumerate().find(|(_, &t)| t < 0 || t as usize >= vocab_size)
             {
-                return Err(CpuError::TokenOutOfRange {
-                    sample,
-                    position,
-                    token,
-                    vocab_size,
-                });
+                return Err(CpuError::TokenOutOfRange { sample, position, token, vocab_size });
             }
             let max = self.cfg.max_position_embeddings;
             if prompt.len().saturating_add(req.max_new_tokens) > max {
@@ -258,7 +221,11 @@ impl CpuEngine {
     /// This rank's logits (its vocabulary shard) for the last position of `prompt`, and the greedy
     /// token: what `tpprof verify` compares other engines against. Collective: every rank calls it.
     pub fn prefill_logits(&mut self, prompt: &[i32]) -> Result<(Vec<f32>, i32), CpuError> {
-        self.validate(&GenerateRequest { prompts: std::slice::from_ref(&prompt.to_vec()), max_new_tokens: 1, exact_length: true })?;
+        self.validate(&GenerateRequest {
+            prompts: std::slice::from_ref(&prompt.to_vec()),
+            max_new_tokens: 1,
+            exact_length: true,
+        })?;
         self.model.reset_kv_cache(&[prompt.len() + 1]);
         let seg = Segment { sample: 0, start: 0, rows: prompt.len() };
         let token = self.next_tokens(prompt, &[seg])?[0];
@@ -284,30 +251,15 @@ mod tests {
 
     type Emitted = Vec<(usize, usize, i32, i32)>;
 
-    fn run(
-        engine: &mut CpuEngine,
-        prompts: &[Vec<i32>],
-        max_new: usize,
-        exact: bool,
-    ) -> Result<Emitted, CpuError> {
+    fn run(engine: &mut CpuEngine, prompts: &[Vec<i32>], max_new: usize, exact: bool) -> Result<Emitted, CpuError> {
         let mut out = Vec::new();
-        let req = GenerateRequest {
-            prompts,
-            max_new_tokens: max_new,
-            exact_length: exact,
-        };
+        let req = GenerateRequest { prompts, max_new_tokens: max_new, exact_length: exact };
         engine.generate(&req, &mut |s, t, tok, fin| out.push((s, t, tok, fin)))?;
         Ok(out)
     }
 
     /// Runs the same request at world `w`, one thread per rank; returns every rank's emissions.
-    fn run_world(
-        cfg: &Config,
-        seed: u64,
-        w: usize,
-        prompts: &[Vec<i32>],
-        max_new: usize,
-    ) -> Vec<Emitted> {
+    fn run_world(cfg: &Config, seed: u64, w: usize, prompts: &[Vec<i32>], max_new: usize) -> Vec<Emitted> {
         let handles: Vec<_> = ThreadComm::group(w)
             .into_iter()
             .map(|comm| {
@@ -342,10 +294,7 @@ mod tests {
         assert!(distinct.len() > 3, "degenerate generation: {reference:?}");
         for w in [2, 4] {
             for (rank, got) in run_world(&cfg, 7, w, &prompts, 16).into_iter().enumerate() {
-                assert_eq!(
-                    got, reference,
-                    "{preset}: world {w} rank {rank} differs from world 1"
-                );
+                assert_eq!(got, reference, "{preset}: world {w} rank {rank} differs from world 1");
             }
         }
     }
@@ -368,11 +317,7 @@ mod tests {
         let p = prompts(cfg.vocab_size);
         let reference = run_world(&cfg, 11, 1, &p, 12).remove(0);
         for w in [2, 4] {
-            assert_eq!(
-                run_world(&cfg, 11, w, &p, 12)[w - 1],
-                reference,
-                "world {w}"
-            );
+            assert_eq!(run_world(&cfg, 11, w, &p, 12)[w - 1], reference, "world {w}");
         }
     }
 
@@ -395,11 +340,7 @@ mod tests {
         let batched = run(&mut engine, &p, 8, true).unwrap();
         for (s, prompt) in p.iter().enumerate() {
             let alone = run(&mut engine, std::slice::from_ref(prompt), 8, true).unwrap();
-            let from_batch: Vec<_> = batched
-                .iter()
-                .filter(|e| e.0 == s)
-                .map(|e| (e.1, e.2, e.3))
-                .collect();
+            let from_batch: Vec<_> = batched.iter().filter(|e| e.0 == s).map(|e| (e.1, e.2, e.3)).collect();
             let alone: Vec<_> = alone.iter().map(|e| (e.1, e.2, e.3)).collect();
             assert_eq!(from_batch, alone, "sample {s}");
         }
@@ -458,42 +399,20 @@ mod tests {
         let cfg = Config::preset("tiny").unwrap();
         // World size that does not divide the heads.
         let comms = ThreadComm::group(3);
-        let err = CpuEngine::new(&cfg, 0, Box::new(comms.into_iter().next().unwrap()))
-            .err()
-            .unwrap();
-        assert_eq!(
-            err.to_string(),
-            "world size 3 does not divide num_attention_heads 8 (choose -n among 1, 2, 4)"
-        );
+        let err = CpuEngine::new(&cfg, 0, Box::new(comms.into_iter().next().unwrap())).err().unwrap();
+        assert_eq!(err.to_string(), "world size 3 does not divide num_attention_heads 8 (choose -n among 1, 2, 4)");
 
         let mut engine = CpuEngine::new(&cfg, 0, Box::new(SingleRank)).unwrap();
-        let err = run(&mut engine, &[vec![1], vec![]], 4, true)
-            .unwrap_err()
-            .to_string();
+        let err = run(&mut engine, &[vec![1], vec![]], 4, true).unwrap_err().to_string();
         assert_eq!(err, "sample 1: empty prompt");
-        let err = run(&mut engine, &[vec![1, 512]], 4, true)
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            "sample 0: token id 512 at prompt position 1 is outside the vocabulary [0, 512)"
-        );
-        let err = run(&mut engine, &[vec![-3]], 4, true)
-            .unwrap_err()
-            .to_string();
+        let err = run(&mut engine, &[vec![1, 512]], 4, true).unwrap_err().to_string();
+        assert_eq!(err, "sample 0: token id 512 at prompt position 1 is outside the vocabulary [0, 512)");
+        let err = run(&mut engine, &[vec![-3]], 4, true).unwrap_err().to_string();
         assert!(err.contains("token id -3"), "{err}");
-        let err = run(&mut engine, &[vec![1], vec![1; 2000]], 49, true)
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            "sample 1: prompt length 2000 + max_new_tokens 49 exceeds max_position_embeddings 2048"
-        );
+        let err = run(&mut engine, &[vec![1], vec![1; 2000]], 49, true).unwrap_err().to_string();
+        assert_eq!(err, "sample 1: prompt length 2000 + max_new_tokens 49 exceeds max_position_embeddings 2048");
         // Exactly at the limit is fine.
-        assert_eq!(
-            run(&mut engine, &[vec![1; 2000]], 48, true).unwrap().len(),
-            48
-        );
+        assert_eq!(run(&mut engine, &[vec![1; 2000]], 48, true).unwrap().len(), 48);
     }
 
     #[test]
@@ -511,12 +430,9 @@ mod tests {
         // At world 2 each rank holds half of the sharded weights.
         let mut comms = ThreadComm::group(2).into_iter();
         let c0 = comms.next().unwrap();
-        let rank0 =
-            std::thread::spawn(move || CpuEngine::new(&cfg, 0, Box::new(c0)).unwrap().memory());
+        let rank0 = std::thread::spawn(move || CpuEngine::new(&cfg, 0, Box::new(c0)).unwrap().memory());
         let cfg = Config::preset("tiny").unwrap();
-        let r1 = CpuEngine::new(&cfg, 0, Box::new(comms.next().unwrap()))
-            .unwrap()
-            .memory();
+        let r1 = CpuEngine::new(&cfg, 0, Box::new(comms.next().unwrap())).unwrap().memory();
         let r0 = rank0.join().unwrap();
         assert_eq!(r0, r1);
         assert!(r0.weights_bytes < m.weights_bytes);
@@ -561,11 +477,7 @@ mod tests {
         untied.tie_word_embeddings = false;
         untied.vocab_size = 509;
         let tmp = tempfile::tempdir().unwrap();
-        for (label, cfg, files) in [
-            ("one-file", &tied, 1),
-            ("two-files", &tied, 2),
-            ("untied", &untied, 3),
-        ] {
+        for (label, cfg, files) in [("one-file", &tied, 1), ("two-files", &tied, 2), ("untied", &untied, 3)] {
             let seed = 21;
             let dir = tmp.path().join(label);
             weights::write_checkpoint(cfg, seed, &dir, Dtype::F32, FileSplit::Files(files)).unwrap();
@@ -582,20 +494,14 @@ mod tests {
                     .map(|c| {
                         let cfg = cfg.clone();
                         std::thread::spawn(move || {
-                            CpuEngine::new(&cfg, seed, Box::new(c))
-                                .unwrap()
-                                .memory()
-                                .weights_bytes
+                            CpuEngine::new(&cfg, seed, Box::new(c)).unwrap().memory().weights_bytes
                         })
                     })
                     .collect::<Vec<_>>()
                     .into_iter()
                     .map(|h| h.join().unwrap())
                     .collect();
-                for (rank, (got, bytes)) in run_checkpoint_world(&dir, w, &p, 12)
-                    .into_iter()
-                    .enumerate()
-                {
+                for (rank, (got, bytes)) in run_checkpoint_world(&dir, w, &p, 12).into_iter().enumerate() {
                     assert_eq!(got, reference, "{label}: world {w} rank {rank}");
                     // Each rank holds exactly its shard, as with generated weights.
                     assert_eq!(bytes, seeded_bytes[rank], "{label}: world {w} rank {rank}");
@@ -617,10 +523,7 @@ mod tests {
         let p = prompts(cfg.vocab_size);
         let reference = run_checkpoint_world(tmp.path(), 1, &p, 8).remove(0).0;
         for w in [2, 4] {
-            for (rank, (got, _)) in run_checkpoint_world(tmp.path(), w, &p, 8)
-                .into_iter()
-                .enumerate()
-            {
+            for (rank, (got, _)) in run_checkpoint_world(tmp.path(), w, &p, 8).into_iter().enumerate() {
                 assert_eq!(got, reference, "world {w} rank {rank}");
             }
         }
@@ -635,46 +538,23 @@ mod tests {
         // A wider MLP in config.json than in the tensors.
         let mut wider = cfg.clone();
         wider.intermediate_size = 256;
-        std::fs::write(
-            tmp.path().join("config.json"),
-            serde_json::to_string(&wider).unwrap(),
-        )
-        .unwrap();
+        std::fs::write(tmp.path().join("config.json"), serde_json::to_string(&wider).unwrap()).unwrap();
         let st = SafetensorsDir::open(tmp.path()).unwrap();
-        let err = CpuEngine::from_safetensors(&st, Box::new(SingleRank))
-            .err()
-            .unwrap()
-            .to_string();
+        let err = CpuEngine::from_safetensors(&st, Box::new(SingleRank)).err().unwrap().to_string();
         assert!(
             err.starts_with("tensor model.layers.0.mlp.gate_proj.weight in ")
-                && err.ends_with(
-                    "model.safetensors has shape [192, 64], expected [256, 64] (from config.json)"
-                ),
+                && err.ends_with("model.safetensors has shape [192, 64], expected [256, 64] (from config.json)"),
             "{err}"
         );
         // An untied config over a tied checkpoint: no lm_head.weight.
         let mut untied = cfg.clone();
         untied.tie_word_embeddings = false;
-        std::fs::write(
-            tmp.path().join("config.json"),
-            serde_json::to_string(&untied).unwrap(),
-        )
-        .unwrap();
+        std::fs::write(tmp.path().join("config.json"), serde_json::to_string(&untied).unwrap()).unwrap();
         let st = SafetensorsDir::open(tmp.path()).unwrap();
-        let err = CpuEngine::from_safetensors(&st, Box::new(SingleRank))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.starts_with("tensor lm_head.weight not found in ")
-                && err.ends_with("model.safetensors"),
-            "{err}"
-        );
+        let err = CpuEngine::from_safetensors(&st, Box::new(SingleRank)).err().unwrap().to_string();
+        assert!(err.starts_with("tensor lm_head.weight not found in ") && err.ends_with("model.safetensors"), "{err}");
         // The world size is still checked against the checkpoint's config.
-        let err = CpuEngine::from_safetensors(&st, Box::new(ThreadComm::group(3).remove(0)))
-            .err()
-            .unwrap()
-            .to_string();
+        let err = CpuEngine::from_safetensors(&st, Box::new(ThreadComm::group(3).remove(0))).err().unwrap().to_string();
         assert!(err.starts_with("world size 3 does not divide"), "{err}");
     }
 
@@ -690,11 +570,7 @@ mod tests {
         let steps = 65;
         let mut times = Vec::new();
         let mut last = Instant::now();
-        let req = GenerateRequest {
-            prompts: std::slice::from_ref(&prompt),
-            max_new_tokens: steps,
-            exact_length: true,
-        };
+        let req = GenerateRequest { prompts: std::slice::from_ref(&prompt), max_new_tokens: steps, exact_length: true };
         engine
             .generate(&req, &mut |_, _, _, _| {
                 let now = Instant::now();
@@ -711,17 +587,9 @@ mod tests {
             decode.iter().copied().fold(f64::INFINITY, f64::min)
         );
         let long: Vec<i32> = (0..1000).map(|i| (i * 31 + 7) % 32000).collect();
-        let req = GenerateRequest {
-            prompts: std::slice::from_ref(&long),
-            max_new_tokens: 1,
-            exact_length: true,
-        };
+        let req = GenerateRequest { prompts: std::slice::from_ref(&long), max_new_tokens: 1, exact_length: true };
         let t = Instant::now();
         engine.generate(&req, &mut |_, _, _, _| {}).unwrap();
-        println!(
-            "small: prefill 1000 tokens {:.1} ms; memory {:?}",
-            t.elapsed().as_secs_f64() * 1e3,
-            engine.memory()
-        );
+        println!("small: prefill 1000 tokens {:.1} ms; memory {:?}", t.elapsed().as_secs_f64() * 1e3, engine.memory());
     }
 }

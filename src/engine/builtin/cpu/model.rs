@@ -20,10 +20,7 @@
 use std::ops::Range;
 
 use super::comm::TpComm;
-use super::ops::{
-    apply_rope, rms_norm, rope_cos_sin, rope_inv_freq, sgemm, silu_mul, softmax_prefix, MatMut,
-    MatRef,
-};
+use super::ops::{apply_rope, rms_norm, rope_cos_sin, rope_inv_freq, sgemm, silu_mul, softmax_prefix, MatMut, MatRef};
 use super::weights::{SeededWeights, Shard, WeightKind, WeightSource};
 use super::CpuError;
 use crate::engine::config::Config;
@@ -80,9 +77,9 @@ pub struct Scratch {
     sin: Vec<f32>,         // (rows, head_dim/2)
     attn: AttentionScratch,
     mlp: MlpScratch,
-    last: Vec<f32>, // (segments, hidden) last row of each segment, then its final norm
+    last: Vec<f32>,        // (segments, hidden) last row of each segment, then its final norm
     last_normed: Vec<f32>, // (segments, hidden)
-    logits: Vec<f32>, // (segments, vocab_local)
+    logits: Vec<f32>,      // (segments, vocab_local)
 }
 
 #[derive(Default)]
@@ -152,24 +149,12 @@ impl ColumnParallelLinear {
         (out_features, in_features): (usize, usize),
         out_range: Range<usize>,
     ) -> Result<Self, WeightsError> {
-        let weight = weights.linear(
-            layer,
-            kind,
-            out_features,
-            in_features,
-            out_range.clone(),
-            0..in_features,
-        )?;
+        let weight = weights.linear(layer, kind, out_features, in_features, out_range.clone(), 0..in_features)?;
         let bias = match bias {
             Some(b) => Some(weights.bias(layer, b, out_features, out_range.clone())?),
             None => None,
         };
-        Ok(ColumnParallelLinear {
-            weight,
-            bias,
-            in_features,
-            out_local: out_range.len(),
-        })
+        Ok(ColumnParallelLinear { weight, bias, in_features, out_local: out_range.len() })
     }
 
     /// x: (rows, in_features) → out: (rows, out_local).
@@ -178,8 +163,7 @@ impl ColumnParallelLinear {
         // The bias is broadcast into y first, then the GEMM accumulates onto it (beta = 1).
         let beta = match &self.bias {
             Some(b) => {
-                y.chunks_exact_mut(self.out_local.max(1))
-                    .for_each(|row| row.copy_from_slice(b));
+                y.chunks_exact_mut(self.out_local.max(1)).for_each(|row| row.copy_from_slice(b));
                 1.0
             }
             None => 0.0,
@@ -218,29 +202,12 @@ impl RowParallelLinear {
         (out_features, in_features): (usize, usize),
         in_range: Range<usize>,
     ) -> Result<Self, WeightsError> {
-        let weight = weights.linear(
-            layer,
-            kind,
-            out_features,
-            in_features,
-            0..out_features,
-            in_range.clone(),
-        )?;
-        Ok(RowParallelLinear {
-            weight,
-            in_local: in_range.len(),
-            out_features,
-        })
+        let weight = weights.linear(layer, kind, out_features, in_features, 0..out_features, in_range.clone())?;
+        Ok(RowParallelLinear { weight, in_local: in_range.len(), out_features })
     }
 
     /// x: (rows, in_local) → out: (rows, out_features), summed over all ranks.
-    pub fn forward(
-        &self,
-        x: &[f32],
-        rows: usize,
-        out: &mut Vec<f32>,
-        comm: &mut dyn TpComm,
-    ) -> Result<(), CpuError> {
+    pub fn forward(&self, x: &[f32], rows: usize, out: &mut Vec<f32>, comm: &mut dyn TpComm) -> Result<(), CpuError> {
         let y = sized(out, rows * self.out_features);
         sgemm(
             1.0,
@@ -275,11 +242,7 @@ pub struct Embedding {
 impl Embedding {
     pub fn new(cfg: &Config, weights: &dyn WeightSource) -> Result<Self, WeightsError> {
         let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
-        Ok(Embedding {
-            table: weights.table(WeightKind::Embedding, vocab, hidden, 0..vocab)?,
-            vocab,
-            hidden,
-        })
+        Ok(Embedding { table: weights.table(WeightKind::Embedding, vocab, hidden, 0..vocab)?, vocab, hidden })
     }
 
     /// tokens: (rows) → out: (rows, hidden).
@@ -290,12 +253,7 @@ impl Embedding {
             let t = usize::try_from(t)
                 .ok()
                 .filter(|&t| t < self.vocab)
-                .ok_or_else(|| {
-                    CpuError::Internal(format!(
-                        "token {t} outside the vocabulary [0, {})",
-                        self.vocab
-                    ))
-                })?;
+                .ok_or_else(|| CpuError::Internal(format!("token {t} outside the vocabulary [0, {})", self.vocab)))?;
             row.copy_from_slice(&self.table[t * h..(t + 1) * h]);
         }
         Ok(())
@@ -315,16 +273,8 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     /// The norm weight `kind` of `layer` (`layer` is ignored for the final norm).
-    pub fn new(
-        cfg: &Config,
-        weights: &dyn WeightSource,
-        layer: usize,
-        kind: WeightKind,
-    ) -> Result<Self, WeightsError> {
-        Ok(RmsNorm {
-            weight: weights.norm(layer, kind, cfg.hidden_size)?,
-            eps: cfg.rms_norm_eps as f32,
-        })
+    pub fn new(cfg: &Config, weights: &dyn WeightSource, layer: usize, kind: WeightKind) -> Result<Self, WeightsError> {
+        Ok(RmsNorm { weight: weights.norm(layer, kind, cfg.hidden_size)?, eps: cfg.rms_norm_eps as f32 })
     }
 
     /// x: (rows, hidden) → out: (rows, hidden).
@@ -390,12 +340,7 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(
-        cfg: &Config,
-        shard: Shard,
-        weights: &dyn WeightSource,
-        layer: usize,
-    ) -> Result<Self, WeightsError> {
+    pub fn new(cfg: &Config, shard: Shard, weights: &dyn WeightSource, layer: usize) -> Result<Self, WeightsError> {
         let (hidden, d) = (cfg.hidden_size, cfg.head_dim());
         let (q_dim, kv_dim) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
         let heads = shard.range(cfg.num_attention_heads);
@@ -403,9 +348,8 @@ impl Attention {
         let q_cols = heads.start * d..heads.end * d;
         let kv_cols = kv_heads.start * d..kv_heads.end * d;
         use WeightKind::*;
-        let column = |kinds, out_features, cols| {
-            ColumnParallelLinear::new(weights, layer, kinds, (out_features, hidden), cols)
-        };
+        let column =
+            |kinds, out_features, cols| ColumnParallelLinear::new(weights, layer, kinds, (out_features, hidden), cols);
         Ok(Attention {
             q_proj: column((QProj, Some(QBias)), q_dim, q_cols.clone())?,
             k_proj: column((KProj, Some(KBias)), kv_dim, kv_cols.clone())?,
@@ -429,10 +373,7 @@ impl Attention {
     }
 
     fn cache_bytes(&self) -> u64 {
-        self.cache
-            .iter()
-            .map(|c| capacity_bytes(&c.k) + capacity_bytes(&c.v))
-            .sum()
+        self.cache.iter().map(|c| capacity_bytes(&c.k) + capacity_bytes(&c.v)).sum()
     }
 
     /// x: (rows, hidden) normed input, rows grouped by `segments`; rope: the rows' RoPE tables
@@ -463,9 +404,10 @@ impl Attention {
 
         let mut row0 = 0; // first row of the current segment
         for seg in segments {
-            let cache = self.cache.get_mut(seg.sample).ok_or_else(|| {
-                CpuError::Internal(format!("no KV cache for sample {}", seg.sample))
-            })?;
+            let cache = self
+                .cache
+                .get_mut(seg.sample)
+                .ok_or_else(|| CpuError::Internal(format!("no KV cache for sample {}", seg.sample)))?;
             if cache.len != seg.start {
                 return Err(CpuError::Internal(format!(
                     "sample {}: KV cache holds {} positions, the segment starts at {}",
@@ -524,18 +466,11 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(
-        cfg: &Config,
-        shard: Shard,
-        weights: &dyn WeightSource,
-        layer: usize,
-    ) -> Result<Self, WeightsError> {
+    pub fn new(cfg: &Config, shard: Shard, weights: &dyn WeightSource, layer: usize) -> Result<Self, WeightsError> {
         let (hidden, inter) = (cfg.hidden_size, cfg.intermediate_size);
         let cols = shard.range(inter);
         use WeightKind::*;
-        let column = |kind| {
-            ColumnParallelLinear::new(weights, layer, (kind, None), (inter, hidden), cols.clone())
-        };
+        let column = |kind| ColumnParallelLinear::new(weights, layer, (kind, None), (inter, hidden), cols.clone());
         Ok(Mlp {
             gate_proj: column(GateProj)?,
             up_proj: column(UpProj)?,
@@ -576,21 +511,11 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    pub fn new(
-        cfg: &Config,
-        shard: Shard,
-        weights: &dyn WeightSource,
-        layer: usize,
-    ) -> Result<Self, WeightsError> {
+    pub fn new(cfg: &Config, shard: Shard, weights: &dyn WeightSource, layer: usize) -> Result<Self, WeightsError> {
         Ok(DecoderLayer {
             input_layernorm: RmsNorm::new(cfg, weights, layer, WeightKind::InputNorm)?,
             self_attn: Attention::new(cfg, shard, weights, layer)?,
-            post_attention_layernorm: RmsNorm::new(
-                cfg,
-                weights,
-                layer,
-                WeightKind::PostAttentionNorm,
-            )?,
+            post_attention_layernorm: RmsNorm::new(cfg, weights, layer, WeightKind::PostAttentionNorm)?,
             mlp: Mlp::new(cfg, shard, weights, layer)?,
         })
     }
@@ -605,22 +530,11 @@ impl DecoderLayer {
     ) -> Result<(), CpuError> {
         let rows = segments.iter().map(|seg| seg.rows).sum();
         self.input_layernorm.forward(x, &mut s.normed)?;
-        let rope = RopeTables {
-            cos: &s.cos,
-            sin: &s.sin,
-        };
-        self.self_attn.forward(
-            &s.normed,
-            segments,
-            rope,
-            &mut s.attn,
-            &mut s.block_out,
-            comm,
-        )?;
+        let rope = RopeTables { cos: &s.cos, sin: &s.sin };
+        self.self_attn.forward(&s.normed, segments, rope, &mut s.attn, &mut s.block_out, comm)?;
         x.iter_mut().zip(&s.block_out).for_each(|(x, a)| *x += a);
         self.post_attention_layernorm.forward(x, &mut s.normed)?;
-        self.mlp
-            .forward(&s.normed, rows, &mut s.mlp, &mut s.block_out, comm)?;
+        self.mlp.forward(&s.normed, rows, &mut s.mlp, &mut s.block_out, comm)?;
         x.iter_mut().zip(&s.block_out).for_each(|(x, m)| *x += m);
         Ok(())
     }
@@ -647,11 +561,7 @@ pub struct LmHead {
 }
 
 impl LmHead {
-    pub fn new(
-        cfg: &Config,
-        shard: Shard,
-        weights: &dyn WeightSource,
-    ) -> Result<Self, WeightsError> {
+    pub fn new(cfg: &Config, shard: Shard, weights: &dyn WeightSource) -> Result<Self, WeightsError> {
         let vocab = shard.range(cfg.vocab_size);
         let weight = if cfg.tie_word_embeddings {
             None
@@ -659,21 +569,11 @@ impl LmHead {
             let (n, h) = (cfg.vocab_size, cfg.hidden_size);
             Some(weights.table(WeightKind::LmHead, n, h, vocab.clone())?)
         };
-        Ok(LmHead {
-            weight,
-            vocab,
-            hidden: cfg.hidden_size,
-        })
+        Ok(LmHead { weight, vocab, hidden: cfg.hidden_size })
     }
 
     /// h: (m, hidden) → logits: (m, vocab_local) = h · W_localᵀ.
-    pub fn forward(
-        &self,
-        h: &[f32],
-        m: usize,
-        embedding: &Embedding,
-        logits: &mut Vec<f32>,
-    ) -> Result<(), CpuError> {
+    pub fn forward(&self, h: &[f32], m: usize, embedding: &Embedding, logits: &mut Vec<f32>) -> Result<(), CpuError> {
         let w = match &self.weight {
             Some(w) => w.as_slice(),
             None => embedding.rows(self.vocab.clone()),
@@ -692,12 +592,7 @@ impl LmHead {
     /// Greedy token per row over the FULL vocabulary: each rank finds its local max, then all
     /// ranks gather (max value, global token id) and pick the largest value, ties going to the
     /// smallest token id (which is also what a world-1 argmax returns). NaN logits are skipped.
-    pub fn argmax(
-        &self,
-        logits: &[f32],
-        m: usize,
-        comm: &mut dyn TpComm,
-    ) -> Result<Vec<i32>, CpuError> {
+    pub fn argmax(&self, logits: &[f32], m: usize, comm: &mut dyn TpComm) -> Result<Vec<i32>, CpuError> {
         let n = self.vocab.len();
         let mut best_val = vec![f32::NEG_INFINITY; m];
         let mut best_id = vec![i32::MAX; m]; // i32::MAX: "nothing found" (all NaN)
@@ -725,9 +620,7 @@ impl LmHead {
                     }
                 }
                 if pick.1 == i32::MAX {
-                    Err(CpuError::NonFinite(format!(
-                        "all logits of row {r} are NaN"
-                    )))
+                    Err(CpuError::NonFinite(format!("all logits of row {r} are NaN")))
                 } else {
                     Ok(pick.1)
                 }
@@ -764,11 +657,7 @@ impl Transformer {
 
     /// Takes this rank's shard of every weight from `weights`; `cfg` must already pass
     /// `check_tensor_parallel(world)`.
-    pub fn load(
-        cfg: &Config,
-        shard: Shard,
-        weights: &dyn WeightSource,
-    ) -> Result<Self, WeightsError> {
+    pub fn load(cfg: &Config, shard: Shard, weights: &dyn WeightSource) -> Result<Self, WeightsError> {
         Ok(Transformer {
             embed_tokens: Embedding::new(cfg, weights)?,
             layers: (0..cfg.num_hidden_layers)
@@ -783,9 +672,7 @@ impl Transformer {
 
     /// Empties every layer's KV caches: one per sample, sample i sized for `positions[i]` tokens.
     pub fn reset_kv_cache(&mut self, positions: &[usize]) {
-        self.layers
-            .iter_mut()
-            .for_each(|l| l.self_attn.reset_cache(positions));
+        self.layers.iter_mut().for_each(|l| l.self_attn.reset_cache(positions));
     }
 
     /// Runs `tokens` (one per row, grouped by `segments`) through the model, extending the
@@ -799,27 +686,15 @@ impl Transformer {
     ) -> Result<Vec<i32>, CpuError> {
         let rows: usize = segments.iter().map(|seg| seg.rows).sum();
         if rows != tokens.len() || segments.iter().any(|seg| seg.rows == 0) {
-            return Err(CpuError::Internal(format!(
-                "{} tokens for segments {segments:?}",
-                tokens.len()
-            )));
+            return Err(CpuError::Internal(format!("{} tokens for segments {segments:?}", tokens.len())));
         }
         let h = self.hidden;
 
         // RoPE tables for every row, computed once and shared by all layers.
         s.positions.clear();
-        s.positions.extend(
-            segments
-                .iter()
-                .flat_map(|seg| seg.start..seg.start + seg.rows),
-        );
+        s.positions.extend(segments.iter().flat_map(|seg| seg.start..seg.start + seg.rows));
         let half = self.inv_freq.len();
-        rope_cos_sin(
-            &s.positions,
-            &self.inv_freq,
-            sized(&mut s.cos, rows * half),
-            sized(&mut s.sin, rows * half),
-        )?;
+        rope_cos_sin(&s.positions, &self.inv_freq, sized(&mut s.cos, rows * half), sized(&mut s.sin, rows * half))?;
 
         // The residual stream is taken out of the scratch so the layers can borrow the rest.
         let mut x = std::mem::take(&mut s.x);
@@ -837,8 +712,7 @@ impl Transformer {
                 dst.copy_from_slice(&x[(end - 1) * h..end * h]);
             }
             self.norm.forward(&s.last, &mut s.last_normed)?;
-            self.lm_head
-                .forward(&s.last_normed, m, &self.embed_tokens, &mut s.logits)?; // (m, vocab_local)
+            self.lm_head.forward(&s.last_normed, m, &self.embed_tokens, &mut s.logits)?; // (m, vocab_local)
             self.lm_head.argmax(&s.logits, m, comm)
         })();
         s.x = x;
@@ -848,11 +722,7 @@ impl Transformer {
     /// Bytes of weights this rank holds.
     pub fn weight_bytes(&self) -> u64 {
         bytes_of(&self.embed_tokens.table)
-            + self
-                .layers
-                .iter()
-                .map(DecoderLayer::weight_bytes)
-                .sum::<u64>()
+            + self.layers.iter().map(DecoderLayer::weight_bytes).sum::<u64>()
             + bytes_of(&self.norm.weight)
             + self.lm_head.weight_bytes()
     }
@@ -883,44 +753,14 @@ mod tests {
         let mut a = Transformer::new(&cfg, Shard::FULL, seed);
         let mut sa = Scratch::default();
         a.reset_kv_cache(&[n]);
-        let full = a
-            .next_tokens(
-                &tokens,
-                &[Segment {
-                    sample: 0,
-                    start: 0,
-                    rows: n,
-                }],
-                &mut sa,
-                &mut comm,
-            )
-            .unwrap();
+        let full = a.next_tokens(&tokens, &[Segment { sample: 0, start: 0, rows: n }], &mut sa, &mut comm).unwrap();
 
         let mut b = Transformer::new(&cfg, Shard::FULL, seed);
         let mut sb = Scratch::default();
         b.reset_kv_cache(&[n]);
-        b.next_tokens(
-            &tokens[..n - 1],
-            &[Segment {
-                sample: 0,
-                start: 0,
-                rows: n - 1,
-            }],
-            &mut sb,
-            &mut comm,
-        )
-        .unwrap();
+        b.next_tokens(&tokens[..n - 1], &[Segment { sample: 0, start: 0, rows: n - 1 }], &mut sb, &mut comm).unwrap();
         let step = b
-            .next_tokens(
-                &tokens[n - 1..],
-                &[Segment {
-                    sample: 0,
-                    start: n - 1,
-                    rows: 1,
-                }],
-                &mut sb,
-                &mut comm,
-            )
+            .next_tokens(&tokens[n - 1..], &[Segment { sample: 0, start: n - 1, rows: 1 }], &mut sb, &mut comm)
             .unwrap();
         assert_eq!(full, step);
         for (x, y) in sa.last_normed.iter().zip(&sb.last_normed) {
@@ -930,27 +770,17 @@ mod tests {
         // Naive attention for layer 0, head 0 at the last query, from the cached keys/values.
         let attn = &a.layers[0].self_attn;
         let cache = &attn.cache[0];
-        let (d, kv_dim, q_dim) = (
-            attn.head_dim,
-            attn.kv_heads_local * attn.head_dim,
-            attn.heads_local * attn.head_dim,
-        );
+        let (d, kv_dim, q_dim) = (attn.head_dim, attn.kv_heads_local * attn.head_dim, attn.heads_local * attn.head_dim);
         let q = &sa.attn.q[(n - 1) * q_dim..(n - 1) * q_dim + d];
-        let scores: Vec<f32> = (0..n)
-            .map(|j| {
-                (0..d).map(|i| q[i] * cache.k[j * kv_dim + i]).sum::<f32>() / (d as f32).sqrt()
-            })
-            .collect();
+        let scores: Vec<f32> =
+            (0..n).map(|j| (0..d).map(|i| q[i] * cache.k[j * kv_dim + i]).sum::<f32>() / (d as f32).sqrt()).collect();
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let e: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
         let z: f32 = e.iter().sum();
         for i in 0..d {
             let want: f32 = (0..n).map(|j| e[j] / z * cache.v[j * kv_dim + i]).sum();
             let got = sa.attn.context[(n - 1) * q_dim + i];
-            assert!(
-                (want - got).abs() < 1e-5 * (1.0 + want.abs()),
-                "{want} vs {got}"
-            );
+            assert!((want - got).abs() < 1e-5 * (1.0 + want.abs()), "{want} vs {got}");
         }
     }
 
@@ -963,10 +793,7 @@ mod tests {
         logits[9] = 2.0;
         logits[512 + 3] = f32::NAN;
         logits[512 + 7] = 1.0;
-        assert_eq!(
-            head.argmax(&logits, 2, &mut SingleRank).unwrap(),
-            vec![5, 7]
-        );
+        assert_eq!(head.argmax(&logits, 2, &mut SingleRank).unwrap(), vec![5, 7]);
         let nan = vec![f32::NAN; 512];
         assert!(head.argmax(&nan, 1, &mut SingleRank).is_err());
     }

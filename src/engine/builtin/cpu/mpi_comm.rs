@@ -55,9 +55,7 @@ impl TpComm for MpiComm {
 
 fn check_gather(send: usize, recv: usize, world: usize) -> Result<(), CommError> {
     if send * world != recv {
-        return Err(CommError(format!(
-            "all-gather buffer sizes disagree: {send} per rank × {world} ranks != {recv}"
-        )));
+        return Err(CommError(format!("all-gather buffer sizes disagree: {send} per rank × {world} ranks != {recv}")));
     }
     Ok(())
 }

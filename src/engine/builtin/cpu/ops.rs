@@ -38,10 +38,7 @@ fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<usize> {
     if rows == 0 || cols == 0 {
         return Some(0);
     }
-    (rows - 1)
-        .checked_mul(rs)?
-        .checked_add((cols - 1).checked_mul(cs)?)?
-        .checked_add(1)
+    (rows - 1).checked_mul(rs)?.checked_add((cols - 1).checked_mul(cs)?)?.checked_add(1)
 }
 
 impl<'a> MatRef<'a> {
@@ -87,8 +84,7 @@ impl<'a> MatMut<'a> {
     ) -> Result<Self, ShapeError> {
         let row_like = col_stride >= 1 && (rows <= 1 || row_stride >= cols * col_stride);
         let col_like = row_stride >= 1 && (cols <= 1 || col_stride >= rows * row_stride);
-        let fits =
-            matches!(extent(rows, cols, row_stride, col_stride), Some(end) if end <= data.len());
+        let fits = matches!(extent(rows, cols, row_stride, col_stride), Some(end) if end <= data.len());
         if !(fits && (row_like || col_like)) {
             return shape_err(format!(
                 "writable matrix view {rows}x{cols} (strides {row_stride}, {col_stride}) over a slice \
@@ -96,13 +92,7 @@ impl<'a> MatMut<'a> {
                 data.len()
             ));
         }
-        Ok(MatMut {
-            data,
-            rows,
-            cols,
-            row_stride,
-            col_stride,
-        })
+        Ok(MatMut { data, rows, cols, row_stride, col_stride })
     }
 
     /// A dense row-major `rows x cols` matrix.
@@ -116,13 +106,7 @@ impl<'a> MatMut<'a> {
 ///
 /// The only `unsafe` of the engine: a checked call into `matrixmultiply::sgemm`, which runs on
 /// up to `MATMUL_NUM_THREADS` threads (default: the number of physical cores, at most 4).
-pub fn sgemm(
-    alpha: f32,
-    a: MatRef<'_>,
-    b: MatRef<'_>,
-    beta: f32,
-    c: MatMut<'_>,
-) -> Result<(), ShapeError> {
+pub fn sgemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) -> Result<(), ShapeError> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if b.rows != k || c.rows != m || c.cols != n {
         return shape_err(format!(
@@ -179,11 +163,7 @@ pub fn sgemm(
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<(), ShapeError> {
     let n = weight.len();
     if n == 0 || x.len() % n != 0 || out.len() != x.len() {
-        return shape_err(format!(
-            "rms_norm: input {} / output {} are not whole rows of {n}",
-            x.len(),
-            out.len()
-        ));
+        return shape_err(format!("rms_norm: input {} / output {} are not whole rows of {n}", x.len(), out.len()));
     }
     for (row, out_row) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
         let mean_square = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
@@ -216,10 +196,7 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) -> Result<(), ShapeError> {
 /// to 0 (causally masked keys get no weight). Subtracting the max keeps exp() from overflowing.
 pub fn softmax_prefix(row: &mut [f32], valid: usize) -> Result<(), ShapeError> {
     if valid == 0 || valid > row.len() {
-        return shape_err(format!(
-            "softmax_prefix: {valid} valid entries in a row of {}",
-            row.len()
-        ));
+        return shape_err(format!("softmax_prefix: {valid} valid entries in a row of {}", row.len()));
     }
     let (live, masked) = row.split_at_mut(valid);
     let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -237,18 +214,11 @@ pub fn softmax_prefix(row: &mut [f32], valid: usize) -> Result<(), ShapeError> {
 /// RoPE inverse frequencies: inv_freq[i] = theta^(-2i/head_dim), i in [0, head_dim/2).
 /// Kept in f64: angles pos·inv_freq reach ~1e5 radians, where f32 would lose the phase.
 pub fn rope_inv_freq(head_dim: usize, theta: f64) -> Vec<f64> {
-    (0..head_dim / 2)
-        .map(|i| theta.powf(-((2 * i) as f64) / head_dim as f64))
-        .collect()
+    (0..head_dim / 2).map(|i| theta.powf(-((2 * i) as f64) / head_dim as f64)).collect()
 }
 
 /// cos/sin tables (rows, head_dim/2) for the given absolute positions, one row per position.
-pub fn rope_cos_sin(
-    positions: &[usize],
-    inv_freq: &[f64],
-    cos: &mut [f32],
-    sin: &mut [f32],
-) -> Result<(), ShapeError> {
+pub fn rope_cos_sin(positions: &[usize], inv_freq: &[f64], cos: &mut [f32], sin: &mut [f32]) -> Result<(), ShapeError> {
     let half = inv_freq.len();
     if cos.len() != positions.len() * half || sin.len() != cos.len() {
         return shape_err(format!(
@@ -272,33 +242,18 @@ pub fn rope_cos_sin(
 /// each head vector is split into halves x1 = x[..d/2], x2 = x[d/2..] and becomes
 /// (x1·cos − x2·sin, x2·cos + x1·sin). `x` is (rows, n_heads*head_dim); cos/sin are
 /// (rows, head_dim/2) from [`rope_cos_sin`].
-pub fn apply_rope(
-    x: &mut [f32],
-    head_dim: usize,
-    cos: &[f32],
-    sin: &[f32],
-) -> Result<(), ShapeError> {
+pub fn apply_rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) -> Result<(), ShapeError> {
     let half = head_dim / 2;
     if half == 0 || head_dim % 2 != 0 || cos.len() % half != 0 || sin.len() != cos.len() {
-        return shape_err(format!(
-            "apply_rope: head_dim {head_dim}, tables {} / {}",
-            cos.len(),
-            sin.len()
-        ));
+        return shape_err(format!("apply_rope: head_dim {head_dim}, tables {} / {}", cos.len(), sin.len()));
     }
     let rows = cos.len() / half;
     if rows == 0 || x.len() % rows != 0 || (x.len() / rows) % head_dim != 0 {
-        return shape_err(format!(
-            "apply_rope: {} values are not {rows} rows of whole heads",
-            x.len()
-        ));
+        return shape_err(format!("apply_rope: {} values are not {rows} rows of whole heads", x.len()));
     }
     let width = x.len() / rows;
     for (r, row) in x.chunks_exact_mut(width).enumerate() {
-        let (c, s) = (
-            &cos[r * half..(r + 1) * half],
-            &sin[r * half..(r + 1) * half],
-        );
+        let (c, s) = (&cos[r * half..(r + 1) * half], &sin[r * half..(r + 1) * half]);
         for head in row.chunks_exact_mut(head_dim) {
             let (x1, x2) = head.split_at_mut(half);
             for i in 0..half {
@@ -323,9 +278,7 @@ mod tests {
     fn lcg(n: usize, mut state: u64) -> Vec<f32> {
         (0..n)
             .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -366,10 +319,7 @@ mod tests {
             for i in 0..m {
                 for j in 0..n {
                     let dot: f32 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
-                    assert!(
-                        close(c[i * n + j], 0.5 * dot + 2.0 * c0[i * n + j], 1e-5),
-                        "{m}x{k}x{n}"
-                    );
+                    assert!(close(c[i * n + j], 0.5 * dot + 2.0 * c0[i * n + j], 1e-5), "{m}x{k}x{n}");
                     assert!(close(ct[j * m + i], dot, 1e-5), "{m}x{k}x{n} transposed");
                 }
             }
@@ -451,12 +401,7 @@ mod tests {
         apply_rope(&mut x, 4, &cos, &sin).unwrap();
         assert_eq!(&x[..4], &[1.0, 2.0, 3.0, 4.0]); // position 0: identity
         let (c0, s0, c1, s1) = (2f32.cos(), 2f32.sin(), 0.2f32.cos(), 0.2f32.sin());
-        let want = [
-            1.0 * c0 - 3.0 * s0,
-            2.0 * c1 - 4.0 * s1,
-            3.0 * c0 + 1.0 * s0,
-            4.0 * c1 + 2.0 * s1,
-        ];
+        let want = [1.0 * c0 - 3.0 * s0, 2.0 * c1 - 4.0 * s1, 3.0 * c0 + 1.0 * s0, 4.0 * c1 + 2.0 * s1];
         for (g, w) in x[4..].iter().zip(want) {
             assert!(close(*g, w, 1e-6), "{x:?}");
         }

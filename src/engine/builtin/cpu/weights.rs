@@ -52,8 +52,8 @@ use half::{bf16, f16};
 
 use crate::engine::config::Config;
 use crate::engine::safetensors::{
-    write_index, write_safetensors_streamed, Dtype, HostTensor, SafetensorsDir, Sharding,
-    TensorHeader, WeightsError, INDEX_FILE, SINGLE_FILE,
+    write_index, write_safetensors_streamed, Dtype, HostTensor, SafetensorsDir, Sharding, TensorHeader, WeightsError,
+    INDEX_FILE, SINGLE_FILE,
 };
 
 /// splitmix64's golden-ratio increment.
@@ -157,10 +157,7 @@ impl WeightKind {
 
     /// Whether the tensor exists once per model rather than once per layer.
     pub const fn is_model_level(self) -> bool {
-        matches!(
-            self,
-            WeightKind::Embedding | WeightKind::FinalNorm | WeightKind::LmHead
-        )
+        matches!(self, WeightKind::Embedding | WeightKind::FinalNorm | WeightKind::LmHead)
     }
 }
 
@@ -213,9 +210,7 @@ impl Shard {
 /// of a large vocabulary table is otherwise the slowest part of start-up).
 fn fill_parallel<T: Send>(out: &mut [T], f: impl Fn(usize) -> T + Sync) {
     const MIN_CHUNK: usize = 1 << 16;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(16);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
     let chunk = out.len().div_ceil(threads).max(MIN_CHUNK);
     if out.len() <= chunk {
         out.iter_mut().enumerate().for_each(|(i, v)| *v = f(i));
@@ -226,9 +221,7 @@ fn fill_parallel<T: Send>(out: &mut [T], f: impl Fn(usize) -> T + Sync) {
         for (c, part) in out.chunks_mut(chunk).enumerate() {
             scope.spawn(move || {
                 let base = c * chunk;
-                part.iter_mut()
-                    .enumerate()
-                    .for_each(|(i, v)| *v = f(base + i));
+                part.iter_mut().enumerate().for_each(|(i, v)| *v = f(base + i));
             });
         }
     });
@@ -265,36 +258,24 @@ pub fn linear_weight(
 
 /// Rows `row_range` of a (rows, cols) table kept in Hugging Face layout, (rows_local, cols)
 /// row-major: the embedding and the (untied) LM head.
-pub fn table_rows(
-    seed: u64,
-    tensor_id: u64,
-    cols: usize,
-    row_range: Range<usize>,
-    scale: f32,
-) -> Vec<f32> {
+pub fn table_rows(seed: u64, tensor_id: u64, cols: usize, row_range: Range<usize>, scale: f32) -> Vec<f32> {
     let key = tensor_key(seed, tensor_id);
     let base = row_range.start * cols;
     let mut t = vec![0.0f32; row_range.len() * cols];
-    fill_parallel(&mut t, |idx| {
-        value_from_key(key, (base + idx) as u64) * scale
-    });
+    fill_parallel(&mut t, |idx| value_from_key(key, (base + idx) as u64) * scale);
     t
 }
 
 /// Elements `range` of a bias vector: 0.02 * init_value.
 pub fn bias(seed: u64, tensor_id: u64, range: Range<usize>) -> Vec<f32> {
     let key = tensor_key(seed, tensor_id);
-    range
-        .map(|j| 0.02f32 * value_from_key(key, j as u64))
-        .collect()
+    range.map(|j| 0.02f32 * value_from_key(key, j as u64)).collect()
 }
 
 /// A full RMSNorm weight of length n: 1 + 0.1 * init_value (near 1, but not trivially 1).
 pub fn norm_weight(seed: u64, tensor_id: u64, n: usize) -> Vec<f32> {
     let key = tensor_key(seed, tensor_id);
-    (0..n)
-        .map(|j| 1.0f32 + 0.1f32 * value_from_key(key, j as u64))
-        .collect()
+    (0..n).map(|j| 1.0f32 + 0.1f32 * value_from_key(key, j as u64)).collect()
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -318,26 +299,15 @@ pub trait WeightSource {
     ) -> Result<Vec<f32>, WeightsError>;
 
     /// Elements `range` of the bias vector `kind` (of length `len`) of `layer`.
-    fn bias(
-        &self,
-        layer: usize,
-        kind: WeightKind,
-        len: usize,
-        range: Range<usize>,
-    ) -> Result<Vec<f32>, WeightsError>;
+    fn bias(&self, layer: usize, kind: WeightKind, len: usize, range: Range<usize>) -> Result<Vec<f32>, WeightsError>;
 
     /// The whole RMSNorm weight `kind` (of length `len`) of `layer` (replicated on every rank).
     fn norm(&self, layer: usize, kind: WeightKind, len: usize) -> Result<Vec<f32>, WeightsError>;
 
     /// Rows `rows` of the `(n_rows, cols)` table `kind` (Embedding or LmHead), stored
     /// (rows.len(), cols) row-major.
-    fn table(
-        &self,
-        kind: WeightKind,
-        n_rows: usize,
-        cols: usize,
-        rows: Range<usize>,
-    ) -> Result<Vec<f32>, WeightsError>;
+    fn table(&self, kind: WeightKind, n_rows: usize, cols: usize, rows: Range<usize>)
+        -> Result<Vec<f32>, WeightsError>;
 }
 
 /// The seeded synthetic weights of the module docs (never fails).
@@ -366,13 +336,7 @@ impl WeightSource for SeededWeights {
         ))
     }
 
-    fn bias(
-        &self,
-        layer: usize,
-        kind: WeightKind,
-        _len: usize,
-        range: Range<usize>,
-    ) -> Result<Vec<f32>, WeightsError> {
+    fn bias(&self, layer: usize, kind: WeightKind, _len: usize, range: Range<usize>) -> Result<Vec<f32>, WeightsError> {
         Ok(bias(self.seed, tensor_id(layer, kind), range))
     }
 
@@ -428,13 +392,7 @@ impl WeightSource for SafetensorsDir {
         Ok(transpose(&t, out_range.len(), in_range.len()))
     }
 
-    fn bias(
-        &self,
-        layer: usize,
-        kind: WeightKind,
-        len: usize,
-        range: Range<usize>,
-    ) -> Result<Vec<f32>, WeightsError> {
+    fn bias(&self, layer: usize, kind: WeightKind, len: usize, range: Range<usize>) -> Result<Vec<f32>, WeightsError> {
         self.read_f32(&kind.hf_name(layer), &[len], Sharding::Rows(range))
     }
 
@@ -500,18 +458,9 @@ impl ModelTensor {
 /// only when the embeddings are untied.
 pub fn model_tensors(cfg: &Config) -> Vec<ModelTensor> {
     use WeightKind::*;
-    let (h, d, inter, vocab) = (
-        cfg.hidden_size,
-        cfg.head_dim(),
-        cfg.intermediate_size,
-        cfg.vocab_size,
-    );
+    let (h, d, inter, vocab) = (cfg.hidden_size, cfg.head_dim(), cfg.intermediate_size, cfg.vocab_size);
     let (q, kv) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
-    let t = |kind, layer, shape: &[usize]| ModelTensor {
-        kind,
-        layer,
-        shape: shape.to_vec(),
-    };
+    let t = |kind, layer, shape: &[usize]| ModelTensor { kind, layer, shape: shape.to_vec() };
     let mut out = vec![t(Embedding, 0, &[vocab, h])];
     for layer in 0..cfg.num_hidden_layers {
         out.extend([
@@ -539,10 +488,7 @@ pub fn model_tensors(cfg: &Config) -> Vec<ModelTensor> {
 /// Every tensor of the FULL model `cfg` from `source`, named and shaped as in a Hugging Face
 /// Qwen2 checkpoint (f32), in the order of [`model_tensors`]. Holds the whole model in memory:
 /// for tests and small models; [`write_checkpoint`] streams instead.
-pub fn full_tensors(
-    cfg: &Config,
-    source: &dyn WeightSource,
-) -> Result<Vec<(String, HostTensor)>, WeightsError> {
+pub fn full_tensors(cfg: &Config, source: &dyn WeightSource) -> Result<Vec<(String, HostTensor)>, WeightsError> {
     use WeightKind::*;
     let mut out = Vec::new();
     for t in model_tensors(cfg) {
@@ -616,9 +562,7 @@ fn write_seeded<const N: usize>(
     while start < len {
         let n = chunk.max(1).min(len - start);
         buf.resize(n, [0; N]);
-        fill_parallel(buf, |i| {
-            encode(stored.apply(value_from_key(key, (start + i) as u64)))
-        });
+        fill_parallel(buf, |i| encode(stored.apply(value_from_key(key, (start + i) as u64))));
         out.write_all(buf.as_flattened())?;
         start += n;
     }
@@ -642,9 +586,7 @@ impl FileSplit {
         match self {
             FileSplit::Files(files) => {
                 let per_file = n.div_ceil(files.clamp(1, n.max(1))).max(1);
-                (0..n.div_ceil(per_file))
-                    .map(|f| f * per_file..((f + 1) * per_file).min(n))
-                    .collect()
+                (0..n.div_ceil(per_file)).map(|f| f * per_file..((f + 1) * per_file).min(n)).collect()
             }
             FileSplit::MaxBytes(max) => {
                 let mut groups = Vec::new();
@@ -688,87 +630,57 @@ pub fn write_checkpoint(
     dtype: Dtype,
     split: FileSplit,
 ) -> Result<WrittenCheckpoint, WeightsError> {
-    let write_err = |path: &Path, e: String| WeightsError::Write {
-        path: path.to_path_buf(),
-        reason: e,
-    };
+    let write_err = |path: &Path, e: String| WeightsError::Write { path: path.to_path_buf(), reason: e };
     std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e.to_string()))?;
 
     let tensors = model_tensors(cfg);
-    let headers: Vec<TensorHeader> = tensors
-        .iter()
-        .map(|t| TensorHeader {
-            name: t.name(),
-            dtype,
-            shape: t.shape.clone(),
-        })
-        .collect();
+    let headers: Vec<TensorHeader> =
+        tensors.iter().map(|t| TensorHeader { name: t.name(), dtype, shape: t.shape.clone() }).collect();
     let sizes: Vec<u64> = headers.iter().map(TensorHeader::byte_len).collect();
     let groups = split.groups(&sizes);
     let names: Vec<String> = if groups.len() == 1 {
         vec![SINGLE_FILE.to_string()]
     } else {
-        (1..=groups.len())
-            .map(|i| format!("model-{i:05}-of-{:05}.safetensors", groups.len()))
-            .collect()
+        (1..=groups.len()).map(|i| format!("model-{i:05}-of-{:05}.safetensors", groups.len())).collect()
     };
     // transformers refuses a safetensors file whose metadata lacks a known "format".
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     let (mut buf4, mut buf2) = (Vec::new(), Vec::new());
     for (group, name) in groups.iter().zip(&names) {
         let part = &tensors[group.clone()];
-        write_safetensors_streamed(
-            dir.join(name),
-            &headers[group.clone()],
-            &metadata,
-            |i, out| {
-                let t = &part[i];
-                let (key, stored) = (tensor_key(seed, tensor_id(t.layer, t.kind)), Stored::of(t));
-                let (len, chunk) = (t.len(), WRITE_CHUNK);
-                match dtype {
-                    Dtype::F32 => {
-                        write_seeded(out, key, stored, len, chunk, &mut buf4, f32::to_le_bytes)
-                    }
-                    Dtype::F16 => write_seeded(out, key, stored, len, chunk, &mut buf2, |v| {
-                        f16::from_f32(v).to_le_bytes()
-                    }),
-                    Dtype::BF16 => write_seeded(out, key, stored, len, chunk, &mut buf2, |v| {
-                        bf16::from_f32(v).to_le_bytes()
-                    }),
+        write_safetensors_streamed(dir.join(name), &headers[group.clone()], &metadata, |i, out| {
+            let t = &part[i];
+            let (key, stored) = (tensor_key(seed, tensor_id(t.layer, t.kind)), Stored::of(t));
+            let (len, chunk) = (t.len(), WRITE_CHUNK);
+            match dtype {
+                Dtype::F32 => write_seeded(out, key, stored, len, chunk, &mut buf4, f32::to_le_bytes),
+                Dtype::F16 => write_seeded(out, key, stored, len, chunk, &mut buf2, |v| f16::from_f32(v).to_le_bytes()),
+                Dtype::BF16 => {
+                    write_seeded(out, key, stored, len, chunk, &mut buf2, |v| bf16::from_f32(v).to_le_bytes())
                 }
-            },
-        )?;
+            }
+        })?;
     }
     let tensor_bytes = sizes.iter().sum();
     if groups.len() > 1 {
         let weight_map = groups
             .iter()
             .zip(&names)
-            .flat_map(|(group, file)| {
-                headers[group.clone()]
-                    .iter()
-                    .map(|h| (h.name.clone(), file.clone()))
-            })
+            .flat_map(|(group, file)| headers[group.clone()].iter().map(|h| (h.name.clone(), file.clone())))
             .collect();
         write_index(dir.join(INDEX_FILE), &weight_map, tensor_bytes)?;
     }
 
     // The configs last: a directory whose writing failed part-way has no config.json, so no loader
     // takes it for a checkpoint.
-    let json_files = [
-        ("config.json", cfg.to_hf_json(dtype.torch_name())),
-        ("generation_config.json", cfg.to_hf_generation_json()),
-    ];
+    let json_files =
+        [("config.json", cfg.to_hf_json(dtype.torch_name())), ("generation_config.json", cfg.to_hf_generation_json())];
     for (file, json) in json_files {
         let path = dir.join(file);
-        let text =
-            serde_json::to_string_pretty(&json).map_err(|e| write_err(&path, e.to_string()))?;
+        let text = serde_json::to_string_pretty(&json).map_err(|e| write_err(&path, e.to_string()))?;
         std::fs::write(&path, text + "\n").map_err(|e| write_err(&path, e.to_string()))?;
     }
-    Ok(WrittenCheckpoint {
-        files: names,
-        tensor_bytes,
-    })
+    Ok(WrittenCheckpoint { files: names, tensor_bytes })
 }
 
 #[cfg(test)]
@@ -805,25 +717,9 @@ mod tests {
     #[test]
     fn tensor_ids_are_distinct() {
         use WeightKind::*;
-        let per_layer = [
-            InputNorm,
-            QProj,
-            QBias,
-            KProj,
-            KBias,
-            VProj,
-            VBias,
-            OProj,
-            PostAttentionNorm,
-            GateProj,
-            UpProj,
-            DownProj,
-        ];
-        let mut ids = vec![
-            tensor_id(0, Embedding),
-            tensor_id(5, FinalNorm),
-            tensor_id(0, LmHead),
-        ];
+        let per_layer =
+            [InputNorm, QProj, QBias, KProj, KBias, VProj, VBias, OProj, PostAttentionNorm, GateProj, UpProj, DownProj];
+        let mut ids = vec![tensor_id(0, Embedding), tensor_id(5, FinalNorm), tensor_id(0, LmHead)];
         for layer in 0..100 {
             ids.extend(per_layer.iter().map(|&k| tensor_id(layer, k)));
         }
@@ -837,9 +733,7 @@ mod tests {
 
     #[test]
     fn shard_ranges_cover_uneven_splits() {
-        let ranges: Vec<_> = (0..3)
-            .map(|rank| Shard { rank, world: 3 }.range(10))
-            .collect();
+        let ranges: Vec<_> = (0..3).map(|rank| Shard { rank, world: 3 }.range(10)).collect();
         assert_eq!(ranges, vec![0..3, 3..6, 6..10]);
         assert_eq!(Shard::FULL.range(7), 0..7);
     }
@@ -850,10 +744,7 @@ mod tests {
         let scale = projection_scale(inp);
         let full = linear_weight(seed, id, inp, 0..inp, 0..out, scale); // (in, out)
                                                                         // Stored (in, out): element (o, i) of the HF tensor.
-        assert_eq!(
-            full[5 * out + 3],
-            init_value(seed, id, (3 * inp + 5) as u64) * scale
-        );
+        assert_eq!(full[5 * out + 3], init_value(seed, id, (3 * inp + 5) as u64) * scale);
         for world in [2, 4] {
             for rank in 0..world {
                 let shard = Shard { rank, world };
@@ -872,10 +763,7 @@ mod tests {
                 let t_full = table_rows(seed, 0, inp, 0..out, 1.0);
                 let t = table_rows(seed, 0, inp, o_r.clone(), 1.0);
                 assert_eq!(&t[..], &t_full[o_r.start * inp..o_r.end * inp]);
-                assert_eq!(
-                    bias(seed, 3, o_r.clone()),
-                    bias(seed, 3, 0..out)[o_r.clone()].to_vec()
-                );
+                assert_eq!(bias(seed, 3, o_r.clone()), bias(seed, 3, 0..out)[o_r.clone()].to_vec());
             }
         }
         // The threaded fill agrees with the element formula on a large table.
@@ -886,12 +774,7 @@ mod tests {
     }
 
     /// Writes `cfg` (seed 5) as a checkpoint in `dtype` into a fresh directory under `tmp`.
-    fn checkpoint(
-        cfg: &Config,
-        tmp: &Path,
-        dtype: Dtype,
-        split: FileSplit,
-    ) -> (std::path::PathBuf, WrittenCheckpoint) {
+    fn checkpoint(cfg: &Config, tmp: &Path, dtype: Dtype, split: FileSplit) -> (std::path::PathBuf, WrittenCheckpoint) {
         let dir = tmp.join(format!("{}-{split:?}", dtype.name()));
         let written = write_checkpoint(cfg, 5, &dir, dtype, split).unwrap();
         (dir, written)
@@ -909,10 +792,7 @@ mod tests {
             assert_eq!(st.meta(name).unwrap().dtype, dtype.name(), "{name}");
             let got = st.read(name, &want.shape, Sharding::Full).unwrap();
             assert_eq!(got.dtype, dtype, "{name}");
-            assert!(
-                got.bytes == want.convert(dtype).bytes,
-                "{name}: not the seeded values in {dtype}"
-            );
+            assert!(got.bytes == want.convert(dtype).bytes, "{name}: not the seeded values in {dtype}");
         }
     }
 
@@ -928,10 +808,7 @@ mod tests {
         for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
             let (dir, written) = checkpoint(&cfg, tmp.path(), dtype, FileSplit::MaxBytes(1 << 32));
             assert_eq!(written.files, vec![SINGLE_FILE.to_string()]);
-            assert_eq!(
-                written.tensor_bytes,
-                cfg.param_count() * dtype.size() as u64
-            );
+            assert_eq!(written.tensor_bytes, cfg.param_count() * dtype.size() as u64);
             assert!(!dir.join(INDEX_FILE).exists());
             assert_seeded_values(&cfg, &dir, dtype);
 
@@ -941,15 +818,10 @@ mod tests {
             let bytes = std::fs::read(dir.join(SINGLE_FILE)).unwrap();
             let (n, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
             assert_eq!(n % 8, 0);
-            let format = meta
-                .metadata()
-                .as_ref()
-                .and_then(|m| m.get("format").cloned());
+            let format = meta.metadata().as_ref().and_then(|m| m.get("format").cloned());
             assert_eq!(format.as_deref(), Some("pt"));
-            let starts: Vec<usize> = model_tensors(&cfg)
-                .iter()
-                .map(|t| meta.info(&t.name()).unwrap().data_offsets.0)
-                .collect();
+            let starts: Vec<usize> =
+                model_tensors(&cfg).iter().map(|t| meta.info(&t.name()).unwrap().data_offsets.0).collect();
             assert!(starts.windows(2).all(|w| w[0] < w[1]), "{starts:?}");
         }
     }
@@ -959,11 +831,7 @@ mod tests {
     #[test]
     fn streamed_tensor_spans_chunks_and_threads() {
         let (seed, rows, cols) = (3, 5000, 64);
-        let t = ModelTensor {
-            kind: WeightKind::Embedding,
-            layer: 0,
-            shape: vec![rows, cols],
-        };
+        let t = ModelTensor { kind: WeightKind::Embedding, layer: 0, shape: vec![rows, cols] };
         let id = tensor_id(0, WeightKind::Embedding);
         let want: Vec<u8> = table_rows(seed, id, cols, 0..rows, EMBEDDING_SCALE)
             .iter()
@@ -972,16 +840,7 @@ mod tests {
         let (mut out, mut buf) = (Vec::new(), Vec::new());
         let key = tensor_key(seed, id);
         let encode = |v: f32| bf16::from_f32(v).to_le_bytes();
-        write_seeded(
-            &mut out,
-            key,
-            Stored::of(&t),
-            t.len(),
-            70_001,
-            &mut buf,
-            encode,
-        )
-        .unwrap();
+        write_seeded(&mut out, key, Stored::of(&t), t.len(), 70_001, &mut buf, encode).unwrap();
         assert!(out == want, "streamed bf16 embedding differs");
     }
 
@@ -1027,14 +886,10 @@ mod tests {
         let n = written.files.len();
         assert!(n >= 4, "{:?}", written.files);
         assert!(!dir.join(SINGLE_FILE).exists());
-        let index: Index =
-            serde_json::from_str(&std::fs::read_to_string(dir.join(INDEX_FILE)).unwrap()).unwrap();
+        let index: Index = serde_json::from_str(&std::fs::read_to_string(dir.join(INDEX_FILE)).unwrap()).unwrap();
         let tensors = model_tensors(&cfg);
         let size = |t: &ModelTensor| (t.len() * Dtype::F16.size()) as u64;
-        assert_eq!(
-            index.metadata.total_size,
-            tensors.iter().map(size).sum::<u64>()
-        );
+        assert_eq!(index.metadata.total_size, tensors.iter().map(size).sum::<u64>());
         assert_eq!(index.metadata.total_size, written.tensor_bytes);
         assert_eq!(index.weight_map.len(), tensors.len());
 
@@ -1044,11 +899,7 @@ mod tests {
         for t in &tensors {
             let file = &index.weight_map[&t.name()];
             let k = written.files.iter().position(|f| f == file).unwrap();
-            assert!(
-                k == last || k == last + 1,
-                "{} out of model order",
-                t.name()
-            );
+            assert!(k == last || k == last + 1, "{} out of model order", t.name());
             if files[k].1 == 0 {
                 first_size[k] = size(t);
             }
@@ -1057,17 +908,10 @@ mod tests {
             last = k;
         }
         for (k, &(bytes, count)) in files.iter().enumerate() {
-            assert_eq!(
-                written.files[k],
-                format!("model-{:05}-of-{n:05}.safetensors", k + 1)
-            );
+            assert_eq!(written.files[k], format!("model-{:05}-of-{n:05}.safetensors", k + 1));
             assert!(bytes <= max || count == 1, "file {k}: {bytes} bytes");
             if k + 1 < n {
-                assert!(
-                    bytes + first_size[k + 1] > max,
-                    "files {k} and {} could merge",
-                    k + 1
-                );
+                assert!(bytes + first_size[k + 1] > max, "files {k} and {} could merge", k + 1);
             }
         }
         assert_seeded_values(&cfg, &dir, Dtype::F16);
@@ -1121,19 +965,12 @@ mod tests {
         // Distinct ids, to tell them apart.
         (cfg.bos_token_id, cfg.eos_token_id) = (Some(3), Some(7));
         let tmp = tempfile::tempdir().unwrap();
-        for (dtype, torch) in [
-            (Dtype::F32, "float32"),
-            (Dtype::F16, "float16"),
-            (Dtype::BF16, "bfloat16"),
-        ] {
+        for (dtype, torch) in [(Dtype::F32, "float32"), (Dtype::F16, "float16"), (Dtype::BF16, "bfloat16")] {
             let (dir, _) = checkpoint(&cfg, tmp.path(), dtype, FileSplit::Files(2));
             let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
             let hf: HfConfig = serde_json::from_str(&read("config.json")).unwrap();
             assert_eq!(hf.architectures, vec!["Qwen2ForCausalLM"]);
-            assert_eq!(
-                (hf.model_type.as_str(), hf.hidden_act.as_str()),
-                ("qwen2", "silu")
-            );
+            assert_eq!((hf.model_type.as_str(), hf.hidden_act.as_str()), ("qwen2", "silu"));
             assert_eq!((hf.torch_dtype.as_str(), hf.dtype.as_str()), (torch, torch));
             assert_eq!((hf.bos_token_id, hf.eos_token_id), (3, 7));
             assert!(!hf.use_sliding_window && hf.use_cache);
@@ -1152,14 +989,10 @@ mod tests {
             );
             let want = (512, 64, 192, 2, 8, 4, 2048);
             assert_eq!(shape, want);
-            assert_eq!(
-                (hf.rope_theta, hf.rms_norm_eps),
-                (cfg.rope_theta, cfg.rms_norm_eps)
-            );
+            assert_eq!((hf.rope_theta, hf.rms_norm_eps), (cfg.rope_theta, cfg.rms_norm_eps));
             assert!(hf.tie_word_embeddings);
             assert_eq!(&Config::from_json_file(&dir).unwrap(), &cfg);
-            let generation: HfGenerationConfig =
-                serde_json::from_str(&read("generation_config.json")).unwrap();
+            let generation: HfGenerationConfig = serde_json::from_str(&read("generation_config.json")).unwrap();
             assert_eq!((generation.bos_token_id, generation.eos_token_id), (3, 7));
             assert!(!generation.do_sample);
         }

@@ -22,13 +22,27 @@ pub enum CudaEngine {}
 
 #[allow(clippy::too_many_arguments)]
 impl CudaEngine {
-    pub fn new(_cfg: &Config, _dtype: Dtype, _weights: WeightInit, _ordinal: usize, _rank: usize, _world: usize, _nccl_id: &[u8]) -> Result<CudaEngine, CudaError> {
+    pub fn new(
+        _cfg: &Config,
+        _dtype: Dtype,
+        _weights: WeightInit,
+        _ordinal: usize,
+        _rank: usize,
+        _world: usize,
+        _nccl_id: &[u8],
+    ) -> Result<CudaEngine, CudaError> {
         Err(CudaError::NotBuilt)
     }
     pub fn prepare(&mut self, _prompts: &[Vec<i32>], _max_new: usize) -> Result<(), CudaError> {
         match *self {}
     }
-    pub fn generate(&mut self, _prompts: &[Vec<i32>], _max_new: usize, _exact_length: bool, _on_token: &mut dyn FnMut(usize, usize, i32, i32)) -> Result<(), CudaError> {
+    pub fn generate(
+        &mut self,
+        _prompts: &[Vec<i32>],
+        _max_new: usize,
+        _exact_length: bool,
+        _on_token: &mut dyn FnMut(usize, usize, i32, i32),
+    ) -> Result<(), CudaError> {
         match *self {}
     }
     pub fn prefill_logits(&mut self, _prompt: &[i32]) -> Result<(Vec<f32>, i32), CudaError> {
@@ -75,7 +89,10 @@ mod tests {
         let no_cuda = crate::engine::builtin::NO_CUDA;
         assert!(!BUILT);
         assert_eq!(nccl_unique_id().unwrap_err().to_string(), no_cuda);
-        let e = CudaEngine::new(&Config::preset("tiny").unwrap(), Dtype::F16, WeightInit::Seeded(0), 0, 0, 1, &[0; 128]).err().unwrap();
+        let e =
+            CudaEngine::new(&Config::preset("tiny").unwrap(), Dtype::F16, WeightInit::Seeded(0), 0, 0, 1, &[0; 128])
+                .err()
+                .unwrap();
         assert_eq!(e.to_string(), no_cuda);
         assert_eq!(crate::engine::builtin::cuda_rendezvous().unwrap_err(), no_cuda);
     }

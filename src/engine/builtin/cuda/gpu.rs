@@ -22,7 +22,10 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use cudarc::cublas::sys as blas_sys;
-use cudarc::driver::{sys as drv_sys, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use cudarc::driver::{
+    sys as drv_sys, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    DriverError, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
 use cudarc::nccl::sys as nccl_sys;
 
 use super::kernel::{Kernel, Module};
@@ -129,7 +132,11 @@ impl<'a, T> DevSlice<'a, T> {
     /// From element `offset` to the end (panics past the end, as slice indexing does).
     pub fn at(self, offset: usize) -> DevSlice<'a, T> {
         assert!(offset <= self.len, "device offset {offset} past a {}-element view", self.len);
-        DevSlice { addr: self.addr + (offset * std::mem::size_of::<T>()) as u64, len: self.len - offset, _buf: PhantomData }
+        DevSlice {
+            addr: self.addr + (offset * std::mem::size_of::<T>()) as u64,
+            len: self.len - offset,
+            _buf: PhantomData,
+        }
     }
 
     #[allow(clippy::len_without_is_empty)]
@@ -262,12 +269,18 @@ impl Gpu {
             blas_ok("cublasCreate", blas_sys::cublasCreate_v2(&mut blas))?;
             blas_ok("cublasSetStream", blas_sys::cublasSetStream_v2(blas, stream.cu_stream() as _))?;
         }
-        let mut gpu = Gpu { ctx, stream, blas, _blas_workspace: None, kernels: HashMap::new(), dtype, allocated: 0, arch };
+        let mut gpu =
+            Gpu { ctx, stream, blas, _blas_workspace: None, kernels: HashMap::new(), dtype, allocated: 0, arch };
         // A workspace of our own so cuBLAS never allocates inside a graph capture.
         let ws = gpu.alloc::<u8>(32 << 20)?;
         // SAFETY: the workspace buffer lives as long as the handle (both owned by Gpu; Drop destroys
         // the handle before the fields drop).
-        unsafe { blas_ok("cublasSetWorkspace", blas_sys::cublasSetWorkspace_v2(gpu.blas, ws.addr as *mut c_void, ws.bytes()))? };
+        unsafe {
+            blas_ok(
+                "cublasSetWorkspace",
+                blas_sys::cublasSetWorkspace_v2(gpu.blas, ws.addr as *mut c_void, ws.bytes()),
+            )?
+        };
         gpu._blas_workspace = Some(ws);
         gpu.compile(modules, dtype)?;
         Ok(gpu)
@@ -284,7 +297,10 @@ impl Gpu {
                 arch: None,
                 // compute_XY: NVRTC emits PTX (an sm_XY target would give only a cubin, and cudarc reads
                 // the PTX); the driver JIT-compiles it for the device once at load.
-                options: vec![format!("--gpu-architecture={}", self.arch.replace("sm_", "compute_")), "--std=c++17".into()],
+                options: vec![
+                    format!("--gpu-architecture={}", self.arch.replace("sm_", "compute_")),
+                    "--std=c++17".into(),
+                ],
                 include_paths: include.clone(),
                 name: Some(format!("{}.cu", m.name)),
                 ..Default::default()
@@ -295,7 +311,9 @@ impl Gpu {
             let module = self.ctx.load_module(ptx).map_err(drv("cuModuleLoadData"))?;
             for &k in m.kernels {
                 let name = if k.typed() { format!("{}_{}", k.name(), dtype.suffix()) } else { k.name().to_string() };
-                let func = module.load_function(&name).map_err(|e| CudaError::Compile(format!("{}.cu has no kernel `{name}`: {e}", m.name)))?;
+                let func = module
+                    .load_function(&name)
+                    .map_err(|e| CudaError::Compile(format!("{}.cu has no kernel `{name}`: {e}", m.name)))?;
                 self.kernels.insert(k, func);
             }
         }
@@ -306,7 +324,8 @@ impl Gpu {
     pub fn alloc<T: Elem>(&mut self, len: usize) -> Result<Buf<T>, CudaError> {
         let len = len.max(256 / std::mem::size_of::<T>());
         let bytes = len * std::mem::size_of::<T>();
-        let slice = self.stream.alloc_zeros::<T>(len).map_err(|e| CudaError::OutOfMemory(format!("{bytes} bytes: {e}")))?;
+        let slice =
+            self.stream.alloc_zeros::<T>(len).map_err(|e| CudaError::OutOfMemory(format!("{bytes} bytes: {e}")))?;
         let addr = {
             let (ptr, _sync) = slice.device_ptr(&self.stream);
             ptr
@@ -326,14 +345,23 @@ impl Gpu {
         let size = std::mem::size_of::<T>();
         let bytes = std::mem::size_of_val(host);
         if at + host.len() > buf.len {
-            return Err(CudaError::Internal(format!("write of {bytes} bytes at {} past a {}-byte buffer", at * size, buf.bytes())));
+            return Err(CudaError::Internal(format!(
+                "write of {bytes} bytes at {} past a {}-byte buffer",
+                at * size,
+                buf.bytes()
+            )));
         }
         // SAFETY: bounds checked above; the host slice is read before the call returns (the stream is
         // synchronized right after, so the host memory may be freed afterwards).
         unsafe {
-            drv_sys::cuMemcpyHtoDAsync_v2(buf.at(at).addr, host.as_ptr() as *const c_void, bytes, self.stream.cu_stream())
-                .result()
-                .map_err(drv("cuMemcpyHtoDAsync"))?;
+            drv_sys::cuMemcpyHtoDAsync_v2(
+                buf.at(at).addr,
+                host.as_ptr() as *const c_void,
+                bytes,
+                self.stream.cu_stream(),
+            )
+            .result()
+            .map_err(drv("cuMemcpyHtoDAsync"))?;
         }
         self.sync()
     }
@@ -348,14 +376,23 @@ impl Gpu {
     /// Device → host copy into a preallocated slice (waits for the stream; no allocation).
     pub fn read_into<T: Elem>(&self, src: DevSlice<'_, T>, host: &mut [T]) -> Result<(), CudaError> {
         if host.len() > src.len {
-            return Err(CudaError::Internal(format!("read of {} elements from a {}-element view", host.len(), src.len)));
+            return Err(CudaError::Internal(format!(
+                "read of {} elements from a {}-element view",
+                host.len(),
+                src.len
+            )));
         }
         // SAFETY: `src` holds at least host.len() elements (checked above) and `host` has room for
         // them; the copy completes before sync() returns.
         unsafe {
-            drv_sys::cuMemcpyDtoHAsync_v2(host.as_mut_ptr() as *mut c_void, src.addr, std::mem::size_of_val(host), self.stream.cu_stream())
-                .result()
-                .map_err(drv("cuMemcpyDtoHAsync"))?;
+            drv_sys::cuMemcpyDtoHAsync_v2(
+                host.as_mut_ptr() as *mut c_void,
+                src.addr,
+                std::mem::size_of_val(host),
+                self.stream.cu_stream(),
+            )
+            .result()
+            .map_err(drv("cuMemcpyDtoHAsync"))?;
         }
         self.sync()
     }
@@ -363,12 +400,17 @@ impl Gpu {
     /// Device → device copy of `n` elements on the stream (asynchronous).
     pub fn copy<T: Elem>(&self, dst: DevSlice<'_, T>, src: DevSlice<'_, T>, n: usize) -> Result<(), CudaError> {
         if n > dst.len || n > src.len {
-            return Err(CudaError::Internal(format!("copy of {n} elements between views of {} and {}", src.len, dst.len)));
+            return Err(CudaError::Internal(format!(
+                "copy of {n} elements between views of {} and {}",
+                src.len, dst.len
+            )));
         }
         // SAFETY: both views hold at least n elements of live buffers (checked above); the copy is
         // ordered on the stream like every other use of them.
         unsafe {
-            drv_sys::cuMemcpyDtoDAsync_v2(dst.addr, src.addr, n * std::mem::size_of::<T>(), self.stream.cu_stream()).result().map_err(drv("cuMemcpyDtoDAsync"))
+            drv_sys::cuMemcpyDtoDAsync_v2(dst.addr, src.addr, n * std::mem::size_of::<T>(), self.stream.cu_stream())
+                .result()
+                .map_err(drv("cuMemcpyDtoDAsync"))
         }
     }
 
@@ -385,8 +427,18 @@ impl Gpu {
     /// buffer holds, `I32` for int, `F32` for float, `I64` for long long, `U64` for unsigned long
     /// long. With this grid, block, dynamic shared memory and these arguments, the kernel must
     /// read and write only inside the buffers the `Ptr` arguments point into.
-    pub unsafe fn launch(&self, kernel: Kernel, grid: (u32, u32, u32), block: u32, shared: u32, args: &[Arg<'_>]) -> Result<(), CudaError> {
-        let func = self.kernels.get(&kernel).ok_or_else(|| CudaError::Internal(format!("no kernel `{}` in the registry", kernel.name())))?;
+    pub unsafe fn launch(
+        &self,
+        kernel: Kernel,
+        grid: (u32, u32, u32),
+        block: u32,
+        shared: u32,
+        args: &[Arg<'_>],
+    ) -> Result<(), CudaError> {
+        let func = self
+            .kernels
+            .get(&kernel)
+            .ok_or_else(|| CudaError::Internal(format!("no kernel `{}` in the registry", kernel.name())))?;
         let slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
         let mut b = self.stream.launch_builder(func);
         for s in &slots {
@@ -395,8 +447,11 @@ impl Gpu {
         if shared > 48 * 1024 {
             // Above 48 KiB of dynamic shared memory a kernel must opt in (once is enough; the call
             // is cheap and not a stream operation, so it is allowed while a graph is captured).
-            func.set_attribute(drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared as i32)
-                .map_err(drv("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)"))?;
+            func.set_attribute(
+                drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                shared as i32,
+            )
+            .map_err(drv("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)"))?;
         }
         let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: shared };
         // SAFETY: the caller's contract (one slot per parameter, see Arg; accesses inside the buffers).
@@ -408,32 +463,70 @@ impl Gpu {
     /// ldb — a Hugging Face (out, in) weight — plus beta · C; C has row stride ldc.
     /// In cuBLAS's column-major terms: Cᵀ = op_T(B') · A' with B' = B viewed (k × n).
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_nt<C: GemmOut>(&self, m: usize, n: usize, k: usize, a: (DevSlice<'_, Half>, usize), b: (DevSlice<'_, Half>, usize), c: (DevSlice<'_, C>, usize), alpha: f32, batch: Option<(usize, i64, i64, i64)>) -> Result<(), CudaError> {
+    pub fn gemm_nt<C: GemmOut>(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: (DevSlice<'_, Half>, usize),
+        b: (DevSlice<'_, Half>, usize),
+        c: (DevSlice<'_, C>, usize),
+        alpha: f32,
+        batch: Option<(usize, i64, i64, i64)>,
+    ) -> Result<(), CudaError> {
         self.gemm(false, m, n, k, a, b, c, alpha, batch)
     }
 
     /// Row-major C (m × n) = alpha · A (m × k) · B (k × n), B with row stride ldb.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_nn<C: GemmOut>(&self, m: usize, n: usize, k: usize, a: (DevSlice<'_, Half>, usize), b: (DevSlice<'_, Half>, usize), c: (DevSlice<'_, C>, usize), alpha: f32, batch: Option<(usize, i64, i64, i64)>) -> Result<(), CudaError> {
+    pub fn gemm_nn<C: GemmOut>(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: (DevSlice<'_, Half>, usize),
+        b: (DevSlice<'_, Half>, usize),
+        c: (DevSlice<'_, C>, usize),
+        alpha: f32,
+        batch: Option<(usize, i64, i64, i64)>,
+    ) -> Result<(), CudaError> {
         self.gemm(true, m, n, k, a, b, c, alpha, batch)
     }
 
     /// `batch`: (count, stride_a, stride_b, stride_c) in elements. Every operand's view must hold
     /// the elements the shapes span (checked: cuBLAS would read or write past it otherwise).
     #[allow(clippy::too_many_arguments)]
-    fn gemm<C: GemmOut>(&self, b_nn: bool, m: usize, n: usize, k: usize, a: (DevSlice<'_, Half>, usize), b: (DevSlice<'_, Half>, usize), c: (DevSlice<'_, C>, usize), alpha: f32, batch: Option<(usize, i64, i64, i64)>) -> Result<(), CudaError> {
+    fn gemm<C: GemmOut>(
+        &self,
+        b_nn: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: (DevSlice<'_, Half>, usize),
+        b: (DevSlice<'_, Half>, usize),
+        c: (DevSlice<'_, C>, usize),
+        alpha: f32,
+        batch: Option<(usize, i64, i64, i64)>,
+    ) -> Result<(), CudaError> {
         let beta = 0.0f32;
         let (a, lda) = a;
         let (b, ldb) = b;
         let (c, ldc) = c;
         let (count, sa, sb, sc) = batch.unwrap_or((1, 0, 0, 0));
         let (b_rows, b_cols) = if b_nn { (k, n) } else { (n, k) };
-        for (what, len, span) in [("A", a.len, gemm_span(m, k, lda, count, sa)), ("B", b.len, gemm_span(b_rows, b_cols, ldb, count, sb)), ("C", c.len, gemm_span(m, n, ldc, count, sc))] {
+        for (what, len, span) in [
+            ("A", a.len, gemm_span(m, k, lda, count, sa)),
+            ("B", b.len, gemm_span(b_rows, b_cols, ldb, count, sb)),
+            ("C", c.len, gemm_span(m, n, ldc, count, sc)),
+        ] {
             if span.is_none_or(|s| s > len) {
-                return Err(CudaError::Internal(format!("GEMM {m}×{n}×{k}: operand {what} spans {span:?} elements of a {len}-element view")));
+                return Err(CudaError::Internal(format!(
+                    "GEMM {m}×{n}×{k}: operand {what} spans {span:?} elements of a {len}-element view"
+                )));
             }
         }
-        let op_b = if b_nn { blas_sys::cublasOperation_t::CUBLAS_OP_N } else { blas_sys::cublasOperation_t::CUBLAS_OP_T };
+        let op_b =
+            if b_nn { blas_sys::cublasOperation_t::CUBLAS_OP_N } else { blas_sys::cublasOperation_t::CUBLAS_OP_T };
         let (at, bt) = (self.dtype.blas(), self.dtype.blas());
         let ct = if C::F32 { blas_sys::cudaDataType::CUDA_R_32F } else { self.dtype.blas() };
         let (ap, bp, cp) = (a.addr, b.addr, c.addr);
@@ -446,22 +539,50 @@ impl Gpu {
         let status = unsafe {
             match batch {
                 None => blas_sys::cublasGemmEx(
-                    self.blas, op_b, n_, n as i32, m as i32, k as i32,
+                    self.blas,
+                    op_b,
+                    n_,
+                    n as i32,
+                    m as i32,
+                    k as i32,
                     &alpha as *const f32 as *const c_void,
-                    bp as *const c_void, bt, ldb as i32,
-                    ap as *const c_void, at, lda as i32,
+                    bp as *const c_void,
+                    bt,
+                    ldb as i32,
+                    ap as *const c_void,
+                    at,
+                    lda as i32,
                     &beta as *const f32 as *const c_void,
-                    cp as *mut c_void, ct, ldc as i32,
-                    compute, algo,
+                    cp as *mut c_void,
+                    ct,
+                    ldc as i32,
+                    compute,
+                    algo,
                 ),
                 Some((count, sa, sb, sc)) => blas_sys::cublasGemmStridedBatchedEx(
-                    self.blas, op_b, n_, n as i32, m as i32, k as i32,
+                    self.blas,
+                    op_b,
+                    n_,
+                    n as i32,
+                    m as i32,
+                    k as i32,
                     &alpha as *const f32 as *const c_void,
-                    bp as *const c_void, bt, ldb as i32, sb,
-                    ap as *const c_void, at, lda as i32, sa,
+                    bp as *const c_void,
+                    bt,
+                    ldb as i32,
+                    sb,
+                    ap as *const c_void,
+                    at,
+                    lda as i32,
+                    sa,
                     &beta as *const f32 as *const c_void,
-                    cp as *mut c_void, ct, ldc as i32, sc,
-                    count as i32, compute, algo,
+                    cp as *mut c_void,
+                    ct,
+                    ldc as i32,
+                    sc,
+                    count as i32,
+                    compute,
+                    algo,
                 ),
             }
         };
@@ -479,9 +600,13 @@ impl Gpu {
     pub fn record_external(&self, event: &CudaEvent) -> Result<(), CudaError> {
         // SAFETY: the event and the stream belong to this GPU's context and are alive (borrowed).
         unsafe {
-            drv_sys::cuEventRecordWithFlags(event.cu_event(), self.stream.cu_stream(), drv_sys::CUevent_record_flags::CU_EVENT_RECORD_EXTERNAL as u32)
-                .result()
-                .map_err(|e| CudaError::Driver(format!("cuEventRecordWithFlags: {e}")))
+            drv_sys::cuEventRecordWithFlags(
+                event.cu_event(),
+                self.stream.cu_stream(),
+                drv_sys::CUevent_record_flags::CU_EVENT_RECORD_EXTERNAL as u32,
+            )
+            .result()
+            .map_err(|e| CudaError::Driver(format!("cuEventRecordWithFlags: {e}")))
         }
     }
 
@@ -498,7 +623,8 @@ impl Gpu {
 
     /// The device's streaming multiprocessors (108, an A100's, if the driver does not say).
     pub fn sm_count(&self) -> usize {
-        self.ctx.attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(108) as usize
+        self.ctx.attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(108)
+            as usize
     }
 
     /// Free and total device memory from the driver.
@@ -546,8 +672,15 @@ impl Nccl {
         let mut comm: nccl_sys::ncclComm_t = std::ptr::null_mut();
         gpu.ctx.bind_to_thread().map_err(drv("bind context"))?;
         // SAFETY: `comm` receives the new communicator; the id is the one rank 0 created.
-        unsafe { cudarc::nccl::result::comm_init_rank(&mut comm, world as i32, nccl_sys::ncclUniqueId { internal }, rank as i32) }
-            .map_err(|e| CudaError::Nccl(format!("ncclCommInitRank (rank {rank} of {world}): {e:?}")))?;
+        unsafe {
+            cudarc::nccl::result::comm_init_rank(
+                &mut comm,
+                world as i32,
+                nccl_sys::ncclUniqueId { internal },
+                rank as i32,
+            )
+        }
+        .map_err(|e| CudaError::Nccl(format!("ncclCommInitRank (rank {rank} of {world}): {e:?}")))?;
         let after = gpu.mem_info().map(|(free, _)| free).unwrap_or(0);
         Ok(Nccl { comm, stream: gpu.stream.clone(), world, bytes: before.saturating_sub(after) })
     }
@@ -565,7 +698,15 @@ impl Nccl {
         // SAFETY: ptr addresses at least `count` elements of a live buffer on this rank's device
         // (checked above), of the dtype given; the communicator and the stream are the engine's.
         unsafe {
-            cudarc::nccl::result::all_reduce(ptr as *const c_void, ptr as *mut c_void, count, dtype.nccl(), nccl_sys::ncclRedOp_t::ncclSum, self.comm, self.stream.cu_stream() as _)
+            cudarc::nccl::result::all_reduce(
+                ptr as *const c_void,
+                ptr as *mut c_void,
+                count,
+                dtype.nccl(),
+                nccl_sys::ncclRedOp_t::ncclSum,
+                self.comm,
+                self.stream.cu_stream() as _,
+            )
         }
         .map(|_| ())
         .map_err(|e| CudaError::Nccl(format!("ncclAllReduce: {e:?}")))
@@ -573,14 +714,29 @@ impl Nccl {
 
     /// Gathers the first `count` elements of `src` from every rank into `dst` (rank-major), as
     /// bytes. Every rank must call it with the same count (a collective).
-    pub fn all_gather<T: Elem>(&self, src: DevSlice<'_, T>, dst: DevSlice<'_, T>, count: usize) -> Result<(), CudaError> {
+    pub fn all_gather<T: Elem>(
+        &self,
+        src: DevSlice<'_, T>,
+        dst: DevSlice<'_, T>,
+        count: usize,
+    ) -> Result<(), CudaError> {
         if count > src.len || self.world * count > dst.len {
-            return Err(CudaError::Internal(format!("all-gather of {count} elements × {} ranks from a {}-element view into a {}-element one", self.world, src.len, dst.len)));
+            return Err(CudaError::Internal(format!(
+                "all-gather of {count} elements × {} ranks from a {}-element view into a {}-element one",
+                self.world, src.len, dst.len
+            )));
         }
         let bytes = count * std::mem::size_of::<T>();
         // SAFETY: src holds `bytes`, dst world × bytes (checked above), both live on this device.
         unsafe {
-            cudarc::nccl::result::all_gather(src.addr as *const c_void, dst.addr as *mut c_void, bytes, nccl_sys::ncclDataType_t::ncclUint8, self.comm, self.stream.cu_stream() as _)
+            cudarc::nccl::result::all_gather(
+                src.addr as *const c_void,
+                dst.addr as *mut c_void,
+                bytes,
+                nccl_sys::ncclDataType_t::ncclUint8,
+                self.comm,
+                self.stream.cu_stream() as _,
+            )
         }
         .map(|_| ())
         .map_err(|e| CudaError::Nccl(format!("ncclAllGather: {e:?}")))

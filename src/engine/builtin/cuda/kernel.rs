@@ -119,24 +119,58 @@ pub const MODULES: &[Module] = {
         Module { name: "init", source: include_str!("kernels/init.cu"), kernels: &[InitWeight, InitF32] },
         Module { name: "norm", source: include_str!("kernels/norm.cu"), kernels: &[AddRmsnorm, Embedding] },
         Module { name: "rope", source: include_str!("kernels/rope.cu"), kernels: &[QkvRope] },
-        Module { name: "attention", source: include_str!("kernels/attention.cu"), kernels: &[CausalSoftmax, DecodeAttnPartial, DecodeAttnCombine] },
+        Module {
+            name: "attention",
+            source: include_str!("kernels/attention.cu"),
+            kernels: &[CausalSoftmax, DecodeAttnPartial, DecodeAttnCombine],
+        },
         Module { name: "activation", source: include_str!("kernels/activation.cu"), kernels: &[SiluMul] },
         Module { name: "gemv", source: include_str!("kernels/gemv.cu"), kernels: &[Gemv] },
         Module {
             name: "decode",
             source: include_str!("kernels/decode.cu"),
             kernels: &[
-                DecodeAttnFastG1, DecodeAttnFastG2, DecodeAttnFastG3, DecodeAttnFastG4,
-                DecodeAttnFastG5, DecodeAttnFastG6, DecodeAttnFastG7, DecodeAttnFastG8,
+                DecodeAttnFastG1,
+                DecodeAttnFastG2,
+                DecodeAttnFastG3,
+                DecodeAttnFastG4,
+                DecodeAttnFastG5,
+                DecodeAttnFastG6,
+                DecodeAttnFastG7,
+                DecodeAttnFastG8,
                 DecodeAttnMerge,
-                DecodeAttnSkG1D64, DecodeAttnSkG1D128, DecodeAttnSkG2D64, DecodeAttnSkG2D128,
-                DecodeAttnSkG3D64, DecodeAttnSkG3D128, DecodeAttnSkG4D64, DecodeAttnSkG4D128,
-                DecodeAttnSkG5D64, DecodeAttnSkG5D128, DecodeAttnSkG6D64, DecodeAttnSkG6D128,
-                DecodeAttnSkG7D64, DecodeAttnSkG7D128, DecodeAttnSkG8D64, DecodeAttnSkG8D128,
-                DecodeAttnPipeG1D64, DecodeAttnPipeG1D128, DecodeAttnPipeG2D64, DecodeAttnPipeG2D128,
-                DecodeAttnPipeG3D64, DecodeAttnPipeG3D128, DecodeAttnPipeG4D64, DecodeAttnPipeG4D128,
-                DecodeAttnPipeG5D64, DecodeAttnPipeG5D128, DecodeAttnPipeG6D64, DecodeAttnPipeG6D128,
-                DecodeAttnPipeG7D64, DecodeAttnPipeG7D128, DecodeAttnPipeG8D64, DecodeAttnPipeG8D128,
+                DecodeAttnSkG1D64,
+                DecodeAttnSkG1D128,
+                DecodeAttnSkG2D64,
+                DecodeAttnSkG2D128,
+                DecodeAttnSkG3D64,
+                DecodeAttnSkG3D128,
+                DecodeAttnSkG4D64,
+                DecodeAttnSkG4D128,
+                DecodeAttnSkG5D64,
+                DecodeAttnSkG5D128,
+                DecodeAttnSkG6D64,
+                DecodeAttnSkG6D128,
+                DecodeAttnSkG7D64,
+                DecodeAttnSkG7D128,
+                DecodeAttnSkG8D64,
+                DecodeAttnSkG8D128,
+                DecodeAttnPipeG1D64,
+                DecodeAttnPipeG1D128,
+                DecodeAttnPipeG2D64,
+                DecodeAttnPipeG2D128,
+                DecodeAttnPipeG3D64,
+                DecodeAttnPipeG3D128,
+                DecodeAttnPipeG4D64,
+                DecodeAttnPipeG4D128,
+                DecodeAttnPipeG5D64,
+                DecodeAttnPipeG5D128,
+                DecodeAttnPipeG6D64,
+                DecodeAttnPipeG6D128,
+                DecodeAttnPipeG7D64,
+                DecodeAttnPipeG7D128,
+                DecodeAttnPipeG8D64,
+                DecodeAttnPipeG8D128,
             ],
         },
         Module {
@@ -154,7 +188,11 @@ mod tests {
 
     /// The symbol names a kernel has in its source.
     fn symbols(k: Kernel) -> Vec<String> {
-        if k.typed() { vec![format!("{}_f16", k.name()), format!("{}_bf16", k.name())] } else { vec![k.name().to_string()] }
+        if k.typed() {
+            vec![format!("{}_f16", k.name()), format!("{}_bf16", k.name())]
+        } else {
+            vec![k.name().to_string()]
+        }
     }
 
     #[test]
@@ -166,7 +204,8 @@ mod tests {
                     let direct = m.source.contains(&format!(" {v}("));
                     // (decode_attn_{fast,sk,pipe}_g{G}...: the macro line for that G must be there).
                     let g = |prefix: &str| v.strip_prefix(prefix).and_then(|r| r.split('_').next()).map(str::to_string);
-                    let by_macro = g("decode_attn_fast_g").is_some_and(|g| m.source.contains(&format!("\nDQ_KERNELS({g}, ")))
+                    let by_macro = g("decode_attn_fast_g")
+                        .is_some_and(|g| m.source.contains(&format!("\nDQ_KERNELS({g}, ")))
                         || g("decode_attn_sk_g").is_some_and(|g| m.source.contains(&format!("\nSK_KERNELS({g})")))
                         || g("decode_attn_pipe_g").is_some_and(|g| m.source.contains(&format!("\nPT_KERNELS({g})")));
                     assert!(direct || by_macro, "{}.cu lacks kernel {v}", m.name);
@@ -180,7 +219,12 @@ mod tests {
         for &k in Kernel::ALL {
             let n = MODULES.iter().filter(|m| m.kernels.contains(&k)).count();
             assert_eq!(n, 1, "{k:?} is in {n} modules");
-            assert_eq!(Kernel::ALL.iter().filter(|o| o.name() == k.name()).count(), 1, "{k:?}: name `{}` twice", k.name());
+            assert_eq!(
+                Kernel::ALL.iter().filter(|o| o.name() == k.name()).count(),
+                1,
+                "{k:?}: name `{}` twice",
+                k.name()
+            );
         }
         assert_eq!(MODULES.iter().map(|m| m.kernels.len()).sum::<usize>(), Kernel::ALL.len());
     }
@@ -202,7 +246,11 @@ mod tests {
                     Some(r) => &r[r.find(')').unwrap() + 1..],
                     None => after_void,
                 };
-                let name: String = after_void.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '#').collect();
+                let name: String = after_void
+                    .trim_start()
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '#')
+                    .collect();
                 if name.contains("##") {
                     continue; // a macro template: its instantiations are checked below
                 }

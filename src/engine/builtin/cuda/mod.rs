@@ -83,14 +83,28 @@ impl CudaEngine {
     /// Opens GPU `ordinal`, joins the NCCL group with the id rank 0 created, and makes this rank's
     /// weight shard: generated on the device from `seed`, or read from a checkpoint.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(cfg: &Config, dtype: Dtype, weights: WeightInit, ordinal: usize, rank: usize, world: usize, nccl_id: &[u8]) -> Result<CudaEngine, CudaError> {
+    pub fn new(
+        cfg: &Config,
+        dtype: Dtype,
+        weights: WeightInit,
+        ordinal: usize,
+        rank: usize,
+        world: usize,
+        nccl_id: &[u8],
+    ) -> Result<CudaEngine, CudaError> {
         cfg.check_tensor_parallel(world).map_err(|e| CudaError::Invalid(e.to_string()))?;
         if cfg.head_dim() % 2 != 0 || cfg.head_dim() > 256 {
-            return Err(CudaError::Invalid(format!("head_dim {} is not supported by the cuda engine (even, at most 256)", cfg.head_dim())));
+            return Err(CudaError::Invalid(format!(
+                "head_dim {} is not supported by the cuda engine (even, at most 256)",
+                cfg.head_dim()
+            )));
         }
         let group = cfg.num_attention_heads / cfg.num_key_value_heads.max(1);
         if cfg.num_attention_heads % cfg.num_key_value_heads.max(1) != 0 || group > 16 {
-            return Err(CudaError::Invalid(format!("{} query heads per KV head is not supported by the cuda engine (a divisor, at most 16)", group)));
+            return Err(CudaError::Invalid(format!(
+                "{} query heads per KV head is not supported by the cuda engine (a divisor, at most 16)",
+                group
+            )));
         }
         tracing::debug!("cuda engine: opening GPU {ordinal}, compiling kernels");
         let mut gpu = Gpu::open(ordinal, MODULES, dtype)?;
@@ -126,19 +140,27 @@ impl CudaEngine {
         let attention = match std::env::var("TPPROF_CUDA_ATTN").as_deref() {
             Ok("fast") => DecodeAttention::Fast,
             Ok("tiled") => DecodeAttention::Tiled,
-            Ok("pipe") => DecodeAttention::Pipelined { merge: std::env::var("TPPROF_CUDA_ATTN_MERGE").is_ok_and(|v| v == "1") },
+            Ok("pipe") => {
+                DecodeAttention::Pipelined { merge: std::env::var("TPPROF_CUDA_ATTN_MERGE").is_ok_and(|v| v == "1") }
+            }
             Ok("sk") | Err(_) => DecodeAttention::ScoresFirst,
             Ok(other) => {
                 tracing::warn!("TPPROF_CUDA_ATTN={other} is not sk, pipe, fast or tiled: using decode_attn_sk");
                 DecodeAttention::ScoresFirst
             }
         };
-        let attn_split = std::env::var("TPPROF_CUDA_ATTN_SPLIT").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0);
+        let attn_split =
+            std::env::var("TPPROF_CUDA_ATTN_SPLIT").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0);
         let prefill_env = std::env::var("TPPROF_CUDA_PREFILL_ATTN").ok();
-        let prefill = PrefillAttention::parse(prefill_env.as_deref()).map_err(|e| CudaError::Invalid(format!("TPPROF_CUDA_PREFILL_ATTN: {e}")))?;
+        let prefill = PrefillAttention::parse(prefill_env.as_deref())
+            .map_err(|e| CudaError::Invalid(format!("TPPROF_CUDA_PREFILL_ATTN: {e}")))?;
         let sm: u32 = gpu.arch.trim_start_matches("sm_").parse().unwrap_or(0);
         let prefill = prefill.resolve(dims.d, sm);
-        let attn_blocks_per_sm = std::env::var("TPPROF_CUDA_ATTN_BLOCKS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0).unwrap_or(2);
+        let attn_blocks_per_sm = std::env::var("TPPROF_CUDA_ATTN_BLOCKS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&v| v > 0)
+            .unwrap_or(2);
         Ok(CudaEngine {
             cfg: cfg.clone(),
             dtype,
@@ -187,7 +209,10 @@ impl CudaEngine {
                 return Err(CudaError::Invalid(format!("sample {s}: empty prompt")));
             }
             if let Some((i, t)) = p.iter().enumerate().find(|(_, &t)| t < 0 || t as usize >= self.cfg.vocab_size) {
-                return Err(CudaError::Invalid(format!("sample {s}: token id {t} at position {i} is outside the vocabulary [0, {})", self.cfg.vocab_size)));
+                return Err(CudaError::Invalid(format!(
+                    "sample {s}: token id {t} at position {i} is outside the vocabulary [0, {})",
+                    self.cfg.vocab_size
+                )));
             }
             if p.len() + max_new > self.cfg.max_position_embeddings {
                 return Err(CudaError::Invalid(format!(
@@ -214,7 +239,16 @@ impl CudaEngine {
             self.graph = None;
             self.bufs = None;
             self.gpu.sync()?;
-            let b = Buffers::new(&mut self.gpu, &self.dims, slots, max_len, max_prompt, self.sm_count * self.attn_blocks_per_sm, self.attn_split, self.prefill)?;
+            let b = Buffers::new(
+                &mut self.gpu,
+                &self.dims,
+                slots,
+                max_len,
+                max_prompt,
+                self.sm_count * self.attn_blocks_per_sm,
+                self.attn_split,
+                self.prefill,
+            )?;
             self.bufs = Some(b);
             self.prepared = Some(want);
         }
@@ -243,7 +277,13 @@ impl CudaEngine {
     }
 
     /// Greedy generation; `on_token(sample, step, token, finish)` as soon as each token is on the host.
-    pub fn generate(&mut self, prompts: &[Vec<i32>], max_new: usize, exact_length: bool, on_token: &mut dyn FnMut(usize, usize, i32, i32)) -> Result<(), CudaError> {
+    pub fn generate(
+        &mut self,
+        prompts: &[Vec<i32>],
+        max_new: usize,
+        exact_length: bool,
+        on_token: &mut dyn FnMut(usize, usize, i32, i32),
+    ) -> Result<(), CudaError> {
         if prompts.is_empty() || max_new == 0 {
             return Ok(());
         }
@@ -280,7 +320,9 @@ impl CudaEngine {
         let prefill_s = t0.elapsed().as_secs_f64();
         let steps = max_new - 1;
         let events: Vec<_> = (0..2 * steps).map(|_| self.gpu.event()).collect::<Result<_, _>>()?;
-        let rec = |e: &cudarc::driver::CudaEvent, g: &Gpu| e.record(&g.stream).map_err(|e| CudaError::Driver(format!("cuEventRecord: {e}")));
+        let rec = |e: &cudarc::driver::CudaEvent, g: &Gpu| {
+            e.record(&g.stream).map_err(|e| CudaError::Driver(format!("cuEventRecord: {e}")))
+        };
         // The anchors: the stream is idle, so a reference event completes as soon as it is
         // recorded; its host time is the middle of record → synchronize (a few µs wide).
         let anchor_at = |g: &Gpu| -> Result<(cudarc::driver::CudaEvent, u64), CudaError> {
@@ -304,7 +346,11 @@ impl CudaEngine {
                 None => self.model()?.decode_step(slots)?,
             }
             rec(&events[2 * (step - 1) + 1], &self.gpu)?;
-            let tokens = self.bufs.as_ref().map(|b| b.tokens.view()).ok_or_else(|| CudaError::Internal("buffers not prepared".into()))?;
+            let tokens = self
+                .bufs
+                .as_ref()
+                .map(|b| b.tokens.view())
+                .ok_or_else(|| CudaError::Internal("buffers not prepared".into()))?;
             self.gpu.read_into(tokens, &mut host_tokens)?;
             for s in 0..slots {
                 if !done[s] {
@@ -317,16 +363,26 @@ impl CudaEngine {
         }
         let decode_s = t1.elapsed().as_secs_f64();
         let (anchor_end, anchor_end_ns) = anchor_at(&self.gpu)?;
-        let elapsed = |a: &cudarc::driver::CudaEvent, e: &cudarc::driver::CudaEvent| a.elapsed_ms(e).map(f64::from).map_err(|e| CudaError::Driver(format!("cuEventElapsedTime: {e}")));
+        let elapsed = |a: &cudarc::driver::CudaEvent, e: &cudarc::driver::CudaEvent| {
+            a.elapsed_ms(e).map(f64::from).map_err(|e| CudaError::Driver(format!("cuEventElapsedTime: {e}")))
+        };
         let span_ms = elapsed(&anchor, &anchor_end)?;
         // Below ~100 ms the anchors' few-µs uncertainty would dominate the rate; the drift in ppm is
         // reported only from 2 s on (at 100 ms, 2 µs of anchor error alone is 20 ppm).
         let (a1_ns, span) = if span_ms >= 100.0 { (anchor_end_ns, span_ms) } else { (anchor_ns, 0.0) };
         self.steps.event_drift_ppm = (span >= 2000.0).then(|| ((a1_ns - anchor_ns) as f64 / (span * 1e6) - 1.0) * 1e6);
-        let since_anchor = |e: &cudarc::driver::CudaEvent| -> Result<u64, CudaError> { Ok(event_to_host_ns(anchor_ns, a1_ns, span, elapsed(&anchor, e)?)) };
-        self.steps.device_abs_ns = (0..ran).map(|i| Ok((since_anchor(&events[2 * i])?, since_anchor(&events[2 * i + 1])?))).collect::<Result<_, CudaError>>()?;
+        let since_anchor = |e: &cudarc::driver::CudaEvent| -> Result<u64, CudaError> {
+            Ok(event_to_host_ns(anchor_ns, a1_ns, span, elapsed(&anchor, e)?))
+        };
+        self.steps.device_abs_ns = (0..ran)
+            .map(|i| Ok((since_anchor(&events[2 * i])?, since_anchor(&events[2 * i + 1])?)))
+            .collect::<Result<_, CudaError>>()?;
         self.steps.device_ms = (0..ran)
-            .map(|i| events[2 * i].elapsed_ms(&events[2 * i + 1]).map_err(|e| CudaError::Driver(format!("cuEventElapsedTime: {e}"))))
+            .map(|i| {
+                events[2 * i]
+                    .elapsed_ms(&events[2 * i + 1])
+                    .map_err(|e| CudaError::Driver(format!("cuEventElapsedTime: {e}")))
+            })
             .collect::<Result<_, _>>()?;
         // A diagnostic: its failure is reported in the stats, never fails the run.
         let breakdown = self.breakdown(prompts, max_new, ran).unwrap_or_else(|e| json!({ "error": e.to_string() }));
@@ -351,15 +407,15 @@ impl CudaEngine {
         let mut m = self.model()?;
         m.stage_decode(&prompts.iter().map(|p| p.len() + max_new - 1 - steps).collect::<Vec<_>>())?;
         m.probe = Some(&probe);
-        let captured = self
-            .gpu
-            .begin_capture()
-            .ok()
-            .and_then(|_| {
-                let ok = m.decode_step(prompts.len()).is_ok();
-                let g = self.gpu.end_capture();
-                if ok { g.ok().flatten() } else { None }
-            });
+        let captured = self.gpu.begin_capture().ok().and_then(|_| {
+            let ok = m.decode_step(prompts.len()).is_ok();
+            let g = self.gpu.end_capture();
+            if ok {
+                g.ok().flatten()
+            } else {
+                None
+            }
+        });
         let mut totals: Vec<(model::Op, f64)> = Vec::new();
         let mut add = |t: Vec<(model::Op, f64)>| {
             for (op, us) in t {
@@ -390,7 +446,8 @@ impl CudaEngine {
         // step against the plain one (the run's device step p50) and take it off every op.
         let counts = probe.counts();
         let marks: usize = counts.iter().filter(|(op, _)| *op != model::Op::End).map(|(_, c)| c).sum();
-        let raw_total: f64 = totals.iter().filter(|(op, _)| *op != model::Op::End).map(|(_, us)| us / steps as f64).sum();
+        let raw_total: f64 =
+            totals.iter().filter(|(op, _)| *op != model::Op::End).map(|(_, us)| us / steps as f64).sum();
         let mut plain = self.steps.device_ms.clone();
         plain.sort_by(|a, b| a.total_cmp(b));
         let plain_us = plain.get(plain.len() / 2).map(|ms| *ms as f64 * 1e3).unwrap_or(raw_total);
@@ -535,7 +592,17 @@ mod tests {
     fn a_missing_cuda_is_an_error_not_a_panic() {
         // On machines without the driver this is the path every --engine cuda run takes first.
         if gpu::check_libraries().is_err() {
-            let e = CudaEngine::new(&Config::preset("tiny").unwrap(), Dtype::F16, WeightInit::Seeded(0), 0, 0, 1, &[0; 128]).err().unwrap();
+            let e = CudaEngine::new(
+                &Config::preset("tiny").unwrap(),
+                Dtype::F16,
+                WeightInit::Seeded(0),
+                0,
+                0,
+                1,
+                &[0; 128],
+            )
+            .err()
+            .unwrap();
             assert!(e.to_string().contains("the cuda engine needs"), "{e}");
         }
     }

@@ -97,7 +97,19 @@ pub struct Weights {
 
 /// Generates one weight shard on the device with the cpu engine's recipe.
 #[allow(clippy::too_many_arguments)]
-fn init_t(gpu: &Gpu, dst: DevSlice<'_, Half>, rows: usize, cols: usize, row0: usize, col0: usize, full_cols: usize, seed: u64, tid: u64, scale: f32, offset: f32) -> Result<(), CudaError> {
+fn init_t(
+    gpu: &Gpu,
+    dst: DevSlice<'_, Half>,
+    rows: usize,
+    cols: usize,
+    row0: usize,
+    col0: usize,
+    full_cols: usize,
+    seed: u64,
+    tid: u64,
+    scale: f32,
+    offset: f32,
+) -> Result<(), CudaError> {
     let n = rows * cols;
     if n > dst.len() {
         return Err(CudaError::Internal(format!("init_weight of {rows} × {cols} into a {}-element view", dst.len())));
@@ -107,15 +119,39 @@ fn init_t(gpu: &Gpu, dst: DevSlice<'_, Half>, rows: usize, cols: usize, row0: us
     // full_cols, unsigned long long seed, unsigned long long tensor_id, float scale, float offset)
     // (init.cu) writes dst[0 .. rows × cols), which the view holds (checked above).
     unsafe {
-        gpu.launch(Kernel::InitWeight, (grid, 1, 1), 256, 0, &[
-            Arg::Ptr(dst.addr()), Arg::I32(rows as i32), Arg::I32(cols as i32), Arg::I64(row0 as i64), Arg::I64(col0 as i64),
-            Arg::I64(full_cols as i64), Arg::U64(seed), Arg::U64(tid), Arg::F32(scale), Arg::F32(offset),
-        ])
+        gpu.launch(
+            Kernel::InitWeight,
+            (grid, 1, 1),
+            256,
+            0,
+            &[
+                Arg::Ptr(dst.addr()),
+                Arg::I32(rows as i32),
+                Arg::I32(cols as i32),
+                Arg::I64(row0 as i64),
+                Arg::I64(col0 as i64),
+                Arg::I64(full_cols as i64),
+                Arg::U64(seed),
+                Arg::U64(tid),
+                Arg::F32(scale),
+                Arg::F32(offset),
+            ],
+        )
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn init_f32(gpu: &Gpu, dst: DevSlice<'_, f32>, cols: usize, col0: usize, full_cols: usize, seed: u64, tid: u64, scale: f32, offset: f32) -> Result<(), CudaError> {
+fn init_f32(
+    gpu: &Gpu,
+    dst: DevSlice<'_, f32>,
+    cols: usize,
+    col0: usize,
+    full_cols: usize,
+    seed: u64,
+    tid: u64,
+    scale: f32,
+    offset: f32,
+) -> Result<(), CudaError> {
     if cols > dst.len() {
         return Err(CudaError::Internal(format!("init_f32 of {cols} into a {}-element view", dst.len())));
     }
@@ -123,10 +159,24 @@ fn init_f32(gpu: &Gpu, dst: DevSlice<'_, f32>, cols: usize, col0: usize, full_co
     // SAFETY: init_f32(float* dst, int rows, int cols, ...) as init_weight_T (init.cu), one row:
     // writes dst[0 .. cols), which the view holds (checked above).
     unsafe {
-        gpu.launch(Kernel::InitF32, (grid, 1, 1), 256, 0, &[
-            Arg::Ptr(dst.addr()), Arg::I32(1), Arg::I32(cols as i32), Arg::I64(0), Arg::I64(col0 as i64),
-            Arg::I64(full_cols as i64), Arg::U64(seed), Arg::U64(tid), Arg::F32(scale), Arg::F32(offset),
-        ])
+        gpu.launch(
+            Kernel::InitF32,
+            (grid, 1, 1),
+            256,
+            0,
+            &[
+                Arg::Ptr(dst.addr()),
+                Arg::I32(1),
+                Arg::I32(cols as i32),
+                Arg::I64(0),
+                Arg::I64(col0 as i64),
+                Arg::I64(full_cols as i64),
+                Arg::U64(seed),
+                Arg::U64(tid),
+                Arg::F32(scale),
+                Arg::F32(offset),
+            ],
+        )
     }
 }
 
@@ -150,30 +200,110 @@ impl Weights {
             let w_qkv = gpu.alloc::<Half>(dims.qkv() * h)?;
             init_t(gpu, w_qkv.view(), q_rows, h, r * q_rows, 0, h, seed, id(WeightKind::QProj), proj_h, 0.0)?;
             init_t(gpu, w_qkv.at(q_rows * h), kv_rows, h, r * kv_rows, 0, h, seed, id(WeightKind::KProj), proj_h, 0.0)?;
-            init_t(gpu, w_qkv.at((q_rows + kv_rows) * h), kv_rows, h, r * kv_rows, 0, h, seed, id(WeightKind::VProj), proj_h, 0.0)?;
+            init_t(
+                gpu,
+                w_qkv.at((q_rows + kv_rows) * h),
+                kv_rows,
+                h,
+                r * kv_rows,
+                0,
+                h,
+                seed,
+                id(WeightKind::VProj),
+                proj_h,
+                0.0,
+            )?;
             let b_qkv = gpu.alloc::<f32>(dims.qkv())?;
             init_f32(gpu, b_qkv.view(), q_rows, r * q_rows, hq_full * d, seed, id(WeightKind::QBias), 0.02, 0.0)?;
-            init_f32(gpu, b_qkv.at(q_rows), kv_rows, r * kv_rows, hkv_full * d, seed, id(WeightKind::KBias), 0.02, 0.0)?;
-            init_f32(gpu, b_qkv.at(q_rows + kv_rows), kv_rows, r * kv_rows, hkv_full * d, seed, id(WeightKind::VBias), 0.02, 0.0)?;
+            init_f32(
+                gpu,
+                b_qkv.at(q_rows),
+                kv_rows,
+                r * kv_rows,
+                hkv_full * d,
+                seed,
+                id(WeightKind::KBias),
+                0.02,
+                0.0,
+            )?;
+            init_f32(
+                gpu,
+                b_qkv.at(q_rows + kv_rows),
+                kv_rows,
+                r * kv_rows,
+                hkv_full * d,
+                seed,
+                id(WeightKind::VBias),
+                0.02,
+                0.0,
+            )?;
 
             let w_o = gpu.alloc::<Half>(h * q_rows)?;
-            init_t(gpu, w_o.view(), h, q_rows, 0, r * q_rows, hq_full * d, seed, id(WeightKind::OProj), projection_scale(hq_full * d), 0.0)?;
+            init_t(
+                gpu,
+                w_o.view(),
+                h,
+                q_rows,
+                0,
+                r * q_rows,
+                hq_full * d,
+                seed,
+                id(WeightKind::OProj),
+                projection_scale(hq_full * d),
+                0.0,
+            )?;
 
             let i = dims.inter;
             let w_gu = gpu.alloc::<Half>(2 * i * h)?;
             init_t(gpu, w_gu.view(), i, h, r * i, 0, h, seed, id(WeightKind::GateProj), proj_h, 0.0)?;
             init_t(gpu, w_gu.at(i * h), i, h, r * i, 0, h, seed, id(WeightKind::UpProj), proj_h, 0.0)?;
             let w_down = gpu.alloc::<Half>(h * i)?;
-            init_t(gpu, w_down.view(), h, i, 0, r * i, inter_full, seed, id(WeightKind::DownProj), projection_scale(inter_full), 0.0)?;
+            init_t(
+                gpu,
+                w_down.view(),
+                h,
+                i,
+                0,
+                r * i,
+                inter_full,
+                seed,
+                id(WeightKind::DownProj),
+                projection_scale(inter_full),
+                0.0,
+            )?;
             layers.push(LayerWeights { in_norm, w_qkv, b_qkv, w_o, post_norm, w_gu, w_down });
         }
         let embed = gpu.alloc::<Half>(dims.vocab * h)?;
-        init_t(gpu, embed.view(), dims.vocab, h, 0, 0, h, seed, tensor_id(0, WeightKind::Embedding), EMBEDDING_SCALE, 0.0)?;
+        init_t(
+            gpu,
+            embed.view(),
+            dims.vocab,
+            h,
+            0,
+            0,
+            h,
+            seed,
+            tensor_id(0, WeightKind::Embedding),
+            EMBEDDING_SCALE,
+            0.0,
+        )?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
             let b = gpu.alloc::<Half>(dims.v_local() * h)?;
-            init_t(gpu, b.view(), dims.v_local(), h, dims.v0, 0, h, seed, tensor_id(0, WeightKind::LmHead), proj_h, 0.0)?;
+            init_t(
+                gpu,
+                b.view(),
+                dims.v_local(),
+                h,
+                dims.v0,
+                0,
+                h,
+                seed,
+                tensor_id(0, WeightKind::LmHead),
+                proj_h,
+                0.0,
+            )?;
             Some(b)
         };
         let final_norm = gpu.alloc::<f32>(h)?;
@@ -191,9 +321,16 @@ impl Weights {
 
     /// A Hugging Face checkpoint: every tensor of this rank's shard read from `dir` (memory-mapped,
     /// only the shard's bytes), converted to the engine's dtype on the host, uploaded.
-    pub fn from_safetensors(gpu: &mut Gpu, dir: &SafetensorsDir, cfg: &Config, dims: &Dims, dtype: Dtype) -> Result<Weights, CudaError> {
+    pub fn from_safetensors(
+        gpu: &mut Gpu,
+        dir: &SafetensorsDir,
+        cfg: &Config,
+        dims: &Dims,
+        dtype: Dtype,
+    ) -> Result<Weights, CudaError> {
         let (h, d) = (dims.hidden, dims.d);
-        let (hq_full, hkv_full, inter_full, vocab) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size, cfg.vocab_size);
+        let (hq_full, hkv_full, inter_full, vocab) =
+            (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size, cfg.vocab_size);
         let r = dims.rank;
         let start = gpu.allocated;
         let bad = |e: crate::engine::safetensors::WeightsError| CudaError::Invalid(e.to_string());
@@ -213,26 +350,88 @@ impl Weights {
             let in_norm = gpu.upload(&f32s(&name(WeightKind::InputNorm), &[h], Sharding::Full)?)?;
             let post_norm = gpu.upload(&f32s(&name(WeightKind::PostAttentionNorm), &[h], Sharding::Full)?)?;
             let w_qkv = gpu.alloc::<Half>(dims.qkv() * h)?;
-            gpu.write(&w_qkv, 0, Half::from_bits(&bits(&name(WeightKind::QProj), &[hq_full * d, h], Sharding::Rows(r * q_rows..(r + 1) * q_rows))?))?;
-            gpu.write(&w_qkv, q_rows * h, Half::from_bits(&bits(&name(WeightKind::KProj), &[hkv_full * d, h], Sharding::Rows(r * kv_rows..(r + 1) * kv_rows))?))?;
-            gpu.write(&w_qkv, (q_rows + kv_rows) * h, Half::from_bits(&bits(&name(WeightKind::VProj), &[hkv_full * d, h], Sharding::Rows(r * kv_rows..(r + 1) * kv_rows))?))?;
-            let mut bias = f32s(&name(WeightKind::QBias), &[hq_full * d], Sharding::Rows(r * q_rows..(r + 1) * q_rows))?;
-            bias.extend(f32s(&name(WeightKind::KBias), &[hkv_full * d], Sharding::Rows(r * kv_rows..(r + 1) * kv_rows))?);
-            bias.extend(f32s(&name(WeightKind::VBias), &[hkv_full * d], Sharding::Rows(r * kv_rows..(r + 1) * kv_rows))?);
+            gpu.write(
+                &w_qkv,
+                0,
+                Half::from_bits(&bits(
+                    &name(WeightKind::QProj),
+                    &[hq_full * d, h],
+                    Sharding::Rows(r * q_rows..(r + 1) * q_rows),
+                )?),
+            )?;
+            gpu.write(
+                &w_qkv,
+                q_rows * h,
+                Half::from_bits(&bits(
+                    &name(WeightKind::KProj),
+                    &[hkv_full * d, h],
+                    Sharding::Rows(r * kv_rows..(r + 1) * kv_rows),
+                )?),
+            )?;
+            gpu.write(
+                &w_qkv,
+                (q_rows + kv_rows) * h,
+                Half::from_bits(&bits(
+                    &name(WeightKind::VProj),
+                    &[hkv_full * d, h],
+                    Sharding::Rows(r * kv_rows..(r + 1) * kv_rows),
+                )?),
+            )?;
+            let mut bias =
+                f32s(&name(WeightKind::QBias), &[hq_full * d], Sharding::Rows(r * q_rows..(r + 1) * q_rows))?;
+            bias.extend(f32s(
+                &name(WeightKind::KBias),
+                &[hkv_full * d],
+                Sharding::Rows(r * kv_rows..(r + 1) * kv_rows),
+            )?);
+            bias.extend(f32s(
+                &name(WeightKind::VBias),
+                &[hkv_full * d],
+                Sharding::Rows(r * kv_rows..(r + 1) * kv_rows),
+            )?);
             let b_qkv = gpu.upload(&bias)?;
-            let w_o = gpu.upload(Half::from_bits(&bits(&name(WeightKind::OProj), &[h, hq_full * d], Sharding::Cols(r * q_rows..(r + 1) * q_rows))?))?;
+            let w_o = gpu.upload(Half::from_bits(&bits(
+                &name(WeightKind::OProj),
+                &[h, hq_full * d],
+                Sharding::Cols(r * q_rows..(r + 1) * q_rows),
+            )?))?;
             let i = dims.inter;
             let w_gu = gpu.alloc::<Half>(2 * i * h)?;
-            gpu.write(&w_gu, 0, Half::from_bits(&bits(&name(WeightKind::GateProj), &[inter_full, h], Sharding::Rows(r * i..(r + 1) * i))?))?;
-            gpu.write(&w_gu, i * h, Half::from_bits(&bits(&name(WeightKind::UpProj), &[inter_full, h], Sharding::Rows(r * i..(r + 1) * i))?))?;
-            let w_down = gpu.upload(Half::from_bits(&bits(&name(WeightKind::DownProj), &[h, inter_full], Sharding::Cols(r * i..(r + 1) * i))?))?;
+            gpu.write(
+                &w_gu,
+                0,
+                Half::from_bits(&bits(
+                    &name(WeightKind::GateProj),
+                    &[inter_full, h],
+                    Sharding::Rows(r * i..(r + 1) * i),
+                )?),
+            )?;
+            gpu.write(
+                &w_gu,
+                i * h,
+                Half::from_bits(&bits(
+                    &name(WeightKind::UpProj),
+                    &[inter_full, h],
+                    Sharding::Rows(r * i..(r + 1) * i),
+                )?),
+            )?;
+            let w_down = gpu.upload(Half::from_bits(&bits(
+                &name(WeightKind::DownProj),
+                &[h, inter_full],
+                Sharding::Cols(r * i..(r + 1) * i),
+            )?))?;
             layers.push(LayerWeights { in_norm, w_qkv, b_qkv, w_o, post_norm, w_gu, w_down });
         }
-        let embed = gpu.upload(Half::from_bits(&bits(&WeightKind::Embedding.hf_name(0), &[vocab, h], Sharding::Full)?))?;
+        let embed =
+            gpu.upload(Half::from_bits(&bits(&WeightKind::Embedding.hf_name(0), &[vocab, h], Sharding::Full)?))?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(gpu.upload(Half::from_bits(&bits(&WeightKind::LmHead.hf_name(0), &[vocab, h], Sharding::Rows(dims.v0..dims.v1))?))?)
+            Some(gpu.upload(Half::from_bits(&bits(
+                &WeightKind::LmHead.hf_name(0),
+                &[vocab, h],
+                Sharding::Rows(dims.v0..dims.v1),
+            )?))?)
         };
         let final_norm = gpu.upload(&f32s(&WeightKind::FinalNorm.hf_name(0), &[h], Sharding::Full)?)?;
         Ok(Weights {
@@ -297,7 +496,16 @@ impl Buffers {
     /// `prefill`: the prefill attention that will run (only the cuBLAS path needs the score and
     /// probability buffers, up to 1.5 GiB).
     #[allow(clippy::too_many_arguments)]
-    pub fn new(gpu: &mut Gpu, dims: &Dims, slots: usize, max_len: usize, max_rows: usize, attn_blocks: usize, split: Option<usize>, prefill: PrefillAttention) -> Result<Buffers, CudaError> {
+    pub fn new(
+        gpu: &mut Gpu,
+        dims: &Dims,
+        slots: usize,
+        max_len: usize,
+        max_rows: usize,
+        attn_blocks: usize,
+        split: Option<usize>,
+        prefill: PrefillAttention,
+    ) -> Result<Buffers, CudaError> {
         let (h, d) = (dims.hidden, dims.d);
         let rows = max_rows.max(slots);
         let q_chunk = (SCORES_BUDGET / (dims.hkv * max_len * (4 + T_BYTES))).clamp(16, MAX_Q_CHUNK);
@@ -333,8 +541,16 @@ impl Buffers {
             down: gpu.alloc::<Half>(rows * h)?,
             k_cache,
             v_cache,
-            scores: gpu.alloc::<f32>(if prefill == PrefillAttention::Cublas { dims.hkv * q_chunk * max_len } else { 0 })?,
-            probs: gpu.alloc::<Half>(if prefill == PrefillAttention::Cublas { dims.hkv * q_chunk * max_len } else { 0 })?,
+            scores: gpu.alloc::<f32>(if prefill == PrefillAttention::Cublas {
+                dims.hkv * q_chunk * max_len
+            } else {
+                0
+            })?,
+            probs: gpu.alloc::<Half>(if prefill == PrefillAttention::Cublas {
+                dims.hkv * q_chunk * max_len
+            } else {
+                0
+            })?,
             part_ml: gpu.alloc::<f32>(slots * dims.hq * n_splits * 2)?,
             part_acc: gpu.alloc::<f32>(slots * dims.hq * n_splits * d)?,
             // decode_attn_pipe's finished-split count per (sample, KV head); its last block resets it.
@@ -435,7 +651,9 @@ impl Probe {
         let marks = self.marks.borrow();
         let mut out: Vec<(Op, f64)> = Vec::new();
         for w in marks.windows(2) {
-            let ms = self.pool[w[0].1].elapsed_ms(&self.pool[w[1].1]).map_err(|e| CudaError::Driver(format!("cuEventElapsedTime: {e}")))?;
+            let ms = self.pool[w[0].1]
+                .elapsed_ms(&self.pool[w[1].1])
+                .map_err(|e| CudaError::Driver(format!("cuEventElapsedTime: {e}")))?;
             match out.iter_mut().find(|(op, _)| *op == w[0].0) {
                 Some((_, t)) => *t += ms as f64 * 1e3,
                 None => out.push((w[0].0, ms as f64 * 1e3)),
@@ -492,7 +710,9 @@ impl DecodeAttention {
             // Splits longer than decode_attn_sk takes (contexts past ~15K at TP=1 on an H200):
             // decode_attn_pipe, measured 2.0x faster than decode_attn_fast there (session 5).
             DecodeAttention::ScoresFirst if pipe => DecodeAttention::Pipelined { merge: false },
-            DecodeAttention::Pipelined { .. } | DecodeAttention::ScoresFirst | DecodeAttention::Fast if fast => DecodeAttention::Fast,
+            DecodeAttention::Pipelined { .. } | DecodeAttention::ScoresFirst | DecodeAttention::Fast if fast => {
+                DecodeAttention::Fast
+            }
             _ => DecodeAttention::Tiled,
         }
     }
@@ -542,7 +762,9 @@ impl PrefillAttention {
 
     pub fn label(self) -> String {
         match self {
-            PrefillAttention::Flash { warps } => format!("prefill.cu prefill_attn (tensor cores, {} queries per block)", 16 * warps),
+            PrefillAttention::Flash { warps } => {
+                format!("prefill.cu prefill_attn (tensor cores, {} queries per block)", 16 * warps)
+            }
             PrefillAttention::Cublas => "cuBLAS S = Q·Kᵀ, causal_softmax, O = P·V (chunked)".into(),
         }
     }
@@ -600,8 +822,14 @@ const PT_TILE: usize = 64;
 
 /// decode.cu's decode_attn_fast kernels by GQA group size.
 const DECODE_FAST: [Kernel; 8] = [
-    Kernel::DecodeAttnFastG1, Kernel::DecodeAttnFastG2, Kernel::DecodeAttnFastG3, Kernel::DecodeAttnFastG4,
-    Kernel::DecodeAttnFastG5, Kernel::DecodeAttnFastG6, Kernel::DecodeAttnFastG7, Kernel::DecodeAttnFastG8,
+    Kernel::DecodeAttnFastG1,
+    Kernel::DecodeAttnFastG2,
+    Kernel::DecodeAttnFastG3,
+    Kernel::DecodeAttnFastG4,
+    Kernel::DecodeAttnFastG5,
+    Kernel::DecodeAttnFastG6,
+    Kernel::DecodeAttnFastG7,
+    Kernel::DecodeAttnFastG8,
 ];
 
 /// The linear layers of a step, for choosing gemv.cu or cuBLAS per projection.
@@ -661,7 +889,11 @@ impl GemvOps {
             _ => {}
         }
         v.split(',').map(str::trim).try_fold(GemvOps::NONE, |set, name| {
-            Linear::ALL.iter().find(|l| l.name() == name).map(|&l| set.with(l)).ok_or_else(|| UnknownProjection(name.to_string()))
+            Linear::ALL
+                .iter()
+                .find(|l| l.name() == name)
+                .map(|&l| set.with(l))
+                .ok_or_else(|| UnknownProjection(name.to_string()))
         })
     }
 
@@ -705,21 +937,48 @@ impl<'a> Model<'a> {
     /// y (n × out) = x (n × in) · Wᵀ for a Hugging Face (out, in) weight; y is f32 or T. A few rows
     /// (decode) may go through gemv.cu (the projections in `gemv`); otherwise cuBLAS.
     #[allow(clippy::too_many_arguments)]
-    fn linear<Y: GemmOut>(&self, op: Linear, n: usize, out: usize, k: usize, x: DevSlice<'_, Half>, w: DevSlice<'_, Half>, y: DevSlice<'_, Y>) -> Result<(), CudaError> {
+    fn linear<Y: GemmOut>(
+        &self,
+        op: Linear,
+        n: usize,
+        out: usize,
+        k: usize,
+        x: DevSlice<'_, Half>,
+        w: DevSlice<'_, Half>,
+        y: DevSlice<'_, Y>,
+    ) -> Result<(), CudaError> {
         let aligned = x.aligned(16) && w.aligned(16) && k % 8 == 0;
         if self.gemv.has(op) && n <= GEMV_MAX_ROWS && aligned {
             if w.len() < out * k || x.len() < n * k || y.len() < n * out {
-                return Err(CudaError::Internal(format!("gemv {n}×{out}×{k} on views of {}, {} and {} elements", x.len(), w.len(), y.len())));
+                return Err(CudaError::Internal(format!(
+                    "gemv {n}×{out}×{k} on views of {}, {} and {} elements",
+                    x.len(),
+                    w.len(),
+                    y.len()
+                )));
             }
             let blocks = out.div_ceil(8) as u32;
             // SAFETY: gemv_T(const T* w, const T* x, void* y, int out, int in, int n_rows, int x_ld,
             // int y_ld, int out_f32) (gemv.cu) reads w (out × in), x (n_rows × x_ld), writes y
             // (n_rows × y_ld, f32 when out_f32 else T: Y's type), all held by the views (checked above).
             return unsafe {
-                self.gpu.launch(Kernel::Gemv, (blocks, 1, 1), 256, 0, &[
-                    Arg::Ptr(w.addr()), Arg::Ptr(x.addr()), Arg::Ptr(y.addr()), Arg::I32(out as i32), Arg::I32(k as i32), Arg::I32(n as i32),
-                    Arg::I32(k as i32), Arg::I32(out as i32), Arg::I32(Y::F32 as i32),
-                ])
+                self.gpu.launch(
+                    Kernel::Gemv,
+                    (blocks, 1, 1),
+                    256,
+                    0,
+                    &[
+                        Arg::Ptr(w.addr()),
+                        Arg::Ptr(x.addr()),
+                        Arg::Ptr(y.addr()),
+                        Arg::I32(out as i32),
+                        Arg::I32(k as i32),
+                        Arg::I32(n as i32),
+                        Arg::I32(k as i32),
+                        Arg::I32(out as i32),
+                        Arg::I32(Y::F32 as i32),
+                    ],
+                )
             };
         }
         self.gpu.gemm_nt(n, out, k, (x, k), (w, k), (y, out), 1.0, None)
@@ -750,9 +1009,19 @@ impl<'a> Model<'a> {
         // (norm.cu): table is (vocab, hidden), the n prompt tokens are staged ids < vocab
         // (validated), out = resid holds max_rows ≥ n rows of hidden.
         unsafe {
-            self.gpu.launch(Kernel::Embedding, (n as u32, 1, 1), 256, 0, &[
-                Arg::Ptr(self.w.embed.addr()), Arg::Ptr(self.b.prompt.addr()), Arg::Ptr(self.b.resid.addr()), Arg::I32(n as i32), Arg::I32(d.hidden as i32),
-            ])?;
+            self.gpu.launch(
+                Kernel::Embedding,
+                (n as u32, 1, 1),
+                256,
+                0,
+                &[
+                    Arg::Ptr(self.w.embed.addr()),
+                    Arg::Ptr(self.b.prompt.addr()),
+                    Arg::Ptr(self.b.resid.addr()),
+                    Arg::I32(n as i32),
+                    Arg::I32(d.hidden as i32),
+                ],
+            )?;
         }
         self.layers(&Pass::Prefill { n, slot })?;
         // Only the last prompt token reaches the LM head.
@@ -767,9 +1036,19 @@ impl<'a> Model<'a> {
         self.mark(Op::Embedding)?;
         // SAFETY: as in prefill; the n = slots tokens are the last step's argmax (ids < vocab).
         unsafe {
-            self.gpu.launch(Kernel::Embedding, (n as u32, 1, 1), 256, 0, &[
-                Arg::Ptr(self.w.embed.addr()), Arg::Ptr(self.b.tokens.addr()), Arg::Ptr(self.b.resid.addr()), Arg::I32(n as i32), Arg::I32(d.hidden as i32),
-            ])?;
+            self.gpu.launch(
+                Kernel::Embedding,
+                (n as u32, 1, 1),
+                256,
+                0,
+                &[
+                    Arg::Ptr(self.w.embed.addr()),
+                    Arg::Ptr(self.b.tokens.addr()),
+                    Arg::Ptr(self.b.resid.addr()),
+                    Arg::I32(n as i32),
+                    Arg::I32(d.hidden as i32),
+                ],
+            )?;
         }
         self.layers(&Pass::Decode { n })?;
         self.final_head(0, n, None, true)?;
@@ -799,11 +1078,27 @@ impl<'a> Model<'a> {
             // (hq, n, d), this layer's caches (slots, hkv, max_len, d) at slots < `slots` and positions
             // < max_len (Buffers::new sized them for the prepared workload).
             unsafe {
-                self.gpu.launch(Kernel::QkvRope, (n as u32, (d.hq + 2 * d.hkv) as u32, 1), 64, 0, &[
-                    Arg::Ptr(self.b.qkv.addr()), Arg::Ptr(lw.b_qkv.addr()), Arg::Ptr(self.b.q.addr()), Arg::Ptr(kc.addr()), Arg::Ptr(vc.addr()),
-                    Arg::Ptr(row_slot.addr()), Arg::Ptr(row_pos.addr()), Arg::I32(n as i32), Arg::I32(d.hq as i32), Arg::I32(d.hkv as i32),
-                    Arg::I32(d.d as i32), Arg::I32(self.b.max_len as i32), Arg::F32(self.theta),
-                ])?;
+                self.gpu.launch(
+                    Kernel::QkvRope,
+                    (n as u32, (d.hq + 2 * d.hkv) as u32, 1),
+                    64,
+                    0,
+                    &[
+                        Arg::Ptr(self.b.qkv.addr()),
+                        Arg::Ptr(lw.b_qkv.addr()),
+                        Arg::Ptr(self.b.q.addr()),
+                        Arg::Ptr(kc.addr()),
+                        Arg::Ptr(vc.addr()),
+                        Arg::Ptr(row_slot.addr()),
+                        Arg::Ptr(row_pos.addr()),
+                        Arg::I32(n as i32),
+                        Arg::I32(d.hq as i32),
+                        Arg::I32(d.hkv as i32),
+                        Arg::I32(d.d as i32),
+                        Arg::I32(self.b.max_len as i32),
+                        Arg::F32(self.theta),
+                    ],
+                )?;
             }
             self.mark(Op::Attention)?;
             match pass {
@@ -819,15 +1114,32 @@ impl<'a> Model<'a> {
             self.add_rmsnorm(self.b.resid.view(), Some(self.b.o.view()), lw.post_norm.view(), self.b.xnorm.view(), n)?;
             // MLP: down(silu(gate) * up), summed over ranks
             self.mark(Op::GateUpGemm)?;
-            self.linear(Linear::GateUp, n, 2 * d.inter, d.hidden, self.b.xnorm.view(), lw.w_gu.view(), self.b.gu.view())?;
+            self.linear(
+                Linear::GateUp,
+                n,
+                2 * d.inter,
+                d.hidden,
+                self.b.xnorm.view(),
+                lw.w_gu.view(),
+                self.b.gu.view(),
+            )?;
             self.mark(Op::Silu)?;
             let total = n * d.inter;
             // SAFETY: silu_mul_T(const T* gate_up, T* out, int n_rows, int inter) (activation.cu):
             // gate_up (n, 2 inter), out (n, inter), both sized for max_rows ≥ n rows.
             unsafe {
-                self.gpu.launch(Kernel::SiluMul, (total.div_ceil(256).clamp(1, 65535) as u32, 1, 1), 256, 0, &[
-                    Arg::Ptr(self.b.gu.addr()), Arg::Ptr(self.b.act.addr()), Arg::I32(n as i32), Arg::I32(d.inter as i32),
-                ])?;
+                self.gpu.launch(
+                    Kernel::SiluMul,
+                    (total.div_ceil(256).clamp(1, 65535) as u32, 1, 1),
+                    256,
+                    0,
+                    &[
+                        Arg::Ptr(self.b.gu.addr()),
+                        Arg::Ptr(self.b.act.addr()),
+                        Arg::I32(n as i32),
+                        Arg::I32(d.inter as i32),
+                    ],
+                )?;
             }
             self.mark(Op::DownGemm)?;
             self.linear(Linear::Down, n, d.hidden, d.inter, self.b.act.view(), lw.w_down.view(), self.b.down.view())?;
@@ -839,11 +1151,23 @@ impl<'a> Model<'a> {
 
     /// resid[row0..row0+n] += down; xnorm = final_norm(resid); logits = xnorm · LM headᵀ; global
     /// argmax → tokens (into `token_dst`, or `tokens` with positions advanced when `advance`).
-    fn final_head(&self, row0: usize, n: usize, token_dst: Option<DevSlice<'_, i32>>, advance: bool) -> Result<(), CudaError> {
+    fn final_head(
+        &self,
+        row0: usize,
+        n: usize,
+        token_dst: Option<DevSlice<'_, i32>>,
+        advance: bool,
+    ) -> Result<(), CudaError> {
         let d = self.dims;
         let h = d.hidden;
         self.mark(Op::Norm)?;
-        self.add_rmsnorm(self.b.resid.at(row0 * h), Some(self.b.down.at(row0 * h)), self.w.final_norm.view(), self.b.xnorm.view(), n)?;
+        self.add_rmsnorm(
+            self.b.resid.at(row0 * h),
+            Some(self.b.down.at(row0 * h)),
+            self.w.final_norm.view(),
+            self.b.xnorm.view(),
+            n,
+        )?;
         let v = d.v_local();
         self.mark(Op::LmHead)?;
         self.linear(Linear::LmHead, n, v, h, self.b.xnorm.view(), self.w.lm_head(d), self.b.logits.view())?;
@@ -851,9 +1175,19 @@ impl<'a> Model<'a> {
         // SAFETY: argmax_rows(const float* logits, int n_rows, int cols, int col0, float* out_pair)
         // (sampling.cu): logits (n, v_local), out_pair 2 floats per row; both sized for `slots` ≥ n.
         unsafe {
-            self.gpu.launch(Kernel::ArgmaxRows, (n as u32, 1, 1), 1024, 0, &[
-                Arg::Ptr(self.b.logits.addr()), Arg::I32(n as i32), Arg::I32(v as i32), Arg::I32(d.v0 as i32), Arg::Ptr(self.b.pair.addr()),
-            ])?;
+            self.gpu.launch(
+                Kernel::ArgmaxRows,
+                (n as u32, 1, 1),
+                1024,
+                0,
+                &[
+                    Arg::Ptr(self.b.logits.addr()),
+                    Arg::I32(n as i32),
+                    Arg::I32(v as i32),
+                    Arg::I32(d.v0 as i32),
+                    Arg::Ptr(self.b.pair.addr()),
+                ],
+            )?;
         }
         let gathered = if d.world > 1 {
             self.nccl.all_gather(self.b.pair.view(), self.b.gathered.view(), n * 2)?;
@@ -867,13 +1201,24 @@ impl<'a> Model<'a> {
         // int* row_pos) (sampling.cu): gathered (world, n, 2), n tokens out (at `dst`: `tokens`, or
         // one slot of it for n = 1), row_pos null or dec_pos (slots ≥ n).
         unsafe {
-            self.gpu.launch(Kernel::SelectTokens, ((n as u32).div_ceil(128), 1, 1), 128, 0, &[
-                Arg::Ptr(gathered.addr()), Arg::I32(d.world as i32), Arg::I32(n as i32), Arg::Ptr(dst.addr()), pos,
-            ])
+            self.gpu.launch(
+                Kernel::SelectTokens,
+                ((n as u32).div_ceil(128), 1, 1),
+                128,
+                0,
+                &[Arg::Ptr(gathered.addr()), Arg::I32(d.world as i32), Arg::I32(n as i32), Arg::Ptr(dst.addr()), pos],
+            )
         }
     }
 
-    fn add_rmsnorm(&self, resid: DevSlice<'_, f32>, delta: Option<DevSlice<'_, Half>>, w: DevSlice<'_, f32>, out: DevSlice<'_, Half>, n: usize) -> Result<(), CudaError> {
+    fn add_rmsnorm(
+        &self,
+        resid: DevSlice<'_, f32>,
+        delta: Option<DevSlice<'_, Half>>,
+        w: DevSlice<'_, f32>,
+        out: DevSlice<'_, Half>,
+        n: usize,
+    ) -> Result<(), CudaError> {
         // One block per row: a decode step has only a few rows, so each block takes 1024 threads
         // (a few elements each) rather than 256 threads walking the row serially.
         let block = if n <= GEMV_MAX_ROWS { 1024 } else { 256 };
@@ -886,9 +1231,21 @@ impl<'a> Model<'a> {
         // int hidden, float eps) (norm.cu): resid, delta (or null) and out n × hidden, weight hidden,
         // as the views hold (checked above).
         unsafe {
-            self.gpu.launch(Kernel::AddRmsnorm, (n as u32, 1, 1), block, 0, &[
-                Arg::Ptr(resid.addr()), delta, Arg::Ptr(w.addr()), Arg::Ptr(out.addr()), Arg::I32(n as i32), Arg::I32(h as i32), Arg::F32(self.eps),
-            ])
+            self.gpu.launch(
+                Kernel::AddRmsnorm,
+                (n as u32, 1, 1),
+                block,
+                0,
+                &[
+                    Arg::Ptr(resid.addr()),
+                    delta,
+                    Arg::Ptr(w.addr()),
+                    Arg::Ptr(out.addr()),
+                    Arg::I32(n as i32),
+                    Arg::I32(h as i32),
+                    Arg::F32(self.eps),
+                ],
+            )
         }
     }
 
@@ -900,7 +1257,13 @@ impl<'a> Model<'a> {
 
     /// Causal attention of one prompt of `n` tokens (cache slot `slot`) into attn (n, hq·d): prefill.cu's
     /// kernel, or the cuBLAS path (`self.prefill`).
-    fn prefill_attention(&self, n: usize, slot: usize, kc: DevSlice<'_, Half>, vc: DevSlice<'_, Half>) -> Result<(), CudaError> {
+    fn prefill_attention(
+        &self,
+        n: usize,
+        slot: usize,
+        kc: DevSlice<'_, Half>,
+        vc: DevSlice<'_, Half>,
+    ) -> Result<(), CudaError> {
         let dm = self.dims;
         let PrefillAttention::Flash { warps } = self.prefill else {
             return self.prefill_attention_cublas(n, slot, kc, vc);
@@ -908,7 +1271,12 @@ impl<'a> Model<'a> {
         let d = dm.d;
         let slot_stride = dm.hkv * self.b.max_len * d;
         let (kc, vc) = (kc.at(slot * slot_stride), vc.at(slot * slot_stride));
-        if self.b.q.view().len() < dm.hq * n * d || self.b.attn.view().len() < n * dm.hq * d || kc.len() < slot_stride || vc.len() < slot_stride || n > self.b.max_len {
+        if self.b.q.view().len() < dm.hq * n * d
+            || self.b.attn.view().len() < n * dm.hq * d
+            || kc.len() < slot_stride
+            || vc.len() < slot_stride
+            || n > self.b.max_len
+        {
             return Err(CudaError::Internal(format!("prefill attention of {n} tokens on too small a view")));
         }
         let bm = 16 * warps as usize;
@@ -919,22 +1287,41 @@ impl<'a> Model<'a> {
         // (n, hq d): the views hold them (checked above); `resolve` made d 64 or 128, warps 4 or 8
         // and the GPU sm_80+, with block = 32 · warps and this shared memory.
         unsafe {
-            self.gpu.launch(PrefillAttention::kernel(warps, d), (dm.hq as u32, n.div_ceil(bm) as u32, 1), 32 * warps, shared as u32, &[
-                Arg::Ptr(self.b.q.addr()), Arg::Ptr(kc.addr()), Arg::Ptr(vc.addr()), Arg::Ptr(self.b.attn.addr()),
-                Arg::I32(n as i32), Arg::I32(dm.hq as i32), Arg::I32(dm.hkv as i32), Arg::I32(self.b.max_len as i32), Arg::F32(1.0 / (d as f32).sqrt()),
-            ])
+            self.gpu.launch(
+                PrefillAttention::kernel(warps, d),
+                (dm.hq as u32, n.div_ceil(bm) as u32, 1),
+                32 * warps,
+                shared as u32,
+                &[
+                    Arg::Ptr(self.b.q.addr()),
+                    Arg::Ptr(kc.addr()),
+                    Arg::Ptr(vc.addr()),
+                    Arg::Ptr(self.b.attn.addr()),
+                    Arg::I32(n as i32),
+                    Arg::I32(dm.hq as i32),
+                    Arg::I32(dm.hkv as i32),
+                    Arg::I32(self.b.max_len as i32),
+                    Arg::F32(1.0 / (d as f32).sqrt()),
+                ],
+            )
         }
     }
 
     /// Causal attention of one prompt (slot row_slot[0]) in query chunks: per chunk and per query
     /// head of a GQA group, S = Q·Kᵀ/√d (cuBLAS, f32, batched over kv heads), masked softmax, O = P·V.
     /// The score buffer holds one chunk: hkv × q_chunk × kv_len f32 (bounded by SCORES_BUDGET).
-    fn prefill_attention_cublas(&self, n: usize, slot: usize, kc: DevSlice<'_, Half>, vc: DevSlice<'_, Half>) -> Result<(), CudaError> {
+    fn prefill_attention_cublas(
+        &self,
+        n: usize,
+        slot: usize,
+        kc: DevSlice<'_, Half>,
+        vc: DevSlice<'_, Half>,
+    ) -> Result<(), CudaError> {
         let dm = self.dims;
         let (d, hkv, group) = (dm.d, dm.hkv, dm.group());
         let scale = 1.0 / (d as f32).sqrt();
         let slot_stride = hkv * self.b.max_len * d; // elements between kv heads' caches
-        // The prompt's cache: slot `slot` of the layer's (slots, hkv, max_len, d) cache.
+                                                    // The prompt's cache: slot `slot` of the layer's (slots, hkv, max_len, d) cache.
         let (kc, vc) = (kc.at(slot * slot_stride), vc.at(slot * slot_stride));
         let mut q0 = 0;
         while q0 < n {
@@ -944,7 +1331,9 @@ impl<'a> Model<'a> {
                 // Query head h = g*group + j of every kv head g; q is (hq, n, d).
                 let q_ptr = self.b.q.at(((j * n) + q0) * d);
                 self.gpu.gemm_nt(
-                    qc, kv_len, d,
+                    qc,
+                    kv_len,
+                    d,
                     (q_ptr, d),
                     (kc, d),
                     (self.b.scores.view(), kv_len),
@@ -955,14 +1344,27 @@ impl<'a> Model<'a> {
                 // int kv_len, int q0) (attention.cu): hkv × qc rows of kv_len in scores and probs,
                 // which hold hkv × q_chunk × max_len.
                 unsafe {
-                    self.gpu.launch(Kernel::CausalSoftmax, ((hkv * qc) as u32, 1, 1), 256, 0, &[
-                        Arg::Ptr(self.b.scores.addr()), Arg::Ptr(self.b.probs.addr()), Arg::I32((hkv * qc) as i32), Arg::I32(qc as i32), Arg::I32(kv_len as i32), Arg::I32(q0 as i32),
-                    ])?;
+                    self.gpu.launch(
+                        Kernel::CausalSoftmax,
+                        ((hkv * qc) as u32, 1, 1),
+                        256,
+                        0,
+                        &[
+                            Arg::Ptr(self.b.scores.addr()),
+                            Arg::Ptr(self.b.probs.addr()),
+                            Arg::I32((hkv * qc) as i32),
+                            Arg::I32(qc as i32),
+                            Arg::I32(kv_len as i32),
+                            Arg::I32(q0 as i32),
+                        ],
+                    )?;
                 }
                 // attn rows q0.., columns of head h: row-major (n, hq*d)
                 let o_ptr = self.b.attn.at(q0 * dm.hq * d + j * d);
                 self.gpu.gemm_nn(
-                    qc, d, kv_len,
+                    qc,
+                    d,
+                    kv_len,
                     (self.b.probs.view(), kv_len),
                     (vc, d),
                     (o_ptr, dm.hq * d),
@@ -998,12 +1400,29 @@ impl<'a> Model<'a> {
         if let DecodeAttention::Pipelined { merge } = kernel {
             let shared = PT_STAGES * 2 * PT_TILE * dm.d * T_BYTES + (group * dm.d + group * PT_TILE + group) * 4;
             unsafe {
-                self.gpu.launch(DECODE_PIPE[group - 1][usize::from(dm.d == 128)], (dm.hkv as u32, self.b.n_splits as u32, n as u32), 256, shared as u32, &[
-                    Arg::Ptr(self.b.q.addr()), Arg::Ptr(kc.addr()), Arg::Ptr(vc.addr()), Arg::Ptr(self.b.dec_pos.addr()), Arg::Ptr(self.b.part_ml.addr()), Arg::Ptr(self.b.part_acc.addr()),
-                    if merge { Arg::Ptr(self.b.attn_counters.addr()) } else { Arg::Null }, Arg::Ptr(self.b.attn.addr()),
-                    Arg::I32(n as i32), Arg::I32(dm.hq as i32), Arg::I32(dm.hkv as i32), Arg::I32(dm.d as i32), Arg::I32(self.b.max_len as i32),
-                    Arg::I32(self.b.split_len as i32), Arg::F32(1.0 / (dm.d as f32).sqrt()),
-                ])?;
+                self.gpu.launch(
+                    DECODE_PIPE[group - 1][usize::from(dm.d == 128)],
+                    (dm.hkv as u32, self.b.n_splits as u32, n as u32),
+                    256,
+                    shared as u32,
+                    &[
+                        Arg::Ptr(self.b.q.addr()),
+                        Arg::Ptr(kc.addr()),
+                        Arg::Ptr(vc.addr()),
+                        Arg::Ptr(self.b.dec_pos.addr()),
+                        Arg::Ptr(self.b.part_ml.addr()),
+                        Arg::Ptr(self.b.part_acc.addr()),
+                        if merge { Arg::Ptr(self.b.attn_counters.addr()) } else { Arg::Null },
+                        Arg::Ptr(self.b.attn.addr()),
+                        Arg::I32(n as i32),
+                        Arg::I32(dm.hq as i32),
+                        Arg::I32(dm.hkv as i32),
+                        Arg::I32(dm.d as i32),
+                        Arg::I32(self.b.max_len as i32),
+                        Arg::I32(self.b.split_len as i32),
+                        Arg::F32(1.0 / (dm.d as f32).sqrt()),
+                    ],
+                )?;
             }
             if merge {
                 return Ok(());
@@ -1020,18 +1439,46 @@ impl<'a> Model<'a> {
         };
         if let Some((kernel, block, shared)) = partial {
             unsafe {
-                self.gpu.launch(kernel, (dm.hkv as u32, self.b.n_splits as u32, n as u32), block, shared, &[
-                    Arg::Ptr(self.b.q.addr()), Arg::Ptr(kc.addr()), Arg::Ptr(vc.addr()), Arg::Ptr(self.b.dec_pos.addr()), Arg::Ptr(self.b.part_ml.addr()), Arg::Ptr(self.b.part_acc.addr()),
-                    Arg::I32(n as i32), Arg::I32(dm.hq as i32), Arg::I32(dm.hkv as i32), Arg::I32(dm.d as i32), Arg::I32(self.b.max_len as i32),
-                    Arg::I32(self.b.split_len as i32), Arg::F32(1.0 / (dm.d as f32).sqrt()),
-                ])?;
+                self.gpu.launch(
+                    kernel,
+                    (dm.hkv as u32, self.b.n_splits as u32, n as u32),
+                    block,
+                    shared,
+                    &[
+                        Arg::Ptr(self.b.q.addr()),
+                        Arg::Ptr(kc.addr()),
+                        Arg::Ptr(vc.addr()),
+                        Arg::Ptr(self.b.dec_pos.addr()),
+                        Arg::Ptr(self.b.part_ml.addr()),
+                        Arg::Ptr(self.b.part_acc.addr()),
+                        Arg::I32(n as i32),
+                        Arg::I32(dm.hq as i32),
+                        Arg::I32(dm.hkv as i32),
+                        Arg::I32(dm.d as i32),
+                        Arg::I32(self.b.max_len as i32),
+                        Arg::I32(self.b.split_len as i32),
+                        Arg::F32(1.0 / (dm.d as f32).sqrt()),
+                    ],
+                )?;
             }
         }
         let merge = if dm.d % 4 == 0 { (Kernel::DecodeAttnMerge, 256) } else { (Kernel::DecodeAttnCombine, 128) };
         unsafe {
-            self.gpu.launch(merge.0, (dm.hq as u32, n as u32, 1), merge.1, 0, &[
-                Arg::Ptr(self.b.part_ml.addr()), Arg::Ptr(self.b.part_acc.addr()), Arg::Ptr(self.b.attn.addr()), Arg::I32(n as i32), Arg::I32(dm.hq as i32), Arg::I32(dm.d as i32), Arg::I32(self.b.n_splits as i32),
-            ])
+            self.gpu.launch(
+                merge.0,
+                (dm.hq as u32, n as u32, 1),
+                merge.1,
+                0,
+                &[
+                    Arg::Ptr(self.b.part_ml.addr()),
+                    Arg::Ptr(self.b.part_acc.addr()),
+                    Arg::Ptr(self.b.attn.addr()),
+                    Arg::I32(n as i32),
+                    Arg::I32(dm.hq as i32),
+                    Arg::I32(dm.d as i32),
+                    Arg::I32(self.b.n_splits as i32),
+                ],
+            )
         }
     }
 
@@ -1055,10 +1502,14 @@ mod tests {
         assert_eq!(pipe.resolve(96, 5, 176), Tiled);
         assert_eq!(pipe.resolve(32, 5, 176), Fast);
         assert_eq!(pipe.resolve(128, 9, 64), Tiled);
-        assert!(DECODE_PIPE.iter().enumerate().all(|(g, n)| n[0].name().ends_with(&format!("_pipe_g{}_d64", g + 1)) && n[1].name().ends_with(&format!("_pipe_g{}_d128", g + 1))));
+        assert!(DECODE_PIPE.iter().enumerate().all(|(g, n)| n[0].name().ends_with(&format!("_pipe_g{}_d64", g + 1))
+            && n[1].name().ends_with(&format!("_pipe_g{}_d128", g + 1))));
         // decode.cu's own constants, as the host sizes the shared memory with them.
         let src = include_str!("kernels/decode.cu");
-        assert!(src.contains(&format!("#define PT_STAGES {PT_STAGES}")) && src.contains(&format!("#define PT_TILE {PT_TILE}")));
+        assert!(
+            src.contains(&format!("#define PT_STAGES {PT_STAGES}"))
+                && src.contains(&format!("#define PT_TILE {PT_TILE}"))
+        );
         // qwen2.5-14b/32b at TP=2: head_dim 128, group 5.
         assert_eq!(ScoresFirst.resolve(128, 5, 176), ScoresFirst);
         assert_eq!(ScoresFirst.resolve(64, 7, 64), ScoresFirst);
@@ -1072,7 +1523,8 @@ mod tests {
         assert_eq!(Fast.resolve(96, 5, 176), Tiled);
         assert_eq!(Tiled.resolve(128, 5, 176), Tiled);
         // The kernel tables cover every group size decode_attn_sk / decode_attn_fast accept.
-        assert!(DECODE_SK.iter().enumerate().all(|(g, n)| n[0].name().ends_with(&format!("_sk_g{}_d64", g + 1)) && n[1].name().ends_with(&format!("_sk_g{}_d128", g + 1))));
+        assert!(DECODE_SK.iter().enumerate().all(|(g, n)| n[0].name().ends_with(&format!("_sk_g{}_d64", g + 1))
+            && n[1].name().ends_with(&format!("_sk_g{}_d128", g + 1))));
         assert!(DECODE_FAST.iter().enumerate().all(|(g, n)| n.name().ends_with(&format!("_fast_g{}", g + 1))));
     }
 
@@ -1083,7 +1535,10 @@ mod tests {
         assert_eq!(PrefillAttention::parse(Some("flash")).unwrap(), Flash { warps: 8 });
         assert_eq!(PrefillAttention::parse(Some("flash4")).unwrap(), Flash { warps: 4 });
         assert_eq!(PrefillAttention::parse(Some(" cublas ")).unwrap(), Cublas);
-        assert!(PrefillAttention::parse(Some("fa3")).unwrap_err().to_string().contains("`fa3` is not a prefill attention"));
+        assert!(PrefillAttention::parse(Some("fa3"))
+            .unwrap_err()
+            .to_string()
+            .contains("`fa3` is not a prefill attention"));
         let f = Flash { warps: 8 };
         assert_eq!(f.resolve(128, 90), f);
         assert_eq!(f.resolve(64, 80), f);
