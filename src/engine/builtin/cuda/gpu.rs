@@ -594,19 +594,27 @@ impl Gpu {
         self.ctx.new_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(drv("cuEventCreate"))
     }
 
-    /// Records `event` on the stream with CU_EVENT_RECORD_EXTERNAL: inside a stream capture a plain
-    /// record only orders the graph's nodes; this flag makes it a real event-record node that timing
-    /// can read after each launch.
+    /// Records `event` on the stream; while the stream is captured, with CU_EVENT_RECORD_EXTERNAL:
+    /// inside a capture a plain record only orders the graph's nodes, this flag makes it a real
+    /// event-record node that timing can read after each launch (outside a capture the flag is
+    /// refused: CUDA_ERROR_ILLEGAL_STATE).
     pub fn record_external(&self, event: &CudaEvent) -> Result<(), CudaError> {
+        let mut status = drv_sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+        // SAFETY: the stream belongs to this GPU's context and is alive (borrowed); status is a
+        // valid place for the answer.
+        unsafe { drv_sys::cuStreamIsCapturing(self.stream.cu_stream(), &mut status) }
+            .result()
+            .map_err(|e| CudaError::Driver(format!("cuStreamIsCapturing: {e}")))?;
+        let flags = if status == drv_sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE {
+            drv_sys::CUevent_record_flags::CU_EVENT_RECORD_EXTERNAL as u32
+        } else {
+            0
+        };
         // SAFETY: the event and the stream belong to this GPU's context and are alive (borrowed).
         unsafe {
-            drv_sys::cuEventRecordWithFlags(
-                event.cu_event(),
-                self.stream.cu_stream(),
-                drv_sys::CUevent_record_flags::CU_EVENT_RECORD_EXTERNAL as u32,
-            )
-            .result()
-            .map_err(|e| CudaError::Driver(format!("cuEventRecordWithFlags: {e}")))
+            drv_sys::cuEventRecordWithFlags(event.cu_event(), self.stream.cu_stream(), flags)
+                .result()
+                .map_err(|e| CudaError::Driver(format!("cuEventRecordWithFlags: {e}")))
         }
     }
 

@@ -51,6 +51,7 @@ kernels! {
     DecodeAttnCombine = "decode_attn_combine", true;
     // activation.cu
     SiluMul = "silu_mul", true;
+    SiluMul8 = "silu_mul8", true;
     // gemv.cu
     Gemv = "gemv", true;
     // decode.cu
@@ -124,7 +125,7 @@ pub const MODULES: &[Module] = {
             source: include_str!("kernels/attention.cu"),
             kernels: &[CausalSoftmax, DecodeAttnPartial, DecodeAttnCombine],
         },
-        Module { name: "activation", source: include_str!("kernels/activation.cu"), kernels: &[SiluMul] },
+        Module { name: "activation", source: include_str!("kernels/activation.cu"), kernels: &[SiluMul, SiluMul8] },
         Module { name: "gemv", source: include_str!("kernels/gemv.cu"), kernels: &[Gemv] },
         Module {
             name: "decode",

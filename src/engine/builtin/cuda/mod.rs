@@ -386,8 +386,14 @@ impl CudaEngine {
             .collect::<Result<_, _>>()?;
         // A diagnostic: its failure is reported in the stats, never fails the run.
         let breakdown = self.breakdown(prompts, max_new, ran).unwrap_or_else(|e| json!({ "error": e.to_string() }));
+        let prefill_breakdown = if self.breakdown_steps == 0 {
+            serde_json::Value::Null
+        } else {
+            self.prefill_breakdown(prompts).unwrap_or_else(|e| json!({ "error": e.to_string() }))
+        };
         let mut stats = self.run_stats(prompts, max_new, prefill_s, decode_s);
         stats["decode_breakdown_us_per_step"] = breakdown;
+        stats["prefill_breakdown"] = prefill_breakdown;
         self.last_run = Some(stats);
         Ok(())
     }
@@ -469,6 +475,56 @@ impl CudaEngine {
             "event_overhead_us_per_mark": per_mark,
             "raw_us": raw,
             "estimated_us": est,
+        }))
+    }
+
+    /// Where a prefill's time goes: after the timed run (and the decode breakdown), sample 0's
+    /// prefill once more into its own slot (the same keys and values are written again), eager,
+    /// with a CUDA event at every op boundary; a prefill op runs for milliseconds, so the events'
+    /// own few µs are left in. Per op: ms over all layers, and the TFLOP/s of the matrix products
+    /// and of the attention (causal: half the n² scores).
+    fn prefill_breakdown(&self, prompts: &[Vec<i32>]) -> Result<serde_json::Value, CudaError> {
+        let Some(prompt) = prompts.first() else { return Ok(serde_json::Value::Null) };
+        let probe = model::Probe::new(&self.gpu, 16 * self.dims.layers + 16)?;
+        let mut m = self.model()?;
+        m.probe = Some(&probe);
+        m.stage_prompt(prompt, 0)?;
+        self.gpu.sync()?;
+        m.prefill(prompt.len(), 0)?;
+        self.gpu.sync()?;
+        let totals = probe.totals_us()?;
+        let d = &self.dims;
+        let (n, l) = (prompt.len() as f64, d.layers as f64);
+        let gemm = |out: usize, k: usize| 2.0 * n * out as f64 * k as f64 * l;
+        let flop = |op: model::Op| -> Option<f64> {
+            Some(match op {
+                model::Op::QkvGemm => gemm((d.hq + 2 * d.hkv) * d.d, d.hidden),
+                model::Op::OGemm => gemm(d.hidden, d.hq * d.d),
+                model::Op::GateUpGemm => gemm(2 * d.inter, d.hidden),
+                model::Op::DownGemm => gemm(d.hidden, d.inter),
+                model::Op::Attention => 4.0 * d.hq as f64 * d.d as f64 * n * (n + 1.0) / 2.0 * l,
+                _ => return None,
+            })
+        };
+        let mut ms = serde_json::Map::new();
+        let mut tflops = serde_json::Map::new();
+        let mut total = 0.0;
+        for (op, us) in totals {
+            if op == model::Op::End {
+                continue;
+            }
+            total += us;
+            ms.insert(op.name().into(), json!(us / 1e3));
+            if let Some(f) = flop(op).filter(|_| us > 0.0) {
+                tflops.insert(op.name().into(), json!(f / (us * 1e-6) / 1e12));
+            }
+        }
+        Ok(json!({
+            "prompt_tokens": prompt.len(),
+            "prefill_attention": self.prefill.label(),
+            "total_ms": total / 1e3,
+            "ms": ms,
+            "tflops": tflops,
         }))
     }
 

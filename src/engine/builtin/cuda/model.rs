@@ -1005,6 +1005,7 @@ impl<'a> Model<'a> {
     /// tokens[slot] and this rank's logits of it in `logits` row 0.
     pub fn prefill(&self, n: usize, slot: usize) -> Result<(), CudaError> {
         let d = self.dims;
+        self.mark(Op::Embedding)?;
         // SAFETY: embedding_T(const T* table, const int* tokens, float* out, int n_rows, int hidden)
         // (norm.cu): table is (vocab, hidden), the n prompt tokens are staged ids < vocab
         // (validated), out = resid holds max_rows ≥ n rows of hidden.
@@ -1026,7 +1027,8 @@ impl<'a> Model<'a> {
         self.layers(&Pass::Prefill { n, slot })?;
         // Only the last prompt token reaches the LM head.
         let last = n - 1;
-        self.final_head(last, 1, Some(self.b.tokens.at(slot)), false)
+        self.final_head(last, 1, Some(self.b.tokens.at(slot)), false)?;
+        self.mark(Op::End)
     }
 
     /// One decode step for `n` samples: tokens (device) at dec_pos → next tokens, dec_pos advanced.
@@ -1077,11 +1079,15 @@ impl<'a> Model<'a> {
             // int max_len, float rope_theta) (rope.cu): qkv (n, qkv_local) f32, bias (qkv_local), q
             // (hq, n, d), this layer's caches (slots, hkv, max_len, d) at slots < `slots` and positions
             // < max_len (Buffers::new sized them for the prepared workload).
+            // Decode (a few rows): a block per (row, head). Prefill: a block per row, so the
+            // double-precision cos/sin table is computed once per row, not once per head (14B 10K
+            // prefill on an H200: 33.2 ms → see results/h200-prefill-ops.md).
+            let (heads_per_grid, block) = if n <= GEMV_MAX_ROWS { ((d.hq + 2 * d.hkv) as u32, 64) } else { (1, 256) };
             unsafe {
                 self.gpu.launch(
                     Kernel::QkvRope,
-                    (n as u32, (d.hq + 2 * d.hkv) as u32, 1),
-                    64,
+                    (n as u32, heads_per_grid, 1),
+                    block,
                     0,
                     &[
                         Arg::Ptr(self.b.qkv.addr()),
@@ -1124,12 +1130,16 @@ impl<'a> Model<'a> {
                 self.b.gu.view(),
             )?;
             self.mark(Op::Silu)?;
-            let total = n * d.inter;
-            // SAFETY: silu_mul_T(const T* gate_up, T* out, int n_rows, int inter) (activation.cu):
-            // gate_up (n, 2 inter), out (n, inter), both sized for max_rows ≥ n rows.
+            // 8 elements per 16-byte access where rows stay 16-byte aligned.
+            let wide = d.inter % 8 == 0 && self.b.gu.view().aligned(16) && self.b.act.view().aligned(16);
+            let (kernel, total) =
+                if wide { (Kernel::SiluMul8, n * d.inter / 8) } else { (Kernel::SiluMul, n * d.inter) };
+            // SAFETY: silu_mul{,8}_T(const T* gate_up, T* out, int n_rows, int inter) (activation.cu):
+            // gate_up (n, 2 inter), out (n, inter), both sized for max_rows ≥ n rows; silu_mul8 only
+            // with inter % 8 == 0 and both 16-byte aligned (checked above).
             unsafe {
                 self.gpu.launch(
-                    Kernel::SiluMul,
+                    kernel,
                     (total.div_ceil(256).clamp(1, 65535) as u32, 1, 1),
                     256,
                     0,

@@ -23,9 +23,10 @@
 //   slot = row_slot[r], pos = row_pos[r] (0 <= pos < max_len, not checked).
 //
 // Launch: grid = (n_rows, G, 1) with any 1 <= G <= hq + 2*hkv; block y handles heads
-//   hh = blockIdx.y, blockIdx.y + G, ...  G = hq + 2*hkv (one block per (row, head)) is the
-//   default; a smaller G computes the cos/sin table fewer times per row (useful for big prefills).
-//   block = 64 (any multiple of 32 up to 1024 also works), shared = 0 (static 1 KiB table).
+//   hh = blockIdx.y, blockIdx.y + G, ...  G = hq + 2*hkv (one block per (row, head), block = 64:
+//   decode's few rows) or G = 1 (one block per row, block = 256: a prefill computes the double-
+//   precision cos/sin table once per row instead of once per head).
+//   Any block size that is a multiple of 32 up to 1024 works; shared = 0 (static 1 KiB table).
 // Constraints: head_dim even, 2 <= head_dim <= 256. theta is passed as f32: it must be exactly
 // representable (1e4, 1e6, ... are) to match the CPU's f64 theta.
 template <typename T>
@@ -55,8 +56,15 @@ __device__ __forceinline__ void qkv_rope_impl(const float* __restrict__ qkv, con
     }
     __syncthreads();
 
+    // The block's heads hh = blockIdx.y + j * gridDim.y, j < heads_here, as `half` units each,
+    // flattened over the block's threads (with one block per row and many heads, every thread
+    // has work; with one head per block it is the plain loop over i). Unit i of a head writes its
+    // elements i and i + half.
     const float* xrow = qkv + (long long)r * n_heads * d;
-    for (int hh = blockIdx.y; hh < n_heads; hh += gridDim.y) {
+    const int heads_here = (n_heads - (int)blockIdx.y + (int)gridDim.y - 1) / (int)gridDim.y;
+    for (int u = threadIdx.x; u < heads_here * half; u += blockDim.x) {
+        const int hh = blockIdx.y + (u / half) * gridDim.y;
+        const int i = u % half;
         const float* x = xrow + (long long)hh * d;
         const float* bh = bias + (long long)hh * d;
         if (hh < hq + hkv) {
@@ -67,17 +75,16 @@ __device__ __forceinline__ void qkv_rope_impl(const float* __restrict__ qkv, con
                 const int g = hh - hq;
                 dst = k_cache + (((long long)slot * hkv + g) * max_len + pos) * d;
             }
-            for (int i = threadIdx.x; i < half; i += blockDim.x) {
-                const float x1 = __fadd_rn(x[i], bh[i]);
-                const float x2 = __fadd_rn(x[i + half], bh[i + half]);
-                const float c = cos_t[i], s = sin_t[i];
-                dst[i] = from_f32<T>(__fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)));
-                dst[i + half] = from_f32<T>(__fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
-            }
+            const float x1 = __fadd_rn(x[i], bh[i]);
+            const float x2 = __fadd_rn(x[i + half], bh[i + half]);
+            const float c = cos_t[i], s = sin_t[i];
+            dst[i] = from_f32<T>(__fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)));
+            dst[i + half] = from_f32<T>(__fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
         } else {
             const int g = hh - hq - hkv;
             T* dst = v_cache + (((long long)slot * hkv + g) * max_len + pos) * d;
-            for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = from_f32<T>(__fadd_rn(x[i], bh[i]));
+            dst[i] = from_f32<T>(__fadd_rn(x[i], bh[i]));
+            dst[i + half] = from_f32<T>(__fadd_rn(x[i + half], bh[i + half]));
         }
     }
 }
