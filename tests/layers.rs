@@ -457,7 +457,8 @@ fn sibling_cycles(edges: &BTreeMap<(String, String), BTreeSet<String>>) -> Vec<S
 /// to be struck when it is fixed.
 const STRING_ERRORS_KNOWN: &[&str] = &[];
 
-/// `Result<…, String>` in a line of code (not a comment): the error half is a bare String.
+/// `Result<…, String>` in the code (comment lines left out; rustfmt may spread the type over
+/// lines): the error half is a bare String.
 fn string_results(dir: &Path, root: &Path, out: &mut BTreeSet<String>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
@@ -473,11 +474,9 @@ fn string_results(dir: &Path, root: &Path, out: &mut BTreeSet<String>) {
             continue;
         }
         let text = std::fs::read_to_string(&p).unwrap();
-        let code = text.lines().filter(|l| !l.trim_start().starts_with("//"));
-        if code
-            .into_iter()
-            .any(|l| l.match_indices("Result<").any(|(i, _)| result_errs_with_string(&l[i + "Result<".len()..])))
-        {
+        // The code lines as one text: rustfmt spreads a long type over several lines.
+        let code: String = text.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+        if code.match_indices("Result<").any(|(i, _)| result_errs_with_string(&code[i + "Result<".len()..])) {
             out.insert(rel);
         }
     }
@@ -492,7 +491,15 @@ fn result_errs_with_string(rest: &str) -> bool {
             ')' | ']' => depth -= 1,
             '>' if depth == 0 => return false,
             '>' => depth -= 1,
-            ',' if depth == 0 => return rest[i + 1..].trim_start().starts_with("String>"),
+            ',' if depth == 0 => {
+                let err = rest[i + 1..].trim_start();
+                let err = err.strip_prefix("std::string::").unwrap_or(err);
+                // `String>`, or `String,` and `>` as rustfmt writes a type it spreads over lines
+                return err.strip_prefix("String").is_some_and(|r| {
+                    let r = r.trim_start();
+                    r.starts_with('>') || r.strip_prefix(',').is_some_and(|r| r.trim_start().starts_with('>'))
+                });
+            }
             _ => {}
         }
     }
@@ -518,6 +525,9 @@ fn the_string_error_check_reads_types() {
     assert!(!result_errs_with_string("String, MyError>"));
     assert!(!result_errs_with_string("Vec<String>, E>"));
     assert!(!result_errs_with_string("T>"));
+    assert!(result_errs_with_string("\n    Vec<u8>,\n    String,\n> {"));
+    assert!(result_errs_with_string("u8, std::string::String>"));
+    assert!(!result_errs_with_string("u8, StringError>"));
 }
 
 /// build.rs embeds the commit (and whether the tree is dirty) and re-runs when .git/index changes.
