@@ -1,8 +1,8 @@
 //! tpprof: an MPI-aware, low-level profiler for tensor-parallel LLM inference.
 //!
 //! One rank per GPU: every rank runs (or observes) the engine, timestamps every token, samples its
-//! own memory, and rank 0 gathers every rank's report into one JSON. `run::run` is the whole job,
-//! top to bottom; see DESIGN.md for the architecture.
+//! own memory, and rank 0 gathers every rank's report into one JSON. `run::main` is the whole job,
+//! top to bottom; see ARCHITECTURE.md for the architecture.
 
 pub mod cli;
 pub mod clock;

@@ -114,11 +114,362 @@ fn the_check_would_catch_an_upward_import() {
     assert!(!bad.iter().any(|b| b.starts_with("engine -> clock")), "{bad:?}");
 }
 
+/// No import cycle among the files of src/, at every level of the module tree: within each folder,
+/// the files and subfolders it holds (a subfolder counted as one, with all it holds) must not use
+/// each other in a circle. A use of a module above the file (`super::Engine`, its folder's mod.rs,
+/// which declares it) is not counted: a module's children see its items, and a mod.rs's error enum
+/// wraps its children's errors, so a mod.rs and its files use each other by design; siblings may
+/// not. At the top level this is the layer table's graph again (which has no cycle).
+#[test]
+fn no_import_cycles_among_files() {
+    let src = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
+    let edges = file_edges(src);
+    assert!(edges.len() > 50, "the scan found too little: {edges:?}");
+    let cycles = sibling_cycles(&edges);
+    assert!(cycles.is_empty(), "import cycles between files of src/:\n  {}", cycles.join("\n  "));
+}
+
+#[test]
+fn the_cycle_check_would_catch_a_cycle() {
+    // A made-up tree: report's a and b use each other (a cycle), once from a test module; engine's
+    // mod.rs and its child use each other (allowed); comments and strings name paths (ignored).
+    let tmp = tempfile::tempdir().unwrap();
+    let files = [
+        ("lib.rs", "pub mod clock; pub mod engine; pub mod report;\n"),
+        ("clock.rs", "pub fn mono_ns() -> u64 { 0 }\n"),
+        ("report/mod.rs", "pub mod a;\npub mod b;\npub use a::A;\npub enum E { X(a::AError) }\n"),
+        ("report/a.rs", "use super::E;\npub fn g() {}\n#[cfg(test)]\nmod tests {\n    use super::super::b::f;\n}\n"),
+        ("report/b.rs", "pub fn f() { super::a::g() }\n#[cfg(test)]\nmod tests {\n    use super::*;\n}\n"),
+        ("engine/mod.rs", "pub mod x;\npub use x::{X, XError};\npub trait Engine {}\n"),
+        (
+            "engine/x.rs",
+            concat!(
+                "use super::{Engine, super::clock::{self, mono_ns}};\n// use crate::report::a;\n",
+                "const S: &str = \"crate::report::b\";\nfn f<'a>(c: char) -> bool { c == '\"' || c == '\\'' }\n",
+            ),
+        ),
+    ];
+    for (path, text) in files {
+        let p = tmp.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let edges = file_edges(tmp.path());
+    let has = |from: &[&str], to: &[&str]| edges.contains_key(&(from.join("::"), to.join("::")));
+    assert!(has(&["engine", "x"], &["clock"]), "{edges:?}");
+    assert!(has(&["report", "a"], &["report", "b"]) && has(&["report", "b"], &["report", "a"]), "{edges:?}");
+    assert!(!edges.keys().any(|(f, t)| f.starts_with("engine") && t.starts_with("report")), "{edges:?}");
+    let cycles = sibling_cycles(&edges);
+    assert_eq!(cycles, ["in src/report: a -> b -> a (a -> b: report/a.rs; b -> a: report/b.rs)"]);
+}
+
+/// `from` module path → `to` module path (both of files, `a::b`; the root is ``), with the files
+/// that hold the uses. Uses of the file's own module or of a module above it are left out.
+fn file_edges(root: &Path) -> BTreeMap<(String, String), BTreeSet<String>> {
+    let mut files = Vec::new();
+    rust_files(root, root, &mut files);
+    let module = |rel: &str| -> Vec<String> {
+        let mut m: Vec<String> = rel.trim_end_matches(".rs").split('/').map(String::from).collect();
+        if m.last().is_some_and(|l| l == "mod" || l == "lib") {
+            m.pop();
+        }
+        m
+    };
+    let modules: BTreeSet<Vec<String>> = files.iter().map(|(rel, _)| module(rel)).collect();
+    let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for (rel, text) in &files {
+        let from = module(rel);
+        for (inner, path) in paths_used(&code_only(text)) {
+            let cur: Vec<String> = from.iter().chain(&inner).cloned().collect();
+            let Some(to) = resolve(&cur, &path, rel == "main.rs", &modules) else { continue };
+            if from.starts_with(&to) {
+                continue; // itself, or a module above it
+            }
+            out.entry((from.join("::"), to.join("::"))).or_default().insert(rel.clone());
+        }
+    }
+    out
+}
+
+fn rust_files(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            rust_files(&p, root, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+            out.push((rel, std::fs::read_to_string(&p).unwrap()));
+        }
+    }
+}
+
+/// The text with comments, string and char literals blanked (a path in them is no import).
+fn code_only(text: &str) -> String {
+    let c: Vec<char> = text.chars().collect();
+    let at = |i: usize| c.get(i).copied().unwrap_or('\0');
+    let ident = |ch: char| ch.is_alphanumeric() || ch == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < c.len() {
+        let raw_hashes = (at(i) == 'r' && (i == 0 || !ident(c[i - 1])))
+            .then(|| c[i + 1..].iter().take_while(|&&h| h == '#').count())
+            .filter(|&n| at(i + 1 + n) == '"');
+        if at(i) == '/' && at(i + 1) == '/' {
+            while i < c.len() && c[i] != '\n' {
+                i += 1;
+            }
+        } else if at(i) == '/' && at(i + 1) == '*' {
+            let mut depth = 0;
+            while i < c.len() {
+                if at(i) == '/' && at(i + 1) == '*' {
+                    depth += 1;
+                    i += 2;
+                } else if at(i) == '*' && at(i + 1) == '/' {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            out.push(' ');
+        } else if let Some(n) = raw_hashes {
+            i += n + 2;
+            while i < c.len() && !(c[i] == '"' && (1..=n).all(|k| at(i + k) == '#')) {
+                i += 1;
+            }
+            i += n + 1;
+            out.push_str("\"\"");
+        } else if at(i) == '"' {
+            i += 1;
+            while i < c.len() && c[i] != '"' {
+                i += if c[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("\"\"");
+        } else if at(i) == '\'' && at(i + 1) == '\\' {
+            i += 2;
+            while i < c.len() && c[i] != '\'' {
+                i += 1;
+            }
+            i += 1;
+            out.push_str("' '");
+        } else if at(i) == '\'' && at(i + 2) == '\'' {
+            i += 3;
+            out.push_str("' '");
+        } else {
+            out.push(c[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Every path the code names from `crate`, `tpprof`, `super` or `self` (use trees expanded), with
+/// the inline modules (`mod tests { … }`) it sits in.
+fn paths_used(code: &str) -> Vec<(Vec<String>, Vec<String>)> {
+    let mut tokens: Vec<String> = Vec::new();
+    let c: Vec<char> = code.chars().collect();
+    let mut i = 0;
+    while i < c.len() {
+        if c[i].is_alphabetic() || c[i] == '_' {
+            let start = i;
+            while i < c.len() && (c[i].is_alphanumeric() || c[i] == '_') {
+                i += 1;
+            }
+            tokens.push(c[start..i].iter().collect());
+        } else if c[i] == ':' && c.get(i + 1) == Some(&':') {
+            tokens.push("::".into());
+            i += 2;
+        } else {
+            if !c[i].is_whitespace() {
+                tokens.push(c[i].to_string());
+            }
+            i += 1;
+        }
+    }
+    let tok = |i: usize| tokens.get(i).map(String::as_str).unwrap_or("");
+    let is_ident = |t: &str| t.starts_with(|ch: char| ch.is_alphabetic() || ch == '_');
+    let (mut out, mut inline, mut depth) = (Vec::new(), Vec::<(String, usize)>::new(), 0);
+    let mut i = 0;
+    while i < tokens.len() {
+        let within = || inline.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>();
+        match tok(i) {
+            "mod" if is_ident(tok(i + 1)) && tok(i + 2) == "{" => {
+                depth += 1;
+                inline.push((tok(i + 1).to_string(), depth));
+                i += 3;
+            }
+            "{" => {
+                depth += 1;
+                i += 1;
+            }
+            "}" => {
+                if inline.last().is_some_and(|(_, d)| *d == depth) {
+                    inline.pop();
+                }
+                depth -= 1;
+                i += 1;
+            }
+            "use" => {
+                i += 1;
+                let mut paths = Vec::new();
+                use_tree(&tokens, &mut i, Vec::new(), &mut paths);
+                out.extend(paths.into_iter().map(|p| (within(), p)));
+            }
+            "crate" | "tpprof" | "super" | "self" if tok(i + 1) == "::" && tok(i.wrapping_sub(1)) != "::" => {
+                let mut path = vec![tok(i).to_string()];
+                i += 1;
+                while tok(i) == "::" && is_ident(tok(i + 1)) {
+                    path.push(tok(i + 1).to_string());
+                    i += 2;
+                }
+                out.push((within(), path));
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
+/// One use tree from `tokens[*i]` (after `use`), each leaf as its full path.
+fn use_tree(tokens: &[String], i: &mut usize, mut path: Vec<String>, out: &mut Vec<Vec<String>>) {
+    loop {
+        match tokens.get(*i).map(String::as_str) {
+            Some("::") => *i += 1,
+            Some("{") => {
+                *i += 1;
+                loop {
+                    if tokens.get(*i).is_some_and(|t| t == "}") {
+                        *i += 1;
+                        return;
+                    }
+                    use_tree(tokens, i, path.clone(), out);
+                    match tokens.get(*i).map(String::as_str) {
+                        Some(",") => *i += 1,
+                        Some("}") => {
+                            *i += 1;
+                            return;
+                        }
+                        _ => return,
+                    }
+                }
+            }
+            Some("as") => {
+                *i += 2;
+                out.push(path);
+                return;
+            }
+            Some(t) if t.starts_with(|ch: char| ch.is_alphabetic() || ch == '_') => {
+                path.push(t.to_string());
+                *i += 1;
+            }
+            _ => {
+                if tokens.get(*i).is_some_and(|t| t == "*") {
+                    *i += 1;
+                }
+                out.push(path);
+                return;
+            }
+        }
+    }
+}
+
+/// The file module a path leads into, from module `cur` (file module and inline modules); None
+/// for paths outside the crate. In main.rs (the binary) the library is `tpprof`.
+fn resolve(cur: &[String], path: &[String], in_main: bool, modules: &BTreeSet<Vec<String>>) -> Option<Vec<String>> {
+    let mut base: Vec<String> = match path.first()?.as_str() {
+        "crate" if !in_main => Vec::new(),
+        "tpprof" if in_main => Vec::new(),
+        "self" | "super" => cur.to_vec(),
+        _ => return None,
+    };
+    let mut rest = &path[1..];
+    if path[0] == "super" {
+        base.pop()?;
+        while rest.first().is_some_and(|s| s == "super") {
+            base.pop()?;
+            rest = &rest[1..];
+        }
+    }
+    for seg in rest.iter().filter(|s| *s != "self") {
+        let next: Vec<String> = base.iter().chain([seg]).cloned().collect();
+        if !modules.contains(&next) {
+            break;
+        }
+        base = next;
+    }
+    while !modules.contains(&base) {
+        base.pop()?;
+    }
+    Some(base)
+}
+
+/// Each cycle between siblings (each subfolder as one), once, as its shortest path with the files
+/// that hold its uses: `in src/report: a -> b -> a (a -> b: report/a.rs; b -> a: report/b.rs)`.
+fn sibling_cycles(edges: &BTreeMap<(String, String), BTreeSet<String>>) -> Vec<String> {
+    // folder → sibling → sibling it uses → the files that hold the uses
+    type Graph = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
+    let mut graphs: BTreeMap<String, Graph> = BTreeMap::new();
+    for ((from, to), files) in edges {
+        let (f, t): (Vec<&str>, Vec<&str>) = (from.split("::").collect(), to.split("::").collect());
+        if t.starts_with(&f) {
+            continue; // into its own folder
+        }
+        let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
+        let graph = graphs.entry(f[..common].join("/")).or_default();
+        graph.entry(f[common].to_string()).or_default().entry(t[common].to_string()).or_default().extend(files.clone());
+    }
+    let mut cycles = BTreeSet::new();
+    for (folder, graph) in &graphs {
+        for (a, uses) in graph {
+            for b in uses.keys() {
+                // The shortest way back from b to a (breadth first), if any.
+                let mut came_from = BTreeMap::from([(b.clone(), b.clone())]);
+                let mut todo = std::collections::VecDeque::from([b.clone()]);
+                while let Some(n) = todo.pop_front().filter(|_| !came_from.contains_key(a)) {
+                    for m in graph.get(&n).into_iter().flat_map(|u| u.keys()) {
+                        if !came_from.contains_key(m) {
+                            came_from.insert(m.clone(), n.clone());
+                            todo.push_back(m.clone());
+                        }
+                    }
+                }
+                if !came_from.contains_key(a) {
+                    continue;
+                }
+                let mut ring = vec![a.clone()];
+                while ring.last() != Some(b) {
+                    ring.push(came_from[ring.last().unwrap()].clone());
+                }
+                ring.reverse(); // b … a, then a first: a -> b -> … -> a
+                ring.rotate_right(1);
+                // One cycle, whichever sibling it is met from: start it at its least name.
+                let least = (0..ring.len()).min_by_key(|&i| &ring[i]).unwrap();
+                ring.rotate_left(least);
+                let hops: Vec<String> = (0..ring.len())
+                    .map(|i| {
+                        let (x, y) = (&ring[i], &ring[(i + 1) % ring.len()]);
+                        let files = graph[x][y].iter().cloned().collect::<Vec<_>>().join(", ");
+                        format!("{x} -> {y}: {files}")
+                    })
+                    .collect();
+                let folder = if folder.is_empty() { "src".to_string() } else { format!("src/{folder}") };
+                cycles.insert(format!("in {folder}: {} -> {} ({})", ring.join(" -> "), ring[0], hops.join("; ")));
+            }
+        }
+    }
+    cycles.into_iter().collect()
+}
+
 /// Files outside the face that still return `Result<_, String>` (issue [4/7]: typed errors), each
 /// to be struck when it is fixed.
 const STRING_ERRORS_KNOWN: &[&str] = &[];
 
-/// `Result<…, String>` in a line of code (not a comment): the error half is a bare String.
+/// `Result<…, String>` in the code (comment lines left out; rustfmt may spread the type over
+/// lines): the error half is a bare String.
 fn string_results(dir: &Path, root: &Path, out: &mut BTreeSet<String>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
@@ -134,11 +485,9 @@ fn string_results(dir: &Path, root: &Path, out: &mut BTreeSet<String>) {
             continue;
         }
         let text = std::fs::read_to_string(&p).unwrap();
-        let code = text.lines().filter(|l| !l.trim_start().starts_with("//"));
-        if code
-            .into_iter()
-            .any(|l| l.match_indices("Result<").any(|(i, _)| result_errs_with_string(&l[i + "Result<".len()..])))
-        {
+        // The code lines as one text: rustfmt spreads a long type over several lines.
+        let code: String = text.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+        if code.match_indices("Result<").any(|(i, _)| result_errs_with_string(&code[i + "Result<".len()..])) {
             out.insert(rel);
         }
     }
@@ -153,7 +502,15 @@ fn result_errs_with_string(rest: &str) -> bool {
             ')' | ']' => depth -= 1,
             '>' if depth == 0 => return false,
             '>' => depth -= 1,
-            ',' if depth == 0 => return rest[i + 1..].trim_start().starts_with("String>"),
+            ',' if depth == 0 => {
+                let err = rest[i + 1..].trim_start();
+                let err = err.strip_prefix("std::string::").unwrap_or(err);
+                // `String>`, or `String,` and `>` as rustfmt writes a type it spreads over lines
+                return err.strip_prefix("String").is_some_and(|r| {
+                    let r = r.trim_start();
+                    r.starts_with('>') || r.strip_prefix(',').is_some_and(|r| r.trim_start().starts_with('>'))
+                });
+            }
             _ => {}
         }
     }
@@ -179,6 +536,9 @@ fn the_string_error_check_reads_types() {
     assert!(!result_errs_with_string("String, MyError>"));
     assert!(!result_errs_with_string("Vec<String>, E>"));
     assert!(!result_errs_with_string("T>"));
+    assert!(result_errs_with_string("\n    Vec<u8>,\n    String,\n> {"));
+    assert!(result_errs_with_string("u8, std::string::String>"));
+    assert!(!result_errs_with_string("u8, StringError>"));
 }
 
 /// build.rs embeds the commit (and whether the tree is dirty) and re-runs when .git/index changes.

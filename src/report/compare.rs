@@ -78,14 +78,6 @@ pub fn letter(i: usize) -> String {
     }
 }
 
-/// The change of `v` against `base` in percent, when both exist and the base is not zero.
-pub fn change_pct(base: Option<f64>, v: Option<f64>) -> Option<f64> {
-    match (base, v) {
-        (Some(b), Some(v)) if b != 0.0 && b.is_finite() && v.is_finite() => Some((v - b) / b.abs() * 100.0),
-        _ => None,
-    }
-}
-
 fn rows(runs: &[(String, RunReport)]) -> Vec<Row> {
     let mut out = Vec::new();
     let mut num = |name: &'static str, decimals: usize, f: &dyn Fn(&RunReport) -> Option<f64>| {

@@ -253,7 +253,7 @@ fn judge(base: &RunReport, run: &RunReport, t: &Threshold) -> Outcome {
         }
         Limit::Relative(pct) => {
             let Some(b) = b else { return Outcome::Missing { in_baseline: true } };
-            let Some(change) = super::compare::change_pct(Some(b), Some(v)) else {
+            let Some(change) = super::change_pct(Some(b), Some(v)) else {
                 return Outcome::Missing { in_baseline: true };
             };
             if !beyond(change, pct) {
@@ -284,9 +284,7 @@ pub fn render(findings: &[Finding], letter: impl Fn(usize) -> String) -> String 
         let run = letter(f.run);
         let vs = |value: f64, base: Option<f64>| match base {
             Some(b) => {
-                let c = super::compare::change_pct(Some(b), Some(value))
-                    .map(|c| format!(" ({c:+.1} %)"))
-                    .unwrap_or_default();
+                let c = super::change_pct(Some(b), Some(value)).map(|c| format!(" ({c:+.1} %)")).unwrap_or_default();
                 format!("{value:.3} {u} vs {:.3} {u}{c}", b)
             }
             None => format!("{value:.3} {u}"),

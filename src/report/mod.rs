@@ -223,6 +223,15 @@ pub fn agrees(x: f64, y: f64, tolerance_pct: f64) -> bool {
     (y - x).abs() <= AGREE_ABS_MS || (x > 0.0 && ((y - x) / x).abs() * 100.0 <= tolerance_pct)
 }
 
+/// The change of `v` against `base` in percent, when both exist and the base is not zero (the
+/// compare table and the `--fail-if` gate).
+pub fn change_pct(base: Option<f64>, v: Option<f64>) -> Option<f64> {
+    match (base, v) {
+        (Some(b), Some(v)) if b != 0.0 && b.is_finite() && v.is_finite() => Some((v - b) / b.abs() * 100.0),
+        _ => None,
+    }
+}
+
 /// Whether the last two warm-up runs agree within `tolerance_pct` (the auto policy's stop rule).
 pub fn warmup_converged(runs: &[WarmupRun], tolerance_pct: f64) -> bool {
     match runs {
