@@ -31,7 +31,7 @@ EXPECTED = {
     "activation.cu": [("silu_mul", True)],
     "gemv.cu": [("gemv", True)],
     "decode.cu": [(f"decode_attn_fast_g{g}", True) for g in range(1, 9)] + [("decode_attn_merge", True)],
-    "prefill.cu": [(f"prefill_attn_d{d}_w{w}", True) for d in (64, 128) for w in (4, 8)],
+    "prefill.cu": [(f"prefill_attn_d{d}_{w}", True) for d in (64, 128) for w in ("w4", "w8", "w4m2", "w4m2s3")],
 }
 
 
@@ -95,6 +95,7 @@ def main():
     ap.add_argument("--arch", action="append", help="virtual arch(s), default compute_90 and compute_80")
     ap.add_argument("--sass", action="store_true", help="also build sm_90 cubins with ptxas -v and report registers/spills")
     ap.add_argument("--dump", help="directory to write the PTX into")
+    ap.add_argument("--only", action="append", help="check only this file (e.g. prefill.cu); repeatable")
     a = ap.parse_args()
 
     nv = Nvrtc(a.nvrtc)
@@ -103,6 +104,8 @@ def main():
     inc = [f"-I{a.include}"] if a.include else []
     failed = False
     for f in EXPECTED:
+        if a.only and f not in a.only:
+            continue
         # As the registry (gpu.rs) does: common.cuh in front of every module.
         src = (KDIR / "common.cuh").read_text() + f'\n#line 1 "{f}"\n' + (KDIR / f).read_text()
         for arch in archs:

@@ -101,6 +101,10 @@ kernels! {
     PrefillAttnD128W4 = "prefill_attn_d128_w4", true;
     PrefillAttnD64W8 = "prefill_attn_d64_w8", true;
     PrefillAttnD128W8 = "prefill_attn_d128_w8", true;
+    PrefillAttnD64W4M2 = "prefill_attn_d64_w4m2", true;
+    PrefillAttnD128W4M2 = "prefill_attn_d128_w4m2", true;
+    PrefillAttnD64W4M2S3 = "prefill_attn_d64_w4m2s3", true;
+    PrefillAttnD128W4M2S3 = "prefill_attn_d128_w4m2s3", true;
     // sampling.cu
     ArgmaxRows = "argmax_rows", false;
     SelectTokens = "select_tokens", false;
@@ -177,7 +181,16 @@ pub const MODULES: &[Module] = {
         Module {
             name: "prefill",
             source: include_str!("kernels/prefill.cu"),
-            kernels: &[PrefillAttnD64W4, PrefillAttnD128W4, PrefillAttnD64W8, PrefillAttnD128W8],
+            kernels: &[
+                PrefillAttnD64W4,
+                PrefillAttnD128W4,
+                PrefillAttnD64W8,
+                PrefillAttnD128W8,
+                PrefillAttnD64W4M2,
+                PrefillAttnD128W4M2,
+                PrefillAttnD64W4M2S3,
+                PrefillAttnD128W4M2S3,
+            ],
         },
         Module { name: "sampling", source: include_str!("kernels/sampling.cu"), kernels: &[ArgmaxRows, SelectTokens] },
     ]

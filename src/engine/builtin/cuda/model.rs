@@ -728,64 +728,98 @@ impl DecodeAttention {
     }
 }
 
-/// The prefill attention: prefill.cu's tensor-core kernel (FlashAttention-2 style, `warps` × 16
-/// queries per block; head_dim 64 or 128, sm_80 or newer), or the chunked cuBLAS path (S = Q·Kᵀ,
-/// attention.cu's causal_softmax, O = P·V; any shape). The kernel (8 warps, 128 queries per block) is
-/// the default where it applies; `TPPROF_CUDA_PREFILL_ATTN=cublas` picks the cuBLAS path, `=flash4`
-/// the kernel with 4 warps (64 queries). qwen2.5-14b TP=1, 10 000-token TTFT on an H100: 1 118 ms
-/// (cuBLAS) → 693 ms (results/h100/prefill-attn/).
+/// The prefill attention: prefill.cu's tensor-core kernel (FlashAttention-2 style, `warps` warps of
+/// `m_tiles` × 16 queries each per block, `stages` K/V tiles in flight; head_dim 64 or 128, sm_80 or
+/// newer), or the chunked cuBLAS path (S = Q·Kᵀ, attention.cu's causal_softmax, O = P·V; any shape).
+/// The kernel with 8 warps × 16 queries (128 per block) is the default where it applies;
+/// `TPPROF_CUDA_PREFILL_ATTN=cublas` picks the cuBLAS path, `=flash4` the kernel with 4 warps (64
+/// queries), `=flash2m` the one with 4 warps × 2 m-tiles (128 queries; each K/V fragment feeds both
+/// m-tiles, Q read from shared memory per k-step), `=flash2m3` the same with 3 K/V stages.
+/// qwen2.5-14b TP=1, 10 000-token TTFT on an H100: 1 118 ms (cuBLAS) → 693 ms (results/h100/prefill-attn/).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrefillAttention {
-    Flash { warps: u32 },
+    Flash { warps: u32, m_tiles: u32, stages: u32 },
     Cublas,
 }
 
 impl PrefillAttention {
-    /// TPPROF_CUDA_PREFILL_ATTN's value: flash (default, 8 warps), flash4, flash8 or cublas.
+    /// The default kernel: 8 warps × 16 queries, 2 stages.
+    pub const FLASH8: PrefillAttention = PrefillAttention::Flash { warps: 8, m_tiles: 1, stages: 2 };
+    pub const FLASH4: PrefillAttention = PrefillAttention::Flash { warps: 4, m_tiles: 1, stages: 2 };
+    pub const FLASH2M: PrefillAttention = PrefillAttention::Flash { warps: 4, m_tiles: 2, stages: 2 };
+    pub const FLASH2M3: PrefillAttention = PrefillAttention::Flash { warps: 4, m_tiles: 2, stages: 3 };
+
+    /// TPPROF_CUDA_PREFILL_ATTN's value: flash (default, = flash8), flash4, flash2m, flash2m3 or cublas.
     pub fn parse(v: Option<&str>) -> Result<PrefillAttention, UnknownPrefillAttention> {
         match v.map(str::trim) {
-            None | Some("") | Some("flash") | Some("flash8") => Ok(PrefillAttention::Flash { warps: 8 }),
+            None | Some("") | Some("flash") | Some("flash8") => Ok(Self::FLASH8),
             Some("cublas") => Ok(PrefillAttention::Cublas),
-            Some("flash4") => Ok(PrefillAttention::Flash { warps: 4 }),
+            Some("flash4") => Ok(Self::FLASH4),
+            Some("flash2m") => Ok(Self::FLASH2M),
+            Some("flash2m3") => Ok(Self::FLASH2M3),
             Some(other) => Err(UnknownPrefillAttention(other.to_string())),
         }
     }
 
     /// What runs for head_dim `d` on a GPU of compute capability `sm` (e.g. 90): the kernel where
-    /// it applies, else the cuBLAS path.
+    /// it applies (one prefill.cu defines), else the cuBLAS path.
     pub fn resolve(self, d: usize, sm: u32) -> PrefillAttention {
         match self {
-            PrefillAttention::Flash { warps } if matches!(d, 64 | 128) && sm >= 80 && matches!(warps, 4 | 8) => self,
+            PrefillAttention::Flash { warps, m_tiles, stages }
+                if matches!(d, 64 | 128)
+                    && sm >= 80
+                    && matches!((warps, m_tiles, stages), (4 | 8, 1, 2) | (4, 2, 2 | 3)) =>
+            {
+                self
+            }
             _ => PrefillAttention::Cublas,
         }
     }
 
     pub fn label(self) -> String {
         match self {
-            PrefillAttention::Flash { warps } => {
-                format!("prefill.cu prefill_attn (tensor cores, {} queries per block)", 16 * warps)
+            PrefillAttention::Flash { warps, m_tiles: 1, stages } => {
+                format!("prefill.cu prefill_attn (tensor cores, {} queries per block, {stages} K/V stages)", 16 * warps)
             }
+            PrefillAttention::Flash { warps, m_tiles, stages } => format!(
+                "prefill.cu prefill_attn (tensor cores, {warps} warps × {m_tiles} m-tiles = {} queries per block, \
+                 {stages} K/V stages)",
+                16 * warps * m_tiles
+            ),
             PrefillAttention::Cublas => "cuBLAS S = Q·Kᵀ, causal_softmax, O = P·V (chunked)".into(),
         }
     }
 
-    /// The kernel for head_dim `d` (resolved: d is 64 or 128, warps 4 or 8).
-    fn kernel(warps: u32, d: usize) -> Kernel {
-        match (warps, d) {
-            (4, 64) => Kernel::PrefillAttnD64W4,
-            (4, _) => Kernel::PrefillAttnD128W4,
-            (_, 64) => Kernel::PrefillAttnD64W8,
-            _ => Kernel::PrefillAttnD128W8,
+    /// Queries per block (BM) of a Flash kernel.
+    fn block_queries(warps: u32, m_tiles: u32) -> usize {
+        16 * (warps * m_tiles) as usize
+    }
+
+    /// Dynamic shared memory of a Flash kernel in bytes: Q (BM × d) and `stages` K and V tiles of
+    /// FA_BN × d, T_BYTES each.
+    fn shared_bytes(warps: u32, m_tiles: u32, stages: u32, d: usize) -> usize {
+        (Self::block_queries(warps, m_tiles) + 2 * stages as usize * FA_BN) * d * T_BYTES
+    }
+
+    /// The kernel for head_dim `d` (resolved: d is 64 or 128 and the shape one `resolve` accepts).
+    fn kernel(warps: u32, m_tiles: u32, stages: u32, d: usize) -> Kernel {
+        let d64 = d == 64;
+        match (warps, m_tiles, stages) {
+            (4, 1, _) => [Kernel::PrefillAttnD128W4, Kernel::PrefillAttnD64W4][d64 as usize],
+            (_, 1, _) => [Kernel::PrefillAttnD128W8, Kernel::PrefillAttnD64W8][d64 as usize],
+            (_, _, 3) => [Kernel::PrefillAttnD128W4M2S3, Kernel::PrefillAttnD64W4M2S3][d64 as usize],
+            _ => [Kernel::PrefillAttnD128W4M2, Kernel::PrefillAttnD64W4M2][d64 as usize],
         }
     }
 }
 
 /// A TPPROF_CUDA_PREFILL_ATTN value that names no prefill attention.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("`{0}` is not a prefill attention: use flash (default), flash4 or cublas")]
+#[error("`{0}` is not a prefill attention: use flash (default), flash4, flash2m, flash2m3 or cublas")]
 pub struct UnknownPrefillAttention(pub String);
 
-/// prefill.cu's FA_BN (keys per K/V tile): the kernel's shared memory is (16·warps + 4·FA_BN)·head_dim elements.
+/// prefill.cu's FA_BN (keys per K/V tile): the kernel's shared memory is (BM + 2·stages·FA_BN)·head_dim
+/// elements (`PrefillAttention::shared_bytes`).
 const FA_BN: usize = 64;
 
 /// decode.cu's SK_MAX_SPLIT and SK_WARPS.
@@ -1275,7 +1309,7 @@ impl<'a> Model<'a> {
         vc: DevSlice<'_, Half>,
     ) -> Result<(), CudaError> {
         let dm = self.dims;
-        let PrefillAttention::Flash { warps } = self.prefill else {
+        let PrefillAttention::Flash { warps, m_tiles, stages } = self.prefill else {
             return self.prefill_attention_cublas(n, slot, kc, vc);
         };
         let d = dm.d;
@@ -1289,16 +1323,22 @@ impl<'a> Model<'a> {
         {
             return Err(CudaError::Internal(format!("prefill attention of {n} tokens on too small a view")));
         }
-        let bm = 16 * warps as usize;
-        let shared = (bm + 4 * FA_BN) * d * T_BYTES;
-        // SAFETY: prefill_attn_d{64,128}_w{4,8}_T(const T* q, const T* k, const T* v, T* out, int n,
-        // int hq, int hkv, int max_len, float scale) (prefill.cu) reads q (hq, n, d), keys and values
-        // 0..n-1 of every KV head of this slot's (hkv, max_len, d) caches (n <= max_len), writes attn
-        // (n, hq d): the views hold them (checked above); `resolve` made d 64 or 128, warps 4 or 8
-        // and the GPU sm_80+, with block = 32 · warps and this shared memory.
+        // The m-tile kernels index a head's cache rows with an int (position · d).
+        if self.b.max_len * d > i32::MAX as usize {
+            return Err(CudaError::Internal(format!("prefill attention: {} cache positions of {d}", self.b.max_len)));
+        }
+        let bm = PrefillAttention::block_queries(warps, m_tiles);
+        let shared = PrefillAttention::shared_bytes(warps, m_tiles, stages, d);
+        // SAFETY: prefill_attn_d{64,128}_{w4,w8,w4m2,w4m2s3}_T(const T* q, const T* k, const T* v,
+        // T* out, int n, int hq, int hkv, int max_len, float scale) (prefill.cu) reads q (hq, n, d),
+        // keys and values 0..n-1 of every KV head of this slot's (hkv, max_len, d) caches (n <=
+        // max_len, max_len · d within an int), writes attn (n, hq d): the views hold them (checked
+        // above); `resolve` made d 64 or 128, (warps, m_tiles, stages) a shape prefill.cu defines and
+        // the GPU sm_80+, with block = 32 · warps, BM = 16 · warps · m_tiles queries per block and
+        // this shared memory, (BM + 2 · stages · FA_BN) · d · 2 bytes (at most 128 KiB).
         unsafe {
             self.gpu.launch(
-                PrefillAttention::kernel(warps, d),
+                PrefillAttention::kernel(warps, m_tiles, stages, d),
                 (dm.hq as u32, n.div_ceil(bm) as u32, 1),
                 32 * warps,
                 shared as u32,
@@ -1541,23 +1581,48 @@ mod tests {
     #[test]
     fn prefill_attention_parses_and_falls_back_to_cublas() {
         use PrefillAttention::*;
-        assert_eq!(PrefillAttention::parse(None).unwrap(), Flash { warps: 8 });
-        assert_eq!(PrefillAttention::parse(Some("flash")).unwrap(), Flash { warps: 8 });
-        assert_eq!(PrefillAttention::parse(Some("flash4")).unwrap(), Flash { warps: 4 });
+        assert_eq!(PrefillAttention::parse(None).unwrap(), Flash { warps: 8, m_tiles: 1, stages: 2 });
+        assert_eq!(PrefillAttention::parse(Some("flash")).unwrap(), PrefillAttention::FLASH8);
+        assert_eq!(PrefillAttention::parse(Some("flash8")).unwrap(), PrefillAttention::FLASH8);
+        assert_eq!(PrefillAttention::parse(Some("flash4")).unwrap(), Flash { warps: 4, m_tiles: 1, stages: 2 });
+        assert_eq!(PrefillAttention::parse(Some("flash2m")).unwrap(), Flash { warps: 4, m_tiles: 2, stages: 2 });
+        assert_eq!(PrefillAttention::parse(Some(" flash2m3")).unwrap(), Flash { warps: 4, m_tiles: 2, stages: 3 });
         assert_eq!(PrefillAttention::parse(Some(" cublas ")).unwrap(), Cublas);
-        assert!(PrefillAttention::parse(Some("fa3"))
-            .unwrap_err()
-            .to_string()
-            .contains("`fa3` is not a prefill attention"));
-        let f = Flash { warps: 8 };
-        assert_eq!(f.resolve(128, 90), f);
-        assert_eq!(f.resolve(64, 80), f);
-        assert_eq!(f.resolve(64, 75), Cublas, "mma m16n8k16 and cp.async need sm_80");
-        assert_eq!(f.resolve(8, 90), Cublas, "tiny's head_dim 8");
-        assert_eq!(f.resolve(96, 90), Cublas);
+        let e = PrefillAttention::parse(Some("fa3")).unwrap_err().to_string();
+        assert!(e.contains("`fa3` is not a prefill attention") && e.contains("flash2m"), "{e}");
+        for f in
+            [PrefillAttention::FLASH8, PrefillAttention::FLASH4, PrefillAttention::FLASH2M, PrefillAttention::FLASH2M3]
+        {
+            assert_eq!(f.resolve(128, 90), f);
+            assert_eq!(f.resolve(64, 80), f);
+            assert_eq!(f.resolve(64, 75), Cublas, "mma m16n8k16 and cp.async need sm_80");
+            assert_eq!(f.resolve(8, 90), Cublas, "tiny's head_dim 8");
+            assert_eq!(f.resolve(96, 90), Cublas);
+        }
+        // Shapes prefill.cu does not define.
+        assert_eq!(Flash { warps: 8, m_tiles: 2, stages: 2 }.resolve(128, 90), Cublas);
+        assert_eq!(Flash { warps: 4, m_tiles: 1, stages: 3 }.resolve(128, 90), Cublas);
+        assert_eq!(Flash { warps: 4, m_tiles: 2, stages: 4 }.resolve(128, 90), Cublas);
         assert_eq!(Cublas.resolve(128, 90), Cublas);
-        assert_eq!(PrefillAttention::kernel(4, 64), Kernel::PrefillAttnD64W4);
-        assert_eq!(PrefillAttention::kernel(8, 128), Kernel::PrefillAttnD128W8);
+        assert_eq!(PrefillAttention::kernel(4, 1, 2, 64), Kernel::PrefillAttnD64W4);
+        assert_eq!(PrefillAttention::kernel(4, 1, 2, 128), Kernel::PrefillAttnD128W4);
+        assert_eq!(PrefillAttention::kernel(8, 1, 2, 64), Kernel::PrefillAttnD64W8);
+        assert_eq!(PrefillAttention::kernel(8, 1, 2, 128), Kernel::PrefillAttnD128W8);
+        assert_eq!(PrefillAttention::kernel(4, 2, 2, 64), Kernel::PrefillAttnD64W4M2);
+        assert_eq!(PrefillAttention::kernel(4, 2, 2, 128), Kernel::PrefillAttnD128W4M2);
+        assert_eq!(PrefillAttention::kernel(4, 2, 3, 64), Kernel::PrefillAttnD64W4M2S3);
+        assert_eq!(PrefillAttention::kernel(4, 2, 3, 128), Kernel::PrefillAttnD128W4M2S3);
+        // Block queries and shared memory as prefill.cu's header states them (T_BYTES = 2).
+        assert_eq!(PrefillAttention::block_queries(8, 1), 128);
+        assert_eq!(PrefillAttention::block_queries(4, 1), 64);
+        assert_eq!(PrefillAttention::block_queries(4, 2), 128);
+        assert_eq!(PrefillAttention::shared_bytes(4, 1, 2, 128), 80 * 1024);
+        assert_eq!(PrefillAttention::shared_bytes(8, 1, 2, 128), 96 * 1024);
+        assert_eq!(PrefillAttention::shared_bytes(4, 2, 2, 128), 96 * 1024);
+        assert_eq!(PrefillAttention::shared_bytes(4, 2, 3, 128), 128 * 1024);
+        assert!(PrefillAttention::FLASH2M
+            .label()
+            .contains("4 warps × 2 m-tiles = 128 queries per block, 2 K/V stages"));
         // prefill.cu's own constant, as the host sizes the shared memory with it.
         assert!(include_str!("kernels/prefill.cu").contains(&format!("#define FA_BN {FA_BN}")));
     }
