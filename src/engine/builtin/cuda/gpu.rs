@@ -452,6 +452,10 @@ impl Gpu {
                 shared as i32,
             )
             .map_err(drv("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)"))?;
+            // The most shared memory (least L1) per SM, so two such blocks fit on an SM where
+            // they can (the driver's default carveout may leave room for one).
+            func.set_attribute(drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)
+                .map_err(drv("cuFuncSetAttribute(PREFERRED_SHARED_MEMORY_CARVEOUT)"))?;
         }
         let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: shared };
         // SAFETY: the caller's contract (one slot per parameter, see Arg; accesses inside the buffers).
