@@ -1536,6 +1536,8 @@ struct Progress {
     /// needs (tokens requested per sample, the engine's vocabulary).
     sink: Option<Arc<TokenSink>>,
     analysis: Option<(Vec<u32>, Option<u32>)>,
+    /// Tokens of the last run that ended.
+    run_tokens: u64,
     header: Option<Header>,
     out: Option<OutputFile>,
     gpu: Option<GpuInfo>,
@@ -1627,12 +1629,19 @@ impl Shared {
         p.measured_run_started |= measured;
         p.sink = Some(sink.clone());
         p.analysis = analysis;
+        p.run_tokens = 0;
         sink
     }
 
-    /// The generate() ended: the recorder back to the run.
+    /// The generate() ended: the recorder back to the run (its count stays, for an interrupt
+    /// while this rank waits for the others).
     fn end_run(&self, sink: Arc<TokenSink>) -> TokenSink {
-        self.lock().sink = None;
+        {
+            let mut p = self.lock();
+            p.sink = None;
+            p.run_tokens = sink.received();
+            p.phase = format!("{} (ended, waiting for the other ranks)", p.phase);
+        }
         match Arc::try_unwrap(sink) {
             Ok(s) => s,
             // Only the handler borrows it, under the lock, and it ends the process: wait for that.
@@ -1649,11 +1658,7 @@ impl InterruptHandler for Shared {
         if let Some(s) = &p.sink {
             s.freeze();
         }
-        let tokens = match (&p.sink, &p.measured) {
-            (Some(s), _) => s.received(),
-            (None, Some(m)) => m.tokens,
-            (None, None) => 0,
-        };
+        let tokens = p.sink.as_ref().map_or(p.run_tokens, |s| s.received());
         let reached = crate::report::Reached {
             rank: p.rank,
             phase: p.phase.clone(),
@@ -1744,6 +1749,8 @@ impl InterruptHandler for Shared {
             not_gathered,
         };
         let report = header.interrupted(interruption, ranks);
+        // A lost rank makes it a failed run (exit 1, as a crash); else 128 + the signal.
+        let code = if report.status.state == State::Failed { 1 } else { i.code };
         let _held = interrupt::hold_exit();
         eprintln!("error: {}", report.status.reason.as_deref().unwrap_or("interrupted"));
         match out.write(&report) {
@@ -1751,7 +1758,7 @@ impl InterruptHandler for Shared {
             Ok(Written::KeptExisting(path)) => eprintln!("{} was left as it was", path.display()),
             Err(e) => eprintln!("error: {e}"),
         }
-        i.code
+        code
     }
 }
 

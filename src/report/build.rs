@@ -55,7 +55,9 @@ impl Header {
 
     /// A report for a run a signal ended: what reached rank 0 (its own rank report first), no
     /// summary (the figures of a part of a run are not the run's: `compare` treats them as
-    /// missing), `reason` one line saying where it stopped.
+    /// missing), `reason` one line saying where it stopped. State `interrupted`; `failed` when a
+    /// rank did not answer (its process died or was killed: mpirun then sends SIGTERM to the
+    /// others), each such rank a failure.
     pub fn interrupted(self, interruption: Interruption, ranks: Vec<RankReport>) -> RunReport {
         let at = interruption
             .reached
@@ -63,22 +65,34 @@ impl Header {
             .find(|r| r.rank == 0)
             .map(|r| format!("; rank 0 was in the {} ({} tokens)", r.phase, r.tokens))
             .unwrap_or_default();
-        let lost = match interruption.not_gathered.as_slice() {
-            [] => String::new(),
-            r => format!(
-                "; not gathered: rank{} {}",
+        let lost = &interruption.not_gathered;
+        let names = |r: &[i32]| {
+            format!(
+                "rank{} {}",
                 if r.len() > 1 { "s" } else { "" },
                 r.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
-            ),
+            )
         };
-        let reason = format!("interrupted by {} on rank {}{at}{lost}", interruption.signal, interruption.signal_rank);
+        let signal = format!("{} on rank {}", interruption.signal, interruption.signal_rank);
+        let (state, reason) = match lost.as_slice() {
+            [] => (State::Interrupted, format!("interrupted by {signal}{at}")),
+            r => (State::Failed, format!("{} lost (no answer to rank 0: died or killed); then {signal}{at}", names(r))),
+        };
+        let failures: Vec<Failure> = lost
+            .iter()
+            .map(|&rank| Failure {
+                rank,
+                reason: "lost: no answer to rank 0 when the run was interrupted (the process died or was killed)"
+                    .into(),
+            })
+            .collect();
         RunReport {
             schema: SCHEMA.into(),
             status: Status {
-                state: State::Interrupted,
-                failed_rank: None,
+                state,
+                failed_rank: lost.first().copied(),
                 reason: Some(reason),
-                failures: Vec::new(),
+                failures,
                 interruption: Some(interruption),
             },
             config: self.config,

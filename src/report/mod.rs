@@ -60,7 +60,8 @@ pub struct Status {
     pub reason: Option<String>,
     /// Every failing rank with its reason (empty unless failed).
     pub failures: Vec<Failure>,
-    /// How far an interrupted run got, and who was signalled (state `interrupted`).
+    /// How far an interrupted run got, and who was signalled (state `interrupted`, or `failed`
+    /// when a rank was lost: it did not answer rank 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interruption: Option<Interruption>,
 }
@@ -97,12 +98,14 @@ pub struct Reached {
     /// The rank.
     pub rank: i32,
     /// Its phase: `configure`, `bind`, `engine creation`, `workload`, `prepare`, `warm-up run N`,
-    /// `measured run K of N` (--repeat), `measured run`, `gather`, `assemble`, `finish`.
+    /// `measured run K of N` (--repeat), `measured run`, `gather`, `assemble`, `finish`; a run
+    /// that ended on this rank while others went on: `measured run (ended, waiting for the other
+    /// ranks)`.
     pub phase: String,
     /// Whether the recorded (measured) run had begun: then its histograms in `ranks` hold the
     /// tokens until the signal.
     pub measured_run_started: bool,
-    /// Tokens the rank had received in its current run (warm-up or measured).
+    /// Tokens the rank had received in its current (or last ended) run, warm-up or measured.
     pub tokens: u64,
 }
 
