@@ -1,7 +1,9 @@
 //! The `tpprof` binary: parse, hand over to the library, and turn what each subcommand returns into
 //! the one exit path: errors are printed here and nowhere else, and the exit code is chosen here.
 //! Exit codes: 0 ok, 1 the run failed, 2 bad input, 3 the run finished but a sample got fewer
-//! tokens than requested, 4 `compare --fail-if`: a threshold was crossed.
+//! tokens than requested, 4 `compare --fail-if`: a threshold was crossed; 128 + N a run
+//! interrupted by signal N (130 SIGINT, 143 SIGTERM): that one is chosen by
+//! `cluster::interrupt`, whose watcher thread ends the process (the main thread may be in MPI).
 
 use clap::Parser;
 use tpprof::cli::{Cli, Command};

@@ -2,8 +2,10 @@
 //! failing rank stops every rank at the same point instead of leaving them in a later collective.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::cluster::interrupt::{self, InterruptHandler, Interrupted};
 use crate::cluster::{Json, RankFailures, WireError, World};
 use crate::engine::adapter::{AdapterEngine, InitParams};
 use crate::engine::builtin::cpu::mpi_comm::MpiComm;
@@ -349,6 +351,7 @@ fn generate_into(
 
 /// One generate() whose tokens are counted, not kept: a warm-up run or an earlier repeat. Its
 /// TTFT and ITL p50 and tokens on this rank (the caller times the wall, barrier included).
+#[allow(clippy::too_many_arguments)]
 fn figures_run(
     engine: &mut dyn Engine,
     config: &RunConfig,
@@ -357,13 +360,15 @@ fn figures_run(
     prompts: &[Vec<i32>],
     name: &str,
     progress: bool,
+    shared: &Shared,
 ) -> (WarmupRun, Result<(), EngineError>) {
     let progress = progress.then(|| name.to_string());
     let requested = vec![workload.generated_tokens; workload.prompts.len()];
     let total: u64 = requested.iter().map(|&r| r as u64).sum();
-    let sink = TokenSink::new_with_epoch(obs.epoch, total as usize + 64);
+    let sink = shared.start_run(name, false, TokenSink::new_with_epoch(obs.epoch, total as usize + 64), None);
     let _range = crate::observe::nvtx::range(name);
     let r = with_progress(progress, &sink, total, || generate_into(engine, prompts, workload, config, &sink));
+    let sink = shared.end_run(sink);
     let submit = sink.submit_ns();
     let (events, overflow) = sink.into_events();
     // Warm-up tokens are counted, not checked: the measured run's recording reports bad values.
@@ -483,6 +488,7 @@ pub fn main(world: &World, input: RunInput) -> Result<Verdict, RunFailed> {
     share_cores();
     let mut job = Job::new(world, input);
     let outcome = job.run();
+    world.on_interrupt(None);
     // Engine, sampler and communicators go before MPI_Finalize (when the caller drops `world`).
     drop(job);
     outcome
@@ -518,7 +524,7 @@ impl Observers {
             job: job_processes(world),
             phase: phase.clone(),
         });
-        Observers { epoch, epoch_mono_ns, phase, sampler: SamplerGuard(Some(sampler)) }
+        Observers { epoch, epoch_mono_ns, phase, sampler: SamplerGuard(Arc::new(Mutex::new(Some(sampler)))) }
     }
 }
 
@@ -577,11 +583,22 @@ struct Job<'w> {
     trace_out: Option<OutputFile>,
     token_log_out: Option<OutputFile>,
     header: Option<Header>,
+    /// What this rank has done so far, for the interrupt handler.
+    shared: Shared,
 }
 
 impl<'w> Job<'w> {
     fn new(world: &'w World, input: RunInput) -> Job<'w> {
-        Job { world, input, config: None, out: None, trace_out: None, token_log_out: None, header: None }
+        Job {
+            world,
+            input,
+            config: None,
+            out: None,
+            trace_out: None,
+            token_log_out: None,
+            header: None,
+            shared: Shared::default(),
+        }
     }
 
     fn run(&mut self) -> Result<Verdict, RunFailed> {
@@ -593,7 +610,10 @@ impl<'w> Job<'w> {
     fn fail(&mut self, stop: Stop) -> RunFailed {
         let speaks = self.world.is_root();
         let mut report = None;
+        // From here the run speaks for itself: an interrupt only ends the process.
+        let _closed = self.shared.close();
         if let (true, false, Some(out), Some(header)) = (speaks, stop.bad_input, self.out.take(), self.header.take()) {
+            let _held = interrupt::hold_exit();
             let failed = header.failed(&stop.failures.list, Vec::new());
             report = Some(match out.write(&failed) {
                 Ok(Written::Yes(p)) => FailedReport::Written(p),
@@ -614,16 +634,29 @@ impl<'w> Job<'w> {
             let _r = range("tpprof configure");
             self.configure(&started_at)?
         }; // 1. arguments agreed, output claimed, watchdog
+        self.shared.phase("bind");
         let site = {
             let _r = range("tpprof bind");
             self.bind(&config, started_at)?
         }; // 2. GPU binding, the JSON's header
         let mut obs = Observers::start(self.world, &config, &site); // 3. memory sampler, clock epoch
+        self.shared.update(|p| {
+            p.gpu = site.gpu.clone();
+            p.sampler = Some(obs.sampler.0.clone());
+            p.header = self.header.clone();
+            p.phase = "engine creation".into();
+        });
         let mut created = {
             let _r = range("tpprof create engine");
             self.create_engine(&config, &site, &obs)?
         }; // 4. the engine, CUPTI
+        self.shared.update(|p| {
+            p.role = Some(created.role);
+            p.create_s = created.create_s;
+            p.phase = "workload".into();
+        });
         let workload = self.workload_for(&config, created.engine.as_ref())?; // 5. prompts, broadcast
+        self.shared.update(|p| p.header = self.header.clone());
         let warmed = {
             let _r = range("tpprof warm-up");
             self.warm_up(&config, &mut created, &workload, &obs)?
@@ -632,11 +665,13 @@ impl<'w> Job<'w> {
             let _r = range("tpprof measure");
             self.measure(&config, &mut created, &workload, &obs)?
         }; // 7. the measured generate()
+        self.shared.phase("gather");
         let gathered = {
             let _r = range("tpprof gather");
             self.gather(&config, created, &mut obs, warmed, measured, &site)
         }; // 8. to rank 0
         let Some(gathered) = gathered else { return Ok(Verdict::Ok) };
+        self.shared.phase("assemble");
         let report = {
             let _r = range("tpprof assemble");
             self.assemble(&workload, gathered)?
@@ -647,6 +682,17 @@ impl<'w> Job<'w> {
     /// 1. Arguments and the model shape against the world size; rank 0 claims the output file.
     fn configure(&mut self, started_at: &str) -> Result<RunConfig, Stop> {
         let world = self.world;
+        // SIGINT / SIGTERM from here on: the watcher (a communicator of its own, collective).
+        self.shared.update(|p| {
+            p.rank = world.rank;
+            p.host = world.host.clone();
+            p.local_rank = world.local_rank;
+            p.phase = "configure".into();
+        });
+        match world.watch_interrupts() {
+            Ok(()) => world.on_interrupt(Some(Arc::new(self.shared.clone()))),
+            Err(e) => tracing::warn!("SIGINT / SIGTERM will end this rank without a report: {e}"),
+        }
         // The first collective of the run: every rank must run the same build with the same
         // options (an MPMD launch, a --config file that differs between hosts, mixed installs
         // would otherwise hang or die in a mismatched collective later).
@@ -657,6 +703,7 @@ impl<'w> Job<'w> {
         self.config = Some(config.clone());
         let claimed = if world.is_root() { self.claim_output(&config, started_at) } else { Ok(()) };
         world.agree(claimed).map_err(Stop::input)?;
+        self.shared.update(|p| p.out = self.out.clone());
         if let Some(t) = config.timeout {
             world.start_watchdog(t);
         }
@@ -800,6 +847,7 @@ impl<'w> Job<'w> {
         let world = self.world;
         let (engine, role) = (&mut created.engine, created.role);
         obs.phase.set(Phase::Prepare);
+        self.shared.phase("prepare");
         let prepared = match role {
             Role::Engine => engine.prepare(&workload.prompts, workload.generated_tokens),
             Role::Observer => Ok(()),
@@ -827,6 +875,7 @@ impl<'w> Job<'w> {
                         &workload.warmup_prompts(config.seed, i),
                         &name,
                         show,
+                        &self.shared,
                     );
                     (seen, r.map_err(|source| RunError::WarmupRun { run: i + 1, source }))
                 }
@@ -840,6 +889,11 @@ impl<'w> Job<'w> {
             if let Some(h) = &mut self.header {
                 h.config.warmup = warmed.runs.len() as u32; // what a failed run's JSON says, too
             }
+            self.shared.update(|p| {
+                p.header = self.header.clone();
+                p.warmup_s = warmed.wall_s.clone();
+                p.warmup_runs = warmed.runs.clone();
+            });
             // The auto policy: rank 0 (always an engine rank) decides, every rank follows.
             if let WarmupPolicy::Auto { tolerance_pct, .. } = config.warmup {
                 let done = world.is_root() && crate::report::warmup_converged(&warmed.runs, tolerance_pct);
@@ -859,7 +913,8 @@ impl<'w> Job<'w> {
                     let show = config.progress && world.is_root();
                     let name = format!("measured run {} of {}", k + 1, config.repeat);
                     let prompts = workload.warmup_prompts(config.seed ^ 0x7e9ea7, k);
-                    let (seen, r) = figures_run(engine.as_mut(), config, workload, obs, &prompts, &name, show);
+                    let (seen, r) =
+                        figures_run(engine.as_mut(), config, workload, obs, &prompts, &name, show, &self.shared);
                     (seen, r.map_err(|source| RunError::RepeatRun { run: k + 1, source }))
                 }
                 Role::Observer => (WarmupRun::default(), Ok(())),
@@ -868,6 +923,7 @@ impl<'w> Job<'w> {
             world.agree(r).map_err(Stop::failed)?;
             seen.wall_s = t.elapsed().as_secs_f64();
             warmed.repeats.push(seen);
+            self.shared.update(|p| p.repeat_runs = warmed.repeats.clone());
         }
         Ok(warmed)
     }
@@ -889,6 +945,8 @@ impl<'w> Job<'w> {
         let (engine, role) = (&mut created.engine, created.role);
         let requested = vec![workload.generated_tokens; workload.prompts.len()];
         let sink = TokenSink::new_with_epoch(obs.epoch, requested.iter().map(|&r| r as usize).sum::<usize>() + 64);
+        let vocab = engine_vocab(&**engine, config);
+        let sink = self.shared.start_run("measured run", true, sink, Some((requested.clone(), vocab)));
         let decode_phase = obs.phase.clone();
         sink.on_prefill_done(workload.prompts.len(), Box::new(move || decode_phase.set(Phase::Decode)));
         obs.phase.set(if role == Role::Observer { Phase::Generate } else { Phase::Prefill });
@@ -904,12 +962,17 @@ impl<'w> Job<'w> {
             Role::Observer => Ok(()),
         };
         let end_ns = sink.now_ns();
+        // This rank's recording is analysed before the barrier: an interrupt while another rank is
+        // still generating (or hung) reports it.
+        let sink = self.shared.end_run(sink);
+        let submit_ns = sink.submit_ns();
+        let (events, overflow) = sink.into_events();
+        let rec = Recording::analyse(&events, overflow, submit_ns, &requested, vocab);
+        self.shared.update(|p| p.measured = Some(RankMeasure::of(&rec, submit_ns, end_ns)));
         world.idle_barrier();
         obs.phase.set(Phase::Finish);
         world.agree(generated).map_err(Stop::failed)?;
         let device_steps = engine.device_steps();
-        let submit_ns = sink.submit_ns();
-        let (events, overflow) = sink.into_events();
         let abs_tokens: Vec<(u32, u32, u64)> =
             events.iter().map(|e| (e.sample, e.step, obs.epoch_mono_ns + e.t_ns)).collect();
         let cupti = created.cupti.take().expect("CUPTI's session is taken once, here");
@@ -923,7 +986,6 @@ impl<'w> Job<'w> {
                 config.trace_kernel_steps,
             ))
             .map_err(Stop::failed)?;
-        let rec = Recording::analyse(&events, overflow, submit_ns, &requested, engine_vocab(&**engine, config));
         Ok(Measured { events, rec, submit_ns, end_ns, device_steps, recorded })
     }
 
@@ -987,6 +1049,7 @@ impl<'w> Job<'w> {
             anomalies: rec.anomalies.clone(),
             cupti: m.recorded.as_ref().map(|r| r.report.clone()),
         };
+        self.shared.update(|p| p.own_report = Some(rank_report.clone()));
         // Only with --cupti (every rank has the same config, so the collective matches).
         let step_activity =
             config.cupti.then(|| world.gather(&Json(m.recorded.as_ref().map(|r| r.device_steps.clone())))).flatten();
@@ -1085,6 +1148,10 @@ impl<'w> Job<'w> {
 
     fn finish(&mut self, report: RunReport, exact_length: bool) -> Result<Verdict, Stop> {
         let out = self.out.take().expect("rank 0 claimed the output");
+        self.shared.phase("finish");
+        // The run writes its own result: an interrupt from now on only ends the process.
+        let _closed = self.shared.close();
+        let _held = interrupt::hold_exit();
         crate::out!("{}", crate::report::summary::render(&report));
         match out.write(&report) {
             Ok(Written::Yes(p)) | Ok(Written::KeptExisting(p)) => crate::outln!("JSON: {}", p.display()),
@@ -1094,7 +1161,7 @@ impl<'w> Job<'w> {
             State::Ok => Verdict::Ok,
             State::Incomplete if exact_length => Verdict::Incomplete,
             State::Incomplete => Verdict::Ok,
-            State::Failed => Verdict::Failed,
+            State::Failed | State::Interrupted => Verdict::Failed,
         })
     }
 
@@ -1451,18 +1518,271 @@ fn share_cores() {
     }
 }
 
-/// Stops the memory sampler on every path out of the run.
-struct SamplerGuard(Option<MemorySampler>);
+/// What this rank has done so far, kept up to date by the run for the interrupt handler (the
+/// watcher thread): rank 0 writes the result of an interrupted run from it, the other ranks send
+/// rank 0 their part. The run holds the lock only to update it.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Progress>>);
+
+#[derive(Default)]
+struct Progress {
+    rank: i32,
+    host: String,
+    local_rank: i32,
+    /// `configure`, `bind`, ..., `warm-up run 2`, `measured run`, `gather`, ...
+    phase: String,
+    measured_run_started: bool,
+    /// The run going on now (warm-up or measured), and for the measured one what its analysis
+    /// needs (tokens requested per sample, the engine's vocabulary).
+    sink: Option<Arc<TokenSink>>,
+    analysis: Option<(Vec<u32>, Option<u32>)>,
+    /// Tokens of the last run that ended.
+    run_tokens: u64,
+    header: Option<Header>,
+    out: Option<OutputFile>,
+    gpu: Option<GpuInfo>,
+    role: Option<Role>,
+    create_s: f64,
+    warmup_s: Vec<f64>,
+    warmup_runs: Vec<WarmupRun>,
+    repeat_runs: Vec<WarmupRun>,
+    sampler: Option<Arc<Mutex<Option<MemorySampler>>>>,
+    /// The memory report, once the handler stopped the sampler.
+    memory: Option<crate::observe::memory::MemoryReport>,
+    /// The measured run's figures on this rank, once it ended.
+    measured: Option<RankMeasure>,
+    /// This rank's whole report, once the gather phase built it.
+    own_report: Option<RankReport>,
+    /// The run writes (or wrote) its own result: the handler writes nothing.
+    closed: bool,
+}
+
+/// The measured run's figures on one rank.
+#[derive(Clone)]
+struct RankMeasure {
+    tokens: u64,
+    ttft: crate::record::histogram::HistogramSummary,
+    decode: crate::record::histogram::HistogramSummary,
+    samples: Vec<RankSample>,
+    anomalies: Vec<String>,
+    generate_s: f64,
+}
+
+impl RankMeasure {
+    fn of(rec: &Recording, submit_ns: u64, end_ns: u64) -> RankMeasure {
+        RankMeasure {
+            tokens: rec.generated_tokens(),
+            ttft: rec.ttft.summary(),
+            decode: rec.decode.summary(),
+            samples: rec
+                .samples
+                .iter()
+                .map(|s| RankSample {
+                    generated: s.generated,
+                    finish_reason: s.finish_reason,
+                    token_digest: token_digest(&s.tokens),
+                })
+                .collect(),
+            anomalies: rec.anomalies.clone(),
+            generate_s: rec.last_token_ns().unwrap_or(end_ns).saturating_sub(submit_ns) as f64 / 1e9,
+        }
+    }
+}
+
+/// What a rank sends rank 0 when the run is interrupted.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RankSnapshot {
+    reached: crate::report::Reached,
+    /// None before the memory sampler started (nothing measured yet).
+    report: Option<RankReport>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Progress)) {
+        f(&mut self.lock())
+    }
+
+    fn phase(&self, name: &str) {
+        self.lock().phase = name.to_string();
+    }
+
+    /// The run stops listening to interrupts for its report: it writes its own (or has).
+    fn close(&self) {
+        self.lock().closed = true;
+    }
+
+    /// A generate() begins: its recorder is readable by the handler until `end_run`.
+    fn start_run(
+        &self,
+        name: &str,
+        measured: bool,
+        sink: TokenSink,
+        analysis: Option<(Vec<u32>, Option<u32>)>,
+    ) -> Arc<TokenSink> {
+        let sink = Arc::new(sink);
+        let mut p = self.lock();
+        p.phase = name.to_string();
+        p.measured_run_started |= measured;
+        p.sink = Some(sink.clone());
+        p.analysis = analysis;
+        p.run_tokens = 0;
+        sink
+    }
+
+    /// The generate() ended: the recorder back to the run (its count stays, for an interrupt
+    /// while this rank waits for the others).
+    fn end_run(&self, sink: Arc<TokenSink>) -> TokenSink {
+        {
+            let mut p = self.lock();
+            p.sink = None;
+            p.run_tokens = sink.received();
+            p.phase = format!("{} (ended, waiting for the other ranks)", p.phase);
+        }
+        match Arc::try_unwrap(sink) {
+            Ok(s) => s,
+            // Only the handler borrows it, under the lock, and it ends the process: wait for that.
+            Err(_) => loop {
+                std::thread::park();
+            },
+        }
+    }
+}
+
+impl InterruptHandler for Shared {
+    fn report(&self) -> Vec<u8> {
+        let mut p = self.lock();
+        if let Some(s) = &p.sink {
+            s.freeze();
+        }
+        let tokens = p.sink.as_ref().map_or(p.run_tokens, |s| s.received());
+        let reached = crate::report::Reached {
+            rank: p.rank,
+            phase: p.phase.clone(),
+            measured_run_started: p.measured_run_started,
+            tokens,
+        };
+        if p.memory.is_none() {
+            let sampler = p.sampler.as_ref().and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take());
+            p.memory = sampler.map(MemorySampler::stop);
+        }
+        let report = match (&p.own_report, &p.memory) {
+            (Some(r), _) => Some(r.clone()),
+            (None, None) => None,
+            (None, Some(memory)) => {
+                // The measured run's figures so far: its whole recording once it ended, else the
+                // tokens until the signal.
+                let measure = p.measured.clone().or_else(|| {
+                    let (sink, (requested, vocab)) = (p.sink.as_ref()?, p.analysis.as_ref()?);
+                    let (events, overflow) = sink.snapshot();
+                    let rec = Recording::analyse(&events, overflow, sink.submit_ns(), requested, *vocab);
+                    Some(RankMeasure::of(&rec, sink.submit_ns(), sink.now_ns()))
+                });
+                let empty = || crate::record::histogram::LatencyHistogram::new().summary();
+                Some(RankReport {
+                    rank: p.rank,
+                    host: p.host.clone(),
+                    local_rank: p.local_rank,
+                    pid: std::process::id(),
+                    role: p.role.unwrap_or(Role::Engine),
+                    gpu: p.gpu.clone(),
+                    memory: memory.clone(),
+                    engine_memory: None,
+                    timing: RankTiming {
+                        create_s: p.create_s,
+                        generate_s: measure.as_ref().map(|m| m.generate_s),
+                        warmup_s: p.warmup_s.clone(),
+                        warmup_runs: p.warmup_runs.clone(),
+                        repeat_runs: p.repeat_runs.clone(),
+                    },
+                    tokens_generated: measure.as_ref().map_or(0, |m| m.tokens),
+                    ttft: measure.as_ref().map_or_else(empty, |m| m.ttft.clone()),
+                    decode: measure.as_ref().map_or_else(empty, |m| m.decode.clone()),
+                    device_decode: None,
+                    engine_stats: None,
+                    samples: measure.as_ref().map(|m| m.samples.clone()).unwrap_or_default(),
+                    anomalies: measure.map(|m| m.anomalies).unwrap_or_default(),
+                    cupti: None,
+                })
+            }
+        };
+        serde_json::to_vec(&RankSnapshot { reached, report }).unwrap_or_default()
+    }
+
+    fn write(&self, i: &Interrupted, reports: Vec<(i32, Vec<u8>)>) -> i32 {
+        let mut p = self.lock();
+        if p.closed {
+            return i.code;
+        }
+        p.closed = true;
+        let interrupt::Cause::Signal { rank: signal_rank, signal } = i.cause;
+        let signal = interrupt::signal_name(signal);
+        let (Some(header), Some(out)) = (p.header.clone(), p.out.clone()) else {
+            eprintln!("error: interrupted by {signal} on rank {signal_rank} in the {} phase, before anything was measured: no report written", p.phase);
+            return i.code;
+        };
+        let mut reached = Vec::new();
+        let mut ranks = Vec::new();
+        let mut not_gathered = i.missing.clone();
+        for (r, bytes) in reports {
+            match serde_json::from_slice::<RankSnapshot>(&bytes) {
+                Ok(snap) => {
+                    reached.push(snap.reached);
+                    ranks.extend(snap.report);
+                }
+                Err(_) => not_gathered.push(r),
+            }
+        }
+        not_gathered.sort_unstable();
+        let interruption = crate::report::Interruption {
+            signal,
+            signal_rank,
+            signalled: i
+                .signalled
+                .iter()
+                .map(|&(rank, s)| crate::report::SignalledRank { rank, signal: interrupt::signal_name(s) })
+                .collect(),
+            reached,
+            not_gathered,
+        };
+        let report = header.interrupted(interruption, ranks);
+        // A lost rank makes it a failed run (exit 1, as a crash); else 128 + the signal.
+        let code = if report.status.state == State::Failed { 1 } else { i.code };
+        let _held = interrupt::hold_exit();
+        eprintln!("error: {}", report.status.reason.as_deref().unwrap_or("interrupted"));
+        match out.write(&report) {
+            Ok(Written::Yes(path)) => eprintln!("the interrupted run's report is in {}", path.display()),
+            Ok(Written::KeptExisting(path)) => eprintln!("{} was left as it was", path.display()),
+            Err(e) => eprintln!("error: {e}"),
+        }
+        code
+    }
+}
+
+/// Stops the memory sampler on every path out of the run. Shared with the interrupt handler,
+/// which stops it for an interrupted run's report (and then ends the process).
+struct SamplerGuard(Arc<Mutex<Option<MemorySampler>>>);
 
 impl SamplerGuard {
     fn stop(&mut self) -> crate::observe::memory::MemoryReport {
-        self.0.take().expect("stopped once").stop()
+        let sampler = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match sampler {
+            Some(s) => s.stop(),
+            // The interrupt handler took it: the process ends as soon as its report is out.
+            None => loop {
+                std::thread::park();
+            },
+        }
     }
 }
 
 impl Drop for SamplerGuard {
     fn drop(&mut self) {
-        if let Some(s) = self.0.take() {
+        let sampler = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(s) = sampler {
             s.stop();
         }
     }

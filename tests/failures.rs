@@ -157,6 +157,8 @@ fn engine_failures_stop_every_rank_with_a_failed_json() {
     assert!(j["summary"].is_null());
 }
 
+/// A rank that dies (SIGABRT) ends the job, and rank 0 still writes what it measured, naming
+/// the rank as lost.
 #[test]
 fn a_crashing_rank_ends_the_job() {
     let r = run(
@@ -172,7 +174,16 @@ fn a_crashing_rank_ends_the_job() {
     );
     assert_ne!(r.code(), 0);
     assert!(r.elapsed < Duration::from_secs(60), "took {:?}", r.elapsed);
-    assert!(r.json.is_none(), "no JSON from a crashed job");
+    // mpirun sends SIGTERM to rank 0, which asks rank 1 for its report: no answer, so rank 1 is
+    // named as lost, and what rank 0 measured is kept.
+    let j = r.json();
+    let s = &j["status"];
+    assert_eq!((s["state"].as_str(), s["failed_rank"].as_i64()), (Some("failed"), Some(1)), "{s}");
+    assert!(s["reason"].as_str().unwrap().starts_with("rank 1 lost"), "{s}");
+    assert_eq!(s["interruption"]["not_gathered"], serde_json::json!([1]), "{s}");
+    assert_eq!(j["ranks"].as_array().unwrap().len(), 1, "rank 0's own report");
+    let left: Vec<_> = std::fs::read_dir(r.path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 1, "only the result: {left:?}");
 }
 
 #[test]
@@ -405,4 +416,179 @@ fn ranks_with_different_options_are_refused() {
         assert!(t.elapsed() < std::time::Duration::from_secs(30));
         assert!(!out.exists(), "nothing measured, nothing written");
     }
+}
+
+/// A slow run under `mpirun -n 2` (the mock at 50 ms per token, 400 tokens, no warm-up), started
+/// and left running once rank 0 says the measured run began and tokens have flowed for a second.
+struct Slow {
+    child: std::process::Child,
+    stderr: std::sync::Arc<Mutex<String>>,
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    _guard: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Slow {
+    fn start() -> Slow {
+        use std::io::BufRead;
+        let guard = MPI.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
+        let mut child = Command::new("mpirun")
+            .args(["-n", "2", "--oversubscribe", "--bind-to", "none", BIN, "run", "--engine", "mock"])
+            .args(["--engine-options", r#"{"token_us": 50000}"#, "--prompt-tokens", "4"])
+            .args(["--generated-tokens", "400", "--warmup", "0", "--out"])
+            .arg(&path)
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+            .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start mpirun");
+        let stderr = std::sync::Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (pipe, text) = (child.stderr.take().unwrap(), stderr.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if line.contains("generating") {
+                    let _ = tx.send(());
+                }
+                let mut t = text.lock().unwrap();
+                t.push_str(&line);
+                t.push('\n');
+            }
+        });
+        let mut slow = Slow { child, stderr, dir, path, _guard: guard };
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            slow.kill();
+            panic!("the measured run did not begin:\n{}", slow.stderr());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        slow
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The pid of a rank of this job (its command line names our --out, its environment its rank).
+    fn rank_pid(&self, rank: i32) -> i32 {
+        let out = self.path.to_str().unwrap();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+            let has = |hay: &[u8], needle: &[u8]| hay.split(|&b| b == 0).any(|s| s == needle);
+            if has(&cmd, out.as_bytes()) && has(&env, format!("OMPI_COMM_WORLD_RANK={rank}").as_bytes()) {
+                return pid;
+            }
+        }
+        panic!("no process of rank {rank} for {out}");
+    }
+
+    fn signal(pid: i32, sig: i32) {
+        // SAFETY: kill(2) on a process this test started.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+    }
+
+    /// Waits for mpirun (at most `within`): its exit code.
+    fn wait(&mut self, within: Duration) -> Option<i32> {
+        let t = Instant::now();
+        while t.elapsed() < within {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        None
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The interrupted JSON: schema, typed mirror, `tpprof report` reads it; nothing else is left
+    /// beside it (no temp file).
+    fn result(&self) -> Value {
+        let text = std::fs::read_to_string(&self.path)
+            .unwrap_or_else(|e| panic!("no JSON at {} ({e}):\n{}", self.path.display(), self.stderr()));
+        let j: Value = serde_json::from_str(&text).unwrap();
+        check_schema(&j);
+        crate::json::check_fields(&j);
+        let left: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, vec!["r.json".to_string()], "only the result beside --out");
+        let report = Command::new(BIN).arg("report").arg(&self.path).output().unwrap();
+        assert_eq!(report.status.code(), Some(0), "{}", String::from_utf8_lossy(&report.stderr));
+        assert!(String::from_utf8_lossy(&report.stdout).contains("status: INTERRUPTED"));
+        j
+    }
+}
+
+impl Drop for Slow {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// SIGTERM to mpirun (which sends SIGTERM to every rank, SIGKILL a second later): an
+/// `interrupted` JSON naming the signal, with both ranks' tokens so far, within seconds.
+#[test]
+fn sigterm_to_mpirun_leaves_an_interrupted_json() {
+    let mut run = Slow::start();
+    let t = Instant::now();
+    Slow::signal(run.child.id() as i32, libc::SIGTERM);
+    let code = run.wait(Duration::from_secs(15));
+    assert!(code.is_some_and(|c| c != 0), "exit {code:?} after {:?}\n{}", t.elapsed(), run.stderr());
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    let j = run.result();
+    let s = &j["status"];
+    assert_eq!(s["state"], "interrupted", "{s}");
+    let i = &s["interruption"];
+    assert_eq!(i["signal"], "SIGTERM", "{i}");
+    assert_eq!(i["not_gathered"], serde_json::json!([]), "{i}");
+    let r0 = &j["ranks"][0];
+    assert_eq!(r0["rank"], 0);
+    let tokens = u(&r0["tokens_generated"]);
+    assert!(tokens > 0 && tokens < 400, "rank 0's tokens so far: {tokens}");
+    // The histograms hold the measured run up to the signal: one gap per token after the first.
+    assert_eq!(u(&r0["decode"]["count"]), tokens - 1);
+    assert!(u(&r0["memory"]["samples"]) >= 1);
+    let reached = &i["reached"][0];
+    assert_eq!(
+        (reached["phase"].as_str(), reached["measured_run_started"].as_bool()),
+        (Some("measured run"), Some(true))
+    );
+    assert!(j["summary"].is_null());
+    let stderr = run.stderr();
+    assert!(stderr.contains("error: interrupted by SIGTERM"), "{stderr}");
+}
+
+/// SIGINT to one rank other than 0: it tells rank 0, which gathers both ranks' figures and writes;
+/// mpirun exits 130 (128 + SIGINT), the code every rank leaves with.
+#[test]
+fn sigint_to_one_rank_leaves_an_interrupted_json() {
+    let mut run = Slow::start();
+    let t = Instant::now();
+    Slow::signal(run.rank_pid(1), libc::SIGINT);
+    let code = run.wait(Duration::from_secs(15));
+    assert_eq!(code, Some(130), "after {:?}\n{}", t.elapsed(), run.stderr());
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    let j = run.result();
+    let i = &j["status"]["interruption"];
+    assert_eq!((i["signal"].as_str(), i["signal_rank"].as_i64()), (Some("SIGINT"), Some(1)), "{i}");
+    assert_eq!(i["signalled"], serde_json::json!([{"rank": 1, "signal": "SIGINT"}]), "{i}");
+    let ranks = j["ranks"].as_array().unwrap();
+    assert_eq!(ranks.len(), 2, "both ranks gathered");
+    assert!(
+        ranks.iter().all(|r| u(&r["tokens_generated"]) > 0),
+        "{:?}",
+        ranks.iter().map(|r| &r["tokens_generated"]).collect::<Vec<_>>()
+    );
 }

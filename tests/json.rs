@@ -43,6 +43,35 @@ pub(crate) struct Status {
     pub failed_rank: Option<i32>,
     pub reason: Option<String>,
     pub failures: Vec<Failure>,
+    /// Only in state `interrupted`.
+    #[serde(default)]
+    pub interruption: Option<Interruption>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Interruption {
+    pub signal: String,
+    pub signal_rank: i32,
+    pub signalled: Vec<SignalledRank>,
+    pub reached: Vec<Reached>,
+    pub not_gathered: Vec<i32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SignalledRank {
+    pub rank: i32,
+    pub signal: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Reached {
+    pub rank: i32,
+    pub phase: String,
+    pub measured_run_started: bool,
+    pub tokens: u64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,6 +13,7 @@ use mpi::Threading;
 
 use crate::clock::mono_ns;
 
+pub mod interrupt;
 pub mod wire;
 pub use wire::{Json, Wire, WireError};
 
@@ -78,6 +79,9 @@ impl RankFailures {
 }
 
 pub struct World {
+    /// SIGINT / SIGTERM during a run (`watch_interrupts`). First: it stops, and its thread is
+    /// joined, before the communicators are freed and MPI finalised.
+    interrupts: std::sync::OnceLock<interrupt::Watcher>,
     /// Our own duplicate of MPI_COMM_WORLD.
     comm: SimpleCommunicator,
     pub rank: i32,
@@ -104,6 +108,7 @@ impl World {
         let host = mpi::environment::processor_name().unwrap_or_else(|_| "unknown".into());
         abort_on_panic(rank);
         Ok(World {
+            interrupts: std::sync::OnceLock::new(),
             rank,
             size: comm.size(),
             local_rank: local.rank(),
@@ -236,6 +241,22 @@ impl World {
             mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, code);
         }
         std::process::exit(code)
+    }
+
+    /// From now on SIGINT and SIGTERM are handled by a watcher thread on a communicator of its own
+    /// (see `interrupt`): collective, every rank calls it at the same point, once.
+    pub fn watch_interrupts(&self) -> Result<(), std::io::Error> {
+        let watcher = interrupt::Watcher::start(self.comm.duplicate())?;
+        let _ = self.interrupts.set(watcher);
+        Ok(())
+    }
+
+    /// What an interruption does in the run's current state (None: the process just exits with
+    /// 128 + the signal).
+    pub fn on_interrupt(&self, handler: Option<std::sync::Arc<dyn interrupt::InterruptHandler>>) {
+        if let Some(w) = self.interrupts.get() {
+            w.set_handler(handler);
+        }
     }
 
     /// Starts a thread that aborts the job after `after`, naming the cause on stderr.

@@ -4,7 +4,7 @@
 
 pub mod histogram;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -37,6 +37,9 @@ pub struct TokenSink {
     events: Mutex<Vec<TokenEvent>>,
     overflow: AtomicU64,
     submit_ns: AtomicU64,
+    /// Set when the run is interrupted: later tokens are not recorded, so the report is the run
+    /// as it was at the signal.
+    frozen: AtomicBool,
 }
 
 impl TokenSink {
@@ -53,6 +56,7 @@ impl TokenSink {
             events: Mutex::new(Vec::with_capacity(capacity)),
             overflow: AtomicU64::new(0),
             submit_ns: AtomicU64::new(0),
+            frozen: AtomicBool::new(false),
         }
     }
 
@@ -82,6 +86,9 @@ impl TokenSink {
     /// Called once per generated token, from any thread.
     pub fn on_token(&self, sample: u32, step: u32, token: i32, finish: i32) {
         let t_ns = self.now_ns();
+        if self.frozen.load(Ordering::Relaxed) {
+            return;
+        }
         if step == 0 {
             if let Some((done, n)) = self.prefill_done.get() {
                 if self.first_tokens.fetch_add(1, Ordering::Relaxed) + 1 == *n {
@@ -100,6 +107,18 @@ impl TokenSink {
     /// Tokens received so far (for progress; takes the lock briefly, never called by engines).
     pub fn received(&self) -> u64 {
         self.events.lock().unwrap_or_else(|p| p.into_inner()).len() as u64 + self.overflow.load(Ordering::Relaxed)
+    }
+
+    /// Stops recording (an interrupted run): tokens from now on are dropped.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::Relaxed);
+    }
+
+    /// A copy of the events so far and the number that did not fit (an interrupted run's report;
+    /// the run itself takes them with `into_events`).
+    pub fn snapshot(&self) -> (Vec<TokenEvent>, u64) {
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (events, self.overflow.load(Ordering::Relaxed))
     }
 
     /// The recorded events and the number that did not fit.

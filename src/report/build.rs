@@ -10,6 +10,7 @@ use crate::workload::Workload;
 const GIB: f64 = (1u64 << 30) as f64;
 
 /// The part of the report that is known before the engine runs.
+#[derive(Debug, Clone)]
 pub struct Header {
     pub config: ConfigReport,
     pub environment: Environment,
@@ -37,6 +38,62 @@ impl Header {
                 failed_rank: failures.first().map(|f| f.rank),
                 reason: failures.first().map(|f| f.reason.clone()),
                 failures,
+                interruption: None,
+            },
+            config: self.config,
+            environment: self.environment,
+            engine: self.engine,
+            topology: self.topology,
+            summary: None,
+            latency: None,
+            skew: None,
+            cupti: None,
+            ranks,
+            samples: Vec::new(),
+        }
+    }
+
+    /// A report for a run a signal ended: what reached rank 0 (its own rank report first), no
+    /// summary (the figures of a part of a run are not the run's: `compare` treats them as
+    /// missing), `reason` one line saying where it stopped. State `interrupted`; `failed` when a
+    /// rank did not answer (its process died or was killed: mpirun then sends SIGTERM to the
+    /// others), each such rank a failure.
+    pub fn interrupted(self, interruption: Interruption, ranks: Vec<RankReport>) -> RunReport {
+        let at = interruption
+            .reached
+            .iter()
+            .find(|r| r.rank == 0)
+            .map(|r| format!("; rank 0 was in the {} ({} tokens)", r.phase, r.tokens))
+            .unwrap_or_default();
+        let lost = &interruption.not_gathered;
+        let names = |r: &[i32]| {
+            format!(
+                "rank{} {}",
+                if r.len() > 1 { "s" } else { "" },
+                r.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
+            )
+        };
+        let signal = format!("{} on rank {}", interruption.signal, interruption.signal_rank);
+        let (state, reason) = match lost.as_slice() {
+            [] => (State::Interrupted, format!("interrupted by {signal}{at}")),
+            r => (State::Failed, format!("{} lost (no answer to rank 0: died or killed); then {signal}{at}", names(r))),
+        };
+        let failures: Vec<Failure> = lost
+            .iter()
+            .map(|&rank| Failure {
+                rank,
+                reason: "lost: no answer to rank 0 when the run was interrupted (the process died or was killed)"
+                    .into(),
+            })
+            .collect();
+        RunReport {
+            schema: SCHEMA.into(),
+            status: Status {
+                state,
+                failed_rank: lost.first().copied(),
+                reason: Some(reason),
+                failures,
+                interruption: Some(interruption),
             },
             config: self.config,
             environment: self.environment,
@@ -154,6 +211,7 @@ impl Header {
             failed_rank: None,
             reason: (!problems.is_empty()).then(|| problems.join("; ")),
             failures: Vec::new(),
+            interruption: None,
         };
         Ok(RunReport {
             schema: SCHEMA.into(),

@@ -35,6 +35,9 @@ pub enum State {
     Incomplete,
     /// A rank failed; see failures.
     Failed,
+    /// A signal (SIGINT, SIGTERM) ended the run before its report was complete; see
+    /// `status.interruption`. What was measured until then is kept.
+    Interrupted,
 }
 
 /// One rank's failure.
@@ -57,6 +60,53 @@ pub struct Status {
     pub reason: Option<String>,
     /// Every failing rank with its reason (empty unless failed).
     pub failures: Vec<Failure>,
+    /// How far an interrupted run got, and who was signalled (state `interrupted`, or `failed`
+    /// when a rank was lost: it did not answer rank 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interruption: Option<Interruption>,
+}
+
+/// An interrupted run: the signal, where each rank was, what reached rank 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Interruption {
+    /// The signal rank 0 learned of first (`SIGINT`, `SIGTERM`).
+    pub signal: String,
+    /// The rank it reached.
+    pub signal_rank: i32,
+    /// Every rank that got a signal of its own (mpirun sends SIGTERM to every rank when it is
+    /// signalled, or when a rank exits non-zero).
+    pub signalled: Vec<SignalledRank>,
+    /// Where each rank whose report reached rank 0 was, in rank order (their reports are in
+    /// `ranks`).
+    pub reached: Vec<Reached>,
+    /// Ranks whose report did not reach rank 0 in time: dead, killed, or stuck.
+    pub not_gathered: Vec<i32>,
+}
+
+/// A rank and the signal it got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SignalledRank {
+    /// The rank.
+    pub rank: i32,
+    /// The signal's name.
+    pub signal: String,
+}
+
+/// How far one rank got before the run was interrupted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Reached {
+    /// The rank.
+    pub rank: i32,
+    /// Its phase: `configure`, `bind`, `engine creation`, `workload`, `prepare`, `warm-up run N`,
+    /// `measured run K of N` (--repeat), `measured run`, `gather`, `assemble`, `finish`; a run
+    /// that ended on this rank while others went on: `measured run (ended, waiting for the other
+    /// ranks)`.
+    pub phase: String,
+    /// Whether the recorded (measured) run had begun: then its histograms in `ranks` hold the
+    /// tokens until the signal.
+    pub measured_run_started: bool,
+    /// Tokens the rank had received in its current (or last ended) run, warm-up or measured.
+    pub tokens: u64,
 }
 
 /// What was run: the arguments as tpprof understood them.

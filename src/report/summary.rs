@@ -318,12 +318,13 @@ pub fn render(r: &RunReport) -> String {
     out
 }
 
-/// "ok", "INCOMPLETE" or "FAILED on rank R".
+/// "ok", "INCOMPLETE", "FAILED on rank R" or "INTERRUPTED" (the reason names the signal).
 pub(super) fn state_label(s: &Status) -> String {
     match s.state {
         State::Ok => "ok".to_string(),
         State::Incomplete => "INCOMPLETE".to_string(),
         State::Failed => format!("FAILED on rank {}", s.failed_rank.unwrap_or(-1)),
+        State::Interrupted => "INTERRUPTED".to_string(),
     }
 }
 

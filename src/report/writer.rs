@@ -15,7 +15,9 @@ pub enum WriteError {
     Unwritable { path: PathBuf, reason: String },
 }
 
-/// The output file, claimed before the run starts.
+/// The output file, claimed before the run starts (a clone is the same claim: the interrupt
+/// handler writes through one, and only one of them writes).
+#[derive(Debug, Clone)]
 pub struct OutputFile {
     path: PathBuf,
     force: bool,
@@ -48,7 +50,8 @@ impl OutputFile {
     }
 
     pub fn write(self, report: &RunReport) -> Result<Written, WriteError> {
-        let failed = report.status.state == super::State::Failed;
+        // A run that did not finish (failed, interrupted) never replaces an earlier result.
+        let failed = matches!(report.status.state, super::State::Failed | super::State::Interrupted);
         if failed && self.path.exists() {
             return Ok(Written::KeptExisting(self.path));
         }
