@@ -18,7 +18,9 @@ use crate::record::{token_digest, Recording, TokenSink};
 use crate::report::build::Header;
 use crate::report::trace::RankTrace;
 use crate::report::writer::{OutputFile, Written};
-use crate::report::{ConfigReport, Environment, RankReport, RankSample, RankTiming, Role, RunReport, State, WarmupRun};
+use crate::report::{
+    ConfigReport, Environment, RankReport, RankSample, RankTiming, Role, RunReport, State, StopCause, WarmupRun,
+};
 use crate::workload::Workload;
 
 /// Vocabulary assumed for adapters that do not say theirs (valid for every Qwen2.5 tokenizer).
@@ -1640,7 +1642,7 @@ impl Shared {
             let mut p = self.lock();
             p.sink = None;
             p.run_tokens = sink.received();
-            p.phase = format!("{} (ended, waiting for the other ranks)", p.phase);
+            p.phase = format!("{} {}", p.phase, crate::report::WAITING);
         }
         match Arc::try_unwrap(sink) {
             Ok(s) => s,
@@ -1718,10 +1720,25 @@ impl InterruptHandler for Shared {
             return i.code;
         }
         p.closed = true;
-        let interrupt::Cause::Signal { rank: signal_rank, signal } = i.cause;
-        let signal = interrupt::signal_name(signal);
+        let (cause, signal, signal_rank, timeout_s) = match i.cause {
+            interrupt::Cause::Signal { rank, signal } => {
+                (StopCause::Signal, Some(interrupt::signal_name(signal)), Some(rank), None)
+            }
+            interrupt::Cause::Timeout { after } => (StopCause::Timeout, None, None, Some(after.as_secs_f64())),
+        };
         let (Some(header), Some(out)) = (p.header.clone(), p.out.clone()) else {
-            eprintln!("error: interrupted by {signal} on rank {signal_rank} in the {} phase, before anything was measured: no report written", p.phase);
+            match (&signal, timeout_s) {
+                (Some(sig), _) => eprintln!(
+                    "error: interrupted by {sig} on rank {} in the {} phase, before anything was measured: no report written",
+                    signal_rank.unwrap_or(0),
+                    p.phase
+                ),
+                (None, t) => eprintln!(
+                    "error: the run did not finish within --timeout {:.1} s (rank 0 in the {} phase, before anything was measured); aborting every rank",
+                    t.unwrap_or(0.0),
+                    p.phase
+                ),
+            }
             return i.code;
         };
         let mut reached = Vec::new();
@@ -1738,8 +1755,10 @@ impl InterruptHandler for Shared {
         }
         not_gathered.sort_unstable();
         let interruption = crate::report::Interruption {
+            cause,
             signal,
             signal_rank,
+            timeout_s,
             signalled: i
                 .signalled
                 .iter()
@@ -1749,12 +1768,13 @@ impl InterruptHandler for Shared {
             not_gathered,
         };
         let report = header.interrupted(interruption, ranks);
-        // A lost rank makes it a failed run (exit 1, as a crash); else 128 + the signal.
+        // A lost rank or a timeout makes it a failed run (exit 1, as a crash); else 128 + the signal.
         let code = if report.status.state == State::Failed { 1 } else { i.code };
         let _held = interrupt::hold_exit();
-        eprintln!("error: {}", report.status.reason.as_deref().unwrap_or("interrupted"));
+        let aborting = if cause == StopCause::Timeout { "; aborting every rank" } else { "" };
+        eprintln!("error: {}{aborting}", report.status.reason.as_deref().unwrap_or("interrupted"));
         match out.write(&report) {
-            Ok(Written::Yes(path)) => eprintln!("the interrupted run's report is in {}", path.display()),
+            Ok(Written::Yes(path)) => eprintln!("what was measured is in {}", path.display()),
             Ok(Written::KeptExisting(path)) => eprintln!("{} was left as it was", path.display()),
             Err(e) => eprintln!("error: {e}"),
         }

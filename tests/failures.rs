@@ -204,10 +204,26 @@ fn a_hung_engine_is_stopped_by_the_timeout() {
     );
     assert_ne!(r.code(), 0);
     assert!(r.elapsed < Duration::from_secs(30), "took {:?}", r.elapsed);
-    assert!(r.stderr().contains("did not finish within --timeout 1.0 s"), "{}", r.stderr());
-    // An aborted job leaves nothing beside --out (a 0-byte .r.json.XXXXXX.tmp was left every time).
+    // One line, from rank 0, naming the ranks that made no progress (here: both, each stuck in its
+    // first decode step), not a line per rank.
+    let stderr = r.stderr();
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("did not finish within --timeout 1.0 s")).collect();
+    assert_eq!(lines.len(), 1, "{}", r.stderr());
+    assert!(
+        lines[0].starts_with("error: the run did not finish within --timeout 1.0 s: ranks 0, 1 made no progress"),
+        "{}",
+        lines[0]
+    );
+    // The failed JSON keeps what was measured; nothing else is left beside --out (a 0-byte
+    // .r.json.XXXXXX.tmp was left every time).
+    let j = r.json();
+    let s = &j["status"];
+    assert_eq!((s["state"].as_str(), s["failed_rank"].as_i64()), (Some("failed"), Some(0)), "{s}");
+    assert_eq!(s["interruption"]["cause"], "timeout", "{s}");
+    assert_eq!(s["failures"].as_array().unwrap().len(), 2, "{s}");
+    assert_eq!(j["ranks"].as_array().unwrap().len(), 2, "both ranks answered");
     let left: Vec<_> = std::fs::read_dir(r.path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(left.len(), 1, "left behind: {left:?}");
 }
 
 #[test]

@@ -51,8 +51,10 @@ pub(crate) struct Status {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Interruption {
-    pub signal: String,
-    pub signal_rank: i32,
+    pub cause: String,
+    pub signal: Option<String>,
+    pub signal_rank: Option<i32>,
+    pub timeout_s: Option<f64>,
     pub signalled: Vec<SignalledRank>,
     pub reached: Vec<Reached>,
     pub not_gathered: Vec<i32>,

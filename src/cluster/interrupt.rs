@@ -71,6 +71,8 @@ pub struct Interrupted {
 pub enum Cause {
     /// A signal reached `rank` (the first rank 0 learned of).
     Signal { rank: i32, signal: i32 },
+    /// `--timeout`: the run did not finish within `after`.
+    Timeout { after: Duration },
 }
 
 /// The exit code of a run ended by `signal`: 128 + its number, as a shell reports it (130 for
@@ -113,6 +115,8 @@ impl Drop for ExitHeld {
 /// The watcher: installed once per run, stopped (and joined) before MPI_Finalize.
 pub struct Watcher {
     stop: Arc<AtomicBool>,
+    /// `--timeout`'s deadline, once armed.
+    deadline: Arc<Mutex<Option<(Instant, Duration)>>>,
     handle: Option<JoinHandle<()>>,
     handler: Arc<Mutex<Option<Arc<dyn InterruptHandler>>>>,
 }
@@ -129,16 +133,25 @@ impl Watcher {
         set_errors_return(&comm);
         let stop = Arc::new(AtomicBool::new(false));
         let handler: Arc<Mutex<Option<Arc<dyn InterruptHandler>>>> = Arc::new(Mutex::new(None));
-        let (flag, slot) = (stop.clone(), handler.clone());
+        let deadline = Arc::new(Mutex::new(None));
+        let (flag, slot, due) = (stop.clone(), handler.clone(), deadline.clone());
         let comm = OwnComm(comm);
         let handle = std::thread::Builder::new()
             .name("tpprof-interrupt".into())
             .spawn(move || {
                 let own = comm; // the whole wrapper moves in, not its field
-                watch(own.0, flag, slot)
+                watch(own.0, flag, slot, due)
             })
             .map_err(std::io::Error::other)?;
-        Ok(Watcher { stop, handle: Some(handle), handler })
+        Ok(Watcher { stop, deadline, handle: Some(handle), handler })
+    }
+
+    /// `--timeout`: after `after`, rank 0 gathers every rank's report, names the rank(s) that
+    /// made no progress (one line, rank 0 alone), has the run write a `failed` JSON with what was
+    /// measured, and every rank exits 1. A rank > 0 whose rank 0 never comes (its process wedged)
+    /// ends itself a few seconds later.
+    pub fn arm_timeout(&self, after: Duration) {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now() + after, after));
     }
 
     /// The run's handler (None: a signal just ends the process with 128 + signal).
@@ -172,10 +185,34 @@ fn set_errors_return(comm: &SimpleCommunicator) {
     }
 }
 
-fn watch(comm: SimpleCommunicator, stop: Arc<AtomicBool>, handler: Arc<Mutex<Option<Arc<dyn InterruptHandler>>>>) {
+fn watch(
+    comm: SimpleCommunicator,
+    stop: Arc<AtomicBool>,
+    handler: Arc<Mutex<Option<Arc<dyn InterruptHandler>>>>,
+    deadline: Arc<Mutex<Option<(Instant, Duration)>>>,
+) {
     let rank = comm.rank();
     let current = || handler.lock().unwrap_or_else(|p| p.into_inner()).clone();
     while !stop.load(Ordering::Acquire) {
+        if let Some((at, after)) = *deadline.lock().unwrap_or_else(|p| p.into_inner()) {
+            let now = Instant::now();
+            if rank == 0 && now >= at {
+                match current() {
+                    Some(h) => lead(&comm, &*h, Cause::Timeout { after }, Vec::new()),
+                    None => {
+                        eprintln!(
+                            "error: the run did not finish within --timeout {:.1} s; aborting every rank",
+                            after.as_secs_f64()
+                        );
+                        super::World::abort_all(1)
+                    }
+                }
+            }
+            if rank != 0 && now >= at + COLLECT + Duration::from_secs(5) {
+                eprintln!("error: rank {rank}: the run did not finish within --timeout {:.1} s and rank 0 did not end it; aborting every rank", after.as_secs_f64());
+                super::World::abort_all(1)
+            }
+        }
         let sig = SIGNAL.load(Ordering::SeqCst) as i32;
         if sig != 0 {
             let Some(h) = current() else { end(exit_code(sig)) };
@@ -210,6 +247,7 @@ fn watch(comm: SimpleCommunicator, stop: Arc<AtomicBool>, handler: Arc<Mutex<Opt
 fn lead(comm: &SimpleCommunicator, h: &dyn InterruptHandler, cause: Cause, mut got: Vec<(i32, i32, Vec<u8>)>) -> ! {
     let code = match cause {
         Cause::Signal { signal, .. } => exit_code(signal),
+        Cause::Timeout { .. } => 1,
     };
     let size = comm.size();
     let own = h.report();

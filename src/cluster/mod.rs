@@ -259,8 +259,15 @@ impl World {
         }
     }
 
-    /// Starts a thread that aborts the job after `after`, naming the cause on stderr.
+    /// Ends the job after `after`. With the interrupt watcher running (`tpprof run`), rank 0
+    /// gathers what every rank measured, names the rank(s) that made no progress, once, and the
+    /// run writes a `failed` JSON (see `interrupt::Watcher::arm_timeout`). Otherwise a thread aborts
+    /// the job, naming the cause on stderr.
     pub fn start_watchdog(&self, after: Duration) {
+        if let Some(w) = self.interrupts.get() {
+            w.arm_timeout(after);
+            return;
+        }
         let rank = self.rank;
         std::thread::Builder::new()
             .name("tpprof-watchdog".into())

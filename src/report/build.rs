@@ -53,19 +53,21 @@ impl Header {
         }
     }
 
-    /// A report for a run a signal ended: what reached rank 0 (its own rank report first), no
-    /// summary (the figures of a part of a run are not the run's: `compare` treats them as
-    /// missing), `reason` one line saying where it stopped. State `interrupted`; `failed` when a
-    /// rank did not answer (its process died or was killed: mpirun then sends SIGTERM to the
-    /// others), each such rank a failure.
+    /// A report for a run a signal or `--timeout` ended: what reached rank 0 (its own rank report
+    /// first), no summary (the figures of a part of a run are not the run's: `compare` treats
+    /// them as missing), `reason` one line saying where it stopped. State `interrupted` after a
+    /// signal; `failed` when a rank did not answer (its process died or was killed: mpirun then
+    /// sends SIGTERM to the others), each such rank a failure, or when `--timeout` passed, each
+    /// rank that made no progress a failure ([`Interruption::stuck`]).
     pub fn interrupted(self, interruption: Interruption, ranks: Vec<RankReport>) -> RunReport {
-        let at = interruption
-            .reached
-            .iter()
-            .find(|r| r.rank == 0)
-            .map(|r| format!("; rank 0 was in the {} ({} tokens)", r.phase, r.tokens))
-            .unwrap_or_default();
-        let lost = &interruption.not_gathered;
+        let where_ = |rank: i32| {
+            interruption
+                .reached
+                .iter()
+                .find(|r| r.rank == rank)
+                .map(|r| format!("{}, {} token{} so far", r.phase, r.tokens, if r.tokens == 1 { "" } else { "s" }))
+        };
+        let at = where_(0).map(|w| format!("; rank 0 was in {w}")).unwrap_or_default();
         let names = |r: &[i32]| {
             format!(
                 "rank{} {}",
@@ -73,24 +75,52 @@ impl Header {
                 r.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
             )
         };
-        let signal = format!("{} on rank {}", interruption.signal, interruption.signal_rank);
-        let (state, reason) = match lost.as_slice() {
-            [] => (State::Interrupted, format!("interrupted by {signal}{at}")),
-            r => (State::Failed, format!("{} lost (no answer to rank 0: died or killed); then {signal}{at}", names(r))),
+        let lost = &interruption.not_gathered;
+        let lost_reason = "lost: no answer to rank 0 when the run was interrupted (the process died or was killed)";
+        let (state, reason, failures): (State, String, Vec<Failure>) = match interruption.cause {
+            StopCause::Timeout => {
+                let after = interruption.timeout_s.unwrap_or(0.0);
+                let stuck = interruption.stuck();
+                let failures = stuck
+                    .iter()
+                    .map(|&rank| Failure {
+                        rank,
+                        reason: match where_(rank) {
+                            Some(w) => format!("made no progress within --timeout {after:.1} s: still in {w}"),
+                            None => format!("made no progress within --timeout {after:.1} s: {lost_reason}"),
+                        },
+                    })
+                    .collect();
+                let first = stuck.first().and_then(|&r| where_(r)).map(|w| format!(" (in {w})")).unwrap_or_default();
+                let reason = format!(
+                    "the run did not finish within --timeout {after:.1} s: {} made no progress{first}",
+                    names(&stuck)
+                );
+                (State::Failed, reason, failures)
+            }
+            StopCause::Signal => {
+                let signal = format!(
+                    "{} on rank {}",
+                    interruption.signal.as_deref().unwrap_or("a signal"),
+                    interruption.signal_rank.unwrap_or(0)
+                );
+                let failures: Vec<Failure> =
+                    lost.iter().map(|&rank| Failure { rank, reason: lost_reason.into() }).collect();
+                match lost.as_slice() {
+                    [] => (State::Interrupted, format!("interrupted by {signal}{at}"), failures),
+                    r => (
+                        State::Failed,
+                        format!("{} lost (no answer to rank 0: died or killed); then {signal}{at}", names(r)),
+                        failures,
+                    ),
+                }
+            }
         };
-        let failures: Vec<Failure> = lost
-            .iter()
-            .map(|&rank| Failure {
-                rank,
-                reason: "lost: no answer to rank 0 when the run was interrupted (the process died or was killed)"
-                    .into(),
-            })
-            .collect();
         RunReport {
             schema: SCHEMA.into(),
             status: Status {
                 state,
-                failed_rank: lost.first().copied(),
+                failed_rank: failures.first().map(|f| f.rank),
                 reason: Some(reason),
                 failures,
                 interruption: Some(interruption),

@@ -60,8 +60,8 @@ pub struct Status {
     pub reason: Option<String>,
     /// Every failing rank with its reason (empty unless failed).
     pub failures: Vec<Failure>,
-    /// How far an interrupted run got, and who was signalled (state `interrupted`, or `failed`
-    /// when a rank was lost: it did not answer rank 0).
+    /// How far an interrupted run got, and who was signalled (state `interrupted`; `failed` when
+    /// a rank was lost, i.e. did not answer rank 0, or when `--timeout` passed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interruption: Option<Interruption>,
 }
@@ -69,10 +69,14 @@ pub struct Status {
 /// An interrupted run: the signal, where each rank was, what reached rank 0.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Interruption {
-    /// The signal rank 0 learned of first (`SIGINT`, `SIGTERM`).
-    pub signal: String,
+    /// `signal` (SIGINT / SIGTERM to a rank or to mpirun) or `timeout` (`--timeout`).
+    pub cause: StopCause,
+    /// The signal rank 0 learned of first (`SIGINT`, `SIGTERM`); null for a timeout.
+    pub signal: Option<String>,
     /// The rank it reached.
-    pub signal_rank: i32,
+    pub signal_rank: Option<i32>,
+    /// `--timeout`, seconds (cause `timeout`).
+    pub timeout_s: Option<f64>,
     /// Every rank that got a signal of its own (mpirun sends SIGTERM to every rank when it is
     /// signalled, or when a rank exits non-zero).
     pub signalled: Vec<SignalledRank>,
@@ -81,6 +85,37 @@ pub struct Interruption {
     pub reached: Vec<Reached>,
     /// Ranks whose report did not reach rank 0 in time: dead, killed, or stuck.
     pub not_gathered: Vec<i32>,
+}
+
+impl Interruption {
+    /// The ranks that made no progress (a timeout): those that did not answer rank 0; else those
+    /// still inside a run while the others waited for them; else (every rank in the same place)
+    /// every rank that answered.
+    pub fn stuck(&self) -> Vec<i32> {
+        if !self.not_gathered.is_empty() {
+            return self.not_gathered.clone();
+        }
+        let running: Vec<i32> = self.reached.iter().filter(|r| !r.phase.ends_with(WAITING)).map(|r| r.rank).collect();
+        let waiting = self.reached.len() - running.len();
+        if waiting > 0 && !running.is_empty() {
+            running
+        } else {
+            self.reached.iter().map(|r| r.rank).collect()
+        }
+    }
+}
+
+/// The end of `Reached.phase` for a rank whose run ended while others went on.
+pub const WAITING: &str = "(ended, waiting for the other ranks)";
+
+/// What ended an unfinished run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StopCause {
+    /// SIGINT or SIGTERM, to a rank or to mpirun.
+    Signal,
+    /// `--timeout` passed.
+    Timeout,
 }
 
 /// A rank and the signal it got.
@@ -658,6 +693,31 @@ pub struct RunReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The watchdog names the ranks that made no progress: those that did not answer, else those
+    /// still in a run the others finished, else every rank.
+    #[test]
+    fn stuck_ranks_are_the_ones_behind() {
+        let at = |rank: i32, phase: &str| Reached { rank, phase: phase.into(), measured_run_started: true, tokens: 3 };
+        let mut i = Interruption {
+            cause: StopCause::Timeout,
+            signal: None,
+            signal_rank: None,
+            timeout_s: Some(1.0),
+            signalled: Vec::new(),
+            reached: vec![
+                at(0, &format!("measured run {WAITING}")),
+                at(1, "measured run"),
+                at(2, &format!("measured run {WAITING}")),
+            ],
+            not_gathered: Vec::new(),
+        };
+        assert_eq!(i.stuck(), vec![1]);
+        i.reached[1].phase = format!("measured run {WAITING}");
+        assert_eq!(i.stuck(), vec![0, 1, 2], "all in the same place: every rank");
+        i.not_gathered = vec![2];
+        assert_eq!(i.stuck(), vec![2], "no answer: that rank");
+    }
 
     #[test]
     fn spreads_of_known_values() {
