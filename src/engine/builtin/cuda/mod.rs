@@ -131,8 +131,8 @@ impl CudaEngine {
         // blocks per SM in one wave, sizing the splits; default 2); TPPROF_CUDA_ATTN_SPLIT=N (positions
         // per split, rounded up to 16: for tests of long splits on short prompts);
         // TPPROF_CUDA_PREFILL_ATTN=cublas (the chunked cuBLAS prefill attention instead of prefill.cu's
-        // tensor-core kernel), =flash4 (that kernel with 64 queries per block instead of 128),
-        // =flash2m / =flash2m3 (its 4 warps × 2 m-tiles variant, 128 queries per block, 2 / 3 K/V stages).
+        // tensor-core kernel, by default 4 warps × 2 m-tiles = 128 queries per block, 2 K/V stages),
+        // =flash8 (8 warps × 16 queries, the earlier default), =flash4 (4 warps × 16), =flash2m3 (3 stages).
         let use_graph = std::env::var("TPPROF_CUDA_GRAPH").map(|v| v != "0").unwrap_or(true);
         let gemv = match std::env::var("TPPROF_CUDA_GEMV") {
             Ok(v) => GemvOps::parse(&v).map_err(|e| CudaError::Invalid(format!("TPPROF_CUDA_GEMV={v}: {e}")))?,

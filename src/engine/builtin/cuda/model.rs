@@ -731,11 +731,12 @@ impl DecodeAttention {
 /// The prefill attention: prefill.cu's tensor-core kernel (FlashAttention-2 style, `warps` warps of
 /// `m_tiles` × 16 queries each per block, `stages` K/V tiles in flight; head_dim 64 or 128, sm_80 or
 /// newer), or the chunked cuBLAS path (S = Q·Kᵀ, attention.cu's causal_softmax, O = P·V; any shape).
-/// The kernel with 8 warps × 16 queries (128 per block) is the default where it applies;
-/// `TPPROF_CUDA_PREFILL_ATTN=cublas` picks the cuBLAS path, `=flash4` the kernel with 4 warps (64
-/// queries), `=flash2m` the one with 4 warps × 2 m-tiles (128 queries; each K/V fragment feeds both
-/// m-tiles, Q read from shared memory per k-step), `=flash2m3` the same with 3 K/V stages.
-/// qwen2.5-14b TP=1, 10 000-token TTFT on an H100: 1 118 ms (cuBLAS) → 693 ms (results/h100/prefill-attn/).
+/// The kernel with 4 warps × 2 m-tiles of 16 queries (128 per block; each K/V fragment feeds both
+/// m-tiles, Q read from shared memory per k-step, 2 K/V stages) is the default where it applies
+/// (`flash` or `flash2m`); `TPPROF_CUDA_PREFILL_ATTN=cublas` picks the cuBLAS path, `=flash8` the
+/// kernel with 8 warps × 16 queries (the default before), `=flash4` 4 warps × 16 queries, `=flash2m3`
+/// the default with 3 K/V stages. qwen2.5-14b TP=1, 10 000-token TTFT on an H100: 1 118 ms (cuBLAS)
+/// → 668 ms (flash8) → 600 ms (flash2m) (results/h100-prefill-attn.md, results/h100-prefill-ops.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrefillAttention {
     Flash { warps: u32, m_tiles: u32, stages: u32 },
@@ -743,19 +744,19 @@ pub enum PrefillAttention {
 }
 
 impl PrefillAttention {
-    /// The default kernel: 8 warps × 16 queries, 2 stages.
+    /// The default kernel is FLASH2M: 4 warps × 2 m-tiles, 2 stages.
     pub const FLASH8: PrefillAttention = PrefillAttention::Flash { warps: 8, m_tiles: 1, stages: 2 };
     pub const FLASH4: PrefillAttention = PrefillAttention::Flash { warps: 4, m_tiles: 1, stages: 2 };
     pub const FLASH2M: PrefillAttention = PrefillAttention::Flash { warps: 4, m_tiles: 2, stages: 2 };
     pub const FLASH2M3: PrefillAttention = PrefillAttention::Flash { warps: 4, m_tiles: 2, stages: 3 };
 
-    /// TPPROF_CUDA_PREFILL_ATTN's value: flash (default, = flash8), flash4, flash2m, flash2m3 or cublas.
+    /// TPPROF_CUDA_PREFILL_ATTN's value: flash (default, = flash2m), flash8, flash4, flash2m3 or cublas.
     pub fn parse(v: Option<&str>) -> Result<PrefillAttention, UnknownPrefillAttention> {
         match v.map(str::trim) {
-            None | Some("") | Some("flash") | Some("flash8") => Ok(Self::FLASH8),
+            None | Some("") | Some("flash") | Some("flash2m") => Ok(Self::FLASH2M),
+            Some("flash8") => Ok(Self::FLASH8),
             Some("cublas") => Ok(PrefillAttention::Cublas),
             Some("flash4") => Ok(Self::FLASH4),
-            Some("flash2m") => Ok(Self::FLASH2M),
             Some("flash2m3") => Ok(Self::FLASH2M3),
             Some(other) => Err(UnknownPrefillAttention(other.to_string())),
         }
@@ -815,7 +816,7 @@ impl PrefillAttention {
 
 /// A TPPROF_CUDA_PREFILL_ATTN value that names no prefill attention.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("`{0}` is not a prefill attention: use flash (default), flash4, flash2m, flash2m3 or cublas")]
+#[error("`{0}` is not a prefill attention: use flash (default, = flash2m), flash8, flash4, flash2m3 or cublas")]
 pub struct UnknownPrefillAttention(pub String);
 
 /// prefill.cu's FA_BN (keys per K/V tile): the kernel's shared memory is (BM + 2·stages·FA_BN)·head_dim
@@ -1115,7 +1116,8 @@ impl<'a> Model<'a> {
             // < max_len (Buffers::new sized them for the prepared workload).
             // Decode (a few rows): a block per (row, head). Prefill: a block per row, so the
             // double-precision cos/sin table is computed once per row, not once per head (14B 10K
-            // prefill on an H200: 33.2 ms → see results/h200-prefill-ops.md).
+            // prefill: 33.2 ms per prefill on an H200 before, 11.9 ms on an H100 after; two cards, so
+            // only indicative: results/h100-prefill-ops.md).
             let (heads_per_grid, block) = if n <= GEMV_MAX_ROWS { ((d.hq + 2 * d.hkv) as u32, 64) } else { (1, 256) };
             unsafe {
                 self.gpu.launch(
@@ -1581,15 +1583,15 @@ mod tests {
     #[test]
     fn prefill_attention_parses_and_falls_back_to_cublas() {
         use PrefillAttention::*;
-        assert_eq!(PrefillAttention::parse(None).unwrap(), Flash { warps: 8, m_tiles: 1, stages: 2 });
-        assert_eq!(PrefillAttention::parse(Some("flash")).unwrap(), PrefillAttention::FLASH8);
-        assert_eq!(PrefillAttention::parse(Some("flash8")).unwrap(), PrefillAttention::FLASH8);
+        assert_eq!(PrefillAttention::parse(None).unwrap(), Flash { warps: 4, m_tiles: 2, stages: 2 });
+        assert_eq!(PrefillAttention::parse(Some("flash")).unwrap(), PrefillAttention::FLASH2M);
+        assert_eq!(PrefillAttention::parse(Some("flash8")).unwrap(), Flash { warps: 8, m_tiles: 1, stages: 2 });
         assert_eq!(PrefillAttention::parse(Some("flash4")).unwrap(), Flash { warps: 4, m_tiles: 1, stages: 2 });
         assert_eq!(PrefillAttention::parse(Some("flash2m")).unwrap(), Flash { warps: 4, m_tiles: 2, stages: 2 });
         assert_eq!(PrefillAttention::parse(Some(" flash2m3")).unwrap(), Flash { warps: 4, m_tiles: 2, stages: 3 });
         assert_eq!(PrefillAttention::parse(Some(" cublas ")).unwrap(), Cublas);
         let e = PrefillAttention::parse(Some("fa3")).unwrap_err().to_string();
-        assert!(e.contains("`fa3` is not a prefill attention") && e.contains("flash2m"), "{e}");
+        assert!(e.contains("`fa3` is not a prefill attention") && e.contains("flash8"), "{e}");
         for f in
             [PrefillAttention::FLASH8, PrefillAttention::FLASH4, PrefillAttention::FLASH2M, PrefillAttention::FLASH2M3]
         {
