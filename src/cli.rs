@@ -432,6 +432,11 @@ pub struct RunArgs {
     /// spread (min / median / max) in the summary; the last is recorded in full.
     #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
     pub repeat: i64,
+    /// Also print these percentiles of TTFT and ITL (merged, and ITL per rank) after the summary,
+    /// from the run's HdrHistograms: any percentile, e.g. 50,75,99.99 (`tpprof report FILE
+    /// --percentiles ...` prints them from a saved JSON).
+    #[arg(long, value_name = "P,P,...")]
+    pub percentiles: Option<String>,
 }
 
 impl From<RunArgs> for crate::run::RunInput {
@@ -465,6 +470,7 @@ impl From<RunArgs> for crate::run::RunInput {
             token_log: a.token_log,
             no_progress: a.no_progress,
             repeat: a.repeat,
+            percentiles: a.percentiles,
         }
     }
 }

@@ -91,6 +91,7 @@ pub struct RunInput {
     pub token_log: Option<PathBuf>,
     pub no_progress: bool,
     pub repeat: i64,
+    pub percentiles: Option<String>,
 }
 
 /// Validated `run` arguments: everything checkable before MPI, GPU or file work.
@@ -131,6 +132,8 @@ pub struct RunConfig {
     pub progress: bool,
     /// Measured runs (the last is recorded in full; each one's figures give the spread).
     pub repeat: u32,
+    /// --percentiles: printed after the summary, from the run's histograms (empty: none).
+    pub percentiles: Vec<f64>,
 }
 
 /// Why `tpprof run` cannot go on: bad options, a bad workload or host layout, an engine that
@@ -175,6 +178,8 @@ pub enum RunError {
     TraceIsOut(PathBuf),
     #[error(transparent)]
     Workload(#[from] crate::workload::WorkloadError),
+    #[error(transparent)]
+    Percentiles(#[from] crate::report::summary::PercentilesError),
     #[error("--batch {batch} but {} holds {prompts} prompts: drop --batch or make them agree", .file.display())]
     BatchMismatch { batch: u32, file: PathBuf, prompts: usize },
     #[error("prompt ({prompt} tokens) + generation ({generated} tokens) = {need} exceeds the model's context of {max} tokens: shorten one of them or use a model with a longer max_position_embeddings")]
@@ -317,6 +322,12 @@ impl RunConfig {
             token_log: a.token_log.clone(),
             progress: !a.no_progress,
             repeat: positive("repeat", a.repeat)?,
+            percentiles: a
+                .percentiles
+                .as_deref()
+                .map(crate::report::summary::parse_percentiles)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 
@@ -678,7 +689,7 @@ impl<'w> Job<'w> {
             let _r = range("tpprof assemble");
             self.assemble(&workload, gathered)?
         }; // 9. rank 0: one report, the trace
-        self.finish(report, config.exact_length) // 10. written, summary printed
+        self.finish(report, &config) // 10. written, summary printed
     }
 
     /// 1. Arguments and the model shape against the world size; rank 0 claims the output file.
@@ -1032,6 +1043,7 @@ impl<'w> Job<'w> {
             tokens_generated: rec.generated_tokens(),
             ttft: rec.ttft.summary(),
             decode: rec.decode.summary(),
+            itl_p50_by_tenth_ms: rec.decode_deciles_ms(),
             device_decode: m.device_steps.as_ref().map(|v| {
                 v.iter()
                     .map(|&(a, b)| b.saturating_sub(a))
@@ -1148,20 +1160,26 @@ impl<'w> Job<'w> {
         Ok(report)
     }
 
-    fn finish(&mut self, report: RunReport, exact_length: bool) -> Result<Verdict, Stop> {
+    fn finish(&mut self, report: RunReport, config: &RunConfig) -> Result<Verdict, Stop> {
         let out = self.out.take().expect("rank 0 claimed the output");
         self.shared.phase("finish");
         // The run writes its own result: an interrupt from now on only ends the process.
         let _closed = self.shared.close();
         let _held = interrupt::hold_exit();
         crate::out!("{}", crate::report::summary::render(&report));
+        if !config.percentiles.is_empty() {
+            match crate::report::summary::render_percentiles("this run", &report, &config.percentiles) {
+                Ok(text) => crate::out!("{text}"),
+                Err(e) => tracing::warn!("--percentiles: {e}"),
+            }
+        }
         match out.write(&report) {
             Ok(Written::Yes(p)) | Ok(Written::KeptExisting(p)) => crate::outln!("JSON: {}", p.display()),
             Err(e) => return Err(Stop::failed(RankFailures::one(0, e.to_string()))),
         }
         Ok(match report.status.state {
             State::Ok => Verdict::Ok,
-            State::Incomplete if exact_length => Verdict::Incomplete,
+            State::Incomplete if config.exact_length => Verdict::Incomplete,
             State::Incomplete => Verdict::Ok,
             State::Failed | State::Interrupted => Verdict::Failed,
         })
@@ -1568,6 +1586,7 @@ struct RankMeasure {
     samples: Vec<RankSample>,
     anomalies: Vec<String>,
     generate_s: f64,
+    itl_p50_by_tenth_ms: Option<Vec<f64>>,
 }
 
 impl RankMeasure {
@@ -1587,6 +1606,7 @@ impl RankMeasure {
                 .collect(),
             anomalies: rec.anomalies.clone(),
             generate_s: rec.last_token_ns().unwrap_or(end_ns).saturating_sub(submit_ns) as f64 / 1e9,
+            itl_p50_by_tenth_ms: rec.decode_deciles_ms(),
         }
     }
 }
@@ -1703,6 +1723,7 @@ impl InterruptHandler for Shared {
                     tokens_generated: measure.as_ref().map_or(0, |m| m.tokens),
                     ttft: measure.as_ref().map_or_else(empty, |m| m.ttft.clone()),
                     decode: measure.as_ref().map_or_else(empty, |m| m.decode.clone()),
+                    itl_p50_by_tenth_ms: measure.as_ref().and_then(|m| m.itl_p50_by_tenth_ms.clone()),
                     device_decode: None,
                     engine_stats: None,
                     samples: measure.as_ref().map(|m| m.samples.clone()).unwrap_or_default(),
@@ -1891,6 +1912,7 @@ mod tests {
             token_log: None,
             no_progress: false,
             repeat: 1,
+            percentiles: None,
         }
     }
 

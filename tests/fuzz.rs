@@ -614,6 +614,7 @@ fn base_input() -> RunInput {
         token_log: None,
         no_progress: true,
         repeat: 1,
+        percentiles: None,
     }
 }
 

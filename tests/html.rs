@@ -54,20 +54,27 @@ fn html_report_of_two_mock_runs() {
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("wrote {}", out.display()));
     let page = std::fs::read_to_string(&out).unwrap();
     // One chart per kind the data allows: merged CDF (both files overlaid), a rank CDF per file,
-    // ITL by tenth where the JSONs hold it, TTFT per sample, memory per file; no CUPTI (a sentence).
-    let tenths = [ja, jb].iter().filter(|j| j["summary"]["itl_p50_by_tenth_ms"].is_array()).count();
+    // ITL by tenth (rank 0's of both files overlaid, and each file's ranks), TTFT per sample,
+    // memory per file; no CUPTI (a sentence).
+    for j in [&ja, &jb] {
+        assert_eq!(j["summary"]["itl_p50_by_tenth_ms"].as_array().map(Vec::len), Some(10));
+        for k in 0..2 {
+            assert_eq!(j["ranks"][k]["itl_p50_by_tenth_ms"].as_array().map(Vec::len), Some(10), "rank {k}");
+        }
+    }
     let figures = |kind: &str| page.matches(&format!("<figure data-plot=\"{kind}\">")).count();
     for (kind, n) in [
         ("itl-cdf", 1),
         ("itl-cdf-ranks", 2),
-        ("itl-position", usize::from(tenths > 0)),
+        ("itl-position", 1),
+        ("itl-position-ranks", 2),
         ("ttft", 1),
         ("memory", 2),
         ("cupti", 0),
     ] {
         assert_eq!(figures(kind), n, "{kind}");
     }
-    assert_eq!(page.matches("<svg").count(), 6 + usize::from(tenths > 0));
+    assert_eq!(page.matches("<svg").count(), 9);
     assert!(
         page.contains("data-missing=\"cupti\">A: no CUPTI data (the run was made without --cupti)"),
         "a sentence instead of the CUPTI chart"

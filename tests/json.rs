@@ -293,6 +293,8 @@ pub(crate) struct Rank {
     pub tokens_generated: u64,
     pub ttft: Histogram,
     pub decode: Histogram,
+    #[serde(default)]
+    pub itl_p50_by_tenth_ms: Option<Vec<f64>>,
     pub device_decode: Option<Histogram>,
     pub engine_stats: Option<Value>,
     pub samples: Vec<RankSample>,

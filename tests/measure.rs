@@ -216,22 +216,20 @@ fn prompts_file_is_used() {
 /// their deadline), not far above it, and rising by what it adds (margins for a loaded machine).
 #[test]
 fn itl_by_tenth_of_decode_follows_a_growing_step_cost() {
-    let r = run(
-        1,
-        &[
-            "--engine",
-            "mock",
-            "--engine-options",
-            r#"{"token_us": 1000, "token_us_growth": 200}"#,
-            "--prompt-tokens",
-            "4",
-            "--generated-tokens",
-            "41",
-        ],
-    );
+    let args = [
+        "--engine",
+        "mock",
+        "--engine-options",
+        r#"{"token_us": 1000, "token_us_growth": 200}"#,
+        "--prompt-tokens",
+        "4",
+        "--generated-tokens",
+        "41",
+    ];
+    let tenths_of = |v: &Value| -> Vec<f64> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
+    let r = run(1, &args);
     let j = ok(&r);
-    let tenths: Vec<f64> =
-        j["summary"]["itl_p50_by_tenth_ms"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let tenths = tenths_of(&j["summary"]["itl_p50_by_tenth_ms"]);
     assert_eq!(tenths.len(), 10, "{tenths:?}");
     for (d, &ms) in tenths.iter().enumerate() {
         // Steps 4d+1..=4d+4; the median of four is the lower middle, step 4d+2.
@@ -243,7 +241,19 @@ fn itl_by_tenth_of_decode_follows_a_growing_step_cost() {
     }
     // The script adds 200 µs × 36 steps = 7.2 ms between the first and the last tenth's medians.
     assert!(tenths[9] - tenths[0] >= 0.5 * 7.2, "{tenths:?}");
+    assert_eq!(tenths_of(&j["ranks"][0]["itl_p50_by_tenth_ms"]), tenths, "the summary's tenths are rank 0's");
     assert!(r.stdout().contains("ITL p50 by tenth of the decode steps (rank 0)"), "{}", r.stdout());
+
+    // Two ranks: each rank's own tenths (the mock's ranks each pace their own tokens by busy-waiting,
+    // so on a loaded 2-core machine only the trend is asserted, not each tenth).
+    let r = run(2, &args);
+    let j = ok(&r);
+    for k in 0..2 {
+        let t = tenths_of(&j["ranks"][k]["itl_p50_by_tenth_ms"]);
+        assert_eq!(t.len(), 10, "rank {k}: {t:?}");
+        assert!(t[0] >= 1.4 * 0.999 && t[9] - t[0] >= 0.5 * 7.2, "rank {k}: {t:?}");
+    }
+    assert_eq!(tenths_of(&j["summary"]["itl_p50_by_tenth_ms"]), tenths_of(&j["ranks"][0]["itl_p50_by_tenth_ms"]));
 }
 
 /// Goodput against a known truth: the mock's three requests take at least 2 ms per token (TPOT

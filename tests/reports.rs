@@ -15,6 +15,30 @@ fn report_prints_a_saved_result() {
     assert!(String::from_utf8_lossy(&bad.stderr).starts_with("error: Cargo.toml is not a tpprof result JSON"));
 }
 
+/// `run --percentiles` prints, after the summary, the very figures `report --percentiles` reads
+/// back from the saved JSON's histograms; the p50s are the summary's.
+#[test]
+fn run_prints_the_chosen_percentiles() {
+    let args = ["--engine", "mock", "--engine-options", r#"{"token_us": 500}"#, "--prompt-tokens", "4"];
+    let r = run(2, &[&args[..], &["--generated-tokens", "20", "--percentiles", "50,p99.99"]].concat());
+    let j = ok(&r);
+    let stdout = r.stdout();
+    let block: String = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("chosen percentiles, ms"))
+        .take_while(|l| !l.starts_with("JSON: "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(block.lines().count() == 6 && block.contains("p99.99"), "header, TTFT, ITL, 2 ranks:\n{stdout}");
+    let itl = block.lines().find(|l| l.trim_start().starts_with("ITL ")).unwrap();
+    let p50 = itl.split_whitespace().nth(1).unwrap();
+    assert_eq!(p50, format!("{:.3}", j["summary"]["itl_ms"]["p50"].as_f64().unwrap()), "{itl}");
+    let saved = Command::new(BIN).arg("report").arg(&r.path).args(["--percentiles", "50,99.99"]).output().unwrap();
+    assert!(saved.status.success());
+    assert!(String::from_utf8_lossy(&saved.stdout).contains(&block), "report reads the same figures back");
+    rejected(1, &[&args[..], &["--percentiles", "0"]].concat(), 2, "--percentiles takes numbers in (0, 100]");
+}
+
 #[test]
 fn trace_has_every_rank_token_and_memory() {
     let dir = tempfile::tempdir().unwrap();

@@ -433,13 +433,60 @@ impl Page {
             self.figure(
                 "itl-position",
                 &chart.svg()?,
-                "What it is: rank 0's median inter-token latency in each tenth of the decode steps, in step order (<code>summary.itl_p50_by_tenth_ms</code>), so a cost that grows with the context shows as a rising line. The JSON holds this for rank 0 only (the ranks step together in tensor parallelism); every token of every rank is in <code>tpprof run --token-log</code>'s CSV.",
+                "What it is: rank 0's median inter-token latency in each tenth of the decode steps, in step order (<code>summary.itl_p50_by_tenth_ms</code>), so a cost that grows with the context shows as a rising line. Rank by rank below, for runs of several engine ranks (<code>ranks[].itl_p50_by_tenth_ms</code>); every token of every rank is in <code>tpprof run --token-log</code>'s CSV.",
             );
         }
         if !lacking.is_empty() {
             self.missing(
                 "itl-position",
                 &format!("{}: the JSON holds no ITL by position (summary.itl_p50_by_tenth_ms is written by later tpprof builds, for runs with decode steps): no chart.", lacking.join(", ")),
+            );
+        }
+        // Rank by rank, for runs of more than one engine rank: a rank whose step cost grows apart
+        // from the others' (its own context, its own GPU's clock) shows as its own line.
+        for (i, (file, r)) in runs.iter().enumerate() {
+            let engines = r.ranks.iter().filter(|k| k.role == Role::Engine && k.decode.count > 0).count();
+            if engines < 2 {
+                continue;
+            }
+            let ranks: Vec<(&RankReport, &Vec<f64>)> = r
+                .ranks
+                .iter()
+                .filter(|k| k.role == Role::Engine)
+                .filter_map(|k| k.itl_p50_by_tenth_ms.as_ref().filter(|t| !t.is_empty()).map(|t| (k, t)))
+                .collect();
+            if ranks.is_empty() {
+                self.missing(
+                    "itl-position-ranks",
+                    &format!(
+                        "{}: the JSON holds no ITL by position per rank (ranks[].itl_p50_by_tenth_ms is written by later tpprof builds): no per-rank chart.",
+                        super::compare::letter(i)
+                    ),
+                );
+                continue;
+            }
+            let mut chart = LineChart::new(
+                format!("ITL p50 by tenth of the decode steps per rank — {}", label(i, file, r)),
+                "tenth of the decode steps (1 = first, 10 = last)",
+                "ITL p50, ms",
+            );
+            chart.legend = plot::LegendAt::LowerRight;
+            for (k, t) in &ranks {
+                let mut line = Line::new(
+                    format!("rank {}", k.rank),
+                    plot::palette(k.rank as usize),
+                    t.iter().enumerate().map(|(n, v)| ((n + 1) as f64, *v)).collect(),
+                );
+                line.dots = true;
+                chart.lines.push(line);
+            }
+            self.figure(
+                "itl-position-ranks",
+                &chart.svg()?,
+                &format!(
+                    "{}: each engine rank's median inter-token latency in each tenth of its own decode steps (<code>ranks[].itl_p50_by_tenth_ms</code>).",
+                    super::compare::letter(i)
+                ),
             );
         }
         Ok(())
@@ -648,7 +695,9 @@ mod tests {
         // These JSONs predate itl_p50_by_tenth_ms; A has no CUPTI.
         assert!(page.contains("data-missing=\"itl-position\">A, B: the JSON holds no ITL by position"));
         assert!(page.contains("data-missing=\"cupti\">A: no CUPTI data (the run was made without --cupti)"));
-        assert_eq!(count(&page, "class=\"missing\""), 2);
+        // B has four engine ranks but predates ranks[].itl_p50_by_tenth_ms; A has one rank: no sentence.
+        assert!(page.contains("data-missing=\"itl-position-ranks\">B: the JSON holds no ITL by position per rank"));
+        assert_eq!(count(&page, "class=\"missing\""), 3);
         // The memory chart shades the phases and marks each rank's peak.
         assert!(page.contains("\ndecode\n</text>") && page.contains("\nengine load\n</text>"), "phase legend");
         assert!(page.contains("rank 0: peak 67.83 GiB"), "TP=1's peak: 72831991808 B");
@@ -682,6 +731,25 @@ mod tests {
         let page = render(&[(file, r)]).unwrap();
         assert_eq!(count(&page, "<figure data-plot=\"itl-position\">"), 1);
         assert_eq!(count(&page, "<svg"), 1);
+    }
+
+    /// Each engine rank's ITL by tenth is its own line: rank 2 scripted to slow down late shows
+    /// apart from the others, and a one-rank file gets no per-rank chart.
+    #[test]
+    fn itl_by_position_per_rank() {
+        let (file, mut r) = committed("qwen2.5-32b_fp16_tp4_10k-800_cupti.json");
+        for k in &mut r.ranks {
+            let late = if k.rank == 2 { 0.5 } else { 0.0 };
+            k.itl_p50_by_tenth_ms =
+                Some((0..10).map(|d| 7.0 + 0.01 * d as f64 + late * (d >= 5) as u8 as f64).collect());
+        }
+        let page = render(&[(file, r), committed("qwen2.5-32b_fp16_tp1_10k-800_default.json")]).unwrap();
+        assert_eq!(count(&page, "<figure data-plot=\"itl-position-ranks\">"), 1);
+        assert!(page.contains("ITL p50 by tenth of the decode steps per rank — A: cuda TP=4"));
+        for k in 0..4 {
+            assert!(page.contains(&format!("\nrank {k}\n</text>")), "rank {k} in the legend");
+        }
+        assert!(!page.contains("data-missing=\"itl-position-ranks\""));
     }
 
     /// Nothing in the page reaches outside it: no URL, no external script, style, font or image.

@@ -356,6 +356,10 @@ pub struct RankReport {
     pub ttft: HistogramSummary,
     /// Inter-token gaps of the decode steps on this rank, ns.
     pub decode: HistogramSummary,
+    /// This rank's median inter-token latency in each tenth of its decode steps, in step order, ms
+    /// (`summary.itl_p50_by_tenth_ms` is rank 0's); absent in JSONs of earlier builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub itl_p50_by_tenth_ms: Option<Vec<f64>>,
     /// Device time of each decode step (CUDA events), for engines that measure it.
     pub device_decode: Option<HistogramSummary>,
     /// Engine-specific figures of the run (the cuda engine: copy bandwidth, decode floor, ...).
