@@ -7,6 +7,7 @@
 
 use clap::Parser;
 use tpprof::cli::{Cli, Command};
+use tpprof::cluster::interrupt::{self, EndCall};
 use tpprof::cluster::World;
 use tpprof::run::{FailedReport, RunFailed, Verdict};
 use tpprof::verify::VerifyError;
@@ -101,6 +102,7 @@ fn main() {
             EXIT_OK
         }
     };
+    interrupt::own_exit();
     if tpprof::engine::python::interpreter_loaded() {
         use std::io::Write;
         let _ = std::io::stdout().flush();
@@ -109,6 +111,48 @@ fn main() {
         unsafe { libc::_exit(code) };
     }
     std::process::exit(code);
+}
+
+// The process's ways out, interposed (build.rs exports them, so a dlopen()ed engine binds to these
+// rather than to libc's): an engine that calls one of them during a run is held while the run
+// reports it — a `failed` JSON naming the rank and the call, exit 1 on every rank — instead of
+// ending its rank with a code of its choosing (its 3 would read as tpprof's "incomplete"). Every
+// other call (tpprof's own, after `interrupt::own_exit`, or outside a run) goes straight through.
+
+/// `exit(code)`: after the check, libc's own (atexit handlers, stdio flushed).
+#[no_mangle]
+pub extern "C" fn exit(code: libc::c_int) -> ! {
+    let code = interrupt::process_end(EndCall::Exit(code));
+    type ExitFn = unsafe extern "C" fn(libc::c_int) -> !;
+    // SAFETY: RTLD_NEXT finds the definition after this executable's: libc's `exit`, whose type
+    // this is.
+    unsafe {
+        let real = libc::dlsym(libc::RTLD_NEXT, c"exit".as_ptr());
+        if !real.is_null() {
+            let real: ExitFn = std::mem::transmute::<*mut libc::c_void, ExitFn>(real);
+            real(code)
+        }
+    }
+    end_now(code)
+}
+
+/// `_exit(code)`: after the check, the kernel's exit_group (what libc's does).
+#[no_mangle]
+pub extern "C" fn _exit(code: libc::c_int) -> ! {
+    end_now(interrupt::process_end(EndCall::UnderscoreExit(code)))
+}
+
+/// `_Exit(code)`: the same as `_exit`.
+#[no_mangle]
+pub extern "C" fn _Exit(code: libc::c_int) -> ! {
+    end_now(interrupt::process_end(EndCall::UnderscoreExit(code)))
+}
+
+fn end_now(code: libc::c_int) -> ! {
+    loop {
+        // SAFETY: exit_group ends every thread of the process; it does not return.
+        unsafe { libc::syscall(libc::SYS_exit_group, code) };
+    }
 }
 
 /// `tpprof report FILE...`: each file's summary, a blank line between; the first bad file stops it.

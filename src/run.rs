@@ -1746,9 +1746,23 @@ impl InterruptHandler for Shared {
                 (StopCause::Signal, Some(interrupt::signal_name(signal)), Some(rank), None)
             }
             interrupt::Cause::Timeout { after } => (StopCause::Timeout, None, None, Some(after.as_secs_f64())),
+            interrupt::Cause::ProcessEnd { rank, .. } => (StopCause::ProcessEnd, None, Some(rank), None),
+        };
+        let process_end = match i.cause {
+            interrupt::Cause::ProcessEnd { rank, call } => {
+                Some(crate::report::ProcessEnd { rank, call: call.call(), code: call.code() })
+            }
+            _ => None,
         };
         let (Some(header), Some(out)) = (p.header.clone(), p.out.clone()) else {
             match (&signal, timeout_s) {
+                _ if process_end.is_some() => {
+                    let e = process_end.as_ref().map(|e| (e.rank, e.call.clone())).unwrap_or_default();
+                    eprintln!(
+                        "error: rank {}'s process was ended from inside by {} (the engine or a library it loaded), rank 0 in the {} phase, before anything was measured: no report written",
+                        e.0, e.1, p.phase
+                    )
+                }
                 (Some(sig), _) => eprintln!(
                     "error: interrupted by {sig} on rank {} in the {} phase, before anything was measured: no report written",
                     signal_rank.unwrap_or(0),
@@ -1787,6 +1801,7 @@ impl InterruptHandler for Shared {
                 .collect(),
             reached,
             not_gathered,
+            process_end,
         };
         let report = header.interrupted(interruption, ranks);
         // A lost rank or a timeout makes it a failed run (exit 1, as a crash); else 128 + the signal.

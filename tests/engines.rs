@@ -40,6 +40,46 @@ fn python_driver_runs_under_mpirun_with_native_timestamps() {
     );
     assert!(r.error_lines()[0].contains("no model here"), "{}", r.error_lines()[0]);
     rejected(1, &["--engine", "python:does_not_exist"], 1, "does_not_exist");
+    // An option the driver does not take is an error, not silently ignored.
+    let r = rejected(
+        2,
+        &["--engine", "python:test", "--engine-options", r#"{"tokn_us": 2000}"#],
+        1,
+        "python driver `test`",
+    );
+    assert!(r.error_lines()[0].contains("unknown option(s) tokn_us"), "{}", r.error_lines()[0]);
+}
+
+/// A Python engine that ends its own process (os._exit, as some engines do on a fatal error) is
+/// reported like an adapter's _exit: every rank exits 1, rank 0 writes a failed JSON naming the
+/// rank and the call, with both ranks' measurements.
+#[test]
+fn python_driver_that_ends_its_process_fails_the_run() {
+    if !python_available() {
+        return;
+    }
+    let r = run(
+        2,
+        &[
+            "--engine",
+            "python:test",
+            "--engine-options",
+            r#"{"token_us": 1000, "exit_at_step": 4, "exit_code": 3}"#,
+            "--warmup",
+            "0",
+            "--generated-tokens",
+            "20",
+        ],
+    );
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    let j = r.json();
+    let i = &j["status"]["interruption"];
+    assert_eq!(j["status"]["state"], "failed", "{}", j["status"]);
+    // Every rank runs the driver, so both call os._exit; rank 0 reports whichever reached it first.
+    let rank = i["process_end"]["rank"].as_i64().unwrap();
+    assert_eq!(i["process_end"], serde_json::json!({"rank": rank, "call": "_exit(3)", "code": 3}), "{i}");
+    let ranks = j["ranks"].as_array().unwrap();
+    assert!(!ranks.is_empty() && ranks.iter().all(|x| x["tokens_generated"] == 4), "{ranks:?}");
 }
 
 // ---- the C++ adapter glue (ffi/adapters/common) through the mock executor adapter ----

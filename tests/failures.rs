@@ -157,17 +157,17 @@ fn engine_failures_stop_every_rank_with_a_failed_json() {
     assert!(j["summary"].is_null());
 }
 
-/// A rank that dies (SIGABRT) ends the job, and rank 0 still writes what it measured, naming
-/// the rank as lost.
+/// A rank killed outright (SIGKILL: nothing in its process sees it) ends the job, and rank 0 still
+/// writes what it measured, naming the rank as lost.
 #[test]
-fn a_crashing_rank_ends_the_job() {
+fn a_killed_rank_ends_the_job() {
     let r = run(
         2,
         &[
             "--engine",
             "mock",
             "--engine-options",
-            r#"{"crash_rank": 1, "crash_at_token": 3, "token_us": 1000}"#,
+            r#"{"crash_rank": 1, "crash_at_token": 3, "crash_signal": 9, "token_us": 1000}"#,
             "--generated-tokens",
             "50",
         ],
@@ -184,6 +184,68 @@ fn a_crashing_rank_ends_the_job() {
     assert_eq!(j["ranks"].as_array().unwrap().len(), 1, "rank 0's own report");
     let left: Vec<_> = std::fs::read_dir(r.path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left.len(), 1, "only the result: {left:?}");
+}
+
+/// An engine that ends its own process — exit(), _exit(), _Exit() or abort(), from the thread that
+/// called generate() or from a worker thread, on rank 0 or another — does not choose the job's
+/// exit code (its 3 read as "incomplete", its 0 as success with no JSON): every rank exits 1, and
+/// rank 0 writes a `failed` JSON naming the rank and the call, with every rank's measurements up
+/// to it (the ending rank's too). Fails without the binary's exit interposers and SIGABRT hold.
+#[test]
+fn an_engine_that_ends_its_own_process_fails_the_run_with_exit_1() {
+    let cases: [(&str, i64, &str, i64); 5] = [
+        (r#""exit_rank": 1, "exit_at_token": 5, "exit_code": 3"#, 1, "_exit(3)", 3),
+        (r#""exit_rank": 0, "exit_at_token": 5, "exit_code": 3, "exit_call": "exit""#, 0, "exit(3)", 3),
+        (
+            r#""exit_rank": 1, "exit_at_token": 5, "exit_code": 0, "exit_call": "_Exit", "callback_thread": 1"#,
+            1,
+            "_exit(0)",
+            0,
+        ),
+        (r#""exit_rank": 0, "exit_at_token": 5, "exit_code": 2, "callback_thread": 1"#, 0, "_exit(2)", 2),
+        (r#""crash_rank": 1, "crash_at_token": 5"#, 1, "abort()", 134),
+    ];
+    for (opts, rank, call, code) in cases {
+        let r = run(
+            2,
+            &[
+                "--engine",
+                "mock",
+                "--engine-options",
+                &format!(r#"{{{opts}, "token_us": 1000}}"#),
+                "--warmup",
+                "0",
+                "--generated-tokens",
+                "50",
+            ],
+        );
+        assert_eq!(r.code(), 1, "{opts}: {}", r.stderr());
+        assert!(r.elapsed < Duration::from_secs(30), "{opts}: took {:?}", r.elapsed);
+        let j = r.json();
+        let s = &j["status"];
+        assert_eq!((s["state"].as_str(), s["failed_rank"].as_i64()), (Some("failed"), Some(rank)), "{opts}: {s}");
+        let reason = s["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with(&format!("rank {rank}'s process was ended from inside by {call} in measured run")),
+            "{opts}: {reason}"
+        );
+        let i = &s["interruption"];
+        assert_eq!(i["cause"], "process_end", "{opts}: {i}");
+        assert_eq!(i["process_end"], serde_json::json!({"rank": rank, "call": call, "code": code}), "{opts}: {i}");
+        assert_eq!(i["not_gathered"], serde_json::json!([]), "{opts}: {i}");
+        // Both ranks' reports, the ending rank's with the tokens it had produced (the mock ends at
+        // decode step 5: the prefill token and decode steps 1..=4).
+        let ranks = j["ranks"].as_array().unwrap();
+        assert_eq!(ranks.len(), 2, "{opts}");
+        let ended = ranks.iter().find(|x| x["rank"] == rank).unwrap();
+        assert_eq!(ended["tokens_generated"], 5, "{opts}: {ended}");
+        assert!(j["summary"].is_null(), "{opts}");
+        // One line from rank 0, nothing left beside the result.
+        assert_eq!(r.stderr().matches("was ended from inside").count(), 1, "{opts}: {}", r.stderr());
+        let left: Vec<_> =
+            std::fs::read_dir(r.path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 1, "{opts}: only the result: {left:?}");
+    }
 }
 
 #[test]

@@ -58,6 +58,17 @@ pub(crate) struct Interruption {
     pub signalled: Vec<SignalledRank>,
     pub reached: Vec<Reached>,
     pub not_gathered: Vec<i32>,
+    /// Only with cause `process_end`.
+    #[serde(default)]
+    pub process_end: Option<ProcessEnd>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProcessEnd {
+    pub rank: i32,
+    pub call: String,
+    pub code: i32,
 }
 
 #[derive(Debug, Deserialize)]

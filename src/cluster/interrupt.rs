@@ -17,8 +17,15 @@
 //!
 //! A second SIGINT or SIGTERM ends the process at once (exit 128 + signal), in case the first one's
 //! handling is stuck. Ranks that do not answer (dead, SIGKILLed) are named as not gathered.
+//!
+//! A process ended from inside while the run's handler is set — `exit()`, `_exit()` or `_Exit()`
+//! not called by tpprof (an engine, or a library it loaded: the binary interposes the three, see
+//! `main.rs`), or `abort()` (SIGABRT) — is handled like a signal: the ending thread is held
+//! ([`process_end`], the SIGABRT handler) while the watcher sends this rank's report, rank 0 writes a
+//! `failed` JSON naming the rank and the call, and every rank exits 1, whatever code the engine
+//! chose (3 would read as "incomplete"). Held at most [`HOLD`]: then the call goes on as it was.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -39,6 +46,18 @@ const TAG_DONE: i32 = 0x7e03;
 
 /// The signal a handler saw (0: none yet). One per process: signals are.
 static SIGNAL: AtomicUsize = AtomicUsize::new(0);
+/// The process end a thread asked for while the run's handler was set ([`process_end`]), encoded
+/// by [`EndCall::encode`] (0: none yet). One per process.
+static ENDED: AtomicI32 = AtomicI32::new(0);
+/// Whether the run's handler is set and its watcher running: only then is a process end held.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// Set by tpprof's own ways out ([`own_exit`]): those are never held.
+static OWN_EXIT: AtomicBool = AtomicBool::new(false);
+/// This process's rank (for the line printed when a held end is let go).
+static RANK: AtomicI32 = AtomicI32::new(-1);
+/// How long a thread that ends the process is held while the run reports it: rank 0's collection
+/// and writing, and a rank > 0's wait for rank 0's word, fit well within it.
+pub const HOLD: Duration = Duration::from_secs(6);
 /// Writers holding the emergency exit off ([`hold_exit`]): a result half-written would leave its
 /// temp file behind.
 static WRITING: AtomicUsize = AtomicUsize::new(0);
@@ -73,7 +92,117 @@ pub enum Cause {
     Signal { rank: i32, signal: i32 },
     /// `--timeout`: the run did not finish within `after`.
     Timeout { after: Duration },
+    /// Something inside `rank`'s process (the engine, a library) ended it: `exit(code)`,
+    /// `_exit(code)`, `_Exit(code)` or `abort()`.
+    ProcessEnd { rank: i32, call: EndCall },
 }
+
+/// How a process was ended from inside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndCall {
+    /// `exit(code)` (atexit handlers would run).
+    Exit(i32),
+    /// `_exit(code)` or `_Exit(code)`.
+    UnderscoreExit(i32),
+    /// `abort()`, or SIGABRT raised on the process.
+    Abort,
+}
+
+impl EndCall {
+    /// As the call reads in C: `exit(3)`, `_exit(3)`, `abort()`.
+    pub fn call(self) -> String {
+        match self {
+            EndCall::Exit(c) => format!("exit({c})"),
+            EndCall::UnderscoreExit(c) => format!("_exit({c})"),
+            EndCall::Abort => "abort()".into(),
+        }
+    }
+
+    /// The code the process would have ended with (a shell's 134 for abort).
+    pub fn code(self) -> i32 {
+        match self {
+            EndCall::Exit(c) | EndCall::UnderscoreExit(c) => c & 0xff,
+            EndCall::Abort => exit_code(libc::SIGABRT),
+        }
+    }
+
+    /// A negative i32 (a report's signal field carries it to rank 0; signals are positive).
+    fn encode(self) -> i32 {
+        match self {
+            EndCall::Exit(c) => -1 - (c & 0xff),
+            EndCall::UnderscoreExit(c) => -257 - (c & 0xff),
+            EndCall::Abort => -513,
+        }
+    }
+
+    fn decode(v: i32) -> Option<EndCall> {
+        match v {
+            -256..=-1 => Some(EndCall::Exit(-1 - v)),
+            -512..=-257 => Some(EndCall::UnderscoreExit(-257 - v)),
+            -513 => Some(EndCall::Abort),
+            _ => None,
+        }
+    }
+}
+
+/// tpprof itself is ending the process: whatever `exit` / `_exit` follows is let through.
+pub fn own_exit() {
+    OWN_EXIT.store(true, Ordering::SeqCst);
+}
+
+/// Called by the binary's `exit` / `_exit` / `_Exit` before the process ends. While a run's handler
+/// is set and the call is not tpprof's own, the calling thread is held here while the watcher
+/// reports the end (it ends the process itself, with exit code 1); returns the code to end with
+/// when the call is let through: the caller's, or 1 when holding it did not end the process
+/// within [`HOLD`] (one line says so).
+pub fn process_end(call: EndCall) -> i32 {
+    if OWN_EXIT.load(Ordering::SeqCst) || !ACTIVE.load(Ordering::SeqCst) {
+        return call.code();
+    }
+    if std::thread::current().name() == Some(WATCHER) {
+        return call.code();
+    }
+    // The first end is reported; a later one (another thread) waits for it the same way.
+    let _ = ENDED.compare_exchange(0, call.encode(), Ordering::SeqCst, Ordering::SeqCst);
+    let until = Instant::now() + HOLD;
+    while Instant::now() < until {
+        std::thread::sleep(TICK);
+    }
+    let line = format!(
+        "error: rank {}: the process was ended from inside by {} during the run, and the run could not report it in {} s; exit 1\n",
+        RANK.load(Ordering::SeqCst),
+        call.call(),
+        HOLD.as_secs()
+    );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    own_exit();
+    1
+}
+
+/// The SIGABRT handler: the same hold as [`process_end`], with only async-signal-safe calls
+/// (atomics, clock_gettime, nanosleep). When the hold ends without the watcher ending the process,
+/// the handler returns and abort() ends it as it would have.
+fn on_abort() {
+    if OWN_EXIT.load(Ordering::SeqCst) || !ACTIVE.load(Ordering::SeqCst) {
+        return;
+    }
+    let _ = ENDED.compare_exchange(0, EndCall::Abort.encode(), Ordering::SeqCst, Ordering::SeqCst);
+    let now = || {
+        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime is async-signal-safe; t is a valid out-pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+        t.tv_sec as i64
+    };
+    let until = now() + HOLD.as_secs() as i64;
+    let tick = libc::timespec { tv_sec: 0, tv_nsec: TICK.as_nanos() as libc::c_long };
+    while now() < until {
+        // SAFETY: nanosleep is async-signal-safe; both pointers are valid.
+        unsafe { libc::nanosleep(&tick, std::ptr::null_mut()) };
+    }
+}
+
+/// The watcher thread's name.
+const WATCHER: &str = "tpprof-interrupt";
 
 /// The exit code of a run ended by `signal`: 128 + its number, as a shell reports it (130 for
 /// SIGINT, 143 for SIGTERM).
@@ -92,6 +221,7 @@ pub fn signal_name(signal: i32) -> String {
 fn on_signal(sig: i32) {
     if let Err(first) = SIGNAL.compare_exchange(0, sig as usize, Ordering::SeqCst, Ordering::SeqCst) {
         if first == sig as usize && WRITING.load(Ordering::SeqCst) == 0 {
+            own_exit();
             signal_hook::low_level::exit(exit_code(sig));
         }
     }
@@ -130,14 +260,17 @@ impl Watcher {
             // SAFETY: the action is async-signal-safe: atomics and _exit only.
             unsafe { signal_hook::low_level::register(sig, move || on_signal(sig)) }?;
         }
+        // SAFETY: the action is async-signal-safe: atomics, clock_gettime and nanosleep only.
+        unsafe { signal_hook::low_level::register(libc::SIGABRT, on_abort) }?;
         set_errors_return(&comm);
+        RANK.store(comm.rank(), Ordering::SeqCst);
         let stop = Arc::new(AtomicBool::new(false));
         let handler: Arc<Mutex<Option<Arc<dyn InterruptHandler>>>> = Arc::new(Mutex::new(None));
         let deadline = Arc::new(Mutex::new(None));
         let (flag, slot, due) = (stop.clone(), handler.clone(), deadline.clone());
         let comm = OwnComm(comm);
         let handle = std::thread::Builder::new()
-            .name("tpprof-interrupt".into())
+            .name(WATCHER.into())
             .spawn(move || {
                 let own = comm; // the whole wrapper moves in, not its field
                 watch(own.0, flag, slot, due)
@@ -156,12 +289,15 @@ impl Watcher {
 
     /// The run's handler (None: a signal just ends the process with 128 + signal).
     pub fn set_handler(&self, h: Option<Arc<dyn InterruptHandler>>) {
+        let active = h.is_some();
         *self.handler.lock().unwrap_or_else(|p| p.into_inner()) = h;
+        ACTIVE.store(active, Ordering::SeqCst);
     }
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
+        ACTIVE.store(false, Ordering::SeqCst);
         self.stop.store(true, Ordering::Release);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
@@ -213,6 +349,14 @@ fn watch(
                 super::World::abort_all(1)
             }
         }
+        let ended = ENDED.load(Ordering::SeqCst);
+        if let (Some(call), Some(h)) = (EndCall::decode(ended), current()) {
+            if rank == 0 {
+                lead(&comm, &*h, Cause::ProcessEnd { rank: 0, call }, Vec::new());
+            } else {
+                follow(&comm, &*h, ended, 1);
+            }
+        }
         let sig = SIGNAL.load(Ordering::SeqCst) as i32;
         if sig != 0 {
             let Some(h) = current() else { end(exit_code(sig)) };
@@ -228,7 +372,11 @@ fn watch(
                 let from = status.source_rank();
                 let (sig, report) = split_report(&bytes);
                 if let (Some(h), true) = (current(), sig != 0) {
-                    lead(&comm, &*h, Cause::Signal { rank: from, signal: sig }, vec![(from, sig, report)]);
+                    let cause = match EndCall::decode(sig) {
+                        Some(call) => Cause::ProcessEnd { rank: from, call },
+                        None => Cause::Signal { rank: from, signal: sig },
+                    };
+                    lead(&comm, &*h, cause, vec![(from, sig, report)]);
                 }
             }
         } else if let Some(probed) = comm.process_at_rank(0).immediate_matched_probe_with_tag(TAG_REQUEST) {
@@ -247,7 +395,7 @@ fn watch(
 fn lead(comm: &SimpleCommunicator, h: &dyn InterruptHandler, cause: Cause, mut got: Vec<(i32, i32, Vec<u8>)>) -> ! {
     let code = match cause {
         Cause::Signal { signal, .. } => exit_code(signal),
-        Cause::Timeout { .. } => 1,
+        Cause::Timeout { .. } | Cause::ProcessEnd { .. } => 1,
     };
     let size = comm.size();
     let own = h.report();
@@ -268,7 +416,7 @@ fn lead(comm: &SimpleCommunicator, h: &dyn InterruptHandler, cause: Cause, mut g
         }
     }
     let own_signal = SIGNAL.load(Ordering::SeqCst) as i32;
-    let mut signalled: Vec<(i32, i32)> = got.iter().filter(|(_, s, _)| *s != 0).map(|(r, s, _)| (*r, *s)).collect();
+    let mut signalled: Vec<(i32, i32)> = got.iter().filter(|(_, s, _)| *s > 0).map(|(r, s, _)| (*r, *s)).collect();
     if own_signal != 0 {
         signalled.push((0, own_signal));
     }
@@ -285,8 +433,8 @@ fn lead(comm: &SimpleCommunicator, h: &dyn InterruptHandler, cause: Cause, mut g
     end(code)
 }
 
-/// A rank > 0: its report to rank 0 (with its own signal, 0 when it answers a request), then
-/// rank 0's word, then exit.
+/// A rank > 0: its report to rank 0 (with its own signal, 0 when it answers a request, an encoded
+/// [`EndCall`] when its process was ended from inside), then rank 0's word, then exit.
 fn follow(comm: &SimpleCommunicator, h: &dyn InterruptHandler, signal: i32, code: i32) -> ! {
     let mut msg = signal.to_le_bytes().to_vec();
     msg.extend_from_slice(&h.report());
@@ -318,6 +466,7 @@ fn split_report(bytes: &[u8]) -> (i32, Vec<u8>) {
 /// be inside MPI or the engine), no MPI_Finalize (mpirun sees the exit code).
 fn end(code: i32) -> ! {
     use std::io::Write;
+    own_exit();
     // A result being written (by the run itself, on another thread) is renamed into place first.
     let until = Instant::now() + Duration::from_secs(5);
     while WRITING.load(Ordering::SeqCst) > 0 && Instant::now() < until {
@@ -343,5 +492,32 @@ mod tests {
         m.extend_from_slice(b"{}");
         assert_eq!(split_report(&m), (15, b"{}".to_vec()));
         assert_eq!(split_report(b"ab"), (0, Vec::new()));
+    }
+
+    #[test]
+    fn process_ends_travel_as_negative_signals() {
+        for call in [
+            EndCall::Exit(0),
+            EndCall::Exit(3),
+            EndCall::Exit(255),
+            EndCall::UnderscoreExit(0),
+            EndCall::UnderscoreExit(3),
+            EndCall::UnderscoreExit(255),
+            EndCall::Abort,
+        ] {
+            assert!(call.encode() < 0, "{call:?}");
+            assert_eq!(EndCall::decode(call.encode()), Some(call));
+        }
+        // A shell sees the low byte: exit(259) is 3.
+        assert_eq!(EndCall::decode(EndCall::Exit(259).encode()), Some(EndCall::Exit(3)));
+        assert_eq!(EndCall::UnderscoreExit(-1).code(), 255);
+        assert_eq!(EndCall::Abort.code(), 134);
+        assert_eq!((EndCall::Exit(3).call(), EndCall::UnderscoreExit(1).call()), ("exit(3)".into(), "_exit(1)".into()));
+        // Signals and "no signal" are not process ends.
+        for v in [0, 2, 15, 64, -514, i32::MIN] {
+            assert_eq!(EndCall::decode(v), None, "{v}");
+        }
+        // Not held without a run's handler: the code goes through.
+        assert_eq!(process_end(EndCall::Exit(3)), 3);
     }
 }

@@ -235,6 +235,7 @@ impl World {
 
     /// Ends the whole job from any thread: MPI_Abort on MPI_COMM_WORLD.
     pub fn abort_all(code: i32) -> ! {
+        interrupt::own_exit();
         // SAFETY: MPI_Abort is callable from any thread once MPI is initialised with
         // MPI_THREAD_MULTIPLE (World::init guarantees it); it does not return.
         unsafe {

@@ -98,6 +98,28 @@ impl Header {
                 );
                 (State::Failed, reason, failures)
             }
+            StopCause::ProcessEnd => {
+                let (rank, call) = interruption
+                    .process_end
+                    .as_ref()
+                    .map_or((interruption.signal_rank.unwrap_or(0), "an exit call".to_string()), |e| {
+                        (e.rank, e.call.clone())
+                    });
+                let in_ = where_(rank).map(|w| format!(" in {w}")).unwrap_or_default();
+                let mut failures = vec![Failure {
+                    rank,
+                    reason: format!(
+                        "its process was ended from inside by {call}{in_} (not by tpprof: the engine or a library it loaded)"
+                    ),
+                }];
+                failures.extend(
+                    lost.iter().filter(|&&r| r != rank).map(|&r| Failure { rank: r, reason: lost_reason.into() }),
+                );
+                let reason = format!(
+                    "rank {rank}'s process was ended from inside by {call}{in_} (the engine or a library it loaded); every rank exits 1"
+                );
+                (State::Failed, reason, failures)
+            }
             StopCause::Signal => {
                 let signal = format!(
                     "{} on rank {}",

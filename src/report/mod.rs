@@ -85,6 +85,23 @@ pub struct Interruption {
     pub reached: Vec<Reached>,
     /// Ranks whose report did not reach rank 0 in time: dead, killed, or stuck.
     pub not_gathered: Vec<i32>,
+    /// The call that ended a rank's process from inside (cause `process_end`); absent otherwise
+    /// and in JSONs of earlier builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_end: Option<ProcessEnd>,
+}
+
+/// A rank's process ended from inside during the run: `exit()`, `_exit()` or `_Exit()` not called
+/// by tpprof (the engine, or a library it loaded), or `abort()`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProcessEnd {
+    /// The rank whose process it was.
+    pub rank: i32,
+    /// The call as it reads in C: `exit(3)`, `_exit(3)`, `abort()`.
+    pub call: String,
+    /// The exit code it asked for (134 for `abort()`, as a shell reports it). Every rank exits 1
+    /// instead: a rank failed.
+    pub code: i32,
 }
 
 impl Interruption {
@@ -116,6 +133,9 @@ pub enum StopCause {
     Signal,
     /// `--timeout` passed.
     Timeout,
+    /// A rank's process was ended from inside (`exit()`, `_exit()`, `abort()` in the engine or a
+    /// library it loaded); see `process_end`.
+    ProcessEnd,
 }
 
 /// A rank and the signal it got.
@@ -715,6 +735,7 @@ mod tests {
                 at(2, &format!("measured run {WAITING}")),
             ],
             not_gathered: Vec::new(),
+            process_end: None,
         };
         assert_eq!(i.stuck(), vec![1]);
         i.reached[1].phase = format!("measured run {WAITING}");

@@ -20,6 +20,11 @@
  *   fail_create_rank    create() fails on this rank                           (default -1)
  *   fail_rank, fail_at_token  generate() fails on rank fail_rank at decode step fail_at_token
  *   crash_rank, crash_at_token  the process aborts (SIGABRT) on crash_rank at that step
+ *   crash_signal        with crash_rank: raise this signal instead of calling abort() (e.g. 9,
+ *                       SIGKILL: a death nothing in the process can see)          (default 6: abort())
+ *   exit_rank, exit_at_token  the engine ends its own process on exit_rank at that decode step,
+ *                       as some engines do on a fatal error: exit_call "_exit" (default), "_Exit"
+ *                       or "exit", with exit_code (default 3, which reads as tpprof's "incomplete")
  *   eos_at_step         with exact_length == 0, every sample ends with EOS at this step (default -1)
  *   callback_thread     1: tokens are produced (and on_token called) from a worker thread
  *   gpu_alloc_mib       MiB allocated with cuMemAlloc (and written) on this rank's GPU in create():
@@ -46,10 +51,12 @@
 #include <ctype.h>
 #include <dlfcn.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #ifdef TPPROF_MOCK_BAD_ABI
 #define MOCK_ABI_VERSION (TPPROF_ABI_VERSION + 41u)
@@ -107,6 +114,9 @@ struct tpprof_engine {
     double token_us_growth;
     long generate_calls;
     long fail_rank, fail_at_token, crash_rank, crash_at_token, eos_at_step;
+    int crash_signal;
+    long exit_rank, exit_at_token;
+    int exit_code, exit_call; /* exit_call: 0 _exit, 1 _Exit, 2 exit */
     long bad_token_at_step;
     int has_bad_finish, has_bad_topology;
     int32_t bad_finish, bad_topology;
@@ -156,6 +166,7 @@ static const char *const MOCK_KEYS[] = {
     "first_generate_ms", "slow_generates", "slow_factor", "alloc_bytes", "alloc_rank", "fail_create_rank",
     "fail_rank", "fail_at_token", "crash_rank", "crash_at_token", "eos_at_step", "callback_thread",
     "gpu_alloc_mib", "gpu_kernels_per_step", "bad_token_at_step", "bad_finish_reason", "bad_topology",
+    "crash_signal", "exit_rank", "exit_at_token", "exit_code", "exit_call",
 };
 #define MOCK_N_KEYS (sizeof MOCK_KEYS / sizeof MOCK_KEYS[0])
 
@@ -384,6 +395,11 @@ int32_t tpprof_create(const tpprof_init *init, tpprof_engine **out, char *err, s
     e->fail_at_token = (long)opt_num(o, "fail_at_token", -1);
     e->crash_rank = (long)opt_num(o, "crash_rank", -1);
     e->crash_at_token = (long)opt_num(o, "crash_at_token", -1);
+    e->crash_signal = (int)opt_num(o, "crash_signal", SIGABRT);
+    e->exit_rank = (long)opt_num(o, "exit_rank", -1);
+    e->exit_at_token = (long)opt_num(o, "exit_at_token", -1);
+    e->exit_code = (int)opt_num(o, "exit_code", 3);
+    e->exit_call = opt_str_eq(o, "exit_call", "exit") ? 2 : opt_str_eq(o, "exit_call", "_Exit") ? 1 : 0;
     e->eos_at_step = (long)opt_num(o, "eos_at_step", -1);
     e->callback_thread = (int)opt_num(o, "callback_thread", 0);
     e->bad_token_at_step = (long)opt_num(o, "bad_token_at_step", -1);
@@ -520,7 +536,15 @@ static void *run_job(void *arg) {
         if ((long)step == e->crash_at_token && e->crash_rank == e->rank) {
             fprintf(stderr, "mock: injected crash at decode step %u on rank %d\n", step, e->rank);
             fflush(stderr);
-            abort();
+            if (e->crash_signal == SIGABRT) abort();
+            raise(e->crash_signal);
+        }
+        if ((long)step == e->exit_at_token && e->exit_rank == e->rank) {
+            fprintf(stderr, "mock: the engine ends its process at decode step %u on rank %d\n", step, e->rank);
+            fflush(stderr);
+            if (e->exit_call == 2) exit(e->exit_code);
+            if (e->exit_call == 1) _Exit(e->exit_code);
+            _exit(e->exit_code);
         }
         int any = 0;
         for (size_t s = 0; s < j->n; s++) any |= !done[s];

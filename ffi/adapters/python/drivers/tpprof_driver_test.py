@@ -21,11 +21,16 @@ Options (``init["options"]``, from --engine-options):
                 with a heavy library loaded in the same interpreter); their versions go into info()
   bad_callback  "str" (token as a str), "arity" (3 arguments), "late" (keep the callable and call
                 it at the start of the next generate(), after the previous one returned)
+  exit_at_step  int k: the engine ends its own process with os._exit(exit_code) at step k, as some
+                engines do on a fatal error (exit_code default 3)
+
+An unknown key is an error (a typo cannot pass silently).
 
 See tpprof_driver.py in README.md for the driver interface.
 """
 
 import importlib
+import os
 import threading
 import time
 
@@ -38,11 +43,23 @@ def _busy_wait_us(us):
         pass
 
 
+OPTIONS = (
+    "vocab_size", "token_us", "prefill_us_per_token", "token_us_growth", "slow_generates", "slow_factor",
+    "fail_create", "fail_at_step", "eos_at_step", "topology", "one_process", "thread", "host_bytes",
+    "max_context", "import", "bad_callback", "exit_at_step", "exit_code", "python",
+)
+
+
 class Driver:
     def __init__(self, init):
         self.init = dict(init)
         o = dict(init.get("options") or {})
         self.o = o
+        unknown = sorted(k for k in o if k not in OPTIONS)
+        if unknown:
+            raise ValueError("unknown option(s) %s: the test driver takes %s" % (", ".join(unknown), ", ".join(OPTIONS)))
+        self.exit_at_step = o.get("exit_at_step")
+        self.exit_code = int(o.get("exit_code", 3))
         if "fail_create" in o:
             raise RuntimeError(str(o["fail_create"]))
         self.vocab = int(o.get("vocab_size", 32000))
@@ -124,6 +141,8 @@ class Driver:
         for step in range(max_new_tokens):
             if self.fail_at_step is not None and step == int(self.fail_at_step):
                 raise RuntimeError("injected failure at step %d" % step)
+            if self.exit_at_step is not None and step == int(self.exit_at_step):
+                os._exit(self.exit_code)
             _busy_wait_us(slow * (self.token_us + self.token_us_growth * step))
             for s in range(n):
                 if done[s]:
