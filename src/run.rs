@@ -354,6 +354,9 @@ fn generate_into(
     config: &RunConfig,
     sink: &TokenSink,
 ) -> Result<(), EngineError> {
+    // A handler the engine installed (at create, or in the previous generate) would take SIGINT /
+    // SIGTERM from the run: put tpprof's back first.
+    interrupt::reclaim_signals();
     if crate::observe::nvtx::active() {
         let steps = crate::observe::nvtx::Steps::new(sink);
         engine.generate(prompts, workload.generated_tokens, config.exact_length, &steps)
@@ -861,6 +864,7 @@ impl<'w> Job<'w> {
         let (engine, role) = (&mut created.engine, created.role);
         obs.phase.set(Phase::Prepare);
         self.shared.phase("prepare");
+        interrupt::reclaim_signals();
         let prepared = match role {
             Role::Engine => engine.prepare(&workload.prompts, workload.generated_tokens),
             Role::Observer => Ok(()),

@@ -508,13 +508,18 @@ struct Slow {
 
 impl Slow {
     fn start() -> Slow {
+        Slow::start_with("mock", r#"{"token_us": 50000}"#)
+    }
+
+    /// 400 tokens of 50 ms on 2 ranks of `engine` (its options must script the 50 ms).
+    fn start_with(engine: &str, options: &str) -> Slow {
         use std::io::BufRead;
         let guard = MPI.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.json");
         let mut child = Command::new("mpirun")
-            .args(["-n", "2", "--oversubscribe", "--bind-to", "none", BIN, "run", "--engine", "mock"])
-            .args(["--engine-options", r#"{"token_us": 50000}"#, "--prompt-tokens", "4"])
+            .args(["-n", "2", "--oversubscribe", "--bind-to", "none", BIN, "run", "--engine", engine])
+            .args(["--engine-options", options, "--prompt-tokens", "4"])
             .args(["--generated-tokens", "400", "--warmup", "0", "--out"])
             .arg(&path)
             .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -646,6 +651,31 @@ fn sigterm_to_mpirun_leaves_an_interrupted_json() {
     assert!(j["summary"].is_null());
     let stderr = run.stderr();
     assert!(stderr.contains("error: interrupted by SIGTERM"), "{stderr}");
+}
+
+/// An engine that installs its own SIGINT / SIGTERM handlers (a Python driver's signal.signal, as
+/// serving libraries do) does not take the interrupt from the run: tpprof takes its handlers back
+/// (one warning) and SIGINT to a rank still ends the run with an interrupted JSON. Without that,
+/// the driver's handler swallowed the signal and the run went on to the end.
+#[test]
+fn an_engine_that_installs_signal_handlers_does_not_take_the_interrupt() {
+    if !python_available() {
+        return;
+    }
+    let mut run = Slow::start_with("python:test", r#"{"token_us": 50000, "signal_handlers": true}"#);
+    let t = Instant::now();
+    Slow::signal(run.rank_pid(1), libc::SIGINT);
+    let code = run.wait(Duration::from_secs(15));
+    assert_eq!(code, Some(130), "after {:?}\n{}", t.elapsed(), run.stderr());
+    let j = run.result();
+    let i = &j["status"]["interruption"];
+    assert_eq!((i["signal"].as_str(), i["signal_rank"].as_i64()), (Some("SIGINT"), Some(1)), "{i}");
+    let stderr = run.stderr();
+    assert_eq!(
+        stderr.matches("warning: the engine replaced tpprof's handler of SIGINT, SIGTERM").count(),
+        1,
+        "{stderr}"
+    );
 }
 
 /// SIGINT to one rank other than 0: it tells rank 0, which gathers both ranks' figures and writes;

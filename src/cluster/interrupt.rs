@@ -204,6 +204,76 @@ fn on_abort() {
 /// The watcher thread's name.
 const WATCHER: &str = "tpprof-interrupt";
 
+/// The signals tpprof handles during a run, with their actions as installed (signal-hook's one
+/// process-wide handler per signal, behind which tpprof's actions are chained).
+static INSTALLED: Mutex<Vec<(i32, Action)>> = Mutex::new(Vec::new());
+/// Signals already said to have been taken back (one line each per process).
+static RECLAIMED_SAID: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+#[derive(Clone, Copy)]
+struct Action(libc::sigaction);
+
+// SAFETY: a plain C struct (a function address, flags and a mask); the pointer in it is not
+// dereferenced by Rust code.
+unsafe impl Send for Action {}
+
+/// A signal's action now.
+fn current_action(sig: i32) -> Option<Action> {
+    // SAFETY: a query only (no new action); `old` is a valid out-pointer of the right type.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        (libc::sigaction(sig, std::ptr::null(), &mut old) == 0).then_some(Action(old))
+    }
+}
+
+/// Records the actions tpprof installed (after [`Watcher::start`] registered them).
+fn remember_actions() {
+    let mut v = INSTALLED.lock().unwrap_or_else(|p| p.into_inner());
+    v.clear();
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGABRT] {
+        if let Some(a) = current_action(sig) {
+            v.push((sig, a));
+        }
+    }
+}
+
+/// An engine (a Python driver calling `signal.signal`, a library) may replace tpprof's handler
+/// of SIGINT, SIGTERM or SIGABRT: a Ctrl-C or mpirun's SIGTERM would then reach the engine alone
+/// and no interrupted JSON would be written. Puts tpprof's back and returns the signals it took
+/// back for the first time (so a caller says each once). Cheap (a sigaction query per signal):
+/// the run calls it after creating the engine and before every generate().
+pub fn reclaim_signals() -> Vec<i32> {
+    let installed = INSTALLED.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if !ACTIVE.load(Ordering::SeqCst) {
+        return Vec::new();
+    }
+    let mut taken = Vec::new();
+    for (sig, ours) in installed {
+        let Some(now) = current_action(sig) else { continue };
+        if now.0.sa_sigaction == ours.0.sa_sigaction {
+            continue;
+        }
+        // SAFETY: the action signal-hook installed, as it was: its handler is still in place in
+        // this process (signal-hook never unloads it).
+        let restored = unsafe { libc::sigaction(sig, &ours.0, std::ptr::null_mut()) } == 0;
+        if restored {
+            let mut said = RECLAIMED_SAID.lock().unwrap_or_else(|p| p.into_inner());
+            if !said.contains(&sig) {
+                said.push(sig);
+                taken.push(sig);
+            }
+        }
+    }
+    if !taken.is_empty() && RANK.load(Ordering::SeqCst) == 0 {
+        let names: Vec<String> = taken.iter().map(|&s| signal_name(s)).collect();
+        eprintln!(
+            "warning: the engine replaced tpprof's handler of {}; tpprof's is back, so an interrupt still ends the run with a JSON (the engine's handler is not called)",
+            names.join(", ")
+        );
+    }
+    taken
+}
+
 /// The exit code of a run ended by `signal`: 128 + its number, as a shell reports it (130 for
 /// SIGINT, 143 for SIGTERM).
 pub fn exit_code(signal: i32) -> i32 {
@@ -262,6 +332,7 @@ impl Watcher {
         }
         // SAFETY: the action is async-signal-safe: atomics, clock_gettime and nanosleep only.
         unsafe { signal_hook::low_level::register(libc::SIGABRT, on_abort) }?;
+        remember_actions();
         set_errors_return(&comm);
         RANK.store(comm.rank(), Ordering::SeqCst);
         let stop = Arc::new(AtomicBool::new(false));

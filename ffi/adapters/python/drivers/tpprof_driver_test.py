@@ -21,6 +21,8 @@ Options (``init["options"]``, from --engine-options):
                 with a heavy library loaded in the same interpreter); their versions go into info()
   bad_callback  "str" (token as a str), "arity" (3 arguments), "late" (keep the callable and call
                 it at the start of the next generate(), after the previous one returned)
+  signal_handlers  true: install Python handlers of SIGINT and SIGTERM that only count (as some
+                serving libraries do); tpprof must take its own back so an interrupt still ends the run
   exit_at_step  int k: the engine ends its own process with os._exit(exit_code) at step k, as some
                 engines do on a fatal error (exit_code default 3)
 
@@ -31,6 +33,7 @@ See tpprof_driver.py in README.md for the driver interface.
 
 import importlib
 import os
+import signal
 import threading
 import time
 
@@ -46,7 +49,7 @@ def _busy_wait_us(us):
 OPTIONS = (
     "vocab_size", "token_us", "prefill_us_per_token", "token_us_growth", "slow_generates", "slow_factor",
     "fail_create", "fail_at_step", "eos_at_step", "topology", "one_process", "thread", "host_bytes",
-    "max_context", "import", "bad_callback", "exit_at_step", "exit_code", "python",
+    "max_context", "import", "bad_callback", "exit_at_step", "exit_code", "signal_handlers", "python",
 )
 
 
@@ -59,6 +62,12 @@ class Driver:
         if unknown:
             raise ValueError("unknown option(s) %s: the test driver takes %s" % (", ".join(unknown), ", ".join(OPTIONS)))
         self.exit_at_step = o.get("exit_at_step")
+        self.signals_seen = 0
+        if o.get("signal_handlers") is True:
+            def count(signum, frame):
+                self.signals_seen += 1
+            signal.signal(signal.SIGINT, count)
+            signal.signal(signal.SIGTERM, count)
         self.exit_code = int(o.get("exit_code", 3))
         if "fail_create" in o:
             raise RuntimeError(str(o["fail_create"]))
