@@ -1134,6 +1134,7 @@ impl<'w> Job<'w> {
         let mut report =
             header.finished(workload, &g.rec, ranks).map_err(|e| Stop::failed(RankFailures::one(0, e.to_string())))?;
         report.skew = crate::report::build::skew(&steps, &g.offsets);
+        report.environment.clock_offsets_ns = Some(g.offsets.clone());
         if let Some(all) = g.step_activity {
             let per_rank: Vec<StepActivity> = all.into_iter().map(|b| b.ok().and_then(|Json(a)| a)).collect();
             let (names, data) = crate::observe::cupti::participants(&per_rank);
@@ -1273,6 +1274,7 @@ impl<'w> Job<'w> {
                 gpu_driver,
                 cuda_driver,
                 gpu_note,
+                clock_offsets_ns: None,
             },
             engine: None,
             topology: None,

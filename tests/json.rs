@@ -162,6 +162,9 @@ pub(crate) struct Environment {
     pub gpu_driver: Option<String>,
     pub cuda_driver: Option<String>,
     pub gpu_note: Option<String>,
+    /// Absent in interrupted runs.
+    #[serde(default)]
+    pub clock_offsets_ns: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -61,6 +61,12 @@ fn mock_latency_is_what_the_histogram_reports() {
     );
     let j = ok(&r);
     check_counts(j, 2, 1, 60);
+    // Both ranks on this host share its CLOCK_MONOTONIC: rank 1's measured offset is ~0 (within
+    // the best round trip; loose for a loaded machine), rank 0's exactly 0.
+    let offsets: Vec<i64> =
+        j["environment"]["clock_offsets_ns"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!((offsets.len(), offsets[0]), (2, 0), "{offsets:?}");
+    assert!(offsets[1].abs() < 20_000_000, "rank 1's offset on the same host: {} ns", offsets[1]);
     for rank in j["ranks"].as_array().unwrap() {
         let p50_us = u(&rank["decode"]["p50_ns"]) as f64 / 1e3;
         let min_us = u(&rank["decode"]["min_ns"]) as f64 / 1e3;

@@ -110,4 +110,10 @@ fn a_run_across_two_hosts_gathers_every_rank() {
         vec![(hosts[0], 0), ("tpprof-host-b", 0)]
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("2 rank(s) on 2 host(s)"));
+    // Clock offsets measured across the hosts (TCP ping-pong): the namespaces share the kernel's
+    // CLOCK_MONOTONIC, so host B's offset is ~0, within the round trip.
+    let offsets: Vec<i64> =
+        j["environment"]["clock_offsets_ns"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!((offsets.len(), offsets[0]), (2, 0), "{offsets:?}");
+    assert!(offsets[1].abs() < 5_000_000, "host B's offset {} ns", offsets[1]);
 }

@@ -248,6 +248,12 @@ pub struct Environment {
     pub cuda_driver: Option<String>,
     /// Why there is no GPU, when there is none.
     pub gpu_note: Option<String>,
+    /// Each rank's CLOCK_MONOTONIC minus rank 0's, ns, in rank order (MPI ping-pong after the
+    /// measured run, the best of 16 round trips): what the trace, the token log and the skew use to
+    /// put every rank on rank 0's clock. ~0 for ranks on rank 0's host, which share its clock.
+    /// Absent in interrupted runs and in JSONs of earlier builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offsets_ns: Option<Vec<i64>>,
 }
 
 /// What a rank does in the run.
