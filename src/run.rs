@@ -869,7 +869,12 @@ impl<'w> Job<'w> {
             Role::Engine => engine.prepare(&workload.prompts, workload.generated_tokens),
             Role::Observer => Ok(()),
         };
-        world.agree(prepared).map_err(Stop::failed)?;
+        // What does not fit the GPU (the cuda engine's KV cache) is bad input: nothing measured yet.
+        let bad_input = prepared.as_ref().err().is_some_and(EngineError::is_bad_input);
+        if let Err(f) = world.agree(prepared) {
+            let input = world.all_gather(&Json(bad_input)).into_iter().any(|r| matches!(r, Ok(Json(true))));
+            return Err(if input { Stop::input(f) } else { Stop::failed(f) });
+        }
         let mut warmed = Warmed { wall_s: Vec::new(), runs: Vec::new(), repeats: Vec::new() };
         for i in 0..config.warmup.max_runs() {
             let t = Instant::now();

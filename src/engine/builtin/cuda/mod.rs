@@ -108,6 +108,16 @@ impl CudaEngine {
         }
         tracing::debug!("cuda engine: opening GPU {ordinal}, compiling kernels");
         let mut gpu = Gpu::open(ordinal, MODULES, dtype)?;
+        // Before NCCL and the weights: a model that cannot fit is one line naming the figures.
+        let (free, total) = gpu.mem_info()?;
+        let need = Dims::new(cfg, rank, world).resident_weight_bytes(cfg.tie_word_embeddings);
+        model::fits(
+            &format!("the {} weights of rank {rank} of {world}", dtype.name()),
+            need,
+            free as u64,
+            total as u64,
+            "run more ranks (tensor parallel: mpirun -n 2, 4, ...) or a smaller model",
+        )?;
         tracing::debug!("cuda engine: NCCL init (rank {rank} of {world})");
         let sm_count = gpu.sm_count();
         let nccl = Nccl::init(&gpu, rank, world, nccl_id)?;
@@ -240,6 +250,14 @@ impl CudaEngine {
             self.graph = None;
             self.bufs = None;
             self.gpu.sync()?;
+            let (free, total) = self.gpu.mem_info()?;
+            model::fits(
+                &format!("the KV cache of {slots} sample(s) of up to {max_len} positions"),
+                self.dims.kv_cache_bytes(slots, max_len),
+                free as u64,
+                total as u64,
+                "fewer samples (--batch), shorter prompts or generations, or more ranks",
+            )?;
             let b = Buffers::new(
                 &mut self.gpu,
                 &self.dims,

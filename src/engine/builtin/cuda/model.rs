@@ -66,6 +66,23 @@ impl Dims {
         self.v1 - self.v0
     }
 
+    /// Device bytes of this rank's weights as `Weights` allocates them: every layer's shard, the
+    /// final norm, the whole embedding, and the LM head shard unless tied to the embedding.
+    pub fn resident_weight_bytes(&self, tied: bool) -> u64 {
+        let (h, d) = (self.hidden as u128, self.d as u128);
+        let (qkv, t) = (self.qkv() as u128, T_BYTES as u128);
+        let per_layer = t * (qkv * h + h * self.hq as u128 * d + 3 * self.inter as u128 * h) + (qkv + 2 * h) * 4;
+        let lm_head = if tied { 0 } else { t * self.v_local() as u128 * h };
+        let total = self.layers as u128 * per_layer + h * 4 + t * self.vocab as u128 * h + lm_head;
+        u64::try_from(total).unwrap_or(u64::MAX)
+    }
+
+    /// Device bytes of the K and V caches for `slots` samples of up to `max_len` positions.
+    pub fn kv_cache_bytes(&self, slots: usize, max_len: usize) -> u64 {
+        let elems = self.layers as u128 * slots as u128 * self.hkv as u128 * max_len as u128 * self.d as u128;
+        u64::try_from(2 * elems * T_BYTES as u128).unwrap_or(u64::MAX)
+    }
+
     /// Weight bytes one decode step reads on this rank: every layer's shard (T matrices, f32
     /// norms and biases), the LM head shard and the final norm (the embedding rows are negligible).
     pub fn weight_bytes_per_step(&self) -> usize {
@@ -178,6 +195,20 @@ fn init_f32(
             ],
         )
     }
+}
+
+/// `need` bytes against the GPU's `free` of `total`: a one-line error naming both and the fix.
+pub fn fits(what: &str, need: u64, free: u64, total: u64, fix: &str) -> Result<(), CudaError> {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    if need <= free {
+        return Ok(());
+    }
+    let need = if need == u64::MAX { "more than 16 EiB".to_string() } else { format!("{:.1} GiB", gib(need)) };
+    Err(CudaError::TooLarge(format!(
+        "{what} need {need} on this rank's GPU, which has {:.1} GiB free of {:.1} GiB: {fix}",
+        gib(free),
+        gib(total)
+    )))
 }
 
 impl Weights {
@@ -1543,6 +1574,38 @@ impl<'a> Model<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The up-front size checks against an independent count: the config's parameter count (two
+    /// bytes each; the f32 norms and biases add a little), split over the ranks except the
+    /// embedding, which every rank holds whole; the KV cache by its plain formula.
+    #[test]
+    fn resident_sizes_follow_the_parameter_count() {
+        let cfg = Config::preset("qwen2.5-14b").unwrap();
+        let one = Dims::new(&cfg, 0, 1).resident_weight_bytes(cfg.tie_word_embeddings);
+        let params = cfg.param_count();
+        let rel = one as f64 / (2.0 * params as f64) - 1.0;
+        assert!(rel > 0.0 && rel < 0.001, "14B TP=1: {one} bytes for {params} parameters ({rel:e})");
+        // 29.5 GB: the size of the fp16 checkpoint tpprof write-checkpoint made of it on the H200.
+        assert!((29.4e9..29.7e9).contains(&(one as f64)), "{one}");
+        let embed = 2 * cfg.vocab_size as u64 * cfg.hidden_size as u64;
+        let two: Vec<u64> = (0..2).map(|r| Dims::new(&cfg, r, 2).resident_weight_bytes(false)).collect();
+        assert_eq!(two[0], two[1]);
+        let halves = (two[0] - embed) as f64 * 2.0 / (one - embed) as f64 - 1.0;
+        assert!(halves.abs() < 0.001, "TP=2 holds half of everything but the embedding ({halves:e})");
+        // K and V, 48 layers x 8 KV heads x 128 x 2 bytes per position: 10 800 positions = 2.12 GB.
+        let kv = Dims::new(&cfg, 0, 1).kv_cache_bytes(1, 10_800);
+        assert_eq!(kv, 2 * 48 * 8 * 128 * 10_800 * 2);
+        assert_eq!(Dims::new(&cfg, 1, 2).kv_cache_bytes(1, 10_800), kv / 2);
+        assert_eq!(Dims::new(&cfg, 0, 1).kv_cache_bytes(4, 10_800), 4 * kv);
+        // No overflow on absurd requests: saturates, so the check refuses them.
+        assert_eq!(Dims::new(&cfg, 0, 1).kv_cache_bytes(usize::MAX, usize::MAX), u64::MAX);
+        let msg = fits("the weights", u64::MAX, 10 << 30, 80 << 30, "use more ranks").unwrap_err().to_string();
+        assert!(
+            msg.starts_with("the weights need ") && msg.contains("10.0 GiB free of 80.0 GiB") && !msg.contains('\n'),
+            "{msg}"
+        );
+        assert!(fits("the KV cache", 1 << 30, 2 << 30, 80 << 30, "x").is_ok());
+    }
 
     #[test]
     fn decode_attention_falls_back_where_a_kernel_does_not_apply() {

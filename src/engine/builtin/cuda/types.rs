@@ -55,6 +55,9 @@ pub enum CudaError {
     OutOfMemory(String),
     #[error("{0}")]
     Invalid(String),
+    /// What the run asks for does not fit the GPU, found before allocating (bad input: exit 2).
+    #[error("{0}")]
+    TooLarge(String),
     #[error("internal error in the cuda engine: {0}")]
     Internal(String),
 }
