@@ -50,6 +50,21 @@ fn python_driver_runs_under_mpirun_with_native_timestamps() {
     assert!(r.error_lines()[0].contains("unknown option(s) tokn_us"), "{}", r.error_lines()[0]);
 }
 
+/// A child the engine forks (a multiprocessing worker) ends with its own exit code at once: the
+/// hold of a process end is for the rank's process only (the child inherits the flags, not the
+/// watcher: it was held 6 s and ended with 1).
+#[test]
+fn a_forked_child_of_the_engine_exits_as_it_chooses() {
+    if !python_available() {
+        return;
+    }
+    let r =
+        run(2, &["--engine", "python:test", "--engine-options", r#"{"fork_child": true}"#, "--generated-tokens", "8"]);
+    let j = ok(&r);
+    check_counts(j, 2, 1, 8);
+    assert!(!r.stderr().contains("ended from inside"), "{}", r.stderr());
+}
+
 /// A Python engine that ends its own process (os._exit, as some engines do on a fatal error) is
 /// reported like an adapter's _exit: every rank exits 1, rank 0 writes a failed JSON naming the
 /// rank and the call, with both ranks' measurements.

@@ -55,6 +55,16 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 static OWN_EXIT: AtomicBool = AtomicBool::new(false);
 /// This process's rank (for the line printed when a held end is let go).
 static RANK: AtomicI32 = AtomicI32::new(-1);
+/// The process the watcher runs in: a child forked by the engine (a multiprocessing worker, a
+/// failed exec) inherits the flags but not the watcher, and its exits are its own business.
+static WATCHED_PID: AtomicI32 = AtomicI32::new(0);
+
+/// Whether an end of the process by `exit`/`_exit`/`abort` is to be held and reported.
+fn holds_ends() -> bool {
+    // SAFETY: getpid is async-signal-safe and cannot fail.
+    let pid = unsafe { libc::getpid() };
+    !OWN_EXIT.load(Ordering::SeqCst) && ACTIVE.load(Ordering::SeqCst) && WATCHED_PID.load(Ordering::SeqCst) == pid
+}
 /// How long a thread that ends the process is held while the run reports it: rank 0's collection
 /// and writing, and a rank > 0's wait for rank 0's word, fit well within it.
 pub const HOLD: Duration = Duration::from_secs(6);
@@ -156,7 +166,7 @@ pub fn own_exit() {
 /// when the call is let through: the caller's, or 1 when holding it did not end the process
 /// within [`HOLD`] (one line says so).
 pub fn process_end(call: EndCall) -> i32 {
-    if OWN_EXIT.load(Ordering::SeqCst) || !ACTIVE.load(Ordering::SeqCst) {
+    if !holds_ends() {
         return call.code();
     }
     if std::thread::current().name() == Some(WATCHER) {
@@ -183,7 +193,7 @@ pub fn process_end(call: EndCall) -> i32 {
 /// (atomics, clock_gettime, nanosleep). When the hold ends without the watcher ending the process,
 /// the handler returns and abort() ends it as it would have.
 fn on_abort() {
-    if OWN_EXIT.load(Ordering::SeqCst) || !ACTIVE.load(Ordering::SeqCst) {
+    if !holds_ends() {
         return;
     }
     let _ = ENDED.compare_exchange(0, EndCall::Abort.encode(), Ordering::SeqCst, Ordering::SeqCst);
@@ -335,6 +345,8 @@ impl Watcher {
         remember_actions();
         set_errors_return(&comm);
         RANK.store(comm.rank(), Ordering::SeqCst);
+        // SAFETY: getpid cannot fail.
+        WATCHED_PID.store(unsafe { libc::getpid() }, Ordering::SeqCst);
         let stop = Arc::new(AtomicBool::new(false));
         let handler: Arc<Mutex<Option<Arc<dyn InterruptHandler>>>> = Arc::new(Mutex::new(None));
         let deadline = Arc::new(Mutex::new(None));

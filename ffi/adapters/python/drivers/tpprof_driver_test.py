@@ -23,6 +23,8 @@ Options (``init["options"]``, from --engine-options):
                 it at the start of the next generate(), after the previous one returned)
   signal_handlers  true: install Python handlers of SIGINT and SIGTERM that only count (as some
                 serving libraries do); tpprof must take its own back so an interrupt still ends the run
+  fork_child    true: every generate() forks a child that ends at once with os._exit(7) (as a
+                multiprocessing worker does) and checks that it did: the child's exits are its own
   exit_at_step  int k: the engine ends its own process with os._exit(exit_code) at step k, as some
                 engines do on a fatal error (exit_code default 3)
 
@@ -49,7 +51,7 @@ def _busy_wait_us(us):
 OPTIONS = (
     "vocab_size", "token_us", "prefill_us_per_token", "token_us_growth", "slow_generates", "slow_factor",
     "fail_create", "fail_at_step", "eos_at_step", "topology", "one_process", "thread", "host_bytes",
-    "max_context", "import", "bad_callback", "exit_at_step", "exit_code", "signal_handlers", "python",
+    "max_context", "import", "bad_callback", "exit_at_step", "exit_code", "signal_handlers", "fork_child", "python",
 )
 
 
@@ -142,6 +144,14 @@ class Driver:
             self._run(prompts, max_new_tokens, exact_length, on_token)
 
     def _run(self, prompts, max_new_tokens, exact_length, on_token):
+        if self.o.get("fork_child") is True:
+            pid = os.fork()
+            if pid == 0:
+                os._exit(7)
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            if code != 7:
+                raise RuntimeError("a forked child's os._exit(7) ended it with %r" % (code,))
         n = len(prompts)
         self.calls += 1
         slow = self.slow_factor if self.calls <= self.slow_generates else 1.0
