@@ -20,18 +20,19 @@ fn main() {
     build_mock_adapters(&out);
     build_mock_executor_adapter(&out);
     embed_git_commit();
-    export_exit_interposers();
+    export_exit_interposers(&out);
 }
 
 /// The binary defines `exit`, `_exit` and `_Exit` (src/main.rs) so that an engine ending the
 /// process from inside is reported like a signal; they must be in its dynamic symbol table for a
 /// dlopen()ed adapter (and the libraries it loads) to bind to them rather than to libc's. The
 /// linker puts a symbol there on its own only when a shared library of the link uses it: said
-/// here, so it does not depend on which libraries those are.
-fn export_exit_interposers() {
-    for sym in ["exit", "_exit", "_Exit"] {
-        println!("cargo:rustc-link-arg-bins=-Wl,--export-dynamic-symbol={sym}");
-    }
+/// here, with a dynamic list (GNU ld >= 2.21, lld, gold; `--export-dynamic-symbol` would need
+/// binutils 2.35, newer than RHEL 8's).
+fn export_exit_interposers(out: &Path) {
+    let list = out.join("exit-interposers.list");
+    std::fs::write(&list, "{\n  exit;\n  _exit;\n  _Exit;\n};\n").expect("write the dynamic list to OUT_DIR");
+    println!("cargo:rustc-link-arg-bins=-Wl,--dynamic-list={}", list.display());
 }
 
 /// The commit the binary was built from, for the JSON's environment (results name their source).

@@ -7,7 +7,7 @@
 
 use clap::Parser;
 use tpprof::cli::{Cli, Command};
-use tpprof::cluster::interrupt::{self, EndCall};
+use tpprof::cluster::interrupt::{self, AfterEnd, EndCall};
 use tpprof::cluster::World;
 use tpprof::run::{FailedReport, RunFailed, Verdict};
 use tpprof::verify::VerifyError;
@@ -122,7 +122,10 @@ fn main() {
 /// `exit(code)`: after the check, libc's own (atexit handlers, stdio flushed).
 #[no_mangle]
 pub extern "C" fn exit(code: libc::c_int) -> ! {
-    let code = interrupt::process_end(EndCall::Exit(code));
+    let code = match interrupt::process_end(EndCall::Exit(code)) {
+        AfterEnd::Proceed(c) => c,
+        AfterEnd::EndNow(c) => end_now(c),
+    };
     type ExitFn = unsafe extern "C" fn(libc::c_int) -> !;
     // SAFETY: RTLD_NEXT finds the definition after this executable's: libc's `exit`, whose type
     // this is.
@@ -136,16 +139,19 @@ pub extern "C" fn exit(code: libc::c_int) -> ! {
     end_now(code)
 }
 
-/// `_exit(code)`: after the check, the kernel's exit_group (what libc's does).
+/// `_exit(code)`: after the check, the kernel's exit_group (what libc's does). Async-signal-safe,
+/// as `_exit` must be (crash handlers call it).
 #[no_mangle]
 pub extern "C" fn _exit(code: libc::c_int) -> ! {
-    end_now(interrupt::process_end(EndCall::UnderscoreExit(code)))
+    match interrupt::process_end(EndCall::UnderscoreExit(code)) {
+        AfterEnd::Proceed(c) | AfterEnd::EndNow(c) => end_now(c),
+    }
 }
 
 /// `_Exit(code)`: the same as `_exit`.
 #[no_mangle]
 pub extern "C" fn _Exit(code: libc::c_int) -> ! {
-    end_now(interrupt::process_end(EndCall::UnderscoreExit(code)))
+    _exit(code)
 }
 
 fn end_now(code: libc::c_int) -> ! {

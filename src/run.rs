@@ -547,10 +547,44 @@ impl Observers {
 /// 4. The engine as created and agreed on every rank, this rank's role, and its CUPTI session
 /// (taken by the measured run).
 struct Created {
-    engine: Box<dyn Engine>,
+    engine: OwnedEngine,
     create_s: f64,
     role: Role,
     cupti: Option<crate::observe::cupti::CuptiSession>,
+}
+
+/// The engine, destroyed with process-end holds off (`interrupt::engine_teardown`): an engine
+/// that ends the process while it is destroyed, on any path out of the run, ends it with its own
+/// code instead of turning a finished or refused run into a failed one.
+struct OwnedEngine(Option<Box<dyn Engine>>);
+
+impl std::ops::Deref for OwnedEngine {
+    type Target = dyn Engine;
+    fn deref(&self) -> &(dyn Engine + 'static) {
+        self.0.as_deref().expect("the engine lives until OwnedEngine is dropped")
+    }
+}
+
+impl std::ops::DerefMut for OwnedEngine {
+    fn deref_mut(&mut self) -> &mut (dyn Engine + 'static) {
+        self.0.as_deref_mut().expect("the engine lives until OwnedEngine is dropped")
+    }
+}
+
+impl OwnedEngine {
+    fn as_ref(&self) -> &dyn Engine {
+        &**self
+    }
+    fn as_mut(&mut self) -> &mut dyn Engine {
+        &mut **self
+    }
+}
+
+impl Drop for OwnedEngine {
+    fn drop(&mut self) {
+        let _teardown = interrupt::engine_teardown();
+        drop(self.0.take());
+    }
 }
 
 /// 6. The warm-up runs: wall time and what each showed; then the earlier repeats (--repeat).
@@ -822,7 +856,7 @@ impl<'w> Job<'w> {
             h.topology = Some(topology);
         }
         let role = if observer { Role::Observer } else { Role::Engine };
-        Ok(Created { engine, create_s, role, cupti: Some(cupti) })
+        Ok(Created { engine: OwnedEngine(Some(engine)), create_s, role, cupti: Some(cupti) })
     }
 
     /// 5. The workload: built on rank 0, broadcast, so every rank feeds identical prompts.
@@ -1770,7 +1804,7 @@ impl InterruptHandler for Shared {
                 _ if process_end.is_some() => {
                     let e = process_end.as_ref().map(|e| (e.rank, e.call.clone())).unwrap_or_default();
                     eprintln!(
-                        "error: rank {}'s process was ended from inside by {} (the engine or a library it loaded), rank 0 in the {} phase, before anything was measured: no report written",
+                        "error: rank {}'s process was ended from inside by {} (the engine, a library it loaded, or the MPI library), rank 0 in the {} phase, before anything was measured: no report written",
                         e.0, e.1, p.phase
                     )
                 }

@@ -19,11 +19,14 @@
 //! handling is stuck. Ranks that do not answer (dead, SIGKILLed) are named as not gathered.
 //!
 //! A process ended from inside while the run's handler is set — `exit()`, `_exit()` or `_Exit()`
-//! not called by tpprof (an engine, or a library it loaded: the binary interposes the three, see
-//! `main.rs`), or `abort()` (SIGABRT) — is handled like a signal: the ending thread is held
-//! ([`process_end`], the SIGABRT handler) while the watcher sends this rank's report, rank 0 writes a
-//! `failed` JSON naming the rank and the call, and every rank exits 1, whatever code the engine
-//! chose (3 would read as "incomplete"). Held at most [`HOLD`]: then the call goes on as it was.
+//! not called by tpprof (an engine, a library it loaded, the MPI library's fatal-error path: the
+//! binary interposes the three, see `main.rs`), or `abort()` (SIGABRT) — is handled like a signal:
+//! the ending thread is held ([`process_end`], the SIGABRT action, both async-signal-safe) while
+//! the watcher sends this rank's report, rank 0 writes a `failed` JSON naming the rank and the
+//! call, and every rank exits 1, whatever code the engine chose (3 would read as "incomplete").
+//! Held [`HOLD`] (longer while a result is being written): then the process ends with 1 (abort:
+//! as abort does). Not held: tpprof's own exits ([`own_exit`]), a forked child's, the watcher
+//! thread's, and those during an engine's destroy ([`engine_teardown`]).
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,11 +66,39 @@ static WATCHED_PID: AtomicI32 = AtomicI32::new(0);
 fn holds_ends() -> bool {
     // SAFETY: getpid is async-signal-safe and cannot fail.
     let pid = unsafe { libc::getpid() };
-    !OWN_EXIT.load(Ordering::SeqCst) && ACTIVE.load(Ordering::SeqCst) && WATCHED_PID.load(Ordering::SeqCst) == pid
+    !OWN_EXIT.load(Ordering::SeqCst)
+        && ACTIVE.load(Ordering::SeqCst)
+        && TEARDOWN.load(Ordering::SeqCst) == 0
+        && WATCHED_PID.load(Ordering::SeqCst) == pid
+}
+
+/// While the returned guard lives (an engine's destroy), a process end is not held: the run has
+/// what it measured, and an engine that ends the process while it is destroyed ends it with its
+/// own code (a limit the README states).
+pub fn engine_teardown() -> Teardown {
+    TEARDOWN.fetch_add(1, Ordering::SeqCst);
+    Teardown(())
+}
+
+pub struct Teardown(());
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        TEARDOWN.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 /// How long a thread that ends the process is held while the run reports it: rank 0's collection
 /// and writing, and a rank > 0's wait for rank 0's word, fit well within it.
 pub const HOLD: Duration = Duration::from_secs(6);
+/// The longest hold while rank 0 is still collecting or a result file is being written (a slow
+/// file system): never end the process under a half-written result.
+const HOLD_WRITING: Duration = Duration::from_secs(60);
+/// Rank 0's watcher is collecting and writing an interrupted run's result.
+static LEADING: AtomicBool = AtomicBool::new(false);
+/// The watcher thread's kernel thread id (0: none yet).
+static WATCHER_TID: AtomicI32 = AtomicI32::new(0);
+/// Engines being destroyed: a process end during an engine's teardown goes on as it was.
+static TEARDOWN: AtomicUsize = AtomicUsize::new(0);
 /// Writers holding the emergency exit off ([`hold_exit`]): a result half-written would leave its
 /// temp file behind.
 static WRITING: AtomicUsize = AtomicUsize::new(0);
@@ -160,55 +191,116 @@ pub fn own_exit() {
     OWN_EXIT.store(true, Ordering::SeqCst);
 }
 
+/// What the binary's `exit` / `_exit` / `_Exit` do after [`process_end`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterEnd {
+    /// Not held: the call goes on as it was, with its own code.
+    Proceed(i32),
+    /// Held, and the run could not report it in time: end the process at once (exit_group, no
+    /// atexit handlers: the run may still be writing) with this code.
+    EndNow(i32),
+}
+
 /// Called by the binary's `exit` / `_exit` / `_Exit` before the process ends. While a run's handler
 /// is set and the call is not tpprof's own, the calling thread is held here while the watcher
-/// reports the end (it ends the process itself, with exit code 1); returns the code to end with
-/// when the call is let through: the caller's, or 1 when holding it did not end the process
-/// within [`HOLD`] (one line says so).
-pub fn process_end(call: EndCall) -> i32 {
-    if !holds_ends() {
-        return call.code();
-    }
-    if std::thread::current().name() == Some(WATCHER) {
-        return call.code();
+/// reports the end (it ends the process itself, with exit code 1). Async-signal-safe (crash
+/// handlers call `_exit`): atomics, gettid, clock_gettime, nanosleep and write only.
+pub fn process_end(call: EndCall) -> AfterEnd {
+    if !holds_ends() || on_watcher_thread() {
+        return AfterEnd::Proceed(call.code());
     }
     // The first end is reported; a later one (another thread) waits for it the same way.
     let _ = ENDED.compare_exchange(0, call.encode(), Ordering::SeqCst, Ordering::SeqCst);
-    let until = Instant::now() + HOLD;
-    while Instant::now() < until {
-        std::thread::sleep(TICK);
-    }
-    let line = format!(
-        "error: rank {}: the process was ended from inside by {} during the run, and the run could not report it in {} s; exit 1\n",
-        RANK.load(Ordering::SeqCst),
-        call.call(),
-        HOLD.as_secs()
-    );
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    hold();
+    let mut line = LineBuf::new();
+    line.push(b"error: rank ");
+    line.push_int(RANK.load(Ordering::SeqCst) as i64);
+    line.push(b": the process was ended from inside during the run and the run could not report it in time; exit 1\n");
+    line.write_stderr();
     own_exit();
-    1
+    AfterEnd::EndNow(1)
 }
 
-/// The SIGABRT handler: the same hold as [`process_end`], with only async-signal-safe calls
-/// (atomics, clock_gettime, nanosleep). When the hold ends without the watcher ending the process,
-/// the handler returns and abort() ends it as it would have.
-fn on_abort() {
-    if !holds_ends() {
-        return;
-    }
-    let _ = ENDED.compare_exchange(0, EndCall::Abort.encode(), Ordering::SeqCst, Ordering::SeqCst);
+/// Holds the calling thread while the watcher reports a process end: [`HOLD`], longer while rank
+/// 0 is collecting or a result file is being written (at most [`HOLD_WRITING`]). Async-signal-safe.
+fn hold() {
     let now = || {
         let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: clock_gettime is async-signal-safe; t is a valid out-pointer.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
         t.tv_sec as i64
     };
-    let until = now() + HOLD.as_secs() as i64;
+    let start = now();
     let tick = libc::timespec { tv_sec: 0, tv_nsec: TICK.as_nanos() as libc::c_long };
-    while now() < until {
+    loop {
+        let waited = now() - start;
+        let busy = LEADING.load(Ordering::SeqCst) || WRITING.load(Ordering::SeqCst) > 0;
+        if waited >= HOLD_WRITING.as_secs() as i64 || (waited >= HOLD.as_secs() as i64 && !busy) {
+            return;
+        }
         // SAFETY: nanosleep is async-signal-safe; both pointers are valid.
         unsafe { libc::nanosleep(&tick, std::ptr::null_mut()) };
     }
+}
+
+/// A line built without allocating (for the async-signal-safe paths).
+struct LineBuf {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl LineBuf {
+    fn new() -> LineBuf {
+        LineBuf { buf: [0; 256], len: 0 }
+    }
+    fn push(&mut self, b: &[u8]) {
+        let n = b.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&b[..n]);
+        self.len += n;
+    }
+    fn push_int(&mut self, v: i64) {
+        let mut digits = [0u8; 20];
+        let (mut n, mut i) = (v.unsigned_abs(), digits.len());
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        if v < 0 {
+            self.push(b"-");
+        }
+        self.push(&digits[i..]);
+    }
+    fn write_stderr(&self) {
+        // SAFETY: write(2) is async-signal-safe; the buffer is valid for len bytes.
+        unsafe { libc::write(2, self.buf.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The SIGABRT action: the same hold as [`process_end`], async-signal-safe. When it does not hold
+/// (outside a run, in a forked child, on the watcher thread) or the hold ends without the watcher
+/// ending the process, SIGABRT gets its default action back and is raised again: it is delivered
+/// when the handler returns (a core dump, as without tpprof), for abort() and `kill -ABRT` alike.
+fn on_abort() {
+    if holds_ends() && !on_watcher_thread() {
+        let _ = ENDED.compare_exchange(0, EndCall::Abort.encode(), Ordering::SeqCst, Ordering::SeqCst);
+        hold();
+    }
+    // SAFETY: signal(2) and raise(3) are async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGABRT, libc::SIG_DFL);
+        libc::raise(libc::SIGABRT);
+    }
+}
+
+/// Whether the calling thread is the watcher (its own ends are never held).
+fn on_watcher_thread() -> bool {
+    // SAFETY: gettid cannot fail and is async-signal-safe.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+    tid == WATCHER_TID.load(Ordering::SeqCst)
 }
 
 /// The watcher thread's name.
@@ -240,7 +332,9 @@ fn current_action(sig: i32) -> Option<Action> {
 fn remember_actions() {
     let mut v = INSTALLED.lock().unwrap_or_else(|p| p.into_inner());
     v.clear();
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGABRT] {
+    // Not SIGABRT: an engine's own crash handler (faulthandler, glog) keeps its stack dump, and
+    // an abort then ends the rank as it would without tpprof (rank 0 names it lost).
+    for sig in [libc::SIGINT, libc::SIGTERM] {
         if let Some(a) = current_action(sig) {
             v.push((sig, a));
         }
@@ -248,7 +342,7 @@ fn remember_actions() {
 }
 
 /// An engine (a Python driver calling `signal.signal`, a library) may replace tpprof's handler
-/// of SIGINT, SIGTERM or SIGABRT: a Ctrl-C or mpirun's SIGTERM would then reach the engine alone
+/// of SIGINT or SIGTERM: a Ctrl-C or mpirun's SIGTERM would then reach the engine alone
 /// and no interrupted JSON would be written. Puts tpprof's back and returns the signals it took
 /// back for the first time (so a caller says each once). Cheap (a sigaction query per signal):
 /// the run calls it after creating the engine and before every generate().
@@ -355,6 +449,8 @@ impl Watcher {
         let handle = std::thread::Builder::new()
             .name(WATCHER.into())
             .spawn(move || {
+                // SAFETY: gettid cannot fail.
+                WATCHER_TID.store(unsafe { libc::syscall(libc::SYS_gettid) } as i32, Ordering::SeqCst);
                 let own = comm; // the whole wrapper moves in, not its field
                 watch(own.0, flag, slot, due)
             })
@@ -373,8 +469,13 @@ impl Watcher {
     /// The run's handler (None: a signal just ends the process with 128 + signal).
     pub fn set_handler(&self, h: Option<Arc<dyn InterruptHandler>>) {
         let active = h.is_some();
+        if !active {
+            ACTIVE.store(false, Ordering::SeqCst);
+        }
         *self.handler.lock().unwrap_or_else(|p| p.into_inner()) = h;
-        ACTIVE.store(active, Ordering::SeqCst);
+        if active {
+            ACTIVE.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -476,6 +577,7 @@ fn watch(
 
 /// Rank 0: ask every rank not yet heard from, collect, write, tell them, exit.
 fn lead(comm: &SimpleCommunicator, h: &dyn InterruptHandler, cause: Cause, mut got: Vec<(i32, i32, Vec<u8>)>) -> ! {
+    LEADING.store(true, Ordering::SeqCst);
     let code = match cause {
         Cause::Signal { signal, .. } => exit_code(signal),
         Cause::Timeout { .. } | Cause::ProcessEnd { .. } => 1,
@@ -601,6 +703,14 @@ mod tests {
             assert_eq!(EndCall::decode(v), None, "{v}");
         }
         // Not held without a run's handler: the code goes through.
-        assert_eq!(process_end(EndCall::Exit(3)), 3);
+        assert_eq!(process_end(EndCall::Exit(3)), AfterEnd::Proceed(3));
+        let mut l = LineBuf::new();
+        l.push(b"rank ");
+        l.push_int(-17);
+        l.push(b" ");
+        l.push_int(0);
+        l.push(b" ");
+        l.push_int(i64::MIN);
+        assert_eq!(&l.buf[..l.len], b"rank -17 0 -9223372036854775808");
     }
 }

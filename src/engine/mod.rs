@@ -112,7 +112,7 @@ impl EngineError {
         match self {
             EngineError::Adapter(adapter::AdapterError::Call { status, .. }) => *status == "invalid argument",
             EngineError::Adapter(_) | EngineError::Config(_) | EngineError::Dtype(_) | EngineError::Weights(_) => true,
-            EngineError::Cuda(builtin::cuda::CudaError::TooLarge(_)) => true,
+            EngineError::Cuda(builtin::cuda::CudaError::TooLarge(_) | builtin::cuda::CudaError::Invalid(_)) => true,
             EngineError::Cpu(_) | EngineError::Python(_) | EngineError::Cuda(_) => false,
         }
     }

@@ -109,14 +109,14 @@ impl Header {
                 let mut failures = vec![Failure {
                     rank,
                     reason: format!(
-                        "its process was ended from inside by {call}{in_} (not by tpprof: the engine or a library it loaded)"
+                        "its process was ended from inside by {call}{in_} (not by tpprof: the engine, a library it loaded, or the MPI library)"
                     ),
                 }];
                 failures.extend(
                     lost.iter().filter(|&&r| r != rank).map(|&r| Failure { rank: r, reason: lost_reason.into() }),
                 );
                 let reason = format!(
-                    "rank {rank}'s process was ended from inside by {call}{in_} (the engine or a library it loaded); every rank exits 1"
+                    "rank {rank}'s process was ended from inside by {call}{in_} (the engine, a library it loaded, or the MPI library); every rank exits 1"
                 );
                 (State::Failed, reason, failures)
             }

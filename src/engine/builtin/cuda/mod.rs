@@ -108,7 +108,12 @@ impl CudaEngine {
         }
         tracing::debug!("cuda engine: opening GPU {ordinal}, compiling kernels");
         let mut gpu = Gpu::open(ordinal, MODULES, dtype)?;
-        // Before NCCL and the weights: a model that cannot fit is one line naming the figures.
+        tracing::debug!("cuda engine: NCCL init (rank {rank} of {world})");
+        let sm_count = gpu.sm_count();
+        // Every rank joins the NCCL group first (a rank that returned before it would leave the
+        // others waiting in ncclCommInitRank); then a model that cannot fit is one line naming the
+        // figures, agreed by the run like any failure at create.
+        let nccl = Nccl::init(&gpu, rank, world, nccl_id)?;
         let (free, total) = gpu.mem_info()?;
         let need = Dims::new(cfg, rank, world).resident_weight_bytes(cfg.tie_word_embeddings);
         model::fits(
@@ -118,9 +123,6 @@ impl CudaEngine {
             total as u64,
             "run more ranks (tensor parallel: mpirun -n 2, 4, ...) or a smaller model",
         )?;
-        tracing::debug!("cuda engine: NCCL init (rank {rank} of {world})");
-        let sm_count = gpu.sm_count();
-        let nccl = Nccl::init(&gpu, rank, world, nccl_id)?;
         let dims = Dims::new(cfg, rank, world);
         tracing::debug!("cuda engine: NCCL ready; measuring copy bandwidth");
         let copy_bandwidth = copy_bandwidth(&mut gpu)?;
@@ -249,11 +251,25 @@ impl CudaEngine {
         if self.prepared != Some(want) {
             self.graph = None;
             self.bufs = None;
+            self.prepared = None;
             self.gpu.sync()?;
             let (free, total) = self.gpu.mem_info()?;
+            let need = Buffers::bytes(
+                &self.dims,
+                slots,
+                max_len,
+                max_prompt,
+                self.sm_count * self.attn_blocks_per_sm,
+                self.attn_split,
+                self.prefill,
+            );
+            // Headroom for what is not ours to size: cuBLAS workspaces, the CUDA graph, NCCL.
             model::fits(
-                &format!("the KV cache of {slots} sample(s) of up to {max_len} positions"),
-                self.dims.kv_cache_bytes(slots, max_len),
+                &format!(
+                    "the KV cache and buffers of {slots} sample(s) of up to {max_len} positions (KV {:.1} GiB, + 0.5 GiB headroom)",
+                    self.dims.kv_cache_bytes(slots, max_len) as f64 / (1u64 << 30) as f64
+                ),
+                need.saturating_add(512 << 20),
                 free as u64,
                 total as u64,
                 "fewer samples (--batch), shorter prompts or generations, or more ranks",

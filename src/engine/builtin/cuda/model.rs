@@ -538,17 +538,7 @@ impl Buffers {
         prefill: PrefillAttention,
     ) -> Result<Buffers, CudaError> {
         let (h, d) = (dims.hidden, dims.d);
-        let rows = max_rows.max(slots);
-        let q_chunk = (SCORES_BUDGET / (dims.hkv * max_len * (4 + T_BYTES))).clamp(16, MAX_Q_CHUNK);
-        // Decode attention: about one wave of (kv head, split, sample) blocks at the longest
-        // context, two per SM by default. Finer splits made each block's fixed cost (loading q,
-        // merging the warps' softmax states) dominate, and the merge walk more partial results.
-        let per_wave = attn_blocks.max(1);
-        let split_len = match split {
-            Some(s) => s.next_multiple_of(16),
-            None => (max_len * dims.hkv * slots).div_ceil(per_wave).next_multiple_of(16).max(64),
-        };
-        let n_splits = max_len.div_ceil(split_len);
+        let (rows, q_chunk, split_len, n_splits) = Buffers::layout(dims, slots, max_len, max_rows, attn_blocks, split);
         let start = gpu.allocated;
         let kv_elems = dims.layers * slots * dims.hkv * max_len * d;
         let k_cache = gpu.alloc::<Half>(kv_elems)?;
@@ -601,6 +591,61 @@ impl Buffers {
         let mut b = b;
         b.workspace_bytes = gpu.allocated - ws_start;
         Ok(b)
+    }
+
+    /// Rows of the activation buffers, the cuBLAS prefill's query chunk, and the decode attention's
+    /// split length and count.
+    fn layout(
+        dims: &Dims,
+        slots: usize,
+        max_len: usize,
+        max_rows: usize,
+        attn_blocks: usize,
+        split: Option<usize>,
+    ) -> (usize, usize, usize, usize) {
+        let rows = max_rows.max(slots);
+        let q_chunk = (SCORES_BUDGET / (dims.hkv * max_len * (4 + T_BYTES)).max(1)).clamp(16, MAX_Q_CHUNK);
+        // Decode attention: about one wave of (kv head, split, sample) blocks at the longest
+        // context, two per SM by default. Finer splits made each block's fixed cost (loading q,
+        // merging the warps' softmax states) dominate, and the merge walk more partial results.
+        let per_wave = attn_blocks.max(1);
+        let split_len = match split {
+            Some(s) => s.next_multiple_of(16),
+            None => (max_len * dims.hkv * slots).div_ceil(per_wave).next_multiple_of(16).max(64),
+        };
+        (rows, q_chunk, split_len, max_len.div_ceil(split_len))
+    }
+
+    /// The device bytes `new` allocates with these arguments (the KV cache and every workspace
+    /// buffer, as `new` sizes them), for the check before allocating.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bytes(
+        dims: &Dims,
+        slots: usize,
+        max_len: usize,
+        max_rows: usize,
+        attn_blocks: usize,
+        split: Option<usize>,
+        prefill: PrefillAttention,
+    ) -> u64 {
+        let (rows, q_chunk, _, n_splits) = Buffers::layout(dims, slots, max_len, max_rows, attn_blocks, split);
+        let (h, d, t) = (dims.hidden as u128, dims.d as u128, T_BYTES as u128);
+        let (rows, slots, hq) = (rows as u128, slots as u128, dims.hq as u128);
+        let scores = if prefill == PrefillAttention::Cublas { (dims.hkv * q_chunk * max_len) as u128 } else { 0 };
+        let workspace = 4 * rows * h
+            + t * rows * h
+            + 4 * rows * dims.qkv() as u128
+            + t * 2 * hq * rows * d
+            + t * 2 * rows * h
+            + t * 3 * rows * dims.inter as u128
+            + t * rows * h
+            + scores * (4 + t)
+            + 4 * slots * hq * n_splits as u128 * (2 + d)
+            + 4 * slots * dims.hkv as u128
+            + 4 * slots * dims.v_local() as u128
+            + 4 * (2 * slots + dims.world as u128 * slots * 2 + 3 * slots + 3 * rows);
+        let total = dims.kv_cache_bytes(slots as usize, max_len) as u128 + workspace;
+        u64::try_from(total).unwrap_or(u64::MAX)
     }
 
     /// KV-cache bytes one decode step reads at context length `len` (every layer, K and V).
