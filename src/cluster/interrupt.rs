@@ -679,6 +679,28 @@ mod tests {
         assert_eq!(split_report(b"ab"), (0, Vec::new()));
     }
 
+    /// SIGABRT with tpprof's action installed and no run to report it (`kill -ABRT` on a hung rank,
+    /// abort() outside a run) still ends the process by SIGABRT (a core dump): the action gives the
+    /// signal its default back. It was swallowed (the process went on).
+    #[test]
+    fn sigabrt_outside_a_hold_keeps_its_default() {
+        // SAFETY: the action is async-signal-safe (see on_abort).
+        unsafe { signal_hook::low_level::register(libc::SIGABRT, on_abort) }.unwrap();
+        // SAFETY: the child calls only raise and _exit (async-signal-safe after fork).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            unsafe {
+                libc::raise(libc::SIGABRT);
+                libc::_exit(0);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the child this test forked.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT, "status {status:#x}");
+    }
+
     #[test]
     fn process_ends_travel_as_negative_signals() {
         for call in [
