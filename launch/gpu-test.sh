@@ -65,6 +65,12 @@ done
 check TPPROF_CUDA_ATTN=pipe TPPROF_CUDA_ATTN_MERGE=1 -- "decode.cu decode_attn_pipe (merge in its last block)"
 check TPPROF_CUDA_ATTN=fast -- "decode.cu decode_attn_fast"
 check TPPROF_CUDA_ATTN=tiled -- "attention.cu decode_attn_partial"
+# The overlapped decode loop (TPPROF_CUDA_OVERLAP=1: step n + 1 launched before step n's tokens are
+# read): the same tokens and logits, single prompts and batches of different lengths.
+for n in "${tps[@]}"; do
+  TPPROF_CUDA_OVERLAP=1 "${MR[@]}" -x TPPROF_CUDA_OVERLAP -n "$n" "$B" verify --model small --prompt-tokens 700
+  TPPROF_CUDA_OVERLAP=1 "${MR[@]}" -x TPPROF_CUDA_OVERLAP -n "$n" "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
+done
 # gemv.cu for every decode projection (TPPROF_CUDA_GEMV=all) against the cpu reference, fp16 and bf16.
 TPPROF_CUDA_GEMV=all "${MR[@]}" -x TPPROF_CUDA_GEMV -n "$TP" "$B" verify --model small --prompts 2 --prompt-tokens 700
 TPPROF_CUDA_GEMV=all "${MR[@]}" -x TPPROF_CUDA_GEMV -n "$TP" "$B" verify --model small --dtype bf16 --prompt-tokens 700

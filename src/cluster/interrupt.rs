@@ -228,7 +228,7 @@ fn hold() {
         let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: clock_gettime is async-signal-safe; t is a valid out-pointer.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-        t.tv_sec as i64
+        i64::from(t.tv_sec)
     };
     let start = now();
     let tick = libc::timespec { tv_sec: 0, tv_nsec: TICK.as_nanos() as libc::c_long };

@@ -397,6 +397,29 @@ impl Gpu {
         self.sync()
     }
 
+    /// Device → host copy of the first `n` elements of `src` into `dst`, enqueued on the stream
+    /// (no wait).
+    ///
+    /// # Safety
+    /// `dst` must be page-locked host memory with room for `n` elements that stays alive and is
+    /// neither read nor written until the stream has passed this copy (an event recorded after it).
+    pub unsafe fn read_async<T: Elem>(&self, src: DevSlice<'_, T>, dst: *mut T, n: usize) -> Result<(), CudaError> {
+        if n > src.len {
+            return Err(CudaError::Internal(format!("read of {n} elements from a {}-element view", src.len)));
+        }
+        // SAFETY: `src` holds at least n elements (checked above); the caller vouches for `dst`.
+        unsafe {
+            drv_sys::cuMemcpyDtoHAsync_v2(
+                dst as *mut c_void,
+                src.addr,
+                n * std::mem::size_of::<T>(),
+                self.stream.cu_stream(),
+            )
+            .result()
+            .map_err(drv("cuMemcpyDtoHAsync"))
+        }
+    }
+
     /// Device → device copy of `n` elements on the stream (asynchronous).
     pub fn copy<T: Elem>(&self, dst: DevSlice<'_, T>, src: DevSlice<'_, T>, n: usize) -> Result<(), CudaError> {
         if n > dst.len || n > src.len {

@@ -48,6 +48,8 @@ pub struct CudaEngine {
     steps: StepTimes,
     prepared: Option<(usize, usize, usize)>,
     use_graph: bool,
+    /// Launch step n + 1 before reading step n's tokens (`TPPROF_CUDA_OVERLAP=1`).
+    overlap: bool,
     gemv: GemvOps,
     attention: DecodeAttention,
     /// The prefill attention, resolved for this model's head_dim and this GPU.
@@ -146,6 +148,9 @@ impl CudaEngine {
         // tensor-core kernel, by default 4 warps × 2 m-tiles = 128 queries per block, 2 K/V stages),
         // =flash8 (8 warps × 16 queries, the earlier default), =flash4 (4 warps × 16), =flash2m3 (3 stages).
         let use_graph = std::env::var("TPPROF_CUDA_GRAPH").map(|v| v != "0").unwrap_or(true);
+        // TPPROF_CUDA_OVERLAP=1: step n + 1 is launched before the host reads step n's tokens
+        // (opt-in until verified and measured on a GPU).
+        let overlap = std::env::var("TPPROF_CUDA_OVERLAP").is_ok_and(|v| v == "1");
         let gemv = match std::env::var("TPPROF_CUDA_GEMV") {
             Ok(v) => GemvOps::parse(&v).map_err(|e| CudaError::Invalid(format!("TPPROF_CUDA_GEMV={v}: {e}")))?,
             Err(_) => GemvOps::NONE,
@@ -188,6 +193,7 @@ impl CudaEngine {
             steps: StepTimes::default(),
             prepared: None,
             use_graph,
+            overlap,
             gemv,
             attention,
             prefill,
@@ -369,32 +375,82 @@ impl CudaEngine {
             Ok((e, (h0 + crate::clock::mono_ns()) / 2))
         };
         let (anchor, anchor_ns) = anchor_at(&self.gpu)?;
-        let t1 = Instant::now();
-        let mut ran = 0;
-        for step in 1..max_new {
-            if done.iter().all(|&d| d) {
-                break;
-            }
+        let tokens = self
+            .bufs
+            .as_ref()
+            .map(|b| b.tokens.view())
+            .ok_or_else(|| CudaError::Internal("buffers not prepared".into()))?;
+        // One decode step on the stream, between its two timing events.
+        let launch = |step: usize| -> Result<(), CudaError> {
             rec(&events[2 * (step - 1)], &self.gpu)?;
             match &self.graph {
                 Some(g) => g.launch().map_err(|e| CudaError::Driver(format!("cuGraphLaunch: {e}")))?,
                 None => self.model()?.decode_step(slots)?,
             }
-            rec(&events[2 * (step - 1) + 1], &self.gpu)?;
-            let tokens = self
-                .bufs
-                .as_ref()
-                .map(|b| b.tokens.view())
-                .ok_or_else(|| CudaError::Internal("buffers not prepared".into()))?;
-            self.gpu.read_into(tokens, &mut host_tokens)?;
-            for s in 0..slots {
-                if !done[s] {
-                    let f = finish_of(step, host_tokens[s]);
-                    done[s] = f != 0;
-                    on_token(s, step, host_tokens[s], f);
+            rec(&events[2 * (step - 1) + 1], &self.gpu)
+        };
+        let t1 = Instant::now();
+        let mut ran = 0;
+        if self.overlap {
+            // Step n + 1 is on the stream before the host waits for step n's tokens: each step
+            // reads the tokens the previous one wrote on the device, so the host's copy, callback
+            // and next launch hide behind the GPU's work. Step n's tokens are copied into one half
+            // of a pinned buffer right after step n, before step n + 1 (which overwrites them on
+            // the device) is launched; a step launched past the last EOS is wasted, never reported.
+            // SAFETY: the buffer is only read after the event of the copy that filled it.
+            let mut pinned = unsafe { self.gpu.ctx.alloc_pinned_with_flags::<i32>(2 * slots, 0) }
+                .map_err(|e| CudaError::Driver(format!("cuMemHostAlloc: {e}")))?;
+            let base = pinned.as_mut_ptr().map_err(|e| CudaError::Driver(format!("pinned buffer: {e}")))?;
+            let copied = [self.gpu.event()?, self.gpu.event()?];
+            let enqueue = |step: usize| -> Result<(), CudaError> {
+                launch(step)?;
+                // SAFETY: the half `step % 2` of the pinned buffer holds `slots` i32; it is not
+                // read before `copied[step % 2]` completes, nor written again before it was read
+                // (the copy of step n + 2 is enqueued after the host read step n's tokens).
+                unsafe { self.gpu.read_async(tokens, base.add((step % 2) * slots), slots)? };
+                rec(&copied[step % 2], &self.gpu)
+            };
+            if max_new > 1 && !done.iter().all(|&d| d) {
+                enqueue(1)?;
+            }
+            for step in 1..max_new {
+                if step + 1 < max_new {
+                    enqueue(step + 1)?;
+                }
+                copied[step % 2].synchronize().map_err(|e| CudaError::Driver(format!("cuEventSynchronize: {e}")))?;
+                // SAFETY: the copy into this half completed (the event above).
+                let got = unsafe { std::slice::from_raw_parts(base.add((step % 2) * slots), slots) };
+                for s in 0..slots {
+                    if !done[s] {
+                        let f = finish_of(step, got[s]);
+                        done[s] = f != 0;
+                        on_token(s, step, got[s], f);
+                    }
+                }
+                ran = step;
+                if done.iter().all(|&d| d) {
+                    break;
                 }
             }
-            ran = step;
+            // The stream finishes a speculative step before the pinned buffer goes.
+            self.gpu.sync()?;
+            drop(pinned);
+        } else {
+            for step in 1..max_new {
+                if done.iter().all(|&d| d) {
+                    break;
+                }
+                launch(step)?;
+                self.gpu.read_into(tokens, &mut host_tokens)?;
+                for s in 0..slots {
+                    if !done[s] {
+                        let f = finish_of(step, host_tokens[s]);
+                        done[s] = f != 0;
+                        on_token(s, step, host_tokens[s], f);
+                    }
+                }
+                ran = step;
+            }
         }
         let decode_s = t1.elapsed().as_secs_f64();
         let (anchor_end, anchor_end_ns) = anchor_at(&self.gpu)?;
@@ -641,6 +697,7 @@ impl CudaEngine {
             "arch": self.gpu.arch,
             "dtype": self.dtype.name(),
             "cuda_graph": self.graph.is_some(),
+            "decode_loop": if self.overlap { "overlapped" } else { "synchronous" },
             "decode_gemv": self.gemv.names(),
             "decode_attention": self.attention_kernel().map(|(k, _, _)| k.label()),
             "prefill_attention": self.prefill.label(),
