@@ -43,6 +43,10 @@ pub struct CudaEngine {
     weights: Weights,
     nccl: Nccl,
     gpu: Gpu,
+    /// With `overlap`: two halves of `slots` token ids each, page-locked, that step n's tokens are
+    /// copied into while step n + 1 runs. After `gpu`: dropped once the GPU's stream is synchronized
+    /// (Gpu's Drop), so no copy can still be writing into it.
+    pinned_tokens: Option<cudarc::driver::PinnedHostSlice<i32>>,
     sm_count: usize,
     copy_bandwidth: f64,
     steps: StepTimes,
@@ -188,6 +192,7 @@ impl CudaEngine {
             weights,
             nccl,
             gpu,
+            pinned_tokens: None,
             sm_count,
             copy_bandwidth,
             steps: StepTimes::default(),
@@ -291,6 +296,16 @@ impl CudaEngine {
                 self.prefill,
             )?;
             self.bufs = Some(b);
+            // The stream is idle (synchronized above): the old buffer can go.
+            self.pinned_tokens = if self.overlap {
+                // SAFETY: read only after a copy into it completed (generate's events).
+                Some(
+                    unsafe { self.gpu.ctx.alloc_pinned_with_flags::<i32>(2 * slots, 0) }
+                        .map_err(|e| CudaError::Driver(format!("cuMemHostAlloc: {e}")))?,
+                )
+            } else {
+                None
+            };
             self.prepared = Some(want);
         }
         {
@@ -374,6 +389,16 @@ impl CudaEngine {
             g.sync()?;
             Ok((e, (h0 + crate::clock::mono_ns()) / 2))
         };
+        let base: Option<*mut i32> = match self.pinned_tokens.as_mut() {
+            Some(p) if self.overlap => {
+                Some(p.as_mut_ptr().map_err(|e| CudaError::Driver(format!("pinned buffer: {e}")))?)
+            }
+            _ => None,
+        };
+        let copied = match base {
+            Some(_) => Some([self.gpu.event()?, self.gpu.event()?]),
+            None => None,
+        };
         let (anchor, anchor_ns) = anchor_at(&self.gpu)?;
         let tokens = self
             .bufs
@@ -391,50 +416,51 @@ impl CudaEngine {
         };
         let t1 = Instant::now();
         let mut ran = 0;
-        if self.overlap {
+        let decode_s;
+        if let (Some(base), Some(copied)) = (base, copied.as_ref()) {
             // Step n + 1 is on the stream before the host waits for step n's tokens: each step
             // reads the tokens the previous one wrote on the device, so the host's copy, callback
             // and next launch hide behind the GPU's work. Step n's tokens are copied into one half
-            // of a pinned buffer right after step n, before step n + 1 (which overwrites them on
-            // the device) is launched; a step launched past the last EOS is wasted, never reported.
-            // SAFETY: the buffer is only read after the event of the copy that filled it.
-            let mut pinned = unsafe { self.gpu.ctx.alloc_pinned_with_flags::<i32>(2 * slots, 0) }
-                .map_err(|e| CudaError::Driver(format!("cuMemHostAlloc: {e}")))?;
-            let base = pinned.as_mut_ptr().map_err(|e| CudaError::Driver(format!("pinned buffer: {e}")))?;
-            let copied = [self.gpu.event()?, self.gpu.event()?];
+            // of the pinned buffer right after step n, before step n + 1 (which overwrites them on
+            // the device) is enqueued; a step launched past the last EOS is wasted, never
+            // reported (it leaves its logits and tokens on the device: the last logits are those
+            // of the last reported step only in exact-length mode, which verify uses).
             let enqueue = |step: usize| -> Result<(), CudaError> {
                 launch(step)?;
-                // SAFETY: the half `step % 2` of the pinned buffer holds `slots` i32; it is not
-                // read before `copied[step % 2]` completes, nor written again before it was read
-                // (the copy of step n + 2 is enqueued after the host read step n's tokens).
+                // SAFETY: half `step % 2` of the pinned buffer (2 × slots i32, alive as long as
+                // the engine, dropped after the stream is synchronized) is not read before
+                // `copied[step % 2]` completes, nor written again before it was read: the copy of
+                // step n + 2 is enqueued after the host read step n's tokens.
                 unsafe { self.gpu.read_async(tokens, base.add((step % 2) * slots), slots)? };
                 rec(&copied[step % 2], &self.gpu)
             };
             if max_new > 1 && !done.iter().all(|&d| d) {
                 enqueue(1)?;
-            }
-            for step in 1..max_new {
-                if step + 1 < max_new {
-                    enqueue(step + 1)?;
-                }
-                copied[step % 2].synchronize().map_err(|e| CudaError::Driver(format!("cuEventSynchronize: {e}")))?;
-                // SAFETY: the copy into this half completed (the event above).
-                let got = unsafe { std::slice::from_raw_parts(base.add((step % 2) * slots), slots) };
-                for s in 0..slots {
-                    if !done[s] {
-                        let f = finish_of(step, got[s]);
-                        done[s] = f != 0;
-                        on_token(s, step, got[s], f);
+                for step in 1..max_new {
+                    if step + 1 < max_new {
+                        enqueue(step + 1)?;
+                    }
+                    copied[step % 2]
+                        .synchronize()
+                        .map_err(|e| CudaError::Driver(format!("cuEventSynchronize: {e}")))?;
+                    // SAFETY: the copy into this half completed (the event above).
+                    let got = unsafe { std::slice::from_raw_parts(base.add((step % 2) * slots), slots) };
+                    for s in 0..slots {
+                        if !done[s] {
+                            let f = finish_of(step, got[s]);
+                            done[s] = f != 0;
+                            on_token(s, step, got[s], f);
+                        }
+                    }
+                    ran = step;
+                    if done.iter().all(|&d| d) {
+                        break;
                     }
                 }
-                ran = step;
-                if done.iter().all(|&d| d) {
-                    break;
-                }
             }
-            // The stream finishes a speculative step before the pinned buffer goes.
+            decode_s = t1.elapsed().as_secs_f64();
+            // A speculative step past the last EOS finishes before the anchors.
             self.gpu.sync()?;
-            drop(pinned);
         } else {
             for step in 1..max_new {
                 if done.iter().all(|&d| d) {
@@ -451,8 +477,8 @@ impl CudaEngine {
                 }
                 ran = step;
             }
+            decode_s = t1.elapsed().as_secs_f64();
         }
-        let decode_s = t1.elapsed().as_secs_f64();
         let (anchor_end, anchor_end_ns) = anchor_at(&self.gpu)?;
         let elapsed = |a: &cudarc::driver::CudaEvent, e: &cudarc::driver::CudaEvent| {
             a.elapsed_ms(e).map(f64::from).map_err(|e| CudaError::Driver(format!("cuEventElapsedTime: {e}")))
