@@ -220,7 +220,8 @@ fn an_engine_that_ends_its_own_process_fails_the_run_with_exit_1() {
             ],
         );
         assert_eq!(r.code(), 1, "{opts}: {}", r.stderr());
-        assert!(r.elapsed < Duration::from_secs(30), "{opts}: took {:?}", r.elapsed);
+        // A hang guard, as in the other fault tests (the hold is 6 s at most), not a timing.
+        assert!(r.elapsed < Duration::from_secs(60), "{opts}: took {:?}", r.elapsed);
         let j = r.json();
         let s = &j["status"];
         assert_eq!((s["state"].as_str(), s["failed_rank"].as_i64()), (Some("failed"), Some(rank)), "{opts}: {s}");

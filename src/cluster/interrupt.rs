@@ -75,16 +75,23 @@ fn holds_ends() -> bool {
 /// While the returned guard lives (an engine's destroy), a process end is not held: the run has
 /// what it measured, and an engine that ends the process while it is destroyed ends it with its
 /// own code (a limit the README states).
-pub fn engine_teardown() -> Teardown {
-    TEARDOWN.fetch_add(1, Ordering::SeqCst);
-    Teardown(())
+pub fn engine_teardown() -> Held {
+    Held::on(&TEARDOWN)
 }
 
-pub struct Teardown(());
+/// A count held up while the guard lives ([`hold_exit`], [`engine_teardown`]).
+pub struct Held(&'static AtomicUsize);
 
-impl Drop for Teardown {
+impl Held {
+    fn on(count: &'static AtomicUsize) -> Held {
+        count.fetch_add(1, Ordering::SeqCst);
+        Held(count)
+    }
+}
+
+impl Drop for Held {
     fn drop(&mut self) {
-        TEARDOWN.fetch_sub(1, Ordering::SeqCst);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 /// How long a thread that ends the process is held while the run reports it: rank 0's collection
@@ -403,17 +410,8 @@ fn on_signal(sig: i32) {
 
 /// While the returned guard lives, a second signal does not end the process (a result file is
 /// being written: its temp file must be renamed or removed first).
-pub fn hold_exit() -> ExitHeld {
-    WRITING.fetch_add(1, Ordering::SeqCst);
-    ExitHeld(())
-}
-
-pub struct ExitHeld(());
-
-impl Drop for ExitHeld {
-    fn drop(&mut self) {
-        WRITING.fetch_sub(1, Ordering::SeqCst);
-    }
+pub fn hold_exit() -> Held {
+    Held::on(&WRITING)
 }
 
 /// The watcher: installed once per run, stopped (and joined) before MPI_Finalize.

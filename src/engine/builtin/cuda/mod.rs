@@ -360,6 +360,16 @@ impl CudaEngine {
         };
         let mut done = vec![false; slots];
         let mut host_tokens = vec![0i32; slots];
+        // Step `step`'s tokens to the caller, for the samples still running.
+        let emit = |step: usize, got: &[i32], done: &mut [bool], on_token: &mut dyn FnMut(usize, usize, i32, i32)| {
+            for s in 0..slots {
+                if !done[s] {
+                    let f = finish_of(step, got[s]);
+                    done[s] = f != 0;
+                    on_token(s, step, got[s], f);
+                }
+            }
+        };
         let t0 = Instant::now();
         {
             let m = self.model()?;
@@ -445,13 +455,7 @@ impl CudaEngine {
                         .map_err(|e| CudaError::Driver(format!("cuEventSynchronize: {e}")))?;
                     // SAFETY: the copy into this half completed (the event above).
                     let got = unsafe { std::slice::from_raw_parts(base.add((step % 2) * slots), slots) };
-                    for s in 0..slots {
-                        if !done[s] {
-                            let f = finish_of(step, got[s]);
-                            done[s] = f != 0;
-                            on_token(s, step, got[s], f);
-                        }
-                    }
+                    emit(step, got, &mut done, on_token);
                     ran = step;
                     if done.iter().all(|&d| d) {
                         break;
@@ -468,13 +472,7 @@ impl CudaEngine {
                 }
                 launch(step)?;
                 self.gpu.read_into(tokens, &mut host_tokens)?;
-                for s in 0..slots {
-                    if !done[s] {
-                        let f = finish_of(step, host_tokens[s]);
-                        done[s] = f != 0;
-                        on_token(s, step, host_tokens[s], f);
-                    }
-                }
+                emit(step, &host_tokens, &mut done, on_token);
                 ran = step;
             }
             decode_s = t1.elapsed().as_secs_f64();
