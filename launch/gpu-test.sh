@@ -75,8 +75,31 @@ done
 TPPROF_CUDA_GEMV=all "${MR[@]}" -x TPPROF_CUDA_GEMV -n "$TP" "$B" verify --model small --prompts 2 --prompt-tokens 700
 TPPROF_CUDA_GEMV=all "${MR[@]}" -x TPPROF_CUDA_GEMV -n "$TP" "$B" verify --model small --dtype bf16 --prompt-tokens 700
 TPPROF_CUDA_GEMV=all "${MR[@]}" -x TPPROF_CUDA_GEMV -n "$TP" "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
+# 5. What the GPU cannot hold is one line and exit 2 before allocating, no file: weights (a 400-layer
+#    model of ~200 GB) at create, a KV cache (16 x 100 000 positions of a 64-layer, 16-KV-head model,
+#    ~420 GB) at prepare.
+cat > "$out/huge.json" <<'JSON'
+{"vocab_size": 32000, "hidden_size": 8192, "intermediate_size": 16384, "num_hidden_layers": 400, "num_attention_heads": 64,
+ "num_key_value_heads": 8, "max_position_embeddings": 8192, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": true}
+JSON
+cat > "$out/longkv.json" <<'JSON'
+{"vocab_size": 1000, "hidden_size": 1024, "intermediate_size": 2048, "num_hidden_layers": 64, "num_attention_heads": 16,
+ "num_key_value_heads": 16, "max_position_embeddings": 131072, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": true}
+JSON
+too_large() {  # too_large EXPECTED ARGS...: exit 2, the line, no file
+  local want="$1"; shift
+  local rc=0
+  "${MR[@]}" -n 1 "$B" run --engine cuda --no-progress --out "$out/none.json" "$@" >"$out/big.log" 2>&1 || rc=$?
+  cat "$out/big.log"
+  [[ $rc -eq 2 ]] || { echo "gpu-test: expected exit 2, got $rc"; exit 1; }
+  grep -q "$want" "$out/big.log" || { echo "gpu-test: expected '$want'"; exit 1; }
+  [[ ! -e "$out/none.json" ]] || { echo "gpu-test: a file was written"; exit 1; }
+}
+too_large "weights of rank 0 of 1 need .* GiB free of" --model "$out/huge.json" --generated-tokens 4
+too_large "KV cache and buffers of 16 sample(s) of up to 100000 positions (KV .* GiB, + 0.5 GiB headroom) need .* GiB free of" --model "$out/longkv.json" \
+  --batch 16 --prompt-tokens 99000 --generated-tokens 1000 --warmup 0
 if (( NG < 2 )); then
-  echo "gpu-test: one GPU: verify at TP=1 passed; TP=2 verify, the memory and the CUPTI checks need 2 GPUs (skipped)"
+  echo "gpu-test: one GPU: verify at TP=1 and the size checks passed; TP=2 verify, the memory and the CUPTI checks need 2 GPUs (skipped)"
   exit 0
 fi
 # Four or more GPUs: TP=4 as well (the 32B TP=4 attention shape: head_dim 128, group 5, one KV head per rank here).
@@ -178,27 +201,4 @@ c = o["cupti"]
 assert c["participants"] == ["rank 0 GPU0", "rank 0 GPU1"] and c["steps"] == 49 and c["tied_steps"] == 49, c
 print("mock ONE_PROCESS: rank 0's process 3 kernels per step on GPU0 and GPU1, rank 1 (observer) none OK")
 PY
-# 5. What the GPU cannot hold is one line and exit 2 before allocating, no file: weights (a 400-layer
-#    model of ~200 GB) at create, a KV cache (16 x 100 000 positions of a 64-layer, 16-KV-head model,
-#    ~420 GB) at prepare.
-cat > "$out/huge.json" <<'JSON'
-{"vocab_size": 32000, "hidden_size": 8192, "intermediate_size": 16384, "num_hidden_layers": 400, "num_attention_heads": 64,
- "num_key_value_heads": 8, "max_position_embeddings": 8192, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": true}
-JSON
-cat > "$out/longkv.json" <<'JSON'
-{"vocab_size": 1000, "hidden_size": 1024, "intermediate_size": 2048, "num_hidden_layers": 64, "num_attention_heads": 16,
- "num_key_value_heads": 16, "max_position_embeddings": 131072, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": true}
-JSON
-too_large() {  # too_large EXPECTED ARGS...: exit 2, the line, no file
-  local want="$1"; shift
-  local rc=0
-  "${MR[@]}" -n 1 "$B" run --engine cuda --no-progress --out "$out/none.json" "$@" >"$out/big.log" 2>&1 || rc=$?
-  cat "$out/big.log"
-  [[ $rc -eq 2 ]] || { echo "gpu-test: expected exit 2, got $rc"; exit 1; }
-  grep -q "$want" "$out/big.log" || { echo "gpu-test: expected '$want'"; exit 1; }
-  [[ ! -e "$out/none.json" ]] || { echo "gpu-test: a file was written"; exit 1; }
-}
-too_large "weights of rank 0 of 1 need .* GiB free of" --model "$out/huge.json" --generated-tokens 4
-too_large "KV cache and buffers of 16 sample(s) of up to 100000 positions (KV .* GiB, + 0.5 GiB headroom) need .* GiB free of" --model "$out/longkv.json" \
-  --batch 16 --prompt-tokens 99000 --generated-tokens 1000 --warmup 0
 echo "gpu-test: PASS"
