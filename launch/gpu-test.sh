@@ -63,6 +63,16 @@ for split in 176 336 1024; do
   check TPPROF_CUDA_ATTN=pipe TPPROF_CUDA_ATTN_SPLIT=$split -- "decode.cu decode_attn_pipe + decode_attn_merge, [0-9]* splits of $split positions"
 done
 check TPPROF_CUDA_ATTN=pipe TPPROF_CUDA_ATTN_MERGE=1 -- "decode.cu decode_attn_pipe (merge in its last block)"
+# decode_attn_mma (tensor cores): several tiles, a partial one, 16 tiles, its in-kernel merge; head_dim 64
+# (small, qwen2.5-0.5b) and bf16.
+for split in 176 336 1024; do
+  check TPPROF_CUDA_ATTN=mma TPPROF_CUDA_ATTN_SPLIT=$split -- "decode.cu decode_attn_mma + decode_attn_merge, [0-9]* splits of $split positions"
+done
+check TPPROF_CUDA_ATTN=mma TPPROF_CUDA_ATTN_MERGE=1 -- "decode.cu decode_attn_mma (merge in its last block)"
+TPPROF_CUDA_ATTN=mma "${MR[@]}" -x TPPROF_CUDA_ATTN -n "$TP" "$B" verify --model small --prompts 2 --prompt-tokens 700
+TPPROF_CUDA_ATTN=mma "${MR[@]}" -x TPPROF_CUDA_ATTN -n "$TP" "$B" verify --model small --dtype bf16 --prompt-tokens 700
+TPPROF_CUDA_ATTN=mma "${MR[@]}" -x TPPROF_CUDA_ATTN -n "$TP" "$B" verify --model qwen2.5-0.5b --prompts 2 --prompt-tokens 700
+TPPROF_CUDA_ATTN=mma "${MR[@]}" -x TPPROF_CUDA_ATTN -n "$TP" "$B" verify --model "$out/d128.json" --dtype bf16 --prompts 2 --prompt-tokens 2000
 check TPPROF_CUDA_ATTN=fast -- "decode.cu decode_attn_fast"
 check TPPROF_CUDA_ATTN=tiled -- "attention.cu decode_attn_partial"
 # The overlapped decode loop (TPPROF_CUDA_OVERLAP=1: step n + 1 launched before step n's tokens are

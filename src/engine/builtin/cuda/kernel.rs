@@ -96,6 +96,8 @@ kernels! {
     DecodeAttnPipeG7D128 = "decode_attn_pipe_g7_d128", true;
     DecodeAttnPipeG8D64 = "decode_attn_pipe_g8_d64", true;
     DecodeAttnPipeG8D128 = "decode_attn_pipe_g8_d128", true;
+    DecodeAttnMmaD64 = "decode_attn_mma_d64", true;
+    DecodeAttnMmaD128 = "decode_attn_mma_d128", true;
     // prefill.cu
     PrefillAttnD64W4 = "prefill_attn_d64_w4", true;
     PrefillAttnD128W4 = "prefill_attn_d128_w4", true;
@@ -176,6 +178,8 @@ pub const MODULES: &[Module] = {
                 DecodeAttnPipeG7D128,
                 DecodeAttnPipeG8D64,
                 DecodeAttnPipeG8D128,
+                DecodeAttnMmaD64,
+                DecodeAttnMmaD128,
             ],
         },
         Module {
@@ -221,7 +225,10 @@ mod tests {
                     let by_macro = g("decode_attn_fast_g")
                         .is_some_and(|g| m.source.contains(&format!("\nDQ_KERNELS({g}, ")))
                         || g("decode_attn_sk_g").is_some_and(|g| m.source.contains(&format!("\nSK_KERNELS({g})")))
-                        || g("decode_attn_pipe_g").is_some_and(|g| m.source.contains(&format!("\nPT_KERNELS({g})")));
+                        || g("decode_attn_pipe_g").is_some_and(|g| m.source.contains(&format!("\nPT_KERNELS({g})")))
+                        || v.strip_prefix("decode_attn_mma_d")
+                            .and_then(|r| r.split('_').next())
+                            .is_some_and(|d| m.source.contains(&format!("\nMM_KERNEL({d})")));
                     assert!(direct || by_macro, "{}.cu lacks kernel {v}", m.name);
                 }
             }
@@ -271,7 +278,8 @@ mod tests {
                 assert!(known(m, &name), "{}.cu defines kernel {name}, which no Kernel names", m.name);
                 seen += 1;
             }
-            // decode.cu's instantiations: DQ_KERNELS(G, MINB), SK_KERNELS(G), PT_KERNELS(G) (head_dim 64 and 128).
+            // decode.cu's instantiations: DQ_KERNELS(G, MINB), SK_KERNELS(G), PT_KERNELS(G) (head_dim 64 and 128),
+            // MM_KERNEL(D).
             for line in m.source.lines() {
                 let arg = |p: &str| line.strip_prefix(p).and_then(|r| r.split([',', ')']).next()).map(str::trim);
                 let syms: Vec<String> = if let Some(g) = arg("DQ_KERNELS(") {
@@ -280,6 +288,8 @@ mod tests {
                     vec![format!("decode_attn_sk_g{g}_d64"), format!("decode_attn_sk_g{g}_d128")]
                 } else if let Some(g) = arg("PT_KERNELS(") {
                     vec![format!("decode_attn_pipe_g{g}_d64"), format!("decode_attn_pipe_g{g}_d128")]
+                } else if let Some(d) = arg("MM_KERNEL(") {
+                    vec![format!("decode_attn_mma_d{d}")]
                 } else {
                     continue;
                 };

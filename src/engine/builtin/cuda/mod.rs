@@ -141,8 +141,9 @@ impl CudaEngine {
         // TPPROF_CUDA_GEMV=1|all|0|none|qkv,o,gate_up,down,lm_head (which decode projections run on
         // gemv.cu instead of cuBLAS; default none);
         // TPPROF_CUDA_ATTN=pipe (decode.cu's decode_attn_pipe at every split length, instead of
-        // decode_attn_sk up to 512 positions per split and decode_attn_pipe beyond), =fast
-        // (decode_attn_fast) or =tiled (attention.cu's); TPPROF_CUDA_ATTN_MERGE=1 (decode_attn_pipe
+        // decode_attn_sk up to 512 positions per split and decode_attn_pipe beyond), =mma
+        // (decode.cu's decode_attn_mma: tensor cores, sm_80+; not yet measured), =fast
+        // (decode_attn_fast) or =tiled (attention.cu's); TPPROF_CUDA_ATTN_MERGE=1 (decode_attn_pipe or _mma
         // merges the splits in its last block instead of the decode_attn_merge kernel: measured
         // slower, 48.7 vs 28.8 us per layer for qwen2.5-14b TP=1 at 10K);
         // TPPROF_CUDA_ATTN_BLOCKS=N (decode attention
@@ -159,15 +160,21 @@ impl CudaEngine {
             Ok(v) => GemvOps::parse(&v).map_err(|e| CudaError::Invalid(format!("TPPROF_CUDA_GEMV={v}: {e}")))?,
             Err(_) => GemvOps::NONE,
         };
+        let sm: u32 = gpu.arch.trim_start_matches("sm_").parse().unwrap_or(0);
+        let attn_merge = std::env::var("TPPROF_CUDA_ATTN_MERGE").is_ok_and(|v| v == "1");
         let attention = match std::env::var("TPPROF_CUDA_ATTN").as_deref() {
+            // mma.sync m16n8k16 and cp.async need sm_80.
+            Ok("mma") if sm >= 80 => DecodeAttention::Mma { merge: attn_merge },
+            Ok("mma") => {
+                tracing::warn!("TPPROF_CUDA_ATTN=mma needs sm_80 or newer ({}): using decode_attn_sk", gpu.arch);
+                DecodeAttention::ScoresFirst
+            }
             Ok("fast") => DecodeAttention::Fast,
             Ok("tiled") => DecodeAttention::Tiled,
-            Ok("pipe") => {
-                DecodeAttention::Pipelined { merge: std::env::var("TPPROF_CUDA_ATTN_MERGE").is_ok_and(|v| v == "1") }
-            }
+            Ok("pipe") => DecodeAttention::Pipelined { merge: attn_merge },
             Ok("sk") | Err(_) => DecodeAttention::ScoresFirst,
             Ok(other) => {
-                tracing::warn!("TPPROF_CUDA_ATTN={other} is not sk, pipe, fast or tiled: using decode_attn_sk");
+                tracing::warn!("TPPROF_CUDA_ATTN={other} is not sk, pipe, mma, fast or tiled: using decode_attn_sk");
                 DecodeAttention::ScoresFirst
             }
         };
@@ -176,7 +183,6 @@ impl CudaEngine {
         let prefill_env = std::env::var("TPPROF_CUDA_PREFILL_ATTN").ok();
         let prefill = PrefillAttention::parse(prefill_env.as_deref())
             .map_err(|e| CudaError::Invalid(format!("TPPROF_CUDA_PREFILL_ATTN: {e}")))?;
-        let sm: u32 = gpu.arch.trim_start_matches("sm_").parse().unwrap_or(0);
         let prefill = prefill.resolve(dims.d, sm);
         let attn_blocks_per_sm = std::env::var("TPPROF_CUDA_ATTN_BLOCKS")
             .ok()

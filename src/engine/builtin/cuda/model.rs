@@ -765,9 +765,13 @@ pub struct Model<'a> {
 /// arithmetic over tiles copied asynchronously, any split length: the default's fallback for long
 /// splits; `merge`: its last block per KV head combines the splits, else decode_attn_merge does),
 /// decode.cu's decode_attn_fast (head_dim 8..128, group ≤ 8), attention.cu's tiled
-/// decode_attn_partial (any shape). Each falls back to the next that applies.
+/// decode_attn_partial (any shape). Each falls back to the next that applies. decode.cu's
+/// decode_attn_mma (`Mma`: scores and values on tensor cores; head_dim 64 or 128, group ≤ 8, any
+/// split; sm_80 or newer, which the engine checks before asking for it) falls back as
+/// decode_attn_pipe does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeAttention {
+    Mma { merge: bool },
     Pipelined { merge: bool },
     ScoresFirst,
     Fast,
@@ -781,12 +785,18 @@ impl DecodeAttention {
         let sk = pipe && split_len <= SK_MAX_SPLIT && split_len % 4 == 0;
         let fast = matches!(d, 8 | 16 | 32 | 64 | 128) && (1..=8).contains(&group);
         match self {
+            DecodeAttention::Mma { merge } if pipe => DecodeAttention::Mma { merge },
             DecodeAttention::Pipelined { merge } if pipe => DecodeAttention::Pipelined { merge },
             DecodeAttention::Pipelined { .. } | DecodeAttention::ScoresFirst if sk => DecodeAttention::ScoresFirst,
             // Splits longer than decode_attn_sk takes (contexts past ~15K at TP=1 on an H200):
             // decode_attn_pipe, measured 2.0x faster than decode_attn_fast there (session 5).
             DecodeAttention::ScoresFirst if pipe => DecodeAttention::Pipelined { merge: false },
-            DecodeAttention::Pipelined { .. } | DecodeAttention::ScoresFirst | DecodeAttention::Fast if fast => {
+            DecodeAttention::Mma { .. }
+            | DecodeAttention::Pipelined { .. }
+            | DecodeAttention::ScoresFirst
+            | DecodeAttention::Fast
+                if fast =>
+            {
                 DecodeAttention::Fast
             }
             _ => DecodeAttention::Tiled,
@@ -795,6 +805,8 @@ impl DecodeAttention {
 
     pub fn label(self) -> &'static str {
         match self {
+            DecodeAttention::Mma { merge: true } => "decode.cu decode_attn_mma (merge in its last block)",
+            DecodeAttention::Mma { merge: false } => "decode.cu decode_attn_mma + decode_attn_merge",
             DecodeAttention::Pipelined { merge: true } => "decode.cu decode_attn_pipe (merge in its last block)",
             DecodeAttention::Pipelined { merge: false } => "decode.cu decode_attn_pipe + decode_attn_merge",
             DecodeAttention::ScoresFirst => "decode.cu decode_attn_sk",
@@ -926,6 +938,13 @@ const DECODE_PIPE: [[Kernel; 2]; 8] = [
     [Kernel::DecodeAttnPipeG7D64, Kernel::DecodeAttnPipeG7D128],
     [Kernel::DecodeAttnPipeG8D64, Kernel::DecodeAttnPipeG8D128],
 ];
+/// decode.cu's decode_attn_mma kernels for head_dim 64 and 128.
+const DECODE_MMA: [Kernel; 2] = [Kernel::DecodeAttnMmaD64, Kernel::DecodeAttnMmaD128];
+/// decode.cu's MM_THREADS, MM_TILE and MM_STAGES: decode_attn_mma's shared memory is
+/// MM_STAGES·2·MM_TILE·head_dim elements.
+const MM_THREADS: u32 = 128;
+const MM_TILE: usize = 64;
+const MM_STAGES: usize = 3;
 /// decode.cu's PT_STAGES and PT_TILE: decode_attn_pipe's shared memory is
 /// PT_STAGES·2·PT_TILE·head_dim elements of K/V plus (group·head_dim + group·PT_TILE + group) f32.
 const PT_STAGES: usize = 2;
@@ -1518,20 +1537,34 @@ impl<'a> Model<'a> {
         // SAFETY (every launch below): the decode attention kernels (decode.cu's decode_attn_pipe,
         // _sk, _fast, _merge; attention.cu's decode_attn_partial, _combine) take (const T* q,
         // const T* k_cache, const T* v_cache, const int* row_pos, float* part_ml, float* part_acc,
-        // [int* counters, T* out — pipe only,] int B, int hq, int hkv, int head_dim, int max_len,
+        // [int* counters, T* out — pipe and mma only,] int B, int hq, int hkv, int head_dim, int max_len,
         // int split_len, float scale) and the merges (const float* part_ml, const float* part_acc,
         // T* out, int B, int hq, int head_dim, int n_splits): q (hq, n, d), this layer's caches
         // (slots, hkv, max_len, d), positions < max_len, part_ml / part_acc (slots, hq, n_splits,
         // 2 | d), counters (slots, hkv), attn (n, hq d): Buffers::new sized them for these n_splits
         // and split_len, and `resolve` picked a kernel whose shape limits (head_dim, group, split)
         // hold, with the shared memory it needs.
-        if let DecodeAttention::Pipelined { merge } = kernel {
-            let shared = PT_STAGES * 2 * PT_TILE * dm.d * T_BYTES + (group * dm.d + group * PT_TILE + group) * 4;
+        let tiled = match kernel {
+            DecodeAttention::Pipelined { merge } => Some((
+                DECODE_PIPE[group - 1][usize::from(dm.d == 128)],
+                256,
+                PT_STAGES * 2 * PT_TILE * dm.d * T_BYTES + (group * dm.d + group * PT_TILE + group) * 4,
+                merge,
+            )),
+            DecodeAttention::Mma { merge } => Some((
+                DECODE_MMA[usize::from(dm.d == 128)],
+                MM_THREADS,
+                MM_STAGES * 2 * MM_TILE * dm.d * T_BYTES,
+                merge,
+            )),
+            _ => None,
+        };
+        if let Some((tiled_kernel, block, shared, merge)) = tiled {
             unsafe {
                 self.gpu.launch(
-                    DECODE_PIPE[group - 1][usize::from(dm.d == 128)],
+                    tiled_kernel,
                     (dm.hkv as u32, self.b.n_splits as u32, n as u32),
-                    256,
+                    block,
                     shared as u32,
                     &[
                         Arg::Ptr(self.b.q.addr()),
@@ -1557,7 +1590,7 @@ impl<'a> Model<'a> {
             }
         }
         let partial = match kernel {
-            DecodeAttention::Pipelined { .. } => None, // launched above; the merge kernel follows
+            DecodeAttention::Pipelined { .. } | DecodeAttention::Mma { .. } => None, // launched above; the merge kernel follows
             DecodeAttention::ScoresFirst => {
                 let floats = (group * (dm.d + split) + 2 * group).max(SK_WARPS * group * dm.d);
                 Some((DECODE_SK[group - 1][usize::from(dm.d == 128)], 256, (floats * 4) as u32))
@@ -1657,6 +1690,17 @@ mod tests {
         use DecodeAttention::*;
         let pipe = Pipelined { merge: true };
         assert_eq!(pipe.resolve(128, 5, 176), pipe);
+        // decode_attn_mma: pipe's shape limits, any split; below them the same fallbacks.
+        for merge in [false, true] {
+            let mma = Mma { merge };
+            assert_eq!(mma.resolve(128, 5, 176), mma);
+            assert_eq!(mma.resolve(64, 8, 4096), mma);
+            assert_eq!(mma.resolve(128, 1, 13), mma);
+            assert_eq!(mma.resolve(32, 5, 176), Fast);
+            assert_eq!(mma.resolve(96, 5, 176), Tiled);
+            assert_eq!(mma.resolve(128, 9, 64), Tiled);
+        }
+        assert!(DECODE_MMA[0].name().ends_with("_mma_d64") && DECODE_MMA[1].name().ends_with("_mma_d128"));
         assert_eq!(pipe.resolve(64, 8, 4096), pipe, "no split limit: shared memory is per tile");
         assert_eq!(Pipelined { merge: false }.resolve(128, 1, 336), Pipelined { merge: false });
         assert_eq!(pipe.resolve(96, 5, 176), Tiled);
@@ -1669,6 +1713,10 @@ mod tests {
         assert!(
             src.contains(&format!("#define PT_STAGES {PT_STAGES}"))
                 && src.contains(&format!("#define PT_TILE {PT_TILE}"))
+                && src.contains(&format!("#define MM_TILE (16 * MM_WARPS)"))
+                && src.contains(&format!("#define MM_WARPS {}", MM_THREADS / 32))
+                && MM_TILE == 16 * (MM_THREADS as usize / 32)
+                && src.contains(&format!("#define MM_STAGES {MM_STAGES}"))
         );
         // qwen2.5-14b/32b at TP=2: head_dim 128, group 5.
         assert_eq!(ScoresFirst.resolve(128, 5, 176), ScoresFirst);

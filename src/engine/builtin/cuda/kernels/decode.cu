@@ -582,6 +582,50 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
+// The split merge by the last block of each (sample b, KV head g): every block of the launch calls
+// it after writing its partial results (m, l, acc of its `group` query heads h0 ..); the one that
+// brings counters[b*hkv + g] to n_splits resets it to 0 (graph replays start from 0) and combines
+// the n_splits partials of those heads into out (B, hq*D) like decode_attn_merge.
+template <typename T, int D>
+__device__ __forceinline__ void merge_in_last_block(const float* __restrict__ part_ml,
+                                                    const float* __restrict__ part_acc, int* __restrict__ counters,
+                                                    T* __restrict__ out, int b, int g, int hkv, int hq, int h0,
+                                                    int group, int n_splits) {
+    __shared__ int is_last;
+    const int tid = threadIdx.x;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        int* ctr = counters + (long long)b * hkv + g;
+        const int done = atomicAdd(ctr, 1);
+        is_last = done == n_splits - 1;
+        if (is_last) *ctr = 0;  // every block of this launch has counted: ready for the next one
+    }
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    const long long head0 = ((long long)b * hq + h0) * n_splits;
+    for (int e = tid; e < group * D; e += blockDim.x) {
+        const int j = e / D, i = e % D;
+        const float* ml = part_ml + (head0 + (long long)j * n_splits) * 2;
+        const float* ac = part_acc + (head0 + (long long)j * n_splits) * D + i;
+        float M = NEG_INF;
+        for (int t = 0; t < n_splits; ++t)
+            if (__ldcg(ml + 2 * t + 1) > 0.0f) M = fmaxf(M, __ldcg(ml + 2 * t));
+        float L = 0.0f, sum = 0.0f;
+#pragma unroll 4
+        for (int t = 0; t < n_splits; ++t) {
+            const float l = __ldcg(ml + 2 * t + 1);
+            if (l > 0.0f) {
+                const float w = expf(__ldcg(ml + 2 * t) - M);
+                L = fmaf(l, w, L);
+                sum = fmaf(__ldcg(ac + (long long)t * D), w, sum);
+            }
+        }
+        out[(long long)b * hq * D + (long long)(h0 + j) * D + i] = from_f32<T>(L > 0.0f ? sum / L : 0.0f);
+    }
+}
+
 template <typename T, int G, int D>
 __device__ __forceinline__ void decode_attn_pipe_impl(const T* __restrict__ q, const T* __restrict__ k_cache,
                                                       const T* __restrict__ v_cache, const int* __restrict__ row_pos,
@@ -768,39 +812,7 @@ __device__ __forceinline__ void decode_attn_pipe_impl(const T* __restrict__ q, c
     }
     if (counters == nullptr) return;
 
-    // The last block of this (sample, kv head) merges its G heads' splits.
-    __shared__ int is_last;
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) {
-        int* ctr = counters + (long long)b * hkv + g;
-        const int done = atomicAdd(ctr, 1);
-        is_last = done == n_splits - 1;
-        if (is_last) *ctr = 0;  // every block of this launch has counted: ready for the next one
-    }
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    const long long head0 = ((long long)b * hq + h0) * n_splits;
-    for (int e = tid; e < G * D; e += PT_THREADS) {
-        const int j = e / D, i = e % D;
-        const float* ml = part_ml + (head0 + (long long)j * n_splits) * 2;
-        const float* ac = part_acc + (head0 + (long long)j * n_splits) * D + i;
-        float M = NEG_INF;
-        for (int t = 0; t < n_splits; ++t)
-            if (__ldcg(ml + 2 * t + 1) > 0.0f) M = fmaxf(M, __ldcg(ml + 2 * t));
-        float L = 0.0f, sum = 0.0f;
-#pragma unroll 4
-        for (int t = 0; t < n_splits; ++t) {
-            const float l = __ldcg(ml + 2 * t + 1);
-            if (l > 0.0f) {
-                const float w = expf(__ldcg(ml + 2 * t) - M);
-                L = fmaf(l, w, L);
-                sum = fmaf(__ldcg(ac + (long long)t * D), w, sum);
-            }
-        }
-        out[(long long)b * hq * D + (long long)(h0 + j) * D + i] = from_f32<T>(L > 0.0f ? sum / L : 0.0f);
-    }
+    merge_in_last_block<T, D>(part_ml, part_acc, counters, out, b, g, hkv, hq, h0, G, n_splits);
 }
 
 // decode_attn_pipe_g{G}_d{D}_{f16,bf16}: decode_attn_sk's parameters plus counters and out.
@@ -828,3 +840,254 @@ PT_KERNELS(5)
 PT_KERNELS(6)
 PT_KERNELS(7)
 PT_KERNELS(8)
+
+// ------------------------------------------------------------------------------------------------
+// decode_attn_mma: decode attention on tensor cores (TPPROF_CUDA_ATTN=mma) — decode_attn_pipe's
+// asynchronous copies, with the scores and the values computed by mma.sync m16n8k16 as prefill.cu
+// does, the G query heads of a KV head standing in for prefill's 16 query rows.
+//
+// Why: decode_attn_sk and decode_attn_pipe do the dot products in f32 FMAs with q (and the
+// probabilities) re-read from shared memory for every K/V chunk: at 10K contexts both are bound by
+// that instruction stream, not by memory (1.5 TB/s of the H200's 4.8, results/h200-cuda-engine.md).
+// On tensor cores a 16-position step of one warp is 8 + 8 ldmatrix.x4 and 16 + 16 mma for all G
+// heads at once; q and the probabilities never leave registers.
+//
+// Per block: MM_WARPS warps; the split is walked in tiles of MM_TILE = 16 * MM_WARPS positions, K
+// and V tiles copied into MM_STAGES shared stages with cp.async (16-byte chunks XOR-swizzled by
+// (row & 7), prefill.cu's fa_sw), one __syncthreads per tile: wait for tile t, barrier, issue tile
+// t + MM_STAGES − 1 into the stage tile t − 1 used, compute tile t. Warp w takes positions
+// w·16 .. w·16 + 15 of every tile and keeps its own online softmax (base 2, as prefill.cu).
+//   A (16 × 16): q of query head h0 + r in row r (r = lane / 4 < G; rows G..15 zero), loaded once
+//                from global memory into registers (2 of the 4 registers per k-step are zero);
+//   S = q · Kᵀ:  D/16 k-steps × 2 n-tiles (8 positions each), K rows via ldmatrix (the col-major
+//                B of q · Kᵀ as stored);
+//   softmax:     thread (r, t) holds positions 2t, 2t+1, 8+2t, 8+2t+1 of head r; the quad's max
+//                by two shuffles; positions past the split end are −inf;
+//   O += P · V:  the two score fragments are P's A fragment (rounded to T), V via ldmatrix.trans,
+//                D/8 n-tiles of 8 columns; O rows G..15 stay zero.
+// At the end the warps' states meet in shared memory (the stages, every copy waited for): per
+// head, the block max M, each warp's O scaled by 2^(m_w − M), summed → part_acc (unnormalized),
+// part_ml = (M · ln 2, Σ l_w 2^(m_w − M)) — decode_attn_merge's natural-log convention. With
+// `counters` the last block per (sample, KV head) merges (merge_in_last_block), else the host
+// launches decode_attn_merge.
+//
+// Constraints (the host uses decode_attn_sk / _pipe otherwise): D in {64, 128}; group = hq / hkv
+// <= 8; sm_80 or newer; q, k, v 16-byte aligned.
+// Launch: grid = (hkv, n_splits, B), block = MM_THREADS, dynamic shared memory =
+//   MM_STAGES * 2 * MM_TILE * D * sizeof(T) bytes (D = 128: 96 KiB, two blocks per SM).
+// Numerics: fp16/bf16 products with f32 accumulation (as prefill.cu, cuBLAS, FlashAttention),
+// probabilities rounded to T before P · V, ex2.approx; within the tolerance `tpprof verify` holds
+// every kernel to.
+
+#define MM_WARPS 4
+#define MM_THREADS (MM_WARPS * 32)
+#define MM_TILE (16 * MM_WARPS)
+#define MM_STAGES 3
+
+template <typename T, int D>
+__device__ __forceinline__ void decode_attn_mma_impl(const T* __restrict__ q, const T* __restrict__ k_cache,
+                                                     const T* __restrict__ v_cache, const int* __restrict__ row_pos,
+                                                     float* __restrict__ part_ml, float* __restrict__ part_acc,
+                                                     int* __restrict__ counters, T* __restrict__ out, int B, int hq,
+                                                     int hkv, int max_len, int split_len, float scale) {
+#if __CUDA_ARCH__ >= 800
+    static_assert(D == 64 || D == 128, "decode_attn_mma: head_dim 64 or 128");
+    constexpr int CPR = D / 8;   // 16-byte chunks per row
+    constexpr int KS = D / 16;   // k-steps of q · Kᵀ
+    constexpr int DT = D / 8;    // 8-column n-tiles of O
+    constexpr int RPR = MM_THREADS / CPR;  // rows per copy round (a multiple of 8: the swizzle repeats)
+    static_assert(RPR % 8 == 0 && MM_TILE % RPR == 0, "decode_attn_mma: whole copy rounds");
+    static_assert(MM_WARPS * 8 * (D + 2) * 4 <= MM_STAGES * 2 * MM_TILE * D * 2, "the merge fits the stages");
+    const int g = blockIdx.x, s = blockIdx.y, b = blockIdx.z;
+    const int n_splits = gridDim.y;
+    const int group = hq / hkv;  // <= 8 (host-checked)
+    const int h0 = g * group;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int hr = lane >> 2, tq = lane & 3;  // the thread's query head (A / C row) and quad index
+
+    const int kv_len = row_pos[b] + 1;
+    const long long start_ll = (long long)s * split_len;
+    const int start = start_ll < (long long)kv_len ? (int)start_ll : kv_len;
+    const int end = (long long)start + split_len < (long long)kv_len ? start + split_len : kv_len;
+    const long long ml_base = ((long long)b * hq + h0) * n_splits + s;
+    const int n = end - start;
+
+    T* ks = reinterpret_cast<T*>(dq_smem);  // MM_STAGES × MM_TILE × D
+    T* vs = ks + MM_STAGES * MM_TILE * D;   // MM_STAGES × MM_TILE × D
+
+    float o[DT][4];
+#pragma unroll
+    for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float m_run = NEG_INF, l_run = 0.0f;  // head hr's, over this warp's positions (l: this thread's share)
+
+    if (n > 0) {
+        const long long head_base = ((long long)b * hkv + g) * max_len + start;
+        const int c_row = tid / CPR, c_ch = tid % CPR;
+        const int c_sw = fa_sw<D>(c_row, c_ch);  // + i · RPR · D in round i
+        const T* kc = k_cache + head_base * D + c_ch * 8;
+        const T* vc = v_cache + head_base * D + c_ch * 8;
+        const int n_tiles = (n + MM_TILE - 1) / MM_TILE;
+        auto load_tile = [&](int t) {
+            const int st = t % MM_STAGES;
+            T* kd = ks + st * MM_TILE * D + c_sw;
+            T* vd = vs + st * MM_TILE * D + c_sw;
+#pragma unroll
+            for (int i = 0; i < MM_TILE / RPR; ++i) {
+                const int r = t * MM_TILE + c_row + i * RPR;
+                const bool live = r < n;
+                const long long off = live ? (long long)r * D : 0;
+                fa_cp_async16(kd + i * RPR * D, kc + off, live);
+                fa_cp_async16(vd + i * RPR * D, vc + off, live);
+            }
+        };
+#pragma unroll
+        for (int t = 0; t < MM_STAGES - 1; ++t) {
+            if (t < n_tiles) load_tile(t);
+            fa_commit();
+        }
+        // q as A fragments (its loads overlap the copies above): row hr, columns 2tq, 2tq+1 and 8+2tq, 8+2tq+1
+        // of each k-step; rows hr + 8 (registers 1 and 3) are zero.
+        unsigned qa[KS][2];
+        {
+            const bool live = hr < group;
+            const T* qp = q + ((long long)(h0 + (live ? hr : 0)) * B + b) * D + 2 * tq;
+#pragma unroll
+            for (int kk = 0; kk < KS; ++kk) {
+                qa[kk][0] = live ? *reinterpret_cast<const unsigned*>(qp + kk * 16) : 0u;
+                qa[kk][1] = live ? *reinterpret_cast<const unsigned*>(qp + kk * 16 + 8) : 0u;
+            }
+        }
+        const float sl2 = scale * 1.4426950408889634f;  // scale · log2(e): softmax in base 2
+
+        for (int t = 0; t < n_tiles; ++t) {
+            fa_wait<MM_STAGES - 2>();  // tile t's copies (this thread's) have landed
+            __syncthreads();           // ... every thread's, and every warp is done with tile t - 1
+            if (t + MM_STAGES - 1 < n_tiles) load_tile(t + MM_STAGES - 1);
+            fa_commit();  // (possibly empty) group
+            const int p0 = t * MM_TILE + warp * 16;  // the warp's first position in the split
+            if (p0 < n) {                            // warp-uniform
+                const T* kb = ks + (t % MM_STAGES) * MM_TILE * D;
+                const T* vb = vs + (t % MM_STAGES) * MM_TILE * D;
+                float sc[2][4];
+#pragma unroll
+                for (int i = 0; i < 2; ++i) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.0f;
+#pragma unroll
+                for (int kk = 0; kk < KS; ++kk) {
+                    unsigned bk[4];
+                    const int r = warp * 16 + (lane & 7) + (lane >> 4) * 8;
+                    fa_ldsm_x4(bk, kb + fa_sw<D>(r, kk * 2 + ((lane >> 3) & 1)));
+                    const unsigned a[4] = {qa[kk][0], 0u, qa[kk][1], 0u};
+                    fa_mma<T>(sc[0], a, bk[0], bk[1]);
+                    fa_mma<T>(sc[1], a, bk[2], bk[3]);
+                }
+                // Row hr: positions p0 + nt·8 + 2tq + e (nt, e in {0, 1}); elements 2, 3 are row hr + 8.
+                float x[2][2];
+                float mx = NEG_INF;
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int pos = p0 + nt * 8 + 2 * tq + e;
+                        x[nt][e] = pos < n ? sc[nt][e] * sl2 : NEG_INF;
+                        mx = fmaxf(mx, x[nt][e]);
+                    }
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float m_new = fmaxf(m_run, mx);   // finite: position p0 is live
+                const float corr = fa_exp2(m_run - m_new);  // m_run = -inf gives 0
+                float p[2][2], sum = 0.0f;
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        p[nt][e] = fa_exp2(x[nt][e] - m_new);  // -inf gives 0
+                        sum += p[nt][e];
+                    }
+                l_run = fmaf(l_run, corr, sum);
+                m_run = m_new;
+#pragma unroll
+                for (int i = 0; i < DT; ++i) {
+                    o[i][0] *= corr;
+                    o[i][1] *= corr;
+                }
+                const unsigned a[4] = {fa_pack<T>(p[0][0], p[0][1]), 0u, fa_pack<T>(p[1][0], p[1][1]), 0u};
+#pragma unroll
+                for (int dp = 0; dp < DT / 2; ++dp) {
+                    unsigned bv[4];
+                    const int r = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+                    fa_ldsm_x4_trans(bv, vb + fa_sw<D>(r, dp * 2 + (lane >> 4)));
+                    fa_mma<T>(o[2 * dp], a, bv[0], bv[1]);
+                    fa_mma<T>(o[2 * dp + 1], a, bv[2], bv[3]);
+                }
+            }
+        }
+        fa_wait<0>();
+    }
+
+    // The block's partial result. l: the quad's shares summed; the warps' states through shared memory.
+    l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
+    l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+    float* red = dq_smem;                  // MM_WARPS × 8 heads × D f32
+    float* mls = red + MM_WARPS * 8 * D;   // MM_WARPS × 8 heads × (m, l)
+    __syncthreads();  // every warp is done with the stages
+    if (tq == 0) {
+        mls[(warp * 8 + hr) * 2 + 0] = m_run;
+        mls[(warp * 8 + hr) * 2 + 1] = l_run;
+    }
+    __syncthreads();
+    float M = NEG_INF;
+#pragma unroll
+    for (int w = 0; w < MM_WARPS; ++w) M = fmaxf(M, mls[(w * 8 + hr) * 2]);
+    const float wsc = m_run == NEG_INF ? 0.0f : fa_exp2(m_run - M);
+#pragma unroll
+    for (int i = 0; i < DT; ++i) {
+        float* dst = red + (warp * 8 + hr) * D + i * 8 + 2 * tq;
+        dst[0] = o[i][0] * wsc;
+        dst[1] = o[i][1] * wsc;
+    }
+    __syncthreads();
+    for (int e = tid; e < group * D; e += MM_THREADS) {
+        const int j = e / D, c = e % D;
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < MM_WARPS; ++w) sum += red[(w * 8 + j) * D + c];
+        part_acc[(ml_base + (long long)j * n_splits) * D + c] = sum;
+    }
+    if (tid < group) {
+        float Mj = NEG_INF, Lj = 0.0f;
+#pragma unroll
+        for (int w = 0; w < MM_WARPS; ++w) Mj = fmaxf(Mj, mls[(w * 8 + tid) * 2]);
+#pragma unroll
+        for (int w = 0; w < MM_WARPS; ++w) {
+            const float mw = mls[(w * 8 + tid) * 2];
+            if (mw != NEG_INF) Lj = fmaf(mls[(w * 8 + tid) * 2 + 1], fa_exp2(mw - Mj), Lj);
+        }
+        // Base 2 → natural log (decode_attn_merge weighs the splits by exp(m_s − M)).
+        part_ml[(ml_base + (long long)tid * n_splits) * 2 + 0] = Mj == NEG_INF ? NEG_INF : Mj * 0.6931471805599453f;
+        part_ml[(ml_base + (long long)tid * n_splits) * 2 + 1] = Lj;
+    }
+    if (counters == nullptr) return;
+    merge_in_last_block<T, D>(part_ml, part_acc, counters, out, b, g, hkv, hq, h0, group, n_splits);
+#else
+    __trap();  // the host never launches it below sm_80
+#endif
+}
+
+// decode_attn_mma_d{64,128}_{f16,bf16}: decode_attn_pipe's parameters (head_dim is D).
+#define MM_KERNEL(D)                                                                                             \
+    extern "C" __global__ void __launch_bounds__(MM_THREADS, 2) decode_attn_mma_d##D##_f16(                     \
+        const __half* q, const __half* k_cache, const __half* v_cache, const int* row_pos, float* part_ml,      \
+        float* part_acc, int* counters, __half* out, int B, int hq, int hkv, int head_dim, int max_len,         \
+        int split_len, float scale) {                                                                          \
+        decode_attn_mma_impl<__half, D>(q, k_cache, v_cache, row_pos, part_ml, part_acc, counters, out, B, hq,  \
+                                        hkv, max_len, split_len, scale);                                       \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(MM_THREADS, 2) decode_attn_mma_d##D##_bf16(                    \
+        const __nv_bfloat16* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const int* row_pos, \
+        float* part_ml, float* part_acc, int* counters, __nv_bfloat16* out, int B, int hq, int hkv,            \
+        int head_dim, int max_len, int split_len, float scale) {                                               \
+        decode_attn_mma_impl<__nv_bfloat16, D>(q, k_cache, v_cache, row_pos, part_ml, part_acc, counters, out, \
+                                               B, hq, hkv, max_len, split_len, scale);                         \
+    }
+MM_KERNEL(64)
+MM_KERNEL(128)

@@ -36,81 +36,8 @@
 
 #define FA_BN 64
 
-__device__ __forceinline__ void fa_cp_async16(void* smem, const void* gmem, bool live) {
-#if __CUDA_ARCH__ >= 800
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    const int bytes = live ? 16 : 0;  // 0: the 16 bytes are zero-filled, nothing is read
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
-#endif
-}
-__device__ __forceinline__ void fa_commit() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-template <int N>
-__device__ __forceinline__ void fa_wait() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
-
-__device__ __forceinline__ void fa_ldsm_x4(unsigned (&r)[4], const void* smem) {
-#if __CUDA_ARCH__ >= 800
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
-#endif
-}
-__device__ __forceinline__ void fa_ldsm_x4_trans(unsigned (&r)[4], const void* smem) {
-#if __CUDA_ARCH__ >= 800
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
-#endif
-}
-
-// c (16×8 f32) += a (16×16, row) · b (16×8, col).
-template <typename T>
-__device__ __forceinline__ void fa_mma(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1);
-template <>
-__device__ __forceinline__ void fa_mma<__half>(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-#if __CUDA_ARCH__ >= 800
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-template <>
-__device__ __forceinline__ void fa_mma<__nv_bfloat16>(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-#if __CUDA_ARCH__ >= 800
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-
-// Two floats rounded to T, packed (x in the low half: the lower column / key).
-template <typename T>
-__device__ __forceinline__ unsigned fa_pack(float x, float y);
-template <>
-__device__ __forceinline__ unsigned fa_pack<__half>(float x, float y) {
-    __half2 h = __floats2half2_rn(x, y);
-    return *reinterpret_cast<unsigned*>(&h);
-}
-template <>
-__device__ __forceinline__ unsigned fa_pack<__nv_bfloat16>(float x, float y) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
-    return *reinterpret_cast<unsigned*>(&h);
-}
-
-// Element offset of 16-byte chunk `chunk` of row `row` in a swizzled tile of D-element rows.
-template <int D>
-__device__ __forceinline__ int fa_sw(int row, int chunk) {
-    return row * D + ((chunk ^ (row & 7)) << 3);
-}
+// The tensor-core helpers (fa_cp_async16, fa_ldsm_x4*, fa_mma, fa_pack, fa_sw, fa_exp2) are in common.cuh
+// (decode.cu's decode_attn_mma uses them too).
 
 template <typename T, int D, int WARPS>
 __device__ __forceinline__ void prefill_attn_impl(const T* __restrict__ q, const T* __restrict__ k,
@@ -319,28 +246,6 @@ __device__ __forceinline__ void prefill_attn_impl(const T* __restrict__ q, const
 // Launch: grid = (hq, ceil(n / BM), 1) with blockIdx.y from the last query tile (as above);
 //   block = 32 * WARPS; dynamic shared memory = (BM + 2 * STAGES * 64) * D * 2 bytes (D = 128, BM =
 //   128: 96 KiB with 2 stages, two blocks per SM; 128 KiB with 3 stages).
-// 2^x, flushing subnormal results to 0 (ex2.approx.ftz: one MUFU, no range fix-up; -inf gives 0).
-__device__ __forceinline__ float fa_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-// ldmatrix .x4 (.trans) at a shared-window address.
-__device__ __forceinline__ void fa_ldsm_x4_a(unsigned (&r)[4], unsigned s) {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
-#endif
-}
-__device__ __forceinline__ void fa_ldsm_x4_trans_a(unsigned (&r)[4], unsigned s) {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
-#endif
-}
-
 template <typename T, int D, int WARPS, int MT, int STAGES>
 __device__ __forceinline__ void prefill_attn_mt_impl(const T* __restrict__ q, const T* __restrict__ k,
                                                      const T* __restrict__ v, T* __restrict__ out, int n, int hq,
