@@ -81,6 +81,14 @@ for n in "${tps[@]}"; do
   TPPROF_CUDA_OVERLAP=1 "${MR[@]}" -x TPPROF_CUDA_OVERLAP -n "$n" "$B" verify --model small --prompt-tokens 700
   TPPROF_CUDA_OVERLAP=1 "${MR[@]}" -x TPPROF_CUDA_OVERLAP -n "$n" "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
 done
+# Programmatic dependent launch of our kernels (TPPROF_CUDA_PDL=1, sm_90+): the same tokens and logits,
+# graph and eager decode, with the tensor-core decode attention and the overlapped loop too.
+for n in "${tps[@]}"; do
+  TPPROF_CUDA_PDL=1 "${MR[@]}" -x TPPROF_CUDA_PDL -n "$n" "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
+  TPPROF_CUDA_PDL=1 TPPROF_CUDA_GRAPH=0 "${MR[@]}" -x TPPROF_CUDA_PDL -x TPPROF_CUDA_GRAPH -n "$n" "$B" verify --model small --prompts 2 --prompt-tokens 700
+  TPPROF_CUDA_PDL=1 TPPROF_CUDA_ATTN=mma TPPROF_CUDA_OVERLAP=1 "${MR[@]}" -x TPPROF_CUDA_PDL -x TPPROF_CUDA_ATTN -x TPPROF_CUDA_OVERLAP \
+    -n "$n" "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
+done
 # gemv.cu for every decode projection (TPPROF_CUDA_GEMV=all) against the cpu reference, fp16 and bf16.
 TPPROF_CUDA_GEMV=all "${MR[@]}" -x TPPROF_CUDA_GEMV -n "$TP" "$B" verify --model small --prompts 2 --prompt-tokens 700
 TPPROF_CUDA_GEMV=all "${MR[@]}" -x TPPROF_CUDA_GEMV -n "$TP" "$B" verify --model small --dtype bf16 --prompt-tokens 700

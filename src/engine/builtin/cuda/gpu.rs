@@ -200,6 +200,8 @@ pub struct Gpu {
     dtype: Dtype,
     pub allocated: usize,
     pub arch: String,
+    /// Launch our kernels with programmatic dependent launch (`set_pdl`).
+    pdl: bool,
 }
 
 /// Turns a missing CUDA library into an error instead of cudarc's panic.
@@ -269,8 +271,17 @@ impl Gpu {
             blas_ok("cublasCreate", blas_sys::cublasCreate_v2(&mut blas))?;
             blas_ok("cublasSetStream", blas_sys::cublasSetStream_v2(blas, stream.cu_stream() as _))?;
         }
-        let mut gpu =
-            Gpu { ctx, stream, blas, _blas_workspace: None, kernels: HashMap::new(), dtype, allocated: 0, arch };
+        let mut gpu = Gpu {
+            ctx,
+            stream,
+            blas,
+            _blas_workspace: None,
+            kernels: HashMap::new(),
+            dtype,
+            allocated: 0,
+            arch,
+            pdl: false,
+        };
         // A workspace of our own so cuBLAS never allocates inside a graph capture.
         let ws = gpu.alloc::<u8>(32 << 20)?;
         // SAFETY: the workspace buffer lives as long as the handle (both owned by Gpu; Drop destroys
@@ -480,10 +491,55 @@ impl Gpu {
             func.set_attribute(drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)
                 .map_err(drv("cuFuncSetAttribute(PREFERRED_SHARED_MEMORY_CARVEOUT)"))?;
         }
+        if self.pdl {
+            drop(b);
+            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+            let mut attr = drv_sys::CUlaunchAttribute {
+                id: drv_sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value: drv_sys::CUlaunchAttributeValue { programmaticStreamSerializationAllowed: 1 },
+            };
+            let config = drv_sys::CUlaunchConfig {
+                gridDimX: grid.0,
+                gridDimY: grid.1,
+                gridDimZ: grid.2,
+                blockDimX: block,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: shared,
+                hStream: self.stream.cu_stream(),
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            // One pointer per parameter, each to a u64 slot whose low bytes hold the value (as cudarc's
+            // builder passes them: the driver copies the parameter's size from it, little-endian).
+            let mut params: Vec<*mut c_void> = slots.iter().map(|s| s as *const u64 as *mut c_void).collect();
+            // SAFETY: the caller's contract (one slot per parameter, accesses inside the buffers); config
+            // and attr outlive the call; every kernel starts with pdl_wait() (common.cuh, tested in
+            // kernel.rs), so none touches memory before the kernel ahead of it has completed.
+            unsafe {
+                drv_sys::cuLaunchKernelEx(&config, func.cu_function(), params.as_mut_ptr(), std::ptr::null_mut())
+                    .result()
+                    .map_err(drv(kernel.name()))?;
+            }
+            return Ok(());
+        }
         let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: shared };
         // SAFETY: the caller's contract (one slot per parameter, see Arg; accesses inside the buffers).
         unsafe { b.launch(cfg) }.map_err(drv(kernel.name()))?;
         Ok(())
+    }
+
+    /// Programmatic dependent launch for every kernel of ours (`launch`) from now on: each may be
+    /// scheduled while the kernel ahead of it still runs (its launch latency hidden behind that
+    /// kernel's tail) and waits in its first statement (common.cuh's pdl_wait) until that kernel's
+    /// writes are visible. sm_90 or newer (griddepcontrol); captured into graphs as programmatic edges.
+    pub fn set_pdl(&mut self, on: bool) {
+        self.pdl = on;
+    }
+
+    pub fn pdl(&self) -> bool {
+        self.pdl
     }
 
     /// Row-major C (m × n) = alpha · A (m × k, row stride lda) · Bᵀ, B being (n × k) with row stride

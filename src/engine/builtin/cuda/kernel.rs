@@ -250,6 +250,33 @@ mod tests {
         assert_eq!(MODULES.iter().map(|m| m.kernels.len()).sum::<usize>(), Kernel::ALL.len());
     }
 
+    /// Programmatic dependent launch (TPPROF_CUDA_PDL=1) lets a kernel start before the one ahead of
+    /// it in the stream has finished: each kernel must wait (common.cuh's pdl_wait) before its first
+    /// memory access, so its body starts with it. Fails on a kernel added without it.
+    #[test]
+    fn every_kernel_waits_for_its_predecessor_first() {
+        assert!(
+            COMMON.contains("__device__ __forceinline__ void pdl_wait()") && COMMON.contains("griddepcontrol.wait")
+        );
+        let mut seen = 0;
+        for m in MODULES {
+            let mut rest = m.source;
+            while let Some(i) = rest.find("extern \"C\" __global__") {
+                rest = &rest[i + 1..];
+                let body = &rest[rest.find('{').expect("a kernel body") + 1..];
+                let first = body.trim_start_matches(|c: char| c.is_whitespace() || c == '\\');
+                assert!(
+                    first.starts_with("pdl_wait();"),
+                    "{}.cu: a kernel does not start with pdl_wait(): {}",
+                    m.name,
+                    &rest[..rest.find('(').unwrap_or(40).min(120)]
+                );
+                seen += 1;
+            }
+        }
+        assert!(seen >= 40, "{seen} kernel definitions");
+    }
+
     /// The other direction: every kernel the sources define (`extern "C" __global__`, and decode.cu's
     /// macro instantiations) is a `Kernel` of that module.
     #[test]

@@ -162,6 +162,15 @@ impl CudaEngine {
         };
         let sm: u32 = gpu.arch.trim_start_matches("sm_").parse().unwrap_or(0);
         let attn_merge = std::env::var("TPPROF_CUDA_ATTN_MERGE").is_ok_and(|v| v == "1");
+        // TPPROF_CUDA_PDL=1: programmatic dependent launch of our kernels (sm_90+; opt-in until
+        // verified and measured on a GPU).
+        if std::env::var("TPPROF_CUDA_PDL").is_ok_and(|v| v == "1") {
+            if sm >= 90 {
+                gpu.set_pdl(true);
+            } else {
+                tracing::warn!("TPPROF_CUDA_PDL=1 needs sm_90 or newer ({}): launching without it", gpu.arch);
+            }
+        }
         let attention = match std::env::var("TPPROF_CUDA_ATTN").as_deref() {
             // mma.sync m16n8k16 and cp.async need sm_80.
             Ok("mma") if sm >= 80 => DecodeAttention::Mma { merge: attn_merge },
@@ -728,6 +737,7 @@ impl CudaEngine {
             "dtype": self.dtype.name(),
             "cuda_graph": self.graph.is_some(),
             "decode_loop": if self.overlap { "overlapped" } else { "synchronous" },
+            "programmatic_dependent_launch": self.gpu.pdl(),
             "decode_gemv": self.gemv.names(),
             "decode_attention": self.attention_kernel().map(|(k, _, _)| k.label()),
             "prefill_attention": self.prefill.label(),

@@ -75,17 +75,21 @@ __device__ __forceinline__ void silu_mul8_impl(const T* __restrict__ gate_up, T*
 }
 
 extern "C" __global__ void silu_mul8_f16(const __half* gate_up, __half* out, int n_rows, int inter) {
+    pdl_wait();
     silu_mul8_impl<__half>(gate_up, out, n_rows, inter);
 }
 
 extern "C" __global__ void silu_mul8_bf16(const __nv_bfloat16* gate_up, __nv_bfloat16* out, int n_rows, int inter) {
+    pdl_wait();
     silu_mul8_impl<__nv_bfloat16>(gate_up, out, n_rows, inter);
 }
 
 extern "C" __global__ void silu_mul_f16(const __half* gate_up, __half* out, int n_rows, int inter) {
+    pdl_wait();
     silu_mul_impl<__half>(gate_up, out, n_rows, inter);
 }
 
 extern "C" __global__ void silu_mul_bf16(const __nv_bfloat16* gate_up, __nv_bfloat16* out, int n_rows, int inter) {
+    pdl_wait();
     silu_mul_impl<__nv_bfloat16>(gate_up, out, n_rows, inter);
 }

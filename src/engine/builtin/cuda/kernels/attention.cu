@@ -57,11 +57,13 @@ __device__ __forceinline__ void causal_softmax_impl(const float* __restrict__ sc
 
 extern "C" __global__ void __launch_bounds__(1024) causal_softmax_f16(const float* scores, __half* probs, int n_rows,
                                                                       int q_chunk, int kv_len, int q0) {
+    pdl_wait();
     causal_softmax_impl<__half>(scores, probs, n_rows, q_chunk, kv_len, q0);
 }
 
 extern "C" __global__ void __launch_bounds__(1024) causal_softmax_bf16(const float* scores, __nv_bfloat16* probs,
                                                                        int n_rows, int q_chunk, int kv_len, int q0) {
+    pdl_wait();
     causal_softmax_impl<__nv_bfloat16>(scores, probs, n_rows, q_chunk, kv_len, q0);
 }
 
@@ -294,6 +296,7 @@ __device__ __forceinline__ void decode_attn_partial_impl(const T* __restrict__ q
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_attn_partial_f16(
     const __half* q, const __half* k_cache, const __half* v_cache, const int* row_pos, float* part_ml, float* part_acc,
     int B, int hq, int hkv, int head_dim, int max_len, int split_len, float scale) {
+    pdl_wait();
     decode_attn_partial_impl<__half>(q, k_cache, v_cache, row_pos, part_ml, part_acc, B, hq, hkv, head_dim, max_len,
                                      split_len, scale);
 }
@@ -301,6 +304,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_attn_partial_f1
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_attn_partial_bf16(
     const __nv_bfloat16* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const int* row_pos,
     float* part_ml, float* part_acc, int B, int hq, int hkv, int head_dim, int max_len, int split_len, float scale) {
+    pdl_wait();
     decode_attn_partial_impl<__nv_bfloat16>(q, k_cache, v_cache, row_pos, part_ml, part_acc, B, hq, hkv, head_dim,
                                             max_len, split_len, scale);
 }
@@ -373,11 +377,13 @@ __device__ __forceinline__ void decode_attn_combine_impl(const float* __restrict
 extern "C" __global__ void __launch_bounds__(1024) decode_attn_combine_f16(const float* part_ml, const float* part_acc,
                                                                            __half* out, int B, int hq, int head_dim,
                                                                            int n_splits) {
+    pdl_wait();
     decode_attn_combine_impl<__half>(part_ml, part_acc, out, B, hq, head_dim, n_splits);
 }
 
 extern "C" __global__ void __launch_bounds__(1024) decode_attn_combine_bf16(const float* part_ml, const float* part_acc,
                                                                             __nv_bfloat16* out, int B, int hq,
                                                                             int head_dim, int n_splits) {
+    pdl_wait();
     decode_attn_combine_impl<__nv_bfloat16>(part_ml, part_acc, out, B, hq, head_dim, n_splits);
 }

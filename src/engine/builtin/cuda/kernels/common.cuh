@@ -60,6 +60,17 @@ __device__ __forceinline__ float block_max(float v, float* red) {
     return warp_max(lane < n_warps ? red[lane] : NEG_INF);
 }
 
+// Programmatic dependent launch (TPPROF_CUDA_PDL=1, sm_90+): a kernel launched with it may be scheduled
+// while the kernel before it in the stream is still running, and must not touch memory until that
+// one has completed and its writes are visible. Every kernel's first statement is pdl_wait() (the
+// registry test in kernel.rs checks it): griddepcontrol.wait returns at once for a kernel launched
+// without the attribute.
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tensor-core helpers (prefill.cu's prefill attention, decode.cu's decode_attn_mma): cp.async 16-byte
 // copies, ldmatrix, mma.sync m16n8k16 with f32 accumulators, sm_80 or newer (compiled out below).

@@ -192,14 +192,14 @@ __device__ __forceinline__ void decode_attn_fast_impl(const T* __restrict__ q, c
 #define DQ_KERNELS(G, MINB)                                                                                        \
     extern "C" __global__ void __launch_bounds__(DQ_THREADS, MINB) decode_attn_fast_g##G##_f16(                \
         const __half* q, const __half* k_cache, const __half* v_cache, const int* row_pos, float* part_ml,      \
-        float* part_acc, int B, int hq, int hkv, int head_dim, int max_len, int split_len, float scale) {       \
+        float* part_acc, int B, int hq, int hkv, int head_dim, int max_len, int split_len, float scale) { pdl_wait(); \
         decode_attn_fast_impl<__half, G>(q, k_cache, v_cache, row_pos, part_ml, part_acc, B, hq, hkv, head_dim, \
                                          max_len, split_len, scale);                                           \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(DQ_THREADS, MINB) decode_attn_fast_g##G##_bf16(               \
         const __nv_bfloat16* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const int* row_pos, \
         float* part_ml, float* part_acc, int B, int hq, int hkv, int head_dim, int max_len, int split_len,      \
-        float scale) {                                                                                         \
+        float scale) { pdl_wait();                                                                             \
         decode_attn_fast_impl<__nv_bfloat16, G>(q, k_cache, v_cache, row_pos, part_ml, part_acc, B, hq, hkv,    \
                                                 head_dim, max_len, split_len, scale);                          \
     }
@@ -296,10 +296,12 @@ __device__ __forceinline__ void decode_attn_merge_impl(const float* __restrict__
 
 extern "C" __global__ void __launch_bounds__(MG_THREADS) decode_attn_merge_f16(const float* part_ml, const float* part_acc,
                                                                                __half* out, int B, int hq, int head_dim, int n_splits) {
+    pdl_wait();
     decode_attn_merge_impl<__half>(part_ml, part_acc, out, B, hq, head_dim, n_splits);
 }
 extern "C" __global__ void __launch_bounds__(MG_THREADS) decode_attn_merge_bf16(const float* part_ml, const float* part_acc,
                                                                                 __nv_bfloat16* out, int B, int hq, int head_dim, int n_splits) {
+    pdl_wait();
     decode_attn_merge_impl<__nv_bfloat16>(part_ml, part_acc, out, B, hq, head_dim, n_splits);
 }
 
@@ -503,14 +505,14 @@ __device__ __forceinline__ void decode_attn_sk_impl(const T* __restrict__ q, con
 #define SK_KERNEL(G, D)                                                                                          \
     extern "C" __global__ void __launch_bounds__(SK_THREADS, 2) decode_attn_sk_g##G##_d##D##_f16(              \
         const __half* q, const __half* k_cache, const __half* v_cache, const int* row_pos, float* part_ml,      \
-        float* part_acc, int B, int hq, int hkv, int head_dim, int max_len, int split_len, float scale) {       \
+        float* part_acc, int B, int hq, int hkv, int head_dim, int max_len, int split_len, float scale) { pdl_wait(); \
         decode_attn_sk_impl<__half, G, D>(q, k_cache, v_cache, row_pos, part_ml, part_acc, B, hq, hkv, max_len, \
                                           split_len, scale);                                                   \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(SK_THREADS, 2) decode_attn_sk_g##G##_d##D##_bf16(             \
         const __nv_bfloat16* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const int* row_pos, \
         float* part_ml, float* part_acc, int B, int hq, int hkv, int head_dim, int max_len, int split_len,      \
-        float scale) {                                                                                         \
+        float scale) { pdl_wait();                                                                             \
         decode_attn_sk_impl<__nv_bfloat16, G, D>(q, k_cache, v_cache, row_pos, part_ml, part_acc, B, hq, hkv,   \
                                                  max_len, split_len, scale);                                   \
     }
@@ -820,14 +822,14 @@ __device__ __forceinline__ void decode_attn_pipe_impl(const T* __restrict__ q, c
     extern "C" __global__ void __launch_bounds__(PT_THREADS, 2) decode_attn_pipe_g##G##_d##D##_f16(            \
         const __half* q, const __half* k_cache, const __half* v_cache, const int* row_pos, float* part_ml,      \
         float* part_acc, int* counters, __half* out, int B, int hq, int hkv, int head_dim, int max_len,         \
-        int split_len, float scale) {                                                                          \
+        int split_len, float scale) { pdl_wait();                                                              \
         decode_attn_pipe_impl<__half, G, D>(q, k_cache, v_cache, row_pos, part_ml, part_acc, counters, out, B,  \
                                             hq, hkv, max_len, split_len, scale);                               \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(PT_THREADS, 2) decode_attn_pipe_g##G##_d##D##_bf16(           \
         const __nv_bfloat16* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const int* row_pos, \
         float* part_ml, float* part_acc, int* counters, __nv_bfloat16* out, int B, int hq, int hkv,            \
-        int head_dim, int max_len, int split_len, float scale) {                                               \
+        int head_dim, int max_len, int split_len, float scale) { pdl_wait();                                   \
         decode_attn_pipe_impl<__nv_bfloat16, G, D>(q, k_cache, v_cache, row_pos, part_ml, part_acc, counters,   \
                                                    out, B, hq, hkv, max_len, split_len, scale);                \
     }
@@ -1078,14 +1080,14 @@ __device__ __forceinline__ void decode_attn_mma_impl(const T* __restrict__ q, co
     extern "C" __global__ void __launch_bounds__(MM_THREADS, 2) decode_attn_mma_d##D##_f16(                     \
         const __half* q, const __half* k_cache, const __half* v_cache, const int* row_pos, float* part_ml,      \
         float* part_acc, int* counters, __half* out, int B, int hq, int hkv, int head_dim, int max_len,         \
-        int split_len, float scale) {                                                                          \
+        int split_len, float scale) { pdl_wait();                                                              \
         decode_attn_mma_impl<__half, D>(q, k_cache, v_cache, row_pos, part_ml, part_acc, counters, out, B, hq,  \
                                         hkv, max_len, split_len, scale);                                       \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, 2) decode_attn_mma_d##D##_bf16(                    \
         const __nv_bfloat16* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const int* row_pos, \
         float* part_ml, float* part_acc, int* counters, __nv_bfloat16* out, int B, int hq, int hkv,            \
-        int head_dim, int max_len, int split_len, float scale) {                                               \
+        int head_dim, int max_len, int split_len, float scale) { pdl_wait();                                   \
         decode_attn_mma_impl<__nv_bfloat16, D>(q, k_cache, v_cache, row_pos, part_ml, part_acc, counters, out, \
                                                B, hq, hkv, max_len, split_len, scale);                         \
     }

@@ -93,9 +93,11 @@ __device__ __forceinline__ void gemv_impl(const T* __restrict__ w, const T* __re
 }
 
 extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_f16(const __half* w, const __half* x, void* y, int out, int in, int n_rows, int x_ld, int y_ld, int out_f32) {
+    pdl_wait();
     gemv_impl<__half>(w, x, y, out, in, n_rows, x_ld, y_ld, out_f32);
 }
 
 extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_bf16(const __nv_bfloat16* w, const __nv_bfloat16* x, void* y, int out, int in, int n_rows, int x_ld, int y_ld, int out_f32) {
+    pdl_wait();
     gemv_impl<__nv_bfloat16>(w, x, y, out, in, n_rows, x_ld, y_ld, out_f32);
 }

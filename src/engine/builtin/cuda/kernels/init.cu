@@ -80,12 +80,14 @@ __device__ __forceinline__ void init_impl(T* __restrict__ dst, int rows, int col
 extern "C" __global__ void init_weight_f16(__half* dst, int rows, int cols, long long row0, long long col0,
                                            long long full_cols, unsigned long long seed,
                                            unsigned long long tensor_id, float scale, float offset) {
+    pdl_wait();
     init_impl<__half>(dst, rows, cols, row0, col0, full_cols, seed, tensor_id, scale, offset);
 }
 
 extern "C" __global__ void init_weight_bf16(__nv_bfloat16* dst, int rows, int cols, long long row0, long long col0,
                                             long long full_cols, unsigned long long seed,
                                             unsigned long long tensor_id, float scale, float offset) {
+    pdl_wait();
     init_impl<__nv_bfloat16>(dst, rows, cols, row0, col0, full_cols, seed, tensor_id, scale, offset);
 }
 
@@ -93,5 +95,6 @@ extern "C" __global__ void init_weight_bf16(__nv_bfloat16* dst, int rows, int co
 extern "C" __global__ void init_f32(float* dst, int rows, int cols, long long row0, long long col0,
                                     long long full_cols, unsigned long long seed,
                                     unsigned long long tensor_id, float scale, float offset) {
+    pdl_wait();
     init_impl<float>(dst, rows, cols, row0, col0, full_cols, seed, tensor_id, scale, offset);
 }

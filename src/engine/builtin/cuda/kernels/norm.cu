@@ -79,11 +79,13 @@ __device__ __forceinline__ void add_rmsnorm_impl(float* __restrict__ resid, cons
 
 extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm_f16(float* resid, const __half* delta, const float* weight,
                                                                    __half* out, int n_rows, int hidden, float eps) {
+    pdl_wait();
     add_rmsnorm_impl<__half>(resid, delta, weight, out, n_rows, hidden, eps);
 }
 
 extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm_bf16(float* resid, const __nv_bfloat16* delta, const float* weight,
                                                                     __nv_bfloat16* out, int n_rows, int hidden, float eps) {
+    pdl_wait();
     add_rmsnorm_impl<__nv_bfloat16>(resid, delta, weight, out, n_rows, hidden, eps);
 }
 
@@ -101,9 +103,11 @@ __device__ __forceinline__ void embedding_impl(const T* __restrict__ table, cons
 }
 
 extern "C" __global__ void embedding_f16(const __half* table, const int* tokens, float* out, int n_rows, int hidden) {
+    pdl_wait();
     embedding_impl<__half>(table, tokens, out, n_rows, hidden);
 }
 
 extern "C" __global__ void embedding_bf16(const __nv_bfloat16* table, const int* tokens, float* out, int n_rows, int hidden) {
+    pdl_wait();
     embedding_impl<__nv_bfloat16>(table, tokens, out, n_rows, hidden);
 }

@@ -481,72 +481,88 @@ __device__ __forceinline__ void prefill_attn_mt_impl(const T* __restrict__ q, co
 extern "C" __global__ void __launch_bounds__(128, 1) prefill_attn_d64_w4_f16(const __half* q, const __half* k, const __half* v,
                                                                           __half* out, int n, int hq, int hkv, int max_len,
                                                                           float scale) {
+    pdl_wait();
     prefill_attn_impl<__half, 64, 4>(q, k, v, out, n, hq, hkv, max_len, scale);
 }
 extern "C" __global__ void __launch_bounds__(128, 1) prefill_attn_d64_w4_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k,
                                                                            const __nv_bfloat16* v, __nv_bfloat16* out, int n,
                                                                            int hq, int hkv, int max_len, float scale) {
+    pdl_wait();
     prefill_attn_impl<__nv_bfloat16, 64, 4>(q, k, v, out, n, hq, hkv, max_len, scale);
 }
 extern "C" __global__ void __launch_bounds__(128, 1) prefill_attn_d128_w4_f16(const __half* q, const __half* k, const __half* v,
                                                                            __half* out, int n, int hq, int hkv, int max_len,
                                                                            float scale) {
+    pdl_wait();
     prefill_attn_impl<__half, 128, 4>(q, k, v, out, n, hq, hkv, max_len, scale);
 }
 extern "C" __global__ void __launch_bounds__(128, 1) prefill_attn_d128_w4_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k,
                                                                             const __nv_bfloat16* v, __nv_bfloat16* out, int n,
                                                                             int hq, int hkv, int max_len, float scale) {
+    pdl_wait();
     prefill_attn_impl<__nv_bfloat16, 128, 4>(q, k, v, out, n, hq, hkv, max_len, scale);
 }
 extern "C" __global__ void __launch_bounds__(256, 1) prefill_attn_d64_w8_f16(const __half* q, const __half* k, const __half* v,
                                                                           __half* out, int n, int hq, int hkv, int max_len,
                                                                           float scale) {
+    pdl_wait();
     prefill_attn_impl<__half, 64, 8>(q, k, v, out, n, hq, hkv, max_len, scale);
 }
 extern "C" __global__ void __launch_bounds__(256, 1) prefill_attn_d64_w8_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k,
                                                                            const __nv_bfloat16* v, __nv_bfloat16* out, int n,
                                                                            int hq, int hkv, int max_len, float scale) {
+    pdl_wait();
     prefill_attn_impl<__nv_bfloat16, 64, 8>(q, k, v, out, n, hq, hkv, max_len, scale);
 }
 extern "C" __global__ void __launch_bounds__(256, 1) prefill_attn_d128_w8_f16(const __half* q, const __half* k, const __half* v,
                                                                            __half* out, int n, int hq, int hkv, int max_len,
                                                                            float scale) {
+    pdl_wait();
     prefill_attn_impl<__half, 128, 8>(q, k, v, out, n, hq, hkv, max_len, scale);
 }
 extern "C" __global__ void __launch_bounds__(256, 1) prefill_attn_d128_w8_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k,
                                                                             const __nv_bfloat16* v, __nv_bfloat16* out, int n,
                                                                             int hq, int hkv, int max_len, float scale) {
+    pdl_wait();
     prefill_attn_impl<__nv_bfloat16, 128, 8>(q, k, v, out, n, hq, hkv, max_len, scale);
 }
 extern "C" __global__ void __launch_bounds__(128) prefill_attn_d64_w4m2_f16(const __half* q, const __half* k, const __half* v,
                                                                      __half* out, int n, int hq, int hkv, int max_len, float scale) {
+    pdl_wait();
     prefill_attn_mt_impl<__half, 64, 4, 2, 2>(q, k, v, out, n, hq, hkv, max_len, scale);
 }
 extern "C" __global__ void __launch_bounds__(128) prefill_attn_d64_w4m2_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                                                                      __nv_bfloat16* out, int n, int hq, int hkv, int max_len, float scale) {
+    pdl_wait();
     prefill_attn_mt_impl<__nv_bfloat16, 64, 4, 2, 2>(q, k, v, out, n, hq, hkv, max_len, scale);
 }
 extern "C" __global__ void __launch_bounds__(128) prefill_attn_d64_w4m2s3_f16(const __half* q, const __half* k, const __half* v,
                                                                      __half* out, int n, int hq, int hkv, int max_len, float scale) {
+    pdl_wait();
     prefill_attn_mt_impl<__half, 64, 4, 2, 3>(q, k, v, out, n, hq, hkv, max_len, scale);
 }
 extern "C" __global__ void __launch_bounds__(128) prefill_attn_d64_w4m2s3_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                                                                      __nv_bfloat16* out, int n, int hq, int hkv, int max_len, float scale) {
+    pdl_wait();
     prefill_attn_mt_impl<__nv_bfloat16, 64, 4, 2, 3>(q, k, v, out, n, hq, hkv, max_len, scale);
 }
 extern "C" __global__ void __launch_bounds__(128) prefill_attn_d128_w4m2_f16(const __half* q, const __half* k, const __half* v,
                                                                      __half* out, int n, int hq, int hkv, int max_len, float scale) {
+    pdl_wait();
     prefill_attn_mt_impl<__half, 128, 4, 2, 2>(q, k, v, out, n, hq, hkv, max_len, scale);
 }
 extern "C" __global__ void __launch_bounds__(128) prefill_attn_d128_w4m2_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                                                                      __nv_bfloat16* out, int n, int hq, int hkv, int max_len, float scale) {
+    pdl_wait();
     prefill_attn_mt_impl<__nv_bfloat16, 128, 4, 2, 2>(q, k, v, out, n, hq, hkv, max_len, scale);
 }
 extern "C" __global__ void __launch_bounds__(128) prefill_attn_d128_w4m2s3_f16(const __half* q, const __half* k, const __half* v,
                                                                      __half* out, int n, int hq, int hkv, int max_len, float scale) {
+    pdl_wait();
     prefill_attn_mt_impl<__half, 128, 4, 2, 3>(q, k, v, out, n, hq, hkv, max_len, scale);
 }
 extern "C" __global__ void __launch_bounds__(128) prefill_attn_d128_w4m2s3_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                                                                      __nv_bfloat16* out, int n, int hq, int hkv, int max_len, float scale) {
+    pdl_wait();
     prefill_attn_mt_impl<__nv_bfloat16, 128, 4, 2, 3>(q, k, v, out, n, hq, hkv, max_len, scale);
 }

@@ -93,6 +93,7 @@ extern "C" __global__ void __launch_bounds__(1024) qkv_rope_f16(const float* qkv
                                                                 __half* k_cache, __half* v_cache, const int* row_slot,
                                                                 const int* row_pos, int n_rows, int hq, int hkv,
                                                                 int head_dim, int max_len, float rope_theta) {
+    pdl_wait();
     qkv_rope_impl<__half>(qkv, bias, q_out, k_cache, v_cache, row_slot, row_pos, n_rows, hq, hkv, head_dim, max_len,
                           rope_theta);
 }
@@ -102,6 +103,7 @@ extern "C" __global__ void __launch_bounds__(1024) qkv_rope_bf16(const float* qk
                                                                  const int* row_slot, const int* row_pos, int n_rows,
                                                                  int hq, int hkv, int head_dim, int max_len,
                                                                  float rope_theta) {
+    pdl_wait();
     qkv_rope_impl<__nv_bfloat16>(qkv, bias, q_out, k_cache, v_cache, row_slot, row_pos, n_rows, hq, hkv, head_dim,
                                  max_len, rope_theta);
 }

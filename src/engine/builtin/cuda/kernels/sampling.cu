@@ -22,6 +22,7 @@ __device__ __forceinline__ bool beats(float v, int i, float bv, int bi) {
 
 extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* __restrict__ logits, int n_rows, int cols,
                                                                int col0, float* __restrict__ out_pair) {
+    pdl_wait();
     __shared__ float red_v[32];
     __shared__ int red_i[32];
     const int r = blockIdx.x;
@@ -72,6 +73,7 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* __re
 // Launch: grid = (ceil(n_rows / 128), 1, 1), block = 128 (one thread per row; any size works), shared = 0.
 extern "C" __global__ void select_tokens(const float* __restrict__ gathered, int world, int n_rows,
                                          int* __restrict__ tokens_out, int* __restrict__ row_pos) {
+    pdl_wait();
     const int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= n_rows) return;
     float bv = gathered[2 * (long long)r];
