@@ -478,9 +478,11 @@ impl Gpu {
         for s in &slots {
             b.arg(s);
         }
-        if shared > 48 * 1024 {
-            // Above 48 KiB of dynamic shared memory a kernel must opt in (once is enough; the call
-            // is cheap and not a stream operation, so it is allowed while a graph is captured).
+        if shared > 40 * 1024 {
+            // Above 48 KiB of dynamic + static shared memory a kernel must opt in (once is enough; the
+            // call is cheap and not a stream operation, so it is allowed while a graph is captured).
+            // From 40 KiB: a kernel's static shared memory counts too (decode_attn_mma_d64 asks for
+            // exactly 48 KiB dynamic, plus 16 bytes static: CUDA_ERROR_INVALID_VALUE without it).
             func.set_attribute(
                 drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 shared as i32,
