@@ -478,11 +478,18 @@ impl Gpu {
         for s in &slots {
             b.arg(s);
         }
-        if shared > 40 * 1024 {
-            // Above 48 KiB of dynamic + static shared memory a kernel must opt in (once is enough; the
-            // call is cheap and not a stream operation, so it is allowed while a graph is captured).
-            // From 40 KiB: a kernel's static shared memory counts too (decode_attn_mma_d64 asks for
-            // exactly 48 KiB dynamic, plus 16 bytes static: CUDA_ERROR_INVALID_VALUE without it).
+        // Above 48 KiB of static + dynamic shared memory a kernel must opt in (once is enough; the
+        // calls are cheap and not stream operations, so they are allowed while a graph is captured).
+        // The static part counts: decode_attn_mma_d64 asks for exactly 48 KiB dynamic plus 16 bytes
+        // static, and failed with CUDA_ERROR_INVALID_VALUE when only the dynamic part was compared.
+        let static_shared = if shared > 0 {
+            func.get_attribute(drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+                .map_err(drv("cuFuncGetAttribute(SHARED_SIZE_BYTES)"))?
+                .max(0) as u32
+        } else {
+            0
+        };
+        if shared + static_shared > 48 * 1024 {
             func.set_attribute(
                 drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 shared as i32,

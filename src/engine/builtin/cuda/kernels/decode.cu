@@ -859,14 +859,15 @@ PT_KERNELS(8)
 // (row & 7), prefill.cu's fa_sw), one __syncthreads per tile: wait for tile t, barrier, issue tile
 // t + MM_STAGES − 1 into the stage tile t − 1 used, compute tile t. Warp w takes positions
 // w·16 .. w·16 + 15 of every tile and keeps its own online softmax (base 2, as prefill.cu).
-//   A (16 × 16): q of query head h0 + r in row r (r = lane / 4 < G; rows G..15 zero), loaded once
+//   A (16 × 16): q of query head h0 + r in row r (r = lane / 4 < G; rows G..7 zero q, whose finite
+//                results are never read; rows 8..15 zero registers), loaded once
 //                from global memory into registers (2 of the 4 registers per k-step are zero);
 //   S = q · Kᵀ:  D/16 k-steps × 2 n-tiles (8 positions each), K rows via ldmatrix (the col-major
 //                B of q · Kᵀ as stored);
 //   softmax:     thread (r, t) holds positions 2t, 2t+1, 8+2t, 8+2t+1 of head r; the quad's max
 //                by two shuffles; positions past the split end are −inf;
 //   O += P · V:  the two score fragments are P's A fragment (rounded to T), V via ldmatrix.trans,
-//                D/8 n-tiles of 8 columns; O rows G..15 stay zero.
+//                D/8 n-tiles of 8 columns; O rows 8..15 stay zero.
 // At the end the warps' states meet in shared memory (the stages, every copy waited for): per
 // head, the block max M, each warp's O scaled by 2^(m_w − M), summed → part_acc (unnormalized),
 // part_ml = (M · ln 2, Σ l_w 2^(m_w − M)) — decode_attn_merge's natural-log convention. With
