@@ -142,7 +142,8 @@ impl CudaEngine {
         // gemv.cu instead of cuBLAS; default none);
         // TPPROF_CUDA_ATTN=pipe (decode.cu's decode_attn_pipe at every split length, instead of
         // decode_attn_sk up to 512 positions per split and decode_attn_pipe beyond), =mma
-        // (decode.cu's decode_attn_mma: tensor cores, sm_80+; not yet measured), =fast
+        // (decode.cu's decode_attn_mma: tensor cores, sm_80+; on an H100 at 14B 10K attention -17 %,
+        // ITL -1.8 %: results/h100-decode-attn-mma.md), =fast
         // (decode_attn_fast) or =tiled (attention.cu's); TPPROF_CUDA_ATTN_MERGE=1 (decode_attn_pipe or _mma
         // merges the splits in its last block instead of the decode_attn_merge kernel: measured
         // slower, 48.7 vs 28.8 us per layer for qwen2.5-14b TP=1 at 10K);
@@ -154,7 +155,7 @@ impl CudaEngine {
         // =flash8 (8 warps × 16 queries, the earlier default), =flash4 (4 warps × 16), =flash2m3 (3 stages).
         let use_graph = std::env::var("TPPROF_CUDA_GRAPH").map(|v| v != "0").unwrap_or(true);
         // TPPROF_CUDA_OVERLAP=1: step n + 1 is launched before the host reads step n's tokens
-        // (opt-in until verified and measured on a GPU).
+        // (no change on one H100 at 14B 10K: off by default).
         let overlap = std::env::var("TPPROF_CUDA_OVERLAP").is_ok_and(|v| v == "1");
         let gemv = match std::env::var("TPPROF_CUDA_GEMV") {
             Ok(v) => GemvOps::parse(&v).map_err(|e| CudaError::Invalid(format!("TPPROF_CUDA_GEMV={v}: {e}")))?,
@@ -162,8 +163,8 @@ impl CudaEngine {
         };
         let sm: u32 = gpu.arch.trim_start_matches("sm_").parse().unwrap_or(0);
         let attn_merge = std::env::var("TPPROF_CUDA_ATTN_MERGE").is_ok_and(|v| v == "1");
-        // TPPROF_CUDA_PDL=1: programmatic dependent launch of our kernels (sm_90+; opt-in until
-        // verified and measured on a GPU).
+        // TPPROF_CUDA_PDL=1: programmatic dependent launch of our kernels (sm_90+; measured 0.5 % slower
+        // on an H100 at 14B 10K, so off by default).
         if std::env::var("TPPROF_CUDA_PDL").is_ok_and(|v| v == "1") {
             if sm >= 90 {
                 gpu.set_pdl(true);
