@@ -15,9 +15,46 @@ import numpy as np
 
 from prefill_sim import h, ldsm, mma, sw
 
-MM_WARPS = 4
+import re
+from pathlib import Path
+
+# The kernel's own constants, read from its source (the mirror follows a change of them).
+_SRC = (Path(__file__).resolve().parents[2] / "src/engine/builtin/cuda/kernels/decode.cu").read_text()
+MM_WARPS = int(re.search(r"^#define MM_WARPS (\d+)$", _SRC, re.M).group(1))
+MM_STAGES = int(re.search(r"^#define MM_STAGES (\d+)$", _SRC, re.M).group(1))
+assert re.search(r"^#define MM_TILE \(16 \* MM_WARPS\)$", _SRC, re.M)
+# The ring as `pipeline` below models it (the wait count and one refill per iteration after the barrier).
+assert "fa_wait<MM_STAGES - 2>();" in _SRC and "if (t + MM_STAGES - 1 < n_tiles) load_tile(t + MM_STAGES - 1);" in _SRC
 MM_TILE = 16 * MM_WARPS
 LN2 = 0.6931471805599453
+
+
+def pipeline(n_tiles, stages=MM_STAGES, pending=None):
+    """The kernel's cp.async ring, as written: the prologue commits one group per stage - 1 (tile t
+    or empty), each iteration t waits with `wait_group stages - 2`, passes the barrier, issues tile
+    t + stages - 1 into stage (t + stages - 1) % stages, commits one group and computes tile t.
+    Asserts that tile t's group is complete when computed, that the stage holding it is never
+    refilled before every warp is past it (one barrier per iteration), and that every tile is
+    computed from its own stage."""
+    pending = stages - 2 if pending is None else pending  # the kernel's cp.async.wait_group count
+    groups = []  # group index -> tile (None: an empty group)
+    stage = {}
+    for t in range(stages - 1):
+        if t < n_tiles:
+            stage[t % stages] = t
+        groups.append(t if t < n_tiles else None)
+    for t in range(n_tiles):
+        complete = len(groups) - pending  # wait_group N: all but the newest N groups have landed
+        assert t in groups and groups.index(t) < complete, f"tile {t} computed before its copies landed"
+        # barrier: every warp has finished tile t - 1, whose stage is (t - 1) % stages
+        nt = t + stages - 1
+        if nt < n_tiles:
+            st = nt % stages
+            assert st != t % stages, "the stage being computed is refilled"
+            assert t == 0 or st == (t - 1) % stages, "a stage refilled that a warp may still read"
+            stage[st] = nt
+        groups.append(nt if nt < n_tiles else None)
+        assert stage[t % stages] == t, f"tile {t} read from a stage holding {stage[t % stages]}"
 
 
 def block(q, kc, vc, row_pos, part_ml, part_acc, B, hq, hkv, D, max_len, split_len, g, s, b, n_splits):
@@ -194,6 +231,16 @@ def check(lens, hq, hkv, D, split_len, seed):
 
 
 if __name__ == "__main__":
+    for n_tiles in range(0, 12):
+        pipeline(n_tiles)
+    for stages, pending in ((MM_STAGES, MM_STAGES - 1), (1, 0)):  # waiting one group short, one stage
+        try:
+            pipeline(4, stages=stages, pending=pending)
+        except AssertionError:
+            pass
+        else:
+            raise SystemExit(f"the pipeline check passed a wrong ring ({stages} stages, wait_group {pending})")
+    print(f"cp.async ring of {MM_STAGES} stages, 0..11 tiles: ok")
     ok = True
     # GQA 5 (qwen2.5-14b/32b), 8, 7 (0.5b: 14 / 2), 1; several tiles with a partial last one, splits shorter
     # than a warp's 16 positions, empty splits (the shorter sample of a batch), a 1-position context.
