@@ -196,7 +196,8 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     blas: blas_sys::cublasHandle_t,
     _blas_workspace: Option<Buf<u8>>,
-    kernels: HashMap<Kernel, CudaFunction>,
+    /// Each kernel with its static shared memory in bytes (read once at load).
+    kernels: HashMap<Kernel, (CudaFunction, u32)>,
     dtype: Dtype,
     pub allocated: usize,
     pub arch: String,
@@ -325,7 +326,11 @@ impl Gpu {
                 let func = module
                     .load_function(&name)
                     .map_err(|e| CudaError::Compile(format!("{}.cu has no kernel `{name}`: {e}", m.name)))?;
-                self.kernels.insert(k, func);
+                let static_shared = func
+                    .get_attribute(drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+                    .map_err(drv("cuFuncGetAttribute(SHARED_SIZE_BYTES)"))?
+                    .max(0) as u32;
+                self.kernels.insert(k, (func, static_shared));
             }
         }
         Ok(())
@@ -469,26 +474,15 @@ impl Gpu {
         shared: u32,
         args: &[Arg<'_>],
     ) -> Result<(), CudaError> {
-        let func = self
+        let (func, static_shared) = self
             .kernels
             .get(&kernel)
             .ok_or_else(|| CudaError::Internal(format!("no kernel `{}` in the registry", kernel.name())))?;
         let slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
-        let mut b = self.stream.launch_builder(func);
-        for s in &slots {
-            b.arg(s);
-        }
         // Above 48 KiB of static + dynamic shared memory a kernel must opt in (once is enough; the
         // calls are cheap and not stream operations, so they are allowed while a graph is captured).
         // The static part counts: decode_attn_mma_d64 asks for exactly 48 KiB dynamic plus 16 bytes
         // static, and failed with CUDA_ERROR_INVALID_VALUE when only the dynamic part was compared.
-        let static_shared = if shared > 0 {
-            func.get_attribute(drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
-                .map_err(drv("cuFuncGetAttribute(SHARED_SIZE_BYTES)"))?
-                .max(0) as u32
-        } else {
-            0
-        };
         if shared + static_shared > 48 * 1024 {
             func.set_attribute(
                 drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -501,7 +495,6 @@ impl Gpu {
                 .map_err(drv("cuFuncSetAttribute(PREFERRED_SHARED_MEMORY_CARVEOUT)"))?;
         }
         if self.pdl {
-            drop(b);
             self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
             let mut attr = drv_sys::CUlaunchAttribute {
                 id: drv_sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
@@ -532,6 +525,10 @@ impl Gpu {
                     .map_err(drv(kernel.name()))?;
             }
             return Ok(());
+        }
+        let mut b = self.stream.launch_builder(func);
+        for s in &slots {
+            b.arg(s);
         }
         let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: shared };
         // SAFETY: the caller's contract (one slot per parameter, see Arg; accesses inside the buffers).

@@ -250,6 +250,11 @@ mod tests {
         assert_eq!(MODULES.iter().map(|m| m.kernels.len()).sum::<usize>(), Kernel::ALL.len());
     }
 
+    /// The text from each `extern "C" __global__` of a source on (macro templates included).
+    fn definitions(source: &str) -> impl Iterator<Item = &str> {
+        source.match_indices("extern \"C\" __global__").map(move |(i, _)| &source[i..])
+    }
+
     /// Programmatic dependent launch (TPPROF_CUDA_PDL=1) lets a kernel start before the one ahead of
     /// it in the stream has finished: each kernel must wait (common.cuh's pdl_wait) before its first
     /// memory access, so its body starts with it. Fails on a kernel added without it.
@@ -260,9 +265,7 @@ mod tests {
         );
         let mut seen = 0;
         for m in MODULES {
-            let mut rest = m.source;
-            while let Some(i) = rest.find("extern \"C\" __global__") {
-                rest = &rest[i + 1..];
+            for rest in definitions(m.source) {
                 let body = &rest[rest.find('{').expect("a kernel body") + 1..];
                 let first = body.trim_start_matches(|c: char| c.is_whitespace() || c == '\\');
                 assert!(
@@ -284,9 +287,7 @@ mod tests {
         let known = |m: &Module, sym: &str| m.kernels.iter().any(|&k| symbols(k).iter().any(|s| s == sym));
         let mut seen = 0;
         for m in MODULES {
-            let mut rest = m.source;
-            while let Some(i) = rest.find("extern \"C\" __global__") {
-                rest = &rest[i + 1..];
+            for rest in definitions(m.source) {
                 // The name is the identifier in front of the first `(` after `void` (past a
                 // `__launch_bounds__(...)`).
                 let after_void = &rest[rest.find(" void ").expect("a kernel returns void") + 6..];

@@ -123,9 +123,8 @@ __device__ __forceinline__ void decode_attn_partial_impl(const T* __restrict__ q
     const int gd = group * d;
 
     const int kv_len = row_pos[b] + 1;
-    const long long start_ll = (long long)s * split_len;
-    const int start = start_ll < (long long)kv_len ? (int)start_ll : kv_len;
-    const int end = (long long)start + split_len < (long long)kv_len ? start + split_len : kv_len;
+    int start, end;
+    split_bounds(kv_len, s, split_len, start, end);
 
     // Output bases: head h0 + j of sample b, split s.
     const long long ml_base = ((long long)b * hq + h0) * n_splits + s;  // + j * n_splits for head j

@@ -7,6 +7,15 @@
 // -inf as a bit pattern: NVRTC has no <math.h>, so INFINITY is not defined.
 #define NEG_INF __int_as_float(0xff800000)
 
+// The positions [start, end) of split s (split_len each) of a context of kv_len positions, clamped
+// to it (a split past the context is empty: start == end == kv_len). In 64 bits: s * split_len may
+// pass 2^31 for long caches.
+__device__ __forceinline__ void split_bounds(int kv_len, int s, int split_len, int& start, int& end) {
+    const long long start_ll = (long long)s * split_len;
+    start = start_ll < (long long)kv_len ? (int)start_ll : kv_len;
+    end = (long long)start + split_len < (long long)kv_len ? start + split_len : kv_len;
+}
+
 __device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
 template <typename T> __device__ __forceinline__ T from_f32(float x);
@@ -80,6 +89,9 @@ __device__ __forceinline__ void fa_cp_async16(void* smem, const void* gmem, bool
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     const int bytes = live ? 16 : 0;  // 0: the 16 bytes are zero-filled, nothing is read
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
+#else
+    // Older GPUs (decode_attn_pipe runs there): a plain copy through registers, same result.
+    *reinterpret_cast<uint4*>(smem) = live ? *reinterpret_cast<const uint4*>(gmem) : make_uint4(0, 0, 0, 0);
 #endif
 }
 __device__ __forceinline__ void fa_commit() {

@@ -60,9 +60,8 @@ __device__ __forceinline__ void decode_attn_fast_impl(const T* __restrict__ q, c
     const int pw = lane / lpp;        // which position of the warp step
 
     const int kv_len = row_pos[b] + 1;
-    const long long start_ll = (long long)s * split_len;
-    const int start = start_ll < (long long)kv_len ? (int)start_ll : kv_len;
-    const int end = (long long)start + split_len < (long long)kv_len ? start + split_len : kv_len;
+    int start, end;
+    split_bounds(kv_len, s, split_len, start, end);
     const long long ml_base = ((long long)b * hq + h0) * n_splits + s;
 
     if (start >= end) {
@@ -352,9 +351,8 @@ __device__ __forceinline__ void decode_attn_sk_impl(const T* __restrict__ q, con
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
     const int kv_len = row_pos[b] + 1;
-    const long long start_ll = (long long)s * split_len;
-    const int start = start_ll < (long long)kv_len ? (int)start_ll : kv_len;
-    const int end = (long long)start + split_len < (long long)kv_len ? start + split_len : kv_len;
+    int start, end;
+    split_bounds(kv_len, s, split_len, start, end);
     const long long ml_base = ((long long)b * hq + h0) * n_splits + s;
     if (start >= end) {
         if (tid < G) {
@@ -563,31 +561,6 @@ SK_KERNELS(8)
 #define PT_TILE 64
 #define PT_STAGES 2
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool live) {
-#if __CUDA_ARCH__ >= 800
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    const int bytes = live ? 16 : 0;  // 0: the 16 bytes are zero-filled, nothing is read
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
-#else
-    *reinterpret_cast<uint4*>(smem) = live ? *reinterpret_cast<const uint4*>(gmem) : make_uint4(0, 0, 0, 0);
-#endif
-}
-__device__ __forceinline__ void cp_async_commit() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
-
-// The split merge by the last block of each (sample b, KV head g): every block of the launch calls
-// it after writing its partial results (m, l, acc of its `group` query heads h0 ..); the one that
-// brings counters[b*hkv + g] to n_splits resets it to 0 (graph replays start from 0) and combines
-// the n_splits partials of those heads into out (B, hq*D) like decode_attn_merge.
 template <typename T, int D>
 __device__ __forceinline__ void merge_in_last_block(const float* __restrict__ part_ml,
                                                     const float* __restrict__ part_acc, int* __restrict__ counters,
@@ -647,9 +620,8 @@ __device__ __forceinline__ void decode_attn_pipe_impl(const T* __restrict__ q, c
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
     const int kv_len = row_pos[b] + 1;
-    const long long start_ll = (long long)s * split_len;
-    const int start = start_ll < (long long)kv_len ? (int)start_ll : kv_len;
-    const int end = (long long)start + split_len < (long long)kv_len ? start + split_len : kv_len;
+    int start, end;
+    split_bounds(kv_len, s, split_len, start, end);
     const long long ml_base = ((long long)b * hq + h0) * n_splits + s;
     const int n = end - start;
 
@@ -683,15 +655,15 @@ __device__ __forceinline__ void decode_attn_pipe_impl(const T* __restrict__ q, c
                 const bool live = r0 + r < n;
                 const long long off = (long long)(live ? r0 + r : 0) * D + ch * 8;
                 const int at = r * CPR + (ch ^ ((r & 1) << 2));
-                cp_async16(ks + at, kh + off, live);
-                cp_async16(vs + at, vh + off, live);
+                fa_cp_async16(ks + at, kh + off, live);
+                fa_cp_async16(vs + at, vh + off, live);
             }
         };
         // Prologue: the first PT_STAGES - 1 tiles in flight, then q (its loads overlap them).
 #pragma unroll
         for (int t = 0; t < PT_STAGES - 1; ++t) {
             if (t < n_tiles) load_tile(t);
-            cp_async_commit();
+            fa_commit();
         }
         for (int c = tid; c < G * CPR; c += PT_THREADS) {
             const int j = c / CPR, off = (c % CPR) * 8;
@@ -704,8 +676,8 @@ __device__ __forceinline__ void decode_attn_pipe_impl(const T* __restrict__ q, c
 
         for (int t = 0; t < n_tiles; ++t) {
             if (t + PT_STAGES - 1 < n_tiles) load_tile(t + PT_STAGES - 1);
-            cp_async_commit();
-            cp_async_wait<PT_STAGES - 1>();
+            fa_commit();
+            fa_wait<PT_STAGES - 1>();
             __syncthreads();
             const uint4* ks = kv + (t % PT_STAGES) * 2 * TILE_CHUNKS;
             const uint4* vs = ks + TILE_CHUNKS;
@@ -909,9 +881,8 @@ __device__ __forceinline__ void decode_attn_mma_impl(const T* __restrict__ q, co
     const int hr = lane >> 2, tq = lane & 3;  // the thread's query head (A / C row) and quad index
 
     const int kv_len = row_pos[b] + 1;
-    const long long start_ll = (long long)s * split_len;
-    const int start = start_ll < (long long)kv_len ? (int)start_ll : kv_len;
-    const int end = (long long)start + split_len < (long long)kv_len ? start + split_len : kv_len;
+    int start, end;
+    split_bounds(kv_len, s, split_len, start, end);
     const long long ml_base = ((long long)b * hq + h0) * n_splits + s;
     const int n = end - start;
 
