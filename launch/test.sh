@@ -19,5 +19,5 @@ if [[ $# -eq 0 ]]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-numpy >/dev/null
     py=/usr/bin/python3
   fi
-  (cd tests/nvrtc-check && "$py" prefill_sim.py && "$py" decode_sim.py)
+  (cd tests/nvrtc-check && "$py" prefill_sim.py && "$py" decode_sim.py && "$py" gemv_sim.py)
 fi

@@ -29,7 +29,7 @@ EXPECTED = {
     "attention.cu": [("causal_softmax", True), ("decode_attn_partial", True), ("decode_attn_combine", True)],
     "sampling.cu": [("argmax_rows", False), ("select_tokens", False)],
     "activation.cu": [("silu_mul", True)],
-    "gemv.cu": [("gemv", True)],
+    "gemv.cu": [("gemv", True), ("gemv_bulk", True)],
     "decode.cu": [(f"decode_attn_fast_g{g}", True) for g in range(1, 9)] + [("decode_attn_merge", True)]
     + [(f"decode_attn_mma_d{d}", True) for d in (64, 128)],
     "prefill.cu": [(f"prefill_attn_d{d}_{w}", True) for d in (64, 128) for w in ("w4", "w8", "w4m2", "w4m2s3")],

@@ -724,6 +724,13 @@ impl Gpu {
             as usize
     }
 
+    /// The most shared memory one block may ask for (after the opt-in; 48 KiB if the driver does not say).
+    pub fn max_shared_per_block(&self) -> usize {
+        self.ctx
+            .attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .unwrap_or(48 * 1024) as usize
+    }
+
     /// Free and total device memory from the driver.
     pub fn mem_info(&self) -> Result<(usize, usize), CudaError> {
         self.ctx.mem_get_info().map_err(drv("cuMemGetInfo"))

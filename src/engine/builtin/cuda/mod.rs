@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::engine::config::Config;
 use gpu::{Gpu, Nccl};
 use kernel::MODULES;
-use model::{Buffers, DecodeAttention, Dims, GemvOps, Model, PrefillAttention, Weights};
+use model::{Buffers, DecodeAttention, Dims, GemvKernel, GemvOps, Model, PrefillAttention, Weights};
 pub use types::{CudaError, Dtype, StepTimes, UnknownDtype, WeightInit};
 
 /// Whether this build has the cuda engine (its stand-in, disabled.rs, says false).
@@ -55,6 +55,7 @@ pub struct CudaEngine {
     /// Launch step n + 1 before reading step n's tokens (`TPPROF_CUDA_OVERLAP=1`).
     overlap: bool,
     gemv: GemvOps,
+    gemv_kernel: GemvKernel,
     attention: DecodeAttention,
     /// The prefill attention, resolved for this model's head_dim and this GPU.
     prefill: PrefillAttention,
@@ -162,6 +163,17 @@ impl CudaEngine {
             Err(_) => GemvOps::NONE,
         };
         let sm: u32 = gpu.arch.trim_start_matches("sm_").parse().unwrap_or(0);
+        // TPPROF_CUDA_GEMV_KERNEL=warp|bulk|bulk:BLOCKS_PER_SM,WARPS,STAGES: which gemv.cu kernel the
+        // projections in TPPROF_CUDA_GEMV use; default gemv_bulk on sm_90+ (cp.async.bulk), else gemv.
+        let gemv_kernel = match std::env::var("TPPROF_CUDA_GEMV_KERNEL") {
+            Ok(v) => GemvKernel::parse(&v, sm_count)
+                .map_err(|e| CudaError::Invalid(format!("TPPROF_CUDA_GEMV_KERNEL={v}: {e}")))?,
+            Err(_) => GemvKernel::bulk(sm_count),
+        };
+        let gemv_kernel = match gemv_kernel {
+            GemvKernel::Bulk { .. } if sm < 90 => GemvKernel::Warp,
+            g => g,
+        };
         let attn_merge = std::env::var("TPPROF_CUDA_ATTN_MERGE").is_ok_and(|v| v == "1");
         // TPPROF_CUDA_PDL=1: programmatic dependent launch of our kernels (sm_90+; measured 0.5 % slower
         // on an H100 at 14B 10K, so off by default).
@@ -216,6 +228,7 @@ impl CudaEngine {
             use_graph,
             overlap,
             gemv,
+            gemv_kernel,
             attention,
             prefill,
             attn_blocks_per_sm,
@@ -237,6 +250,7 @@ impl CudaEngine {
             eps: self.cfg.rms_norm_eps as f32,
             theta: self.cfg.rope_theta as f32,
             gemv: self.gemv,
+            gemv_kernel: self.gemv_kernel,
             attention: self.attention,
             prefill: self.prefill,
             probe: None,
@@ -740,6 +754,7 @@ impl CudaEngine {
             "decode_loop": if self.overlap { "overlapped" } else { "synchronous" },
             "programmatic_dependent_launch": self.gpu.pdl(),
             "decode_gemv": self.gemv.names(),
+            "decode_gemv_kernel": (self.gemv != GemvOps::NONE).then(|| self.gemv_kernel.describe()),
             "decode_attention": self.attention_kernel().map(|(k, _, _)| k.label()),
             "prefill_attention": self.prefill.label(),
             "decode_attention_splits": self.attention_kernel().map(|(_, n, len)| [n, len]),

@@ -752,6 +752,8 @@ pub struct Model<'a> {
     pub theta: f32,
     /// Which decode-sized linear layers (≤ GEMV_MAX_ROWS rows) go through gemv.cu instead of cuBLAS.
     pub gemv: GemvOps,
+    /// Which gemv.cu kernel those use, and its launch shape.
+    pub gemv_kernel: GemvKernel,
     /// Which decode attention kernel to prefer (each falls back where its constraints fail).
     pub attention: DecodeAttention,
     /// The prefill attention (resolved for this shape and GPU: `PrefillAttention::resolve`).
@@ -1035,6 +1037,70 @@ impl GemvOps {
 
 /// gemv.cu's GEMV_MAX_ROWS.
 const GEMV_MAX_ROWS: usize = 8;
+/// gemv.cu's GB_CHUNK: the bytes of one cp.async.bulk copy of gemv_bulk.
+const GB_CHUNK: usize = 2048;
+
+/// The gemv.cu kernel of the projections in `GemvOps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemvKernel {
+    /// gemv: one warp per output row, each lane loading its 16-byte pieces of W.
+    Warp,
+    /// gemv_bulk (sm_90+): a persistent grid of `blocks` blocks of `warps` warps, each warp streaming
+    /// its share of W through a ring of `stages` cp.async.bulk buffers of GB_CHUNK bytes.
+    Bulk { blocks: usize, warps: usize, stages: usize },
+}
+
+impl GemvKernel {
+    /// gemv_bulk's default shape on a GPU of `sms` SMs: 2 blocks per SM of 4 warps, 8 stages
+    /// (64 KiB of W in flight per block).
+    pub fn bulk(sms: usize) -> GemvKernel {
+        GemvKernel::Bulk { blocks: 2 * sms, warps: 4, stages: 8 }
+    }
+
+    /// TPPROF_CUDA_GEMV_KERNEL's value: `warp`, `bulk` (the default shape) or
+    /// `bulk:BLOCKS_PER_SM,WARPS,STAGES`.
+    pub fn parse(v: &str, sms: usize) -> Result<GemvKernel, String> {
+        let v = v.trim();
+        match v {
+            "warp" => return Ok(GemvKernel::Warp),
+            "bulk" => return Ok(GemvKernel::bulk(sms)),
+            _ => {}
+        }
+        let shape = v
+            .strip_prefix("bulk:")
+            .ok_or_else(|| format!("`{v}`: use warp, bulk or bulk:BLOCKS_PER_SM,WARPS,STAGES"))?;
+        let n: Vec<usize> =
+            shape.split(',').map(|x| x.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|_| {
+                format!("`{v}`: BLOCKS_PER_SM,WARPS,STAGES must be three positive integers, e.g. bulk:2,4,8")
+            })?;
+        match n[..] {
+            [b, w, s] if b >= 1 && (1..=32).contains(&w) && s >= 1 => {
+                Ok(GemvKernel::Bulk { blocks: b * sms, warps: w, stages: s })
+            }
+            _ => Err(format!(
+                "`{v}`: BLOCKS_PER_SM,WARPS,STAGES must be three positive integers (warps ≤ 32), e.g. bulk:2,4,8"
+            )),
+        }
+    }
+
+    /// For the engine's JSON.
+    pub fn describe(self) -> String {
+        match self {
+            GemvKernel::Warp => "gemv.cu gemv (a warp per row)".into(),
+            GemvKernel::Bulk { blocks, warps, stages } => format!(
+                "gemv.cu gemv_bulk ({blocks} blocks × {warps} warps, {stages} stages of {GB_CHUNK} bytes, cp.async.bulk)"
+            ),
+        }
+    }
+}
+
+/// gemv_bulk's dynamic shared memory (gemv.cu's layout): the ring (warps × stages chunks), its barriers
+/// (8 bytes each), x at the next 16-byte boundary (rows × in elements of `elem` bytes), the row sums
+/// (rows × rows_max f32).
+pub fn gemv_bulk_smem(warps: usize, stages: usize, rows: usize, in_: usize, rows_max: usize, elem: usize) -> usize {
+    let x_at = (warps * stages * (GB_CHUNK + 8)).div_ceil(16) * 16;
+    x_at + rows * in_ * elem + rows * rows_max * 4
+}
 
 enum Pass {
     /// One sample's prompt of `n` tokens at positions 0..n, into cache slot `slot`.
@@ -1086,6 +1152,39 @@ impl<'a> Model<'a> {
                     w.len(),
                     y.len()
                 )));
+            }
+            if let GemvKernel::Bulk { blocks, warps, stages } = self.gemv_kernel {
+                let nb = blocks.clamp(1, out);
+                let smem = gemv_bulk_smem(warps, stages, n, k, out.div_ceil(nb), T_BYTES);
+                if smem <= self.gpu.max_shared_per_block() {
+                    // SAFETY: gemv_bulk_T(const T* w, const T* x, void* y, int out, int in, int n_rows,
+                    // int x_ld, int y_ld, int out_f32, int stages) (gemv.cu) reads w (out × in), x
+                    // (n_rows × x_ld), writes y (n_rows × y_ld, Y's type), all held by the views
+                    // (checked above); grid nb ≤ out, 32·warps threads, the shared memory of its layout
+                    // (gemv_bulk_smem, within the device's limit); sm_90 (GemvKernel::Bulk is chosen
+                    // only there).
+                    return unsafe {
+                        self.gpu.launch(
+                            Kernel::GemvBulk,
+                            (nb as u32, 1, 1),
+                            32 * warps as u32,
+                            smem as u32,
+                            &[
+                                Arg::Ptr(w.addr()),
+                                Arg::Ptr(x.addr()),
+                                Arg::Ptr(y.addr()),
+                                Arg::I32(out as i32),
+                                Arg::I32(k as i32),
+                                Arg::I32(n as i32),
+                                Arg::I32(k as i32),
+                                Arg::I32(out as i32),
+                                Arg::I32(Y::F32 as i32),
+                                Arg::I32(stages as i32),
+                            ],
+                        )
+                    };
+                }
+                // Too large for one block's shared memory (many rows of a wide x): the warp kernel.
             }
             let blocks = out.div_ceil(8) as u32;
             // SAFETY: gemv_T(const T* w, const T* x, void* y, int out, int in, int n_rows, int x_ld,
@@ -1795,6 +1894,32 @@ mod tests {
         assert_eq!(s.names(), vec!["o", "down"]);
         let e = GemvOps::parse("o,up").unwrap_err().to_string();
         assert!(e.contains("`up` is not a projection") && e.contains("gate_up"), "{e}");
+    }
+
+    #[test]
+    fn gemv_kernel_parses_shapes_and_sizes_its_shared_memory_as_gemv_cu_lays_it_out() {
+        assert_eq!(GemvKernel::parse("warp", 132).unwrap(), GemvKernel::Warp);
+        assert_eq!(GemvKernel::parse(" bulk ", 132).unwrap(), GemvKernel::Bulk { blocks: 264, warps: 4, stages: 8 });
+        assert_eq!(
+            GemvKernel::parse("bulk:1,8,6", 132).unwrap(),
+            GemvKernel::Bulk { blocks: 132, warps: 8, stages: 6 }
+        );
+        for bad in ["bulk:0,4,8", "bulk:1,33,8", "bulk:1,4,0", "bulk:1,4", "bulk:a,b,c", "tma"] {
+            let e = GemvKernel::parse(bad, 132).unwrap_err();
+            assert!(e.contains(bad.trim()) && e.contains("bulk"), "{bad}: {e}");
+        }
+        assert!(GemvKernel::bulk(132).describe().contains("264 blocks × 4 warps, 8 stages of 2048 bytes"));
+        // The kernel's constants and layout, as gemv.cu defines them.
+        let src = include_str!("kernels/gemv.cu");
+        assert!(src.contains(&format!("#define GB_CHUNK {GB_CHUNK}")));
+        assert!(src.contains(&format!("#define GEMV_MAX_ROWS {GEMV_MAX_ROWS}")));
+        assert!(src.contains("return ((unsigned)nw * stages * (GB_CHUNK + 8) + 15u) & ~15u;"));
+        assert!(src.contains("float* ys = reinterpret_cast<float*>(xs + (size_t)n_rows * in);"));
+        // 4 warps × 8 stages: ring 65 536 + barriers 256 → x at 65 792; qwen2.5-14b's down (in 13 824)
+        // for one row: + 27 648 of x + 5 120 / 264 → 20 row sums.
+        assert_eq!(gemv_bulk_smem(4, 8, 1, 13824, 20, 2), 65792 + 27648 + 80);
+        // x lands on a 16-byte boundary: 1 warp × 1 stage is 2 056 bytes → 2 064.
+        assert_eq!(gemv_bulk_smem(1, 1, 2, 8, 3, 2), 2064 + 32 + 24);
     }
 
     #[test]

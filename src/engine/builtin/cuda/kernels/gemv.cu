@@ -101,3 +101,220 @@ extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_bf16(const __
     pdl_wait();
     gemv_impl<__nv_bfloat16>(w, x, y, out, in, n_rows, x_ld, y_ld, out_f32);
 }
+
+// ---------------------------------------------------------------------------------------------
+// gemv_bulk (sm_90+): the same y = x · Wᵀ, with the weights streamed by the copy engine instead of
+// by each thread's loads. Session 12.
+//
+// Why: gemv above spends one load instruction per 16 bytes and keeps at most 4 KiB per warp in
+// flight, in rounds; cuBLAS reads the decode projections at 2.5–2.85 TB/s on an H100 (3.0 TB/s copy).
+// Here one lane per warp issues cp.async.bulk copies of whole chunks (GB_CHUNK bytes of one weight
+// row) into a ring of `stages` shared-memory buffers, each with an mbarrier that completes when its
+// bytes have landed; the warp's 32 lanes only read shared memory and do the FMAs.
+//
+// Work split (persistent: one wave, every block the same number of bytes ± one row):
+//   block b owns the rows [b·out/nb, (b+1)·out/nb), a contiguous range of W;
+//   its rows are cut into units — chunk k of row r is GB_CHUNK bytes (the last of a row may be
+//   shorter) — and warp w of nw takes the units [w·U/nw, (w+1)·U/nw): a warp may start or end in
+//   the middle of a row, so the warps' row sums meet in shared memory (atomicAdd on f32) and the
+//   block writes its rows at the end.
+//   The first `stages` chunks of every warp are requested before pdl_wait(): the weights are never
+//   written by an earlier kernel, so under programmatic dependent launch their stream starts while
+//   the kernel ahead of this one finishes. x (n_rows × in) is copied to shared memory after the wait.
+//
+// Launch: grid nb (≤ out), block 32·nw threads, dynamic shared memory gemv_bulk_smem(...) bytes (the
+// host computes the same sum: ring nw·stages·GB_CHUNK, barriers nw·stages·8, x n_rows·in·sizeof(T),
+// row sums n_rows·ceil(out/nb)·4).
+// Requirements (host-checked): sm_90, in % 8 == 0, W, x and y_ld as for gemv, 1 <= n_rows <= GEMV_MAX_ROWS.
+
+#define GB_CHUNK 2048
+#define GB_VEC_PER_LANE (GB_CHUNK / 16 / 32)
+
+__device__ __forceinline__ unsigned gb_smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void gb_bar_init(unsigned long long* bar, unsigned count) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(gb_smem_addr(bar)), "r"(count) : "memory");
+#endif
+}
+
+// Makes the barriers' initialisation visible to the copy engine (the async proxy).
+__device__ __forceinline__ void gb_fence_bar_init() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+
+// Orders this thread's (and, after a __syncwarp, its warp's) earlier shared-memory reads of a buffer
+// before the copy engine's next write into it.
+__device__ __forceinline__ void gb_fence_proxy() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+// One chunk: `bytes` (a multiple of 16) from global src to shared dst; the barrier's current phase
+// completes when they have arrived (this thread's arrival + the expected transaction bytes).
+__device__ __forceinline__ void gb_copy(void* dst, const void* src, unsigned bytes, unsigned long long* bar) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(gb_smem_addr(bar)), "r"(bytes) : "memory");
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+                 ::"r"(gb_smem_addr(dst)), "l"(src), "r"(bytes), "r"(gb_smem_addr(bar))
+                 : "memory");
+#endif
+}
+
+// Waits until the barrier's phase with this parity has completed.
+__device__ __forceinline__ void gb_wait(unsigned long long* bar, unsigned parity) {
+#if __CUDA_ARCH__ >= 900
+    unsigned done = 0;
+    do {
+        asm volatile(
+            "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(gb_smem_addr(bar)), "r"(parity)
+            : "memory");
+    } while (!done);
+#endif
+}
+
+// Shared-memory layout (the host's gemv_bulk_smem in model.rs computes the same): the ring at 0
+// (nw·stages chunks), the barriers after it (nw·stages × 8 bytes), x at the next 16-byte boundary
+// (n_rows × in elements), the row sums after x (n_rows × rows_max f32).
+__device__ __forceinline__ unsigned gb_x_offset(int nw, int stages) {
+    return ((unsigned)nw * stages * (GB_CHUNK + 8) + 15u) & ~15u;
+}
+
+template <typename T>
+__device__ __forceinline__ void gemv_bulk_impl(const T* __restrict__ w, const T* __restrict__ x, void* __restrict__ y,
+                                               int out, int in, int n_rows, int x_ld, int y_ld, int out_f32, int stages) {
+#if __CUDA_ARCH__ >= 900
+    extern __shared__ __align__(128) unsigned char gb_smem[];
+    const int nw = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int nb = gridDim.x, b = blockIdx.x;
+    const int r0 = (int)((long long)b * out / nb), r1 = (int)((long long)(b + 1) * out / nb);
+    const int rows_max = (out + nb - 1) / nb;
+    const int row_bytes = in * (int)sizeof(T);
+    const int cpr = (row_bytes + GB_CHUNK - 1) / GB_CHUNK;  // chunks (units) per row
+    const int units = (r1 - r0) * cpr;
+    const int u0 = (int)((long long)units * warp / nw), u1 = (int)((long long)units * (warp + 1) / nw);
+    const int n_units = u1 - u0;
+
+    unsigned char* ring = gb_smem + (size_t)warp * stages * GB_CHUNK;
+    unsigned long long* bars = reinterpret_cast<unsigned long long*>(gb_smem + (size_t)nw * stages * GB_CHUNK) + warp * stages;
+    T* xs = reinterpret_cast<T*>(gb_smem + gb_x_offset(nw, stages));
+    float* ys = reinterpret_cast<float*>(xs + (size_t)n_rows * in);
+
+    // Unit u of this block: row r0 + u / cpr, chunk u % cpr; its bytes and where they start in W.
+    auto unit_src = [&](int u, unsigned& bytes) -> const unsigned char* {
+        const int r = r0 + u / cpr, k = u % cpr;
+        const int off = k * GB_CHUNK;
+        bytes = (unsigned)(row_bytes - off < GB_CHUNK ? row_bytes - off : GB_CHUNK);
+        return reinterpret_cast<const unsigned char*>(w) + (long long)r * row_bytes + off;
+    };
+
+    if (lane == 0) {
+        for (int s = 0; s < stages; ++s) gb_bar_init(&bars[s], 1);
+        gb_fence_bar_init();
+        for (int j = 0; j < stages && j < n_units; ++j) {
+            unsigned bytes;
+            const unsigned char* src = unit_src(u0 + j, bytes);
+            gb_copy(ring + (size_t)j * GB_CHUNK, src, bytes, &bars[j]);
+        }
+    }
+    __syncwarp();
+
+    pdl_wait();  // x is the previous kernel's output
+    {
+        const int cx = in / 8;  // 16-byte chunks per row of x
+        for (int i = threadIdx.x; i < n_rows * cx; i += blockDim.x) {
+            const int br = i / cx, c = i - br * cx;
+            reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(x + (long long)br * x_ld)[c];
+        }
+        for (int i = threadIdx.x; i < n_rows * rows_max; i += blockDim.x) ys[i] = 0.0f;
+    }
+    __syncthreads();
+
+    float acc[GEMV_MAX_ROWS];
+#pragma unroll
+    for (int br = 0; br < GEMV_MAX_ROWS; ++br) acc[br] = 0.0f;
+    int rl = u0 / cpr, k = u0 % cpr;  // the current unit's row (within the block) and chunk
+    int s = 0, phase = 0;             // its ring stage and that stage's barrier phase parity
+    for (int j = 0; j < n_units; ++j) {
+        const int off = k * GB_CHUNK;
+        const int elems = (row_bytes - off < GB_CHUNK ? row_bytes - off : GB_CHUNK) / (int)sizeof(T);
+        gb_wait(&bars[s], (unsigned)phase);
+        const uint4* wv = reinterpret_cast<const uint4*>(ring + (size_t)s * GB_CHUNK);
+        const int col0 = off / (int)sizeof(T);
+#pragma unroll
+        for (int i = 0; i < GB_VEC_PER_LANE; ++i) {
+            const int v = lane + 32 * i;
+            if (v * 8 < elems) {
+                float wf[8];
+                unpack8<T>(wv[v], wf);
+#pragma unroll
+                for (int br = 0; br < GEMV_MAX_ROWS; ++br) {
+                    if (br < n_rows) {
+                        float xf[8];
+                        unpack8<T>(reinterpret_cast<const uint4*>(xs + (size_t)br * in + col0)[v], xf);
+                        float a = acc[br];
+#pragma unroll
+                        for (int e = 0; e < 8; ++e) a = fmaf(wf[e], xf[e], a);
+                        acc[br] = a;
+                    }
+                }
+            }
+        }
+        // Every lane is done with buffer s: refill it with unit j + stages.
+        __syncwarp();
+        if (lane == 0 && j + stages < n_units) {
+            gb_fence_proxy();
+            unsigned bytes;
+            const unsigned char* src = unit_src(u0 + j + stages, bytes);
+            gb_copy(ring + (size_t)s * GB_CHUNK, src, bytes, &bars[s]);
+        }
+        // The row ends here (or the warp's range does): its sums go to shared memory.
+        if (k == cpr - 1 || j == n_units - 1) {
+#pragma unroll
+            for (int br = 0; br < GEMV_MAX_ROWS; ++br) {
+                if (br < n_rows) {
+                    const float v = warp_sum(acc[br]);
+                    if (lane == 0) atomicAdd(&ys[br * rows_max + rl], v);
+                    acc[br] = 0.0f;
+                }
+            }
+        }
+        if (++k == cpr) {
+            k = 0;
+            ++rl;
+        }
+        if (++s == stages) {
+            s = 0;
+            phase ^= 1;
+        }
+    }
+    __syncthreads();
+    const int nr = r1 - r0;
+    for (int i = threadIdx.x; i < n_rows * nr; i += blockDim.x) {
+        const int br = i / nr, r = i - br * nr;
+        const long long at = (long long)br * y_ld + r0 + r;
+        const float v = ys[br * rows_max + r];
+        if (out_f32) {
+            reinterpret_cast<float*>(y)[at] = v;
+        } else {
+            reinterpret_cast<T*>(y)[at] = from_f32<T>(v);
+        }
+    }
+#else
+    pdl_wait();
+    __trap();  // the host launches gemv_bulk only on sm_90 or newer
+#endif
+}
+
+extern "C" __global__ void gemv_bulk_f16(const __half* w, const __half* x, void* y, int out, int in, int n_rows, int x_ld, int y_ld, int out_f32, int stages) {
+    gemv_bulk_impl<__half>(w, x, y, out, in, n_rows, x_ld, y_ld, out_f32, stages);
+}
+
+extern "C" __global__ void gemv_bulk_bf16(const __nv_bfloat16* w, const __nv_bfloat16* x, void* y, int out, int in, int n_rows, int x_ld, int y_ld, int out_f32, int stages) {
+    gemv_bulk_impl<__nv_bfloat16>(w, x, y, out, in, n_rows, x_ld, y_ld, out_f32, stages);
+}
