@@ -56,6 +56,7 @@ pub struct CudaEngine {
     overlap: bool,
     gemv: GemvOps,
     gemv_kernel: GemvKernel,
+    fuse: bool,
     attention: DecodeAttention,
     /// The prefill attention, resolved for this model's head_dim and this GPU.
     prefill: PrefillAttention,
@@ -174,6 +175,25 @@ impl CudaEngine {
             GemvKernel::Bulk { .. } if sm < 90 => GemvKernel::Warp,
             g => g,
         };
+        // TPPROF_CUDA_FUSE=1: decode steps on one GPU with the RMSNorms, SwiGLU and residual adds inside
+        // gemv_bulk (sm_90+; every projection then runs on it).
+        let fuse = std::env::var("TPPROF_CUDA_FUSE").is_ok_and(|v| v == "1");
+        let fuse = match (fuse, gemv_kernel, world) {
+            (false, ..) => false,
+            (true, GemvKernel::Bulk { .. }, 1) => true,
+            (true, _, 1) => {
+                tracing::warn!(
+                    "TPPROF_CUDA_FUSE=1 needs gemv_bulk (sm_90 or newer, TPPROF_CUDA_GEMV_KERNEL not warp): not fused"
+                );
+                false
+            }
+            (true, ..) => {
+                tracing::warn!(
+                    "TPPROF_CUDA_FUSE=1 is for one GPU (the all-reduces sit between the fused kernels): not fused"
+                );
+                false
+            }
+        };
         let attn_merge = std::env::var("TPPROF_CUDA_ATTN_MERGE").is_ok_and(|v| v == "1");
         // TPPROF_CUDA_PDL=1: programmatic dependent launch of our kernels (sm_90+; measured 0.5 % slower
         // on an H100 at 14B 10K, so off by default).
@@ -229,6 +249,7 @@ impl CudaEngine {
             overlap,
             gemv,
             gemv_kernel,
+            fuse,
             attention,
             prefill,
             attn_blocks_per_sm,
@@ -251,6 +272,7 @@ impl CudaEngine {
             theta: self.cfg.rope_theta as f32,
             gemv: self.gemv,
             gemv_kernel: self.gemv_kernel,
+            fuse: self.fuse,
             attention: self.attention,
             prefill: self.prefill,
             probe: None,
@@ -754,7 +776,8 @@ impl CudaEngine {
             "decode_loop": if self.overlap { "overlapped" } else { "synchronous" },
             "programmatic_dependent_launch": self.gpu.pdl(),
             "decode_gemv": self.gemv.names(),
-            "decode_gemv_kernel": (self.gemv != GemvOps::NONE).then(|| self.gemv_kernel.describe()),
+            "decode_gemv_kernel": (self.gemv != GemvOps::NONE || self.fuse).then(|| self.gemv_kernel.describe()),
+            "decode_fused": self.fuse,
             "decode_attention": self.attention_kernel().map(|(k, _, _)| k.label()),
             "prefill_attention": self.prefill.label(),
             "decode_attention_splits": self.attention_kernel().map(|(_, n, len)| [n, len]),

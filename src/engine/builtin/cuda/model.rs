@@ -12,7 +12,7 @@ use crate::engine::builtin::cpu::weights::{projection_scale, tensor_id, Shard, W
 use crate::engine::config::Config;
 use crate::engine::safetensors::{SafetensorsDir, Sharding};
 
-use super::gpu::{Arg, Buf, DevSlice, GemmOut, Gpu, Half, Nccl};
+use super::gpu::{Arg, Buf, DevAddr, DevSlice, GemmOut, Gpu, Half, Nccl};
 use super::kernel::Kernel;
 use super::{CudaError, Dtype};
 
@@ -754,6 +754,9 @@ pub struct Model<'a> {
     pub gemv: GemvOps,
     /// Which gemv.cu kernel those use, and its launch shape.
     pub gemv_kernel: GemvKernel,
+    /// Decode steps on one GPU with the RMSNorms, the SwiGLU gating and the residual adds inside
+    /// gemv_bulk (TPPROF_CUDA_FUSE=1; only where every projection fits it: `fused_decode`).
+    pub fuse: bool,
     /// Which decode attention kernel to prefer (each falls back where its constraints fail).
     pub attention: DecodeAttention,
     /// The prefill attention (resolved for this shape and GPU: `PrefillAttention::resolve`).
@@ -1094,6 +1097,23 @@ impl GemvKernel {
     }
 }
 
+/// gemv_bulk's x (gemv.cu's GB_X_*): T activations; the f32 residual stream, normalized in the kernel
+/// with an RMSNorm weight; or a gate_up output, gated in the kernel (silu(gate) · up).
+#[derive(Clone, Copy)]
+enum BulkX<'b> {
+    Plain(DevSlice<'b, Half>),
+    RmsNorm { resid: DevSlice<'b, f32>, w: DevSlice<'b, f32> },
+    SwiGlu(DevSlice<'b, Half>),
+}
+
+/// gemv_bulk's y (gemv.cu's GB_Y_*): written (T, or f32 when `f32`), or added to the f32 residual
+/// stream (after rounding to T, as add_rmsnorm adds a T delta).
+#[derive(Clone, Copy)]
+enum BulkY<'b> {
+    Plain { addr: DevAddr<'b>, len: usize, f32: bool },
+    AddResid(DevSlice<'b, f32>),
+}
+
 /// gemv_bulk's dynamic shared memory (gemv.cu's layout): the ring (warps × stages chunks), its barriers
 /// (8 bytes each), x at the next 16-byte boundary (rows × in elements of `elem` bytes), the row sums
 /// (rows × rows_max f32).
@@ -1153,39 +1173,17 @@ impl<'a> Model<'a> {
                     y.len()
                 )));
             }
-            if let GemvKernel::Bulk { blocks, warps, stages } = self.gemv_kernel {
-                let nb = blocks.clamp(1, out);
-                let smem = gemv_bulk_smem(warps, stages, n, k, out.div_ceil(nb), T_BYTES);
-                if smem <= self.gpu.max_shared_per_block() {
-                    // SAFETY: gemv_bulk_T(const T* w, const T* x, void* y, int out, int in, int n_rows,
-                    // int x_ld, int y_ld, int out_f32, int stages) (gemv.cu) reads w (out × in), x
-                    // (n_rows × x_ld), writes y (n_rows × y_ld, Y's type), all held by the views
-                    // (checked above); grid nb ≤ out, 32·warps threads, the shared memory of its layout
-                    // (gemv_bulk_smem, within the device's limit); sm_90 (GemvKernel::Bulk is chosen
-                    // only there).
-                    return unsafe {
-                        self.gpu.launch(
-                            Kernel::GemvBulk,
-                            (nb as u32, 1, 1),
-                            32 * warps as u32,
-                            smem as u32,
-                            &[
-                                Arg::Ptr(w.addr()),
-                                Arg::Ptr(x.addr()),
-                                Arg::Ptr(y.addr()),
-                                Arg::I32(out as i32),
-                                Arg::I32(k as i32),
-                                Arg::I32(n as i32),
-                                Arg::I32(k as i32),
-                                Arg::I32(out as i32),
-                                Arg::I32(Y::F32 as i32),
-                                Arg::I32(stages as i32),
-                            ],
-                        )
-                    };
-                }
-                // Too large for one block's shared memory (many rows of a wide x): the warp kernel.
+            if self.gemv_bulk(
+                n,
+                out,
+                k,
+                BulkX::Plain(x),
+                w,
+                BulkY::Plain { addr: y.addr(), len: y.len(), f32: Y::F32 },
+            )? {
+                return Ok(());
             }
+            // Not gemv_bulk (not chosen, or too large for one block's shared memory): the warp kernel.
             let blocks = out.div_ceil(8) as u32;
             // SAFETY: gemv_T(const T* w, const T* x, void* y, int out, int in, int n_rows, int x_ld,
             // int y_ld, int out_f32) (gemv.cu) reads w (out × in), x (n_rows × x_ld), writes y
@@ -1211,6 +1209,90 @@ impl<'a> Model<'a> {
             };
         }
         self.gpu.gemm_nt(n, out, k, (x, k), (w, k), (y, out), 1.0, None)
+    }
+
+    /// y = x · Wᵀ (n × out, k inputs) with gemv.cu's gemv_bulk, x and y as `x` and `y` say (the
+    /// fused RMSNorm / SwiGLU prologues, the residual-add epilogue). Ok(false) when gemv_bulk is not
+    /// the GEMV kernel or does not fit one block's shared memory (the caller takes another path).
+    /// The caller has checked the views' lengths and w, x 16-byte alignment with k % 8 == 0.
+    fn gemv_bulk(
+        &self,
+        n: usize,
+        out: usize,
+        k: usize,
+        x: BulkX<'_>,
+        w: DevSlice<'_, Half>,
+        y: BulkY<'_>,
+    ) -> Result<bool, CudaError> {
+        let GemvKernel::Bulk { blocks, warps, stages } = self.gemv_kernel else { return Ok(false) };
+        if !self.gemv_bulk_fits(n, out, k) {
+            return Ok(false);
+        }
+        let nb = blocks.clamp(1, out);
+        let smem = gemv_bulk_smem(warps, stages, n, k, out.div_ceil(nb), T_BYTES);
+        let (x_addr, x_ld, x_mode, norm_w, x_ok) = match x {
+            BulkX::Plain(x) => (x.addr(), k, 0, Arg::Null, x.len() >= n * k && x.aligned(16)),
+            BulkX::RmsNorm { resid, w } => (
+                resid.addr(),
+                k,
+                1,
+                Arg::Ptr(w.addr()),
+                resid.len() >= n * k && w.len() >= k && resid.aligned(16) && w.aligned(16),
+            ),
+            BulkX::SwiGlu(gu) => (gu.addr(), 2 * k, 2, Arg::Null, gu.len() >= n * 2 * k && gu.aligned(16)),
+        };
+        let (y_addr, y_len, y_mode, out_f32) = match y {
+            BulkY::Plain { addr, len, f32 } => (addr, len, 0, f32),
+            BulkY::AddResid(r) => (r.addr(), r.len(), 1, false),
+        };
+        if y_len < n * out {
+            return Err(CudaError::Internal(format!("gemv_bulk {n}×{out}×{k}: a y view of {y_len} elements")));
+        }
+        if !x_ok || w.len() < out * k || !w.aligned(16) {
+            return Err(CudaError::Internal(format!("gemv_bulk {n}×{out}×{k}: x or w view too small or unaligned")));
+        }
+        // SAFETY: gemv_bulk_T(const T* w, const void* x, void* y, int out, int in, int n_rows, int x_ld,
+        // int y_ld, int out_f32, int stages, int x_mode, int y_mode, const float* norm_w, float eps)
+        // (gemv.cu): reads w (out × in), x (n_rows × x_ld: T, or f32 for RMSNorm, whose norm_w has
+        // `in` elements), writes y (n_rows × out: T or f32, or the f32 residual it adds to), all held
+        // by the caller's views; grid nb ≤ out, 32·warps threads, the shared memory of its layout
+        // (gemv_bulk_smem, within the device's limit: gemv_bulk_fits); sm_90 (GemvKernel::Bulk is
+        // chosen only there).
+        unsafe {
+            self.gpu.launch(
+                Kernel::GemvBulk,
+                (nb as u32, 1, 1),
+                32 * warps as u32,
+                smem as u32,
+                &[
+                    Arg::Ptr(w.addr()),
+                    Arg::Ptr(x_addr),
+                    Arg::Ptr(y_addr),
+                    Arg::I32(out as i32),
+                    Arg::I32(k as i32),
+                    Arg::I32(n as i32),
+                    Arg::I32(x_ld as i32),
+                    Arg::I32(out as i32),
+                    Arg::I32(out_f32 as i32),
+                    Arg::I32(stages as i32),
+                    Arg::I32(x_mode),
+                    Arg::I32(y_mode),
+                    norm_w,
+                    Arg::F32(self.eps),
+                ],
+            )?;
+        }
+        Ok(true)
+    }
+
+    /// Whether gemv_bulk is the GEMV kernel and an n × out × k product fits one block's shared memory
+    /// (1 KiB kept for the kernel's static part).
+    fn gemv_bulk_fits(&self, n: usize, out: usize, k: usize) -> bool {
+        let GemvKernel::Bulk { blocks, warps, stages } = self.gemv_kernel else { return false };
+        let nb = blocks.clamp(1, out.max(1));
+        (1..=GEMV_MAX_ROWS).contains(&n)
+            && k % 8 == 0
+            && gemv_bulk_smem(warps, stages, n, k, out.div_ceil(nb), T_BYTES) + 1024 <= self.gpu.max_shared_per_block()
     }
 
     /// Uploads a prompt's tokens and positions for `prefill` (host work; not capturable).
@@ -1253,10 +1335,10 @@ impl<'a> Model<'a> {
                 ],
             )?;
         }
-        self.layers(&Pass::Prefill { n, slot })?;
+        self.layers(&Pass::Prefill { n, slot }, false)?;
         // Only the last prompt token reaches the LM head.
         let last = n - 1;
-        self.final_head(last, 1, Some(self.b.tokens.at(slot)), false)?;
+        self.final_head(last, 1, Some(self.b.tokens.at(slot)), false, false)?;
         self.mark(Op::End)
     }
 
@@ -1281,12 +1363,46 @@ impl<'a> Model<'a> {
                 ],
             )?;
         }
-        self.layers(&Pass::Decode { n })?;
-        self.final_head(0, n, None, true)?;
+        let fused = self.fused_decode(n);
+        self.layers(&Pass::Decode { n }, fused)?;
+        self.final_head(0, n, None, true, fused)?;
         self.mark(Op::End)
     }
 
-    fn layers(&self, pass: &Pass) -> Result<(), CudaError> {
+    /// Whether a decode step of n rows runs fused (`fuse`): one GPU, and gemv_bulk takes every
+    /// projection of a layer.
+    fn fused_decode(&self, n: usize) -> bool {
+        let d = self.dims;
+        self.fuse
+            && d.world == 1
+            && self.gemv_bulk_fits(n, d.qkv(), d.hidden)
+            && self.gemv_bulk_fits(n, d.hidden, d.hq * d.d)
+            && self.gemv_bulk_fits(n, 2 * d.inter, d.hidden)
+            && self.gemv_bulk_fits(n, d.hidden, d.inter)
+    }
+
+    /// gemv_bulk that must run (the shapes were checked by `fused_decode`).
+    fn fused_gemv(
+        &self,
+        n: usize,
+        out: usize,
+        k: usize,
+        x: BulkX<'_>,
+        w: DevSlice<'_, Half>,
+        y: BulkY<'_>,
+    ) -> Result<(), CudaError> {
+        if self.gemv_bulk(n, out, k, x, w, y)? {
+            Ok(())
+        } else {
+            Err(CudaError::Internal(format!("fused decode: gemv_bulk cannot take {n}×{out}×{k}")))
+        }
+    }
+
+    /// The layers. `fused` (decode only, `fused_decode`): the input RMSNorm inside the QKV GEMV, the
+    /// post-attention RMSNorm inside gate_up, SwiGLU inside down, and o and down added to the residual
+    /// by their GEMVs: 4 kernels per layer fewer (add_rmsnorm × 2, silu_mul, and no all-reduce on one
+    /// GPU).
+    fn layers(&self, pass: &Pass, fused: bool) -> Result<(), CudaError> {
         let d = self.dims;
         let n = pass.rows();
         let (row_pos, row_slot) = match pass {
@@ -1295,12 +1411,21 @@ impl<'a> Model<'a> {
         };
         for (l, lw) in self.w.layers.iter().enumerate() {
             // resid += previous layer's MLP output; xnorm = input_norm(resid)
-            let delta = if l == 0 { None } else { Some(self.b.down.view()) };
-            self.mark(Op::Norm)?;
-            self.add_rmsnorm(self.b.resid.view(), delta, lw.in_norm.view(), self.b.xnorm.view(), n)?;
-            // qkv = xnorm · W_qkvᵀ (f32 out), then bias + RoPE, q → (hq, n, d), k/v → cache
-            self.mark(Op::QkvGemm)?;
-            self.linear(Linear::Qkv, n, d.qkv(), d.hidden, self.b.xnorm.view(), lw.w_qkv.view(), self.b.qkv.view())?;
+            if fused {
+                // (The previous layer's down GEMV has added its output to resid.)
+                self.mark(Op::QkvGemm)?;
+                let x = BulkX::RmsNorm { resid: self.b.resid.view(), w: lw.in_norm.view() };
+                let y = BulkY::Plain { addr: self.b.qkv.addr(), len: self.b.qkv.view().len(), f32: true };
+                self.fused_gemv(n, d.qkv(), d.hidden, x, lw.w_qkv.view(), y)?;
+            } else {
+                let delta = if l == 0 { None } else { Some(self.b.down.view()) };
+                self.mark(Op::Norm)?;
+                self.add_rmsnorm(self.b.resid.view(), delta, lw.in_norm.view(), self.b.xnorm.view(), n)?;
+                // qkv = xnorm · W_qkvᵀ (f32 out), then bias + RoPE, q → (hq, n, d), k/v → cache
+                self.mark(Op::QkvGemm)?;
+                let (xn, wq, qkv) = (self.b.xnorm.view(), lw.w_qkv.view(), self.b.qkv.view());
+                self.linear(Linear::Qkv, n, d.qkv(), d.hidden, xn, wq, qkv)?;
+            }
             let (kc, vc) = self.cache_layer(l);
             self.mark(Op::QkvRope)?;
             // SAFETY: qkv_rope_T(const float* qkv, const float* bias, T* q_out, T* k_cache, T* v_cache,
@@ -1340,6 +1465,27 @@ impl<'a> Model<'a> {
             match pass {
                 Pass::Prefill { n, slot } => self.prefill_attention(*n, *slot, kc, vc)?,
                 Pass::Decode { n } => self.decode_attention(*n, kc, vc)?,
+            }
+            if fused {
+                // resid += attn · W_oᵀ; gu = post_norm(resid) · W_guᵀ; resid += silu·mul(gu) · W_downᵀ.
+                self.mark(Op::OGemm)?;
+                let resid = self.b.resid.view();
+                self.fused_gemv(
+                    n,
+                    d.hidden,
+                    d.hq * d.d,
+                    BulkX::Plain(self.b.attn.view()),
+                    lw.w_o.view(),
+                    BulkY::AddResid(resid),
+                )?;
+                self.mark(Op::GateUpGemm)?;
+                let x = BulkX::RmsNorm { resid, w: lw.post_norm.view() };
+                let y = BulkY::Plain { addr: self.b.gu.addr(), len: self.b.gu.view().len(), f32: false };
+                self.fused_gemv(n, 2 * d.inter, d.hidden, x, lw.w_gu.view(), y)?;
+                self.mark(Op::DownGemm)?;
+                let x = BulkX::SwiGlu(self.b.gu.view());
+                self.fused_gemv(n, d.hidden, d.inter, x, lw.w_down.view(), BulkY::AddResid(resid))?;
+                continue;
             }
             // o = attn · W_oᵀ (partial over this rank's heads), summed over ranks
             self.mark(Op::OGemm)?;
@@ -1397,20 +1543,25 @@ impl<'a> Model<'a> {
         n: usize,
         token_dst: Option<DevSlice<'_, i32>>,
         advance: bool,
+        fused: bool,
     ) -> Result<(), CudaError> {
         let d = self.dims;
         let h = d.hidden;
-        self.mark(Op::Norm)?;
-        self.add_rmsnorm(
-            self.b.resid.at(row0 * h),
-            Some(self.b.down.at(row0 * h)),
-            self.w.final_norm.view(),
-            self.b.xnorm.view(),
-            n,
-        )?;
         let v = d.v_local();
-        self.mark(Op::LmHead)?;
-        self.linear(Linear::LmHead, n, v, h, self.b.xnorm.view(), self.w.lm_head(d), self.b.logits.view())?;
+        if fused && self.gemv_bulk_fits(n, v, h) {
+            // The last down GEMV has added its output to resid: the final norm inside the LM head.
+            self.mark(Op::LmHead)?;
+            let x = BulkX::RmsNorm { resid: self.b.resid.at(row0 * h), w: self.w.final_norm.view() };
+            let y = BulkY::Plain { addr: self.b.logits.addr(), len: self.b.logits.view().len(), f32: true };
+            self.fused_gemv(n, v, h, x, self.w.lm_head(d), y)?;
+        } else {
+            self.mark(Op::Norm)?;
+            // Fused layers have added down to resid already.
+            let delta = if fused { None } else { Some(self.b.down.at(row0 * h)) };
+            self.add_rmsnorm(self.b.resid.at(row0 * h), delta, self.w.final_norm.view(), self.b.xnorm.view(), n)?;
+            self.mark(Op::LmHead)?;
+            self.linear(Linear::LmHead, n, v, h, self.b.xnorm.view(), self.w.lm_head(d), self.b.logits.view())?;
+        }
         self.mark(Op::Argmax)?;
         // SAFETY: argmax_rows(const float* logits, int n_rows, int cols, int col0, float* out_pair)
         // (sampling.cu): logits (n, v_local), out_pair 2 floats per row; both sized for `slots` ≥ n.

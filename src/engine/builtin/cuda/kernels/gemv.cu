@@ -185,9 +185,75 @@ __device__ __forceinline__ unsigned gb_x_offset(int nw, int stages) {
     return ((unsigned)nw * stages * (GB_CHUNK + 8) + 15u) & ~15u;
 }
 
+// What gemv_bulk's x is (x_mode) and where its y goes (y_mode): with them the decode step's
+// RMSNorm and SwiGLU gating run inside the GEMV that consumes them, and the residual add inside the
+// one that produces it (one GPU: no all-reduce in between), instead of add_rmsnorm and silu_mul
+// kernels (TPPROF_CUDA_FUSE=1).
+#define GB_X_PLAIN 0    // x: T, n_rows × x_ld
+#define GB_X_RMSNORM 1  // x: the f32 residual stream (n_rows × x_ld): each block normalizes it with
+                        // norm_w (f32, in) and eps, as add_rmsnorm does (without a delta)
+#define GB_X_SWIGLU 2   // x: T gate_up (n_rows × x_ld, gate [0, in), up [in, 2 in)): silu(gate) · up,
+                        // as silu_mul does
+#define GB_Y_PLAIN 0      // y: T or f32 (out_f32), n_rows × y_ld
+#define GB_Y_ADD_RESID 1  // y: the f32 residual stream, n_rows × y_ld: y += T(x · Wᵀ)
+
+// x (n_rows × in, T) into shared memory, as x_mode says. All threads of the block; the caller syncs.
 template <typename T>
-__device__ __forceinline__ void gemv_bulk_impl(const T* __restrict__ w, const T* __restrict__ x, void* __restrict__ y,
-                                               int out, int in, int n_rows, int x_ld, int y_ld, int out_f32, int stages) {
+__device__ __forceinline__ void gb_load_x(const void* __restrict__ x, T* __restrict__ xs, int in, int n_rows, int x_ld,
+                                          int x_mode, const float* __restrict__ norm_w, float eps) {
+    const int cx = in / 8;  // 8-element pieces per row
+    if (x_mode == GB_X_PLAIN) {
+        const T* xt = reinterpret_cast<const T*>(x);
+        for (int i = threadIdx.x; i < n_rows * cx; i += blockDim.x) {
+            const int br = i / cx, c = i - br * cx;
+            reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(xt + (long long)br * x_ld)[c];
+        }
+    } else if (x_mode == GB_X_SWIGLU) {
+        const T* xt = reinterpret_cast<const T*>(x);
+        for (int i = threadIdx.x; i < n_rows * cx; i += blockDim.x) {
+            const int br = i / cx, c = i - br * cx;
+            const T* row = xt + (long long)br * x_ld;
+            float g[8], u[8];
+            unpack8<T>(reinterpret_cast<const uint4*>(row)[c], g);
+            unpack8<T>(reinterpret_cast<const uint4*>(row + in)[c], u);
+            T o[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) o[e] = from_f32<T>((g[e] / (1.0f + expf(-g[e]))) * u[e]);
+            reinterpret_cast<uint4*>(xs)[i] = *reinterpret_cast<const uint4*>(o);
+        }
+    } else {
+        __shared__ float red[32];
+        const float* xf = reinterpret_cast<const float*>(x);
+        for (int br = 0; br < n_rows; ++br) {
+            const float4* row = reinterpret_cast<const float4*>(xf + (long long)br * x_ld);
+            float ss = 0.0f;
+            for (int c = threadIdx.x; c < in / 4; c += blockDim.x) {
+                const float4 v = row[c];
+                ss = fmaf(v.x, v.x, ss);
+                ss = fmaf(v.y, v.y, ss);
+                ss = fmaf(v.z, v.z, ss);
+                ss = fmaf(v.w, v.w, ss);
+            }
+            ss = block_sum(ss, red);
+            const float mean_square = __fdiv_rn(ss, (float)in);
+            const float inv_rms = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(mean_square, eps)));
+            const float4* nw4 = reinterpret_cast<const float4*>(norm_w);
+            for (int c = threadIdx.x; c < in / 4; c += blockDim.x) {
+                const float4 v = row[c], g = nw4[c];
+                T* o = xs + (size_t)br * in + 4 * c;
+                o[0] = from_f32<T>(__fmul_rn(__fmul_rn(v.x, inv_rms), g.x));
+                o[1] = from_f32<T>(__fmul_rn(__fmul_rn(v.y, inv_rms), g.y));
+                o[2] = from_f32<T>(__fmul_rn(__fmul_rn(v.z, inv_rms), g.z));
+                o[3] = from_f32<T>(__fmul_rn(__fmul_rn(v.w, inv_rms), g.w));
+            }
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void gemv_bulk_impl(const T* __restrict__ w, const void* __restrict__ x, void* __restrict__ y,
+                                               int out, int in, int n_rows, int x_ld, int y_ld, int out_f32, int stages,
+                                               int x_mode, int y_mode, const float* __restrict__ norm_w, float eps) {
 #if __CUDA_ARCH__ >= 900
     extern __shared__ __align__(128) unsigned char gb_smem[];
     const int nw = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -225,14 +291,8 @@ __device__ __forceinline__ void gemv_bulk_impl(const T* __restrict__ w, const T*
     __syncwarp();
 
     pdl_wait();  // x is the previous kernel's output
-    {
-        const int cx = in / 8;  // 16-byte chunks per row of x
-        for (int i = threadIdx.x; i < n_rows * cx; i += blockDim.x) {
-            const int br = i / cx, c = i - br * cx;
-            reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(x + (long long)br * x_ld)[c];
-        }
-        for (int i = threadIdx.x; i < n_rows * rows_max; i += blockDim.x) ys[i] = 0.0f;
-    }
+    for (int i = threadIdx.x; i < n_rows * rows_max; i += blockDim.x) ys[i] = 0.0f;
+    gb_load_x<T>(x, xs, in, n_rows, x_ld, x_mode, norm_w, eps);
     __syncthreads();
 
     float acc[GEMV_MAX_ROWS];
@@ -299,7 +359,11 @@ __device__ __forceinline__ void gemv_bulk_impl(const T* __restrict__ w, const T*
         const int br = i / nr, r = i - br * nr;
         const long long at = (long long)br * y_ld + r0 + r;
         const float v = ys[br * rows_max + r];
-        if (out_f32) {
+        if (y_mode == GB_Y_ADD_RESID) {
+            // The residual add of add_rmsnorm (the delta rounded to T first, as there).
+            float* res = reinterpret_cast<float*>(y);
+            res[at] = __fadd_rn(res[at], to_f32(from_f32<T>(v)));
+        } else if (out_f32) {
             reinterpret_cast<float*>(y)[at] = v;
         } else {
             reinterpret_cast<T*>(y)[at] = from_f32<T>(v);
@@ -311,10 +375,12 @@ __device__ __forceinline__ void gemv_bulk_impl(const T* __restrict__ w, const T*
 #endif
 }
 
-extern "C" __global__ void gemv_bulk_f16(const __half* w, const __half* x, void* y, int out, int in, int n_rows, int x_ld, int y_ld, int out_f32, int stages) {
-    gemv_bulk_impl<__half>(w, x, y, out, in, n_rows, x_ld, y_ld, out_f32, stages);
+extern "C" __global__ void gemv_bulk_f16(const __half* w, const void* x, void* y, int out, int in, int n_rows, int x_ld, int y_ld,
+                                         int out_f32, int stages, int x_mode, int y_mode, const float* norm_w, float eps) {
+    gemv_bulk_impl<__half>(w, x, y, out, in, n_rows, x_ld, y_ld, out_f32, stages, x_mode, y_mode, norm_w, eps);
 }
 
-extern "C" __global__ void gemv_bulk_bf16(const __nv_bfloat16* w, const __nv_bfloat16* x, void* y, int out, int in, int n_rows, int x_ld, int y_ld, int out_f32, int stages) {
-    gemv_bulk_impl<__nv_bfloat16>(w, x, y, out, in, n_rows, x_ld, y_ld, out_f32, stages);
+extern "C" __global__ void gemv_bulk_bf16(const __nv_bfloat16* w, const void* x, void* y, int out, int in, int n_rows, int x_ld, int y_ld,
+                                          int out_f32, int stages, int x_mode, int y_mode, const float* norm_w, float eps) {
+    gemv_bulk_impl<__nv_bfloat16>(w, x, y, out, in, n_rows, x_ld, y_ld, out_f32, stages, x_mode, y_mode, norm_w, eps);
 }
