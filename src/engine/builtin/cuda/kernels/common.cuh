@@ -80,6 +80,16 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// Lets the next kernel in the stream (launched with programmatic dependent launch) be scheduled
+// before this one has finished: its blocks take SM slots as this kernel's blocks leave and run up to
+// their own pdl_wait(), which still waits for this kernel's completion and memory. A no-op without
+// the launch attribute.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tensor-core helpers (prefill.cu's prefill attention, decode.cu's decode_attn_mma): cp.async 16-byte
 // copies, ldmatrix, mma.sync m16n8k16 with f32 accumulators, sm_80 or newer (compiled out below).

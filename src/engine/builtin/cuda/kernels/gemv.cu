@@ -289,6 +289,9 @@ __device__ __forceinline__ void gemv_bulk_impl(const T* __restrict__ w, const vo
         }
     }
     __syncwarp();
+    // Every block of this persistent grid is resident: the next kernel may be scheduled now, its
+    // blocks filling SMs as ours finish (a gemv_bulk after this one starts streaming its weights).
+    pdl_launch_dependents();
 
     pdl_wait();  // x is the previous kernel's output
     for (int i = threadIdx.x; i < n_rows * rows_max; i += blockDim.x) ys[i] = 0.0f;
