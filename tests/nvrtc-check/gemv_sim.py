@@ -27,7 +27,7 @@ for line in (
     "const int u0 = (int)((long long)units * warp / nw), u1 = (int)((long long)units * (warp + 1) / nw);",
     "gb_wait(&bars[s], (unsigned)phase);",
     "const unsigned char* src = unit_src(u0 + j + stages, bytes);",
-    "gb_copy(ring + (size_t)s * GB_CHUNK, src, bytes, &bars[s]);",
+    "gb_copy(ring + (size_t)s * GB_CHUNK, src, bytes, &bars[s], policy);",
     "if (k == cpr - 1 || j == n_units - 1) {",
     "return ((unsigned)nw * stages * (GB_CHUNK + 8) + 15u) & ~15u;",
     "float* ys = reinterpret_cast<float*>(xs + (size_t)n_rows * in);",

@@ -483,10 +483,14 @@ impl Gpu {
         // calls are cheap and not stream operations, so they are allowed while a graph is captured).
         // The static part counts: decode_attn_mma_d64 asks for exactly 48 KiB dynamic plus 16 bytes
         // static, and failed with CUDA_ERROR_INVALID_VALUE when only the dynamic part was compared.
+        // The limit is set to the most the device allows, not to this launch's size: a kernel
+        // launched with several sizes (gemv_bulk: one per projection) must never have it lowered
+        // below an earlier launch's, which a captured graph still replays.
         if shared + static_shared > 48 * 1024 {
+            let most = (self.max_shared_per_block() as u32).saturating_sub(*static_shared).max(shared);
             func.set_attribute(
                 drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                shared as i32,
+                most as i32,
             )
             .map_err(drv("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)"))?;
             // The most shared memory (least L1) per SM, so two such blocks fit on an SM where
@@ -729,6 +733,13 @@ impl Gpu {
         self.ctx
             .attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .unwrap_or(48 * 1024) as usize
+    }
+
+    /// Shared memory per SM (the blocks resident on one SM share it; 100 KiB if the driver does not say).
+    pub fn shared_per_sm(&self) -> usize {
+        self.ctx
+            .attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
+            .unwrap_or(100 * 1024) as usize
     }
 
     /// Free and total device memory from the driver.

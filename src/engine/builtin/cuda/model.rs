@@ -1048,16 +1048,30 @@ const GB_CHUNK: usize = 2048;
 pub enum GemvKernel {
     /// gemv: one warp per output row, each lane loading its 16-byte pieces of W.
     Warp,
-    /// gemv_bulk (sm_90+): a persistent grid of `blocks` blocks of `warps` warps, each warp streaming
+    /// gemv_bulk (sm_90+): a persistent grid of up to `per_sm` blocks on each of the GPU's `sms` SMs
+    /// (fewer where their shared memory does not fit: `grid`), of `warps` warps, each warp streaming
     /// its share of W through a ring of `stages` cp.async.bulk buffers of GB_CHUNK bytes.
-    Bulk { blocks: usize, warps: usize, stages: usize },
+    Bulk { sms: usize, per_sm: usize, warps: usize, stages: usize },
 }
 
 impl GemvKernel {
     /// gemv_bulk's default shape on a GPU of `sms` SMs: 2 blocks per SM of 4 warps, 8 stages
     /// (64 KiB of W in flight per block).
     pub fn bulk(sms: usize) -> GemvKernel {
-        GemvKernel::Bulk { blocks: 2 * sms, warps: 4, stages: 8 }
+        GemvKernel::Bulk { sms, per_sm: 2, warps: 4, stages: 8 }
+    }
+
+    /// gemv_bulk's grid for `out` rows with `smem` bytes of dynamic shared memory per block: one wave,
+    /// `per_sm` blocks per SM where that many fit in `shared_per_sm` (each block also holds its static
+    /// 128 bytes and the 1 KiB the driver reserves per block), at least one, at most one per row.
+    pub fn grid(self, out: usize, smem: usize, shared_per_sm: usize) -> usize {
+        match self {
+            GemvKernel::Warp => out.div_ceil(8),
+            GemvKernel::Bulk { sms, per_sm, .. } => {
+                let fit = shared_per_sm / (smem + 128 + 1024);
+                (sms * per_sm.min(fit).max(1)).clamp(1, out.max(1))
+            }
+        }
     }
 
     /// TPPROF_CUDA_GEMV_KERNEL's value: `warp`, `bulk` (the default shape) or
@@ -1078,7 +1092,7 @@ impl GemvKernel {
             })?;
         match n[..] {
             [b, w, s] if b >= 1 && (1..=32).contains(&w) && s >= 1 => {
-                Ok(GemvKernel::Bulk { blocks: b * sms, warps: w, stages: s })
+                Ok(GemvKernel::Bulk { sms, per_sm: b, warps: w, stages: s })
             }
             _ => Err(format!(
                 "`{v}`: BLOCKS_PER_SM,WARPS,STAGES must be three positive integers (warps ≤ 32), e.g. bulk:2,4,8"
@@ -1090,8 +1104,8 @@ impl GemvKernel {
     pub fn describe(self) -> String {
         match self {
             GemvKernel::Warp => "gemv.cu gemv (a warp per row)".into(),
-            GemvKernel::Bulk { blocks, warps, stages } => format!(
-                "gemv.cu gemv_bulk ({blocks} blocks × {warps} warps, {stages} stages of {GB_CHUNK} bytes, cp.async.bulk)"
+            GemvKernel::Bulk { sms, per_sm, warps, stages } => format!(
+                "gemv.cu gemv_bulk ({per_sm} blocks per SM × {sms} SMs, {warps} warps, {stages} stages of {GB_CHUNK} bytes, cp.async.bulk)"
             ),
         }
     }
@@ -1224,12 +1238,9 @@ impl<'a> Model<'a> {
         w: DevSlice<'_, Half>,
         y: BulkY<'_>,
     ) -> Result<bool, CudaError> {
-        let GemvKernel::Bulk { blocks, warps, stages } = self.gemv_kernel else { return Ok(false) };
-        if !self.gemv_bulk_fits(n, out, k) {
-            return Ok(false);
-        }
-        let nb = blocks.clamp(1, out);
-        let smem = gemv_bulk_smem(warps, stages, n, k, out.div_ceil(nb), T_BYTES);
+        let GemvKernel::Bulk { stages, warps, .. } = self.gemv_kernel else { return Ok(false) };
+        let Some(smem) = self.gemv_bulk_smem_of(n, out, k) else { return Ok(false) };
+        let nb = self.gemv_kernel.grid(out, smem, self.gpu.shared_per_sm());
         let (x_addr, x_ld, x_mode, norm_w, x_ok) = match x {
             BulkX::Plain(x) => (x.addr(), k, 0, Arg::Null, x.len() >= n * k && x.aligned(16)),
             BulkX::RmsNorm { resid, w } => (
@@ -1285,14 +1296,19 @@ impl<'a> Model<'a> {
         Ok(true)
     }
 
-    /// Whether gemv_bulk is the GEMV kernel and an n × out × k product fits one block's shared memory
-    /// (1 KiB kept for the kernel's static part).
+    /// gemv_bulk's dynamic shared memory for an n × out × k product, its row sums sized for the
+    /// smallest grid `GemvKernel::grid` gives (one block per SM); None when gemv_bulk is not the GEMV
+    /// kernel or that does not fit one block (1 KiB kept for the kernel's static part).
+    fn gemv_bulk_smem_of(&self, n: usize, out: usize, k: usize) -> Option<usize> {
+        let GemvKernel::Bulk { sms, warps, stages, .. } = self.gemv_kernel else { return None };
+        let rows_cap = out.div_ceil(sms.clamp(1, out.max(1)));
+        let smem = gemv_bulk_smem(warps, stages, n, k, rows_cap, T_BYTES);
+        ((1..=GEMV_MAX_ROWS).contains(&n) && k % 8 == 0 && out > 0 && smem + 1024 <= self.gpu.max_shared_per_block())
+            .then_some(smem)
+    }
+
     fn gemv_bulk_fits(&self, n: usize, out: usize, k: usize) -> bool {
-        let GemvKernel::Bulk { blocks, warps, stages } = self.gemv_kernel else { return false };
-        let nb = blocks.clamp(1, out.max(1));
-        (1..=GEMV_MAX_ROWS).contains(&n)
-            && k % 8 == 0
-            && gemv_bulk_smem(warps, stages, n, k, out.div_ceil(nb), T_BYTES) + 1024 <= self.gpu.max_shared_per_block()
+        self.gemv_bulk_smem_of(n, out, k).is_some()
     }
 
     /// Uploads a prompt's tokens and positions for `prefill` (host work; not capturable).
@@ -2050,16 +2066,25 @@ mod tests {
     #[test]
     fn gemv_kernel_parses_shapes_and_sizes_its_shared_memory_as_gemv_cu_lays_it_out() {
         assert_eq!(GemvKernel::parse("warp", 132).unwrap(), GemvKernel::Warp);
-        assert_eq!(GemvKernel::parse(" bulk ", 132).unwrap(), GemvKernel::Bulk { blocks: 264, warps: 4, stages: 8 });
+        let bulk = GemvKernel::Bulk { sms: 132, per_sm: 2, warps: 4, stages: 8 };
+        assert_eq!(GemvKernel::parse(" bulk ", 132).unwrap(), bulk);
+        // Two blocks per SM where they fit 228 KiB (+ 128 static + 1 KiB each), else one; ≤ one per row.
+        assert_eq!(bulk.grid(5120, 100_000, 233_472), 264);
+        assert_eq!(bulk.grid(5120, 120_000, 233_472), 132);
+        assert_eq!(bulk.grid(5120, 240_000, 233_472), 132);
+        assert_eq!(bulk.grid(100, 1000, 233_472), 100);
+        assert_eq!(bulk.grid(0, 1000, 233_472), 1);
         assert_eq!(
             GemvKernel::parse("bulk:1,8,6", 132).unwrap(),
-            GemvKernel::Bulk { blocks: 132, warps: 8, stages: 6 }
+            GemvKernel::Bulk { sms: 132, per_sm: 1, warps: 8, stages: 6 }
         );
         for bad in ["bulk:0,4,8", "bulk:1,33,8", "bulk:1,4,0", "bulk:1,4", "bulk:a,b,c", "tma"] {
             let e = GemvKernel::parse(bad, 132).unwrap_err();
             assert!(e.contains(bad.trim()) && e.contains("bulk"), "{bad}: {e}");
         }
-        assert!(GemvKernel::bulk(132).describe().contains("264 blocks × 4 warps, 8 stages of 2048 bytes"));
+        assert!(GemvKernel::bulk(132)
+            .describe()
+            .contains("2 blocks per SM × 132 SMs, 4 warps, 8 stages of 2048 bytes"));
         // The kernel's constants and layout, as gemv.cu defines them.
         let src = include_str!("kernels/gemv.cu");
         assert!(src.contains(&format!("#define GB_CHUNK {GB_CHUNK}")));

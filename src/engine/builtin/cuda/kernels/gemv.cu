@@ -153,15 +153,38 @@ __device__ __forceinline__ void gb_fence_proxy() {
 #endif
 }
 
+// An L2 policy for the weights: each byte is read once per step, so it goes first when L2 needs room
+// (x, the residual and the KV cache stay).
+__device__ __forceinline__ unsigned long long gb_evict_first() {
+    unsigned long long policy = 0;
+#if __CUDA_ARCH__ >= 900
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+#endif
+    return policy;
+}
+
 // One chunk: `bytes` (a multiple of 16) from global src to shared dst; the barrier's current phase
 // completes when they have arrived (this thread's arrival + the expected transaction bytes).
-__device__ __forceinline__ void gb_copy(void* dst, const void* src, unsigned bytes, unsigned long long* bar) {
+__device__ __forceinline__ void gb_copy(void* dst, const void* src, unsigned bytes, unsigned long long* bar,
+                                        unsigned long long policy) {
 #if __CUDA_ARCH__ >= 900
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(gb_smem_addr(bar)), "r"(bytes) : "memory");
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-                 ::"r"(gb_smem_addr(dst)), "l"(src), "r"(bytes), "r"(gb_smem_addr(bar))
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;\n"
+                 ::"r"(gb_smem_addr(dst)), "l"(src), "r"(bytes), "r"(gb_smem_addr(bar)), "l"(policy)
                  : "memory");
 #endif
+}
+
+// 16 bytes from shared memory in one ld.shared.v4 (p 16-byte aligned): through a T* the compiler
+// would load element by element (2-byte loads, 4-way bank conflicts).
+__device__ __forceinline__ uint4 gb_lds16(const void* p) {
+    uint4 r = make_uint4(0, 0, 0, 0);
+#if __CUDA_ARCH__ >= 900
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "r"(gb_smem_addr(p)));
+#endif
+    return r;
 }
 
 // Waits until the barrier's phase with this parity has completed.
@@ -206,7 +229,7 @@ __device__ __forceinline__ void gb_load_x(const void* __restrict__ x, T* __restr
         const T* xt = reinterpret_cast<const T*>(x);
         for (int i = threadIdx.x; i < n_rows * cx; i += blockDim.x) {
             const int br = i / cx, c = i - br * cx;
-            reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(xt + (long long)br * x_ld)[c];
+            reinterpret_cast<uint4*>(xs)[i] = __ldg(reinterpret_cast<const uint4*>(xt + (long long)br * x_ld) + c);
         }
     } else if (x_mode == GB_X_SWIGLU) {
         const T* xt = reinterpret_cast<const T*>(x);
@@ -214,8 +237,10 @@ __device__ __forceinline__ void gb_load_x(const void* __restrict__ x, T* __restr
             const int br = i / cx, c = i - br * cx;
             const T* row = xt + (long long)br * x_ld;
             float g[8], u[8];
-            unpack8<T>(reinterpret_cast<const uint4*>(row)[c], g);
-            unpack8<T>(reinterpret_cast<const uint4*>(row + in)[c], u);
+            const uint4 gq = __ldg(reinterpret_cast<const uint4*>(row) + c);
+            const uint4 uq = __ldg(reinterpret_cast<const uint4*>(row + in) + c);
+            unpack8<T>(gq, g);
+            unpack8<T>(uq, u);
             T o[8];
 #pragma unroll
             for (int e = 0; e < 8; ++e) o[e] = from_f32<T>((g[e] / (1.0f + expf(-g[e]))) * u[e]);
@@ -279,13 +304,14 @@ __device__ __forceinline__ void gemv_bulk_impl(const T* __restrict__ w, const vo
         return reinterpret_cast<const unsigned char*>(w) + (long long)r * row_bytes + off;
     };
 
+    const unsigned long long policy = gb_evict_first();
     if (lane == 0) {
         for (int s = 0; s < stages; ++s) gb_bar_init(&bars[s], 1);
         gb_fence_bar_init();
         for (int j = 0; j < stages && j < n_units; ++j) {
             unsigned bytes;
             const unsigned char* src = unit_src(u0 + j, bytes);
-            gb_copy(ring + (size_t)j * GB_CHUNK, src, bytes, &bars[j]);
+            gb_copy(ring + (size_t)j * GB_CHUNK, src, bytes, &bars[j], policy);
         }
     }
     __syncwarp();
@@ -314,12 +340,14 @@ __device__ __forceinline__ void gemv_bulk_impl(const T* __restrict__ w, const vo
             const int v = lane + 32 * i;
             if (v * 8 < elems) {
                 float wf[8];
-                unpack8<T>(wv[v], wf);
+                const uint4 wq = gb_lds16(wv + v);
+                unpack8<T>(wq, wf);
 #pragma unroll
                 for (int br = 0; br < GEMV_MAX_ROWS; ++br) {
                     if (br < n_rows) {
                         float xf[8];
-                        unpack8<T>(reinterpret_cast<const uint4*>(xs + (size_t)br * in + col0)[v], xf);
+                        const uint4 xq = gb_lds16(reinterpret_cast<const uint4*>(xs + (size_t)br * in + col0) + v);
+                        unpack8<T>(xq, xf);
                         float a = acc[br];
 #pragma unroll
                         for (int e = 0; e < 8; ++e) a = fmaf(wf[e], xf[e], a);
@@ -334,7 +362,7 @@ __device__ __forceinline__ void gemv_bulk_impl(const T* __restrict__ w, const vo
             gb_fence_proxy();
             unsigned bytes;
             const unsigned char* src = unit_src(u0 + j + stages, bytes);
-            gb_copy(ring + (size_t)s * GB_CHUNK, src, bytes, &bars[s]);
+            gb_copy(ring + (size_t)s * GB_CHUNK, src, bytes, &bars[s], policy);
         }
         // The row ends here (or the warp's range does): its sums go to shared memory.
         if (k == cpr - 1 || j == n_units - 1) {
