@@ -44,10 +44,12 @@ for n in "${tps[@]}"; do
   "${MR[@]}" -n "$n" "$B" verify --model qwen2.5-0.5b --prompts 2 --prompt-tokens 700
   "${MR[@]}" -n "$n" "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
 done
-# The decode attention kernels at this shape (on the most GPUs at hand): the default picks
-# decode_attn_sk for the splits the 10K-context runs use (176 and 336 positions) and decode_attn_pipe
-# past sk's 512 (the 20K runs: 640); decode_attn_pipe forced at several tiles and a partial one
-# (176, 336), 16 tiles (1 024), with its in-kernel merge; then the fallbacks.
+# The decode attention kernels at this shape (on the most GPUs at hand): the default on these GPUs
+# (sm_80+) is decode_attn_mma, at several tiles and a partial one (176, 336: the 10K-context runs'
+# splits), 16 tiles (1 024) and with its in-kernel merge (the verifies above ran it at head_dim 64
+# and 128, fp16 and bf16); TPPROF_CUDA_ATTN=sk (the default before sm_80) picks decode_attn_sk up
+# to 512 positions and decode_attn_pipe past them (640); decode_attn_pipe forced at several tiles,
+# a partial one, 16 tiles, with its in-kernel merge; then the fallbacks.
 check() {  # check ENV=VALUE... -- EXPECTED: verify under the environment, the kernel line must match
   local envs=() x=()
   while [[ "$1" != -- ]]; do envs+=("$1"); x+=(-x "${1%%=*}"); shift; done
@@ -55,24 +57,22 @@ check() {  # check ENV=VALUE... -- EXPECTED: verify under the environment, the k
   env "${envs[@]}" "${MR[@]}" "${x[@]}" -n "$TP" "$B" verify --model "$out/d128.json" --prompts 1 --prompt-tokens 2000 | tee "$out/k.log"
   grep -q "decode attention: $1" "$out/k.log" || { echo "gpu-test: expected decode attention '$1'"; exit 1; }
 }
-for split in 176 336 512; do
-  check TPPROF_CUDA_ATTN_SPLIT=$split -- "decode.cu decode_attn_sk, [0-9]* splits of $split positions"
+for split in 176 336 1024; do
+  check TPPROF_CUDA_ATTN_SPLIT=$split -- "decode.cu decode_attn_mma + decode_attn_merge, [0-9]* splits of $split positions"
 done
-check TPPROF_CUDA_ATTN_SPLIT=640 -- "decode.cu decode_attn_pipe + decode_attn_merge, [0-9]* splits of 640 positions"
+check TPPROF_CUDA_ATTN_MERGE=1 -- "decode.cu decode_attn_mma (merge in its last block)"
+check TPPROF_CUDA_ATTN=mma TPPROF_CUDA_ATTN_SPLIT=336 -- "decode.cu decode_attn_mma + decode_attn_merge, [0-9]* splits of 336 positions"
+"${MR[@]}" -n "$TP" "$B" verify --model "$out/d128.json" --dtype bf16 --prompts 2 --prompt-tokens 2000
+for split in 176 336 512; do
+  check TPPROF_CUDA_ATTN=sk TPPROF_CUDA_ATTN_SPLIT=$split -- "decode.cu decode_attn_sk, [0-9]* splits of $split positions"
+done
+check TPPROF_CUDA_ATTN=sk TPPROF_CUDA_ATTN_SPLIT=640 -- "decode.cu decode_attn_pipe + decode_attn_merge, [0-9]* splits of 640 positions"
+TPPROF_CUDA_ATTN=sk "${MR[@]}" -x TPPROF_CUDA_ATTN -n "$TP" "$B" verify --model small --prompts 2 --prompt-tokens 700
+TPPROF_CUDA_ATTN=sk "${MR[@]}" -x TPPROF_CUDA_ATTN -n "$TP" "$B" verify --model small --dtype bf16 --prompt-tokens 700
 for split in 176 336 1024; do
   check TPPROF_CUDA_ATTN=pipe TPPROF_CUDA_ATTN_SPLIT=$split -- "decode.cu decode_attn_pipe + decode_attn_merge, [0-9]* splits of $split positions"
 done
 check TPPROF_CUDA_ATTN=pipe TPPROF_CUDA_ATTN_MERGE=1 -- "decode.cu decode_attn_pipe (merge in its last block)"
-# decode_attn_mma (tensor cores): several tiles, a partial one, 16 tiles, its in-kernel merge; head_dim 64
-# (small, qwen2.5-0.5b) and bf16.
-for split in 176 336 1024; do
-  check TPPROF_CUDA_ATTN=mma TPPROF_CUDA_ATTN_SPLIT=$split -- "decode.cu decode_attn_mma + decode_attn_merge, [0-9]* splits of $split positions"
-done
-check TPPROF_CUDA_ATTN=mma TPPROF_CUDA_ATTN_MERGE=1 -- "decode.cu decode_attn_mma (merge in its last block)"
-TPPROF_CUDA_ATTN=mma "${MR[@]}" -x TPPROF_CUDA_ATTN -n "$TP" "$B" verify --model small --prompts 2 --prompt-tokens 700
-TPPROF_CUDA_ATTN=mma "${MR[@]}" -x TPPROF_CUDA_ATTN -n "$TP" "$B" verify --model small --dtype bf16 --prompt-tokens 700
-TPPROF_CUDA_ATTN=mma "${MR[@]}" -x TPPROF_CUDA_ATTN -n "$TP" "$B" verify --model qwen2.5-0.5b --prompts 2 --prompt-tokens 700
-TPPROF_CUDA_ATTN=mma "${MR[@]}" -x TPPROF_CUDA_ATTN -n "$TP" "$B" verify --model "$out/d128.json" --dtype bf16 --prompts 2 --prompt-tokens 2000
 check TPPROF_CUDA_ATTN=fast -- "decode.cu decode_attn_fast"
 check TPPROF_CUDA_ATTN=tiled -- "attention.cu decode_attn_partial"
 # The overlapped decode loop (TPPROF_CUDA_OVERLAP=1: step n + 1 launched before step n's tokens are
@@ -93,6 +93,15 @@ done
 TPPROF_CUDA_GEMV=all "${MR[@]}" -x TPPROF_CUDA_GEMV -n "$TP" "$B" verify --model small --prompts 2 --prompt-tokens 700
 TPPROF_CUDA_GEMV=all "${MR[@]}" -x TPPROF_CUDA_GEMV -n "$TP" "$B" verify --model small --dtype bf16 --prompt-tokens 700
 TPPROF_CUDA_GEMV=all "${MR[@]}" -x TPPROF_CUDA_GEMV -n "$TP" "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
+# (on sm_90 that is gemv_bulk; the one-warp-per-row kernel, and gemv_bulk in another shape under PDL:)
+TPPROF_CUDA_GEMV=all TPPROF_CUDA_GEMV_KERNEL=warp "${MR[@]}" -x TPPROF_CUDA_GEMV -x TPPROF_CUDA_GEMV_KERNEL -n "$TP" "$B" verify --model small --prompts 2 --prompt-tokens 700
+TPPROF_CUDA_GEMV=all TPPROF_CUDA_GEMV_KERNEL=bulk:2,4,8 TPPROF_CUDA_PDL=1 "${MR[@]}" -x TPPROF_CUDA_GEMV -x TPPROF_CUDA_GEMV_KERNEL -x TPPROF_CUDA_PDL \
+  -n "$TP" "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
+# The fused decode (TPPROF_CUDA_FUSE=1, one GPU: RMSNorm, SwiGLU and the residual adds inside gemv_bulk),
+# head_dim 64 and 128, fp16 and bf16, with PDL.
+TPPROF_CUDA_FUSE=1 "${MR[@]}" -x TPPROF_CUDA_FUSE -n 1 "$B" verify --model small --prompts 2 --prompt-tokens 700
+TPPROF_CUDA_FUSE=1 "${MR[@]}" -x TPPROF_CUDA_FUSE -n 1 "$B" verify --model "$out/d128.json" --dtype bf16 --prompts 2 --prompt-tokens 2000
+TPPROF_CUDA_FUSE=1 TPPROF_CUDA_PDL=1 "${MR[@]}" -x TPPROF_CUDA_FUSE -x TPPROF_CUDA_PDL -n 1 "$B" verify --model qwen2.5-0.5b --prompts 2 --prompt-tokens 700
 # 5. What the GPU cannot hold is one line and exit 2 before allocating, no file: weights (a 400-layer
 #    model of ~200 GB) at create, a KV cache (16 x 100 000 positions of a 64-layer, 16-KV-head model,
 #    ~420 GB) at prepare.

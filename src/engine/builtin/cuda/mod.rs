@@ -142,10 +142,10 @@ impl CudaEngine {
         // Switches for A/B measurements: TPPROF_CUDA_GRAPH=0 (eager decode launches);
         // TPPROF_CUDA_GEMV=1|all|0|none|qkv,o,gate_up,down,lm_head (which decode projections run on
         // gemv.cu instead of cuBLAS; default none);
-        // TPPROF_CUDA_ATTN=pipe (decode.cu's decode_attn_pipe at every split length, instead of
-        // decode_attn_sk up to 512 positions per split and decode_attn_pipe beyond), =mma
-        // (decode.cu's decode_attn_mma: tensor cores, sm_80+; on an H100 at 14B 10K attention -17 %,
-        // ITL -1.8 %: results/h100-decode-attn-mma.md), =fast
+        // TPPROF_CUDA_ATTN=mma (decode.cu's decode_attn_mma: tensor cores, sm_80+, the default there;
+        // on an H100 at 14B 10K attention -17 %, ITL -1.8 %: results/h100-decode-attn-mma.md), =sk
+        // (decode_attn_sk up to 512 positions per split and decode_attn_pipe beyond: the default
+        // before sm_80), =pipe (decode.cu's decode_attn_pipe at every split length), =fast
         // (decode_attn_fast) or =tiled (attention.cu's); TPPROF_CUDA_ATTN_MERGE=1 (decode_attn_pipe or _mma
         // merges the splits in its last block instead of the decode_attn_merge kernel: measured
         // slower, 48.7 vs 28.8 us per layer for qwen2.5-14b TP=1 at 10K);
@@ -204,6 +204,11 @@ impl CudaEngine {
                 tracing::warn!("TPPROF_CUDA_PDL=1 needs sm_90 or newer ({}): launching without it", gpu.arch);
             }
         }
+        // The default: decode_attn_mma on sm_80+ (H100, 14B TP=1: ITL -1.8 % at 10K, -1.4 % at 20K
+        // against decode_attn_sk / decode_attn_pipe; results/h100-gemv-bulk.md), else decode_attn_sk
+        // (decode_attn_pipe past its 512-position splits).
+        let default_attention =
+            if sm >= 80 { DecodeAttention::Mma { merge: attn_merge } } else { DecodeAttention::ScoresFirst };
         let attention = match std::env::var("TPPROF_CUDA_ATTN").as_deref() {
             // mma.sync m16n8k16 and cp.async need sm_80.
             Ok("mma") if sm >= 80 => DecodeAttention::Mma { merge: attn_merge },
@@ -214,10 +219,14 @@ impl CudaEngine {
             Ok("fast") => DecodeAttention::Fast,
             Ok("tiled") => DecodeAttention::Tiled,
             Ok("pipe") => DecodeAttention::Pipelined { merge: attn_merge },
-            Ok("sk") | Err(_) => DecodeAttention::ScoresFirst,
+            Ok("sk") => DecodeAttention::ScoresFirst,
+            Err(_) => default_attention,
             Ok(other) => {
-                tracing::warn!("TPPROF_CUDA_ATTN={other} is not sk, pipe, mma, fast or tiled: using decode_attn_sk");
-                DecodeAttention::ScoresFirst
+                tracing::warn!(
+                    "TPPROF_CUDA_ATTN={other} is not mma, sk, pipe, fast or tiled: using the default ({})",
+                    default_attention.label()
+                );
+                default_attention
             }
         };
         let attn_split =

@@ -765,15 +765,15 @@ pub struct Model<'a> {
     pub probe: Option<&'a Probe>,
 }
 
-/// The decode attention kernels: decode.cu's decode_attn_sk (the default: scores, then values;
-/// head_dim 64 or 128, group ≤ 8, split ≤ 512 positions), decode.cu's decode_attn_pipe (the same
-/// arithmetic over tiles copied asynchronously, any split length: the default's fallback for long
-/// splits; `merge`: its last block per KV head combines the splits, else decode_attn_merge does),
-/// decode.cu's decode_attn_fast (head_dim 8..128, group ≤ 8), attention.cu's tiled
-/// decode_attn_partial (any shape). Each falls back to the next that applies. decode.cu's
-/// decode_attn_mma (`Mma`: scores and values on tensor cores; head_dim 64 or 128, group ≤ 8, any
-/// split; sm_80 or newer, which the engine checks before asking for it) falls back as
-/// decode_attn_pipe does.
+/// The decode attention kernels: decode.cu's decode_attn_mma (`Mma`, the default on sm_80+: scores
+/// and values on tensor cores; head_dim 64 or 128, group ≤ 8, any split; sm_80 or newer, which the
+/// engine checks before asking for it; falls back as decode_attn_pipe does), decode.cu's
+/// decode_attn_sk (`ScoresFirst`, the default before sm_80: scores, then values; head_dim 64 or 128,
+/// group ≤ 8, split ≤ 512 positions), decode.cu's decode_attn_pipe (the same arithmetic over tiles
+/// copied asynchronously, any split length: decode_attn_sk's fallback for long splits; `merge`: its
+/// last block per KV head combines the splits, else decode_attn_merge does), decode.cu's
+/// decode_attn_fast (head_dim 8..128, group ≤ 8), attention.cu's tiled decode_attn_partial (any
+/// shape). Each falls back to the next that applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeAttention {
     Mma { merge: bool },
@@ -1055,10 +1055,12 @@ pub enum GemvKernel {
 }
 
 impl GemvKernel {
-    /// gemv_bulk's default shape on a GPU of `sms` SMs: 2 blocks per SM of 4 warps, 8 stages
-    /// (64 KiB of W in flight per block).
+    /// gemv_bulk's default shape on a GPU of `sms` SMs: 1 block per SM of 16 warps, 2 stages (64 KiB of
+    /// W in flight per SM). The best of those measured on an H100 (14B decode, per step: gate_up
+    /// 4 910 µs against 7 069 with 2 blocks × 4 warps × 8 stages and 12 888 with 1 × 4 × 16: the time
+    /// follows the warps per SM, not the bytes in flight; results/h100-gemv-bulk.md).
     pub fn bulk(sms: usize) -> GemvKernel {
-        GemvKernel::Bulk { sms, per_sm: 2, warps: 4, stages: 8 }
+        GemvKernel::Bulk { sms, per_sm: 1, warps: 16, stages: 2 }
     }
 
     /// gemv_bulk's grid for `out` rows with `smem` bytes of dynamic shared memory per block: one wave,
@@ -2066,8 +2068,12 @@ mod tests {
     #[test]
     fn gemv_kernel_parses_shapes_and_sizes_its_shared_memory_as_gemv_cu_lays_it_out() {
         assert_eq!(GemvKernel::parse("warp", 132).unwrap(), GemvKernel::Warp);
-        let bulk = GemvKernel::Bulk { sms: 132, per_sm: 2, warps: 4, stages: 8 };
-        assert_eq!(GemvKernel::parse(" bulk ", 132).unwrap(), bulk);
+        assert_eq!(
+            GemvKernel::parse(" bulk ", 132).unwrap(),
+            GemvKernel::Bulk { sms: 132, per_sm: 1, warps: 16, stages: 2 }
+        );
+        let bulk = GemvKernel::parse("bulk:2,4,8", 132).unwrap();
+        assert_eq!(bulk, GemvKernel::Bulk { sms: 132, per_sm: 2, warps: 4, stages: 8 });
         // Two blocks per SM where they fit 228 KiB (+ 128 static + 1 KiB each), else one; ≤ one per row.
         assert_eq!(bulk.grid(5120, 100_000, 233_472), 264);
         assert_eq!(bulk.grid(5120, 120_000, 233_472), 132);
@@ -2082,9 +2088,7 @@ mod tests {
             let e = GemvKernel::parse(bad, 132).unwrap_err();
             assert!(e.contains(bad.trim()) && e.contains("bulk"), "{bad}: {e}");
         }
-        assert!(GemvKernel::bulk(132)
-            .describe()
-            .contains("2 blocks per SM × 132 SMs, 4 warps, 8 stages of 2048 bytes"));
+        assert!(bulk.describe().contains("2 blocks per SM × 132 SMs, 4 warps, 8 stages of 2048 bytes"));
         // The kernel's constants and layout, as gemv.cu defines them.
         let src = include_str!("kernels/gemv.cu");
         assert!(src.contains(&format!("#define GB_CHUNK {GB_CHUNK}")));
