@@ -93,9 +93,10 @@ done
 TPPROF_CUDA_GEMV=all "${MR[@]}" -x TPPROF_CUDA_GEMV -n "$TP" "$B" verify --model small --prompts 2 --prompt-tokens 700
 TPPROF_CUDA_GEMV=all "${MR[@]}" -x TPPROF_CUDA_GEMV -n "$TP" "$B" verify --model small --dtype bf16 --prompt-tokens 700
 TPPROF_CUDA_GEMV=all "${MR[@]}" -x TPPROF_CUDA_GEMV -n "$TP" "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
-# (on sm_90 that is gemv_bulk; the one-warp-per-row kernel, and gemv_bulk in another shape under PDL:)
+# (on sm_90 that is gemv_bulk; the one-warp-per-row kernel, and gemv_bulk in another shape with polled
+# barriers under PDL:)
 TPPROF_CUDA_GEMV=all TPPROF_CUDA_GEMV_KERNEL=warp "${MR[@]}" -x TPPROF_CUDA_GEMV -x TPPROF_CUDA_GEMV_KERNEL -n "$TP" "$B" verify --model small --prompts 2 --prompt-tokens 700
-TPPROF_CUDA_GEMV=all TPPROF_CUDA_GEMV_KERNEL=bulk:2,4,8 TPPROF_CUDA_PDL=1 "${MR[@]}" -x TPPROF_CUDA_GEMV -x TPPROF_CUDA_GEMV_KERNEL -x TPPROF_CUDA_PDL \
+TPPROF_CUDA_GEMV=all TPPROF_CUDA_GEMV_KERNEL=bulk:2,4,8,spin TPPROF_CUDA_PDL=1 "${MR[@]}" -x TPPROF_CUDA_GEMV -x TPPROF_CUDA_GEMV_KERNEL -x TPPROF_CUDA_PDL \
   -n "$TP" "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
 # The fused decode (TPPROF_CUDA_FUSE=1, one GPU: RMSNorm, SwiGLU and the residual adds inside gemv_bulk),
 # head_dim 64 and 128, fp16 and bf16, with PDL.

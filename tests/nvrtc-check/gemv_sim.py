@@ -25,7 +25,7 @@ for line in (
     "const int r0 = (int)((long long)b * out / nb), r1 = (int)((long long)(b + 1) * out / nb);",
     "const int cpr = (row_bytes + GB_CHUNK - 1) / GB_CHUNK;",
     "const int u0 = (int)((long long)units * warp / nw), u1 = (int)((long long)units * (warp + 1) / nw);",
-    "gb_wait(&bars[s], (unsigned)phase);",
+    "gb_wait(&bars[s], (unsigned)phase, spin);",
     "const unsigned char* src = unit_src(u0 + j + stages, bytes);",
     "gb_copy(ring + (size_t)s * GB_CHUNK, src, bytes, &bars[s], policy);",
     "if (k == cpr - 1 || j == n_units - 1) {",

@@ -1050,8 +1050,9 @@ pub enum GemvKernel {
     Warp,
     /// gemv_bulk (sm_90+): a persistent grid of up to `per_sm` blocks on each of the GPU's `sms` SMs
     /// (fewer where their shared memory does not fit: `grid`), of `warps` warps, each warp streaming
-    /// its share of W through a ring of `stages` cp.async.bulk buffers of GB_CHUNK bytes.
-    Bulk { sms: usize, per_sm: usize, warps: usize, stages: usize },
+    /// its share of W through a ring of `stages` cp.async.bulk buffers of GB_CHUNK bytes; `spin`: the
+    /// warps poll their barriers (mbarrier.test_wait) instead of mbarrier.try_wait.
+    Bulk { sms: usize, per_sm: usize, warps: usize, stages: usize, spin: bool },
 }
 
 impl GemvKernel {
@@ -1060,7 +1061,7 @@ impl GemvKernel {
     /// 4 910 µs against 7 069 with 2 blocks × 4 warps × 8 stages and 12 888 with 1 × 4 × 16: the time
     /// follows the warps per SM, not the bytes in flight; results/h100-gemv-bulk.md).
     pub fn bulk(sms: usize) -> GemvKernel {
-        GemvKernel::Bulk { sms, per_sm: 1, warps: 16, stages: 2 }
+        GemvKernel::Bulk { sms, per_sm: 1, warps: 16, stages: 2, spin: false }
     }
 
     /// gemv_bulk's grid for `out` rows with `smem` bytes of dynamic shared memory per block: one wave,
@@ -1077,28 +1078,31 @@ impl GemvKernel {
     }
 
     /// TPPROF_CUDA_GEMV_KERNEL's value: `warp`, `bulk` (the default shape) or
-    /// `bulk:BLOCKS_PER_SM,WARPS,STAGES`.
+    /// `bulk:BLOCKS_PER_SM,WARPS,STAGES[,spin]`.
     pub fn parse(v: &str, sms: usize) -> Result<GemvKernel, String> {
+        const USAGE: &str = "BLOCKS_PER_SM,WARPS,STAGES must be three positive integers (warps ≤ 32), \
+                             then optionally `spin`, e.g. bulk:2,4,8 or bulk:1,16,2,spin";
         let v = v.trim();
         match v {
             "warp" => return Ok(GemvKernel::Warp),
             "bulk" => return Ok(GemvKernel::bulk(sms)),
             _ => {}
         }
-        let shape = v
-            .strip_prefix("bulk:")
-            .ok_or_else(|| format!("`{v}`: use warp, bulk or bulk:BLOCKS_PER_SM,WARPS,STAGES"))?;
-        let n: Vec<usize> =
-            shape.split(',').map(|x| x.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|_| {
-                format!("`{v}`: BLOCKS_PER_SM,WARPS,STAGES must be three positive integers, e.g. bulk:2,4,8")
-            })?;
+        let shape = v.strip_prefix("bulk:").ok_or_else(|| format!("`{v}`: use warp, bulk or bulk:…; {USAGE}"))?;
+        let (shape, spin) = match shape.strip_suffix(",spin") {
+            Some(s) => (s, true),
+            None => (shape, false),
+        };
+        let n: Vec<usize> = shape
+            .split(',')
+            .map(|x| x.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("`{v}`: {USAGE}"))?;
         match n[..] {
             [b, w, s] if b >= 1 && (1..=32).contains(&w) && s >= 1 => {
-                Ok(GemvKernel::Bulk { sms, per_sm: b, warps: w, stages: s })
+                Ok(GemvKernel::Bulk { sms, per_sm: b, warps: w, stages: s, spin })
             }
-            _ => Err(format!(
-                "`{v}`: BLOCKS_PER_SM,WARPS,STAGES must be three positive integers (warps ≤ 32), e.g. bulk:2,4,8"
-            )),
+            _ => Err(format!("`{v}`: {USAGE}")),
         }
     }
 
@@ -1106,8 +1110,9 @@ impl GemvKernel {
     pub fn describe(self) -> String {
         match self {
             GemvKernel::Warp => "gemv.cu gemv (a warp per row)".into(),
-            GemvKernel::Bulk { sms, per_sm, warps, stages } => format!(
-                "gemv.cu gemv_bulk ({per_sm} blocks per SM × {sms} SMs, {warps} warps, {stages} stages of {GB_CHUNK} bytes, cp.async.bulk)"
+            GemvKernel::Bulk { sms, per_sm, warps, stages, spin } => format!(
+                "gemv.cu gemv_bulk ({per_sm} blocks per SM × {sms} SMs, {warps} warps, {stages} stages of {GB_CHUNK} bytes, cp.async.bulk{})",
+                if spin { ", polled barriers" } else { "" }
             ),
         }
     }
@@ -1240,7 +1245,7 @@ impl<'a> Model<'a> {
         w: DevSlice<'_, Half>,
         y: BulkY<'_>,
     ) -> Result<bool, CudaError> {
-        let GemvKernel::Bulk { stages, warps, .. } = self.gemv_kernel else { return Ok(false) };
+        let GemvKernel::Bulk { stages, warps, spin, .. } = self.gemv_kernel else { return Ok(false) };
         let Some(smem) = self.gemv_bulk_smem_of(n, out, k) else { return Ok(false) };
         let nb = self.gemv_kernel.grid(out, smem, self.gpu.shared_per_sm());
         let (x_addr, x_ld, x_mode, norm_w, x_ok) = match x {
@@ -1265,7 +1270,8 @@ impl<'a> Model<'a> {
             return Err(CudaError::Internal(format!("gemv_bulk {n}×{out}×{k}: x or w view too small or unaligned")));
         }
         // SAFETY: gemv_bulk_T(const T* w, const void* x, void* y, int out, int in, int n_rows, int x_ld,
-        // int y_ld, int out_f32, int stages, int x_mode, int y_mode, const float* norm_w, float eps)
+        // int y_ld, int out_f32, int stages, int x_mode, int y_mode, const float* norm_w, float eps,
+        // int spin)
         // (gemv.cu): reads w (out × in), x (n_rows × x_ld: T, or f32 for RMSNorm, whose norm_w has
         // `in` elements), writes y (n_rows × out: T or f32, or the f32 residual it adds to), all held
         // by the caller's views; grid nb ≤ out, 32·warps threads, the shared memory of its layout
@@ -1292,6 +1298,7 @@ impl<'a> Model<'a> {
                     Arg::I32(y_mode),
                     norm_w,
                     Arg::F32(self.eps),
+                    Arg::I32(spin as i32),
                 ],
             )?;
         }
@@ -2070,10 +2077,13 @@ mod tests {
         assert_eq!(GemvKernel::parse("warp", 132).unwrap(), GemvKernel::Warp);
         assert_eq!(
             GemvKernel::parse(" bulk ", 132).unwrap(),
-            GemvKernel::Bulk { sms: 132, per_sm: 1, warps: 16, stages: 2 }
+            GemvKernel::Bulk { sms: 132, per_sm: 1, warps: 16, stages: 2, spin: false }
         );
         let bulk = GemvKernel::parse("bulk:2,4,8", 132).unwrap();
-        assert_eq!(bulk, GemvKernel::Bulk { sms: 132, per_sm: 2, warps: 4, stages: 8 });
+        assert_eq!(bulk, GemvKernel::Bulk { sms: 132, per_sm: 2, warps: 4, stages: 8, spin: false });
+        let spin = GemvKernel::parse("bulk:2,16,2,spin", 132).unwrap();
+        assert_eq!(spin, GemvKernel::Bulk { sms: 132, per_sm: 2, warps: 16, stages: 2, spin: true });
+        assert!(spin.describe().ends_with("cp.async.bulk, polled barriers)"), "{}", spin.describe());
         // Two blocks per SM where they fit 228 KiB (+ 128 static + 1 KiB each), else one; ≤ one per row.
         assert_eq!(bulk.grid(5120, 100_000, 233_472), 264);
         assert_eq!(bulk.grid(5120, 120_000, 233_472), 132);
@@ -2082,9 +2092,9 @@ mod tests {
         assert_eq!(bulk.grid(0, 1000, 233_472), 1);
         assert_eq!(
             GemvKernel::parse("bulk:1,8,6", 132).unwrap(),
-            GemvKernel::Bulk { sms: 132, per_sm: 1, warps: 8, stages: 6 }
+            GemvKernel::Bulk { sms: 132, per_sm: 1, warps: 8, stages: 6, spin: false }
         );
-        for bad in ["bulk:0,4,8", "bulk:1,33,8", "bulk:1,4,0", "bulk:1,4", "bulk:a,b,c", "tma"] {
+        for bad in ["bulk:0,4,8", "bulk:1,33,8", "bulk:1,4,0", "bulk:1,4", "bulk:a,b,c", "tma", "bulk:1,4,8,spun"] {
             let e = GemvKernel::parse(bad, 132).unwrap_err();
             assert!(e.contains(bad.trim()) && e.contains("bulk"), "{bad}: {e}");
         }

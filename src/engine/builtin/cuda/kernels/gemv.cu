@@ -179,10 +179,24 @@ __device__ __forceinline__ uint4 gb_lds16(const void* p) {
     return r;
 }
 
-// Waits until the barrier's phase with this parity has completed.
-__device__ __forceinline__ void gb_wait(unsigned long long* bar, unsigned parity) {
+// Waits until the barrier's phase with this parity has completed: with mbarrier.try_wait (which may
+// suspend the thread until the phase completes or a system-dependent time limit passes), or, when
+// `spin`, polling with the non-blocking mbarrier.test_wait. Measured on an H100 with try_wait: each
+// warp moved about one unit per microsecond whatever its ring depth (results/h100-gemv-bulk.md);
+// `spin` is the A/B for whether the suspension is what sets that pace.
+__device__ __forceinline__ void gb_wait(unsigned long long* bar, unsigned parity, int spin) {
 #if __CUDA_ARCH__ >= 900
     unsigned done = 0;
+    if (spin) {
+        do {
+            asm volatile(
+                "{\n .reg .pred p;\n mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+                : "=r"(done)
+                : "r"(gb_smem_addr(bar)), "r"(parity)
+                : "memory");
+        } while (!done);
+        return;
+    }
     do {
         asm volatile(
             "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
@@ -270,7 +284,8 @@ __device__ __forceinline__ void gb_load_x(const void* __restrict__ x, T* __restr
 template <typename T>
 __device__ __forceinline__ void gemv_bulk_impl(const T* __restrict__ w, const void* __restrict__ x, void* __restrict__ y,
                                                int out, int in, int n_rows, int x_ld, int y_ld, int out_f32, int stages,
-                                               int x_mode, int y_mode, const float* __restrict__ norm_w, float eps) {
+                                               int x_mode, int y_mode, const float* __restrict__ norm_w, float eps,
+                                               int spin) {
 #if __CUDA_ARCH__ >= 900
     extern __shared__ __align__(128) unsigned char gb_smem[];
     const int nw = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -324,7 +339,7 @@ __device__ __forceinline__ void gemv_bulk_impl(const T* __restrict__ w, const vo
     for (int j = 0; j < n_units; ++j) {
         const int off = k * GB_CHUNK;
         const int elems = (row_bytes - off < GB_CHUNK ? row_bytes - off : GB_CHUNK) / (int)sizeof(T);
-        gb_wait(&bars[s], (unsigned)phase);
+        gb_wait(&bars[s], (unsigned)phase, spin);
         const uint4* wv = reinterpret_cast<const uint4*>(ring + (size_t)s * GB_CHUNK);
         const int col0 = off / (int)sizeof(T);
 #pragma unroll
@@ -402,11 +417,11 @@ __device__ __forceinline__ void gemv_bulk_impl(const T* __restrict__ w, const vo
 }
 
 extern "C" __global__ void gemv_bulk_f16(const __half* w, const void* x, void* y, int out, int in, int n_rows, int x_ld, int y_ld,
-                                         int out_f32, int stages, int x_mode, int y_mode, const float* norm_w, float eps) {
-    gemv_bulk_impl<__half>(w, x, y, out, in, n_rows, x_ld, y_ld, out_f32, stages, x_mode, y_mode, norm_w, eps);
+                                         int out_f32, int stages, int x_mode, int y_mode, const float* norm_w, float eps, int spin) {
+    gemv_bulk_impl<__half>(w, x, y, out, in, n_rows, x_ld, y_ld, out_f32, stages, x_mode, y_mode, norm_w, eps, spin);
 }
 
 extern "C" __global__ void gemv_bulk_bf16(const __nv_bfloat16* w, const void* x, void* y, int out, int in, int n_rows, int x_ld, int y_ld,
-                                          int out_f32, int stages, int x_mode, int y_mode, const float* norm_w, float eps) {
-    gemv_bulk_impl<__nv_bfloat16>(w, x, y, out, in, n_rows, x_ld, y_ld, out_f32, stages, x_mode, y_mode, norm_w, eps);
+                                          int out_f32, int stages, int x_mode, int y_mode, const float* norm_w, float eps, int spin) {
+    gemv_bulk_impl<__nv_bfloat16>(w, x, y, out, in, n_rows, x_ld, y_ld, out_f32, stages, x_mode, y_mode, norm_w, eps, spin);
 }
