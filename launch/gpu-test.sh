@@ -17,7 +17,10 @@
 #     ONE_PROCESS: rank 0's process sees 3 per step on each of the two GPUs, rank 1 records
 #     nothing, and the cross-rank summary compares the two GPUs (no NCCL: every step tied);
 #  5. a model and a KV cache the GPU cannot hold: one line with the figures, exit 2, no file.
-# Exits non-zero on the first failure.
+# Exits non-zero on the first failure. GPU_TEST_ONLY=a,b runs only those parts (for device calls too short
+# for the whole script; default all): verify (1, the default kernels), attention (decode attention kernels),
+# loops (overlapped loop, PDL), gemv (gemv.cu kernels, the fused decode), sizes (5), multi (2, 3, 4 and the
+# TP=4 / checkpoint verifies: 2+ GPUs).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 B="${TPPROF:-$here/target/release/tpprof}"
@@ -27,6 +30,9 @@ MR=(mpirun --bind-to none)
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
+want() {  # want PART: whether GPU_TEST_ONLY (a comma list; unset: all) selects it
+  [[ -z "${GPU_TEST_ONLY:-}" || ",$GPU_TEST_ONLY," == *",$1,"* ]]
+}
 NG="$(nvidia-smi -L | grep -c '^GPU ')"
 tps=(1)
 (( NG >= 2 )) && tps+=(2)
@@ -37,7 +43,7 @@ cat > "$out/d128.json" <<'JSON'
 {"vocab_size": 32000, "hidden_size": 1280, "intermediate_size": 3456, "num_hidden_layers": 4, "num_attention_heads": 10,
  "num_key_value_heads": 2, "max_position_embeddings": 8192, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": true}
 JSON
-for n in "${tps[@]}"; do
+want verify && for n in "${tps[@]}"; do
   "${MR[@]}" -n "$n" "$B" verify --model tiny --prompt-tokens 700
   "${MR[@]}" -n "$n" "$B" verify --model small --prompt-tokens 700
   "${MR[@]}" -n "$n" "$B" verify --model small --dtype bf16 --prompt-tokens 700
@@ -57,6 +63,7 @@ check() {  # check ENV=VALUE... -- EXPECTED: verify under the environment, the k
   env "${envs[@]}" "${MR[@]}" "${x[@]}" -n "$TP" "$B" verify --model "$out/d128.json" --prompts 1 --prompt-tokens 2000 | tee "$out/k.log"
   grep -q "decode attention: $1" "$out/k.log" || { echo "gpu-test: expected decode attention '$1'"; exit 1; }
 }
+if want attention; then
 for split in 176 336 1024; do
   check TPPROF_CUDA_ATTN_SPLIT=$split -- "decode.cu decode_attn_mma + decode_attn_merge, [0-9]* splits of $split positions"
 done
@@ -75,20 +82,22 @@ done
 check TPPROF_CUDA_ATTN=pipe TPPROF_CUDA_ATTN_MERGE=1 -- "decode.cu decode_attn_pipe (merge in its last block)"
 check TPPROF_CUDA_ATTN=fast -- "decode.cu decode_attn_fast"
 check TPPROF_CUDA_ATTN=tiled -- "attention.cu decode_attn_partial"
+fi
 # The overlapped decode loop (TPPROF_CUDA_OVERLAP=1: step n + 1 launched before step n's tokens are
 # read): the same tokens and logits, single prompts and batches of different lengths.
-for n in "${tps[@]}"; do
+want loops && for n in "${tps[@]}"; do
   TPPROF_CUDA_OVERLAP=1 "${MR[@]}" -x TPPROF_CUDA_OVERLAP -n "$n" "$B" verify --model small --prompt-tokens 700
   TPPROF_CUDA_OVERLAP=1 "${MR[@]}" -x TPPROF_CUDA_OVERLAP -n "$n" "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
 done
 # Programmatic dependent launch of our kernels (TPPROF_CUDA_PDL=1, sm_90+): the same tokens and logits,
 # graph and eager decode, with the tensor-core decode attention and the overlapped loop too.
-for n in "${tps[@]}"; do
+want loops && for n in "${tps[@]}"; do
   TPPROF_CUDA_PDL=1 "${MR[@]}" -x TPPROF_CUDA_PDL -n "$n" "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
   TPPROF_CUDA_PDL=1 TPPROF_CUDA_GRAPH=0 "${MR[@]}" -x TPPROF_CUDA_PDL -x TPPROF_CUDA_GRAPH -n "$n" "$B" verify --model small --prompts 2 --prompt-tokens 700
   TPPROF_CUDA_PDL=1 TPPROF_CUDA_ATTN=mma TPPROF_CUDA_OVERLAP=1 "${MR[@]}" -x TPPROF_CUDA_PDL -x TPPROF_CUDA_ATTN -x TPPROF_CUDA_OVERLAP \
     -n "$n" "$B" verify --model "$out/d128.json" --prompts 2 --prompt-tokens 2000
 done
+if want gemv; then
 # gemv.cu for every decode projection (TPPROF_CUDA_GEMV=all) against the cpu reference, fp16 and bf16.
 TPPROF_CUDA_GEMV=all "${MR[@]}" -x TPPROF_CUDA_GEMV -n "$TP" "$B" verify --model small --prompts 2 --prompt-tokens 700
 TPPROF_CUDA_GEMV=all "${MR[@]}" -x TPPROF_CUDA_GEMV -n "$TP" "$B" verify --model small --dtype bf16 --prompt-tokens 700
@@ -103,6 +112,7 @@ TPPROF_CUDA_GEMV=all TPPROF_CUDA_GEMV_KERNEL=bulk:2,4,8,spin TPPROF_CUDA_PDL=1 "
 TPPROF_CUDA_FUSE=1 "${MR[@]}" -x TPPROF_CUDA_FUSE -n 1 "$B" verify --model small --prompts 2 --prompt-tokens 700
 TPPROF_CUDA_FUSE=1 "${MR[@]}" -x TPPROF_CUDA_FUSE -n 1 "$B" verify --model "$out/d128.json" --dtype bf16 --prompts 2 --prompt-tokens 2000
 TPPROF_CUDA_FUSE=1 TPPROF_CUDA_PDL=1 "${MR[@]}" -x TPPROF_CUDA_FUSE -x TPPROF_CUDA_PDL -n 1 "$B" verify --model qwen2.5-0.5b --prompts 2 --prompt-tokens 700
+fi
 # 5. What the GPU cannot hold is one line and exit 2 before allocating, no file: weights (a 400-layer
 #    model of ~200 GB) at create, a KV cache (16 x 100 000 positions of a 64-layer, 16-KV-head model,
 #    ~420 GB) at prepare.
@@ -123,11 +133,17 @@ too_large() {  # too_large EXPECTED ARGS...: exit 2, the line, no file
   grep -q "$want" "$out/big.log" || { echo "gpu-test: expected '$want'"; exit 1; }
   [[ ! -e "$out/none.json" ]] || { echo "gpu-test: a file was written"; exit 1; }
 }
+if want sizes; then
 too_large "weights of rank 0 of 1 need .* GiB free of" --model "$out/huge.json" --generated-tokens 4
 too_large "KV cache and buffers of 16 sample(s) of up to 100000 positions (KV .* GiB, + 0.5 GiB headroom) need .* GiB free of" --model "$out/longkv.json" \
   --batch 16 --prompt-tokens 99000 --generated-tokens 1000 --warmup 0
+fi
 if (( NG < 2 )); then
-  echo "gpu-test: one GPU: verify at TP=1 and the size checks passed; TP=2 verify, the memory and the CUPTI checks need 2 GPUs (skipped)"
+  echo "gpu-test: one GPU: ${GPU_TEST_ONLY:-all} passed (TP=1); TP=2 verify, the memory and the CUPTI checks need 2 GPUs (skipped)"
+  exit 0
+fi
+if ! want multi; then
+  echo "gpu-test: ${GPU_TEST_ONLY} passed"
   exit 0
 fi
 # Four or more GPUs: TP=4 as well (the 32B TP=4 attention shape: head_dim 128, group 5, one KV head per rank here).
