@@ -1079,30 +1079,26 @@ impl GemvKernel {
 
     /// TPPROF_CUDA_GEMV_KERNEL's value: `warp`, `bulk` (the default shape) or
     /// `bulk:BLOCKS_PER_SM,WARPS,STAGES[,spin]`.
-    pub fn parse(v: &str, sms: usize) -> Result<GemvKernel, String> {
-        const USAGE: &str = "BLOCKS_PER_SM,WARPS,STAGES must be three positive integers (warps ≤ 32), \
-                             then optionally `spin`, e.g. bulk:2,4,8 or bulk:1,16,2,spin";
+    pub fn parse(v: &str, sms: usize) -> Result<GemvKernel, BadGemvKernel> {
         let v = v.trim();
         match v {
             "warp" => return Ok(GemvKernel::Warp),
             "bulk" => return Ok(GemvKernel::bulk(sms)),
             _ => {}
         }
-        let shape = v.strip_prefix("bulk:").ok_or_else(|| format!("`{v}`: use warp, bulk or bulk:…; {USAGE}"))?;
+        let bad = || BadGemvKernel(v.to_string());
+        let shape = v.strip_prefix("bulk:").ok_or_else(bad)?;
         let (shape, spin) = match shape.strip_suffix(",spin") {
             Some(s) => (s, true),
             None => (shape, false),
         };
-        let n: Vec<usize> = shape
-            .split(',')
-            .map(|x| x.trim().parse::<usize>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| format!("`{v}`: {USAGE}"))?;
+        let n: Vec<usize> =
+            shape.split(',').map(|x| x.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|_| bad())?;
         match n[..] {
             [b, w, s] if b >= 1 && (1..=32).contains(&w) && s >= 1 => {
                 Ok(GemvKernel::Bulk { sms, per_sm: b, warps: w, stages: s, spin })
             }
-            _ => Err(format!("`{v}`: {USAGE}")),
+            _ => Err(bad()),
         }
     }
 
@@ -1117,6 +1113,11 @@ impl GemvKernel {
         }
     }
 }
+
+/// A TPPROF_CUDA_GEMV_KERNEL value that is no kernel or shape.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("`{0}`: use warp, bulk or bulk:BLOCKS_PER_SM,WARPS,STAGES[,spin] (three positive integers, warps ≤ 32; e.g. bulk:2,4,8 or bulk:1,16,2,spin)")]
+pub struct BadGemvKernel(pub String);
 
 /// gemv_bulk's x (gemv.cu's GB_X_*): T activations; the f32 residual stream, normalized in the kernel
 /// with an RMSNorm weight; or a gate_up output, gated in the kernel (silu(gate) · up).
@@ -2095,8 +2096,8 @@ mod tests {
             GemvKernel::Bulk { sms: 132, per_sm: 1, warps: 8, stages: 6, spin: false }
         );
         for bad in ["bulk:0,4,8", "bulk:1,33,8", "bulk:1,4,0", "bulk:1,4", "bulk:a,b,c", "tma", "bulk:1,4,8,spun"] {
-            let e = GemvKernel::parse(bad, 132).unwrap_err();
-            assert!(e.contains(bad.trim()) && e.contains("bulk"), "{bad}: {e}");
+            let e = GemvKernel::parse(bad, 132).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{bad}`")) && e.contains("bulk:BLOCKS_PER_SM"), "{bad}: {e}");
         }
         assert!(bulk.describe().contains("2 blocks per SM × 132 SMs, 4 warps, 8 stages of 2048 bytes"));
         // The kernel's constants and layout, as gemv.cu defines them.
