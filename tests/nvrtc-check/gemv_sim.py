@@ -4,8 +4,9 @@
 row shorter) shared out to its warps, each warp's ring of `stages` cp.async.bulk buffers with one
 mbarrier each (the prologue fills every stage, unit j waits on stage j % stages for the phase parity
 (j / stages) & 1 and the refill of unit j + stages goes into the buffer it frees), the lanes' 16-byte
-vectors of a unit, the warps' row sums meeting in shared memory, and the block's shared-memory layout
-(the ring, the barriers, x on a 16-byte boundary, the row sums) — against x · Wᵀ in f64, for shapes
+vectors of a unit, rows a warp has whole written once and rows it shares parked in its head / tail
+slot and summed in warp order, and the block's shared-memory layout (the ring, the barriers, x on a
+16-byte boundary, the row sums, the slots) — against x · Wᵀ in f64, for shapes
 whose rows end mid-chunk, warps that start and end mid-row, more blocks than rows per block, batches.
 
 usage: python3 tests/nvrtc-check/gemv_sim.py   (needs numpy; exits non-zero on a mismatch)
@@ -29,8 +30,14 @@ for line in (
     "const unsigned char* src = unit_src(u0 + j + stages, bytes);",
     "gb_copy(ring + (size_t)s * GB_CHUNK, src, bytes, &bars[s], policy);",
     "if (k == cpr - 1 || j == n_units - 1) {",
+    "const bool whole = from_row_start && k == cpr - 1;",
+    "const int slot = 2 * warp + (from_row_start ? 1 : 0);",
+    "bool from_row_start = k == 0;",
+    "for (int p = 0; p < 2 * nw; ++p) {",
     "return ((unsigned)nw * stages * (GB_CHUNK + 8) + 15u) & ~15u;",
     "float* ys = reinterpret_cast<float*>(xs + (size_t)n_rows * in);",
+    "int* part_row = reinterpret_cast<int*>(ys + (size_t)n_rows * rows_max);",
+    "float* part_val = reinterpret_cast<float*>(part_row + 2 * nw);",
 ):
     assert line in _SRC, f"gemv.cu no longer has: {line}"
 
@@ -44,9 +51,11 @@ def smem_layout(nw, stages, n_rows, in_, rows_max):
     x_at = (nw * stages * (GB_CHUNK + 8) + 15) & ~15
     xs = (x_at, x_at + n_rows * in_ * ELEM)
     ys = (xs[1], xs[1] + n_rows * rows_max * 4)
-    assert bars[0] % 8 == 0 and xs[0] % 16 == 0 and ys[0] % 4 == 0
+    part_row = (ys[1], ys[1] + 2 * nw * 4)
+    part_val = (part_row[1], part_row[1] + 2 * nw * n_rows * 4)
+    assert bars[0] % 8 == 0 and xs[0] % 16 == 0 and ys[0] % 4 == 0 and part_row[0] % 4 == 0
     assert ring[1] <= bars[0] and bars[1] <= xs[0] and xs[1] <= ys[0]
-    return ys[1]
+    return part_val[1]
 
 
 def gemv_bulk(w, x, nb, nw, stages):
@@ -63,7 +72,9 @@ def gemv_bulk(w, x, nb, nw, stages):
     for b in range(nb):
         r0, r1 = b * out // nb, (b + 1) * out // nb
         units = (r1 - r0) * cpr
-        ys = np.zeros((n_rows, rows_max), dtype=np.float32)
+        ys = np.full((n_rows, rows_max), np.nan, dtype=np.float32)  # not zeroed by the kernel
+        part_row = [-1] * (2 * nw)
+        part_val = np.full((2 * nw, n_rows), np.nan, dtype=np.float32)
 
         def unit_src(u):
             r, k = r0 + u // cpr, u % cpr
@@ -82,6 +93,7 @@ def gemv_bulk(w, x, nb, nw, stages):
             acc = np.zeros(n_rows, dtype=np.float32)
             rl, k = u0 // cpr, u0 % cpr
             s, phase = 0, 0
+            from_row_start = k == 0
             for j in range(n_units):
                 # gb_wait(stage s, parity phase): returns once the phase of that parity completed,
                 # i.e. the (completed[s] + 1)-th copy into stage s has landed; it must be unit j's.
@@ -113,8 +125,16 @@ def gemv_bulk(w, x, nb, nw, stages):
                 if j + stages < n_units:
                     issued[s].append(unit_src(u0 + j + stages))
                 if k == cpr - 1 or j == n_units - 1:
-                    ys[:, rl] += acc
+                    whole = from_row_start and k == cpr - 1
+                    slot = 2 * warp + (1 if from_row_start else 0)
+                    if whole:
+                        ys[:, rl] = acc
+                    else:
+                        assert part_row[slot] == -1, (b, warp, "a slot written twice")
+                        part_val[slot] = acc
+                        part_row[slot] = rl
                     acc[:] = 0
+                    from_row_start = True
                 k += 1
                 if k == cpr:
                     k, rl = 0, rl + 1
@@ -122,7 +142,18 @@ def gemv_bulk(w, x, nb, nw, stages):
                 if s == stages:
                     s, phase = 0, phase ^ 1
             assert all(completed[t] == len(issued[t]) for t in range(stages)), "a copy is never waited for"
-        y[:, r0:r1] = ys[:, : r1 - r0]
+        # The block's write: a shared row sums its slots in slot (= warp) order, else ys.
+        for r in range(r1 - r0):
+            slots = [p for p in range(2 * nw) if part_row[p] == r]
+            if slots:
+                assert len(slots) >= 2, (b, r, "a row shared by one warp only")
+                v = np.zeros(n_rows, dtype=np.float32)
+                for p in slots:
+                    v += part_val[p]
+                y[:, r0 + r] = v
+            else:
+                y[:, r0 + r] = ys[:, r]
+        assert not np.isnan(y[:, r0:r1]).any(), (b, "a row never written")
     assert (seen == 1).all(), "a unit of W read twice or never"
     return y
 

@@ -1138,10 +1138,10 @@ enum BulkY<'b> {
 
 /// gemv_bulk's dynamic shared memory (gemv.cu's layout): the ring (warps × stages chunks), its barriers
 /// (8 bytes each), x at the next 16-byte boundary (rows × in elements of `elem` bytes), the row sums
-/// (rows × rows_max f32).
+/// (rows × rows_max f32), the shared rows' slots (2 per warp: a row index and `rows` f32 sums).
 pub fn gemv_bulk_smem(warps: usize, stages: usize, rows: usize, in_: usize, rows_max: usize, elem: usize) -> usize {
     let x_at = (warps * stages * (GB_CHUNK + 8)).div_ceil(16) * 16;
-    x_at + rows * in_ * elem + rows * rows_max * 4
+    x_at + rows * in_ * elem + rows * rows_max * 4 + 2 * warps * (1 + rows) * 4
 }
 
 enum Pass {
@@ -2107,10 +2107,12 @@ mod tests {
         assert!(src.contains("return ((unsigned)nw * stages * (GB_CHUNK + 8) + 15u) & ~15u;"));
         assert!(src.contains("float* ys = reinterpret_cast<float*>(xs + (size_t)n_rows * in);"));
         // 4 warps × 8 stages: ring 65 536 + barriers 256 → x at 65 792; qwen2.5-14b's down (in 13 824)
-        // for one row: + 27 648 of x + 5 120 / 264 → 20 row sums.
-        assert_eq!(gemv_bulk_smem(4, 8, 1, 13824, 20, 2), 65792 + 27648 + 80);
+        // for one row: + 27 648 of x + 5 120 / 264 → 20 row sums + 8 slots of (row, 1 sum).
+        assert_eq!(gemv_bulk_smem(4, 8, 1, 13824, 20, 2), 65792 + 27648 + 80 + 64);
         // x lands on a 16-byte boundary: 1 warp × 1 stage is 2 056 bytes → 2 064.
-        assert_eq!(gemv_bulk_smem(1, 1, 2, 8, 3, 2), 2064 + 32 + 24);
+        assert_eq!(gemv_bulk_smem(1, 1, 2, 8, 3, 2), 2064 + 32 + 24 + 24);
+        assert!(src.contains("float* part_val = reinterpret_cast<float*>(part_row + 2 * nw);"));
+        assert!(src.contains("int* part_row = reinterpret_cast<int*>(ys + (size_t)n_rows * rows_max);"));
     }
 
     #[test]

@@ -116,15 +116,15 @@ extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_bf16(const __
 //   block b owns the rows [b·out/nb, (b+1)·out/nb), a contiguous range of W;
 //   its rows are cut into units — chunk k of row r is GB_CHUNK bytes (the last of a row may be
 //   shorter) — and warp w of nw takes the units [w·U/nw, (w+1)·U/nw): a warp may start or end in
-//   the middle of a row, so the warps' row sums meet in shared memory (atomicAdd on f32) and the
-//   block writes its rows at the end.
+//   the middle of a row: such a row's partial sums wait in shared memory and are added in warp
+//   order when the block writes its rows at the end (deterministic: no atomics).
 //   The first `stages` chunks of every warp are requested before pdl_wait(): the weights are never
 //   written by an earlier kernel, so under programmatic dependent launch their stream starts while
 //   the kernel ahead of this one finishes. x (n_rows × in) is copied to shared memory after the wait.
 //
 // Launch: grid nb (≤ out), block 32·nw threads, dynamic shared memory gemv_bulk_smem(...) bytes (the
 // host computes the same sum: ring nw·stages·GB_CHUNK, barriers nw·stages·8, x n_rows·in·sizeof(T),
-// row sums n_rows·ceil(out/nb)·4).
+// row sums n_rows·ceil(out/nb)·4, shared-row slots 2·nw·(1 + n_rows)·4).
 // Requirements (host-checked): sm_90, in % 8 == 0, W, x and y_ld as for gemv, 1 <= n_rows <= GEMV_MAX_ROWS.
 
 #define GB_CHUNK 2048
@@ -209,7 +209,8 @@ __device__ __forceinline__ void gb_wait(unsigned long long* bar, unsigned parity
 
 // Shared-memory layout (the host's gemv_bulk_smem in model.rs computes the same): the ring at 0
 // (nw·stages chunks), the barriers after it (nw·stages × 8 bytes), x at the next 16-byte boundary
-// (n_rows × in elements), the row sums after x (n_rows × rows_max f32).
+// (n_rows × in elements), the row sums after x (n_rows × rows_max f32), then the shared rows'
+// slots: their rows (2·nw int) and partial sums (2·nw × n_rows f32).
 __device__ __forceinline__ unsigned gb_x_offset(int nw, int stages) {
     return ((unsigned)nw * stages * (GB_CHUNK + 8) + 15u) & ~15u;
 }
@@ -302,6 +303,10 @@ __device__ __forceinline__ void gemv_bulk_impl(const T* __restrict__ w, const vo
     unsigned long long* bars = reinterpret_cast<unsigned long long*>(gb_smem + (size_t)nw * stages * GB_CHUNK) + warp * stages;
     T* xs = reinterpret_cast<T*>(gb_smem + gb_x_offset(nw, stages));
     float* ys = reinterpret_cast<float*>(xs + (size_t)n_rows * in);
+    // Rows a warp shares with its neighbours: their partial sums, per warp a head slot (its first row,
+    // begun mid-row) and a tail slot (its last row, left mid-row), summed in warp order at the end.
+    int* part_row = reinterpret_cast<int*>(ys + (size_t)n_rows * rows_max);
+    float* part_val = reinterpret_cast<float*>(part_row + 2 * nw);
 
     // Unit u of this block: row r0 + u / cpr, chunk u % cpr; its bytes and where they start in W.
     auto unit_src = [&](int u, unsigned& bytes) -> const unsigned char* {
@@ -327,7 +332,7 @@ __device__ __forceinline__ void gemv_bulk_impl(const T* __restrict__ w, const vo
     pdl_launch_dependents();
 
     pdl_wait();  // x is the previous kernel's output
-    for (int i = threadIdx.x; i < n_rows * rows_max; i += blockDim.x) ys[i] = 0.0f;
+    if (lane < 2) part_row[2 * warp + lane] = -1;
     gb_load_x<T>(x, xs, in, n_rows, x_ld, x_mode, norm_w, eps);
     __syncthreads();
 
@@ -336,6 +341,7 @@ __device__ __forceinline__ void gemv_bulk_impl(const T* __restrict__ w, const vo
     for (int br = 0; br < GEMV_MAX_ROWS; ++br) acc[br] = 0.0f;
     int rl = u0 / cpr, k = u0 % cpr;  // the current unit's row (within the block) and chunk
     int s = 0, phase = 0;             // its ring stage and that stage's barrier phase parity
+    bool from_row_start = k == 0;     // whether this warp has the current row from its first unit
     for (int j = 0; j < n_units; ++j) {
         const int off = k * GB_CHUNK;
         const int elems = (row_bytes - off < GB_CHUNK ? row_bytes - off : GB_CHUNK) / (int)sizeof(T);
@@ -374,16 +380,28 @@ __device__ __forceinline__ void gemv_bulk_impl(const T* __restrict__ w, const vo
             const unsigned char* src = unit_src(u0 + j + stages, bytes);
             gb_copy(ring + (size_t)s * GB_CHUNK, src, bytes, &bars[s], policy);
         }
-        // The row ends here (or the warp's range does): its sums go to shared memory.
+        // The row ends here (or the warp's range does): a row this warp has whole goes to ys, a
+        // shared one to its head slot (begun mid-row) or tail slot. No atomics: the same sums in
+        // the same order on every run.
         if (k == cpr - 1 || j == n_units - 1) {
+            const bool whole = from_row_start && k == cpr - 1;
+            const int slot = 2 * warp + (from_row_start ? 1 : 0);
 #pragma unroll
             for (int br = 0; br < GEMV_MAX_ROWS; ++br) {
                 if (br < n_rows) {
                     const float v = warp_sum(acc[br]);
-                    if (lane == 0) atomicAdd(&ys[br * rows_max + rl], v);
+                    if (lane == 0) {
+                        if (whole) {
+                            ys[br * rows_max + rl] = v;
+                        } else {
+                            part_val[slot * n_rows + br] = v;
+                        }
+                    }
                     acc[br] = 0.0f;
                 }
             }
+            if (!whole && lane == 0) part_row[slot] = rl;
+            from_row_start = true;
         }
         if (++k == cpr) {
             k = 0;
@@ -399,7 +417,16 @@ __device__ __forceinline__ void gemv_bulk_impl(const T* __restrict__ w, const vo
     for (int i = threadIdx.x; i < n_rows * nr; i += blockDim.x) {
         const int br = i / nr, r = i - br * nr;
         const long long at = (long long)br * y_ld + r0 + r;
-        const float v = ys[br * rows_max + r];
+        // A shared row: its warps' partial sums in warp order; else the sum its one warp wrote.
+        float v = 0.0f;
+        bool shared = false;
+        for (int p = 0; p < 2 * nw; ++p) {
+            if (part_row[p] == r) {
+                v += part_val[p * n_rows + br];
+                shared = true;
+            }
+        }
+        if (!shared) v = ys[br * rows_max + r];
         if (y_mode == GB_Y_ADD_RESID) {
             // The residual add of add_rmsnorm (the delta rounded to T first, as there).
             float* res = reinterpret_cast<float*>(y);
