@@ -1236,7 +1236,7 @@ impl<'a> Model<'a> {
     /// y = x · Wᵀ (n × out, k inputs) with gemv.cu's gemv_bulk, x and y as `x` and `y` say (the
     /// fused RMSNorm / SwiGLU prologues, the residual-add epilogue). Ok(false) when gemv_bulk is not
     /// the GEMV kernel or does not fit one block's shared memory (the caller takes another path).
-    /// The caller has checked the views' lengths and w, x 16-byte alignment with k % 8 == 0.
+    /// The views' lengths and 16-byte alignment are checked here (an Internal error otherwise).
     fn gemv_bulk(
         &self,
         n: usize,
